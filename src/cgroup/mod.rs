@@ -1,0 +1,1 @@
+//! Cell cgroups (placeholder; being written).

@@ -1,0 +1,4 @@
+//! cellkeep: a Linux sandbox supervisor.
+#![deny(unsafe_code)]
+pub mod cgroup;
+pub mod policy;

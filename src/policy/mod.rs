@@ -1,0 +1,4 @@
+//! Provider policies: TOML files under `policies/` → validated [`Policy`] values.
+pub mod model;
+pub mod seccomp;
+pub use model::*;

@@ -1,0 +1,231 @@
+//! The validated, typed policy: what every other module consumes.
+//!
+//! Nothing here parses or checks input; `validate` builds these values from the raw TOML
+//! mirror and guarantees the invariants documented on each field. Types are plain data
+//! (serde) so `policy show` can print the effective policy and the launch plan can carry
+//! the parts it needs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::seccomp::CompiledSeccomp;
+
+/// A provider policy after `extends` inheritance and validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    /// Provider name (`[provider] name`, equal to the file stem).
+    pub name: String,
+    /// The file it was loaded from (absolute).
+    pub source: PathBuf,
+    pub description: String,
+    /// Binary (absolute path) followed by fixed arguments. Empty only for generic sandbox
+    /// policies, where the caller supplies the whole argv (`cellkeep run -- ARGS`).
+    pub command: Vec<String>,
+    pub mode: Mode,
+    pub access: Access,
+    pub identity: Identity,
+    pub env: EnvPolicy,
+    pub workdir: Workdir,
+    pub limits: Limits,
+    pub namespaces: Namespaces,
+    pub filesystem: Filesystem,
+    pub network: Network,
+    pub seccomp: SeccompPolicy,
+    pub enforcement: Enforcement,
+    /// Session framing (used by the daemon for `mode = "session"`).
+    pub session: SessionPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Each command is a fresh process: command + args + [the command as one argv element].
+    Oneshot,
+    /// One long-lived process fed on stdin.
+    Session,
+}
+
+/// Who may use the provider (enforced by the daemon). Empty lists = root only.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Access {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+/// Who the payload runs as, seen from the host. Never host root.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub run_as: RunAs,
+    /// When `run_as = caller` and the caller is root, run as this account instead.
+    pub root_maps_to: UserId,
+    /// How the payload sees itself inside a user namespace.
+    pub inside: Inside,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UserId {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RunAs {
+    /// The caller's uid/gid (files written in the workspace belong to the caller).
+    Caller,
+    /// A fixed unprivileged account.
+    User(UserId),
+    /// One uid per cell from `[start, start + count)`; gid = uid.
+    Range { start: u32, count: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inside {
+    /// The same uid/gid inside as outside.
+    Same,
+    /// uid/gid 0 inside, mapped to the unprivileged id outside (no capabilities either way).
+    Root,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EnvPolicy {
+    /// Names copied from the caller's environment when present.
+    pub pass: Vec<String>,
+    /// Fixed values (may use `{cwd}` and `{tmp}`); applied after `pass`.
+    pub set: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Workdir {
+    /// Canonical absolute roots; a caller's cwd must be one of them or beneath one.
+    pub roots: Vec<PathBuf>,
+}
+
+/// Resource limits. `None` = not limited by this policy.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Limits {
+    pub memory_max: Option<u64>,
+    pub memory_high: Option<u64>,
+    /// Swap allowed on top of `memory_max` (0 = none).
+    pub memory_swap: Option<u64>,
+    /// Fraction of one CPU (0.5 = half a CPU, 2.0 = two CPUs).
+    pub cpu: Option<f64>,
+    pub pids: Option<u64>,
+    pub open_files: Option<u64>,
+    #[serde(with = "opt_secs")]
+    pub wall_time: Option<Duration>,
+    #[serde(with = "opt_secs")]
+    pub idle_timeout: Option<Duration>,
+    /// Bytes of output kept per process (the spool size).
+    pub output_bytes: u64,
+    /// Size cap of the private tmp.
+    pub tmp_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Namespaces {
+    pub user: bool,
+    pub pid: bool,
+    pub mount: bool,
+    pub net: bool,
+    pub ipc: bool,
+    pub uts: bool,
+    pub cgroup: bool,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Namespaces { user: true, pid: true, mount: true, net: true, ipc: true, uts: true, cgroup: true }
+    }
+}
+
+/// A path in a filesystem rule: absolute, or starting with a placeholder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum PathRule {
+    Absolute(PathBuf),
+    /// `{cwd}` or `{cwd}/sub`: the caller's working directory (the suffix is relative).
+    Cwd(PathBuf),
+    /// `{tmp}` or `{tmp}/sub`: the cell's private tmp.
+    Tmp(PathBuf),
+}
+
+/// Landlock filesystem rules: everything not listed is denied.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Filesystem {
+    pub read: Vec<PathRule>,
+    pub write: Vec<PathRule>,
+    pub exec: Vec<PathRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum Network {
+    /// An empty network namespace: no interface is up.
+    None,
+    /// A network namespace with only `lo` up.
+    Loopback,
+    /// Host network; TCP connect/bind limited to these ports by landlock (ABI >= 4).
+    Tcp { connect: Vec<u16>, bind: Vec<u16> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompAction {
+    Allow,
+    /// Fail with EPERM.
+    Errno,
+    /// Fail with ENOSYS (what unknown syscalls should get in allowlist mode).
+    Enosys,
+    /// Kill the whole process (exit reason `seccomp_violation`).
+    Kill,
+    /// Allow and log.
+    Log,
+}
+
+/// The seccomp part of the policy, kept in source form (for `policy show`) and compiled.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeccompPolicy {
+    pub preset: String,
+    pub default_action: SeccompAction,
+    pub deny_action: SeccompAction,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// BPF programs compiled at load time, installed in order.
+    #[serde(skip)]
+    pub compiled: CompiledSeccomp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    /// A mechanism the kernel lacks makes the launch fail with a named error.
+    Required,
+    /// The launch goes on and the degradation is reported.
+    BestEffort,
+}
+
+/// How a session reply is framed (daemon issue). Defaults to one line per reply.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SessionPolicy {
+    Line,
+    Sentinel { line: String },
+    Regex { pattern: String },
+    JsonField { field: String, equals: String },
+}
+
+mod opt_secs {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}
