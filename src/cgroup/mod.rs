@@ -1,1 +1,480 @@
-//! Cell cgroups (placeholder; being written).
+//! Cell cgroups: cellkeep's own cgroup root and one cgroup per cell — create, limit, attach, read
+//! usage and events, kill everything, remove. A thin cgroupfs layer (see `shared/crates.md` §1):
+//! [`detect_layout`] picks the backend, `v1` (hybrid and legacy hosts: one directory per
+//! hierarchy — memory, cpu, cpuacct, pids, freezer) or `v2` (unified: one directory). Both
+//! backends name, in each function, the kernel file they read or write. Everything is
+//! synchronous `std::fs`; the daemon calls it from `spawn_blocking`.
+//!
+//! Where things live: beneath this process's own cgroup in each hierarchy, a root of our own
+//! (`<own>/<name>`, e.g. `.../cellkeep`) and under it one directory per cell (`<root>/<cell-id>`).
+//! Nothing outside that root is created, removed or written, except enabling controllers in our
+//! own cgroup's `cgroup.subtree_control` on v2 (see [`CgroupRoot::open`]).
+
+mod fs;
+pub mod parse;
+mod v1;
+mod v2;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Where cgroupfs is mounted on every supported host.
+pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+/// How long [`CellCgroup::kill_all`] waits for a cell to become empty.
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the cgroup layer; every variant names the file, value or controller involved.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
+    #[error("creating cgroup {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("removing cgroup {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cgroup {path} is still busy")]
+    Busy { path: PathBuf },
+    #[error("cannot parse {path} ({reason}): {content:?}")]
+    Parse {
+        path: PathBuf,
+        content: String,
+        reason: &'static str,
+    },
+    #[error("statfs {path}: {source}")]
+    Statfs { path: PathBuf, source: Errno },
+    #[error("cgroup controller {controller:?} is not available to this process")]
+    NoController { controller: String },
+    #[error("unsupported cgroup setup: {reason}")]
+    Unsupported { reason: String },
+    #[error("invalid cell id {id:?}: expected 1-64 characters of [A-Za-z0-9_-]")]
+    InvalidId { id: String },
+    #[error("invalid limit {what} = {value}: {reason}")]
+    InvalidLimit {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("no cell cgroup {id:?} under {root}")]
+    NotFound { id: String, root: PathBuf },
+    #[error("sending SIGKILL to pid {pid}: {source}")]
+    Kill { pid: u32, source: Errno },
+    #[error("cell cgroup {path} still has processes {pids:?} after {timeout:?}")]
+    KillTimeout {
+        path: PathBuf,
+        pids: Vec<u32>,
+        timeout: Duration,
+    },
+}
+
+/// How cgroups are mounted on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// `/sys/fs/cgroup` is cgroup2: the v2 backend.
+    Unified,
+    /// v1 controller hierarchies plus a (controller-less) cgroup2 mount: the v1 backend.
+    Hybrid,
+    /// v1 hierarchies only: the v1 backend.
+    Legacy,
+}
+
+/// Tells the layouts apart: `statfs(2)` magic of `/sys/fs/cgroup`, then `/proc/self/mountinfo`.
+pub fn detect_layout() -> Result<Layout, CgroupError> {
+    // statfs(2) on /sys/fs/cgroup: CGROUP2_SUPER_MAGIC means a pure unified hierarchy.
+    let stat = nix::sys::statfs::statfs(CGROUP_MOUNT).map_err(|source| CgroupError::Statfs {
+        path: PathBuf::from(CGROUP_MOUNT),
+        source,
+    })?;
+    if stat.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Ok(Layout::Unified);
+    }
+    let mounts = read_mountinfo()?;
+    let under_root = |m: &&parse::Mount| m.mount_point.starts_with(CGROUP_MOUNT);
+    let has_v1 = mounts
+        .iter()
+        .filter(under_root)
+        .any(|m| m.fs_type == "cgroup");
+    let has_v2 = mounts
+        .iter()
+        .filter(under_root)
+        .any(|m| m.fs_type == "cgroup2");
+    match (has_v1, has_v2) {
+        (true, true) => Ok(Layout::Hybrid),
+        (true, false) => Ok(Layout::Legacy),
+        (false, _) => Err(CgroupError::Unsupported {
+            reason: format!("{CGROUP_MOUNT} is neither cgroup2 nor holds cgroup v1 mounts"),
+        }),
+    }
+}
+
+/// Reads and parses `/proc/self/mountinfo`.
+fn read_mountinfo() -> Result<Vec<parse::Mount>, CgroupError> {
+    Ok(parse::mountinfo(&fs::read(Path::new(
+        "/proc/self/mountinfo",
+    ))?))
+}
+
+/// Reads and parses `/proc/self/cgroup`.
+fn read_proc_cgroup() -> Result<Vec<parse::ProcCgroup>, CgroupError> {
+    Ok(parse::proc_cgroup(&fs::read(Path::new(
+        "/proc/self/cgroup",
+    ))?))
+}
+
+/// Resource limits of one cell. `None` leaves the kernel default (unlimited).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CellLimits {
+    /// Hard memory limit in bytes (v2 `memory.max`, v1 `memory.limit_in_bytes`).
+    pub memory_max: Option<u64>,
+    /// Reclaim threshold in bytes (v2 `memory.high`, v1 `memory.soft_limit_in_bytes`).
+    pub memory_high: Option<u64>,
+    /// Swap allowed ON TOP of `memory_max` (v2 `memory.swap.max`; v1 memsw = max + swap).
+    pub memory_swap: Option<u64>,
+    /// Fraction of one CPU per 100 ms period (0.5 = half a CPU, 2.0 = two CPUs).
+    pub cpu: Option<f64>,
+    /// Maximum number of tasks (`pids.max`).
+    pub pids: Option<u64>,
+}
+
+/// CFS period used for every cpu limit, in microseconds (100 ms).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+impl CellLimits {
+    /// The cpu fraction as a CFS quota per [`CPU_PERIOD_US`]; errors on non-positive or
+    /// non-finite fractions and on quotas below the kernel's 1 ms minimum.
+    fn cpu_quota_us(&self) -> Result<Option<u64>, CgroupError> {
+        let Some(cpu) = self.cpu else { return Ok(None) };
+        let invalid = |reason| CgroupError::InvalidLimit {
+            what: "cpu",
+            value: cpu.to_string(),
+            reason,
+        };
+        if !cpu.is_finite() || cpu <= 0.0 {
+            return Err(invalid("must be a positive number of CPUs"));
+        }
+        let quota = (cpu * CPU_PERIOD_US as f64).round();
+        if quota < 1000.0 {
+            return Err(invalid(
+                "below the kernel minimum of 0.01 CPU (1 ms per 100 ms)",
+            ));
+        }
+        if quota > (u32::MAX as f64) {
+            return Err(invalid("too large"));
+        }
+        Ok(Some(quota as u64))
+    }
+}
+
+/// Resource usage of a cell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Usage {
+    pub memory_current: u64,
+    /// v2 `memory.peak` (5.19+) or v1 `memory.max_usage_in_bytes`; `None` if the kernel lacks it.
+    pub memory_peak: Option<u64>,
+    /// v2 `cpu.stat` `usage_usec`; v1 `cpuacct.usage` (ns) / 1000.
+    pub cpu_usage_usec: u64,
+    pub pids_current: u64,
+    /// v2 `cpu.stat` `throttled_usec`; v1 `cpu.stat` `throttled_time` (ns) / 1000.
+    pub cpu_throttled_usec: Option<u64>,
+}
+
+/// Limit events counted by the kernel for a cell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Events {
+    /// v2 `memory.events` `oom_kill`; v1 `memory.oom_control` `oom_kill`.
+    pub oom_kills: u64,
+    /// v2 `memory.events` `max`; v1 `memory.failcnt` + `memory.memsw.failcnt`, at least `oom_kills`.
+    pub memory_max_hits: u64,
+    /// `pids.events` `max` (both backends).
+    pub pids_max_hits: u64,
+}
+
+/// Checks that a cell id is safe as a directory name: `[A-Za-z0-9_-]{1,64}`.
+pub fn validate_id(id: &str) -> Result<(), CgroupError> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CgroupError::InvalidId { id: id.to_string() })
+    }
+}
+
+/// cellkeep's own cgroup root (one directory per hierarchy on v1).
+#[derive(Debug, Clone)]
+pub struct CgroupRoot {
+    layout: Layout,
+    backend: RootBackend,
+}
+
+#[derive(Debug, Clone)]
+enum RootBackend {
+    V1(v1::Root),
+    V2(v2::Root),
+}
+
+impl CgroupRoot {
+    /// Finds or creates cellkeep's root named `name` beneath this process's own cgroup in every
+    /// needed hierarchy. v2: enables `+memory +cpu +pids` in the own cgroup's
+    /// `cgroup.subtree_control` (moving this process into `<own>/supervisor` on `EBUSY`, the
+    /// no-internal-process rule) and in the root's, never above the own cgroup.
+    /// Returns [`CgroupError::NoController`] if memory, cpu or pids (v1: also cpuacct and
+    /// freezer) are unavailable.
+    pub fn open(name: &str) -> Result<CgroupRoot, CgroupError> {
+        validate_id(name)?;
+        let layout = detect_layout()?;
+        let backend = match layout {
+            Layout::Unified => RootBackend::V2(v2::Root::open(name)?),
+            Layout::Hybrid | Layout::Legacy => RootBackend::V1(v1::Root::open(name)?),
+        };
+        Ok(CgroupRoot { layout, backend })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// `"v1"` or `"v2"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            RootBackend::V1(_) => "v1",
+            RootBackend::V2(_) => "v2",
+        }
+    }
+
+    /// The root's directories (one per hierarchy on v1, one on v2).
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match &self.backend {
+            RootBackend::V1(r) => r.paths(),
+            RootBackend::V2(r) => r.paths(),
+        }
+    }
+
+    /// Creates the cell's cgroup(s) and writes the limits; on any failure removes what it created.
+    pub fn create_cell(&self, id: &str, limits: &CellLimits) -> Result<CellCgroup, CgroupError> {
+        validate_id(id)?;
+        let backend = match &self.backend {
+            RootBackend::V1(r) => CellBackend::V1(r.create_cell(id, limits)?),
+            RootBackend::V2(r) => CellBackend::V2(r.create_cell(id, limits)?),
+        };
+        Ok(CellCgroup {
+            id: id.to_string(),
+            layout: self.layout,
+            backend,
+        })
+    }
+
+    /// Names of cell cgroups under the root (restart recovery), sorted.
+    pub fn list_cells(&self) -> Result<Vec<String>, CgroupError> {
+        let mut names = match &self.backend {
+            RootBackend::V1(r) => r.list_cells()?,
+            RootBackend::V2(r) => r.list_cells()?,
+        };
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Re-opens an existing cell cgroup by id; [`CgroupError::NotFound`] if it has no directory.
+    pub fn open_cell(&self, id: &str) -> Result<CellCgroup, CgroupError> {
+        validate_id(id)?;
+        let backend = match &self.backend {
+            RootBackend::V1(r) => CellBackend::V1(r.open_cell(id)),
+            RootBackend::V2(r) => CellBackend::V2(r.open_cell(id)),
+        };
+        let cell = CellCgroup {
+            id: id.to_string(),
+            layout: self.layout,
+            backend,
+        };
+        if cell.paths().iter().any(|p| p.is_dir()) {
+            Ok(cell)
+        } else {
+            let root = self.paths().into_iter().next().unwrap_or_default();
+            Err(CgroupError::NotFound {
+                id: id.to_string(),
+                root,
+            })
+        }
+    }
+
+    /// Removes the root itself if it has no cells; [`CgroupError::Busy`] if it still has some.
+    pub fn remove_if_empty(&self) -> Result<(), CgroupError> {
+        match &self.backend {
+            RootBackend::V1(r) => r.remove_if_empty(),
+            RootBackend::V2(r) => r.remove_if_empty(),
+        }
+    }
+}
+
+/// The cgroup(s) of one cell.
+#[derive(Debug)]
+pub struct CellCgroup {
+    id: String,
+    layout: Layout,
+    backend: CellBackend,
+}
+
+#[derive(Debug)]
+enum CellBackend {
+    V1(v1::Cell),
+    V2(v2::Cell),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $c:ident => $e:expr) => {
+        match &$self.backend {
+            CellBackend::V1($c) => $e,
+            CellBackend::V2($c) => $e,
+        }
+    };
+}
+
+impl CellCgroup {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Layout of the host the cell lives on (tells how to watch [`Self::events_file`]).
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Directories of this cell (one per hierarchy on v1, one on v2).
+    pub fn paths(&self) -> Vec<PathBuf> {
+        dispatch!(self, c => c.paths())
+    }
+
+    /// Moves `pid` into the cell (`cgroup.procs`, in every hierarchy on v1).
+    pub fn attach(&self, pid: u32) -> Result<(), CgroupError> {
+        dispatch!(self, c => c.attach(pid))
+    }
+
+    /// Pids in the cell (`cgroup.procs`), sorted; empty once the cell is removed.
+    pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
+        dispatch!(self, c => c.procs())
+    }
+
+    pub fn usage(&self) -> Result<Usage, CgroupError> {
+        dispatch!(self, c => c.usage())
+    }
+
+    pub fn events(&self) -> Result<Events, CgroupError> {
+        dispatch!(self, c => c.events())
+    }
+
+    /// Kills every process in the cell and waits (up to [`KILL_TIMEOUT`]) until it is empty.
+    /// Killing an empty cell is `Ok`.
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        dispatch!(self, c => c.kill_all())
+    }
+
+    /// [`Self::kill_all`], then `rmdir` (retried briefly on `EBUSY`). A missing directory is `Ok`.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        if !self.paths().iter().any(|p| p.exists()) {
+            return Ok(());
+        }
+        self.kill_all()?;
+        dispatch!(self, c => c.rmdir())
+    }
+
+    /// The file to watch for limit events: v2 `memory.events` (inotify/poll);
+    /// v1 `memory.oom_control` (eventfd + `cgroup.event_control`).
+    pub fn events_file(&self) -> PathBuf {
+        dispatch!(self, c => c.events_file())
+    }
+}
+
+/// Sends SIGKILL to every pid; a pid that already exited (`ESRCH`) is fine.
+fn sigkill_all(pids: &[u32]) -> Result<(), CgroupError> {
+    for &pid in pids {
+        let Ok(raw) = i32::try_from(pid) else {
+            continue;
+        };
+        match kill(Pid::from_raw(raw), Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(source) => return Err(CgroupError::Kill { pid, source }),
+        }
+    }
+    Ok(())
+}
+
+/// Sorted, de-duplicated union of pid lists (v1 cells span several hierarchies).
+fn merge_pids(mut pids: Vec<u32>) -> Vec<u32> {
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        for ok in ["a", "cell-1", "A_b-9", &"x".repeat(64)] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "..", ".", "a/b", "a b", "é", &"x".repeat(65), "a.b"] {
+            assert!(
+                matches!(validate_id(bad), Err(CgroupError::InvalidId { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_quota_rounds_and_rejects_nonsense() {
+        let q = |cpu| {
+            CellLimits {
+                cpu: Some(cpu),
+                ..Default::default()
+            }
+            .cpu_quota_us()
+        };
+        assert_eq!(q(0.5).unwrap(), Some(50_000));
+        assert_eq!(q(2.0).unwrap(), Some(200_000));
+        assert_eq!(q(0.333333).unwrap(), Some(33_333));
+        assert_eq!(CellLimits::default().cpu_quota_us().unwrap(), None);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 0.001] {
+            assert!(
+                matches!(q(bad), Err(CgroupError::InvalidLimit { what: "cpu", .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn handles_are_shareable_across_threads() {
+        fn root<T: Clone + Send + Sync + std::fmt::Debug>() {}
+        fn cell<T: Send + Sync + std::fmt::Debug>() {}
+        root::<CgroupRoot>();
+        cell::<CellCgroup>();
+    }
+
+    #[test]
+    fn merge_pids_sorts_and_dedups() {
+        assert_eq!(merge_pids(vec![3, 1, 3, 2]), vec![1, 2, 3]);
+    }
+}

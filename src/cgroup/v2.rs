@@ -1,0 +1,290 @@
+//! cgroup v2 backend (unified hosts): a cell is one directory `<own>/<root name>/<id>` in the
+//! cgroup2 mount, with memory, cpu and pids enabled through `cgroup.subtree_control` of the
+//! own cgroup and of cellkeep's root.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::fs::{self, file};
+use super::{
+    parse, sigkill_all, CellLimits, CgroupError, Events, Usage, CGROUP_MOUNT, KILL_TIMEOUT,
+};
+
+/// Controllers every cell needs.
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+/// Leaf this process moves itself into when its own cgroup must delegate controllers
+/// (no-internal-process rule).
+const SUPERVISOR_LEAF: &str = "supervisor";
+
+/// cellkeep's root: `<own cgroup>/<name>`.
+#[derive(Debug, Clone)]
+pub struct Root {
+    dir: PathBuf,
+}
+
+impl Root {
+    /// Finds this process's cgroup P (`/proc/self/cgroup` `0::/P`, in the cgroup2 mount found in
+    /// `/proc/self/mountinfo`), enables the controllers in P, creates `P/<name>` and enables them
+    /// there too. If this process already sits in `P/supervisor` (moved there by an earlier
+    /// `open`), P is that leaf's parent.
+    pub fn open(name: &str) -> Result<Root, CgroupError> {
+        let entries = super::read_proc_cgroup()?;
+        let own = parse::v2_own_path(&entries).ok_or_else(|| CgroupError::Unsupported {
+            reason: "no cgroup2 entry (0::) in /proc/self/cgroup".to_string(),
+        })?;
+        let own = match own.rsplit_once('/') {
+            Some((parent, SUPERVISOR_LEAF)) => {
+                if parent.is_empty() {
+                    "/"
+                } else {
+                    parent
+                }
+            }
+            _ => own,
+        };
+        let mounts = super::read_mountinfo()?;
+        let own_dir = parse::v2_mount(&mounts, own, Path::new(CGROUP_MOUNT))
+            .and_then(|m| parse::cgroup_dir(m, own))
+            .ok_or_else(|| CgroupError::Unsupported {
+                reason: format!("no cgroup2 mount shows this process's cgroup {own}"),
+            })?;
+        check_controllers(&own_dir)?;
+        enable_controllers_in_own(&own_dir, own == "/")?;
+        let dir = own_dir.join(name);
+        fs::mkdir(&dir)?;
+        check_controllers(&dir)?;
+        enable_controllers(&dir)?;
+        Ok(Root { dir })
+    }
+
+    pub fn paths(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
+    }
+
+    /// `mkdir <root>/<id>`, then writes the limits; removes the directory on error.
+    pub fn create_cell(&self, id: &str, limits: &CellLimits) -> Result<Cell, CgroupError> {
+        let cell = Cell {
+            dir: self.dir.join(id),
+        };
+        fs::mkdir_new(&cell.dir)?;
+        if let Err(e) = cell.apply_limits(limits) {
+            if let Err(cleanup) = fs::rmdir(&cell.dir) {
+                tracing::warn!(error = %cleanup, "cleanup of a half-created cgroup failed");
+            }
+            return Err(e);
+        }
+        Ok(cell)
+    }
+
+    pub fn list_cells(&self) -> Result<Vec<String>, CgroupError> {
+        fs::list_dirs(&self.dir)
+    }
+
+    pub fn open_cell(&self, id: &str) -> Cell {
+        Cell {
+            dir: self.dir.join(id),
+        }
+    }
+
+    pub fn remove_if_empty(&self) -> Result<(), CgroupError> {
+        fs::rmdir_if_empty(&self.dir)
+    }
+}
+
+/// Reads `cgroup.controllers` of `dir`; NoController names the first needed one missing.
+fn check_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let available = fs::read(&file(dir, "cgroup.controllers"))?;
+    let missing = CONTROLLERS
+        .iter()
+        .find(|c| !available.split_whitespace().any(|a| a == **c));
+    match missing {
+        Some(c) => Err(CgroupError::NoController {
+            controller: c.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Writes `+memory +cpu +pids` (only the missing ones) to `dir/cgroup.subtree_control`.
+fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let path = file(dir, "cgroup.subtree_control");
+    let enabled = fs::read(&path)?;
+    let missing: Vec<String> = CONTROLLERS
+        .iter()
+        .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs::write(&path, &missing.join(" "))
+}
+
+/// Enables the controllers in this process's own cgroup. A non-root cgroup holding processes
+/// cannot delegate (EBUSY), so this process moves into the leaf `own/supervisor`
+/// (`cgroup.procs` there) and retries once.
+fn enable_controllers_in_own(own_dir: &Path, is_root: bool) -> Result<(), CgroupError> {
+    match enable_controllers(own_dir) {
+        Err(CgroupError::Write { source, .. })
+            if !is_root && source.raw_os_error() == Some(libc::EBUSY) =>
+        {
+            let leaf = own_dir.join(SUPERVISOR_LEAF);
+            fs::mkdir(&leaf)?;
+            fs::write(
+                &file(&leaf, "cgroup.procs"),
+                &std::process::id().to_string(),
+            )?;
+            enable_controllers(own_dir)
+        }
+        other => other,
+    }
+}
+
+/// One cell: `<root>/<id>`.
+#[derive(Debug)]
+pub struct Cell {
+    dir: PathBuf,
+}
+
+impl Cell {
+    pub fn paths(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
+    }
+
+    fn apply_limits(&self, limits: &CellLimits) -> Result<(), CgroupError> {
+        // An OOM kill takes the whole cell, not one process of it.
+        fs::write(&file(&self.dir, "memory.oom.group"), "1")?;
+        if let Some(max) = limits.memory_max {
+            fs::write(&file(&self.dir, "memory.max"), &max.to_string())?;
+        }
+        if let Some(high) = limits.memory_high {
+            fs::write(&file(&self.dir, "memory.high"), &high.to_string())?;
+        }
+        if let Some(swap) = limits.memory_swap {
+            self.set_swap_max(swap)?;
+        }
+        if let Some(quota) = limits.cpu_quota_us()? {
+            // cpu.max: "<quota> <period>" in microseconds.
+            fs::write(
+                &file(&self.dir, "cpu.max"),
+                &format!("{quota} {}", super::CPU_PERIOD_US),
+            )?;
+        }
+        if let Some(pids) = limits.pids {
+            fs::write(&file(&self.dir, "pids.max"), &pids.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Writes `memory.swap.max`; skipped when the kernel has no swap accounting (no file).
+    fn set_swap_max(&self, swap: u64) -> Result<(), CgroupError> {
+        let path = file(&self.dir, "memory.swap.max");
+        if !path.exists() {
+            tracing::debug!(path = %path.display(), "no swap accounting; memory_swap not applied");
+            return Ok(());
+        }
+        fs::write(&path, &swap.to_string())
+    }
+
+    /// Writes `pid` to `cgroup.procs`.
+    pub fn attach(&self, pid: u32) -> Result<(), CgroupError> {
+        fs::write(&file(&self.dir, "cgroup.procs"), &pid.to_string())
+    }
+
+    /// Reads `cgroup.procs`; a removed cell has none.
+    pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
+        if !self.dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut pids = fs::read_pids(&file(&self.dir, "cgroup.procs"))?;
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    /// Reads `memory.current`, `memory.peak` (5.19+), `cpu.stat` and `pids.current`.
+    pub fn usage(&self) -> Result<Usage, CgroupError> {
+        let cpu_stat_path = file(&self.dir, "cpu.stat");
+        let cpu_stat = fs::read(&cpu_stat_path)?;
+        let usage_usec = parse::flat_keyed(&cpu_stat, "usage_usec")
+            .ok_or_else(|| fs::parse_error(&cpu_stat_path, &cpu_stat, "no usage_usec"))?;
+        Ok(Usage {
+            memory_current: fs::read_u64(&file(&self.dir, "memory.current"))?,
+            memory_peak: fs::read_u64_optional(&file(&self.dir, "memory.peak"))?,
+            cpu_usage_usec: usage_usec,
+            pids_current: fs::read_u64(&file(&self.dir, "pids.current"))?,
+            cpu_throttled_usec: parse::flat_keyed(&cpu_stat, "throttled_usec"),
+        })
+    }
+
+    /// Reads `memory.events` (`oom_kill`, `max`) and `pids.events` (`max`).
+    pub fn events(&self) -> Result<Events, CgroupError> {
+        let memory_events = fs::read(&file(&self.dir, "memory.events"))?;
+        Ok(Events {
+            oom_kills: parse::flat_keyed(&memory_events, "oom_kill").unwrap_or(0),
+            memory_max_hits: parse::flat_keyed(&memory_events, "max").unwrap_or(0),
+            pids_max_hits: fs::read_key_or_zero(&file(&self.dir, "pids.events"), "max")?,
+        })
+    }
+
+    /// Writes `cgroup.kill` (5.14+) and waits until `cgroup.procs` is empty; on older kernels
+    /// loops freeze (`cgroup.freeze`) → SIGKILL each pid → thaw.
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        if self.procs()?.is_empty() {
+            return Ok(());
+        }
+        let kill_file = file(&self.dir, "cgroup.kill");
+        if kill_file.exists() {
+            fs::write(&kill_file, "1")?;
+            if fs::poll_until(KILL_TIMEOUT, || Ok(self.procs()?.is_empty()))? {
+                return Ok(());
+            }
+            return Err(self.timeout());
+        }
+        self.kill_by_freezing()
+    }
+
+    /// The pre-5.14 fallback: `cgroup.freeze` 1, wait for `cgroup.events` `frozen 1`,
+    /// SIGKILL every pid, `cgroup.freeze` 0, repeat until empty.
+    fn kill_by_freezing(&self) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        let freeze = file(&self.dir, "cgroup.freeze");
+        let events = file(&self.dir, "cgroup.events");
+        while Instant::now() < deadline {
+            let pids = self.procs()?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            fs::write(&freeze, "1")?;
+            fs::poll_until(Duration::from_secs(1), || {
+                Ok(parse::flat_keyed(&fs::read(&events)?, "frozen") == Some(1))
+            })?;
+            let killed = self.procs().and_then(|pids| sigkill_all(&pids));
+            fs::write(&freeze, "0")?;
+            killed?;
+            fs::poll_until(Duration::from_millis(200), || Ok(self.procs()?.is_empty()))?;
+        }
+        if self.procs()?.is_empty() {
+            Ok(())
+        } else {
+            Err(self.timeout())
+        }
+    }
+
+    fn timeout(&self) -> CgroupError {
+        CgroupError::KillTimeout {
+            path: self.dir.clone(),
+            pids: self.procs().unwrap_or_default(),
+            timeout: KILL_TIMEOUT,
+        }
+    }
+
+    /// `rmdir` of the cell (retrying on EBUSY); a missing directory is Ok.
+    pub fn rmdir(&self) -> Result<(), CgroupError> {
+        fs::rmdir(&self.dir)
+    }
+
+    /// `memory.events`: modified events are visible to inotify/poll.
+    pub fn events_file(&self) -> PathBuf {
+        file(&self.dir, "memory.events")
+    }
+}
