@@ -1,4 +1,34 @@
-//! cellkeep: a Linux sandbox supervisor.
+//! cellkeep: a Linux sandbox supervisor. It keeps CLI processes (AI coding agents or any
+//! binary), each in its own *cell*: a cgroup with memory/CPU/pids limits, fresh namespaces,
+//! no capabilities, no_new_privs, rlimits, a Landlock ruleset and a seccomp filter — all from
+//! a per-provider TOML policy.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | `main.rs` | mode choice: the hidden cell helper (`__cell-helper`) vs the CLI |
+//! | [`cli`] | clap subcommands (`run`, `policy check`, `policy show`) |
+//! | [`error`] | the top-level error and its stable codes |
+//! | [`policy`] | TOML → validated [`policy::Policy`]; seccomp rules → BPF at load time |
+//! | [`cgroup`] | the cell cgroup on v1 (hybrid/legacy) and v2 (unified) hosts |
+//! | [`sandbox`] | launch plan, launcher, the helper, pid 1 and the payload recipe; `sys` holds all `unsafe` |
+//!
+//! # Process model
+//!
+//! ```text
+//! launcher (tokio) ──spawn /proc/self/exe __cell-helper, fd 3 = control──▶ helper (in the cell cgroup)
+//!   helper ──clone(new namespaces), write id maps──▶ pid 1 of the cell ──fork──▶ payload ──execve
+//! ```
+//! The launcher never runs Rust logic between fork and exec; the helper is a fresh
+//! single-threaded process, so its setup is ordinary Rust. See [`sandbox`].
 #![deny(unsafe_code)]
+
 pub mod cgroup;
+pub mod cli;
+pub mod error;
 pub mod policy;
+pub mod sandbox;
+
+/// The hidden first argument that turns the binary into the cell helper.
+pub const HELPER_ARG: &str = "__cell-helper";

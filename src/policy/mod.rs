@@ -1,4 +1,242 @@
 //! Provider policies: TOML files under `policies/` → validated [`Policy`] values.
+//!
+//! Pipeline: [`load`] reads a file and the files it `extends` into the serde mirror in
+//! [`raw`] (unknown keys and wrong types are reported, every one of them) and merges them;
+//! [`validate`] turns the merged mirror into a typed [`Policy`], compiling seccomp through
+//! [`seccomp`] so `policy check` reports exactly what a launch would; [`show`] prints the
+//! effective policy back as TOML. Every problem is a [`Diagnostic`] rendered
+//! `file:line:col: key: message` (the key part is left out for TOML syntax errors).
+//!
+//! # Format reference
+//!
+//! One file per provider, `policies/<name>.toml`. `policies/base.toml` is the commented
+//! example of every key. All keys are optional unless marked *required*.
+//!
+//! | key | value | default |
+//! |---|---|---|
+//! | `extends` (top level) | name of a policy in the same directory | none |
+//! | `provider.name` *required* | equal to the file stem | — |
+//! | `provider.description` | text | `""` |
+//! | `provider.abstract` | `true`: a base for `extends`, not launchable | `false` |
+//! | `provider.command` *required unless abstract* | `["/abs/binary", "fixed", "args"]`, or `[]` (caller supplies argv) | — |
+//! | `provider.mode` | `"oneshot"` \| `"session"` | `"oneshot"` |
+//! | `access.uids` | uids allowed to use the provider | `[]` (root only) |
+//! | `access.groups` | group names (from /etc/group) or gids | `[]` |
+//! | `identity.run_as` | `"caller"` \| `"range"` \| user name \| uid (never 0) | `"caller"` |
+//! | `identity.root_maps_to` | user name or uid used when the caller is root (never 0) | `"nobody"` |
+//! | `identity.uid_range` | `[start, count]`, for `run_as = "range"`; must not contain 0 | none |
+//! | `identity.inside` | `"same"` \| `"root"` (root inside the user namespace only) | `"same"` |
+//! | `environment.pass` | variable names copied from the caller | `[]` |
+//! | `environment.set` | table `NAME = "value"`; `{cwd}`, `{tmp}` expanded | `{}` |
+//! | `workdir.roots` | absolute existing directories; the caller's cwd must be beneath one | `[]` |
+//! | `limits.memory_max`, `memory_high`, `memory_swap` | size | unlimited |
+//! | `limits.cpu` | CPUs, > 0 (`0.5`, `2`) | unlimited |
+//! | `limits.pids`, `limits.open_files` | integer ≥ 1 | unlimited |
+//! | `limits.wall_time`, `limits.idle_timeout` | duration | unlimited |
+//! | `limits.output_bytes` | size | `"8M"` |
+//! | `limits.tmp_size` | size | `"64M"` |
+//! | `namespaces.{user,pid,mount,net,ipc,uts,cgroup}` | bool | `true` |
+//! | `filesystem.{read,write,exec}` | paths: absolute, or `{cwd}[/sub]`, `{tmp}[/sub]`; no `..` | `[]` |
+//! | `network.mode` | `"none"` \| `"loopback"` \| `"tcp"` | `"none"` |
+//! | `network.connect`, `network.bind` | TCP ports, only with `mode = "tcp"` | `[]` |
+//! | `seccomp.preset` | `"default"` \| `"none"` | `"default"` |
+//! | `seccomp.default_action` | `"allow"` \| `"errno"` \| `"enosys"` \| `"kill"` \| `"log"`; not `allow` = allowlist mode | `"allow"` |
+//! | `seccomp.deny` | extra syscall names (x86_64) | `[]` |
+//! | `seccomp.deny_action` | `"errno"` \| `"kill"` | `"errno"` |
+//! | `seccomp.allow` | names removed from the preset; in allowlist mode, the allowlist | `[]` |
+//! | `session.framing` | `"line"` \| `"sentinel"` \| `"regex"` \| `"json_field"` | `"line"` |
+//! | `session.sentinel` / `pattern` / `field` + `equals` | for framing sentinel / regex / json_field | — |
+//! | `enforcement.mode` | `"required"` \| `"best_effort"` | `"required"` |
+//!
+//! Sizes: bytes as an integer, or digits with `K`, `M`, `G`, `T` (binary): `"512M"`.
+//! Durations: seconds as a number, or digits with `ms`, `s`, `m`, `h`: `"10m"`.
+//!
+//! Cross-key rules: `memory_high <= memory_max`; `{tmp}` needs `namespaces.mount`;
+//! `network.mode` `none`/`loopback` needs `namespaces.net`; `inside = "root"` needs
+//! `namespaces.user`; allowlist seccomp needs a non-empty `allow`.
+//!
+//! **Inheritance** (`extends = "base"` loads `base.toml` from the same directory, which may
+//! itself extend another): tables merge key by key; a key set in the child replaces the
+//! parent's value wholesale — arrays are replaced, not appended. `environment.set` is a table
+//! and so merges name by name. `extends`, `provider.name` and `provider.abstract` belong to
+//! each file and are never inherited. Cycles and missing parents are reported at the
+//! `extends` key; a problem in an inherited key is reported in the file that set it.
+
+pub mod load;
 pub mod model;
+pub mod raw;
 pub mod seccomp;
+pub mod show;
+pub mod units;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
 pub use model::*;
+
+/// One problem in a policy file, with its position (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// Dotted TOML key, e.g. `limits.memory_max`; empty for TOML syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.col)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Every problem found in the file and the files it extends.
+    #[error("invalid policy:\n{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+    #[error("cannot read policy {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("no policy named \"{name}\" in {}", dir.display())]
+    NotFound { name: String, dir: PathBuf },
+    #[error("policy \"{name}\" ({}) is abstract: it can only be extended, not launched", path.display())]
+    NotLaunchable { name: String, path: PathBuf },
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    diags.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Load, merge and validate one policy file (abstract policies included).
+pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
+    let loaded = load::load_chain(path)?;
+    validate::validate(loaded).map_err(|d| PolicyError::Invalid(dedup(d)))
+}
+
+/// Like [`load_file`], but an abstract policy is an error.
+pub fn load_launchable(path: &Path) -> Result<Policy, PolicyError> {
+    let policy = load_file(path)?;
+    if policy.is_launchable() {
+        Ok(policy)
+    } else {
+        Err(PolicyError::NotLaunchable { name: policy.name, path: path.to_path_buf() })
+    }
+}
+
+/// Every `*.toml` in `dir`, by file stem, and every problem found (each reported once).
+pub fn load_dir(dir: &Path) -> (BTreeMap<String, Policy>, Vec<Diagnostic>) {
+    let mut policies = BTreeMap::new();
+    let mut diags = Vec::new();
+    let files = match toml_files(dir) {
+        Ok(f) => f,
+        Err(d) => return (policies, vec![d]),
+    };
+    for file in files {
+        match load_file(&file) {
+            Ok(p) => {
+                policies.insert(p.name.clone(), p);
+            }
+            Err(e) => diags.extend(error_diagnostics(&file, e)),
+        }
+    }
+    (policies, dedup(diags))
+}
+
+/// Check policy files and directories (every `*.toml` in them); no output means valid.
+pub fn check(paths: &[PathBuf]) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            diags.extend(load_dir(path).1);
+        } else if let Err(e) = load_file(path) {
+            diags.extend(error_diagnostics(path, e));
+        }
+    }
+    dedup(diags)
+}
+
+/// `cellkeep policy check`: print every diagnostic on stdout; exit code 0 (valid) or 1.
+pub fn run_check(paths: &[PathBuf]) -> i32 {
+    if paths.is_empty() {
+        eprintln!("policy check: no files or directories given");
+        return 2;
+    }
+    let diags = check(paths);
+    for d in &diags {
+        println!("{d}");
+    }
+    if diags.is_empty() {
+        0
+    } else {
+        eprintln!("{} problem(s) found", diags.len());
+        1
+    }
+}
+
+/// `cellkeep policy show`: the effective policy `name`, looked up in a directory, or the
+/// policy file itself when `dir_or_file` is a file.
+pub fn run_show(dir_or_file: &Path, name: &str) -> Result<String, PolicyError> {
+    let path = if dir_or_file.is_dir() {
+        let direct = Path::new(name);
+        if name.ends_with(".toml") && direct.is_file() {
+            direct.to_path_buf()
+        } else {
+            dir_or_file.join(format!("{name}.toml"))
+        }
+    } else {
+        dir_or_file.to_path_buf()
+    };
+    if !path.is_file() {
+        return Err(PolicyError::NotFound { name: name.to_owned(), dir: dir_or_file.to_path_buf() });
+    }
+    load_file(&path).map(|p| show(&p))
+}
+
+/// The effective policy after inheritance, as policy TOML that loads back to the same policy.
+pub fn show(policy: &Policy) -> String {
+    show::show(policy)
+}
+
+fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let io_diag = |e: std::io::Error| Diagnostic {
+        file: dir.to_path_buf(),
+        line: 1,
+        col: 1,
+        key: String::new(),
+        message: format!("cannot read directory: {e}"),
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_diag)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn error_diagnostics(path: &Path, e: PolicyError) -> Vec<Diagnostic> {
+    match e {
+        PolicyError::Invalid(d) => d,
+        other => vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            col: 1,
+            key: String::new(),
+            message: other.to_string(),
+        }],
+    }
+}
+
+/// Drop repeated diagnostics (a base's problem shows up once per file extending it).
+fn dedup(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut seen = std::collections::HashSet::new();
+    diags.into_iter().filter(|d| seen.insert(d.clone())).collect()
+}

@@ -25,6 +25,8 @@ pub struct Policy {
     /// policies, where the caller supplies the whole argv (`cellkeep run -- ARGS`).
     pub command: Vec<String>,
     pub mode: Mode,
+    /// `[provider] abstract = true`: a base for `extends`, valid but not launchable.
+    pub is_abstract: bool,
     pub access: Access,
     pub identity: Identity,
     pub env: EnvPolicy,
@@ -37,6 +39,13 @@ pub struct Policy {
     pub enforcement: Enforcement,
     /// Session framing (used by the daemon for `mode = "session"`).
     pub session: SessionPolicy,
+}
+
+impl Policy {
+    /// Whether cells may be launched from this policy (it is not an abstract base).
+    pub fn is_launchable(&self) -> bool {
+        !self.is_abstract
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

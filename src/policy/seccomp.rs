@@ -1,5 +1,31 @@
 //! Seccomp: policy rules → BPF programs (compiled once, at policy load).
+//!
+//! seccompiler gives one match action per filter, so a policy compiles to a short stack of
+//! filters, installed in this order (the kernel returns the strictest verdict of all; among
+//! equal `ERRNO` verdicts the most recently installed filter's errno wins):
+//!
+//! 1. **x32 guard** (hand-written): kill on a foreign `AUDIT_ARCH` and on any syscall number
+//!    with the x32 bit (`0x40000000`) set. Without it a deny list is bypassable through the
+//!    x32 ABI, which shares `AUDIT_ARCH_X86_64`.
+//! 2. **allow list** (only when `default_action` is not `allow`): the `allow` names (plus
+//!    `execve`, which the sandbox needs to start the command) pass; everything else gets
+//!    `default_action`.
+//! 3. **deny list**: the preset's names minus `allow`, plus `deny`, plus `clone` with any
+//!    `CLONE_NEW*` flag and `ioctl(TIOCSTI | TIOCLINUX)`, get `deny_action`.
+//! 4. **clone3 → ENOSYS** (preset `default`): clone3 passes its flags in memory where BPF
+//!    cannot read them, so it is refused with ENOSYS, the one errno on which glibc falls back
+//!    to `clone` (which filter 3 can inspect). Installed last so its errno wins.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction as Action, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 use serde::{Deserialize, Serialize};
+use syscalls::x86_64::Sysno;
+
+use super::model::SeccompAction;
 
 /// One classic-BPF instruction (`struct sock_filter`), as plain data for the launch plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,4 +40,286 @@ pub struct BpfInsn {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompiledSeccomp {
     pub filters: Vec<Vec<BpfInsn>>,
+}
+
+/// The syscalls the `default` preset denies: the usual container escape and host-tampering
+/// routes. `clone` with namespace flags and two `ioctl`s are denied by argument on top.
+pub const DEFAULT_DENY: &[&str] = &[
+    "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load", "bpf",
+    "keyctl", "add_key", "request_key", "mount", "umount2", "pivot_root", "move_mount",
+    "open_tree", "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr", "unshare", "setns",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "perf_event_open", "userfaultfd",
+    "init_module", "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct",
+    "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "quotactl", "lookup_dcookie",
+    "name_to_handle_at", "open_by_handle_at", "iopl", "ioperm", "vhangup", "syslog", "uselib",
+    "nfsservctl",
+];
+
+/// Every `CLONE_NEW*` flag: `clone` with any of them set is denied by the default preset.
+const CLONE_NEW_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+];
+// CLONE_NEWTIME is absent on purpose: its bit is part of CSIGNAL for clone(2) and only
+// unshare(2) and clone3(2) honour it; both are covered by name.
+
+/// `ioctl` requests that inject input into or reprogram the controlling terminal.
+const DENIED_IOCTLS: &[u64] = &[0x5412 /* TIOCSTI */, 0x541C /* TIOCLINUX */];
+
+const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+const SECCOMP_DATA_NR: u32 = 0;
+const SECCOMP_DATA_ARCH: u32 = 4;
+const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+const BPF_JEQ_K: u16 = 0x05 | 0x10;
+const BPF_JGE_K: u16 = 0x05 | 0x30;
+const BPF_RET_K: u16 = 0x06;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
+
+/// Why a seccomp section cannot be compiled. Names were checked by `validate` already, so
+/// these are internal inconsistencies reported as diagnostics rather than panics.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("unknown syscall \"{name}\" (not an x86_64 syscall name)")]
+    UnknownSyscall { name: String },
+    #[error("seccompiler rejected the {filter} filter: {source}")]
+    Compile { filter: &'static str, source: seccompiler::BackendError },
+}
+
+/// The seccomp section in source form, as `validate` hands it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeccompSpec<'a> {
+    /// `true` for preset `default`, `false` for `none`.
+    pub default_preset: bool,
+    pub default_action: SeccompAction,
+    pub deny_action: SeccompAction,
+    pub allow: &'a [String],
+    pub deny: &'a [String],
+}
+
+/// Look up an x86_64 syscall number by name.
+pub fn syscall_nr(name: &str) -> Option<i64> {
+    name.parse::<Sysno>().ok().map(|s| i64::from(s.id()))
+}
+
+/// The preset's deny list minus `allow`, plus `deny`: the names that get `deny_action`.
+pub fn denied_names(spec: &SeccompSpec<'_>) -> Vec<String> {
+    let preset = if spec.default_preset { DEFAULT_DENY } else { &[] };
+    let mut names: Vec<String> = preset
+        .iter()
+        .filter(|n| !spec.allow.iter().any(|a| a == *n))
+        .map(|n| (*n).to_owned())
+        .collect();
+    for extra in spec.deny {
+        if !names.contains(extra) {
+            names.push(extra.clone());
+        }
+    }
+    names
+}
+
+/// Compile a seccomp section into the filter stack described in the module doc.
+pub fn compile(spec: &SeccompSpec<'_>) -> Result<CompiledSeccomp, SeccompError> {
+    let mut filters = Vec::new();
+    if spec.default_action != SeccompAction::Allow {
+        let mut names: Vec<String> = spec.allow.to_vec();
+        names.push("execve".to_owned());
+        let rules = unconditional(&names)?;
+        filters.push(build("allow", rules, action(spec.default_action), Action::Allow)?);
+    }
+
+    let mut deny = unconditional(&denied_names(spec))?;
+    if spec.default_preset {
+        add_arg_rules(&mut deny, "clone", 0, CLONE_NEW_FLAGS, true, &spec.allow)?;
+        add_arg_rules(&mut deny, "ioctl", 1, DENIED_IOCTLS, false, &spec.allow)?;
+    }
+    if !deny.is_empty() {
+        filters.push(build("deny", deny, Action::Allow, action(spec.deny_action))?);
+    }
+
+    let clone3_allowed = spec.allow.iter().any(|a| a == "clone3");
+    if spec.default_preset && !clone3_allowed {
+        let rules = unconditional(&["clone3".to_owned()])?;
+        filters.push(build("clone3", rules, Action::Allow, Action::Errno(libc::ENOSYS as u32))?);
+    }
+
+    if !filters.is_empty() {
+        filters.insert(0, x32_guard());
+    }
+    Ok(CompiledSeccomp { filters })
+}
+
+fn action(a: SeccompAction) -> Action {
+    match a {
+        SeccompAction::Allow => Action::Allow,
+        SeccompAction::Errno => Action::Errno(libc::EPERM as u32),
+        SeccompAction::Enosys => Action::Errno(libc::ENOSYS as u32),
+        SeccompAction::Kill => Action::KillProcess,
+        SeccompAction::Log => Action::Log,
+    }
+}
+
+fn unconditional(names: &[String]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    names
+        .iter()
+        .map(|n| syscall_nr(n).map(|nr| (nr, Vec::new())).ok_or_else(|| SeccompError::UnknownSyscall { name: n.clone() }))
+        .collect()
+}
+
+/// Add one rule per value for `syscall`'s argument `arg`: a masked match (`arg & v == v`)
+/// when `masked`, an equality otherwise. Several rules for one syscall are OR-ed. Skipped when
+/// the syscall is allowed outright or already denied unconditionally.
+fn add_arg_rules(
+    rules: &mut BTreeMap<i64, Vec<SeccompRule>>,
+    syscall: &str,
+    arg: u8,
+    values: &[u64],
+    masked: bool,
+    allow: &[String],
+) -> Result<(), SeccompError> {
+    let nr = syscall_nr(syscall).ok_or_else(|| SeccompError::UnknownSyscall { name: syscall.to_owned() })?;
+    if allow.iter().any(|a| a == syscall) || rules.get(&nr).is_some_and(Vec::is_empty) {
+        return Ok(());
+    }
+    let compile_err = |source| SeccompError::Compile { filter: "deny", source };
+    let entry = rules.entry(nr).or_default();
+    for &v in values {
+        let op = if masked { SeccompCmpOp::MaskedEq(v) } else { SeccompCmpOp::Eq };
+        let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, v).map_err(compile_err)?;
+        entry.push(SeccompRule::new(vec![cond]).map_err(compile_err)?);
+    }
+    Ok(())
+}
+
+fn build(
+    filter: &'static str,
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: Action,
+    matched: Action,
+) -> Result<Vec<BpfInsn>, SeccompError> {
+    let err = |source| SeccompError::Compile { filter, source };
+    let f = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64).map_err(err)?;
+    let program: BpfProgram = f.try_into().map_err(err)?;
+    Ok(program.iter().map(|i| BpfInsn { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect())
+}
+
+/// Kill on a foreign architecture and on x32 syscall numbers; allow everything else.
+fn x32_guard() -> Vec<BpfInsn> {
+    let insn = |code, jt, jf, k| BpfInsn { code, jt, jf, k };
+    vec![
+        insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARCH),
+        insn(BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        insn(BPF_RET_K, 0, 0, RET_KILL_PROCESS),
+        insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR),
+        insn(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
+        insn(BPF_RET_K, 0, 0, RET_KILL_PROCESS),
+        insn(BPF_RET_K, 0, 0, RET_ALLOW),
+    ]
+}
+
+/// Convert back to seccompiler's form, e.g. for `seccompiler::apply_filter`.
+pub fn to_bpf_program(filter: &[BpfInsn]) -> BpfProgram {
+    filter
+        .iter()
+        .map(|i| seccompiler::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec<'a>(allow: &'a [String], deny: &'a [String]) -> SeccompSpec<'a> {
+        SeccompSpec {
+            default_preset: true,
+            default_action: SeccompAction::Allow,
+            deny_action: SeccompAction::Errno,
+            allow,
+            deny,
+        }
+    }
+
+    #[test]
+    fn preset_names_are_known_syscalls() {
+        for name in DEFAULT_DENY {
+            assert!(syscall_nr(name).is_some(), "{name}");
+        }
+        assert_eq!(syscall_nr("openat"), Some(257));
+        assert_eq!(syscall_nr("opnat"), None);
+    }
+
+    #[test]
+    fn default_preset_compiles_to_three_filters() {
+        let compiled = compile(&spec(&[], &[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(compiled.filters.len(), 3);
+        assert_eq!(compiled.filters[0], x32_guard());
+        assert!(compiled.filters.iter().all(|f| !f.is_empty() && f.len() < 4096));
+    }
+
+    #[test]
+    fn allow_removes_from_the_preset_and_allowlist_adds_a_filter() {
+        let allow = vec!["unshare".to_owned(), "clone3".to_owned()];
+        let s = spec(&allow, &[]);
+        assert!(!denied_names(&s).contains(&"unshare".to_owned()));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(2));
+        let allow = vec!["read".to_owned(), "write".to_owned(), "exit_group".to_owned()];
+        let s = SeccompSpec { default_action: SeccompAction::Enosys, ..spec(&allow, &[]) };
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(4));
+    }
+
+    #[test]
+    fn preset_none_without_rules_installs_nothing() {
+        let s = SeccompSpec { default_preset: false, ..spec(&[], &[]) };
+        assert_eq!(compile(&s).ok(), Some(CompiledSeccomp::default()));
+        let deny = vec!["mkdir".to_owned()];
+        let s = SeccompSpec { default_preset: false, deny_action: SeccompAction::Kill, ..spec(&[], &deny) };
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(2));
+    }
+
+    #[test]
+    fn unknown_names_are_errors() {
+        let deny = vec!["opnat".to_owned()];
+        assert!(matches!(compile(&spec(&[], &deny)), Err(SeccompError::UnknownSyscall { .. })));
+    }
+
+    /// Installs the default filters in a child process (this test binary re-run with an env
+    /// var) and checks what the payload would see.
+    #[test]
+    fn installed_filters_behave() {
+        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "policy::seccomp::tests::child_probe", "--nocapture", "--test-threads=1"])
+            .env("CELLKEEP_SECCOMP_PROBE", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("probe ok"), "{stdout}");
+    }
+
+    #[test]
+    fn child_probe() {
+        if std::env::var_os("CELLKEEP_SECCOMP_PROBE").is_none() {
+            return;
+        }
+        let compiled = compile(&spec(&[], &[])).unwrap_or_else(|e| panic!("{e}"));
+        for f in &compiled.filters {
+            seccompiler::apply_filter(&to_bpf_program(f)).unwrap_or_else(|e| panic!("install: {e}"));
+        }
+        // Denied outright: EPERM.
+        let unshare = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS);
+        assert_eq!(unshare, Err(nix::errno::Errno::EPERM));
+        // Spawning still works: glibc's clone3 gets ENOSYS and falls back to clone.
+        let status = std::process::Command::new("/bin/true").status().unwrap_or_else(|e| panic!("spawn: {e}"));
+        assert!(status.success());
+        // Threads too.
+        std::thread::spawn(|| ()).join().unwrap_or_else(|_| panic!("thread"));
+        println!("probe ok");
+    }
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite (the README's test command; .ci/run calls exactly this).
+#   1. host: unit tests + privileged integration tests on this host's cgroups (v1 on hybrid hosts)
+#   2. VM:   the same integration test binaries on real cgroup v2, in a QEMU VM, on two kernels
+#            (scripts/vm-test.sh; skip with CELLKEEP_SKIP_VM=1 on a laptop — never in CI)
+# Privileged tests need root. With CI set, a test that cannot run fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+t0=$SECONDS
+step "host: cargo test (unit + privileged integration, one test at a time: the CPU-limit test measures)"
+cargo test --locked -- --test-threads=1
+host_s=$((SECONDS - t0))
+
+if [[ ${CELLKEEP_SKIP_VM:-0} == 1 && -z ${CI:-} ]]; then
+  echo "SKIP: cgroup v2 VM suite (CELLKEEP_SKIP_VM=1); CI always runs it"
+else
+  step "VM: the privileged suite on real cgroup v2 (scripts/vm-test.sh)"
+  t1=$SECONDS
+  scripts/vm-test.sh
+  echo "VM suite: $((SECONDS - t1)) s"
+fi
+echo "host suite: ${host_s} s; total: $((SECONDS - t0)) s"

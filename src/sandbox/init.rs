@@ -1,0 +1,318 @@
+//! Inside the cell: pid 1 and the payload's setup recipe.
+//!
+//! pid 1 (like bubblewrap's init) waits for the helper to write its id maps, builds the mount,
+//! network and hostname view, forks the payload, relays the payload's setup result, then
+//! forwards signals and reaps orphans until the payload exits. When pid 1 of a pid namespace
+//! exits, the kernel kills everything left in it; the cgroup catches the rest.
+//!
+//! The payload applies, in this order (seccomp last, so the recipe itself is not filtered):
+//! signal mask reset → new session → cwd → rlimits → bounding set dropped (needs CAP_SETPCAP,
+//! so before the id change) → groups/gid/uid → remaining capabilities cleared → no_new_privs →
+//! Landlock (after the mounts: rules bind to inodes of the final view) → seccomp → execve.
+//! A failing step writes `{stage, errno}` to the exec pipe and exits 127; end of file on the
+//! pipe (close-on-exec) tells pid 1 the exec succeeded.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use caps::CapSet;
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+
+use super::helper::FORWARDED;
+use super::landlock_rules;
+use super::plan::{LaunchPlan, RlimitKind, CELL_TMP};
+use super::proto::{Report, Stage};
+use super::sys;
+
+/// A failed step: the stage, the errno and a human detail.
+struct StepError(Stage, i32, String);
+
+/// Run one step: a failure becomes a [`StepError`] naming the stage, the errno and `what`.
+fn step<T, E: std::fmt::Display + ErrnoOf>(stage: Stage, what: &str, r: Result<T, E>) -> Result<T, StepError> {
+    r.map_err(|e| StepError(stage, e.errno(), format!("{what}: {e}")))
+}
+
+/// The errno behind an error from nix, std or caps (0 when there is none).
+trait ErrnoOf {
+    fn errno(&self) -> i32;
+}
+impl ErrnoOf for Errno {
+    fn errno(&self) -> i32 {
+        *self as i32
+    }
+}
+impl ErrnoOf for std::io::Error {
+    fn errno(&self) -> i32 {
+        self.raw_os_error().unwrap_or(0)
+    }
+}
+impl ErrnoOf for caps::errors::CapsError {
+    fn errno(&self) -> i32 {
+        libc::EPERM
+    }
+}
+
+/// pid 1 of the cell. Returns the exit code of pid 1 (the helper passes it on).
+pub fn pid1(plan: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd) -> i32 {
+    // Wait until the helper has written the id maps (1 byte), or died (EOF).
+    let mut byte = [0u8; 1];
+    if !matches!(nix::unistd::read(sync_r, &mut byte), Ok(1)) {
+        return 125;
+    }
+    match prepare_view(plan) {
+        Ok(()) => supervise(plan, ctl),
+        Err(StepError(stage, errno, detail)) => {
+            Report::SetupFailed { stage, errno, detail }.send(ctl);
+            125
+        }
+    }
+}
+
+/// Mounts, loopback and hostname, done by pid 1 with the capabilities it holds over the new
+/// namespaces.
+fn prepare_view(plan: &LaunchPlan) -> Result<(), StepError> {
+    if plan.ns.user {
+        // Files pid 1 creates (mount points in the private tmp) must belong to a mapped id;
+        // setfsuid/setfsgid change only the filesystem ids and keep CAP_SYS_ADMIN.
+        nix::unistd::setfsgid(Gid::from_raw(plan.ids.inside_gid));
+        nix::unistd::setfsuid(Uid::from_raw(plan.ids.inside_uid));
+    }
+    if plan.ns.mount {
+        mount_view(plan)?;
+    }
+    if plan.loopback {
+        step(Stage::Network, "bringing lo up", sys::loopback_up())?;
+    }
+    if plan.ns.uts {
+        step(Stage::Hostname, "sethostname", nix::unistd::sethostname(&plan.hostname))?;
+    }
+    Ok(())
+}
+
+/// Mount recipe: stop propagation to the host → private tmpfs at /tmp (with the cwd bound
+/// back if it lived under the host's /tmp) → a /proc for the new pid namespace.
+fn mount_view(plan: &LaunchPlan) -> Result<(), StepError> {
+    let none: Option<&str> = None;
+    step(
+        Stage::Mounts,
+        "making / private (MS_REC|MS_PRIVATE)",
+        mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
+    )?;
+    if let Some(size) = plan.tmp_size {
+        // The cwd may sit under the host's /tmp: hold it by fd before the tmpfs hides it.
+        let keep = plan.cwd.starts_with(CELL_TMP).then(|| {
+            nix::fcntl::open(&plan.cwd, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        });
+        let keep = match keep {
+            Some(r) => Some(step(Stage::Mounts, "holding the cwd under /tmp", r)?),
+            None => None,
+        };
+        let opts = format!(
+            "size={size},mode=0700,uid={},gid={}",
+            plan.ids.inside_uid, plan.ids.inside_gid
+        );
+        step(
+            Stage::Mounts,
+            "mounting the private tmpfs on /tmp",
+            mount(Some("tmpfs"), CELL_TMP, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str())),
+        )?;
+        if let Some(fd) = keep {
+            step(Stage::Mounts, "creating the cwd mount point", std::fs::create_dir_all(&plan.cwd))?;
+            let src = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+            step(
+                Stage::Mounts,
+                "binding the cwd back under the private /tmp",
+                mount(Some(src.as_str()), &plan.cwd, none, MsFlags::MS_BIND | MsFlags::MS_REC, none),
+            )?;
+        }
+    }
+    if plan.ns.pid {
+        step(
+            Stage::Mounts,
+            "mounting /proc for the new pid namespace",
+            mount(
+                Some("proc"),
+                "/proc",
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                none,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Fork the payload, relay its setup result, then forward signals and reap until it exits.
+fn supervise(plan: &LaunchPlan, ctl: &OwnedFd) -> i32 {
+    let mut mask = SigSet::empty();
+    FORWARDED.iter().for_each(|s| mask.add(*s));
+    mask.add(Signal::SIGCHLD);
+    // Blocked signals are queued even for a namespace's init (which otherwise drops signals
+    // it has no handler for), so signalfd sees what the helper forwards.
+    let prepared = mask.thread_block().and_then(|()| SignalFd::new(&mask));
+    let sigfd = match prepared {
+        Ok(fd) => fd,
+        Err(e) => {
+            Report::SetupFailed { stage: Stage::Init, errno: e as i32, detail: format!("signals in pid 1: {e}") }
+                .send(ctl);
+            return 125;
+        }
+    };
+    if !plan.ns.pid {
+        // Not a real init: become the reaper of the payload's orphans anyway.
+        let _ = nix::sys::prctl::set_child_subreaper(true);
+    }
+    let (exec_r, exec_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            Report::SetupFailed { stage: Stage::Init, errno: e as i32, detail: format!("exec pipe: {e}") }.send(ctl);
+            return 125;
+        }
+    };
+    let payload = match sys::fork_single_threaded() {
+        Ok(Some(pid)) => pid,
+        Ok(None) => {
+            drop(exec_r);
+            let StepError(stage, errno, detail) = payload(plan).unwrap_err();
+            Report::SetupFailed { stage, errno, detail }.send(&exec_w);
+            std::process::exit(127);
+        }
+        Err(e) => {
+            Report::SetupFailed { stage: Stage::Init, errno: e as i32, detail: format!("fork: {e}") }.send(ctl);
+            return 125;
+        }
+    };
+    drop(exec_w);
+    // pid 1 keeps no way into the host: not dumpable (so /proc/1/{mem,exe,environ} are closed
+    // to the payload), no capabilities.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    if !relay_exec_result(&exec_r, ctl) {
+        let _ = waitpid(payload, None);
+        return 125;
+    }
+    drop_to_ids(plan);
+    reap_until_payload_exits(payload, &sigfd, ctl)
+}
+
+/// Copy the payload's reports to the launcher; true if it exec'd (EOF without a failure).
+fn relay_exec_result(exec_r: &OwnedFd, ctl: &OwnedFd) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match nix::unistd::read(exec_r, &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    let mut ok = true;
+    for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if let Some(report) = Report::parse(line) {
+            ok &= !matches!(report, Report::SetupFailed { .. });
+            report.send(ctl);
+        }
+    }
+    if ok {
+        Report::Exec.send(ctl);
+    }
+    ok
+}
+
+/// pid 1 gives up its privileges once the payload runs: it only waits and signals.
+fn drop_to_ids(plan: &LaunchPlan) {
+    let _ = nix::unistd::setgroups(&[]);
+    let _ = nix::unistd::setresgid(
+        Gid::from_raw(plan.ids.inside_gid),
+        Gid::from_raw(plan.ids.inside_gid),
+        Gid::from_raw(plan.ids.inside_gid),
+    );
+    let _ = nix::unistd::setresuid(
+        Uid::from_raw(plan.ids.inside_uid),
+        Uid::from_raw(plan.ids.inside_uid),
+        Uid::from_raw(plan.ids.inside_uid),
+    );
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+        let _ = caps::clear(None, set);
+    }
+}
+
+fn reap_until_payload_exits(payload: Pid, sigfd: &SignalFd, ctl: &OwnedFd) -> i32 {
+    loop {
+        if let Ok(Some(info)) = sigfd.read_signal() {
+            let signo = info.ssi_signo as i32;
+            if signo != libc::SIGCHLD {
+                if let Ok(sig) = Signal::try_from(signo) {
+                    let _ = kill(payload, sig);
+                }
+                continue;
+            }
+        }
+        // Reap everything that exited (orphans are re-parented to us).
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == payload => {
+                    Report::PayloadExit { code: Some(code), signal: None }.send(ctl);
+                    return code;
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == payload => {
+                    Report::PayloadExit { code: None, signal: Some(sig as i32) }.send(ctl);
+                    return 128 + sig as i32;
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return 125,
+            }
+        }
+    }
+}
+
+/// The payload's recipe. Returns only on failure (success ends in execve).
+fn payload(plan: &LaunchPlan) -> Result<std::convert::Infallible, StepError> {
+    // Everything exec needs, allocated before the first restriction.
+    let cstr = |s: &str, what: &str| {
+        CString::new(s).map_err(|_| StepError(Stage::Exec, libc::EINVAL, format!("{what} contains a NUL byte")))
+    };
+    let exe = cstr(&plan.exe.to_string_lossy(), "binary path")?;
+    let argv = plan.argv.iter().map(|a| cstr(a, "argument")).collect::<Result<Vec<_>, _>>()?;
+    let env = plan.env.iter().map(|e| cstr(e, "environment entry")).collect::<Result<Vec<_>, _>>()?;
+
+    step(Stage::Init, "unblocking signals", SigSet::all().thread_unblock())?;
+    // A new session: no controlling terminal, so TIOCSTI and terminal signals cannot reach
+    // outside the cell.
+    step(Stage::Init, "setsid", nix::unistd::setsid())?;
+    step(Stage::Cwd, &format!("chdir to {}", plan.cwd.display()), nix::unistd::chdir(&plan.cwd))?;
+    for r in &plan.rlimits {
+        let res = match r.kind {
+            RlimitKind::Nofile => Resource::RLIMIT_NOFILE,
+            RlimitKind::Core => Resource::RLIMIT_CORE,
+        };
+        step(Stage::Rlimits, &format!("setrlimit {:?} {}", r.kind, r.limit), setrlimit(res, r.limit, r.limit))?;
+    }
+    step(Stage::Capabilities, "dropping the bounding set", sys::drop_bounding_set(plan.cap_last_cap))?;
+    let (uid, gid) = (Uid::from_raw(plan.ids.inside_uid), Gid::from_raw(plan.ids.inside_gid));
+    step(Stage::Identity, "setgroups []", nix::unistd::setgroups(&[]))?;
+    step(Stage::Identity, &format!("setresgid {gid}"), nix::unistd::setresgid(gid, gid, gid))?;
+    step(Stage::Identity, &format!("setresuid {uid}"), nix::unistd::setresuid(uid, uid, uid))?;
+    for set in [CapSet::Ambient, CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+        step(Stage::Capabilities, &format!("clearing {set:?}"), caps::clear(None, set))?;
+    }
+    step(Stage::NoNewPrivs, "prctl(PR_SET_NO_NEW_PRIVS)", nix::sys::prctl::set_no_new_privs())?;
+    step(Stage::Init, "close_range(3.., CLOEXEC)", sys::cloexec_from(3))?;
+    if let Some(ll) = &plan.landlock {
+        landlock_rules::restrict_self(ll).map_err(|e| StepError(Stage::Landlock, e.errno(), e.to_string()))?;
+    }
+    for (i, filter) in plan.seccomp.filters.iter().enumerate() {
+        step(Stage::Seccomp, &format!("installing seccomp filter {i}"), sys::install_seccomp(filter))?;
+    }
+    let err = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
+    Err(StepError(Stage::Exec, err as i32, format!("execve {}: {err}", Path::new(&plan.exe).display())))
+}

@@ -1,0 +1,350 @@
+//! The launcher side (async): create the cell's cgroup, start the helper in it, hand it the
+//! plan, follow its reports, enforce the wall clock, and turn the end of the run into exactly
+//! one [`ExitReason`] with the cell's usage — then remove the cgroup, always.
+//!
+//! The only code that runs between fork and exec in this (multi-threaded) process is
+//! [`sys::move_fd_to_3`] in `pre_exec`: a `dup2` on an integer captured before the spawn.
+//! Cgroup creation and removal are filesystem work of a few hundred microseconds to
+//! milliseconds, so they run on the blocking pool.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use crate::cgroup::{CellCgroup, CellLimits, CgroupRoot, Events, Usage};
+use crate::policy::Policy;
+
+use super::plan::{self, Degradation, HostCaps, LaunchRequest};
+use super::proto::Report;
+use super::{sys, ExitReason, SandboxError};
+
+/// Processes cellkeep itself keeps in every cell (the helper and the cell's pid 1); added to
+/// the policy's pids limit so the limit counts the payload's processes only.
+pub const SUPERVISOR_PIDS: u64 = 2;
+
+/// How the payload's stdio is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdioMode {
+    /// The launcher's own stdin/stdout/stderr (`cellkeep run`).
+    Inherit,
+    /// Pipes the launcher reads and writes (the daemon).
+    Piped,
+    /// stdin from /dev/null, stdout/stderr piped (one-shot commands).
+    NullInPiped,
+}
+
+/// Starts cells. Cheap to share (`Arc` inside).
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    root: CgroupRoot,
+    host: HostCaps,
+    helper_exe: PathBuf,
+}
+
+/// The end of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub cell: String,
+    pub provider: String,
+    #[serde(flatten)]
+    pub reason: ExitReason,
+    pub usage: Usage,
+    pub events: Events,
+    pub degraded: Vec<Degradation>,
+    pub duration_ms: u64,
+    pub cgroup_backend: &'static str,
+}
+
+/// A running cell.
+#[derive(Debug)]
+pub struct Cell {
+    pub id: String,
+    pub provider: String,
+    pub cgroup: Arc<CellCgroup>,
+    pub child: Child,
+    pub degraded: Vec<Degradation>,
+    pub started: Instant,
+    reports: Lines<BufReader<UnixStream>>,
+    backend: &'static str,
+}
+
+fn limits_of(policy: &Policy) -> CellLimits {
+    let l = &policy.limits;
+    CellLimits {
+        memory_max: l.memory_max,
+        memory_high: l.memory_high,
+        memory_swap: l.memory_swap,
+        cpu: l.cpu,
+        pids: l.pids.map(|p| p + SUPERVISOR_PIDS),
+    }
+}
+
+impl Launcher {
+    pub fn new(root: CgroupRoot, host: HostCaps) -> Launcher {
+        Launcher { root, host, helper_exe: PathBuf::from("/proc/self/exe") }
+    }
+
+    pub fn host(&self) -> &HostCaps {
+        &self.host
+    }
+
+    pub fn cgroups(&self) -> &CgroupRoot {
+        &self.root
+    }
+
+    /// Launch one cell and return once the command exec'd (or the setup failed, in which case
+    /// everything created is already removed).
+    pub async fn launch(&self, policy: &Policy, req: LaunchRequest, stdio: StdioMode) -> Result<Cell, SandboxError> {
+        if policy.command.is_empty() && req.args.is_empty() {
+            return Err(SandboxError::NoCommand { provider: policy.name.clone() });
+        }
+        let (plan, degraded) = plan::build(policy, &req, &self.host)?;
+        let cell = req.cell_id.clone();
+        let line = serde_json::to_vec(&plan).map_err(|e| SandboxError::HelperDied {
+            cell: cell.clone(),
+            detail: format!("encoding the launch plan: {e}"),
+        })?;
+
+        let root = self.root.clone();
+        let (id, limits) = (cell.clone(), limits_of(policy));
+        let cgroup = tokio::task::spawn_blocking(move || root.create_cell(&id, &limits))
+            .await
+            .map_err(|e| SandboxError::HelperDied { cell: cell.clone(), detail: e.to_string() })?
+            .map_err(|source| SandboxError::Cgroup { cell: cell.clone(), source })?;
+        let cgroup = Arc::new(cgroup);
+
+        match self.start_helper(&cell, &cgroup, stdio, line).await {
+            Ok((child, reports)) => {
+                let mut started = Cell {
+                    id: cell,
+                    provider: policy.name.clone(),
+                    cgroup,
+                    child,
+                    degraded,
+                    started: Instant::now(),
+                    reports,
+                    backend: self.root.backend_name(),
+                };
+                match started.await_exec().await {
+                    Ok(()) => Ok(started),
+                    Err(e) => {
+                        started.discard().await;
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => {
+                remove_cgroup(cgroup).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Spawn the helper with fd 3 = our control socket's peer, put it into the cell's cgroup,
+    /// then release it by sending the plan (it reads the plan before doing anything).
+    async fn start_helper(
+        &self,
+        cell: &str,
+        cgroup: &CellCgroup,
+        stdio: StdioMode,
+        mut plan_line: Vec<u8>,
+    ) -> Result<(Child, Lines<BufReader<UnixStream>>), SandboxError> {
+        use std::os::fd::AsRawFd;
+        let spawn_err = |source| SandboxError::Spawn { cell: cell.to_owned(), exe: self.helper_exe.clone(), source };
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
+        let their_fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(&self.helper_exe);
+        cmd.arg(crate::HELPER_ARG).env_clear().kill_on_drop(true);
+        match stdio {
+            StdioMode::Inherit => {}
+            StdioMode::Piped => {
+                cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+            StdioMode::NullInPiped => {
+                cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
+        sys::pass_fd_as_3(&mut cmd, their_fd);
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        drop(theirs);
+        let pid = child.id().unwrap_or(0);
+        if let Err(source) = cgroup.attach(pid) {
+            let _ = child.kill().await;
+            return Err(SandboxError::Cgroup { cell: cell.to_owned(), source });
+        }
+        ours.set_nonblocking(true).map_err(spawn_err)?;
+        let ours = UnixStream::from_std(ours).map_err(spawn_err)?;
+        plan_line.push(b'\n');
+        let (read_half, write_half) = ours.into_split();
+        let written = async {
+            write_half.writable().await?;
+            let mut rest = &plan_line[..];
+            while !rest.is_empty() {
+                write_half.writable().await?;
+                match write_half.try_write(rest) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        }
+        .await;
+        if let Err(source) = written {
+            let _ = child.kill().await;
+            return Err(spawn_err(source));
+        }
+        let stream = read_half.reunite(write_half).map_err(|e| spawn_err(std::io::Error::other(e.to_string())))?;
+        Ok((child, BufReader::new(stream).lines()))
+    }
+}
+
+async fn remove_cgroup(cgroup: Arc<CellCgroup>) -> Option<crate::cgroup::CgroupError> {
+    tokio::task::spawn_blocking(move || cgroup.remove().err()).await.ok().flatten()
+}
+
+impl Cell {
+    /// Read reports until the payload exec'd or a setup step failed.
+    async fn await_exec(&mut self) -> Result<(), SandboxError> {
+        loop {
+            match self.next_report().await {
+                Some(Report::Exec) => return Ok(()),
+                Some(Report::Degraded { mechanism, detail }) => self.degraded.push(Degradation { mechanism, detail }),
+                Some(Report::SetupFailed { stage, errno, detail }) => {
+                    return Err(SandboxError::Setup { cell: self.id.clone(), stage, errno, detail })
+                }
+                Some(Report::PayloadExit { .. }) => continue,
+                None => {
+                    let status = self.child.wait().await;
+                    return Err(SandboxError::HelperDied {
+                        cell: self.id.clone(),
+                        detail: format!("helper status {status:?}"),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn next_report(&mut self) -> Option<Report> {
+        loop {
+            match self.reports.next_line().await {
+                Ok(Some(line)) => {
+                    if let Some(r) = Report::parse(line.as_bytes()) {
+                        return Some(r);
+                    }
+                }
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Kill everything and remove the cgroup (a launch that failed half-way).
+    async fn discard(self) {
+        let Cell { cgroup, mut child, .. } = self;
+        remove_cgroup(cgroup).await;
+        let _ = child.wait().await;
+    }
+
+    /// The helper's pid (signals sent to it are forwarded into the cell).
+    pub fn helper_pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Wait for the cell to end (killing it at `deadline`), classify the end, read its usage
+    /// and remove its cgroup.
+    pub async fn wait(mut self, deadline: Option<Instant>) -> Outcome {
+        let timed_out = match deadline {
+            Some(at) => {
+                tokio::select! {
+                    _ = self.child.wait() => false,
+                    _ = tokio::time::sleep_until(at.into()) => true,
+                }
+            }
+            None => {
+                let _ = self.child.wait().await;
+                false
+            }
+        };
+        if timed_out {
+            let cg = self.cgroup.clone();
+            let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
+        }
+        self.finish(if timed_out { Some(ExitReason::TimedOut) } else { None }).await
+    }
+
+    /// Collect the remaining reports and the helper's status, classify, clean up.
+    pub async fn finish(mut self, forced: Option<ExitReason>) -> Outcome {
+        let status = self.child.wait().await.ok();
+        let mut payload_exit = None;
+        // Every writer of the report channel is gone once the helper has exited; the bound
+        // only guards against a descendant that inherited it by a bug.
+        let drain = async {
+            while let Some(r) = self.next_report().await {
+                match r {
+                    Report::PayloadExit { code, signal } => payload_exit = Some((code, signal)),
+                    Report::Degraded { mechanism, detail } => self.degraded.push(Degradation { mechanism, detail }),
+                    _ => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        let cg = self.cgroup.clone();
+        let (usage, events) = tokio::task::spawn_blocking(move || {
+            (cg.usage().unwrap_or_default(), cg.events().unwrap_or_default())
+        })
+        .await
+        .unwrap_or_default();
+        remove_cgroup(self.cgroup.clone()).await;
+
+        let (code, signal) = payload_exit.unwrap_or_else(|| helper_status(status));
+        let reason = forced.unwrap_or_else(|| classify(code, signal, &events));
+        Outcome {
+            cell: self.id,
+            provider: self.provider,
+            reason,
+            usage,
+            events,
+            degraded: self.degraded,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            cgroup_backend: self.backend,
+        }
+    }
+}
+
+/// The helper exits with pid 1's status; pid 1 with the payload's (128 + signal if killed).
+fn helper_status(status: Option<std::process::ExitStatus>) -> (Option<i32>, Option<i32>) {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) if s.signal().is_some() => (None, s.signal()),
+        Some(s) => match s.code() {
+            Some(c) if c > 128 && c < 128 + 65 => (None, Some(c - 128)),
+            c => (c, None),
+        },
+        None => (None, Some(libc::SIGKILL)),
+    }
+}
+
+/// One reason per run, most specific first: the cgroup's OOM kill, a seccomp kill, a pids
+/// limit hit, then the plain status.
+pub fn classify(code: Option<i32>, signal: Option<i32>, events: &Events) -> ExitReason {
+    if events.oom_kills > 0 {
+        return ExitReason::OomKilled;
+    }
+    if signal == Some(libc::SIGSYS) {
+        return ExitReason::SeccompViolation { syscall: None };
+    }
+    if events.pids_max_hits > 0 {
+        return ExitReason::PidsLimited;
+    }
+    match (code, signal) {
+        (_, Some(sig)) => ExitReason::Signaled { signal: sig },
+        (Some(code), None) => ExitReason::Exited { code },
+        (None, None) => ExitReason::Signaled { signal: libc::SIGKILL },
+    }
+}

@@ -1,0 +1,149 @@
+//! Sandboxed launch: a policy + a request → one process running in its own cell.
+//!
+//! Process model (see `lib.rs`, "Layout"):
+//!
+//! ```text
+//! launcher (async, in the daemon or `cellkeep run`)        launch.rs
+//!   │ creates + limits the cgroup, spawns `/proc/self/exe __cell-helper` with fd 3 = control
+//!   │ socket, attaches it to the cgroup, then sends the plan (the helper is blocked on it)
+//!   ▼
+//! helper (single-threaded, host namespaces)                  helper.rs
+//!   │ clone(NEWUSER|NEWPID|NEWNS|NEWNET|NEWIPC|NEWUTS|NEWCGROUP per plan), writes id maps
+//!   ▼
+//! pid 1 of the cell: mounts, lo, hostname; reaps; forwards  init.rs
+//!   ▼ fork
+//! payload: rlimits → caps → ids → no_new_privs → landlock → seccomp → execve
+//! ```
+//!
+//! Nothing runs between fork and exec in the multi-threaded launcher except `dup2` in
+//! `pre_exec` ([`sys::move_fd_to_3`]); the helper is a fresh process, so its recipe is ordinary
+//! Rust. The launch plan is resolved and checked before anything is created ([`plan::build`]);
+//! seccomp BPF was compiled when the policy was loaded. Setup failures come back as
+//! `{stage, errno}` reports ([`proto`]); the cgroup, not a parent-death signal, guarantees that
+//! nothing outlives the cell.
+//!
+//! `sys.rs` is the only file with `unsafe`.
+
+pub mod helper;
+pub mod init;
+pub mod landlock_rules;
+pub mod launch;
+pub mod plan;
+pub mod proto;
+pub mod sys;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use launch::{Cell, Launcher, Outcome, StdioMode};
+pub use plan::{Degradation, HostCaps, LaunchRequest};
+pub use proto::Stage;
+
+/// Why a cell ended: exactly one per run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum ExitReason {
+    Exited { code: i32 },
+    Signaled { signal: i32 },
+    /// The kernel's OOM killer ended it at the memory limit.
+    OomKilled,
+    /// The pids limit was hit (forks failed) during the run.
+    PidsLimited,
+    /// The wall-clock limit passed; the cell was killed.
+    TimedOut,
+    /// A syscall the seccomp policy kills on.
+    SeccompViolation { syscall: Option<String> },
+    /// A setup step failed; the command never ran.
+    SetupFailed { stage: String, errno: i32, detail: String },
+    /// Ended on request (terminate / shutdown).
+    Terminated,
+    /// Reaped after its idle timeout.
+    Idle,
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Exited { code } => write!(f, "exited({code})"),
+            ExitReason::Signaled { signal } => write!(f, "signaled({signal})"),
+            ExitReason::OomKilled => f.write_str("oom_killed"),
+            ExitReason::PidsLimited => f.write_str("pids_limited"),
+            ExitReason::TimedOut => f.write_str("timed_out"),
+            ExitReason::SeccompViolation { syscall } => {
+                write!(f, "seccomp_violation({})", syscall.as_deref().unwrap_or("unknown"))
+            }
+            ExitReason::SetupFailed { stage, .. } => write!(f, "setup_failed({stage})"),
+            ExitReason::Terminated => f.write_str("terminated"),
+            ExitReason::Idle => f.write_str("idle"),
+        }
+    }
+}
+
+impl ExitReason {
+    /// Conventional exit code for `cellkeep run`: the child's own, 128+signal, 124 for a
+    /// timeout (as timeout(1)), 125 for a setup failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::Exited { code } => *code,
+            ExitReason::Signaled { signal } => 128 + signal,
+            ExitReason::OomKilled => 128 + libc::SIGKILL,
+            ExitReason::PidsLimited => 1,
+            ExitReason::TimedOut => 124,
+            ExitReason::SeccompViolation { .. } => 128 + libc::SIGSYS,
+            ExitReason::SetupFailed { .. } => 125,
+            ExitReason::Terminated | ExitReason::Idle => 128 + libc::SIGTERM,
+        }
+    }
+}
+
+/// Launch errors. Each names the provider and the path, mechanism or stage involved.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("provider {provider}: cwd {path}: {reason}")]
+    Cwd { provider: String, path: PathBuf, reason: String },
+    #[error("provider {provider}: binary {path} not found or not executable")]
+    Binary { provider: String, path: PathBuf },
+    #[error("provider {provider}: no command: the policy has none and none was given")]
+    NoCommand { provider: String },
+    #[error("provider {provider}: refusing to run as host root (uid/gid 0)")]
+    HostRoot { provider: String },
+    #[error("provider {provider}: {mechanism} is required but unavailable: {detail}")]
+    Unsupported { provider: String, mechanism: String, detail: String },
+    #[error("provider {provider}: policy is abstract (a base for others) and cannot be launched")]
+    Abstract { provider: String },
+    #[error("cell {cell}: {source}")]
+    Cgroup { cell: String, source: crate::cgroup::CgroupError },
+    #[error("cell {cell}: starting the cell helper {exe}: {source}")]
+    Spawn { cell: String, exe: PathBuf, source: std::io::Error },
+    #[error("cell {cell}: setup failed at stage {stage} (errno {errno}): {detail}")]
+    Setup { cell: String, stage: Stage, errno: i32, detail: String },
+    #[error("cell {cell}: the cell helper ended before the command started ({detail})")]
+    HelperDied { cell: String, detail: String },
+}
+
+impl SandboxError {
+    /// The setup stage this error belongs to (for `setup_failed(stage)`).
+    pub fn stage(&self) -> String {
+        match self {
+            SandboxError::Cwd { .. } => "cwd".into(),
+            SandboxError::Binary { .. } | SandboxError::NoCommand { .. } | SandboxError::Abstract { .. } => {
+                "resolve".into()
+            }
+            SandboxError::HostRoot { .. } => "identity".into(),
+            SandboxError::Unsupported { mechanism, .. } => mechanism.clone(),
+            SandboxError::Cgroup { .. } => "cgroup".into(),
+            SandboxError::Spawn { .. } | SandboxError::HelperDied { .. } => "helper".into(),
+            SandboxError::Setup { stage, .. } => stage.to_string(),
+        }
+    }
+
+    /// As an exit reason (the command never ran).
+    pub fn as_reason(&self) -> ExitReason {
+        let errno = match self {
+            SandboxError::Setup { errno, .. } => *errno,
+            _ => 0,
+        };
+        ExitReason::SetupFailed { stage: self.stage(), errno, detail: self.to_string() }
+    }
+}

@@ -1,0 +1,369 @@
+//! The launch plan: everything the cell helper needs, resolved and checked on the launcher's
+//! side before anything is created or forked (style rule 1: parse, then validate into types).
+//!
+//! [`build`] turns a validated [`Policy`] plus one request (argv tail, cwd, caller, caller's
+//! environment) into a plain-data [`LaunchPlan`]: the cwd canonicalised and checked against
+//! the policy's roots, the binary resolved to an absolute path, the environment assembled from
+//! an empty one, placeholders expanded, the ids chosen (never host root), and every mechanism
+//! the policy asks for checked against what the kernel offers — a missing one is an error
+//! under `required` and a reported [`Degradation`] under `best_effort`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::seccomp::CompiledSeccomp;
+use crate::policy::{Enforcement, Inside, Network, PathRule, Policy, RunAs};
+
+use super::SandboxError;
+
+/// Where the private tmp appears inside the cell.
+pub const CELL_TMP: &str = "/tmp";
+/// Landlock ABI that added TCP bind/connect rules.
+const LANDLOCK_NET_ABI: i32 = 4;
+/// Landlock ABI that added abstract-socket and signal scoping.
+const LANDLOCK_SCOPE_ABI: i32 = 6;
+/// Landlock ABI that added truncate control.
+const LANDLOCK_TRUNCATE_ABI: i32 = 3;
+
+/// What the host kernel offers, probed once per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HostCaps {
+    /// 0 = Landlock unavailable.
+    pub landlock_abi: i32,
+    /// Highest capability number (`/proc/sys/kernel/cap_last_cap`).
+    pub cap_last_cap: u32,
+}
+
+impl HostCaps {
+    pub fn probe() -> HostCaps {
+        let cap_last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(63);
+        HostCaps { landlock_abi: super::sys::landlock_abi(), cap_last_cap }
+    }
+}
+
+/// One launch, as asked for by a caller.
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    pub cell_id: String,
+    /// Appended to the policy's command (the whole argv for a policy with no command).
+    pub args: Vec<String>,
+    /// The caller's working directory, as given (canonicalised here).
+    pub cwd: PathBuf,
+    pub caller_uid: u32,
+    pub caller_gid: u32,
+    /// The caller's environment; only names on the policy's pass-list are used.
+    pub caller_env: BTreeMap<String, String>,
+    /// For `run_as = "range"`: the uid the pool allocated to this cell.
+    pub range_uid: Option<u32>,
+}
+
+/// A mechanism that runs weaker than the policy asked, under `best_effort`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Degradation {
+    pub mechanism: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ids {
+    pub outside_uid: u32,
+    pub outside_gid: u32,
+    pub inside_uid: u32,
+    pub inside_gid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsPlan {
+    pub user: bool,
+    pub pid: bool,
+    pub mount: bool,
+    pub net: bool,
+    pub ipc: bool,
+    pub uts: bool,
+    pub cgroup: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RlimitKind {
+    Nofile,
+    Core,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub kind: RlimitKind,
+    pub limit: u64,
+}
+
+/// Landlock rules as paths seen from inside the cell (opened by the payload after mounts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockPlan {
+    /// The ABI to build the ruleset for (every right of that ABI is handled).
+    pub abi: i32,
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+    pub exec: Vec<PathBuf>,
+    /// `Some` = TCP is mediated: only these ports may be connected to / bound.
+    pub tcp: Option<TcpPorts>,
+    /// Abstract UNIX sockets and signals scoped to the cell (ABI 6).
+    pub scope: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpPorts {
+    pub connect: Vec<u16>,
+    pub bind: Vec<u16>,
+}
+
+/// Everything the helper needs; plain data, sent as one JSON line over the control socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchPlan {
+    pub cell_id: String,
+    pub provider: String,
+    /// Absolute path of the binary to exec.
+    pub exe: PathBuf,
+    pub argv: Vec<String>,
+    /// `NAME=value` entries: the payload's whole environment.
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub ids: Ids,
+    pub ns: NsPlan,
+    /// Bring `lo` up in the new network namespace.
+    pub loopback: bool,
+    pub hostname: String,
+    /// Size of the private tmpfs mounted at [`CELL_TMP`]; `None` = no private tmp.
+    pub tmp_size: Option<u64>,
+    pub rlimits: Vec<Rlimit>,
+    pub landlock: Option<LandlockPlan>,
+    pub seccomp: CompiledSeccomp,
+    pub cap_last_cap: u32,
+}
+
+/// Resolve a request against a policy. Touches the filesystem only to canonicalise the cwd
+/// and look up the binary.
+pub fn build(
+    policy: &Policy,
+    req: &LaunchRequest,
+    host: &HostCaps,
+) -> Result<(LaunchPlan, Vec<Degradation>), SandboxError> {
+    let provider = policy.name.clone();
+    let mut degraded = Vec::new();
+    let cwd = resolve_cwd(policy, &req.cwd)?;
+    let ids = choose_ids(policy, req)?;
+    let env = build_env(policy, req, &cwd);
+
+    let mut argv: Vec<String> = policy.command.iter().chain(req.args.iter()).cloned().collect();
+    if argv.is_empty() {
+        return Err(SandboxError::NoCommand { provider });
+    }
+    let exe = resolve_binary(&provider, &argv[0], &env)?;
+    argv[0] = exe.to_string_lossy().into_owned();
+
+    let ns = NsPlan {
+        user: policy.namespaces.user,
+        pid: policy.namespaces.pid,
+        mount: policy.namespaces.mount,
+        // `tcp` means the host network, mediated by landlock; `none`/`loopback` need a netns.
+        net: policy.namespaces.net && !matches!(policy.network, Network::Tcp { .. }),
+        ipc: policy.namespaces.ipc,
+        uts: policy.namespaces.uts,
+        cgroup: policy.namespaces.cgroup,
+    };
+    let landlock = landlock_plan(policy, &cwd, host, &mut degraded)?;
+    let mut rlimits = vec![Rlimit { kind: RlimitKind::Core, limit: 0 }];
+    if let Some(n) = policy.limits.open_files {
+        rlimits.push(Rlimit { kind: RlimitKind::Nofile, limit: n });
+    }
+    let plan = LaunchPlan {
+        cell_id: req.cell_id.clone(),
+        provider,
+        exe,
+        argv,
+        env,
+        cwd,
+        ids,
+        ns,
+        loopback: ns.net && matches!(policy.network, Network::Loopback),
+        hostname: "cellkeep".to_owned(),
+        tmp_size: ns.mount.then_some(policy.limits.tmp_size),
+        rlimits,
+        landlock,
+        seccomp: policy.seccomp.compiled.clone(),
+        cap_last_cap: host.cap_last_cap,
+    };
+    Ok((plan, degraded))
+}
+
+/// Canonicalise the caller's cwd (resolving `..` and symlinks) and require it to be one of the
+/// policy's roots or beneath one. A symlink that points outside is caught because the check
+/// runs on the resolved path.
+pub fn resolve_cwd(policy: &Policy, cwd: &Path) -> Result<PathBuf, SandboxError> {
+    let canonical = std::fs::canonicalize(cwd).map_err(|source| SandboxError::Cwd {
+        provider: policy.name.clone(),
+        path: cwd.to_owned(),
+        reason: format!("cannot resolve it: {source}"),
+    })?;
+    if !canonical.is_dir() {
+        return Err(SandboxError::Cwd {
+            provider: policy.name.clone(),
+            path: cwd.to_owned(),
+            reason: "not a directory".to_owned(),
+        });
+    }
+    if policy.workdir.roots.iter().any(|root| canonical.starts_with(root)) {
+        Ok(canonical)
+    } else {
+        let roots: Vec<String> = policy.workdir.roots.iter().map(|r| r.display().to_string()).collect();
+        Err(SandboxError::Cwd {
+            provider: policy.name.clone(),
+            path: cwd.to_owned(),
+            reason: format!(
+                "resolves to {} which is outside the allowed roots [{}]",
+                canonical.display(),
+                roots.join(", ")
+            ),
+        })
+    }
+}
+
+fn choose_ids(policy: &Policy, req: &LaunchRequest) -> Result<Ids, SandboxError> {
+    let (uid, gid) = match &policy.identity.run_as {
+        RunAs::Caller if req.caller_uid == 0 => {
+            let u = policy.identity.root_maps_to;
+            (u.uid, u.gid)
+        }
+        RunAs::Caller => (req.caller_uid, req.caller_gid),
+        RunAs::User(u) => (u.uid, u.gid),
+        RunAs::Range { start, count } => {
+            let uid = match req.range_uid {
+                Some(uid) => uid,
+                // No allocator (the one-shot `cellkeep run`): derive from the process id.
+                None => start + std::process::id() % count.max(&1),
+            };
+            (uid, uid)
+        }
+    };
+    if uid == 0 || gid == 0 {
+        return Err(SandboxError::HostRoot { provider: policy.name.clone() });
+    }
+    let (inside_uid, inside_gid) = match (policy.namespaces.user, policy.identity.inside) {
+        (true, Inside::Root) => (0, 0),
+        _ => (uid, gid),
+    };
+    Ok(Ids { outside_uid: uid, outside_gid: gid, inside_uid, inside_gid })
+}
+
+fn expand(value: &str, cwd: &Path) -> String {
+    value.replace("{cwd}", &cwd.to_string_lossy()).replace("{tmp}", CELL_TMP)
+}
+
+fn build_env(policy: &Policy, req: &LaunchRequest, cwd: &Path) -> Vec<String> {
+    let mut env: BTreeMap<&str, String> = BTreeMap::new();
+    for name in &policy.env.pass {
+        if let Some(v) = req.caller_env.get(name) {
+            env.insert(name, v.clone());
+        }
+    }
+    for (name, value) in &policy.env.set {
+        env.insert(name, expand(value, cwd));
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// An argv[0] with a `/` is taken as a path; a bare name is looked up in the cell's PATH.
+fn resolve_binary(provider: &str, name: &str, env: &[String]) -> Result<PathBuf, SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    };
+    let found = if name.contains('/') {
+        let p = PathBuf::from(name);
+        (p.is_absolute() && is_exec(&p)).then_some(p)
+    } else {
+        let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/bin:/bin");
+        path.split(':').map(|dir| Path::new(dir).join(name)).find(|p| p.is_absolute() && is_exec(p))
+    };
+    found.ok_or_else(|| SandboxError::Binary { provider: provider.to_owned(), path: PathBuf::from(name) })
+}
+
+fn rule_path(rule: &PathRule, cwd: &Path) -> PathBuf {
+    match rule {
+        PathRule::Absolute(p) => p.clone(),
+        PathRule::Cwd(rest) => cwd.join(rest),
+        PathRule::Tmp(rest) => Path::new(CELL_TMP).join(rest),
+    }
+}
+
+/// Check the kernel's Landlock ABI against what the policy needs: filesystem rules (ABI 1)
+/// always, TCP rules (ABI 4) for `network = "tcp"`. Refinements the kernel lacks (truncate
+/// control, scoping) are applied where available and reported when not.
+fn landlock_plan(
+    policy: &Policy,
+    cwd: &Path,
+    host: &HostCaps,
+    degraded: &mut Vec<Degradation>,
+) -> Result<Option<LandlockPlan>, SandboxError> {
+    let best_effort = policy.enforcement == Enforcement::BestEffort;
+    let mut lack = |mechanism: &str, detail: String| -> Result<(), SandboxError> {
+        if best_effort {
+            degraded.push(Degradation { mechanism: mechanism.to_owned(), detail });
+            Ok(())
+        } else {
+            Err(SandboxError::Unsupported {
+                provider: policy.name.clone(),
+                mechanism: mechanism.to_owned(),
+                detail,
+            })
+        }
+    };
+    let abi = host.landlock_abi;
+    if abi < 1 {
+        lack("landlock", "the kernel has no Landlock (ABI 0): filesystem rules cannot be enforced".into())?;
+        if let Network::Tcp { .. } = policy.network {
+            lack("landlock_net", "no Landlock: TCP port rules cannot be enforced".into())?;
+        }
+        return Ok(None);
+    }
+    let tcp = match &policy.network {
+        Network::Tcp { connect, bind } if abi >= LANDLOCK_NET_ABI => {
+            Some(TcpPorts { connect: connect.clone(), bind: bind.clone() })
+        }
+        Network::Tcp { .. } => {
+            lack(
+                "landlock_net",
+                format!("Landlock ABI {abi} < {LANDLOCK_NET_ABI}: TCP connect/bind rules cannot be enforced"),
+            )?;
+            None
+        }
+        _ => None,
+    };
+    if abi < LANDLOCK_TRUNCATE_ABI {
+        degraded.push(Degradation {
+            mechanism: "landlock_truncate".into(),
+            detail: format!("Landlock ABI {abi} < {LANDLOCK_TRUNCATE_ABI}: truncate(2) is not mediated"),
+        });
+    }
+    if abi < LANDLOCK_SCOPE_ABI {
+        degraded.push(Degradation {
+            mechanism: "landlock_scope".into(),
+            detail: format!(
+                "Landlock ABI {abi} < {LANDLOCK_SCOPE_ABI}: abstract UNIX sockets and signals are not scoped"
+            ),
+        });
+    }
+    let paths = |rules: &[PathRule]| rules.iter().map(|r| rule_path(r, cwd)).collect::<Vec<_>>();
+    Ok(Some(LandlockPlan {
+        abi,
+        read: paths(&policy.filesystem.read),
+        write: paths(&policy.filesystem.write),
+        exec: paths(&policy.filesystem.exec),
+        tcp,
+        scope: abi >= LANDLOCK_SCOPE_ABI,
+    }))
+}

@@ -1,0 +1,185 @@
+//! The only file with `unsafe`: thin wrappers over syscalls that nix, caps and landlock do not
+//! cover (or cover in a way we cannot use). Each block states the syscall contract it relies on.
+//!
+//! Everything here is called either from the single-threaded cell helper (and its children),
+//! or — for [`move_fd_to_3`] — from the daemon's `pre_exec`, where only async-signal-safe raw
+//! syscalls on values captured before the spawn are allowed.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::RawFd;
+
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+/// The fd number the cell helper receives its control socket on.
+pub const HELPER_FD: RawFd = 3;
+
+/// In the daemon's `pre_exec` (after fork, before exec): make `fd` the child's fd 3 without
+/// close-on-exec. Async-signal-safe: only `dup2(2)`/`fcntl(2)` on integers captured before
+/// the fork; no allocation, no locks.
+pub fn move_fd_to_3(fd: RawFd) -> io::Result<()> {
+    if fd == HELPER_FD {
+        // SAFETY: fcntl(F_SETFD, 0) clears FD_CLOEXEC on an fd we own; no memory is touched.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    } else {
+        // SAFETY: dup2(2) duplicates `fd` onto 3 (closing whatever was there in this child only);
+        // the duplicate does not carry FD_CLOEXEC. Pure integer arguments.
+        if unsafe { libc::dup2(fd, HELPER_FD) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Arrange for `fd` to be the spawned helper's fd 3 (see [`move_fd_to_3`]).
+pub fn pass_fd_as_3(cmd: &mut tokio::process::Command, fd: RawFd) {
+    // SAFETY (pre_exec contract): the closure runs between fork and exec in a multi-threaded
+    // process; it only calls dup2/fcntl on an integer captured before the fork, allocates
+    // nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || move_fd_to_3(fd));
+    }
+}
+
+/// Start `child` in new namespaces with `clone(2)`, on a freshly allocated stack.
+///
+/// Only called from the single-threaded helper, so the child may allocate: there is no other
+/// thread whose locks could have been copied in a held state.
+pub fn clone_into_namespaces(
+    flags: CloneFlags,
+    child: Box<dyn FnMut() -> isize + '_>,
+) -> nix::Result<Pid> {
+    // 1 MiB is far more than the init recipe needs (no recursion, small frames).
+    let mut stack = vec![0u8; 1 << 20];
+    // SAFETY: nix::sched::clone requires that the child does not overflow `stack` (it runs
+    // the bounded init recipe) and that the process is single-threaded or the child only
+    // makes async-signal-safe calls (the helper is single-threaded). SIGCHLD makes the child
+    // waitable with waitpid(2) like a forked one. The stack outlives the call in the parent;
+    // the child gets its own copy of the address space (no CLONE_VM).
+    unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
+}
+
+/// Fork the current (single-threaded) process. Returns `Some(pid)` in the parent, `None` in
+/// the child.
+pub fn fork_single_threaded() -> nix::Result<Option<Pid>> {
+    // SAFETY: fork(2) is sound to follow with arbitrary code only in a single-threaded
+    // process; callers are the helper and its pid 1, which never start threads.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+        nix::unistd::ForkResult::Child => Ok(None),
+    }
+}
+
+/// Drop every capability from the bounding set: `prctl(PR_CAPBSET_DROP, cap)` for
+/// `0..=cap_last_cap` (read from /proc), so capabilities newer than the `caps` crate's table
+/// are dropped too. Needs CAP_SETPCAP in the current user namespace.
+pub fn drop_bounding_set(cap_last_cap: u32) -> io::Result<()> {
+    for cap in 0..=cap_last_cap {
+        // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no user memory.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            // EINVAL: a number the kernel does not know (cap_last_cap read races are harmless).
+            if err.raw_os_error() != Some(libc::EINVAL) {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mark every fd >= `from` close-on-exec (`close_range(2)` with CLOSE_RANGE_CLOEXEC, 5.11+),
+/// so nothing the helper inherited by accident reaches the payload.
+pub fn cloexec_from(from: u32) -> io::Result<()> {
+    // SAFETY: close_range(first, last, flags) only changes this process's fd table.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_close_range, from, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The Landlock ABI version the kernel supports: `landlock_create_ruleset(NULL, 0,
+/// LANDLOCK_CREATE_RULESET_VERSION)`; 0 when Landlock is missing or disabled. (The landlock
+/// crate keeps its own probe private.)
+pub fn landlock_abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
+    // SAFETY: with a NULL attribute pointer and size 0 the kernel reads no user memory and
+    // returns the ABI version or -1 (ENOSYS / EOPNOTSUPP).
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if v < 0 { 0 } else { v as i32 }
+}
+
+/// Bring the loopback interface up in the current network namespace:
+/// `ioctl(SIOCGIFFLAGS)` then `ioctl(SIOCSIFFLAGS)` with IFF_UP on an AF_INET datagram socket.
+/// Needs CAP_NET_ADMIN over the namespace.
+pub fn loopback_up() -> io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the returned fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads ifr_name and writes ifr_ifru.ifru_flags of the ifreq we pass,
+    // which lives for the duration of the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the union member ifru_flags is the one SIOCGIFFLAGS just filled in.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the same ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Install one classic-BPF seccomp program with `seccomp(SECCOMP_SET_MODE_FILTER)` through
+/// seccompiler (which needs no_new_privs set beforehand and does not allocate).
+pub fn install_seccomp(program: &[crate::policy::seccomp::BpfInsn]) -> io::Result<()> {
+    let prog: Vec<seccompiler::sock_filter> = program
+        .iter()
+        .map(|i| seccompiler::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k })
+        .collect();
+    seccompiler::apply_filter(&prog).map_err(|e| match e {
+        seccompiler::Error::Seccomp(io) => io,
+        other => io::Error::other(other.to_string()),
+    })
+}
+
+/// In the helper: take ownership of fd 3 (the control socket the launcher passed) and mark it
+/// close-on-exec so it never reaches the payload.
+pub fn take_helper_fd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl(F_GETFD) only inspects the fd table; it tells us fd 3 is open.
+    if unsafe { libc::fcntl(HELPER_FD, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd 3 is open (checked above) and, by the launcher's contract, nothing else in
+    // this fresh process owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(HELPER_FD) };
+    // SAFETY: FD_CLOEXEC on an fd we now own.
+    if unsafe { libc::fcntl(HELPER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}

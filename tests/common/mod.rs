@@ -1,0 +1,146 @@
+//! Shared support for the privileged integration tests: the root/kernel gate (skip with a
+//! reason on a developer's laptop, fail when `CI` is set), a scratch workspace, and a runner
+//! for the real `cellkeep` binary with a per-test cgroup root.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cellkeep");
+pub const NOBODY: u32 = 65534;
+
+/// True when the privileged tests can run. When they cannot: print why and return false on a
+/// developer's machine; panic under CI (`CI` set), so a CI run never passes by skipping.
+pub fn privileged(test: &str) -> bool {
+    let why = if !nix::unistd::geteuid().is_root() {
+        Some("needs root".to_owned())
+    } else if cellkeep::cgroup::detect_layout().is_err() {
+        Some("no usable cgroup hierarchy".to_owned())
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(why) if std::env::var_os("CI").is_some() => panic!("{test}: cannot run under CI: {why}"),
+        Some(why) => {
+            eprintln!("SKIP {test}: {why} (set CI=1 to make this a failure)");
+            false
+        }
+    }
+}
+
+/// A test's world: a workspace dir under /tmp owned by the cell's uid, a policy dir holding a
+/// copy of the shipped base policy, and a cgroup root of its own (removed on drop).
+pub struct World {
+    pub ws: tempfile::TempDir,
+    pub policies: tempfile::TempDir,
+    pub cgroup_root: String,
+}
+
+impl World {
+    pub fn new() -> World {
+        let ws = tempfile::Builder::new().prefix("ck-ws-").tempdir().expect("workspace");
+        std::os::unix::fs::chown(ws.path(), Some(NOBODY), Some(NOBODY)).expect("chown workspace");
+        let policies = tempfile::Builder::new().prefix("ck-pol-").tempdir().expect("policy dir");
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
+        std::fs::copy(&base, policies.path().join("base.toml")).expect("copy base.toml");
+        let cgroup_root = format!("ck-test-{}", uuid::Uuid::now_v7().simple());
+        World { ws, policies, cgroup_root }
+    }
+
+    /// Write `policies/<name>.toml` = `extends = "base"` + `[provider]` + `body`.
+    pub fn policy(&self, name: &str, provider_extra: &str, body: &str) -> PathBuf {
+        let text = format!(
+            "extends = \"base\"\n\n[provider]\nname = \"{name}\"\ncommand = []\n{provider_extra}\n\n{body}\n"
+        );
+        let path = self.policies.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write policy");
+        path
+    }
+
+    /// `cellkeep run --json --policy P --cwd WS -- args…`
+    pub fn run(&self, policy: &Path, args: &[&str]) -> Run {
+        self.run_in(policy, self.ws.path(), args, &[])
+    }
+
+    pub fn run_in(&self, policy: &Path, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").arg("--json").arg("--policy").arg(policy).arg("--cwd").arg(cwd).arg("--");
+        cmd.args(args).env("CELLKEEP_CGROUP_ROOT", &self.cgroup_root);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("spawn cellkeep");
+        Run::from(out)
+    }
+
+    pub fn cgroup_root(&self) -> cellkeep::cgroup::CgroupRoot {
+        cellkeep::cgroup::CgroupRoot::open(&self.cgroup_root).expect("open test cgroup root")
+    }
+
+    /// No cell cgroup is left under this test's root.
+    pub fn assert_no_cells(&self) {
+        let cells = self.cgroup_root().list_cells().expect("list cells");
+        assert!(cells.is_empty(), "cell cgroups left behind: {cells:?}");
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Ok(root) = cellkeep::cgroup::CgroupRoot::open(&self.cgroup_root) {
+            for id in root.list_cells().unwrap_or_default() {
+                if let Ok(c) = root.open_cell(&id) {
+                    let _ = c.remove();
+                }
+            }
+            let _ = root.remove_if_empty();
+        }
+    }
+}
+
+/// One finished `cellkeep run --json`.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// The final JSON line (the outcome).
+    pub outcome: Value,
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let last = stdout.lines().last().unwrap_or("");
+        let outcome = serde_json::from_str(last).unwrap_or(Value::Null);
+        Run { code: out.status.code().unwrap_or(-1), stdout, stderr, outcome }
+    }
+}
+
+impl Run {
+    pub fn reason(&self) -> &str {
+        self.outcome["reason"].as_str().unwrap_or("<none>")
+    }
+
+    /// The command's own stdout (everything but the outcome line).
+    pub fn output(&self) -> String {
+        let mut lines: Vec<&str> = self.stdout.lines().collect();
+        lines.pop();
+        lines.join("\n")
+    }
+
+    pub fn describe(&self) -> String {
+        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Which backend the tests expect (the VM sets `CELLKEEP_EXPECT_CGROUP=v2`).
+pub fn check_backend(outcome: &Value) {
+    let backend = outcome["cgroup_backend"].as_str().unwrap_or("?");
+    eprintln!("cgroup backend: {backend}");
+    if let Ok(want) = std::env::var("CELLKEEP_EXPECT_CGROUP") {
+        assert_eq!(backend, want, "expected the {want} cgroup backend");
+    }
+}
