@@ -18,7 +18,7 @@ if [[ ${CELLKEEP_SKIP_VM:-0} == 1 && -z ${CI:-} ]]; then
 else
   step "VM: the privileged suite on real cgroup v2 (scripts/vm-test.sh)"
   t1=$SECONDS
-  scripts/vm-test.sh
+  scripts/vm-test.sh -- --tests -- --test-threads=1 --show-output
   echo "VM suite: $((SECONDS - t1)) s"
 fi
 echo "host suite: ${host_s} s; total: $((SECONDS - t0)) s"

@@ -47,7 +47,7 @@ while [[ $# -gt 0 ]]; do
     -h|--help) usage ;;
     --) shift
         while [[ $# -gt 0 ]]; do
-          if [[ $1 == -- ]]; then shift; harness_args=("$@"); break; fi
+          if [[ $1 == -- ]]; then shift; harness_args=("$@"); shift $#; break; fi
           cargo_args+=("$1"); shift
         done ;;
     *) echo "vm-test: unknown argument $1" >&2; usage ;;

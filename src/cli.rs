@@ -122,7 +122,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
-    let policy = policy::load_file(&args.policy)?;
+    let policy = policy::load_launchable(&args.policy)?;
     let root = CgroupRoot::open(&args.cgroup_root)?;
     let launcher = Launcher::new(root, HostCaps::probe());
     let cwd = match args.cwd {

@@ -79,7 +79,7 @@ fn each_broken_fixture_reports_exactly_its_problems() {
     for (file, lines) in expected_broken() {
         let path = fixtures().join("broken").join(file);
         let want: Vec<String> = lines.iter().map(|l| format!("{}:{l}", located_in(file).display())).collect();
-        assert_eq!(rendered(&[path.clone()]), want, "{file}");
+        assert_eq!(rendered(std::slice::from_ref(&path)), want, "{file}");
     }
 }
 
@@ -100,7 +100,10 @@ fn checking_the_directory_reports_every_file() {
 fn an_inherited_problem_points_into_the_parent() {
     let dir = fixtures().join("inherit");
     let got = rendered(&[dir.join("child.toml")]);
-    let want = format!("{}:6:15: limits.memory_high: must not be greater than limits.memory_max", dir.join("parent.toml").display());
+    let want = format!(
+        "{}:6:15: limits.memory_high: must not be greater than limits.memory_max",
+        dir.join("parent.toml").display()
+    );
     assert_eq!(got, vec![want]);
     // The parent alone is valid (abstract, no command, no memory_max).
     assert_eq!(rendered(&[dir.join("parent.toml")]), Vec::<String>::new());
@@ -120,7 +123,7 @@ fn load_file_error_names_file_and_key() {
 #[test]
 fn shipped_policies_are_valid() {
     let dir = root().join("policies");
-    assert_eq!(rendered(&[dir.clone()]), Vec::<String>::new());
+    assert_eq!(rendered(std::slice::from_ref(&dir)), Vec::<String>::new());
     let (policies, diags) = policy::load_dir(&dir);
     assert!(diags.is_empty(), "{diags:?}");
     for name in ["base", "sandbox", "echo", "cat"] {
@@ -174,7 +177,11 @@ fn cli_policy_check_and_show() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("bad_size.toml:6:14: limits.memory_max: \"512Q\" is not a size"), "{stdout}");
 
-    let out = Command::new(exe).args(["policy", "check"]).arg(root().join("policies")).output().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(exe)
+        .args(["policy", "check"])
+        .arg(root().join("policies"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 
     let out = Command::new(exe)

@@ -83,8 +83,7 @@ pub struct Loaded {
 ///
 /// Only an unreadable leaf file is an `Err`; everything else becomes a diagnostic.
 pub fn load_chain(path: &Path) -> Result<Loaded, PolicyError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| PolicyError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.to_path_buf(), source })?;
     let mut sources = Sources::default();
     let mut diagnostics = Vec::new();
     let (mut raw, mut parent_ref) = parse_into(&mut sources, path, text, &mut diagnostics);
@@ -289,7 +288,11 @@ mod tests {
         );
         let (child, _) = parse("[filesystem]\nread = [\"/opt\"]\n[environment.set]\nB = \"3\"\n");
         let merged = merge(child, parent);
-        let read: Vec<String> = merged.filesystem.read.map(|r| r.into_inner().into_iter().map(|s| s.into_inner()).collect()).unwrap_or_default();
+        let read: Vec<String> = merged
+            .filesystem
+            .read
+            .map(|r| r.into_inner().into_iter().map(|s| s.into_inner()).collect())
+            .unwrap_or_default();
         assert_eq!(read, vec!["/opt"]);
         assert_eq!(merged.limits.pids.map(|p| p.into_inner()), Some(5));
         let set = merged.environment.set.unwrap_or_default();
@@ -300,13 +303,17 @@ mod tests {
     #[test]
     fn cycles_and_missing_parents_are_reported_at_extends() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"));
+        let write =
+            |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"));
         write("a.toml", "extends = \"b\"\n");
         write("b.toml", "# b\nextends = \"a\"\n");
         write("c.toml", "extends = \"nope\"\n");
         let a = load_chain(&dir.path().join("a.toml")).unwrap_or_else(|e| panic!("{e}"));
         let got = rendered(&a.diagnostics);
-        assert_eq!(got, vec![format!("{}:2:11: extends: extends cycle: a -> b -> a", dir.path().join("b.toml").display())]);
+        assert_eq!(
+            got,
+            vec![format!("{}:2:11: extends: extends cycle: a -> b -> a", dir.path().join("b.toml").display())]
+        );
         let c = load_chain(&dir.path().join("c.toml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.diagnostics.len(), 1);
         assert!(c.diagnostics[0].to_string().contains("c.toml:1:11: extends: parent policy \"nope\" cannot be read"));

@@ -3,7 +3,7 @@
 //! Pipeline: [`load`] reads a file and the files it `extends` into the serde mirror in
 //! [`raw`] (unknown keys and wrong types are reported, every one of them) and merges them;
 //! [`validate`] turns the merged mirror into a typed [`Policy`], compiling seccomp through
-//! [`seccomp`] so `policy check` reports exactly what a launch would; [`show`] prints the
+//! [`seccomp`] so `policy check` reports exactly what a launch would; [`show()`] prints the
 //! effective policy back as TOML. Every problem is a [`Diagnostic`] rendered
 //! `file:line:col: key: message` (the key part is left out for TOML syntax errors).
 //!
@@ -62,6 +62,7 @@
 //! each file and are never inherited. Cycles and missing parents are reported at the
 //! `extends` key; a problem in an inherited key is reported in the file that set it.
 
+pub mod ids;
 pub mod load;
 pub mod model;
 pub mod raw;

@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction as Action, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction as Action, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
 };
 use serde::{Deserialize, Serialize};
 use syscalls::x86_64::Sysno;
@@ -45,13 +45,52 @@ pub struct CompiledSeccomp {
 /// The syscalls the `default` preset denies: the usual container escape and host-tampering
 /// routes. `clone` with namespace flags and two `ioctl`s are denied by argument on top.
 pub const DEFAULT_DENY: &[&str] = &[
-    "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load", "bpf",
-    "keyctl", "add_key", "request_key", "mount", "umount2", "pivot_root", "move_mount",
-    "open_tree", "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr", "unshare", "setns",
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "perf_event_open", "userfaultfd",
-    "init_module", "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct",
-    "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "quotactl", "lookup_dcookie",
-    "name_to_handle_at", "open_by_handle_at", "iopl", "ioperm", "vhangup", "syslog", "uselib",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kexec_load",
+    "kexec_file_load",
+    "bpf",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "fspick",
+    "mount_setattr",
+    "unshare",
+    "setns",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "perf_event_open",
+    "userfaultfd",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "adjtimex",
+    "clock_adjtime",
+    "quotactl",
+    "lookup_dcookie",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "iopl",
+    "ioperm",
+    "vhangup",
+    "syslog",
+    "uselib",
     "nfsservctl",
 ];
 
@@ -75,10 +114,10 @@ const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const SECCOMP_DATA_NR: u32 = 0;
 const SECCOMP_DATA_ARCH: u32 = 4;
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-const BPF_JEQ_K: u16 = 0x05 | 0x10;
-const BPF_JGE_K: u16 = 0x05 | 0x30;
-const BPF_RET_K: u16 = 0x06;
+const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const BPF_JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
+const BPF_JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
+const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
 const RET_ALLOW: u32 = 0x7fff_0000;
 
@@ -111,11 +150,8 @@ pub fn syscall_nr(name: &str) -> Option<i64> {
 /// The preset's deny list minus `allow`, plus `deny`: the names that get `deny_action`.
 pub fn denied_names(spec: &SeccompSpec<'_>) -> Vec<String> {
     let preset = if spec.default_preset { DEFAULT_DENY } else { &[] };
-    let mut names: Vec<String> = preset
-        .iter()
-        .filter(|n| !spec.allow.iter().any(|a| a == *n))
-        .map(|n| (*n).to_owned())
-        .collect();
+    let mut names: Vec<String> =
+        preset.iter().filter(|n| !spec.allow.iter().any(|a| a == *n)).map(|n| (*n).to_owned()).collect();
     for extra in spec.deny {
         if !names.contains(extra) {
             names.push(extra.clone());
@@ -136,8 +172,8 @@ pub fn compile(spec: &SeccompSpec<'_>) -> Result<CompiledSeccomp, SeccompError> 
 
     let mut deny = unconditional(&denied_names(spec))?;
     if spec.default_preset {
-        add_arg_rules(&mut deny, "clone", 0, CLONE_NEW_FLAGS, true, &spec.allow)?;
-        add_arg_rules(&mut deny, "ioctl", 1, DENIED_IOCTLS, false, &spec.allow)?;
+        add_arg_rules(&mut deny, "clone", 0, CLONE_NEW_FLAGS, true, spec.allow)?;
+        add_arg_rules(&mut deny, "ioctl", 1, DENIED_IOCTLS, false, spec.allow)?;
     }
     if !deny.is_empty() {
         filters.push(build("deny", deny, Action::Allow, action(spec.deny_action))?);
@@ -168,7 +204,9 @@ fn action(a: SeccompAction) -> Action {
 fn unconditional(names: &[String]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     names
         .iter()
-        .map(|n| syscall_nr(n).map(|nr| (nr, Vec::new())).ok_or_else(|| SeccompError::UnknownSyscall { name: n.clone() }))
+        .map(|n| {
+            syscall_nr(n).map(|nr| (nr, Vec::new())).ok_or_else(|| SeccompError::UnknownSyscall { name: n.clone() })
+        })
         .collect()
 }
 
@@ -225,10 +263,7 @@ fn x32_guard() -> Vec<BpfInsn> {
 
 /// Convert back to seccompiler's form, e.g. for `seccompiler::apply_filter`.
 pub fn to_bpf_program(filter: &[BpfInsn]) -> BpfProgram {
-    filter
-        .iter()
-        .map(|i| seccompiler::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k })
-        .collect()
+    filter.iter().map(|i| seccompiler::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect()
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ fn ints<T: Copy + Into<i64>>(items: &[T]) -> Value {
 }
 
 fn duration(d: Duration) -> Value {
-    if d.subsec_nanos() % 1_000_000 == 0 {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
         s(&format_duration(d))
     } else {
         Value::Float(d.as_secs_f64())
@@ -105,10 +105,18 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
     limits.push(kv("tmp_size", s(&format_size(l.tmp_size))));
 
     let n = &p.namespaces;
-    let namespaces = [("user", n.user), ("pid", n.pid), ("mount", n.mount), ("net", n.net), ("ipc", n.ipc), ("uts", n.uts), ("cgroup", n.cgroup)]
-        .iter()
-        .map(|(k, b)| kv(k, Value::Boolean(*b)))
-        .collect();
+    let namespaces = [
+        ("user", n.user),
+        ("pid", n.pid),
+        ("mount", n.mount),
+        ("net", n.net),
+        ("ipc", n.ipc),
+        ("uts", n.uts),
+        ("cgroup", n.cgroup),
+    ]
+    .iter()
+    .map(|(k, b)| kv(k, Value::Boolean(*b)))
+    .collect();
 
     let rules = |r: &[PathRule]| Value::Array(r.iter().map(|r| s(&path_rule(r))).collect());
     let filesystem = vec![
@@ -120,7 +128,9 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
     let network = match &p.network {
         Network::None => vec![kv("mode", s("none"))],
         Network::Loopback => vec![kv("mode", s("loopback"))],
-        Network::Tcp { connect, bind } => vec![kv("mode", s("tcp")), kv("connect", ints(connect)), kv("bind", ints(bind))],
+        Network::Tcp { connect, bind } => {
+            vec![kv("mode", s("tcp")), kv("connect", ints(connect)), kv("bind", ints(bind))]
+        }
     };
 
     let sc = &p.seccomp;
@@ -140,7 +150,8 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
             vec![kv("framing", s("json_field")), kv("field", s(field)), kv("equals", s(equals))]
         }
     };
-    let enforcement = vec![kv("mode", s(if p.enforcement == Enforcement::BestEffort { "best_effort" } else { "required" }))];
+    let enforcement =
+        vec![kv("mode", s(if p.enforcement == Enforcement::BestEffort { "best_effort" } else { "required" }))];
 
     vec![
         ("provider", provider),

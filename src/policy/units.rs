@@ -37,7 +37,7 @@ pub fn parse_size(value: &Scalar) -> Result<u64, String> {
 pub fn format_size(bytes: u64) -> String {
     for (unit, power) in SIZE_UNITS.iter().rev() {
         let scale = 1u64 << (power * 10);
-        if bytes != 0 && bytes % scale == 0 {
+        if bytes != 0 && bytes.is_multiple_of(scale) {
             return format!("{}{unit}", bytes / scale);
         }
     }
@@ -77,14 +77,15 @@ pub fn parse_duration(value: &Scalar) -> Result<Duration, String> {
 /// Render a duration in the largest unit that represents it exactly (`600 s` → `"10m"`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 || d.subsec_nanos() % 1_000_000 != 0 {
-        return if d.subsec_nanos() % 1_000_000 == 0 { format!("{ms}ms") } else { format!("{}", d.as_secs_f64()) };
+    let whole_ms = d.subsec_nanos().is_multiple_of(1_000_000);
+    if !ms.is_multiple_of(1000) || !whole_ms {
+        return if whole_ms { format!("{ms}ms") } else { format!("{}", d.as_secs_f64()) };
     }
     let s = d.as_secs();
     match s {
         0 => "0s".to_owned(),
-        _ if s % 3600 == 0 => format!("{}h", s / 3600),
-        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
         _ => format!("{s}s"),
     }
 }

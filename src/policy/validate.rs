@@ -6,9 +6,9 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use nix::unistd::{Group, User};
 use toml::Spanned;
 
+use super::ids::{resolve_group, resolve_user};
 use super::load::{Loaded, Sources};
 use super::model::*;
 use super::raw::{Opt, OptList, RawFile, Scalar};
@@ -82,7 +82,7 @@ impl Checker<'_> {
             _ => Mode::Oneshot,
         };
         let namespaces = self.namespaces(&raw);
-        let policy = Policy {
+        Policy {
             name,
             source: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
             description: inner(&raw.provider.description).unwrap_or_default(),
@@ -103,8 +103,7 @@ impl Checker<'_> {
             },
             session: self.session(&raw),
             namespaces,
-        };
-        policy
+        }
     }
 
     fn name(&mut self, raw: &RawFile, stem: &str) -> String {
@@ -206,7 +205,11 @@ impl Checker<'_> {
         };
         let (s, c) = (*start.get_ref(), *count.get_ref());
         if s <= 0 || s > i64::from(u32::MAX) {
-            self.at(start, key, format!("start {s} must be between 1 and {} (the range must not contain uid 0)", u32::MAX));
+            self.at(
+                start,
+                key,
+                format!("start {s} must be between 1 and {} (the range must not contain uid 0)", u32::MAX),
+            );
             return None;
         }
         if c <= 0 || s + c - 1 > i64::from(u32::MAX) - 1 {
@@ -377,7 +380,8 @@ impl Checker<'_> {
         let connect = self.ports(&raw.network.connect, "network.connect", tcp);
         let bind = self.ports(&raw.network.bind, "network.bind", tcp);
         if let (false, false, Some(net)) = (tcp, ns.net, &raw.namespaces.net) {
-            let msg = format!("false is only allowed with network.mode = \"tcp\"; mode \"{mode}\" needs a network namespace");
+            let msg =
+                format!("false is only allowed with network.mode = \"tcp\"; mode \"{mode}\" needs a network namespace");
             self.at(net, "namespaces.net", msg);
         }
         match mode {
@@ -390,8 +394,11 @@ impl Checker<'_> {
     fn seccomp(&mut self, raw: &RawFile) -> SeccompPolicy {
         let s = &raw.seccomp;
         let preset = self.choose(&s.preset, "seccomp.preset", &["default", "none"]);
-        let default_action =
-            action(self.choose(&s.default_action, "seccomp.default_action", &["allow", "errno", "enosys", "kill", "log"]));
+        let default_action = action(self.choose(
+            &s.default_action,
+            "seccomp.default_action",
+            &["allow", "errno", "enosys", "kill", "log"],
+        ));
         let deny_action = action(self.choose(&s.deny_action, "seccomp.deny_action", &["errno", "kill"]));
         let mut names = |v: &OptList<String>, key: &str| -> Vec<String> {
             let mut out = Vec::new();
@@ -412,7 +419,13 @@ impl Checker<'_> {
                 None => self.missing("seccomp.allow", "allowlist mode needs a non-empty seccomp.allow"),
             }
         }
-        let spec = SeccompSpec { default_preset: preset == "default", default_action, deny_action, allow: &allow, deny: &deny };
+        let spec = SeccompSpec {
+            default_preset: preset == "default",
+            default_action,
+            deny_action,
+            allow: &allow,
+            deny: &deny,
+        };
         let compiled = seccomp::compile(&spec).unwrap_or_else(|e| {
             self.missing("seccomp", e.to_string());
             Default::default()
@@ -496,34 +509,161 @@ pub fn parse_path_rule(text: &str) -> Result<PathRule, String> {
     Ok(make(path.strip_prefix("/").unwrap_or(path).to_path_buf()))
 }
 
-/// A user name or uid → uid and primary gid. Uid 0 (host root) is always refused.
-pub fn resolve_user(v: &Scalar) -> Result<UserId, String> {
-    let user = match v {
-        Scalar::Str(name) => User::from_name(name)
-            .map_err(|e| format!("cannot look up user \"{name}\": {e}"))?
-            .map(|u| UserId { uid: u.uid.as_raw(), gid: u.gid.as_raw() })
-            .ok_or_else(|| format!("unknown user \"{name}\" (not in /etc/passwd)"))?,
-        Scalar::Int(n) => {
-            let uid = u32::try_from(*n).map_err(|_| format!("{n} is not a uid"))?;
-            let gid = User::from_uid(uid.into()).ok().flatten().map_or(uid, |u| u.gid.as_raw());
-            UserId { uid, gid }
-        }
-        Scalar::Float(x) => return Err(format!("{x} is not a user name or uid")),
-    };
-    if user.uid == 0 {
-        return Err(format!("{v} is host root (uid 0); a sandbox never runs as host root"));
-    }
-    Ok(user)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A group name (looked up in /etc/group) or a numeric gid.
-pub fn resolve_group(v: &Scalar) -> Result<u32, String> {
-    match v {
-        Scalar::Str(name) => Group::from_name(name)
-            .map_err(|e| format!("cannot look up group \"{name}\": {e}"))?
-            .map(|g| g.gid.as_raw())
-            .ok_or_else(|| format!("unknown group \"{name}\" (not in /etc/group)")),
-        Scalar::Int(n) => u32::try_from(*n).map_err(|_| format!("{n} is not a gid")),
-        Scalar::Float(x) => Err(format!("{x} is not a group name or gid")),
+    /// Validate `text` as `<tmp>/t.toml`; returns the policy or `line:col: key: message` lines.
+    fn check(text: &str) -> Result<Policy, Vec<String>> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        let loaded = super::super::load::load_chain(&path).unwrap_or_else(|e| panic!("{e}"));
+        let prefix = format!("{}:", path.display());
+        validate(loaded).map_err(|d| d.iter().map(|d| d.to_string().replace(&prefix, "")).collect())
+    }
+
+    const HEAD: &str = "[provider]\nname = \"t\"\ncommand = [\"/bin/true\"]\n";
+
+    #[test]
+    fn minimal_policy_gets_the_documented_defaults() {
+        let p = check(HEAD).unwrap_or_else(|d| panic!("{d:?}"));
+        assert_eq!(p.mode, Mode::Oneshot);
+        assert_eq!(p.network, Network::None);
+        assert_eq!(p.namespaces, Namespaces::default());
+        assert_eq!(p.identity.run_as, RunAs::Caller);
+        assert_eq!(p.identity.inside, Inside::Same);
+        assert_eq!(p.enforcement, Enforcement::Required);
+        assert_eq!(p.session, SessionPolicy::Line);
+        assert_eq!((p.limits.output_bytes, p.limits.tmp_size), (DEFAULT_OUTPUT_BYTES, DEFAULT_TMP_SIZE));
+        assert_eq!(p.limits.memory_max, None);
+        assert_eq!((p.seccomp.default_action, p.seccomp.deny_action), (SeccompAction::Allow, SeccompAction::Errno));
+        assert!(p.is_launchable());
+    }
+
+    #[test]
+    fn missing_name_and_command() {
+        assert_eq!(
+            check("[provider]\nmode = \"session\"\n").err(),
+            Some(vec![
+                "1:1: provider.name: missing; set name = \"t\" (the file name)".to_owned(),
+                "1:1: provider.command: missing; give the binary and fixed arguments, or [] for a generic sandbox, or set abstract = true".to_owned(),
+            ])
+        );
+        assert!(check("[provider]\nname = \"t\"\nabstract = true\n").is_ok());
+    }
+
+    #[test]
+    fn tcp_network_and_ports() {
+        let p = check(&format!("{HEAD}[network]\nmode = \"tcp\"\nconnect = [443, 80]\n[namespaces]\nnet = false\n"));
+        let p = p.unwrap_or_else(|d| panic!("{d:?}"));
+        assert_eq!(p.network, Network::Tcp { connect: vec![443, 80], bind: vec![] });
+        let bad = check(&format!("{HEAD}[network]\nmode = \"loopback\"\nconnect = [443]\nbind = [0]\n"));
+        assert_eq!(
+            bad.err(),
+            Some(vec![
+                "6:11: network.connect: only used with network.mode = \"tcp\"".to_owned(),
+                "7:8: network.bind: only used with network.mode = \"tcp\"".to_owned(),
+                "7:9: network.bind: 0 is not a port (1-65535)".to_owned(),
+            ])
+        );
+    }
+
+    #[test]
+    fn session_framing_needs_its_keys() {
+        let p = check(&format!("{HEAD}[session]\nframing = \"json_field\"\nfield = \"type\"\nequals = \"result\"\n"));
+        assert_eq!(
+            p.map(|p| p.session).ok(),
+            Some(SessionPolicy::JsonField { field: "type".into(), equals: "result".into() })
+        );
+        let bad = check(&format!("{HEAD}[session]\nframing = \"sentinel\"\npattern = \"^x\"\n"));
+        assert_eq!(
+            bad.err(),
+            Some(vec![
+                "1:1: session.sentinel: missing; framing = \"sentinel\" needs it".to_owned(),
+                "6:11: session.pattern: only used with framing = \"regex\"".to_owned(),
+            ])
+        );
+    }
+
+    #[test]
+    fn seccomp_modes() {
+        let bad = check(&format!("{HEAD}[seccomp]\ndefault_action = \"kill\"\ndeny_action = \"log\"\n"));
+        assert_eq!(
+            bad.err(),
+            Some(vec![
+                "5:18: seccomp.default_action: allowlist mode needs a non-empty seccomp.allow".to_owned(),
+                "6:15: seccomp.deny_action: \"log\" is not one of \"errno\", \"kill\"".to_owned(),
+            ])
+        );
+        let p = check(&format!(
+            "{HEAD}[seccomp]\ndefault_action = \"enosys\"\nallow = [\"read\", \"write\", \"exit_group\"]\n"
+        ));
+        assert_eq!(p.map(|p| p.seccomp.compiled.filters.len()).ok(), Some(4));
+    }
+
+    #[test]
+    fn identity_forms() {
+        let p =
+            check(&format!("{HEAD}[identity]\nrun_as = \"range\"\nuid_range = [200000, 65536]\ninside = \"root\"\n"));
+        assert_eq!(p.map(|p| p.identity.run_as).ok(), Some(RunAs::Range { start: 200000, count: 65536 }));
+        let p = check(&format!("{HEAD}[identity]\nrun_as = \"nobody\"\nroot_maps_to = 65534\n"));
+        assert_eq!(p.map(|p| p.identity.run_as).ok(), Some(RunAs::User(UserId { uid: 65534, gid: 65534 })));
+        let bad =
+            check(&format!("{HEAD}[identity]\nrun_as = \"range\"\ninside = \"root\"\n[namespaces]\nuser = false\n"));
+        assert_eq!(
+            bad.err(),
+            Some(vec![
+                "5:10: identity.run_as: \"range\" needs identity.uid_range = [start, count]".to_owned(),
+                "6:10: identity.inside: \"root\" needs a user namespace (namespaces.user = false)".to_owned(),
+            ])
+        );
+        let bad =
+            check(&format!("{HEAD}[identity]\nroot_maps_to = \"no_such_user_xyz\"\nuid_range = [1, 4294967295]\n"));
+        assert_eq!(
+            bad.err(),
+            Some(vec![
+                "5:16: identity.root_maps_to: unknown user \"no_such_user_xyz\" (not in /etc/passwd)".to_owned(),
+                "6:17: identity.uid_range: count 4294967295 must be at least 1 and keep the range below uid 4294967295"
+                    .to_owned(),
+            ])
+        );
+    }
+
+    #[test]
+    fn paths_and_env() {
+        assert_eq!(parse_path_rule("{cwd}"), Ok(PathRule::Cwd(PathBuf::new())));
+        assert_eq!(parse_path_rule("{tmp}/a/b"), Ok(PathRule::Tmp(PathBuf::from("a/b"))));
+        assert_eq!(parse_path_rule("/usr"), Ok(PathRule::Absolute(PathBuf::from("/usr"))));
+        for bad in ["usr", "./x", "{cwd}x", "/usr/../etc", "{tmp}/../x", "{home}", ""] {
+            assert!(parse_path_rule(bad).is_err(), "{bad:?}");
+        }
+        let bad = check(&format!(
+            "{HEAD}[environment]\npass = [\"A=B\"]\n[environment.set]\nHOME = \"{{tmp}}\"\n[namespaces]\nmount = false\n[workdir]\nroots = [\"/no/such/dir\", \"rel\"]\n"
+        ));
+        let got = bad.err().unwrap_or_default();
+        assert_eq!(got.len(), 4, "{got:#?}");
+        assert_eq!(got[0], "5:9: environment.pass: \"A=B\" is not a variable name");
+        assert_eq!(got[1], "7:8: environment.set.HOME: {tmp} needs a mount namespace, but namespaces.mount = false");
+        assert!(got[2].starts_with("11:10: workdir.roots: \"/no/such/dir\" cannot be resolved"), "{}", got[2]);
+        assert_eq!(got[3], "11:26: workdir.roots: \"rel\" must be an absolute path (no placeholders)");
+    }
+
+    #[test]
+    fn limits_rules() {
+        let p =
+            check(&format!("{HEAD}[limits]\nmemory_max = 1048576\ncpu = 2\nwall_time = 1.5\nmemory_swap = \"0\"\n"));
+        let p = p.unwrap_or_else(|d| panic!("{d:?}"));
+        assert_eq!((p.limits.memory_max, p.limits.cpu, p.limits.memory_swap), (Some(1 << 20), Some(2.0), Some(0)));
+        assert_eq!(p.limits.wall_time, Some(std::time::Duration::from_millis(1500)));
+        let bad = check(&format!("{HEAD}[limits]\nmemory_max = \"0\"\nidle_timeout = \"0s\"\ncpu = \"fast\"\n"));
+        assert_eq!(
+            bad.err(),
+            Some(vec![
+                "5:14: limits.memory_max: must be greater than 0".to_owned(),
+                "6:16: limits.idle_timeout: must be greater than 0".to_owned(),
+                "7:7: limits.cpu: \"fast\" must be a number of CPUs greater than 0 (e.g. 0.5)".to_owned(),
+            ])
+        );
     }
 }
