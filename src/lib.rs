@@ -11,7 +11,7 @@
 //! | [`cli`] | clap subcommands (`run`, `policy check`, `policy show`) |
 //! | [`error`] | the top-level error and its stable codes |
 //! | [`policy`] | TOML → validated [`policy::Policy`]; seccomp rules → BPF at load time |
-//! | [`cgroup`] | the cell cgroup on v1 (hybrid/legacy) and v2 (unified) hosts |
+//! | [`cgroup`] | cell cgroups: layout detection, v1 (hybrid/legacy) and v2 (unified) backends, limits, usage and events, kill, remove |
 //! | [`sandbox`] | launch plan, launcher, the helper, pid 1 and the payload recipe; `sys` holds all `unsafe` |
 //!
 //! # Process model

@@ -70,6 +70,8 @@ pub struct Cell {
     pub child: Child,
     pub degraded: Vec<Degradation>,
     pub started: Instant,
+    /// The payload's pid as the host sees it (known once it exec'd).
+    pub payload_pid: Option<u32>,
     reports: Lines<BufReader<UnixStream>>,
     backend: &'static str,
 }
@@ -128,6 +130,7 @@ impl Launcher {
                     child,
                     degraded,
                     started: Instant::now(),
+                    payload_pid: None,
                     reports,
                     backend: self.root.backend_name(),
                 };
@@ -214,7 +217,12 @@ impl Cell {
     async fn await_exec(&mut self) -> Result<(), SandboxError> {
         loop {
             match self.next_report().await {
-                Some(Report::Exec) => return Ok(()),
+                Some(Report::Exec) => {
+                    // helper → pid 1 → payload: right after exec, pid 1 has exactly one child.
+                    let pid1 = self.child.id().map(super::audit::children).and_then(|c| c.first().copied());
+                    self.payload_pid = pid1.map(super::audit::children).and_then(|c| c.first().copied());
+                    return Ok(());
+                }
                 Some(Report::Degraded { mechanism, detail }) => self.degraded.push(Degradation { mechanism, detail }),
                 Some(Report::SetupFailed { stage, errno, detail }) => {
                     return Err(SandboxError::Setup { cell: self.id.clone(), stage, errno, detail })
@@ -303,7 +311,10 @@ impl Cell {
         remove_cgroup(self.cgroup.clone()).await;
 
         let (code, signal) = payload_exit.unwrap_or_else(|| helper_status(status));
-        let reason = forced.unwrap_or_else(|| classify(code, signal, &events));
+        let mut reason = forced.unwrap_or_else(|| classify(code, signal, &events));
+        if let (ExitReason::SeccompViolation { syscall }, Some(pid)) = (&mut reason, self.payload_pid) {
+            *syscall = tokio::task::spawn_blocking(move || super::audit::seccomp_kill_syscall(pid)).await.ok().flatten();
+        }
         Outcome {
             cell: self.id,
             provider: self.provider,

@@ -24,6 +24,7 @@
 //!
 //! `sys.rs` is the only file with `unsafe`.
 
+pub mod audit;
 pub mod helper;
 pub mod init;
 pub mod landlock_rules;
