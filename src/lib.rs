@@ -12,6 +12,11 @@
 //! | [`error`] | the top-level error and its stable codes |
 //! | [`policy`] | TOML → validated [`policy::Policy`]; seccomp rules → BPF at load time |
 //! | [`cgroup`] | cell cgroups: layout detection, v1 (hybrid/legacy) and v2 (unified) backends, limits, usage and events, kill, remove |
+//! | [`config`] | daemon settings: embedded defaults, optional TOML file, flags |
+//! | [`pool`] | the single owner of pool state: cap, deadlines, termination, exit reasons |
+//! | [`api`] | HTTP/JSON over the Unix socket: routes, wire errors, peer credentials, authorisation |
+//! | [`client`] | typed client over the socket, shared by the CLI and the tests |
+//! | [`session`] | reply framing (line, sentinel, regex, JSON field) and the bounded output spool with live fan-out |
 //! | [`sandbox`] | launch plan, launcher, the helper, pid 1 and the payload recipe; `sys` holds all `unsafe` |
 //!
 //! # Process model
@@ -24,11 +29,16 @@
 //! single-threaded process, so its setup is ordinary Rust. See [`sandbox`].
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod cgroup;
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod error;
 pub mod policy;
+pub mod pool;
 pub mod sandbox;
+pub mod session;
 
 /// The hidden first argument that turns the binary into the cell helper.
 pub const HELPER_ARG: &str = "__cell-helper";

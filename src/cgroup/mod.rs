@@ -185,7 +185,7 @@ impl CellLimits {
 }
 
 /// Resource usage of a cell.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub memory_current: u64,
     /// v2 `memory.peak` (5.19+) or v1 `memory.max_usage_in_bytes`; `None` if the kernel lacks it.
@@ -198,7 +198,7 @@ pub struct Usage {
 }
 
 /// Limit events counted by the kernel for a cell.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Events {
     /// v2 `memory.events` `oom_kill`; v1 `memory.oom_control` `oom_kill`.
     pub oom_kills: u64,

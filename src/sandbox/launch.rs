@@ -47,6 +47,15 @@ pub struct Launcher {
     helper_exe: PathBuf,
 }
 
+/// A request to end a cell before it ends by itself.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// SIGTERM, then SIGKILL to the whole cgroup after `grace`.
+    Graceful { grace: Duration, reason: ExitReason },
+    /// SIGKILL to the whole cgroup now.
+    Kill { reason: ExitReason },
+}
+
 /// The end of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
@@ -90,6 +99,10 @@ fn limits_of(policy: &Policy) -> CellLimits {
 impl Launcher {
     pub fn new(root: CgroupRoot, host: HostCaps) -> Launcher {
         Launcher { root, host, helper_exe: PathBuf::from("/proc/self/exe") }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.root.backend_name()
     }
 
     pub fn host(&self) -> &HostCaps {
@@ -266,24 +279,48 @@ impl Cell {
 
     /// Wait for the cell to end (killing it at `deadline`), classify the end, read its usage
     /// and remove its cgroup.
-    pub async fn wait(mut self, deadline: Option<Instant>) -> Outcome {
-        let timed_out = match deadline {
-            Some(at) => {
-                tokio::select! {
-                    _ = self.child.wait() => false,
-                    _ = tokio::time::sleep_until(at.into()) => true,
-                }
-            }
-            None => {
-                let _ = self.child.wait().await;
-                false
+    pub async fn wait(self, deadline: Option<Instant>) -> Outcome {
+        self.run_to_end(deadline, std::future::pending()).await
+    }
+
+    /// Like [`Cell::wait`], but `stop` may end the cell early: gracefully (SIGTERM through the
+    /// helper, then the whole cgroup killed after the grace period) or at once.
+    pub async fn run_to_end(mut self, deadline: Option<Instant>, stop: impl std::future::Future<Output = Stop>) -> Outcome {
+        let deadline = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
             }
         };
-        if timed_out {
-            let cg = self.cgroup.clone();
-            let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
-        }
-        self.finish(if timed_out { Some(ExitReason::TimedOut) } else { None }).await
+        let forced = tokio::select! {
+            _ = self.child.wait() => None,
+            _ = deadline => {
+                self.kill_all().await;
+                Some(ExitReason::TimedOut)
+            }
+            stop = stop => match stop {
+                Stop::Kill { reason } => {
+                    self.kill_all().await;
+                    Some(reason)
+                }
+                Stop::Graceful { grace, reason } => {
+                    if let Some(pid) = self.helper_pid() {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                    }
+                    if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+                        self.kill_all().await;
+                    }
+                    Some(reason)
+                }
+            },
+        };
+        self.finish(forced).await
+    }
+
+    /// SIGKILL every process of the cell (cgroup.kill on v2, freeze/kill/thaw on v1).
+    pub async fn kill_all(&self) {
+        let cg = self.cgroup.clone();
+        let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
     }
 
     /// Collect the remaining reports and the helper's status, classify, clean up.

@@ -37,7 +37,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use launch::{Cell, Launcher, Outcome, StdioMode};
+pub use launch::{Cell, Launcher, Outcome, StdioMode, Stop};
 pub use plan::{Degradation, HostCaps, LaunchRequest};
 pub use proto::Stage;
 

@@ -3,6 +3,8 @@
 //! for the real `cellkeep` binary with a per-test cgroup root.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

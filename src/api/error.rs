@@ -1,0 +1,82 @@
+//! Errors as HTTP answers: a status and the JSON body `{code, message}` with a stable code.
+
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::pool::PoolError;
+
+use super::wire::ErrorBody;
+
+/// One failed request.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl HttpError {
+    pub fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into() }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> HttpError {
+        HttpError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
+    }
+}
+
+/// The HTTP status of each wire code.
+pub fn status_of(code: &str) -> StatusCode {
+    match code {
+        "process_limit" => StatusCode::TOO_MANY_REQUESTS,
+        "timeout" => StatusCode::GATEWAY_TIMEOUT,
+        "resource_limit" | "exited" => StatusCode::CONFLICT,
+        "not_found" | "unknown_provider" => StatusCode::NOT_FOUND,
+        "forbidden" => StatusCode::FORBIDDEN,
+        "bad_request" => StatusCode::BAD_REQUEST,
+        "policy" => StatusCode::UNPROCESSABLE_ENTITY,
+        "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<PoolError> for HttpError {
+    fn from(e: PoolError) -> Self {
+        let code = e.code();
+        HttpError { status: status_of(code), code, message: e.to_string() }
+    }
+}
+
+impl From<BytesRejection> for HttpError {
+    fn from(e: BytesRejection) -> Self {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError { status, code: "bad_request", message: format!("request body too large: {}", e.body_text()) }
+        } else {
+            HttpError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: e.body_text() }
+        }
+    }
+}
+
+impl From<QueryRejection> for HttpError {
+    fn from(e: QueryRejection) -> Self {
+        HttpError::bad_request(format!("bad query string: {}", e.body_text()))
+    }
+}
+
+impl From<PathRejection> for HttpError {
+    fn from(e: PathRejection) -> Self {
+        HttpError::bad_request(format!("bad path: {}", e.body_text()))
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, "{}", self.message);
+        }
+        (self.status, Json(ErrorBody { code: self.code.to_owned(), message: self.message })).into_response()
+    }
+}

@@ -1,0 +1,99 @@
+//! The daemon's API: HTTP/1.1 + JSON over a local Unix socket, under `/v1` — the convention of
+//! Firecracker, Docker and Podman, so `curl --unix-socket` and Python's `httpx` just work.
+//!
+//! - [`listen`]: bind the socket (mode, group, stale-socket handling), accept with
+//!   `SO_PEERCRED`, serve connections with hyper, bound and drain them.
+//! - [`routes`]: the axum router; every handler decodes, then calls the pool with the caller.
+//! - [`error`]: wire errors `{code, message}` with their HTTP statuses.
+//! - [`wire`]: the error body and NDJSON output lines, shared with the client.
+//!
+//! [`run_daemon`] is the whole daemon: pool start (with restart recovery), socket, signals
+//! (SIGTERM/SIGINT: shutdown; SIGHUP: policy reload), and the shutdown sequence — stop
+//! accepting, end every cell, drain connections, remove the socket.
+
+pub mod error;
+pub mod listen;
+pub mod routes;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pool::{Pool, PoolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("socket {path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
+    #[error("another daemon is listening on {path}")]
+    AlreadyRunning { path: PathBuf },
+    #[error("{path} exists and is not a socket; not replacing it")]
+    NotASocket { path: PathBuf },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// How long connections get to finish after every cell has ended.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Run the daemon until SIGTERM/SIGINT or `POST /v1/shutdown`; `Ok` after a clean shutdown.
+pub async fn run_daemon(config: Config) -> Result<(), ApiError> {
+    let pool = Pool::start(config.clone()).await?;
+    let listener = match listen::bind(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            pool.shutdown().await;
+            return Err(e);
+        }
+    };
+    let stop = CancellationToken::new();
+    let signals = match watch_signals(pool.clone(), stop.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            pool.shutdown().await;
+            listen::unlink(&config.socket);
+            return Err(e);
+        }
+    };
+    let router = routes::router(routes::AppState { pool: pool.clone(), shutdown: stop.clone() });
+    tracing::info!(socket = %config.socket.display(), "listening");
+    let connections = listen::serve(listener, router, config.max_connections, stop).await;
+    tracing::info!("shutting down: no new connections");
+    let ended = pool.shutdown().await;
+    connections.drain(DRAIN_TIMEOUT).await;
+    listen::unlink(&config.socket);
+    signals.abort();
+    tracing::info!(cells_ended = ended.count, "shutdown complete");
+    Ok(())
+}
+
+/// SIGTERM/SIGINT cancel `stop`; SIGHUP reloads the policies (a broken set is rejected with
+/// its errors logged and the old set kept).
+fn watch_signals(pool: Pool, stop: CancellationToken) -> Result<tokio::task::JoinHandle<()>, ApiError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(ApiError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ApiError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(ApiError::Signal)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM"); stop.cancel(); }
+                _ = int.recv() => { tracing::info!("SIGINT"); stop.cancel(); }
+                _ = hup.recv() => match pool.reload() {
+                    Ok(n) => tracing::info!(providers = n, "SIGHUP: policies reloaded"),
+                    Err(diags) => {
+                        for d in &diags {
+                            tracing::error!("policy: {d}");
+                        }
+                        tracing::error!(problems = diags.len(), "SIGHUP: reload rejected; keeping the previous policies");
+                    }
+                },
+            }
+        }
+    }))
+}

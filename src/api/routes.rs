@@ -1,0 +1,264 @@
+//! The `/v1` routes: decode (a bad request touches no state), call the pool with the peer's
+//! credentials, encode. Every handler is a few lines; the pool authorises.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::{Caller, CellHealth, CellInfo, CommandResult, Count, DaemonHealth, ListFilter, Pool};
+use crate::pool::{OneshotRequest, SendRequest, SessionRequest, SpawnRequest};
+use crate::session::{OutputEvent, Subscription};
+
+use super::error::HttpError;
+use super::wire::OutputLine;
+
+/// The OpenAPI document served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    /// Cancelled to stop the daemon (`POST /v1/shutdown`, SIGTERM).
+    pub shutdown: CancellationToken,
+}
+
+type ApiResult<T> = Result<T, HttpError>;
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.pool.config().max_body_bytes;
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/cells", post(spawn).get(list))
+        .route("/v1/cells/{id}", get(get_cell).delete(terminate))
+        .route("/v1/cells/{id}/commands", post(send))
+        .route("/v1/cells/{id}/health", get(cell_health))
+        .route("/v1/cells/{id}/output", get(output))
+        .route("/v1/providers/{name}/commands", post(oneshot))
+        .route("/v1/providers/{name}/session", post(session))
+        .route("/v1/providers/{name}/cells", axum::routing::delete(cleanup))
+        .route("/v1/shutdown", post(shutdown))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// A JSON request body: buffered within the body limit, then decoded strictly (unknown fields
+/// are errors). The content type is not required: orchestrators differ in what they send.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
+        let bytes = Bytes::from_request(req, state).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| HttpError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn path(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    Ok(p?.0)
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    Ok(q?.0)
+}
+
+async fn health(State(s): State<AppState>) -> Json<DaemonHealth> {
+    Json(s.pool.health().await)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn spawn(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<SpawnRequest>,
+) -> ApiResult<(StatusCode, Json<CellInfo>)> {
+    Ok((StatusCode::CREATED, Json(s.pool.spawn(&caller, req).await?)))
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    q: Result<Query<ListFilter>, QueryRejection>,
+) -> ApiResult<Json<Vec<CellInfo>>> {
+    Ok(Json(s.pool.list(&caller, &query(q)?)))
+}
+
+async fn get_cell(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<CellInfo>> {
+    Ok(Json(s.pool.get(&caller, &path(id)?)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TerminateQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn terminate(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<TerminateQuery>, QueryRejection>,
+) -> ApiResult<Json<CellInfo>> {
+    let force = query(q)?.force;
+    Ok(Json(s.pool.terminate(&caller, &path(id)?, force).await?))
+}
+
+async fn send(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<SendRequest>,
+) -> ApiResult<Json<CommandResult>> {
+    Ok(Json(s.pool.send(&caller, &path(id)?, req).await?))
+}
+
+async fn cell_health(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<CellHealth>> {
+    Ok(Json(s.pool.cell_health(&caller, &path(id)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputQuery {
+    /// Offset to start from (default: the oldest byte the spool holds).
+    from: Option<u64>,
+    /// Keep the stream open for new output until the cell ends.
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The cell's output as NDJSON [`OutputLine`]s: what the spool holds from `from`, then (with
+/// `follow`) live output until the cell ends. A reader that hangs up changes nothing for the
+/// cell; one that falls behind gets a `lagged` line instead of holding the cell back.
+async fn output(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<OutputQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let q = query(q)?;
+    let sub = s.pool.output(&caller, &path(id)?, q.from)?;
+    let lines = futures_util::stream::unfold((sub, q.follow, false), |(mut sub, follow, done)| async move {
+        if done {
+            return None;
+        }
+        let ev = next_event(&mut sub, follow).await?;
+        let end = matches!(ev, OutputEvent::End);
+        let mut line = serde_json::to_vec(&OutputLine::from(ev)).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, Infallible>(Bytes::from(line)), (sub, follow, end)))
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}
+
+async fn next_event(sub: &mut Subscription, follow: bool) -> Option<OutputEvent> {
+    if follow {
+        sub.next().await
+    } else {
+        sub.try_next()
+    }
+}
+
+async fn oneshot(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<OneshotRequest>,
+) -> ApiResult<Json<CommandResult>> {
+    Ok(Json(s.pool.oneshot(&caller, &path(name)?, req).await?))
+}
+
+async fn session(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<SessionRequest>,
+) -> ApiResult<Json<CellInfo>> {
+    Ok(Json(s.pool.session(&caller, &path(name)?, req).await?))
+}
+
+async fn cleanup(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Count>> {
+    Ok(Json(s.pool.cleanup_provider(&caller, &path(name)?).await?))
+}
+
+/// Root or an admin group only: end every cell, then stop the daemon.
+async fn shutdown(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Count>> {
+    if !s.pool.is_admin(&caller) {
+        return Err(crate::pool::PoolError::Forbidden { uid: caller.uid, action: "shut the daemon down".into() }.into());
+    }
+    tracing::warn!(uid = caller.uid, pid = ?caller.pid, "shutdown requested over the API");
+    let count = s.pool.shutdown().await;
+    s.shutdown.cancel();
+    Ok(Json(count))
+}
+
+async fn no_route(method: Method, uri: Uri) -> HttpError {
+    HttpError::not_found(format!("no route {method} {}", uri.path()))
+}
+
+async fn no_method(method: Method, uri: Uri) -> HttpError {
+    HttpError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "bad_request",
+        message: format!("{} does not accept {method}", uri.path()),
+    }
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let uid = req.extensions().get::<Caller>().map(|c| c.uid);
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::debug!(%method, %path, ?uid, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route the router serves is documented, and the document is valid JSON.
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let src = include_str!("routes.rs");
+        let routes: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        assert!(routes.len() >= 11, "{routes:?}");
+        for r in routes {
+            assert!(doc["paths"][r].is_object(), "{r} is not in openapi.json");
+        }
+    }
+}

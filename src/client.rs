@@ -1,0 +1,1 @@
+//! Typed client over the Unix socket (being written).

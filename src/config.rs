@@ -1,0 +1,155 @@
+//! Daemon settings: documented embedded defaults, an optional TOML file, then flags.
+//!
+//! `cellkeep daemon` runs with no config file at all. Defaults: socket
+//! `/run/cellkeep/cellkeep.sock` (mode 0660), policies from `/etc/cellkeep/policies` when it
+//! exists, else `./policies`; at most 20 cells; idle timeout 300 s; termination grace 5 s;
+//! shutdown timeout 30 s; exited cells listed for 300 s; request bodies up to 1 MiB.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: unknown group {group:?}")]
+    Group { path: PathBuf, group: String },
+}
+
+/// Effective daemon settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    /// Octal permission bits of the socket file.
+    pub socket_mode: u32,
+    /// Group owning the socket (its members may connect).
+    pub socket_group: Option<u32>,
+    pub policy_dir: PathBuf,
+    pub max_cells: usize,
+    /// Default idle timeout (a policy's `limits.idle_timeout` overrides it per provider).
+    pub idle_timeout: Duration,
+    /// SIGTERM → SIGKILL grace when terminating a cell.
+    pub grace: Duration,
+    pub shutdown_timeout: Duration,
+    /// How long exited cells stay listed with their exit reason.
+    pub exited_retention: Duration,
+    /// Groups whose members may see and manage every cell, and shut the daemon down.
+    pub admin_gids: Vec<u32>,
+    pub cgroup_root: String,
+    pub max_body_bytes: usize,
+    /// Connections served at once; more are refused.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let installed = Path::new("/etc/cellkeep/policies");
+        Config {
+            socket: PathBuf::from("/run/cellkeep/cellkeep.sock"),
+            socket_mode: 0o660,
+            socket_group: None,
+            policy_dir: if installed.is_dir() { installed.to_owned() } else { PathBuf::from("policies") },
+            max_cells: 20,
+            idle_timeout: Duration::from_secs(300),
+            grace: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(30),
+            exited_retention: Duration::from_secs(300),
+            admin_gids: Vec::new(),
+            cgroup_root: "cellkeep".to_owned(),
+            max_body_bytes: 1 << 20,
+            max_connections: 256,
+        }
+    }
+}
+
+/// The TOML file: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    socket_mode: Option<String>,
+    socket_group: Option<String>,
+    policy_dir: Option<PathBuf>,
+    max_cells: Option<usize>,
+    idle_timeout_secs: Option<f64>,
+    grace_secs: Option<f64>,
+    shutdown_timeout_secs: Option<f64>,
+    exited_retention_secs: Option<f64>,
+    admin_groups: Option<Vec<String>>,
+    cgroup_root: Option<String>,
+    max_body_bytes: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+fn gid_of(path: &Path, group: &str) -> Result<u32, ConfigError> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(ConfigError::Group { path: path.to_owned(), group: group.to_owned() }),
+    }
+}
+
+fn secs(path: &Path, key: &str, v: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| ConfigError::Parse { path: path.to_owned(), message: format!("{key}: not a duration: {v}") })
+}
+
+impl Config {
+    /// Defaults, overridden by the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let f: FileConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.message().to_owned() })?;
+        let mut c = Config::default();
+        if let Some(v) = f.socket {
+            c.socket = v;
+        }
+        if let Some(v) = f.socket_mode {
+            c.socket_mode = u32::from_str_radix(v.trim_start_matches("0o"), 8).map_err(|_| ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("socket_mode: not an octal mode: {v:?}"),
+            })?;
+        }
+        if let Some(g) = f.socket_group {
+            c.socket_group = Some(gid_of(path, &g)?);
+        }
+        if let Some(v) = f.policy_dir {
+            c.policy_dir = v;
+        }
+        if let Some(v) = f.max_cells {
+            c.max_cells = v;
+        }
+        if let Some(v) = f.idle_timeout_secs {
+            c.idle_timeout = secs(path, "idle_timeout_secs", v)?;
+        }
+        if let Some(v) = f.grace_secs {
+            c.grace = secs(path, "grace_secs", v)?;
+        }
+        if let Some(v) = f.shutdown_timeout_secs {
+            c.shutdown_timeout = secs(path, "shutdown_timeout_secs", v)?;
+        }
+        if let Some(v) = f.exited_retention_secs {
+            c.exited_retention = secs(path, "exited_retention_secs", v)?;
+        }
+        if let Some(groups) = f.admin_groups {
+            c.admin_gids = groups.iter().map(|g| gid_of(path, g)).collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = f.cgroup_root {
+            c.cgroup_root = v;
+        }
+        if let Some(v) = f.max_body_bytes {
+            c.max_body_bytes = v;
+        }
+        if let Some(v) = f.max_connections {
+            c.max_connections = v;
+        }
+        Ok(c)
+    }
+}

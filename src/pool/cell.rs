@@ -1,0 +1,237 @@
+//! One cell in the pool: its entry (what `get`/`health` read), the pumps that carry its
+//! stdout/stderr into the spool (and, for sessions, through the reply framer), and the task that
+//! supervises it to its end.
+//!
+//! Ownership: the supervising task owns the running [`Cell`]; everything else reaches the cell
+//! through the shared [`CellEntry`]: the stop request (a `watch`), the session's stdin and reply
+//! queue (behind a FIFO `tokio::sync::Mutex`, so commands run one at a time and in order), and
+//! the exit reason (a `watch` that waiters await). Pumps never block on readers: the spool is
+//! bounded and drops the oldest output.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, watch};
+
+use crate::cgroup::CellCgroup;
+use crate::policy::Policy;
+use crate::sandbox::{Cell, Degradation, ExitReason, Outcome, Stop};
+use crate::session::{Framer, Reply, SessionError, Spool, Stream};
+
+use super::types::{CellInfo, CellState};
+
+/// The session side of a cell: where commands go and replies come from.
+pub struct SessionIo {
+    pub stdin: ChildStdin,
+    pub replies: mpsc::Receiver<Result<Reply, SessionError>>,
+}
+
+/// Shared state of one cell.
+pub struct CellEntry {
+    pub id: String,
+    pub provider: String,
+    pub owner_uid: u32,
+    pub session: bool,
+    pub policy: Arc<Policy>,
+    pub created: SystemTime,
+    pub started: Instant,
+    pub cgroup: Arc<CellCgroup>,
+    pub payload_pid: Option<u32>,
+    pub range_uid: Option<u32>,
+    pub degraded: Vec<Degradation>,
+    pub spool: Spool,
+    pub io: tokio::sync::Mutex<Option<SessionIo>>,
+    /// Last command or output; the idle clock.
+    pub last_activity: Mutex<Instant>,
+    /// Commands in flight (a busy cell is never idle).
+    pub busy: std::sync::atomic::AtomicUsize,
+    pub stop: watch::Sender<Option<Stop>>,
+    pub exit: watch::Sender<Option<(ExitReason, Instant)>>,
+    /// Last (time, cpu µs) health sample, for CPU %.
+    pub cpu_sample: Mutex<Option<(Instant, u64)>>,
+    /// Set when both output pipes are closed and drained into the spool.
+    pub output_done: watch::Sender<bool>,
+}
+
+impl CellEntry {
+    pub fn touch(&self) {
+        *self.last_activity.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        self.last_activity.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.borrow().as_ref().map(|(r, _)| r.clone())
+    }
+
+    pub fn exited_at(&self) -> Option<Instant> {
+        self.exit.borrow().as_ref().map(|(_, t)| *t)
+    }
+
+    /// Ask the supervisor to end the cell (the first request wins).
+    pub fn request_stop(&self, stop: Stop) {
+        self.stop.send_if_modified(|cur| {
+            if cur.is_none() {
+                *cur = Some(stop);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Wait until the cell has ended; its reason.
+    pub async fn ended(&self) -> ExitReason {
+        let mut rx = self.exit.subscribe();
+        loop {
+            if let Some((r, _)) = rx.borrow_and_update().as_ref() {
+                return r.clone();
+            }
+            if rx.changed().await.is_err() {
+                return ExitReason::Terminated;
+            }
+        }
+    }
+
+    /// Wait until all output is in the spool.
+    pub async fn output_drained(&self) {
+        let mut rx = self.output_done.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    pub fn info(&self) -> CellInfo {
+        let exit = self.exit_reason();
+        CellInfo {
+            id: self.id.clone(),
+            provider: self.provider.clone(),
+            owner_uid: self.owner_uid,
+            session: self.session,
+            state: if exit.is_some() { CellState::Exited } else { CellState::Running },
+            created_ms: self.created.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            idle_ms: self.idle_for().as_millis() as u64,
+            pid: if exit.is_some() { None } else { self.payload_pid },
+            exit,
+            degraded: self.degraded.clone(),
+        }
+    }
+}
+
+/// Wire a freshly launched cell into an entry and start its pumps and supervisor. `on_end`
+/// runs once the cell has ended and its cgroup is gone (the pool frees the slot there).
+pub fn start(
+    mut cell: Cell,
+    owner_uid: u32,
+    session: bool,
+    policy: Arc<Policy>,
+    range_uid: Option<u32>,
+    framer: Option<Framer>,
+    on_end: impl FnOnce(&Arc<CellEntry>, &Outcome) + Send + 'static,
+) -> Arc<CellEntry> {
+    let spool = Spool::new(policy.limits.output_bytes as usize);
+    let (reply_tx, reply_rx) = mpsc::channel(64);
+    let stdin = cell.child.stdin.take();
+    let stdout = cell.child.stdout.take();
+    let stderr = cell.child.stderr.take();
+    let io = match (session, stdin) {
+        (true, Some(stdin)) => Some(SessionIo { stdin, replies: reply_rx }),
+        _ => None,
+    };
+    let entry = Arc::new(CellEntry {
+        id: cell.id.clone(),
+        provider: cell.provider.clone(),
+        owner_uid,
+        session,
+        policy: policy.clone(),
+        created: SystemTime::now(),
+        started: cell.started,
+        cgroup: cell.cgroup.clone(),
+        payload_pid: cell.payload_pid,
+        range_uid,
+        degraded: cell.degraded.clone(),
+        spool,
+        io: tokio::sync::Mutex::new(io),
+        last_activity: Mutex::new(Instant::now()),
+        busy: Default::default(),
+        stop: watch::channel(None).0,
+        exit: watch::channel(None).0,
+        cpu_sample: Mutex::new(None),
+        output_done: watch::channel(false).0,
+    });
+
+    let out_pump = tokio::spawn(pump_stdout(entry.clone(), stdout, framer, reply_tx));
+    let err_pump = tokio::spawn(pump(entry.clone(), stderr, Stream::Stderr));
+    let drained = entry.clone();
+    tokio::spawn(async move {
+        let _ = out_pump.await;
+        let _ = err_pump.await;
+        drained.spool.close();
+        drained.output_done.send_replace(true);
+    });
+
+    let supervised = entry.clone();
+    let deadline = policy.limits.wall_time.map(|d| Instant::now() + d);
+    tokio::spawn(async move {
+        let mut stop_rx = supervised.stop.subscribe();
+        let stop = async move {
+            let requested = stop_rx.wait_for(|s| s.is_some()).await.map(|s| s.clone());
+            match requested {
+                Ok(s) => s.unwrap_or(Stop::Kill { reason: ExitReason::Terminated }),
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let outcome = cell.run_to_end(deadline, stop).await;
+        tracing::info!(cell = %outcome.cell, provider = %outcome.provider, reason = %outcome.reason, "cell ended");
+        supervised.exit.send_replace(Some((outcome.reason.clone(), Instant::now())));
+        on_end(&supervised, &outcome);
+    });
+    entry
+}
+
+async fn pump(entry: Arc<CellEntry>, pipe: Option<impl tokio::io::AsyncRead + Unpin>, stream: Stream) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                entry.spool.push(stream, &buf[..n]);
+                entry.touch();
+            }
+        }
+    }
+}
+
+async fn pump_stdout(
+    entry: Arc<CellEntry>,
+    pipe: Option<ChildStdout>,
+    mut framer: Option<Framer>,
+    replies: mpsc::Sender<Result<Reply, SessionError>>,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                entry.spool.push(Stream::Stdout, &buf[..n]);
+                entry.touch();
+                if let Some(f) = framer.as_mut() {
+                    for reply in f.push(&buf[..n]) {
+                        // A reply nobody asked for (no command waiting) is dropped when the
+                        // queue is full rather than blocking the pump; `send` discards stale
+                        // replies before writing its command.
+                        let _ = replies.try_send(reply);
+                    }
+                }
+            }
+        }
+    }
+}

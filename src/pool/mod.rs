@@ -1,0 +1,263 @@
+//! The pool: the single owner of the daemon's cells — the cap, authorisation, provider
+//! sessions, commands (session and one-shot), termination, health, idle reaping, restart
+//! recovery and shutdown.
+//!
+//! State lives in one `std::sync::Mutex<State>` held only for map updates (never across an
+//! await); each cell is driven by its own tasks (`cell.rs`); one reaper task (`reaper.rs`)
+//! owns every idle deadline and the retention of exited cells, sleeping until the next one —
+//! there is no polling loop. Slots are reserved before a launch and released when the cell's
+//! cgroup is gone, so the cap counts exactly the cells that hold kernel resources.
+
+mod cell;
+mod error;
+mod ops;
+mod reaper;
+pub mod types;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::cgroup::CgroupRoot;
+use crate::config::Config;
+use crate::policy::{Policy, RunAs};
+use crate::sandbox::{HostCaps, Launcher};
+
+pub use error::PoolError;
+pub use types::*;
+
+use cell::CellEntry;
+
+/// Default per-command timeout when neither the request nor the policy sets one.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest session reply kept in memory.
+pub const MAX_REPLY_BYTES: usize = 16 << 20;
+
+/// The pool handle (cheap to clone).
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    launcher: Launcher,
+    policies: RwLock<Arc<BTreeMap<String, Arc<Policy>>>>,
+    state: Mutex<State>,
+    /// A slot was freed (spawns waiting for one re-check).
+    slot_freed: Notify,
+    /// Deadlines changed (the reaper re-plans).
+    reaper_wake: Arc<Notify>,
+    /// Serialises "get or start" of provider sessions.
+    session_gate: tokio::sync::Mutex<()>,
+    shutting_down: AtomicBool,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    cells: HashMap<String, Arc<CellEntry>>,
+    /// Slots held by running cells and launches in progress.
+    used_slots: usize,
+    /// (provider, uid) → the live session cell.
+    sessions: HashMap<(String, u32), String>,
+    /// Per-cell uids handed out from policies' `range`.
+    range_uids: HashSet<u32>,
+}
+
+impl Pool {
+    /// Load the policies, open the cgroup root, kill and remove cells left by a daemon that
+    /// died, and start the reaper.
+    pub async fn start(config: Config) -> Result<Pool, PoolError> {
+        let (policies, diags) = crate::policy::load_dir(&config.policy_dir);
+        for d in &diags {
+            tracing::error!("policy: {d}");
+        }
+        if !diags.is_empty() {
+            return Err(PoolError::BadRequest(format!(
+                "{} problem(s) in the policies under {} (first: {})",
+                diags.len(),
+                config.policy_dir.display(),
+                diags[0]
+            )));
+        }
+        let name = config.cgroup_root.clone();
+        let root = tokio::task::spawn_blocking(move || CgroupRoot::open(&name))
+            .await
+            .map_err(|e| PoolError::Internal(e.to_string()))?
+            .map_err(|e| PoolError::Internal(format!("cgroup root: {e}")))?;
+        let recovered = recover_orphans(&root).await;
+        if recovered > 0 {
+            tracing::warn!(count = recovered, "killed and removed cells left by a previous daemon");
+        }
+        let launcher = Launcher::new(root, HostCaps::probe());
+        let pool = Pool {
+            inner: Arc::new(Inner {
+                config,
+                launcher,
+                policies: RwLock::new(Arc::new(policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())),
+                state: Mutex::new(State::default()),
+                slot_freed: Notify::new(),
+                reaper_wake: Arc::new(Notify::new()),
+                session_gate: tokio::sync::Mutex::new(()),
+                shutting_down: AtomicBool::new(false),
+                started: Instant::now(),
+            }),
+        };
+        tokio::spawn(reaper::run(Arc::downgrade(&pool.inner), pool.inner.reaper_wake.clone()));
+        tracing::info!(
+            providers = pool.policies().len(),
+            backend = pool.inner.launcher.backend_name(),
+            max_cells = pool.inner.config.max_cells,
+            "pool ready"
+        );
+        Ok(pool)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn policies(&self) -> Arc<BTreeMap<String, Arc<Policy>>> {
+        self.inner.policies.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Root and members of an admin group see and manage every cell.
+    pub fn is_admin(&self, caller: &Caller) -> bool {
+        caller.uid == 0
+            || self.inner.config.admin_gids.iter().any(|g| *g == caller.gid || caller.groups.contains(g))
+    }
+
+    /// The provider's policy, if `caller` may use it.
+    fn provider(&self, caller: &Caller, name: &str) -> Result<Arc<Policy>, PoolError> {
+        let policy = self
+            .policies()
+            .get(name)
+            .filter(|p| p.is_launchable())
+            .cloned()
+            .ok_or_else(|| PoolError::UnknownProvider { name: name.to_owned() })?;
+        let access = &policy.access;
+        let allowed = self.is_admin(caller)
+            || access.uids.contains(&caller.uid)
+            || access.gids.iter().any(|g| *g == caller.gid || caller.groups.contains(g));
+        if allowed {
+            Ok(policy)
+        } else {
+            Err(PoolError::Forbidden { uid: caller.uid, action: format!("use provider {name}") })
+        }
+    }
+
+    /// The cell, if `caller` may see it (its owner, root or an admin).
+    fn cell(&self, caller: &Caller, id: &str) -> Result<Arc<CellEntry>, PoolError> {
+        let entry = self.state().cells.get(id).cloned().ok_or_else(|| PoolError::NotFound { id: id.to_owned() })?;
+        if entry.owner_uid == caller.uid || self.is_admin(caller) {
+            Ok(entry)
+        } else {
+            // Not found rather than forbidden: another uid's cells are not even listed.
+            Err(PoolError::NotFound { id: id.to_owned() })
+        }
+    }
+
+    /// Reserve a slot, waiting up to `wait` for one to free up.
+    async fn reserve_slot(&self, wait: Option<Duration>) -> Result<SlotGuard, PoolError> {
+        let until = wait.map(|w| Instant::now() + w);
+        loop {
+            if self.inner.shutting_down.load(Ordering::SeqCst) {
+                return Err(PoolError::ShuttingDown);
+            }
+            let freed = self.inner.slot_freed.notified();
+            {
+                let mut st = self.state();
+                let limit = self.inner.config.max_cells;
+                if st.used_slots < limit {
+                    st.used_slots += 1;
+                    return Ok(SlotGuard { pool: Some(self.clone()) });
+                }
+                let running = st.used_slots;
+                match until {
+                    Some(t) if Instant::now() < t => {}
+                    _ => return Err(PoolError::ProcessLimit { limit, running }),
+                }
+            }
+            let Some(t) = until else { continue };
+            let _ = tokio::time::timeout_at(t.into(), freed).await;
+        }
+    }
+
+    fn release_slot(&self) {
+        let mut st = self.state();
+        st.used_slots = st.used_slots.saturating_sub(1);
+        drop(st);
+        self.inner.slot_freed.notify_waiters();
+    }
+
+    /// A free uid of a `range` policy.
+    fn allocate_range_uid(&self, policy: &Policy) -> Result<Option<u32>, PoolError> {
+        let RunAs::Range { start, count } = policy.identity.run_as else { return Ok(None) };
+        let mut st = self.state();
+        let uid = (start..start.saturating_add(count)).find(|u| !st.range_uids.contains(u)).ok_or_else(|| {
+            PoolError::ProcessLimit { limit: count as usize, running: st.range_uids.len() }
+        })?;
+        st.range_uids.insert(uid);
+        Ok(Some(uid))
+    }
+
+    /// Reload the policies (SIGHUP). A set with any problem is rejected and the old one kept.
+    pub fn reload(&self) -> Result<usize, Vec<crate::policy::Diagnostic>> {
+        let (policies, diags) = crate::policy::load_dir(&self.inner.config.policy_dir);
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        let n = policies.len();
+        *self.inner.policies.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect());
+        Ok(n)
+    }
+}
+
+/// A reserved slot; released on drop unless handed to a running cell.
+struct SlotGuard {
+    pool: Option<Pool>,
+}
+
+impl SlotGuard {
+    /// The cell now holds the slot; its end releases it.
+    fn commit(mut self) {
+        self.pool = None;
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.release_slot();
+        }
+    }
+}
+
+/// Kill and remove every cell cgroup under the root (left by a daemon that was killed).
+async fn recover_orphans(root: &CgroupRoot) -> usize {
+    let root = root.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut n = 0;
+        for id in root.list_cells().unwrap_or_default() {
+            match root.open_cell(&id).and_then(|c| c.remove()) {
+                Ok(()) => {
+                    tracing::warn!(cell = %id, "removed orphaned cell (processes killed)");
+                    n += 1;
+                }
+                Err(e) => tracing::error!(cell = %id, "cannot remove orphaned cell: {e}"),
+            }
+        }
+        n
+    })
+    .await
+    .unwrap_or(0)
+}

@@ -1,0 +1,449 @@
+//! The pool's operations, one per API call. Each authorises first, touches shared state only
+//! in short critical sections, and leaves every slow step (launch, wait, cgroup I/O) to tasks
+//! or the blocking pool.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::policy::{Mode, Policy};
+use crate::sandbox::{ExitReason, LaunchRequest, StdioMode, Stop};
+use crate::session::{Framer, OutputEvent, Stream, Subscription};
+
+use super::cell::{self, CellEntry};
+use super::{Caller, CellHealth, CellInfo, CommandResult, Count, DaemonHealth, LimitsView, ListFilter, Pool, PoolError};
+use super::{OneshotRequest, SendRequest, SessionRequest, SpawnRequest, DEFAULT_COMMAND_TIMEOUT, MAX_REPLY_BYTES};
+
+/// What a launch needs besides the policy.
+struct Launch<'a> {
+    caller: &'a Caller,
+    cwd: PathBuf,
+    env: BTreeMap<String, String>,
+    args: Vec<String>,
+    session: bool,
+    wait_for_slot: Option<Duration>,
+}
+
+fn is_resource_limit(reason: &ExitReason) -> bool {
+    matches!(reason, ExitReason::OomKilled | ExitReason::PidsLimited)
+}
+
+impl Pool {
+    /// Reserve a slot, launch, register; the slot is released when the cell's cgroup is gone.
+    async fn launch(&self, policy: Arc<Policy>, l: Launch<'_>) -> Result<Arc<CellEntry>, PoolError> {
+        let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
+        let slot = self.reserve_slot(l.wait_for_slot).await?;
+        let range_uid = self.allocate_range_uid(&policy)?;
+        let req = LaunchRequest {
+            cell_id: uuid::Uuid::now_v7().simple().to_string(),
+            args: l.args,
+            cwd: l.cwd,
+            caller_uid: l.caller.uid,
+            caller_gid: l.caller.gid,
+            caller_env: l.env,
+            range_uid,
+        };
+        let stdio = if l.session { StdioMode::Piped } else { StdioMode::NullInPiped };
+        let launched = self.inner.launcher.launch(&policy, req, stdio).await;
+        let free_uid = |pool: &Pool| {
+            if let Some(uid) = range_uid {
+                pool.state().range_uids.remove(&uid);
+            }
+        };
+        let cell = match launched {
+            Ok(c) => c,
+            Err(e) => {
+                free_uid(self);
+                return Err(e.into());
+            }
+        };
+        let pool = self.clone();
+        let on_end = move |entry: &Arc<CellEntry>, _: &crate::sandbox::Outcome| {
+            {
+                let mut st = pool.state();
+                if let Some(uid) = entry.range_uid {
+                    st.range_uids.remove(&uid);
+                }
+                let key = (entry.provider.clone(), entry.owner_uid);
+                if st.sessions.get(&key) == Some(&entry.id) {
+                    st.sessions.remove(&key);
+                }
+            }
+            pool.release_slot();
+            pool.inner.reaper_wake.notify_one();
+        };
+        let entry = cell::start(cell, l.caller.uid, l.session, policy, range_uid, framer, on_end);
+        slot.commit();
+        self.state().cells.insert(entry.id.clone(), entry.clone());
+        self.inner.reaper_wake.notify_one();
+        Ok(entry)
+    }
+
+    pub async fn spawn(&self, caller: &Caller, req: SpawnRequest) -> Result<CellInfo, PoolError> {
+        let policy = self.provider(caller, &req.provider)?;
+        let is_session = policy.mode == Mode::Session;
+        if let Some(want) = req.session {
+            if want != is_session {
+                return Err(PoolError::BadRequest(format!(
+                    "provider {} is {}; session = {want} does not match its policy",
+                    req.provider,
+                    if is_session { "a session provider" } else { "one-shot" }
+                )));
+            }
+        }
+        let l = Launch {
+            caller,
+            cwd: req.cwd,
+            env: req.env,
+            args: req.args,
+            session: is_session,
+            wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
+        };
+        Ok(self.launch(policy, l).await?.info())
+    }
+
+    /// The caller's live session of `provider`, started if there is none. A dead session is
+    /// replaced, never handed out.
+    pub async fn session(&self, caller: &Caller, provider: &str, req: SessionRequest) -> Result<CellInfo, PoolError> {
+        let policy = self.provider(caller, provider)?;
+        if policy.mode != Mode::Session {
+            return Err(PoolError::BadRequest(format!("provider {provider} is one-shot, not a session provider")));
+        }
+        let _gate = self.inner.session_gate.lock().await;
+        let key = (provider.to_owned(), caller.uid);
+        let live = {
+            let st = self.state();
+            st.sessions.get(&key).and_then(|id| st.cells.get(id)).filter(|e| e.exit_reason().is_none()).cloned()
+        };
+        if let Some(entry) = live {
+            return Ok(entry.info());
+        }
+        let l = Launch {
+            caller,
+            cwd: req.cwd,
+            env: req.env,
+            args: Vec::new(),
+            session: true,
+            wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
+        };
+        let entry = self.launch(policy, l).await?;
+        self.state().sessions.insert(key, entry.id.clone());
+        Ok(entry.info())
+    }
+
+    fn command_timeout(policy: &Policy, asked: Option<u64>) -> Duration {
+        asked.map(Duration::from_millis).or(policy.limits.wall_time).unwrap_or(DEFAULT_COMMAND_TIMEOUT)
+    }
+
+    /// Send one command to a session: written to stdin as one line, answered by exactly one
+    /// framed reply. Commands to the same session queue in order.
+    pub async fn send(&self, caller: &Caller, id: &str, req: SendRequest) -> Result<CommandResult, PoolError> {
+        let entry = self.cell(caller, id)?;
+        if !entry.session {
+            return Err(PoolError::NotSession { cell: id.to_owned(), provider: entry.provider.clone() });
+        }
+        if req.command.contains('\n') {
+            return Err(PoolError::BadRequest("a session command is one line: it must not contain a newline".into()));
+        }
+        let timeout = Self::command_timeout(&entry.policy, req.timeout_ms);
+        let started = Instant::now();
+        let _busy = Busy::new(&entry);
+        let mut io = entry.io.lock().await;
+        let Some(io) = io.as_mut() else {
+            return Err(self.ended_error(&entry).await);
+        };
+        if let Some(reason) = entry.exit_reason() {
+            return Err(PoolError::Ended { cell: id.to_owned(), reason });
+        }
+        // Replies that arrived while no command was waiting (a banner, a late answer to a
+        // timed-out command) belong to nobody: discard them so they cannot be taken as ours.
+        while io.replies.try_recv().is_ok() {}
+        let (_, stderr_from) = entry.spool.kept();
+        let mut line = req.command.into_bytes();
+        line.push(b'\n');
+        let exchange = async {
+            io.stdin.write_all(&line).await.map_err(|_| None)?;
+            io.stdin.flush().await.map_err(|_| None)?;
+            match io.replies.recv().await {
+                Some(Ok(reply)) => Ok(reply),
+                Some(Err(e)) => Err(Some(PoolError::Session(e))),
+                None => Err(None),
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(Some(e))) => return Err(e),
+            Ok(Err(None)) => return Err(self.ended_error(&entry).await),
+            Err(_) => {
+                entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
+                return Err(PoolError::Timeout { cell: id.to_owned(), timeout_ms: timeout.as_millis() as u64 });
+            }
+        };
+        entry.touch();
+        let stderr = drain_ready(entry.spool.subscribe(Some(stderr_from)), Stream::Stderr);
+        Ok(CommandResult {
+            cell: id.to_owned(),
+            stdout: String::from_utf8_lossy(&reply.body).into_owned(),
+            stderr,
+            exit: None,
+            truncated: false,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// The error for a command whose session ended under it.
+    async fn ended_error(&self, entry: &CellEntry) -> PoolError {
+        let reason = entry.ended().await;
+        if is_resource_limit(&reason) {
+            PoolError::ResourceLimit { cell: entry.id.clone(), reason }
+        } else {
+            PoolError::Ended { cell: entry.id.clone(), reason }
+        }
+    }
+
+    /// Run one command in a fresh one-shot cell: command + args + [the command as one argv
+    /// element] (never through a shell); returns its output and how it ended.
+    pub async fn oneshot(&self, caller: &Caller, provider: &str, req: OneshotRequest) -> Result<CommandResult, PoolError> {
+        let policy = self.provider(caller, provider)?;
+        if policy.mode != Mode::Oneshot {
+            return Err(PoolError::BadRequest(format!("provider {provider} is a session provider; use a session")));
+        }
+        let timeout = Self::command_timeout(&policy, req.timeout_ms);
+        let started = Instant::now();
+        let l = Launch {
+            caller,
+            cwd: req.cwd,
+            env: req.env,
+            args: vec![req.command],
+            session: false,
+            wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
+        };
+        let entry = self.launch(policy, l).await?;
+        let _busy = Busy::new(&entry);
+        let reason = match tokio::time::timeout(timeout, entry.ended()).await {
+            Ok(reason) => reason,
+            Err(_) => {
+                entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
+                entry.ended().await;
+                return Err(PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 });
+            }
+        };
+        entry.output_drained().await;
+        if is_resource_limit(&reason) {
+            return Err(PoolError::ResourceLimit { cell: entry.id.clone(), reason });
+        }
+        if reason == ExitReason::TimedOut {
+            return Err(PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 });
+        }
+        let (stdout, t1) = entry.spool.snapshot(Stream::Stdout);
+        let (stderr, t2) = entry.spool.snapshot(Stream::Stderr);
+        Ok(CommandResult {
+            cell: entry.id.clone(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            exit: Some(reason),
+            truncated: t1 || t2,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// End a running cell (gracefully, or at once with `force`) and wait until it is gone.
+    /// A cell that already ended is not found: terminating twice reports not found.
+    pub async fn terminate(&self, caller: &Caller, id: &str, force: bool) -> Result<CellInfo, PoolError> {
+        let entry = self.cell(caller, id)?;
+        if entry.exit_reason().is_some() {
+            return Err(PoolError::NotFound { id: id.to_owned() });
+        }
+        entry.request_stop(if force {
+            Stop::Kill { reason: ExitReason::Terminated }
+        } else {
+            Stop::Graceful { grace: self.inner.config.grace, reason: ExitReason::Terminated }
+        });
+        entry.ended().await;
+        Ok(entry.info())
+    }
+
+    pub fn get(&self, caller: &Caller, id: &str) -> Result<CellInfo, PoolError> {
+        Ok(self.cell(caller, id)?.info())
+    }
+
+    pub fn list(&self, caller: &Caller, filter: &ListFilter) -> Vec<CellInfo> {
+        let admin = self.is_admin(caller);
+        let mut cells: Vec<CellInfo> = self
+            .state()
+            .cells
+            .values()
+            .filter(|e| admin || e.owner_uid == caller.uid)
+            .filter(|e| filter.provider.as_deref().is_none_or(|p| p == e.provider))
+            .filter(|e| filter.all || e.exit_reason().is_none())
+            .map(|e| e.info())
+            .collect();
+        cells.sort_by(|a, b| a.id.cmp(&b.id));
+        cells
+    }
+
+    pub fn output(&self, caller: &Caller, id: &str, from: Option<u64>) -> Result<Subscription, PoolError> {
+        Ok(self.cell(caller, id)?.spool.subscribe(from))
+    }
+
+    /// End every running cell of a provider (the caller's own unless admin); the count.
+    pub async fn cleanup_provider(&self, caller: &Caller, provider: &str) -> Result<Count, PoolError> {
+        if !self.policies().contains_key(provider) {
+            return Err(PoolError::UnknownProvider { name: provider.to_owned() });
+        }
+        let admin = self.is_admin(caller);
+        let victims: Vec<Arc<CellEntry>> = self
+            .state()
+            .cells
+            .values()
+            .filter(|e| e.provider == provider && e.exit_reason().is_none())
+            .filter(|e| admin || e.owner_uid == caller.uid)
+            .cloned()
+            .collect();
+        let grace = self.inner.config.grace;
+        for e in &victims {
+            e.request_stop(Stop::Graceful { grace, reason: ExitReason::Terminated });
+        }
+        futures_util::future::join_all(victims.iter().map(|e| e.ended())).await;
+        Ok(Count { count: victims.len() })
+    }
+
+    /// Read on demand: the cgroup's counters and /proc for each of the cell's processes.
+    pub async fn cell_health(&self, caller: &Caller, id: &str) -> Result<CellHealth, PoolError> {
+        let entry = self.cell(caller, id)?;
+        let cg = entry.cgroup.clone();
+        let running = entry.exit_reason().is_none();
+        let (usage, events, open_fds) = tokio::task::spawn_blocking(move || {
+            if !running {
+                return (Default::default(), Default::default(), 0);
+            }
+            let fds = cg
+                .procs()
+                .unwrap_or_default()
+                .iter()
+                .map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0))
+                .sum();
+            (cg.usage().unwrap_or_default(), cg.events().unwrap_or_default(), fds)
+        })
+        .await
+        .map_err(|e| PoolError::Internal(e.to_string()))?;
+        let cpu_percent = {
+            let mut sample = entry.cpu_sample.lock().unwrap_or_else(|e| e.into_inner());
+            let (since, base) = sample.unwrap_or((entry.started, 0));
+            let wall = since.elapsed().as_micros().max(1) as f64;
+            *sample = Some((Instant::now(), usage.cpu_usage_usec));
+            (usage.cpu_usage_usec.saturating_sub(base) as f64) * 100.0 / wall
+        };
+        let l = &entry.policy.limits;
+        Ok(CellHealth {
+            info: entry.info(),
+            usage,
+            events,
+            cpu_percent,
+            open_fds,
+            limits: LimitsView {
+                memory_max: l.memory_max,
+                cpu: l.cpu,
+                pids: l.pids,
+                open_files: l.open_files,
+                wall_time_ms: l.wall_time.map(|d| d.as_millis() as u64),
+                idle_timeout_ms: Some(l.idle_timeout.unwrap_or(self.inner.config.idle_timeout).as_millis() as u64),
+                output_bytes: l.output_bytes,
+            },
+        })
+    }
+
+    pub async fn health(&self) -> DaemonHealth {
+        let (running, exited) = {
+            let st = self.state();
+            let running = st.cells.values().filter(|e| e.exit_reason().is_none()).count();
+            (running, st.cells.len() - running)
+        };
+        let (total, available) = tokio::task::spawn_blocking(|| {
+            match sysinfo::System::new() {
+                Ok(mut sys) => {
+                    sys.refresh_memory();
+                    (sys.total_memory(), sys.available_memory())
+                }
+                Err(_) => (0, 0),
+            }
+        })
+        .await
+        .unwrap_or((0, 0));
+        let root = self.inner.launcher.cgroups();
+        DaemonHealth {
+            status: if self.inner.shutting_down.load(Ordering::SeqCst) { "shutting_down" } else { "ok" }.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: self.inner.started.elapsed().as_secs(),
+            cells_running: running,
+            cells_exited: exited,
+            max_cells: self.inner.config.max_cells,
+            cgroup_layout: format!("{:?}", root.layout()).to_lowercase(),
+            cgroup_backend: root.backend_name().to_owned(),
+            landlock_abi: self.inner.launcher.host().landlock_abi,
+            providers: self.policies().values().filter(|p| p.is_launchable()).map(|p| p.name.clone()).collect(),
+            host_memory_total: total,
+            host_memory_available: available,
+        }
+    }
+
+    /// Stop accepting work and end every cell: SIGTERM, then SIGKILL for whatever is left at
+    /// the shutdown timeout; every cgroup removed. Returns how many cells were running.
+    pub async fn shutdown(&self) -> Count {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.slot_freed.notify_waiters();
+        let live: Vec<Arc<CellEntry>> =
+            self.state().cells.values().filter(|e| e.exit_reason().is_none()).cloned().collect();
+        let timeout = self.inner.config.shutdown_timeout;
+        for e in &live {
+            e.request_stop(Stop::Graceful { grace: timeout, reason: ExitReason::Terminated });
+        }
+        let all = futures_util::future::join_all(live.iter().map(|e| e.ended()));
+        if tokio::time::timeout(timeout + Duration::from_secs(1), all).await.is_err() {
+            tracing::warn!("cells still alive after the shutdown timeout: killing their cgroups");
+            for e in &live {
+                let cg = e.cgroup.clone();
+                let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+            }
+        }
+        let root = self.inner.launcher.cgroups().clone();
+        let _ = tokio::task::spawn_blocking(move || root.remove_if_empty()).await;
+        Count { count: live.len() }
+    }
+}
+
+/// Marks a cell busy (not idle) while a command runs.
+struct Busy<'a>(&'a CellEntry);
+
+impl<'a> Busy<'a> {
+    fn new(entry: &'a CellEntry) -> Busy<'a> {
+        entry.busy.fetch_add(1, Ordering::SeqCst);
+        entry.touch();
+        Busy(entry)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+    }
+}
+
+/// The bytes of `stream` a subscription can deliver right now (without waiting).
+fn drain_ready(mut sub: Subscription, stream: Stream) -> String {
+    use futures_util::FutureExt;
+    let mut out = Vec::new();
+    while let Some(Some(ev)) = sub.next().now_or_never() {
+        if let OutputEvent::Data { stream: s, data, .. } = ev {
+            if s == stream {
+                out.extend_from_slice(&data);
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

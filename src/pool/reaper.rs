@@ -1,0 +1,61 @@
+//! The pool's one timer: idle reaping and the retention of exited cells. It sleeps until the
+//! earliest deadline (or until woken because deadlines changed), acts, and re-plans — no
+//! periodic polling.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::sandbox::{ExitReason, Stop};
+
+use super::Inner;
+
+pub(super) async fn run(pool: Weak<Inner>, wake_on: Arc<tokio::sync::Notify>) {
+    loop {
+        let wake = wake_on.notified();
+        let Some(inner) = pool.upgrade() else { return };
+        let next = sweep(&inner);
+        drop(inner);
+        match next {
+            Some(at) => {
+                let _ = tokio::time::timeout_at(at.into(), wake).await;
+            }
+            None => wake.await,
+        }
+    }
+}
+
+/// Stop idle cells, forget exited ones past retention; return the next deadline.
+fn sweep(inner: &Inner) -> Option<Instant> {
+    let now = Instant::now();
+    let mut next: Option<Instant> = None;
+    let mut soonest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+    let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    let retention = inner.config.exited_retention;
+    st.cells.retain(|_, e| match e.exited_at() {
+        Some(at) if now.duration_since(at) >= retention => false,
+        Some(at) => {
+            soonest(at + retention);
+            true
+        }
+        None => true,
+    });
+    for e in st.cells.values() {
+        if e.exit_reason().is_some() {
+            continue;
+        }
+        let idle_timeout = e.policy.limits.idle_timeout.unwrap_or(inner.config.idle_timeout);
+        if e.is_busy() {
+            // A command is running; look again one idle period after it last touched the cell.
+            soonest(now + idle_timeout.max(Duration::from_millis(1)));
+            continue;
+        }
+        let idle = e.idle_for();
+        if idle >= idle_timeout {
+            tracing::info!(cell = %e.id, provider = %e.provider, ?idle, "reaping idle cell");
+            e.request_stop(Stop::Graceful { grace: inner.config.grace, reason: ExitReason::Idle });
+        } else {
+            soonest(now + (idle_timeout - idle) + Duration::from_millis(1));
+        }
+    }
+    next
+}

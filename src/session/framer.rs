@@ -1,0 +1,213 @@
+//! Reply framing for session cells: bytes from stdout in, complete replies out.
+//!
+//! Every rule works on whole lines (`\n`-terminated; a trailing `\r` is kept as written):
+//! - `line`: each line is one reply; the body is the line without its newline.
+//! - `sentinel`: lines accumulate until one equals the sentinel; the body is the lines before
+//!   it, each with its newline (the sentinel is not part of the reply).
+//! - `regex`: lines accumulate until one matches; the matching line is included.
+//! - `json_field`: lines accumulate until one is a JSON object whose dotted `field` equals
+//!   `equals` (a string compares as its value, anything else as its JSON text); included.
+
+use regex::Regex;
+
+use crate::policy::SessionPolicy;
+
+use super::SessionError;
+
+/// One complete reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub body: Vec<u8>,
+}
+
+enum Rule {
+    Line,
+    Sentinel(Vec<u8>),
+    Regex(Regex),
+    JsonField { path: Vec<String>, equals: String },
+}
+
+/// Incremental framer: push bytes as they arrive, get the replies they complete.
+pub struct Framer {
+    rule: Rule,
+    max_reply: usize,
+    /// The current, incomplete line.
+    line: Vec<u8>,
+    /// Complete lines of the reply in progress (multi-line rules).
+    body: Vec<u8>,
+    /// Dropping the rest of an oversized reply until its end marker.
+    discarding: bool,
+}
+
+impl Framer {
+    pub fn new(policy: &SessionPolicy, max_reply: usize) -> Result<Framer, SessionError> {
+        let rule = match policy {
+            SessionPolicy::Line => Rule::Line,
+            SessionPolicy::Sentinel { line } => Rule::Sentinel(line.as_bytes().to_vec()),
+            SessionPolicy::Regex { pattern } => Rule::Regex(Regex::new(pattern).map_err(|e| {
+                SessionError::BadPattern { pattern: pattern.clone(), message: e.to_string() }
+            })?),
+            SessionPolicy::JsonField { field, equals } => {
+                Rule::JsonField { path: field.split('.').map(str::to_owned).collect(), equals: equals.clone() }
+            }
+        };
+        Ok(Framer { rule, max_reply, line: Vec::new(), body: Vec::new(), discarding: false })
+    }
+
+    /// Forget any partial reply (after an error, or when a session is reset).
+    pub fn reset(&mut self) {
+        self.line.clear();
+        self.body.clear();
+        self.discarding = false;
+    }
+
+    /// Feed bytes; the replies they complete, in order. An oversized reply yields one error
+    /// (in its place in the sequence) and is skipped up to its end marker.
+    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<Result<Reply, SessionError>> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let (chunk, rest, complete) = match bytes.iter().position(|b| *b == b'\n') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            bytes = rest;
+            if !self.discarding && self.line.len() + self.body.len() + chunk.len() > self.max_reply {
+                self.discarding = true;
+                self.body.clear();
+                out.push(Err(SessionError::ReplyTooLarge { limit: self.max_reply }));
+            }
+            if !self.discarding {
+                self.line.extend_from_slice(chunk);
+            }
+            if complete {
+                let line = std::mem::take(&mut self.line);
+                if let Some(reply) = self.end_line(line, chunk) {
+                    out.push(Ok(reply));
+                }
+            }
+        }
+        out
+    }
+
+    /// A complete line arrived (`line` is what was kept of it; `tail` its last piece, used to
+    /// recognise end markers while discarding).
+    fn end_line(&mut self, line: Vec<u8>, tail: &[u8]) -> Option<Reply> {
+        if self.discarding {
+            // Only the end marker matters now; a marker line longer than the limit is not seen.
+            let candidate = if line.is_empty() { tail } else { &line[..] };
+            if self.is_end(candidate) {
+                self.discarding = false;
+                self.body.clear();
+            }
+            return None;
+        }
+        match &self.rule {
+            Rule::Line => Some(Reply { body: line }),
+            Rule::Sentinel(s) if line == *s => Some(Reply { body: std::mem::take(&mut self.body) }),
+            Rule::Sentinel(_) => {
+                self.push_body_line(&line);
+                None
+            }
+            _ => {
+                let end = self.is_end(&line);
+                self.push_body_line(&line);
+                end.then(|| Reply { body: std::mem::take(&mut self.body) })
+            }
+        }
+    }
+
+    fn push_body_line(&mut self, line: &[u8]) {
+        self.body.extend_from_slice(line);
+        self.body.push(b'\n');
+    }
+
+    fn is_end(&self, line: &[u8]) -> bool {
+        match &self.rule {
+            Rule::Line => true,
+            Rule::Sentinel(s) => line == s.as_slice(),
+            Rule::Regex(re) => std::str::from_utf8(line).is_ok_and(|l| re.is_match(l)),
+            Rule::JsonField { path, equals } => json_field_equals(line, path, equals),
+        }
+    }
+}
+
+fn json_field_equals(line: &[u8], path: &[String], equals: &str) -> bool {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else { return false };
+    let mut v = &value;
+    for key in path {
+        match v.get(key) {
+            Some(next) => v = next,
+            None => return false,
+        }
+    }
+    match v {
+        serde_json::Value::String(s) => s == equals,
+        other => other.to_string() == equals,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bodies(f: &mut Framer, input: &[&[u8]]) -> Vec<String> {
+        input
+            .iter()
+            .flat_map(|b| f.push(b))
+            .map(|r| match r {
+                Ok(r) => String::from_utf8(r.body).unwrap(),
+                Err(e) => format!("ERR {e}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn line_framing_splits_across_chunks() {
+        let mut f = Framer::new(&SessionPolicy::Line, 1024).unwrap();
+        assert_eq!(bodies(&mut f, &[b"hel", b"lo\nwor", b"ld\n\n", b"tail"]), ["hello", "world", ""]);
+        assert_eq!(bodies(&mut f, &[b"\n"]), ["tail"]);
+    }
+
+    #[test]
+    fn sentinel_excludes_the_marker() {
+        let mut f = Framer::new(&SessionPolicy::Sentinel { line: "__END__".into() }, 1024).unwrap();
+        assert_eq!(bodies(&mut f, &[b"a\nb\n__EN", b"D__\nc\n__END__\n"]), ["a\nb\n", "c\n"]);
+    }
+
+    #[test]
+    fn regex_includes_the_matching_line() {
+        let mut f = Framer::new(&SessionPolicy::Regex { pattern: "^DONE".into() }, 1024).unwrap();
+        assert_eq!(bodies(&mut f, &[b"x\nDONE 1\ny\n", b"DONE 2\n"]), ["x\nDONE 1\n", "y\nDONE 2\n"]);
+    }
+
+    #[test]
+    fn json_field_matches_dotted_paths_and_ignores_other_lines() {
+        let p = SessionPolicy::JsonField { field: "msg.type".into(), equals: "result".into() };
+        let mut f = Framer::new(&p, 1024).unwrap();
+        let input: &[&[u8]] =
+            &[b"{\"msg\":{\"type\":\"delta\"}}\nnot json\n", b"{\"msg\":{\"type\":\"result\"},\"n\":1}\n"];
+        assert_eq!(bodies(&mut f, input), ["{\"msg\":{\"type\":\"delta\"}}\nnot json\n{\"msg\":{\"type\":\"result\"},\"n\":1}\n"]);
+        let p = SessionPolicy::JsonField { field: "done".into(), equals: "true".into() };
+        let mut f = Framer::new(&p, 1024).unwrap();
+        assert_eq!(bodies(&mut f, &[b"{\"done\":false}\n{\"done\":true}\n"]).len(), 1);
+    }
+
+    #[test]
+    fn oversized_reply_is_one_error_then_framing_resumes() {
+        let mut f = Framer::new(&SessionPolicy::Sentinel { line: "END".into() }, 8).unwrap();
+        let out = bodies(&mut f, &[b"0123456789\nmore\nEND\nok\nEND\n"]);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("ERR"), "{out:?}");
+        assert_eq!(out[1], "ok\n");
+        let mut f = Framer::new(&SessionPolicy::Line, 4).unwrap();
+        let out = bodies(&mut f, &[b"toolong", b"line\nok\n"]);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[1], "ok");
+    }
+
+    #[test]
+    fn bad_regex_is_a_named_error() {
+        let e = Framer::new(&SessionPolicy::Regex { pattern: "(".into() }, 8).err().unwrap();
+        assert!(e.to_string().contains("\"(\""), "{e}");
+    }
+}
