@@ -1,1 +1,318 @@
-//! Typed client over the Unix socket (being written).
+//! Typed async client for the daemon's API over its Unix socket, shared by the CLI and tests.
+//!
+//! HTTP/1.1 over a `tokio::net::UnixStream` (hyper's client connection; no connection pool
+//! crate is needed for one socket). Ordinary calls reuse one keep-alive connection, opened on
+//! first use and re-opened when the daemon closed it; an output stream takes a connection of
+//! its own, because it holds it until the stream ends. Every API error arrives as
+//! [`ClientError::Api`] with the daemon's stable `code`.
+
+use std::path::{Path, PathBuf};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::wire::{ErrorBody, OutputLine};
+use crate::pool::{CellHealth, CellInfo, CommandResult, Count, DaemonHealth, ListFilter};
+use crate::pool::{OneshotRequest, SendRequest as SendCommand, SessionRequest, SpawnRequest};
+
+/// The daemon's default socket.
+pub const DEFAULT_SOCKET: &str = "/run/cellkeep/cellkeep.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the cellkeep daemon at {path}: {source}")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("connection to the daemon at {path} failed: {source}")]
+    Transport { path: PathBuf, source: hyper::Error },
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("unexpected answer to {what} (HTTP {status}): {detail}")]
+    Protocol { what: String, status: u16, detail: String },
+}
+
+impl ClientError {
+    /// A stable machine code: the daemon's for API errors, `unavailable` when the daemon cannot
+    /// be reached, `protocol` for an answer the client cannot read.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Api { code, .. } => code,
+            ClientError::Connect { .. } | ClientError::Transport { .. } => "unavailable",
+            ClientError::Protocol { .. } => "protocol",
+        }
+    }
+
+    /// The error as the daemon's wire body (what `--json` prints).
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { code: self.code().to_owned(), message: self.to_string() }
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// A client for one daemon socket.
+pub struct Client {
+    socket: PathBuf,
+    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client { socket: socket.into(), conn: tokio::sync::Mutex::new(None) }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ClientError::Transport { path: self.socket.clone(), source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("client connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn build(method: Method, path: &str, body: Option<Vec<u8>>) -> Request<Full<Bytes>> {
+        let mut b = Request::builder().method(method).uri(path).header(hyper::header::HOST, "cellkeep");
+        if body.is_some() {
+            b = b.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let body = Full::new(body.map(Bytes::from).unwrap_or_default());
+        // Method, a path we built and constant headers: building cannot fail.
+        b.body(body).unwrap_or_else(|_| Request::new(Full::default()))
+    }
+
+    /// Send on the shared keep-alive connection, reconnecting once if the daemon closed it.
+    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes)> {
+        let mut guard = self.conn.lock().await;
+        for attempt in 0..2 {
+            let mut sender = match guard.take() {
+                Some(s) if !s.is_closed() => s,
+                _ => self.connect().await?,
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.send_request(Self::build(method.clone(), path, body.clone())).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let bytes = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|source| ClientError::Transport { path: self.socket.clone(), source })?
+                        .to_bytes();
+                    *guard = Some(sender);
+                    return Ok((status, bytes));
+                }
+                // A reused connection the daemon closed meanwhile: retry on a fresh one.
+                Err(e) if attempt == 0 && e.is_canceled() => continue,
+                Err(source) => return Err(ClientError::Transport { path: self.socket.clone(), source }),
+            }
+        }
+        Err(ClientError::Connect {
+            path: self.socket.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the daemon closed the connection"),
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<T> {
+        let what = format!("{method} {path}");
+        let body = match body {
+            Some(b) => Some(serde_json::to_vec(b).map_err(|e| ClientError::Protocol {
+                what: what.clone(),
+                status: 0,
+                detail: format!("encoding the request: {e}"),
+            })?),
+            None => None,
+        };
+        let (status, bytes) = self.send(method, path, body).await?;
+        decode(&what, status, &bytes)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn health(&self) -> Result<DaemonHealth> {
+        self.get("/v1/health").await
+    }
+
+    pub async fn spawn(&self, req: &SpawnRequest) -> Result<CellInfo> {
+        self.call(Method::POST, "/v1/cells", Some(req)).await
+    }
+
+    /// The caller's live session of `provider`, or a new one.
+    pub async fn session(&self, provider: &str, req: &SessionRequest) -> Result<CellInfo> {
+        self.call(Method::POST, &format!("/v1/providers/{}/session", seg(provider)), Some(req)).await
+    }
+
+    /// Send a command to a session cell; the framed reply.
+    pub async fn send_command(&self, id: &str, req: &SendCommand) -> Result<CommandResult> {
+        self.call(Method::POST, &format!("/v1/cells/{}/commands", seg(id)), Some(req)).await
+    }
+
+    /// Run one command in a fresh one-shot cell of `provider`.
+    pub async fn exec(&self, provider: &str, req: &OneshotRequest) -> Result<CommandResult> {
+        self.call(Method::POST, &format!("/v1/providers/{}/commands", seg(provider)), Some(req)).await
+    }
+
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<CellInfo>> {
+        let mut path = format!("/v1/cells?all={}", filter.all);
+        if let Some(p) = &filter.provider {
+            path.push_str(&format!("&provider={}", seg(p)));
+        }
+        self.get(&path).await
+    }
+
+    pub async fn get_cell(&self, id: &str) -> Result<CellInfo> {
+        self.get(&format!("/v1/cells/{}", seg(id))).await
+    }
+
+    pub async fn terminate(&self, id: &str, force: bool) -> Result<CellInfo> {
+        self.call(Method::DELETE, &format!("/v1/cells/{}?force={force}", seg(id)), None::<&()>).await
+    }
+
+    pub async fn cell_health(&self, id: &str) -> Result<CellHealth> {
+        self.get(&format!("/v1/cells/{}/health", seg(id))).await
+    }
+
+    /// End every cell of `provider` the caller may manage; how many.
+    pub async fn cleanup(&self, provider: &str) -> Result<Count> {
+        self.call(Method::DELETE, &format!("/v1/providers/{}/cells", seg(provider)), None::<&()>).await
+    }
+
+    /// End every cell and stop the daemon (root or an admin group).
+    pub async fn shutdown(&self) -> Result<Count> {
+        self.call(Method::POST, "/v1/shutdown", None::<&()>).await
+    }
+
+    /// A cell's output from `from` (default: the oldest byte kept); with `follow`, live until
+    /// the cell ends. Uses a connection of its own.
+    pub async fn output(&self, id: &str, from: Option<u64>, follow: bool) -> Result<OutputStream> {
+        let mut path = format!("/v1/cells/{}/output?follow={follow}", seg(id));
+        if let Some(f) = from {
+            path.push_str(&format!("&from={f}"));
+        }
+        let mut sender = self.connect().await?;
+        let resp: Response<Incoming> = sender
+            .send_request(Self::build(Method::GET, &path, None))
+            .await
+            .map_err(|source| ClientError::Transport { path: self.socket.clone(), source })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|source| ClientError::Transport { path: self.socket.clone(), source })?
+                .to_bytes();
+            return Err(decode::<()>(&format!("GET {path}"), status, &bytes).err().unwrap_or_else(|| {
+                ClientError::Protocol { what: path.clone(), status: status.as_u16(), detail: "empty error".into() }
+            }));
+        }
+        Ok(OutputStream { body: resp.into_body(), buf: BytesMut::new(), socket: self.socket.clone(), done: false })
+    }
+}
+
+/// Decode a JSON answer, or the daemon's error body.
+fn decode<T: DeserializeOwned>(what: &str, status: StatusCode, bytes: &[u8]) -> Result<T> {
+    if status.is_success() {
+        return serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol {
+            what: what.to_owned(),
+            status: status.as_u16(),
+            detail: e.to_string(),
+        });
+    }
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(e) => Err(ClientError::Api { status: status.as_u16(), code: e.code, message: e.message }),
+        Err(_) => Err(ClientError::Protocol {
+            what: what.to_owned(),
+            status: status.as_u16(),
+            detail: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+        }),
+    }
+}
+
+/// Percent-encode one path segment or query value (ids and provider names are plain, but a
+/// user can type anything).
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The NDJSON lines of an output stream, however the daemon's frames split them.
+pub struct OutputStream {
+    body: Incoming,
+    buf: BytesMut,
+    socket: PathBuf,
+    done: bool,
+}
+
+impl OutputStream {
+    /// The next line; `None` once the stream ended (after an `End` line, or when the daemon
+    /// closed it without one — e.g. a non-follow read of what is kept so far).
+    pub async fn next(&mut self) -> Result<Option<OutputLine>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = self.buf.split_to(pos + 1);
+                let text = &line[..pos];
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(text).map(Some).map_err(|e| ClientError::Protocol {
+                    what: "output stream".into(),
+                    status: 200,
+                    detail: e.to_string(),
+                });
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            self.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+                Some(Err(source)) => return Err(ClientError::Transport { path: self.socket.clone(), source }),
+                None => self.done = true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn segments_are_escaped() {
+        assert_eq!(super::seg("claude"), "claude");
+        assert_eq!(super::seg("../x y"), "..%2Fx%20y");
+    }
+}

@@ -1,98 +1,17 @@
-//! The `cellkeep` command line (clap). `anyhow` is allowed here, at the edge, and nowhere else.
-//!
-//! - `cellkeep run --policy FILE [--cwd DIR] [--json] -- ARGS…`: one process in a cell, in the
-//!   foreground, stdio connected; exits with the child's status (124 timeout, 125 setup
-//!   failure, 128+N signal). `--json` prints the outcome (reason, usage, events) as one JSON
-//!   line on stdout after the command's own output.
-//! - `cellkeep policy check [FILES|DIRS…]`: every problem as `file:line:col: key: message`;
-//!   exit 1 on any.
-//! - `cellkeep policy show NAME|FILE`: the effective policy after inheritance.
+//! Subcommands that work without the daemon: `run` (one process in a cell, in the foreground)
+//! and `policy check` / `policy show`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
-
 use crate::cgroup::CgroupRoot;
 use crate::policy;
 use crate::sandbox::{HostCaps, LaunchRequest, Launcher, StdioMode};
 
-#[derive(Debug, Parser)]
-#[command(name = "cellkeep", version, about = "Linux sandbox supervisor: run CLI processes in cgroup cells")]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
+use super::RunArgs;
 
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Run one command in a cell in the foreground and exit with its status.
-    Run(RunArgs),
-    /// Validate and inspect provider policies.
-    #[command(subcommand)]
-    Policy(PolicyCmd),
-}
-
-#[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// The provider policy file (TOML).
-    #[arg(long)]
-    policy: PathBuf,
-    /// Working directory of the command (must be inside the policy's workdir roots).
-    #[arg(long)]
-    cwd: Option<PathBuf>,
-    /// Print the outcome as one JSON line on stdout at the end.
-    #[arg(long)]
-    json: bool,
-    /// Name of cellkeep's cgroup root beneath this process's own cgroup.
-    #[arg(long, env = "CELLKEEP_CGROUP_ROOT", default_value = "cellkeep")]
-    cgroup_root: String,
-    /// The command: appended to the policy's command, or the whole argv if it has none.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
-}
-
-#[derive(Debug, Subcommand)]
-enum PolicyCmd {
-    /// Check policy files or directories (default: ./policies).
-    Check { paths: Vec<PathBuf> },
-    /// Print the effective policy (after `extends`) of NAME in --dir, or of a file.
-    Show {
-        name: String,
-        #[arg(long, default_value = "policies")]
-        dir: PathBuf,
-    },
-}
-
-/// Parse the command line, run, return the process exit code.
-pub fn main() -> i32 {
-    let cli = Cli::parse();
-    init_logging();
-    let result = match cli.cmd {
-        Cmd::Run(args) => run(args),
-        Cmd::Policy(PolicyCmd::Check { paths }) => {
-            let paths = if paths.is_empty() { vec![PathBuf::from("policies")] } else { paths };
-            Ok(policy_check(&paths))
-        }
-        Cmd::Policy(PolicyCmd::Show { name, dir }) => policy_show(&name, &dir),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("cellkeep: error: {e:#}");
-            125
-        }
-    }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CELLKEEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-}
-
-fn policy_check(paths: &[PathBuf]) -> i32 {
+pub(super) fn policy_check(paths: &[PathBuf]) -> i32 {
     let diags = policy::check(paths);
     for d in &diags {
         println!("{d}");
@@ -105,7 +24,7 @@ fn policy_check(paths: &[PathBuf]) -> i32 {
     }
 }
 
-fn policy_show(name: &str, dir: &std::path::Path) -> anyhow::Result<i32> {
+pub(super) fn policy_show(name: &str, dir: &std::path::Path) -> anyhow::Result<i32> {
     let path = if name.ends_with(".toml") || name.contains('/') {
         PathBuf::from(name)
     } else {
@@ -116,12 +35,12 @@ fn policy_show(name: &str, dir: &std::path::Path) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn run(args: RunArgs) -> anyhow::Result<i32> {
+pub(super) fn run(args: RunArgs, json: bool) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(run_async(args))
+    rt.block_on(run_async(args, json))
 }
 
-async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
+async fn run_async(args: RunArgs, json: bool) -> anyhow::Result<i32> {
     let policy = policy::load_launchable(&args.policy)?;
     let root = CgroupRoot::open(&args.cgroup_root)?;
     let launcher = Launcher::new(root, HostCaps::probe());
@@ -143,7 +62,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
         Ok(cell) => cell,
         Err(e) => {
             eprintln!("cellkeep: {e}");
-            if args.json {
+            if json {
                 let mut v = serde_json::to_value(e.as_reason())?;
                 v["cell"] = cell_id.into();
                 v["provider"] = policy.name.clone().into();
@@ -159,7 +78,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
     let deadline = policy.limits.wall_time.map(|d| Instant::now() + d);
     let outcome = cell.wait(deadline).await;
     forward.abort();
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string(&outcome)?);
     } else if !matches!(outcome.reason, crate::sandbox::ExitReason::Exited { .. }) {
         eprintln!("cellkeep: {}: {}", outcome.provider, outcome.reason);
