@@ -152,7 +152,9 @@ fn limits_are_written_and_remove_deletes_every_dir() {
             }
             assert_eq!(read(file_of(&cell, "memory.oom.group")), "1");
             assert_eq!(read(file_of(&cell, "cpu.max")), "25000 100000");
-            assert_eq!(cell.events_file().file_name().unwrap(), "memory.events");
+            let src = cell.event_sources();
+            assert_eq!(src.modified[0].file_name().unwrap(), "memory.events");
+            assert!(src.oom_eventfd.is_none());
         }
         Layout::Hybrid | Layout::Legacy => {
             assert!(paths.len() >= 4, "one dir per hierarchy: {paths:?}");
@@ -175,10 +177,9 @@ fn limits_are_written_and_remove_deletes_every_dir() {
             }
             assert_eq!(read(file_of(&cell, "cpu.cfs_period_us")), "100000");
             assert_eq!(read(file_of(&cell, "cpu.cfs_quota_us")), "25000");
-            assert_eq!(
-                cell.events_file().file_name().unwrap(),
-                "memory.oom_control"
-            );
+            let src = cell.event_sources();
+            let oom = src.oom_eventfd.expect("v1 watches OOM with an eventfd");
+            assert_eq!(oom.oom_control.file_name().unwrap(), "memory.oom_control");
         }
     }
     // A second cell with the same id is refused; bad ids never reach the filesystem.

@@ -14,6 +14,7 @@ mod fs;
 pub mod parse;
 mod v1;
 mod v2;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,6 +49,11 @@ pub enum CgroupError {
     },
     #[error("removing cgroup {path}: {source}")]
     Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("watching {path} for limit events: {source}")]
+    Watch {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -356,7 +362,7 @@ impl CellCgroup {
         &self.id
     }
 
-    /// Layout of the host the cell lives on (tells how to watch [`Self::events_file`]).
+    /// Layout of the host the cell lives on (tells which [`Self::event_sources`] apply).
     pub fn layout(&self) -> Layout {
         self.layout
     }
@@ -399,10 +405,15 @@ impl CellCgroup {
         dispatch!(self, c => c.rmdir())
     }
 
-    /// The file to watch for limit events: v2 `memory.events` (inotify/poll);
-    /// v1 `memory.oom_control` (eventfd + `cgroup.event_control`).
-    pub fn events_file(&self) -> PathBuf {
-        dispatch!(self, c => c.events_file())
+    /// The kernel files that signal limit events of this cell (see [`watch`]).
+    pub fn event_sources(&self) -> watch::EventSources {
+        dispatch!(self, c => c.event_sources())
+    }
+
+    /// Start watching this cell's limit events; [`watch::EventWatch::changed`] wakes when the
+    /// kernel reports one.
+    pub fn watch_events(&self) -> Result<watch::EventWatch, CgroupError> {
+        watch::EventWatch::new(&self.event_sources())
     }
 }
 

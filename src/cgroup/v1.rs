@@ -365,8 +365,15 @@ impl Cell {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// `memory.oom_control`: watched with an eventfd registered in `cgroup.event_control`.
-    pub fn events_file(&self) -> PathBuf {
-        file(&self.dirs.memory, "memory.oom_control")
+    /// `memory.oom_control` (an eventfd registered in `cgroup.event_control`: v1 memory files
+    /// do not notify inotify) and `pids.events` (modified like on v2).
+    pub fn event_sources(&self) -> super::watch::EventSources {
+        super::watch::EventSources {
+            modified: vec![file(&self.dirs.pids, "pids.events")],
+            oom_eventfd: Some(super::watch::OomControl {
+                oom_control: file(&self.dirs.memory, "memory.oom_control"),
+                event_control: file(&self.dirs.memory, "cgroup.event_control"),
+            }),
+        }
     }
 }

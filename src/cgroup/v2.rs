@@ -283,8 +283,12 @@ impl Cell {
         fs::rmdir(&self.dir)
     }
 
-    /// `memory.events`: modified events are visible to inotify/poll.
-    pub fn events_file(&self) -> PathBuf {
-        file(&self.dir, "memory.events")
+    /// `memory.events` and `pids.events`: the kernel marks them modified (inotify `IN_MODIFY`)
+    /// whenever a counter in them changes.
+    pub fn event_sources(&self) -> super::watch::EventSources {
+        super::watch::EventSources {
+            modified: vec![file(&self.dir, "memory.events"), file(&self.dir, "pids.events")],
+            oom_eventfd: None,
+        }
     }
 }

@@ -308,6 +308,11 @@ fn print_info(i: &CellInfo) {
     for d in &i.degraded {
         println!("degraded:  {}: {}", d.mechanism, d.detail);
     }
+    let e = &i.events;
+    println!(
+        "events:    {} oom kill(s), {} memory limit hit(s), {} pids limit hit(s)",
+        e.oom_kills, e.memory_max_hits, e.pids_max_hits
+    );
 }
 
 fn print_cell_health(h: &CellHealth) {
@@ -323,10 +328,6 @@ fn print_cell_health(h: &CellHealth) {
     println!("cpu:       {:.1}% (max {cpu_max})", h.cpu_percent);
     println!("pids:      {} (max {})", h.usage.pids_current, opt(h.limits.pids, |v| v.to_string()));
     println!("open fds:  {} (max {})", h.open_fds, opt(h.limits.open_files, |v| v.to_string()));
-    println!(
-        "events:    {} oom kill(s), {} memory limit hit(s), {} pids limit hit(s)",
-        h.events.oom_kills, h.events.memory_max_hits, h.events.pids_max_hits
-    );
 }
 
 fn print_daemon_health(h: &DaemonHealth) {

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
 
-use crate::cgroup::CellCgroup;
+use crate::cgroup::{CellCgroup, Events};
 use crate::policy::Policy;
 use crate::sandbox::{Cell, Degradation, ExitReason, Outcome, Stop};
 use crate::session::{Framer, Reply, SessionError, Spool, Stream};
@@ -53,6 +53,8 @@ pub struct CellEntry {
     pub cpu_sample: Mutex<Option<(Instant, u64)>>,
     /// Set when both output pipes are closed and drained into the spool.
     pub output_done: watch::Sender<bool>,
+    /// Limit events seen so far (kernel notification, health reads, the final outcome).
+    pub events: Mutex<Events>,
 }
 
 impl CellEntry {
@@ -66,6 +68,26 @@ impl CellEntry {
 
     pub fn is_busy(&self) -> bool {
         self.busy.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// Take a fresh reading of the cell's limit counters; log what increased. Counters only
+    /// grow, so an older reading never replaces a newer one.
+    pub fn record_events(&self, now: Events) {
+        let mut seen = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *seen;
+        let merged = Events {
+            oom_kills: before.oom_kills.max(now.oom_kills),
+            memory_max_hits: before.memory_max_hits.max(now.memory_max_hits),
+            pids_max_hits: before.pids_max_hits.max(now.pids_max_hits),
+        };
+        *seen = merged;
+        drop(seen);
+        if merged.oom_kills > before.oom_kills {
+            tracing::warn!(cell = %self.id, provider = %self.provider, oom_kills = merged.oom_kills, "OOM kill at the cell's memory limit");
+        }
+        if merged.pids_max_hits > before.pids_max_hits {
+            tracing::warn!(cell = %self.id, provider = %self.provider, hits = merged.pids_max_hits, "fork refused at the cell's pids limit");
+        }
     }
 
     pub fn exit_reason(&self) -> Option<ExitReason> {
@@ -120,6 +142,7 @@ impl CellEntry {
             pid: if exit.is_some() { None } else { self.payload_pid },
             exit,
             degraded: self.degraded.clone(),
+            events: *self.events.lock().unwrap_or_else(|e| e.into_inner()),
         }
     }
 }
@@ -164,7 +187,14 @@ pub fn start(
         exit: watch::channel(None).0,
         cpu_sample: Mutex::new(None),
         output_done: watch::channel(false).0,
+        events: Mutex::new(Events::default()),
     });
+    match entry.cgroup.watch_events() {
+        Ok(w) => {
+            tokio::spawn(watch_limits(entry.clone(), w));
+        }
+        Err(e) => tracing::warn!(cell = %entry.id, "limit events will only be seen when read: {e}"),
+    }
 
     let out_pump = tokio::spawn(pump_stdout(entry.clone(), stdout, framer, reply_tx));
     let err_pump = tokio::spawn(pump(entry.clone(), stderr, Stream::Stderr));
@@ -188,11 +218,40 @@ pub fn start(
             }
         };
         let outcome = cell.run_to_end(deadline, stop).await;
+        supervised.record_events(outcome.events);
         tracing::info!(cell = %outcome.cell, provider = %outcome.provider, reason = %outcome.reason, "cell ended");
         supervised.exit.send_replace(Some((outcome.reason.clone(), Instant::now())));
         on_end(&supervised, &outcome);
     });
     entry
+}
+
+/// Until the cell ends: wake on the kernel's limit-event notification and record the counters.
+/// On v1 the OOM eventfd fires just before the OOM killer runs, so a wake-up with no visible
+/// change is re-read a few times shortly after.
+async fn watch_limits(entry: Arc<CellEntry>, mut watch: crate::cgroup::watch::EventWatch) {
+    let mut exit = entry.exit.subscribe();
+    loop {
+        tokio::select! {
+            _ = exit.wait_for(|e| e.is_some()) => return,
+            r = watch.changed() => if let Err(e) = r {
+                tracing::warn!(cell = %entry.id, "limit event watch failed: {e}");
+                return;
+            },
+        }
+        let before = *entry.events.lock().unwrap_or_else(|e| e.into_inner());
+        for attempt in 0..5u64 {
+            // A few small reads of cgroupfs files: cheap enough for the event loop.
+            match entry.cgroup.events() {
+                Ok(now) if now != before => {
+                    entry.record_events(now);
+                    break;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10 * (attempt + 1))).await,
+                Err(_) => break, // the cell is going away
+            }
+        }
+    }
 }
 
 async fn pump(entry: Arc<CellEntry>, pipe: Option<impl tokio::io::AsyncRead + Unpin>, stream: Stream) {

@@ -319,7 +319,7 @@ impl Pool {
         let running = entry.exit_reason().is_none();
         let (usage, events, open_fds) = tokio::task::spawn_blocking(move || {
             if !running {
-                return (Default::default(), Default::default(), 0);
+                return (Default::default(), None, 0);
             }
             let fds = cg
                 .procs()
@@ -327,10 +327,13 @@ impl Pool {
                 .iter()
                 .map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0))
                 .sum();
-            (cg.usage().unwrap_or_default(), cg.events().unwrap_or_default(), fds)
+            (cg.usage().unwrap_or_default(), cg.events().ok(), fds)
         })
         .await
         .map_err(|e| PoolError::Internal(e.to_string()))?;
+        if let Some(events) = events {
+            entry.record_events(events);
+        }
         let cpu_percent = {
             let mut sample = entry.cpu_sample.lock().unwrap_or_else(|e| e.into_inner());
             let (since, base) = sample.unwrap_or((entry.started, 0));
@@ -342,7 +345,6 @@ impl Pool {
         Ok(CellHealth {
             info: entry.info(),
             usage,
-            events,
             cpu_percent,
             open_fds,
             limits: LimitsView {

@@ -103,6 +103,9 @@ pub struct CellInfo {
     /// Set once the cell ended.
     pub exit: Option<ExitReason>,
     pub degraded: Vec<Degradation>,
+    /// Limit events the kernel reported for this cell (OOM kills, memory and pids limit hits),
+    /// updated as they happen and kept after the cell ended.
+    pub events: Events,
 }
 
 /// The answer to a command (session reply, or a one-shot run's output).
@@ -152,7 +155,6 @@ pub struct CellHealth {
     #[serde(flatten)]
     pub info: CellInfo,
     pub usage: Usage,
-    pub events: Events,
     /// CPU use over the last interval between two health reads (or the cell's lifetime).
     pub cpu_percent: f64,
     pub open_fds: u64,

@@ -183,3 +183,14 @@ pub fn take_helper_fd() -> io::Result<std::os::fd::OwnedFd> {
     }
     Ok(fd)
 }
+
+/// Register an owned fd with tokio's reactor (for fds tokio has no type for: inotify, eventfd,
+/// a pty master).
+///
+/// Contract of `AsyncFd::register`: the raw fd must stay open and name the same file for the
+/// AsyncFd's whole life. An `OwnedFd` closes its fd only when dropped, and the AsyncFd owns it,
+/// deregistering before the drop; nothing else can close it.
+pub fn async_fd(fd: std::os::fd::OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: see the contract above; `fd` is moved in, so no other owner exists.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
+}
