@@ -36,7 +36,7 @@ pub fn status_of(code: &str) -> StatusCode {
         "not_found" | "unknown_provider" => StatusCode::NOT_FOUND,
         "forbidden" => StatusCode::FORBIDDEN,
         "bad_request" => StatusCode::BAD_REQUEST,
-        "policy" => StatusCode::UNPROCESSABLE_ENTITY,
+        "policy" | "setup_failed" => StatusCode::UNPROCESSABLE_ENTITY,
         "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -50,6 +50,9 @@ impl PoolError {
                 SandboxError::Unsupported { .. } | SandboxError::HostRoot { .. } | SandboxError::Abstract { .. } => {
                     "policy"
                 }
+                // The request could not be carried out in the cell (e.g. the payload's
+                // identity cannot enter the cwd, or exec of the binary failed there).
+                SandboxError::Setup { .. } => "setup_failed",
                 _ => "internal",
             },
             PoolError::Session(crate::session::SessionError::BadPattern { .. }) => "policy",
