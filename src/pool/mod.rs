@@ -84,6 +84,7 @@ impl Pool {
                 diags[0]
             )));
         }
+        raise_nofile();
         let name = config.cgroup_root.clone();
         let root = tokio::task::spawn_blocking(move || CgroupRoot::open(&name))
             .await
@@ -260,4 +261,19 @@ async fn recover_orphans(root: &CgroupRoot) -> usize {
     })
     .await
     .unwrap_or(0)
+}
+
+/// Each cell holds a handful of the daemon's fds (stdio pipes, control socket, event watch), so
+/// a pool of a thousand cells needs more than the usual soft limit of 1024: raise the soft
+/// limit to the hard one. Cells do not inherit it: every shipped policy sets `open_files`.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised RLIMIT_NOFILE"),
+            Err(e) => tracing::warn!("cannot raise RLIMIT_NOFILE from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("reading RLIMIT_NOFILE: {e}"),
+    }
 }

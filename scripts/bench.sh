@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Benchmarks side by side (root). Every figure is reported as a ratio against a baseline run in
+# the same invocation, because this machine's absolute timings drift from run to run.
+#   1. spawn: a fully sandboxed /bin/true via `cellkeep run` and via the daemon socket, against
+#      bare fork/exec, `unshare -mpfiun` and `bwrap --unshare-all --ro-bind / /` (hyperfine -N)
+#   2. session round trip: one short line to a `cat` session, 10 000 times
+#   3. one-shot throughput: `echo` commands from 20 concurrent clients
+#   4. streaming: a cell writing 1 GiB to stdout read through the socket, against a plain pipe
+#   5. footprint: daemon RSS with 0, 20 and 1000 idle cells; daemon CPU over 60 s with 20 idle
+#   6. scaling: spawn latency with 1000 live cells against 10
+# Prints one markdown table and writes it to target/bench.md (raw JSON: target/bench/).
+# Benchmarks are not tests: nothing fails on a timing.
+#   env: BENCH_QUICK=1 for a short smoke run (small counts; figures not meaningful)
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+[[ $(id -u) == 0 ]] || { echo "bench.sh must run as root" >&2; exit 1; }
+
+need=()
+command -v hyperfine >/dev/null || need+=(hyperfine)
+command -v bwrap >/dev/null || need+=(bubblewrap)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+quick=${BENCH_QUICK:-0}
+n_spawn=300; n_rtt=10000; tput_secs=10; idle_secs=60; big=1000; stream_bytes=1073741824
+if [[ $quick == 1 ]]; then n_spawn=20; n_rtt=500; tput_secs=2; idle_secs=3; big=50; stream_bytes=67108864; fi
+
+cargo build --release --locked -q --bins
+bin=$PWD/target/release/cellkeep
+bench=$PWD/target/release/cellkeep-bench
+out=$PWD/target/bench
+rm -rf "$out" && mkdir -p "$out"
+
+work=$(mktemp -d /tmp/cellkeep-bench.XXXXXX)
+chmod 755 "$work"
+ws=$work/ws && mkdir "$ws" && chown nobody: "$ws"
+pol=$work/policies && mkdir "$pol"
+cp policies/base.toml "$pol/"
+provider() { # name command mode [extra toml]
+  printf 'extends = "base"\n[provider]\nname = "%s"\ncommand = %s\nmode = "%s"\n%s\n' "$1" "$2" "$3" "${4:-}" > "$pol/$1.toml"
+}
+provider true '["/bin/true"]' oneshot
+provider echo '["/bin/echo"]' oneshot
+provider cat '["/bin/cat"]' session '[session]
+framing = "line"'
+line='0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde'
+provider stream "[\"/bin/sh\", \"-c\", \"yes $line | head -c $stream_bytes\"]" oneshot
+"$bin" policy check "$pol" >/dev/null
+
+sock=$work/cellkeep.sock
+CELLKEEP_LOG=warn "$bin" daemon --socket "$sock" --policies "$pol" --max-cells $((big + 100)) \
+  --cgroup-root cellkeep-bench 2> "$work/daemon.log" &
+daemon=$!
+cleanup() {
+  kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 200); do [[ -S $sock ]] && break; sleep 0.05; done
+[[ -S $sock ]] || { cat "$work/daemon.log" >&2; exit 1; }
+cb() { "$bench" --socket "$sock" --cwd "$ws" "$@"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$daemon/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$daemon/stat"; }
+
+echo "== 1. spawn (hyperfine, $n_spawn runs each)"
+hyperfine -N -w 10 -r "$n_spawn" --export-json "$out/spawn.json" \
+  -n bare '/bin/true' \
+  -n unshare 'unshare -mpfiun /bin/true' \
+  -n bwrap 'bwrap --unshare-all --ro-bind / / /bin/true' \
+  -n 'cellkeep run' "env CELLKEEP_CGROUP_ROOT=cellkeep-bench-run $bin run --policy $pol/true.toml --cwd $ws" \
+  >/dev/null
+cb oneshot true --n "$n_spawn" > "$out/socket-spawn.json"
+
+echo "== 2. session round trip ($n_rtt)"
+cb rtt cat --n "$n_rtt" > "$out/rtt.json"
+
+echo "== 3. one-shot throughput (20 clients, ${tput_secs}s)"
+cb throughput echo --clients 20 --seconds "$tput_secs" > "$out/throughput.json"
+
+echo "== 4. streaming ($stream_bytes bytes)"
+cb stream stream > "$out/stream.json"
+cb pipe "yes $line | head -c $stream_bytes" > "$out/pipe.json"
+
+echo "== 5/6. footprint and scaling"
+rss0=$(rss_kib)
+cb fill cat --count 10 > /dev/null
+cb spawn cat --n 100 > "$out/spawn-10.json"
+cb fill cat --count 10 > /dev/null
+sleep 1
+rss20=$(rss_kib)
+t0=$(cpu_ticks); sleep "$idle_secs"; t1=$(cpu_ticks)
+cb fill cat --count $((big - 20)) > "$out/fill.json"
+sleep 1
+rssbig=$(rss_kib)
+cb spawn cat --n 100 > "$out/spawn-big.json"
+t_shut=$(date +%s%N)
+kill -TERM "$daemon"; wait "$daemon" || true
+t_shut=$(( ($(date +%s%N) - t_shut) / 1000000 ))
+echo "{\"rss0_kib\": $rss0, \"rss20_kib\": $rss20, \"rssbig_kib\": $rssbig, \"big\": $big, \"idle_cpu_ticks\": $((t1 - t0)), \"idle_secs\": $idle_secs, \"clk_tck\": $(getconf CLK_TCK), \"shutdown_ms\": $t_shut}" > "$out/footprint.json"
+
+python3 scripts/bench_table.py "$out" | tee target/bench.md

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Turn the raw JSON of scripts/bench.sh (target/bench/) into one markdown table: median, p99,
+the baseline measured in the same run, the ratio, and the goal from the benchmark issue."""
+import json
+import platform
+import statistics
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+d = Path(sys.argv[1])
+
+
+def load(name):
+    return json.loads((d / name).read_text())
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[round((len(xs) - 1) * q)]
+
+
+def ms(us):
+    return f"{us / 1000:.2f} ms"
+
+
+hf = {r["command"]: r["times"] for r in load("spawn.json")["results"]}
+spawn = {k: (statistics.median(v) * 1e6, pct(v, 0.99) * 1e6) for k, v in hf.items()}
+sock = load("socket-spawn.json")
+rtt = load("rtt.json")
+tput = load("throughput.json")
+stream = load("stream.json")
+pipe = load("pipe.json")
+fp = load("footprint.json")
+s10 = load("spawn-10.json")
+sbig = load("spawn-big.json")
+
+bw, un = spawn["bwrap"][0], spawn["unshare"][0]
+rows = []
+for name in ["bare", "unshare", "bwrap"]:
+    rows.append((f"spawn /bin/true: {name} (baseline)", ms(spawn[name][0]), ms(spawn[name][1]), "", "", ""))
+for name, (med, p99) in [("`cellkeep run`", spawn["cellkeep run"]), ("daemon socket (one-shot)", (sock["median_us"], sock["p99_us"]))]:
+    rows.append((
+        f"spawn /bin/true, full sandbox: {name}",
+        ms(med), ms(p99), "bwrap / unshare",
+        f"{med / bw:.2f} × bwrap; unshare + {(med - un) / 1000:.2f} ms",
+        "≤ 0.5 × bwrap; ≤ unshare + 1.5 ms",
+    ))
+rows.append(("session round trip (`cat`, one line)", f"{rtt['median_us']:.0f} µs", f"{rtt['p99_us']:.0f} µs",
+             "Python manager ~110 ms", f"{110000 / rtt['median_us']:.0f} × faster", "median ≤ 200 µs"))
+rows.append(("one-shot throughput, 20 clients (`echo`)", f"{tput['per_sec']:.0f} /s", f"p99 {ms(tput['p99_us'])}",
+             "Python manager ~190 /s", f"{tput['per_sec'] / 190:.1f} ×", "≥ 600 /s"))
+drop = f", {stream['dropped'] / 1048576:.0f} MiB dropped (lagged)" if stream["dropped"] else ""
+rows.append(("streaming (socket, NDJSON)", f"{stream['mib_per_sec']:.0f} MiB/s{drop}", "",
+             f"pipe {pipe['mib_per_sec']:.0f} MiB/s", f"{stream['mib_per_sec'] / pipe['mib_per_sec']:.2f} × pipe", "≥ 0.5 × pipe"))
+rows.append(("daemon RSS: 0 / 20 / %d idle cells" % fp["big"],
+             f"{fp['rss0_kib'] / 1024:.1f} / {fp['rss20_kib'] / 1024:.1f} / {fp['rssbig_kib'] / 1024:.1f} MiB", "",
+             "0 cells", f"+{(fp['rssbig_kib'] - fp['rss0_kib']) / fp['big']:.0f} KiB per cell", ""))
+cpu = fp["idle_cpu_ticks"] / fp["clk_tck"]
+rows.append((f"daemon CPU over {fp['idle_secs']} s, 20 idle cells", f"{cpu * 1000:.0f} ms", "", "", f"{cpu / fp['idle_secs'] * 100:.3f} % of a CPU", "~0 (no polling)"))
+rows.append((f"spawn (session cell) with {fp['big']} live vs 10", ms(sbig["median_us"]), ms(sbig["p99_us"]),
+             f"10 live: {ms(s10['median_us'])}", f"{sbig['median_us'] / s10['median_us']:.2f} ×", "≤ 1.3 ×"))
+rows.append(("daemon shutdown (SIGTERM) with %d live cells" % fp["big"], f"{fp['shutdown_ms'] / 1000:.2f} s", "", "", "", ""))
+
+print(f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
+      f"({platform.release()}), `scripts/bench.sh`.\n")
+print("| benchmark | median | p99 | baseline (same run) | ratio | goal |")
+print("|---|---|---|---|---|---|")
+for r in rows:
+    print("| " + " | ".join(r) + " |")
