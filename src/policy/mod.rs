@@ -20,6 +20,7 @@
 //! | `provider.abstract` | `true`: a base for `extends`, not launchable | `false` |
 //! | `provider.command` *required unless abstract* | `["/abs/binary", "fixed", "args"]`, or `[]` (caller supplies argv) | — |
 //! | `provider.mode` | `"oneshot"` \| `"session"` | `"oneshot"` |
+//! | `provider.tty` | `true`: stdin/stdout/stderr are one pseudo-terminal (raw mode; stdout and stderr merge) | `false` |
 //! | `access.uids` | uids allowed to use the provider | `[]` (root only) |
 //! | `access.groups` | group names (from /etc/group) or gids | `[]` |
 //! | `identity.run_as` | `"caller"` \| `"range"` \| user name \| uid (never 0) | `"caller"` |

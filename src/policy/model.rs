@@ -25,6 +25,9 @@ pub struct Policy {
     /// policies, where the caller supplies the whole argv (`cellkeep run -- ARGS`).
     pub command: Vec<String>,
     pub mode: Mode,
+    /// `[provider] tty = true`: the payload's stdin/stdout/stderr are one pseudo-terminal in raw
+    /// mode (its controlling terminal) instead of pipes; stdout and stderr merge into one stream.
+    pub tty: bool,
     /// `[provider] abstract = true`: a base for `extends`, valid but not launchable.
     pub is_abstract: bool,
     pub access: Access,

@@ -75,6 +75,7 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
         provider.push(kv("command", strings(&p.command)));
     }
     provider.push(kv("mode", s(if p.mode == Mode::Session { "session" } else { "oneshot" })));
+    provider.push(kv("tty", Value::Boolean(p.tty)));
 
     let access = vec![kv("uids", ints(&p.access.uids)), kv("groups", ints(&p.access.gids))];
 

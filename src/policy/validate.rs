@@ -88,6 +88,7 @@ impl Checker<'_> {
             description: inner(&raw.provider.description).unwrap_or_default(),
             command,
             mode,
+            tty: inner(&raw.provider.tty).unwrap_or(false),
             is_abstract,
             access: self.access(&raw),
             identity: self.identity(&raw, &namespaces),
@@ -567,6 +568,18 @@ mod tests {
                 "7:9: network.bind: 0 is not a port (1-65535)".to_owned(),
             ])
         );
+    }
+
+    #[test]
+    fn tty_is_a_bool_off_by_default() {
+        assert_eq!(check(HEAD).map(|p| p.tty).ok(), Some(false));
+        assert_eq!(check(&format!("{HEAD}tty = true\n")).map(|p| p.tty).ok(), Some(true));
+        let shown = check(&format!("{HEAD}tty = true\n")).map(|p| crate::policy::show(&p)).unwrap_or_default();
+        assert!(shown.contains("\ntty = true\n"), "{shown}");
+        let bad = check(&format!("{HEAD}tty = \"yes\"\nttys = 1\n")).err().unwrap_or_default();
+        assert_eq!(bad.len(), 2, "{bad:#?}");
+        assert!(bad[0].starts_with("4:7: provider.tty: invalid type"), "{bad:#?}");
+        assert!(bad[1].starts_with("5:1: provider.ttys: unknown field"), "{bad:#?}");
     }
 
     #[test]

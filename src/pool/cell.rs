@@ -12,19 +12,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncReadExt;
-use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
 
 use crate::cgroup::{CellCgroup, Events};
 use crate::policy::Policy;
-use crate::sandbox::{Cell, Degradation, ExitReason, Outcome, Stop};
+use crate::sandbox::{Cell, CellInput, CellIo, CellOutput, Degradation, ExitReason, Outcome, Stop};
 use crate::session::{Framer, Reply, SessionError, Spool, Stream};
 
 use super::types::{CellInfo, CellState};
 
 /// The session side of a cell: where commands go and replies come from.
 pub struct SessionIo {
-    pub stdin: ChildStdin,
+    /// The payload's stdin pipe, or the pty master of a `tty` cell.
+    pub stdin: CellInput,
     pub replies: mpsc::Receiver<Result<Reply, SessionError>>,
 }
 
@@ -160,9 +160,8 @@ pub fn start(
 ) -> Arc<CellEntry> {
     let spool = Spool::new(policy.limits.output_bytes as usize);
     let (reply_tx, reply_rx) = mpsc::channel(64);
-    let stdin = cell.child.stdin.take();
-    let stdout = cell.child.stdout.take();
-    let stderr = cell.child.stderr.take();
+    // A tty cell: stdin and stdout are the pty master, and there is no separate stderr.
+    let CellIo { stdin, stdout, stderr } = cell.take_io();
     let io = match (session, stdin) {
         (true, Some(stdin)) => Some(SessionIo { stdin, replies: reply_rx }),
         _ => None,
@@ -270,7 +269,7 @@ async fn pump(entry: Arc<CellEntry>, pipe: Option<impl tokio::io::AsyncRead + Un
 
 async fn pump_stdout(
     entry: Arc<CellEntry>,
-    pipe: Option<ChildStdout>,
+    pipe: Option<CellOutput>,
     mut framer: Option<Framer>,
     replies: mpsc::Sender<Result<Reply, SessionError>>,
 ) {

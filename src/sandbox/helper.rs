@@ -34,9 +34,14 @@ pub const FORWARDED: [Signal; 6] =
 
 /// Entry point of `cellkeep __cell-helper`; never returns.
 pub fn main() -> ! {
-    let ctl = match sys::take_helper_fd() {
-        Ok(fd) => fd,
-        Err(e) => {
+    let fd = std::env::args().nth(2).and_then(|a| a.parse::<std::os::fd::RawFd>().ok());
+    let ctl = match fd.map(sys::take_helper_fd) {
+        Some(Ok(fd)) => fd,
+        None => {
+            eprintln!("cellkeep: internal helper started without its control fd argument");
+            std::process::exit(125);
+        }
+        Some(Err(e)) => {
             eprintln!("cellkeep: internal helper started without its control fd: {e}");
             std::process::exit(125);
         }

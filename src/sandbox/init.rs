@@ -6,8 +6,9 @@
 //! exits, the kernel kills everything left in it; the cgroup catches the rest.
 //!
 //! The payload applies, in this order (seccomp last, so the recipe itself is not filtered):
-//! signal mask reset → new session → cwd → rlimits → bounding set dropped (needs CAP_SETPCAP,
-//! so before the id change) → groups/gid/uid → remaining capabilities cleared → no_new_privs →
+//! signal mask reset → new session (with `tty`: the pty slave on fd 0 becomes its controlling
+//! terminal) → cwd → rlimits → bounding set dropped (needs CAP_SETPCAP, so before the id
+//! change) → groups/gid/uid → remaining capabilities cleared → no_new_privs →
 //! Landlock (after the mounts: rules bind to inodes of the final view) → seccomp → execve.
 //! A failing step writes `{stage, errno}` to the exec pipe and exits 127; end of file on the
 //! pipe (close-on-exec) tells pid 1 the exec succeeded.
@@ -289,6 +290,12 @@ fn payload(plan: &LaunchPlan) -> Result<std::convert::Infallible, StepError> {
     // A new session: no controlling terminal, so TIOCSTI and terminal signals cannot reach
     // outside the cell.
     step(Stage::Init, "setsid", nix::unistd::setsid())?;
+    if plan.tty {
+        // `tty = true`: stdin is the cell's own pty slave (opened by the launcher, nobody's
+        // controlling terminal yet); make it this new session's, as a login would. It leads
+        // nowhere outside the cell: the master is held by the launcher only.
+        step(Stage::Tty, "TIOCSCTTY on stdin (the pty slave)", sys::set_controlling_tty(libc::STDIN_FILENO))?;
+    }
     step(Stage::Cwd, &format!("chdir to {}", plan.cwd.display()), nix::unistd::chdir(&plan.cwd))?;
     for r in &plan.rlimits {
         let res = match r.kind {

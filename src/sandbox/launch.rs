@@ -4,16 +4,19 @@
 //!
 //! The only code that runs between fork and exec in this (multi-threaded) process is
 //! [`sys::move_fd_to_3`] in `pre_exec`: a `dup2` on an integer captured before the spawn.
+//! For a `tty` policy the pseudo-terminal is opened here, before the spawn; its slave is
+//! passed as the helper's stdio like any other fd and the launcher keeps the master.
 //! Cgroup creation and removal are filesystem work of a few hundred microseconds to
 //! milliseconds, so they run on the blocking pool.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, Lines};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
@@ -22,13 +25,16 @@ use crate::policy::Policy;
 
 use super::plan::{self, Degradation, HostCaps, LaunchRequest};
 use super::proto::Report;
-use super::{sys, ExitReason, SandboxError};
+use super::pty::{self, PtyMaster};
+use super::{ExitReason, SandboxError};
 
 /// Processes cellkeep itself keeps in every cell (the helper and the cell's pid 1); added to
 /// the policy's pids limit so the limit counts the payload's processes only.
 pub const SUPERVISOR_PIDS: u64 = 2;
 
-/// How the payload's stdio is connected.
+/// How the payload's stdio is connected. With a `tty` policy, `Piped` and `NullInPiped` both
+/// become one pseudo-terminal (stdin, stdout and stderr on its slave; the launcher keeps the
+/// master, [`Cell::take_io`]); `Inherit` stays as it is and the policy's `tty` is ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StdioMode {
     /// The launcher's own stdin/stdout/stderr (`cellkeep run`).
@@ -37,6 +43,19 @@ pub enum StdioMode {
     Piped,
     /// stdin from /dev/null, stdout/stderr piped (one-shot commands).
     NullInPiped,
+}
+
+/// Where the launcher writes the payload's input: its stdin pipe or the pty master.
+pub type CellInput = Box<dyn AsyncWrite + Send + Unpin>;
+/// Where the launcher reads the payload's output: a pipe or the pty master.
+pub type CellOutput = Box<dyn AsyncRead + Send + Unpin>;
+
+/// The launcher's ends of a cell's stdio. A tty cell has one output stream (`stdout`, the
+/// pty master) and no `stderr`.
+pub struct CellIo {
+    pub stdin: Option<CellInput>,
+    pub stdout: Option<CellOutput>,
+    pub stderr: Option<CellOutput>,
 }
 
 /// Starts cells. Cheap to share (`Arc` inside).
@@ -81,6 +100,8 @@ pub struct Cell {
     pub started: Instant,
     /// The payload's pid as the host sees it (known once it exec'd).
     pub payload_pid: Option<u32>,
+    /// The master of the cell's terminal (`tty` policies), until [`Cell::take_io`].
+    pub pty: Option<PtyMaster>,
     reports: Lines<BufReader<UnixStream>>,
     backend: &'static str,
 }
@@ -119,8 +140,19 @@ impl Launcher {
         if policy.command.is_empty() && req.args.is_empty() {
             return Err(SandboxError::NoCommand { provider: policy.name.clone() });
         }
-        let (plan, degraded) = plan::build(policy, &req, &self.host)?;
+        let (mut plan, degraded) = plan::build(policy, &req, &self.host)?;
         let cell = req.cell_id.clone();
+        plan.tty &= stdio != StdioMode::Inherit;
+        let (pty, slave) = if plan.tty {
+            let (master, slave) = pty::open().map_err(|source| SandboxError::Pty {
+                provider: policy.name.clone(),
+                cell: cell.clone(),
+                source,
+            })?;
+            (Some(master), Some(slave))
+        } else {
+            (None, None)
+        };
         let line = serde_json::to_vec(&plan).map_err(|e| SandboxError::HelperDied {
             cell: cell.clone(),
             detail: format!("encoding the launch plan: {e}"),
@@ -134,7 +166,7 @@ impl Launcher {
             .map_err(|source| SandboxError::Cgroup { cell: cell.clone(), source })?;
         let cgroup = Arc::new(cgroup);
 
-        match self.start_helper(&cell, &cgroup, stdio, line).await {
+        match self.start_helper(&cell, &cgroup, stdio, slave, line).await {
             Ok((child, reports)) => {
                 let mut started = Cell {
                     id: cell,
@@ -144,6 +176,7 @@ impl Launcher {
                     degraded,
                     started: Instant::now(),
                     payload_pid: None,
+                    pty,
                     reports,
                     backend: self.root.backend_name(),
                 };
@@ -162,13 +195,15 @@ impl Launcher {
         }
     }
 
-    /// Spawn the helper with fd 3 = our control socket's peer, put it into the cell's cgroup,
-    /// then release it by sending the plan (it reads the plan before doing anything).
+    /// Spawn the helper with fd 3 = our control socket's peer (and stdin/stdout/stderr = the
+    /// pty slave when there is one), put it into the cell's cgroup, then release it by sending
+    /// the plan (it reads the plan before doing anything).
     async fn start_helper(
         &self,
         cell: &str,
         cgroup: &CellCgroup,
         stdio: StdioMode,
+        pty_slave: Option<OwnedFd>,
         mut plan_line: Vec<u8>,
     ) -> Result<(Child, Lines<BufReader<UnixStream>>), SandboxError> {
         use std::os::fd::AsRawFd;
@@ -176,19 +211,24 @@ impl Launcher {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
         let their_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.helper_exe);
-        cmd.arg(crate::HELPER_ARG).env_clear().kill_on_drop(true);
-        match stdio {
-            StdioMode::Inherit => {}
-            StdioMode::Piped => {
+        cmd.arg(crate::HELPER_ARG).arg(their_fd.to_string()).env_clear().kill_on_drop(true);
+        match (pty_slave, stdio) {
+            // The spawn dup2s the slave onto 0, 1 and 2 in the child; our copies (close-on-exec)
+            // are closed when `cmd` is dropped at the end of this function, so only the cell
+            // holds the slave and its exit ends the master's output.
+            (Some(slave), _) => {
+                let (input, output) = (slave.try_clone().map_err(spawn_err)?, slave.try_clone().map_err(spawn_err)?);
+                cmd.stdin(Stdio::from(input)).stdout(Stdio::from(output)).stderr(Stdio::from(slave));
+            }
+            (None, StdioMode::Inherit) => {}
+            (None, StdioMode::Piped) => {
                 cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
             }
-            StdioMode::NullInPiped => {
+            (None, StdioMode::NullInPiped) => {
                 cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             }
         }
-        sys::pass_fd_as_3(&mut cmd, their_fd);
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        drop(theirs);
+        let mut child = spawn_inheriting(&mut cmd, theirs).map_err(spawn_err)?;
         let pid = child.id().unwrap_or(0);
         if let Err(source) = cgroup.attach(pid) {
             let _ = child.kill().await;
@@ -270,6 +310,22 @@ impl Cell {
         let Cell { cgroup, mut child, .. } = self;
         remove_cgroup(cgroup).await;
         let _ = child.wait().await;
+    }
+
+    /// Take the launcher's ends of the cell's stdio (once): the pty master for a tty cell
+    /// (`stdin` and `stdout` are its two halves), else the helper's pipes.
+    pub fn take_io(&mut self) -> CellIo {
+        match self.pty.take() {
+            Some(master) => {
+                let (reader, writer) = master.split();
+                CellIo { stdin: Some(Box::new(writer)), stdout: Some(Box::new(reader)), stderr: None }
+            }
+            None => CellIo {
+                stdin: self.child.stdin.take().map(|s| Box::new(s) as CellInput),
+                stdout: self.child.stdout.take().map(|s| Box::new(s) as CellOutput),
+                stderr: self.child.stderr.take().map(|s| Box::new(s) as CellOutput),
+            },
+        }
     }
 
     /// The helper's pid (signals sent to it are forwarded into the cell).
@@ -395,4 +451,25 @@ pub fn classify(code: Option<i32>, signal: Option<i32>, events: &Events) -> Exit
         (Some(code), None) => ExitReason::Exited { code },
         (None, None) => ExitReason::Signaled { signal: libc::SIGKILL },
     }
+}
+
+/// Held while a helper is spawned with an inheritable control fd (see [`spawn_inheriting`]).
+static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Spawn `cmd` so that it inherits `fd` (at the same number) and nothing else of ours.
+///
+/// Why not `pre_exec` + `dup2` onto a fixed number: any `pre_exec` makes std fall back from
+/// `posix_spawn` (`clone(CLONE_VM|CLONE_VFORK)`) to a full `fork` of the daemon, copying the
+/// page tables of a large multi-threaded process on every spawn — the biggest single cost of a
+/// launch in the profile. Instead `fd` loses `FD_CLOEXEC` for the duration of one spawn, under
+/// a process-wide lock so that no other launch can spawn (and inherit it) meanwhile; std's
+/// spawn returns only after the child's `execve` succeeded, and our copy is closed right after.
+/// The launcher is the only code in the daemon that spawns processes.
+fn spawn_inheriting(cmd: &mut Command, fd: std::os::unix::net::UnixStream) -> std::io::Result<Child> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let _guard = SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    let child = cmd.spawn();
+    drop(fd);
+    child
 }

@@ -18,7 +18,9 @@
 //! Nothing runs between fork and exec in the multi-threaded launcher except `dup2` in
 //! `pre_exec` ([`sys::move_fd_to_3`]); the helper is a fresh process, so its recipe is ordinary
 //! Rust. The launch plan is resolved and checked before anything is created ([`plan::build`]);
-//! seccomp BPF was compiled when the policy was loaded. Setup failures come back as
+//! seccomp BPF was compiled when the policy was loaded. With `[provider] tty = true` the
+//! launcher opens a pseudo-terminal first ([`pty`]) and the payload makes its slave the
+//! controlling terminal right after `setsid`. Setup failures come back as
 //! `{stage, errno}` reports ([`proto`]); the cgroup, not a parent-death signal, guarantees that
 //! nothing outlives the cell.
 //!
@@ -31,13 +33,14 @@ pub mod landlock_rules;
 pub mod launch;
 pub mod plan;
 pub mod proto;
+pub mod pty;
 pub mod sys;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use launch::{Cell, Launcher, Outcome, StdioMode, Stop};
+pub use launch::{Cell, CellInput, CellIo, CellOutput, Launcher, Outcome, StdioMode, Stop};
 pub use plan::{Degradation, HostCaps, LaunchRequest};
 pub use proto::Stage;
 
@@ -121,6 +124,8 @@ pub enum SandboxError {
     Setup { cell: String, stage: Stage, errno: i32, detail: String },
     #[error("cell {cell}: the cell helper ended before the command started ({detail})")]
     HelperDied { cell: String, detail: String },
+    #[error("provider {provider}, cell {cell}: opening a pseudo-terminal (/dev/ptmx): {source}")]
+    Pty { provider: String, cell: String, source: std::io::Error },
 }
 
 impl SandboxError {
@@ -135,6 +140,7 @@ impl SandboxError {
             SandboxError::Unsupported { mechanism, .. } => mechanism.clone(),
             SandboxError::Cgroup { .. } => "cgroup".into(),
             SandboxError::Spawn { .. } | SandboxError::HelperDied { .. } => "helper".into(),
+            SandboxError::Pty { .. } => Stage::Tty.to_string(),
             SandboxError::Setup { stage, .. } => stage.to_string(),
         }
     }

@@ -143,6 +143,9 @@ pub struct LaunchPlan {
     pub landlock: Option<LandlockPlan>,
     pub seccomp: CompiledSeccomp,
     pub cap_last_cap: u32,
+    /// stdin/stdout/stderr are a pty slave: the payload makes it its controlling terminal.
+    /// From the policy's `tty`; the launcher clears it when it passes its own stdio through.
+    pub tty: bool,
 }
 
 /// Resolve a request against a policy. Touches the filesystem only to canonicalise the cwd
@@ -165,16 +168,7 @@ pub fn build(
     let exe = resolve_binary(&provider, &argv[0], &env)?;
     argv[0] = exe.to_string_lossy().into_owned();
 
-    let ns = NsPlan {
-        user: policy.namespaces.user,
-        pid: policy.namespaces.pid,
-        mount: policy.namespaces.mount,
-        // `tcp` means the host network, mediated by landlock; `none`/`loopback` need a netns.
-        net: policy.namespaces.net && !matches!(policy.network, Network::Tcp { .. }),
-        ipc: policy.namespaces.ipc,
-        uts: policy.namespaces.uts,
-        cgroup: policy.namespaces.cgroup,
-    };
+    let ns = namespaces(policy);
     let landlock = landlock_plan(policy, &cwd, host, &mut degraded)?;
     let mut rlimits = vec![Rlimit { kind: RlimitKind::Core, limit: 0 }];
     if let Some(n) = policy.limits.open_files {
@@ -196,8 +190,32 @@ pub fn build(
         landlock,
         seccomp: policy.seccomp.compiled.clone(),
         cap_last_cap: host.cap_last_cap,
+        tty: policy.tty,
     };
     Ok((plan, degraded))
+}
+
+/// The namespaces a cell of `policy` gets.
+pub fn namespaces(policy: &Policy) -> NsPlan {
+    NsPlan {
+        user: policy.namespaces.user,
+        pid: policy.namespaces.pid,
+        mount: policy.namespaces.mount,
+        // `tcp` means the host network, mediated by landlock; `none`/`loopback` need a netns.
+        net: policy.namespaces.net && !matches!(policy.network, Network::Tcp { .. }),
+        ipc: policy.namespaces.ipc,
+        uts: policy.namespaces.uts,
+        cgroup: policy.namespaces.cgroup,
+    }
+}
+
+/// The kernel-mechanism check of [`build`] alone, without a request (for `cellkeep doctor`):
+/// what `host` lacks for `policy` — an error under `required`, degradations otherwise.
+pub fn check_mechanisms(policy: &Policy, host: &HostCaps) -> Result<Vec<Degradation>, SandboxError> {
+    let mut degraded = Vec::new();
+    // The cwd only places `{cwd}` rules, which do not matter for the check.
+    landlock_plan(policy, Path::new("/"), host, &mut degraded)?;
+    Ok(degraded)
 }
 
 /// Canonicalise the caller's cwd (resolving `..` and symlinks) and require it to be one of the

@@ -28,6 +28,8 @@ pub enum Stage {
     Seccomp,
     Exec,
     Init,
+    /// Making the pseudo-terminal the payload's controlling terminal (`tty = true`).
+    Tty,
 }
 
 impl std::fmt::Display for Stage {

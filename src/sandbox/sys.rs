@@ -1,48 +1,18 @@
 //! The only file with `unsafe`: thin wrappers over syscalls that nix, caps and landlock do not
 //! cover (or cover in a way we cannot use). Each block states the syscall contract it relies on.
 //!
-//! Everything here is called either from the single-threaded cell helper (and its children),
-//! or — for [`move_fd_to_3`] — from the daemon's `pre_exec`, where only async-signal-safe raw
-//! syscalls on values captured before the spawn are allowed.
+//! Everything here is called from the single-threaded cell helper (and its children), except
+//! [`async_fd`], which the daemon uses. Nothing here runs between fork and exec in the daemon:
+//! the launcher spawns the helper without `pre_exec` (see `launch.rs`).
+//! The pty calls [`open_pty_peer`] and [`set_window_size`] run in the launcher before the
+//! spawn (ordinary async-side code, not between fork and exec).
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
-
-/// The fd number the cell helper receives its control socket on.
-pub const HELPER_FD: RawFd = 3;
-
-/// In the daemon's `pre_exec` (after fork, before exec): make `fd` the child's fd 3 without
-/// close-on-exec. Async-signal-safe: only `dup2(2)`/`fcntl(2)` on integers captured before
-/// the fork; no allocation, no locks.
-pub fn move_fd_to_3(fd: RawFd) -> io::Result<()> {
-    if fd == HELPER_FD {
-        // SAFETY: fcntl(F_SETFD, 0) clears FD_CLOEXEC on an fd we own; no memory is touched.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    } else {
-        // SAFETY: dup2(2) duplicates `fd` onto 3 (closing whatever was there in this child only);
-        // the duplicate does not carry FD_CLOEXEC. Pure integer arguments.
-        if unsafe { libc::dup2(fd, HELPER_FD) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Arrange for `fd` to be the spawned helper's fd 3 (see [`move_fd_to_3`]).
-pub fn pass_fd_as_3(cmd: &mut tokio::process::Command, fd: RawFd) {
-    // SAFETY (pre_exec contract): the closure runs between fork and exec in a multi-threaded
-    // process; it only calls dup2/fcntl on an integer captured before the fork, allocates
-    // nothing and takes no locks.
-    unsafe {
-        cmd.pre_exec(move || move_fd_to_3(fd));
-    }
-}
 
 /// Start `child` in new namespaces with `clone(2)`, on a freshly allocated stack.
 ///
@@ -99,6 +69,44 @@ pub fn cloexec_from(from: u32) -> io::Result<()> {
         libc::syscall(libc::SYS_close_range, from, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint)
     };
     if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The peer (slave) of a pty master, opened through the master itself:
+/// `ioctl(master, TIOCGPTPEER, flags)` (Linux 4.13+). No path lookup in /dev/pts, so it cannot
+/// be raced or pointed at another devpts instance. Called by the launcher before the spawn.
+pub fn open_pty_peer(master: &impl AsFd, flags: nix::fcntl::OFlag) -> io::Result<OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes the open flags as an integer argument, reads no user memory
+    // and returns a new fd (or -1); `master` is borrowed, so it is open for the call.
+    let raw = unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCGPTPEER, flags.bits()) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is the fresh fd the kernel just returned; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Set a terminal's window size: `ioctl(fd, TIOCSWINSZ, &winsize)`.
+pub fn set_window_size(tty: &impl AsFd, rows: u16, cols: u16) -> io::Result<()> {
+    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` from the pointer, which points at `size`,
+    // alive for the duration of the call; the fd is borrowed, so it is open.
+    if unsafe { libc::ioctl(tty.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// In the payload, right after `setsid`: make the terminal on `fd` the session's controlling
+/// terminal, `ioctl(fd, TIOCSCTTY, 0)`. The caller must be a session leader without one, the
+/// terminal must not be another session's (arg 0: never steal) and `fd` must be open for
+/// reading. A plain integer fd (the payload passes 0), so nothing is allocated.
+pub fn set_controlling_tty(fd: RawFd) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0 = do not steal) and touches no user
+    // memory; a closed or non-terminal fd is an error return (EBADF / ENOTTY), not UB.
+    if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -166,22 +174,26 @@ pub fn install_seccomp(program: &[crate::policy::seccomp::BpfInsn]) -> io::Resul
     })
 }
 
-/// In the helper: take ownership of fd 3 (the control socket the launcher passed) and mark it
-/// close-on-exec so it never reaches the payload.
-pub fn take_helper_fd() -> io::Result<std::os::fd::OwnedFd> {
+/// In the helper: take ownership of the control socket the launcher left open at `fd` (its
+/// number is the helper's second argument) and mark it close-on-exec so it never reaches the
+/// payload.
+pub fn take_helper_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    // SAFETY: fcntl(F_GETFD) only inspects the fd table; it tells us fd 3 is open.
-    if unsafe { libc::fcntl(HELPER_FD, libc::F_GETFD) } < 0 {
+    if fd <= 2 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("control fd {fd} is a stdio fd")));
+    }
+    // SAFETY: fcntl(F_GETFD) only inspects the fd table; it tells us `fd` is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: fd 3 is open (checked above) and, by the launcher's contract, nothing else in
+    // SAFETY: `fd` is open (checked above) and, by the launcher's contract, nothing else in
     // this fresh process owns it.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(HELPER_FD) };
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     // SAFETY: FD_CLOEXEC on an fd we now own.
-    if unsafe { libc::fcntl(HELPER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(fd)
+    Ok(owned)
 }
 
 /// Register an owned fd with tokio's reactor (for fds tokio has no type for: inotify, eventfd,

@@ -1,0 +1,205 @@
+//! `[provider] tty = true`: the payload's stdin/stdout/stderr are one pseudo-terminal in raw
+//! mode, its controlling terminal. Proved end to end through a daemon of our own (temp socket,
+//! policies and cgroup root, as in `tests/daemon.rs`): a one-shot sees a terminal on 0, 1 and 2
+//! (its slave path visible under /dev/pts inside the cell), a session over `cat` answers in
+//! order with exact bytes (no echo, no `\r\n`), and nothing is left once the cells end.
+//! `cellkeep run` ignores `tty` and keeps its own stdio.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http::{call, raw};
+use common::{privileged, BIN, NOBODY};
+use serde_json::{json, Value};
+
+macro_rules! gate {
+    ($name:expr) => {
+        if !privileged($name) {
+            return;
+        }
+    };
+}
+
+/// Prints what the payload sees of its terminal. The one-shot command (the last argv element)
+/// lands in `sys.argv[1]` and is ignored.
+const PROBE: &str = r#"import os, sys
+print(os.isatty(0), os.isatty(1), os.isatty(2), os.ttyname(1).startswith('/dev/pts/'))
+print(os.tcgetpgrp(0) == os.getpgrp(), tuple(os.get_terminal_size(1)))
+os.close(os.open('/dev/tty', os.O_RDONLY))
+print('via stderr', file=sys.stderr, flush=True)
+"#;
+
+/// A daemon of our own with the tty providers.
+struct Daemon {
+    child: Option<Child>,
+    /// Holds the socket, config and policies (removed on drop).
+    _dir: tempfile::TempDir,
+    ws: tempfile::TempDir,
+    socket: PathBuf,
+    cgroup_root: String,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::Builder::new().prefix("ck-tty-").tempdir().expect("tempdir");
+        let ws = tempfile::Builder::new().prefix("ck-ws-").tempdir().expect("workspace");
+        std::os::unix::fs::chown(ws.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let pol = dir.path().join("policies");
+        std::fs::create_dir(&pol).expect("policy dir");
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
+        std::fs::copy(base, pol.join("base.toml")).expect("base");
+        let probe = serde_json::to_string(PROBE).expect("json string");
+        for (name, cmd, mode) in [
+            ("ttyprobe", format!("[\"/usr/bin/python3\", \"-c\", {probe}]"), "oneshot"),
+            ("ttycat", "[\"/bin/cat\"]".to_owned(), "session"),
+        ] {
+            let text = format!(
+                "extends = \"base\"\n[provider]\nname = \"{name}\"\ncommand = {cmd}\nmode = \"{mode}\"\ntty = true\n"
+            );
+            std::fs::write(pol.join(format!("{name}.toml")), text).expect("policy");
+        }
+        let config = dir.path().join("cellkeep.toml");
+        std::fs::write(&config, "grace_secs = 1.0\nshutdown_timeout_secs = 5.0\n").expect("config");
+        let socket = dir.path().join("cellkeep.sock");
+        let cgroup_root = format!("ck-test-{}", uuid::Uuid::now_v7().simple());
+        let child = Command::new(BIN)
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--policies")
+            .arg(&pol)
+            .args(["--cgroup-root", &cgroup_root, "--max-cells", "4"])
+            .env("CELLKEEP_LOG", "info")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        let d = Daemon { child: Some(child), _dir: dir, ws, socket, cgroup_root };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(15) {
+            if raw(&d.socket, "GET", "/v1/health", b"").map(|r| r.status == 200).unwrap_or(false) {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not answer on {} within 15 s", d.socket.display());
+    }
+
+    fn cwd(&self) -> String {
+        self.ws.path().display().to_string()
+    }
+
+    fn cells_on_disk(&self) -> Vec<String> {
+        cellkeep::cgroup::CgroupRoot::open(&self.cgroup_root).and_then(|r| r.list_cells()).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(20) && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Ok(root) = cellkeep::cgroup::CgroupRoot::open(&self.cgroup_root) {
+            for id in root.list_cells().unwrap_or_default() {
+                if let Ok(c) = root.open_cell(&id) {
+                    let _ = c.remove();
+                }
+            }
+            let _ = root.remove_if_empty();
+        }
+    }
+}
+
+// 1. A one-shot tty cell: 0, 1 and 2 are the terminal (a /dev/pts slave, visible inside the
+//    cell), it is the controlling terminal (foreground group, /dev/tty opens) of size 80x24, and
+//    stderr arrives merged into stdout with plain "\n" line ends.
+#[test]
+fn oneshot_sees_a_controlling_terminal() {
+    gate!("oneshot_sees_a_controlling_terminal");
+    let d = Daemon::start();
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/providers/ttyprobe/commands",
+        Some(&json!({"command": "ignored", "cwd": d.cwd(), "timeout_ms": 30000})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["exit"]["reason"], "exited", "{v}");
+    assert_eq!(v["exit"]["code"], 0, "{v}");
+    assert_eq!(v["stdout"], "True True True True\nTrue (80, 24)\nvia stderr\n", "{v}");
+    assert_eq!(v["stderr"], "", "{v}");
+    assert!(d.cells_on_disk().is_empty(), "cgroups left: {:?}", d.cells_on_disk());
+}
+
+// 2. A tty session over cat: several commands, each answered by exactly its own line, in order
+//    (raw mode: nothing echoed, no "\r\n"); the stream holds exactly what cat wrote. Then
+//    terminate: the payload is gone and so is the cgroup.
+#[test]
+fn session_replies_are_exact_and_nothing_is_left() {
+    gate!("session_replies_are_exact_and_nothing_is_left");
+    let d = Daemon::start();
+    let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "ttycat", "cwd": d.cwd()})));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let info = r.json();
+    let id = info["id"].as_str().unwrap_or_else(|| panic!("no id in {info}")).to_owned();
+    let pid = info["pid"].as_u64().unwrap_or(0);
+    assert!(pid > 0, "{info}");
+    let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).expect("payload's fd 0");
+    assert!(stdin.starts_with("/dev/pts/"), "cat's stdin is {}, not a pty slave", stdin.display());
+    // The last line is far longer than the terminal's input buffer (4 KiB): writes to the
+    // master wait for cat to drain it.
+    let mut lines: Vec<String> =
+        (0..50).map(|i| format!("command {i}\twith  tabs, ^C \u{3} and {}", "x".repeat(i * 7))).collect();
+    lines.push("y".repeat(200_000));
+    for line in &lines {
+        let r = call(
+            &d.socket,
+            "POST",
+            &format!("/v1/cells/{id}/commands"),
+            Some(&json!({"command": line, "timeout_ms": 10000})),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["stdout"], line.as_str(), "{}", r.text());
+        assert_eq!(r.json()["stderr"], "", "{}", r.text());
+    }
+    let out = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?from=0&follow=false"), None);
+    let events: Vec<Value> = out.text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let data: String = events
+        .iter()
+        .filter(|e| e["type"] == "data")
+        .inspect(|e| assert_eq!(e["stream"], "stdout", "a tty cell has one stream: {e}"))
+        .map(|e| e["data"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let expected: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    assert_eq!(data, expected, "the terminal added or echoed bytes");
+
+    let r = call(&d.socket, "DELETE", &format!("/v1/cells/{id}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["exit"]["reason"], "terminated", "{}", r.text());
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "payload {pid} still alive");
+    assert!(d.cells_on_disk().is_empty(), "cgroups left: {:?}", d.cells_on_disk());
+}
+
+// 3. `cellkeep run` with a tty policy keeps run's own stdio (here: pipes), so it works as before.
+#[test]
+fn run_ignores_tty() {
+    gate!("run_ignores_tty");
+    let w = common::World::new();
+    let policy = w.policy("ttyrun", "tty = true", "");
+    let r = w.run(&policy, &["/usr/bin/python3", "-c", "import os; print(os.isatty(0), os.isatty(1))"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    assert_eq!(r.output(), "False False", "{}", r.describe());
+    w.assert_no_cells();
+}
