@@ -225,7 +225,7 @@ impl Client {
                 ClientError::Protocol { what: path.clone(), status: status.as_u16(), detail: "empty error".into() }
             }));
         }
-        Ok(OutputStream { body: resp.into_body(), buf: BytesMut::new(), socket: self.socket.clone(), done: false })
+        Ok(OutputStream { body: resp.into_body(), buf: BytesMut::new(), scanned: 0, socket: self.socket.clone(), done: false })
     }
 }
 
@@ -266,6 +266,8 @@ fn seg(s: &str) -> String {
 pub struct OutputStream {
     body: Incoming,
     buf: BytesMut,
+    /// `buf[..scanned]` holds no newline.
+    scanned: usize,
     socket: PathBuf,
     done: bool,
 }
@@ -275,7 +277,10 @@ impl OutputStream {
     /// closed it without one — e.g. a non-follow read of what is kept so far).
     pub async fn next(&mut self) -> Result<Option<OutputLine>> {
         loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            // Search only the bytes not searched before: a long line arrives in many frames.
+            if let Some(found) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let pos = self.scanned + found;
+                self.scanned = 0;
                 let line = self.buf.split_to(pos + 1);
                 let text = &line[..pos];
                 if text.iter().all(u8::is_ascii_whitespace) {
@@ -287,6 +292,7 @@ impl OutputStream {
                     detail: e.to_string(),
                 });
             }
+            self.scanned = self.buf.len();
             if self.done {
                 return Ok(None);
             }

@@ -176,7 +176,12 @@ async fn main() -> Result<()> {
             let (mut bytes, mut dropped) = (0u64, 0u64);
             while let Some(line) = s.next().await? {
                 match line {
-                    OutputLine::Data { .. } => bytes += line.bytes().map(|b| b.len() as u64).unwrap_or(0),
+                    // Count without decoding: the length of `data`, or of what `data_b64` decodes to.
+                    OutputLine::Data { data: Some(d), .. } => bytes += d.len() as u64,
+                    OutputLine::Data { data_b64: Some(b), .. } => {
+                        bytes += (b.len() / 4 * 3 - b.bytes().rev().take_while(|&c| c == b'=').count()) as u64
+                    }
+                    OutputLine::Data { .. } => {}
                     OutputLine::Lagged { dropped: d } => dropped += d,
                     OutputLine::End => break,
                 }

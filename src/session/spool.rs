@@ -159,6 +159,9 @@ impl Spool {
     }
 }
 
+/// Largest data event a reader gets when several chunks are waiting.
+const COALESCE: usize = 256 * 1024;
+
 /// One reader's position in a spool.
 pub struct Subscription {
     spool: Spool,
@@ -206,9 +209,25 @@ impl Subscription {
             // The chunk holding `pos`: chunks are contiguous from `first` to `end`.
             let i = st.chunks.partition_point(|c| c.end() <= self.pos);
             if let Some(c) = st.chunks.get(i) {
-                let data = c.data.slice((self.pos - c.offset) as usize..);
+                let first = c.data.slice((self.pos - c.offset) as usize..);
+                // A reader that is behind gets the following chunks of the same stream in the
+                // same event (up to COALESCE bytes): fewer, larger events when output is fast.
+                let more = st.chunks.range(i + 1..).take_while(|n| n.stream == c.stream);
+                let mut end = c.end();
+                let mut data = first.clone();
+                let mut merged: Option<bytes::BytesMut> = None;
+                for n in more {
+                    if (end - self.pos) as usize + n.data.len() > COALESCE {
+                        break;
+                    }
+                    merged.get_or_insert_with(|| bytes::BytesMut::from(&first[..])).extend_from_slice(&n.data);
+                    end = n.end();
+                }
+                if let Some(m) = merged {
+                    data = m.freeze();
+                }
                 let ev = OutputEvent::Data { stream: c.stream, offset: self.pos, data };
-                self.pos = c.end();
+                self.pos = end;
                 return Some(ev);
             }
         }
@@ -268,14 +287,29 @@ mod tests {
         assert_eq!(s.kept(), (4, 14));
         let evs = ready(&mut slow);
         assert_eq!(evs[0], OutputEvent::Lagged { dropped: 4 });
-        assert_eq!(data(&evs[1]), (Stream::Stdout, 4, &b"456789"[..]));
-        assert_eq!(data(&evs[2]), (Stream::Stdout, 10, &b"abcd"[..]));
+        assert_eq!(data(&evs[1]), (Stream::Stdout, 4, &b"456789abcd"[..]));
         assert_eq!(s.snapshot(Stream::Stdout), (b"456789abcd".to_vec(), true));
         assert_eq!(s.snapshot(Stream::Stderr), (Vec::new(), false));
         // One push larger than the cap keeps its tail.
         s.push(Stream::Stderr, b"ABCDEFGHIJKLMNOP");
         assert_eq!(s.snapshot(Stream::Stderr), (b"GHIJKLMNOP".to_vec(), true));
         assert_eq!(s.total_bytes(), 30);
+    }
+
+    #[test]
+    fn a_reader_behind_gets_chunks_of_one_stream_coalesced() {
+        let s = Spool::new(4 * COALESCE);
+        for _ in 0..3 {
+            s.push(Stream::Stdout, b"abc");
+        }
+        s.push(Stream::Stderr, b"E");
+        s.push(Stream::Stdout, &vec![b'x'; COALESCE]);
+        let mut sub = s.subscribe(Some(1));
+        let evs = ready(&mut sub);
+        assert_eq!(data(&evs[0]), (Stream::Stdout, 1, &b"bcabcabc"[..]));
+        assert_eq!(data(&evs[1]), (Stream::Stderr, 9, &b"E"[..]));
+        assert_eq!(data(&evs[2]).2.len(), COALESCE);
+        assert_eq!(evs.len(), 3);
     }
 
     #[tokio::test]
