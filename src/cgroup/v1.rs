@@ -101,6 +101,13 @@ impl Root {
         self.dirs.unique()
     }
 
+    /// Whether the process whose `/proc/<pid>/cgroup` is `entries` sits beneath this root (in
+    /// the pids hierarchy, which every cell has).
+    pub fn holds(&self, entries: &[parse::ProcCgroup]) -> bool {
+        let Ok(mounts) = super::read_mountinfo() else { return false };
+        own_dir(entries, &mounts, "pids").is_ok_and(|d| d.starts_with(&self.dirs.pids) && d != self.dirs.pids)
+    }
+
     /// `mkdir <root>/<id>` in each hierarchy, then writes the limits; undoes the mkdirs on error.
     pub fn create_cell(&self, id: &str, limits: &CellLimits) -> Result<Cell, CgroupError> {
         let cell = Cell {

@@ -57,6 +57,16 @@ impl Root {
         Ok(Root { dir })
     }
 
+    /// Whether the process whose `/proc/<pid>/cgroup` is `entries` sits beneath this root.
+    pub fn holds(&self, entries: &[parse::ProcCgroup]) -> bool {
+        let (Some(path), Ok(mounts)) = (parse::v2_own_path(entries), super::read_mountinfo()) else {
+            return false;
+        };
+        parse::v2_mount(&mounts, path, Path::new(CGROUP_MOUNT))
+            .and_then(|m| parse::cgroup_dir(m, path))
+            .is_some_and(|d| d.starts_with(&self.dir) && d != self.dir)
+    }
+
     pub fn paths(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
     }

@@ -172,8 +172,10 @@ pub fn compile(spec: &SeccompSpec<'_>) -> Result<CompiledSeccomp, SeccompError> 
 
     let mut deny = unconditional(&denied_names(spec))?;
     if spec.default_preset {
-        add_arg_rules(&mut deny, "clone", 0, CLONE_NEW_FLAGS, true, spec.allow)?;
-        add_arg_rules(&mut deny, "ioctl", 1, DENIED_IOCTLS, false, spec.allow)?;
+        add_arg_rules(&mut deny, "clone", 0, CLONE_NEW_FLAGS, true, ArgLen::Qword, spec.allow)?;
+        // ioctl's request is an `unsigned int` to the kernel: compare only the low 32 bits, or
+        // `0x1_0000_5412` would pass the filter and still be TIOCSTI.
+        add_arg_rules(&mut deny, "ioctl", 1, DENIED_IOCTLS, false, ArgLen::Dword, spec.allow)?;
     }
     if !deny.is_empty() {
         filters.push(build("deny", deny, Action::Allow, action(spec.deny_action))?);
@@ -213,12 +215,16 @@ fn unconditional(names: &[String]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Se
 /// Add one rule per value for `syscall`'s argument `arg`: a masked match (`arg & v == v`)
 /// when `masked`, an equality otherwise. Several rules for one syscall are OR-ed. Skipped when
 /// the syscall is allowed outright or already denied unconditionally.
+/// How many bits of a syscall argument a rule compares.
+type ArgLen = SeccompCmpArgLen;
+
 fn add_arg_rules(
     rules: &mut BTreeMap<i64, Vec<SeccompRule>>,
     syscall: &str,
     arg: u8,
     values: &[u64],
     masked: bool,
+    len: ArgLen,
     allow: &[String],
 ) -> Result<(), SeccompError> {
     let nr = syscall_nr(syscall).ok_or_else(|| SeccompError::UnknownSyscall { name: syscall.to_owned() })?;
@@ -229,7 +235,7 @@ fn add_arg_rules(
     let entry = rules.entry(nr).or_default();
     for &v in values {
         let op = if masked { SeccompCmpOp::MaskedEq(v) } else { SeccompCmpOp::Eq };
-        let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, v).map_err(compile_err)?;
+        let cond = SeccompCondition::new(arg, len.clone(), op, v).map_err(compile_err)?;
         entry.push(SeccompRule::new(vec![cond]).map_err(compile_err)?);
     }
     Ok(())

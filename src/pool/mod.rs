@@ -118,6 +118,18 @@ impl Pool {
         Ok(pool)
     }
 
+    /// Whether the caller is a process inside one of the cells (or cannot be placed: no pid, or
+    /// its cgroup is unreadable — then it is treated as one). Such callers get no API at all.
+    pub fn caller_is_cell(&self, caller: &Caller) -> bool {
+        match caller.pid {
+            Some(pid) => {
+                let readable = std::path::Path::new(&format!("/proc/{pid}/cgroup")).exists();
+                !readable || self.inner.launcher.cgroups().holds_pid(pid)
+            }
+            None => true,
+        }
+    }
+
     pub fn config(&self) -> &Config {
         &self.inner.config
     }

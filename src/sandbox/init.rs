@@ -116,8 +116,10 @@ fn mount_view(plan: &LaunchPlan) -> Result<(), StepError> {
             None => None,
         };
         let opts = format!(
-            "size={size},mode=0700,uid={},gid={}",
-            plan.ids.inside_uid, plan.ids.inside_gid
+            "size={size},nr_inodes={},mode=0700,uid={},gid={}",
+            tmp_inodes(size),
+            plan.ids.inside_uid,
+            plan.ids.inside_gid
         );
         step(
             Stage::Mounts,
@@ -322,4 +324,11 @@ fn payload(plan: &LaunchPlan) -> Result<std::convert::Infallible, StepError> {
     }
     let err = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
     Err(StepError(Stage::Exec, err as i32, format!("execve {}: {err}", Path::new(&plan.exe).display())))
+}
+
+/// Inodes of the private tmpfs: one per 4 KiB of its size (at least 1024). Without a cap the
+/// kernel default (about one per page of RAM) lets a file flood run the cell into its memory
+/// limit (an OOM kill) instead of failing cleanly with ENOSPC.
+fn tmp_inodes(size: u64) -> u64 {
+    (size / 4096).max(1024)
 }
