@@ -8,7 +8,7 @@
 //! | module | owns |
 //! |---|---|
 //! | `main.rs` | mode choice: the hidden cell helper (`__cell-helper`) vs the CLI |
-//! | [`cli`] | clap subcommands (`run`, `policy check`, `policy show`) |
+//! | [`cli`] | clap subcommands (`run`, `policy check`, `policy show`, `daemon`, `doctor`, the client commands) |
 //! | [`error`] | the top-level error and its stable codes |
 //! | [`policy`] | TOML → validated [`policy::Policy`]; seccomp rules → BPF at load time |
 //! | [`cgroup`] | cell cgroups: layout detection, v1 (hybrid/legacy) and v2 (unified) backends, limits, usage and events, kill, remove |
@@ -17,7 +17,8 @@
 //! | [`api`] | HTTP/JSON over the Unix socket: routes, wire errors, peer credentials, authorisation |
 //! | [`client`] | typed client over the socket, shared by the CLI and the tests |
 //! | [`session`] | reply framing (line, sentinel, regex, JSON field) and the bounded output spool with live fan-out |
-//! | [`sandbox`] | launch plan, launcher, the helper, pid 1 and the payload recipe; `sys` holds all `unsafe` |
+//! | [`systemd`] | optional systemd integration: `sd_notify` readiness, socket activation, journald detection |
+//! | [`sandbox`] | launch plan, launcher, the helper, pid 1 and the payload recipe, pseudo-terminals (`pty`); `sys` holds all `unsafe` |
 //!
 //! # Process model
 //!
@@ -39,6 +40,7 @@ pub mod policy;
 pub mod pool;
 pub mod sandbox;
 pub mod session;
+pub mod systemd;
 
 /// The hidden first argument that turns the binary into the cell helper.
 pub const HELPER_ARG: &str = "__cell-helper";

@@ -1,5 +1,6 @@
-//! The Unix socket: bind it safely, accept with the peer's credentials, serve each connection
-//! with hyper, bound the number of connections, and drain them at shutdown.
+//! The Unix socket: bind it safely (or adopt the one systemd passed), accept with the peer's
+//! credentials, serve each connection with hyper, bound the number of connections, and drain
+//! them at shutdown.
 //!
 //! Kernel contract: `SO_PEERCRED` (via `UnixStream::peer_cred`) gives the uid, gid and pid of
 //! the process that called `connect(2)`, fixed at connect time — not forgeable by the peer.
@@ -7,7 +8,7 @@
 //! e.g. a peer in another pid namespace reports pid 0).
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pool::Caller;
+use crate::pool::{Caller, Pool};
 
 use super::ApiError;
 
@@ -57,12 +58,35 @@ pub fn bind(config: &Config) -> Result<UnixListener, ApiError> {
     Ok(listener)
 }
 
+/// Serve a listening socket systemd passed (socket activation). Its mode and group are the
+/// socket unit's business; the returned path is `None` because the daemon does not own it.
+pub fn adopt(listener: std::os::unix::net::UnixListener) -> Result<(UnixListener, Option<PathBuf>), ApiError> {
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("<inherited fd 3>"));
+    let io = |source| ApiError::Socket { path: path.clone(), source };
+    listener.set_nonblocking(true).map_err(io)?;
+    let listener = UnixListener::from_std(listener).map_err(io)?;
+    Ok((listener, None))
+}
+
+/// The socket's path for logs (`<unnamed>` for an abstract or unnamed socket).
+pub fn display_addr(listener: &UnixListener) -> String {
+    listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| "<unnamed>".to_owned())
+}
+
 /// The peer of an accepted connection.
 fn caller_of(stream: &UnixStream) -> std::io::Result<Caller> {
     let cred = stream.peer_cred()?;
     let pid = cred.pid().filter(|p| *p > 0);
     let groups = pid.map(supplementary_groups).unwrap_or_default();
-    Ok(Caller { uid: cred.uid(), gid: cred.gid(), pid, groups })
+    Ok(Caller { uid: cred.uid(), gid: cred.gid(), pid, groups, in_cell: false })
 }
 
 fn supplementary_groups(pid: i32) -> Vec<u32> {
@@ -94,7 +118,13 @@ impl Connections {
 }
 
 /// Accept and serve until `stop` is cancelled; the connections still open then.
-pub async fn serve(listener: UnixListener, router: Router, max_connections: usize, stop: CancellationToken) -> Connections {
+pub async fn serve(
+    listener: UnixListener,
+    router: Router,
+    pool: Pool,
+    max_connections: usize,
+    stop: CancellationToken,
+) -> Connections {
     let slots = Arc::new(Semaphore::new(max_connections));
     let (closing, closing_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -118,7 +148,15 @@ pub async fn serve(listener: UnixListener, router: Router, max_connections: usiz
             continue;
         };
         let caller = match caller_of(&stream) {
-            Ok(c) => c,
+            Ok(mut c) => {
+                // A process inside a cell must never drive the supervisor, whatever the socket's
+                // permissions let its uid do (Landlock has no right for connect(2) to a socket).
+                c.in_cell = pool.caller_is_cell(&c);
+                if c.in_cell {
+                    tracing::warn!(pid = ?c.pid, uid = c.uid, "connection from inside a cell; every request will be refused");
+                }
+                c
+            }
             Err(e) => {
                 tracing::warn!("cannot read the peer's credentials ({e}); connection refused");
                 continue;

@@ -9,7 +9,8 @@
 //!
 //! [`run_daemon`] is the whole daemon: pool start (with restart recovery), socket, signals
 //! (SIGTERM/SIGINT: shutdown; SIGHUP: policy reload), and the shutdown sequence — stop
-//! accepting, end every cell, drain connections, remove the socket.
+//! accepting, end every cell, drain connections, remove the socket (unless systemd passed it:
+//! socket activation, see [`crate::systemd`]).
 
 pub mod error;
 pub mod listen;
@@ -42,10 +43,20 @@ pub enum ApiError {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run the daemon until SIGTERM/SIGINT or `POST /v1/shutdown`; `Ok` after a clean shutdown.
-pub async fn run_daemon(config: Config) -> Result<(), ApiError> {
+///
+/// `activated` is the listening socket systemd passed (socket activation): it is served as is
+/// (its mode and group are the socket unit's) and left in place at shutdown. Without it the
+/// daemon binds `config.socket` itself and removes it at shutdown. The service manager hears
+/// `READY=1` once the policies are loaded and the socket listens, `STOPPING=1` when shutdown
+/// begins, and `RELOADING=1` … `READY=1` around a SIGHUP reload.
+pub async fn run_daemon(config: Config, activated: Option<std::os::unix::net::UnixListener>) -> Result<(), ApiError> {
     let pool = Pool::start(config.clone()).await?;
-    let listener = match listen::bind(&config) {
-        Ok(l) => l,
+    let bound = match activated {
+        Some(l) => listen::adopt(l),
+        None => listen::bind(&config).map(|l| (l, Some(config.socket.clone()))),
+    };
+    let (listener, owned) = match bound {
+        Ok(b) => b,
         Err(e) => {
             pool.shutdown().await;
             return Err(e);
@@ -56,17 +67,25 @@ pub async fn run_daemon(config: Config) -> Result<(), ApiError> {
         Ok(t) => t,
         Err(e) => {
             pool.shutdown().await;
-            listen::unlink(&config.socket);
+            if let Some(path) = &owned {
+                listen::unlink(path);
+            }
             return Err(e);
         }
     };
     let router = routes::router(routes::AppState { pool: pool.clone(), shutdown: stop.clone() });
-    tracing::info!(socket = %config.socket.display(), "listening");
-    let connections = listen::serve(listener, router, config.max_connections, stop).await;
+    let shown = listen::display_addr(&listener);
+    tracing::info!(socket = %shown, activated = owned.is_none(), "listening");
+    crate::systemd::notify_ready(&format!("listening on {shown}"));
+    let connections = listen::serve(listener, router, pool.clone(), config.max_connections, stop).await;
     tracing::info!("shutting down: no new connections");
+    crate::systemd::notify_stopping();
     let ended = pool.shutdown().await;
     connections.drain(DRAIN_TIMEOUT).await;
-    listen::unlink(&config.socket);
+    // A socket systemd passed belongs to the socket unit: it stays for the next activation.
+    if let Some(path) = &owned {
+        listen::unlink(path);
+    }
     signals.abort();
     tracing::info!(cells_ended = ended.count, "shutdown complete");
     Ok(())
@@ -84,15 +103,25 @@ fn watch_signals(pool: Pool, stop: CancellationToken) -> Result<tokio::task::Joi
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM"); stop.cancel(); }
                 _ = int.recv() => { tracing::info!("SIGINT"); stop.cancel(); }
-                _ = hup.recv() => match pool.reload() {
-                    Ok(n) => tracing::info!(providers = n, "SIGHUP: policies reloaded"),
-                    Err(diags) => {
-                        for d in &diags {
-                            tracing::error!("policy: {d}");
+                _ = hup.recv() => {
+                    crate::systemd::notify_reloading();
+                    match pool.reload() {
+                        Ok(n) => {
+                            tracing::info!(providers = n, "SIGHUP: policies reloaded");
+                            crate::systemd::notify_ready(&format!("policies reloaded: {n} providers"));
                         }
-                        tracing::error!(problems = diags.len(), "SIGHUP: reload rejected; keeping the previous policies");
+                        Err(diags) => {
+                            for d in &diags {
+                                tracing::error!("policy: {d}");
+                            }
+                            tracing::error!(problems = diags.len(), "SIGHUP: reload rejected; keeping the previous policies");
+                            crate::systemd::notify_ready(&format!(
+                                "reload rejected ({} problems); serving the previous policies",
+                                diags.len()
+                            ));
+                        }
                     }
-                },
+                }
             }
         }
     }))

@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(refuse_cells))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -232,6 +233,19 @@ async fn no_method(method: Method, uri: Uri) -> HttpError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: "bad_request",
         message: format!("{} does not accept {method}", uri.path()),
+    }
+}
+
+/// Requests from a process inside a cell are refused, all of them (see `listen::serve`).
+async fn refuse_cells(req: Request, next: Next) -> Response {
+    match req.extensions().get::<Caller>() {
+        Some(c) if c.in_cell => HttpError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: format!("pid {} runs inside a cellkeep cell: cells may not use the daemon", c.pid.unwrap_or(0)),
+        }
+        .into_response(),
+        _ => next.run(req).await,
     }
 }
 

@@ -48,6 +48,16 @@ impl Dirs {
     }
 }
 
+/// `own` + `/` + `name`, for cgroup paths as `/proc/<pid>/cgroup` writes them.
+pub(super) fn join_rel(own: &str, name: &str) -> String {
+    format!("{}/{name}", own.trim_end_matches('/'))
+}
+
+/// Whether cgroup path `path` is strictly beneath `root` (both as in `/proc/<pid>/cgroup`).
+pub(super) fn below(path: &str, root: &str) -> bool {
+    path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// The directory of this process's cgroup in the hierarchy carrying `controller`.
 fn own_dir(
     entries: &[parse::ProcCgroup],
@@ -66,6 +76,8 @@ fn own_dir(
 #[derive(Debug, Clone)]
 pub struct Root {
     dirs: Dirs,
+    /// The root's path in the pids hierarchy as `/proc/<pid>/cgroup` shows it (`/a/b/cellkeep`).
+    pids_rel: String,
 }
 
 impl Root {
@@ -83,6 +95,7 @@ impl Root {
             freezer: own("freezer")?,
         }
         .join(name);
+        let pids_rel = join_rel(parse::v1_own_path(&entries, "pids").unwrap_or("/"), name);
         let mut created = Vec::new();
         for dir in dirs.unique() {
             match fs::mkdir(&dir) {
@@ -94,7 +107,7 @@ impl Root {
                 }
             }
         }
-        Ok(Root { dirs })
+        Ok(Root { dirs, pids_rel })
     }
 
     pub fn paths(&self) -> Vec<PathBuf> {
@@ -104,8 +117,7 @@ impl Root {
     /// Whether the process whose `/proc/<pid>/cgroup` is `entries` sits beneath this root (in
     /// the pids hierarchy, which every cell has).
     pub fn holds(&self, entries: &[parse::ProcCgroup]) -> bool {
-        let Ok(mounts) = super::read_mountinfo() else { return false };
-        own_dir(entries, &mounts, "pids").is_ok_and(|d| d.starts_with(&self.dirs.pids) && d != self.dirs.pids)
+        parse::v1_own_path(entries, "pids").is_some_and(|p| below(p, &self.pids_rel))
     }
 
     /// `mkdir <root>/<id>` in each hierarchy, then writes the limits; undoes the mkdirs on error.

@@ -20,6 +20,8 @@ const SUPERVISOR_LEAF: &str = "supervisor";
 #[derive(Debug, Clone)]
 pub struct Root {
     dir: PathBuf,
+    /// The root's path as `/proc/<pid>/cgroup` (`0::…`) shows it.
+    rel: String,
 }
 
 impl Root {
@@ -54,17 +56,12 @@ impl Root {
         fs::mkdir(&dir)?;
         check_controllers(&dir)?;
         enable_controllers(&dir)?;
-        Ok(Root { dir })
+        Ok(Root { dir, rel: super::v1::join_rel(own, name) })
     }
 
     /// Whether the process whose `/proc/<pid>/cgroup` is `entries` sits beneath this root.
     pub fn holds(&self, entries: &[parse::ProcCgroup]) -> bool {
-        let (Some(path), Ok(mounts)) = (parse::v2_own_path(entries), super::read_mountinfo()) else {
-            return false;
-        };
-        parse::v2_mount(&mounts, path, Path::new(CGROUP_MOUNT))
-            .and_then(|m| parse::cgroup_dir(m, path))
-            .is_some_and(|d| d.starts_with(&self.dir) && d != self.dir)
+        parse::v2_own_path(entries).is_some_and(|p| super::v1::below(p, &self.rel))
     }
 
     pub fn paths(&self) -> Vec<PathBuf> {

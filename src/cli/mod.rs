@@ -3,13 +3,16 @@
 //! - [`local`]: what works without a daemon — `run` (one process in a cell, in the
 //!   foreground; exits with the child's status: 124 timeout, 125 setup failure, 128+N signal)
 //!   and `policy check` / `policy show`.
-//! - `daemon`: the supervisor itself ([`crate::api::run_daemon`]).
+//! - `daemon`: the supervisor itself ([`crate::api::run_daemon`]); under systemd it takes the
+//!   socket-activated listener, notifies readiness and logs to journald ([`crate::systemd`]).
+//! - [`doctor`]: what this host supports and whether each policy can be enforced here.
 //! - [`remote`]: every pool operation through the socket with the typed [`crate::client`]:
 //!   `spawn`, `session`, `send`, `exec`, `ps`, `get`, `kill`, `health`, `logs`, `cleanup`,
 //!   `shutdown`. Human output by default, `--json` for scripts; an error is printed as
 //!   `cellkeep: error: CODE: MESSAGE` (with `--json`: the daemon's `{code, message}` body on
 //!   stderr) and exits 1.
 
+mod doctor;
 mod local;
 mod remote;
 
@@ -37,8 +40,12 @@ enum Cmd {
     /// Validate and inspect provider policies.
     #[command(subcommand)]
     Policy(PolicyCmd),
-    /// Run the supervisor daemon on --socket.
+    /// Run the supervisor daemon on --socket (or on the socket systemd passed).
     Daemon(DaemonArgs),
+    /// Report what this host supports and whether each policy can be enforced fully here.
+    /// Exit status: 0 when every policy can launch (fully, or degraded as its enforcement
+    /// mode allows), 1 when any would fail or is invalid.
+    Doctor(DoctorArgs),
     /// Start a cell for a provider; prints its id.
     Spawn(SpawnArgs),
     /// Your live session of a provider, or a new one; prints its id.
@@ -130,6 +137,18 @@ enum PolicyCmd {
 }
 
 #[derive(Debug, clap::Args)]
+struct DoctorArgs {
+    /// Directory of provider policies (default: the config's policy_dir, else the daemon's
+    /// default: /etc/cellkeep/policies when it exists, else ./policies).
+    #[arg(long)]
+    policies: Option<PathBuf>,
+    /// Daemon settings to take policy_dir from when --policies is not given (default:
+    /// /etc/cellkeep/cellkeep.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct DaemonArgs {
     /// Daemon settings (TOML); flags override it.
     #[arg(long)]
@@ -199,6 +218,7 @@ pub fn main() -> i32 {
         }
         Cmd::Policy(PolicyCmd::Show { name, dir }) => local::policy_show(&name, &dir),
         Cmd::Daemon(args) => daemon(args, cli.socket),
+        Cmd::Doctor(args) => doctor::run(args.policies, args.config, cli.json),
         cmd => return remote::main(cmd, &cli.socket, cli.json),
     };
     match result {
@@ -211,10 +231,24 @@ pub fn main() -> i32 {
 }
 
 /// The daemon logs at `info` unless `CELLKEEP_LOG` says otherwise; client commands at `warn`.
+/// When stderr is the journal (run by systemd), logs go to journald natively, with their
+/// priority and fields; otherwise as text on stderr.
 fn init_logging(daemon: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CELLKEEP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if crate::systemd::journald_stderr() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                let journal = journal.with_syslog_identifier("cellkeep".to_owned());
+                let _ = tracing_subscriber::registry().with(filter).with(journal).try_init();
+                return;
+            }
+            Err(e) => eprintln!("cellkeep: cannot reach journald ({e}); logging to stderr"),
+        }
+    }
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
@@ -237,8 +271,10 @@ fn daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<i32> {
     if let Some(r) = args.cgroup_root {
         config.cgroup_root = r;
     }
+    // Before the runtime starts: this reads and clears LISTEN_* from the environment.
+    let activated = crate::systemd::take_activated_listener()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("cellkeep").build()?;
-    match rt.block_on(crate::api::run_daemon(config)) {
+    match rt.block_on(crate::api::run_daemon(config, activated)) {
         Ok(()) => Ok(0),
         Err(e) => {
             tracing::error!("{e}");

@@ -159,7 +159,9 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             println!("daemon shutting down; {} cell(s) ended", n.count);
             Ok(0)
         }
-        Cmd::Run(_) | Cmd::Policy(_) | Cmd::Daemon(_) => Err(Failure::Usage("not a client command".into())),
+        Cmd::Run(_) | Cmd::Policy(_) | Cmd::Daemon(_) | Cmd::Doctor(_) => {
+            Err(Failure::Usage("not a client command".into()))
+        }
     }
 }
 
@@ -219,6 +221,10 @@ fn print_result(r: &CommandResult, json: bool) -> Outcome {
         print_json(r)?;
     } else {
         print!("{}", r.stdout);
+        // A session reply is framed without its terminator: end the line for the terminal.
+        if r.exit.is_none() && !r.stdout.ends_with('\n') {
+            println!();
+        }
         eprint!("{}", r.stderr);
         let _ = std::io::stdout().flush();
         if r.truncated {

@@ -121,6 +121,8 @@ impl Pool {
     /// Whether the caller is a process inside one of the cells (or cannot be placed: no pid, or
     /// its cgroup is unreadable — then it is treated as one). Such callers get no API at all.
     pub fn caller_is_cell(&self, caller: &Caller) -> bool {
+        // Read at accept time (cheap: one small /proc file). A peer that already exited by then
+        // is refused too: a child it left behind could still use the connection.
         match caller.pid {
             Some(pid) => {
                 let readable = std::path::Path::new(&format!("/proc/{pid}/cgroup")).exists();

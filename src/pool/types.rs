@@ -16,11 +16,13 @@ pub struct Caller {
     pub pid: Option<i32>,
     /// Supplementary groups of the peer process (read at accept; empty if unknown).
     pub groups: Vec<u32>,
+    /// The peer runs inside one of the cells (or could not be placed): it gets no API at all.
+    pub in_cell: bool,
 }
 
 impl Caller {
     pub fn root() -> Caller {
-        Caller { uid: 0, gid: 0, pid: None, groups: Vec::new() }
+        Caller { uid: 0, gid: 0, pid: None, groups: Vec::new(), in_cell: false }
     }
 }
 
