@@ -110,12 +110,7 @@ impl Client {
             match sender.send_request(Self::build(method.clone(), path, body.clone())).await {
                 Ok(resp) => {
                     let status = resp.status();
-                    let bytes = resp
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|source| ClientError::Transport { path: self.socket.clone(), source })?
-                        .to_bytes();
+                    let bytes = self.body_of(resp).await?;
                     *guard = Some(sender);
                     return Ok((status, bytes));
                 }
@@ -128,6 +123,16 @@ impl Client {
             path: self.socket.clone(),
             source: std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the daemon closed the connection"),
         })
+    }
+
+    /// A whole (non-streaming) response body.
+    async fn body_of(&self, resp: Response<Incoming>) -> Result<Bytes> {
+        Ok(resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| ClientError::Transport { path: self.socket.clone(), source })?
+            .to_bytes())
     }
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<T> {
@@ -215,12 +220,7 @@ impl Client {
             .map_err(|source| ClientError::Transport { path: self.socket.clone(), source })?;
         let status = resp.status();
         if !status.is_success() {
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|source| ClientError::Transport { path: self.socket.clone(), source })?
-                .to_bytes();
+            let bytes = self.body_of(resp).await?;
             return Err(decode::<()>(&format!("GET {path}"), status, &bytes).err().unwrap_or_else(|| {
                 ClientError::Protocol { what: path.clone(), status: status.as_u16(), detail: "empty error".into() }
             }));

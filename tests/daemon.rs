@@ -423,6 +423,8 @@ fn bad_requests_get_specific_errors() {
         ("10 MB body", vec![b' '; 10 << 20], "bad_request"),
         ("unknown provider", format!(r#"{{"provider":"nope","cwd":"{}"}}"#, d.cwd()).into_bytes(), "unknown_provider"),
         ("cwd outside roots", br#"{"provider":"cat","cwd":"/etc"}"#.to_vec(), "bad_request"),
+        ("cwd escaping by ..", format!(r#"{{"provider":"cat","cwd":"{}/../../etc"}}"#, d.cwd()).into_bytes(), "bad_request"),
+        ("cwd is a workdir root", br#"{"provider":"cat","cwd":"/tmp"}"#.to_vec(), "bad_request"),
     ];
     for (what, body, code) in cases {
         let r = raw(&d.socket, "POST", "/v1/cells", &body).unwrap_or_else(|e| panic!("{what}: {e}"));

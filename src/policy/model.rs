@@ -113,7 +113,7 @@ pub struct EnvPolicy {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Workdir {
-    /// Canonical absolute roots; a caller's cwd must be one of them or beneath one.
+    /// Canonical absolute roots; a caller's cwd must be strictly beneath one.
     pub roots: Vec<PathBuf>,
 }
 

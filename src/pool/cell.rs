@@ -195,8 +195,8 @@ pub fn start(
         Err(e) => tracing::warn!(cell = %entry.id, "limit events will only be seen when read: {e}"),
     }
 
-    let out_pump = tokio::spawn(pump_stdout(entry.clone(), stdout, framer, reply_tx));
-    let err_pump = tokio::spawn(pump(entry.clone(), stderr, Stream::Stderr));
+    let out_pump = tokio::spawn(pump(entry.clone(), stdout, Stream::Stdout, framer.map(|f| (f, reply_tx))));
+    let err_pump = tokio::spawn(pump(entry.clone(), stderr, Stream::Stderr, None));
     let drained = entry.clone();
     tokio::spawn(async move {
         let _ = out_pump.await;
@@ -253,7 +253,14 @@ async fn watch_limits(entry: Arc<CellEntry>, mut watch: crate::cgroup::watch::Ev
     }
 }
 
-async fn pump(entry: Arc<CellEntry>, pipe: Option<impl tokio::io::AsyncRead + Unpin>, stream: Stream) {
+/// Carry one output pipe into the spool until EOF; stdout of a session also goes through the
+/// reply framer (`framing`). Never blocks on readers: the spool is bounded.
+async fn pump(
+    entry: Arc<CellEntry>,
+    pipe: Option<CellOutput>,
+    stream: Stream,
+    mut framing: Option<(Framer, mpsc::Sender<Result<Reply, SessionError>>)>,
+) {
     let Some(mut pipe) = pipe else { return };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -262,27 +269,8 @@ async fn pump(entry: Arc<CellEntry>, pipe: Option<impl tokio::io::AsyncRead + Un
             Ok(n) => {
                 entry.spool.push(stream, &buf[..n]);
                 entry.touch();
-            }
-        }
-    }
-}
-
-async fn pump_stdout(
-    entry: Arc<CellEntry>,
-    pipe: Option<CellOutput>,
-    mut framer: Option<Framer>,
-    replies: mpsc::Sender<Result<Reply, SessionError>>,
-) {
-    let Some(mut pipe) = pipe else { return };
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                entry.spool.push(Stream::Stdout, &buf[..n]);
-                entry.touch();
-                if let Some(f) = framer.as_mut() {
-                    for reply in f.push(&buf[..n]) {
+                if let Some((framer, replies)) = framing.as_mut() {
+                    for reply in framer.push(&buf[..n]) {
                         // A reply nobody asked for (no command waiting) is dropped when the
                         // queue is full rather than blocking the pump; `send` discards stale
                         // replies before writing its command.

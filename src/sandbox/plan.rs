@@ -218,8 +218,8 @@ pub fn check_mechanisms(policy: &Policy, host: &HostCaps) -> Result<Vec<Degradat
     Ok(degraded)
 }
 
-/// Canonicalise the caller's cwd (resolving `..` and symlinks) and require it to be one of the
-/// policy's roots or beneath one. A symlink that points outside is caught because the check
+/// Canonicalise the caller's cwd (resolving `..` and symlinks) and require it to be strictly
+/// beneath one of the policy's roots. A symlink that points outside is caught because the check
 /// runs on the resolved path.
 pub fn resolve_cwd(policy: &Policy, cwd: &Path) -> Result<PathBuf, SandboxError> {
     let canonical = std::fs::canonicalize(cwd).map_err(|source| SandboxError::Cwd {
@@ -232,6 +232,15 @@ pub fn resolve_cwd(policy: &Policy, cwd: &Path) -> Result<PathBuf, SandboxError>
             provider: policy.name.clone(),
             path: cwd.to_owned(),
             reason: "not a directory".to_owned(),
+        });
+    }
+    if policy.workdir.roots.iter().any(|root| canonical == *root) {
+        // A root is a shared parent (/home, /tmp): granting it whole would hand the cell every
+        // workspace beneath it. A cell works in one directory below a root.
+        return Err(SandboxError::Cwd {
+            provider: policy.name.clone(),
+            path: cwd.to_owned(),
+            reason: format!("is the workdir root {} itself; use a directory beneath it", canonical.display()),
         });
     }
     if policy.workdir.roots.iter().any(|root| canonical.starts_with(root)) {
