@@ -1620,10 +1620,13 @@ fn exhaust_disk_in_private_tmp() {
     assert!(written <= 64 << 20, "ESCAPE: {written} bytes written to a 64 MiB tmp\n{ctx}");
     assert!(written >= 60 << 20, "the tmp filled up early ({written} bytes)\n{ctx}");
     assert_eq!(line_of(&out, "size"), (64u64 << 20).to_string(), "the private /tmp is not 64 MiB\n{ctx}");
+    // The host's /tmp is shared with whatever else runs on the machine, so its free space
+    // drifts by tens of MiB on its own; the 1 GiB the cell tried to write would show far above
+    // that drift if the private tmp were not a separate, capped tmpfs.
     let free_after = host_tmp_free();
     assert!(
-        free_after + (16 << 20) >= free_before,
-        "the host's /tmp lost {} bytes",
+        free_after + (512 << 20) >= free_before,
+        "ESCAPE: the host's /tmp lost {} bytes while the cell filled its private tmp",
         free_before.saturating_sub(free_after)
     );
     a.contained();
