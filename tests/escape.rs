@@ -1596,7 +1596,7 @@ fn symlink_in_a_writable_path() {
 // ------------------------------------------------------------------------------------------
 
 // 36. Fill the private /tmp: writes stop with ENOSPC at base's tmp_size (64M); the host's
-//     /tmp does not move.
+//     /tmp never sees the fill.
 #[test]
 fn exhaust_disk_in_private_tmp() {
     gate!("exhaust_disk_in_private_tmp");
