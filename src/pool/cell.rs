@@ -21,6 +21,9 @@ use crate::session::{Framer, Reply, SessionError, Spool, Stream};
 
 use super::types::{CellInfo, CellState};
 
+/// Replies kept for the command in flight (each up to `MAX_REPLY_BYTES`).
+const REPLY_QUEUE: usize = 4;
+
 /// The session side of a cell: where commands go and replies come from.
 pub struct SessionIo {
     /// The payload's stdin pipe, or the pty master of a `tty` cell.
@@ -159,7 +162,8 @@ pub fn start(
     on_end: impl FnOnce(&Arc<CellEntry>, &Outcome) + Send + 'static,
 ) -> Arc<CellEntry> {
     let spool = Spool::new(policy.limits.output_bytes as usize);
-    let (reply_tx, reply_rx) = mpsc::channel(64);
+    // A command expects one reply; the few slots only absorb replies that race a command.
+    let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE);
     // A tty cell: stdin and stdout are the pty master, and there is no separate stderr.
     let CellIo { stdin, stdout, stderr } = cell.take_io();
     let io = match (session, stdin) {
@@ -225,6 +229,21 @@ pub fn start(
     entry
 }
 
+/// The watched files could not be read: the cell is ending (the daemon removes its cgroup),
+/// or its cgroup was removed behind the daemon's back while it runs — then say so and end it.
+async fn vanished_cgroup(entry: &Arc<CellEntry>) {
+    if entry.cgroup.paths().iter().all(|p| p.exists()) {
+        return;
+    }
+    // A cell that ends normally records its exit right after the daemon removed its cgroup.
+    let mut exit = entry.exit.subscribe();
+    if tokio::time::timeout(Duration::from_secs(2), exit.wait_for(|e| e.is_some())).await.is_ok() {
+        return;
+    }
+    tracing::error!(cell = %entry.id, provider = %entry.provider, "the cell's cgroup was removed behind the daemon's back; ending the cell");
+    entry.request_stop(Stop::Kill { reason: ExitReason::Terminated });
+}
+
 /// Until the cell ends: wake on the kernel's limit-event notification and record the counters.
 /// On v1 the OOM eventfd fires just before the OOM killer runs, so a wake-up with no visible
 /// change is re-read a few times shortly after.
@@ -247,7 +266,10 @@ async fn watch_limits(entry: Arc<CellEntry>, mut watch: crate::cgroup::watch::Ev
                     break;
                 }
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10 * (attempt + 1))).await,
-                Err(_) => break, // the cell is going away
+                Err(_) => {
+                    vanished_cgroup(&entry).await;
+                    return;
+                }
             }
         }
     }
@@ -271,10 +293,14 @@ async fn pump(
                 entry.touch();
                 if let Some((framer, replies)) = framing.as_mut() {
                     for reply in framer.push(&buf[..n]) {
-                        // A reply nobody asked for (no command waiting) is dropped when the
-                        // queue is full rather than blocking the pump; `send` discards stale
-                        // replies before writing its command.
-                        let _ = replies.try_send(reply);
+                        // Only while a command is in flight: a reply nobody asked for is
+                        // dropped at once, so a session printing unrequested output cannot make
+                        // the daemon hold it (up to MAX_REPLY_BYTES each). A full queue drops
+                        // too rather than block the pump; `send` discards stale replies before
+                        // writing its command.
+                        if entry.is_busy() {
+                            let _ = replies.try_send(reply);
+                        }
                     }
                 }
             }

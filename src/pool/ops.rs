@@ -317,6 +317,11 @@ impl Pool {
         let entry = self.cell(caller, id)?;
         let cg = entry.cgroup.clone();
         let running = entry.exit_reason().is_none();
+        if running && !cg.paths().iter().all(|p| p.exists()) {
+            return Err(PoolError::Internal(format!(
+                "cell {id}: its cgroup is gone (removed behind the daemon's back); the cell is being ended"
+            )));
+        }
         let (usage, events, open_fds) = tokio::task::spawn_blocking(move || {
             if !running {
                 return (Default::default(), None, 0);

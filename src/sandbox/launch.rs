@@ -373,10 +373,20 @@ impl Cell {
         self.finish(forced).await
     }
 
-    /// SIGKILL every process of the cell (cgroup.kill on v2, freeze/kill/thaw on v1).
+    /// SIGKILL every process of the cell (cgroup.kill on v2, freeze/kill/thaw on v1). If the
+    /// cgroup is gone (removed behind our back) or would not empty, the processes we know by pid
+    /// are killed directly: the payload (its pid 1 then exits, and the kernel kills the rest of
+    /// the pid namespace with it) and the helper.
     pub async fn kill_all(&self) {
         let cg = self.cgroup.clone();
-        let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
+        let killed = tokio::task::spawn_blocking(move || cg.kill_all().map(|()| cg.paths().iter().all(|p| p.exists())))
+            .await;
+        if !matches!(killed, Ok(Ok(true))) {
+            tracing::warn!(cell = %self.id, "the cell's cgroup is gone or would not empty; killing its processes by pid");
+            for pid in [self.payload_pid, self.helper_pid()].into_iter().flatten() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
     }
 
     /// Collect the remaining reports and the helper's status, classify, clean up.
