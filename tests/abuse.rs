@@ -800,8 +800,11 @@ fn session_reply_flood() {
         r.text().chars().take(200).collect::<String>()
     );
     assert_eq!(r.json()["stdout"], "ok", "{}", r.text().chars().take(300).collect::<String>());
+    // Bounded by design: the framer's partial reply (≤ 16 MiB) and the chunk being copied,
+    // plus what the allocator keeps (seen: +79 MiB under emulation in the VM, +2 MiB here);
+    // the bug this guards against held ~1 GiB.
     assert!(
-        seen.rss_peak.max(rss_idle) < rss_before + 64 * MIB,
+        seen.rss_peak.max(rss_idle) < rss_before + 128 * MIB,
         "daemon RSS grew {:.1} MiB holding replies nobody asked for",
         mib(seen.rss_peak.max(rss_idle) - rss_before)
     );

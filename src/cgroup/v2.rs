@@ -294,7 +294,12 @@ impl Cell {
     /// whenever a counter in them changes.
     pub fn event_sources(&self) -> super::watch::EventSources {
         super::watch::EventSources {
-            modified: vec![file(&self.dir, "memory.events"), file(&self.dir, "pids.events")],
+            // cgroup.events: `populated` flips to 0 when the last process leaves.
+            modified: vec![
+                file(&self.dir, "memory.events"),
+                file(&self.dir, "pids.events"),
+                file(&self.dir, "cgroup.events"),
+            ],
             oom_eventfd: None,
         }
     }

@@ -229,19 +229,28 @@ pub fn start(
     entry
 }
 
-/// The watched files could not be read: the cell is ending (the daemon removes its cgroup),
-/// or its cgroup was removed behind the daemon's back while it runs — then say so and end it.
-async fn vanished_cgroup(entry: &Arc<CellEntry>) {
-    if entry.cgroup.paths().iter().all(|p| p.exists()) {
-        return;
+/// The cell's cgroup is gone or empty: the cell is ending (its processes exit, then the daemon
+/// removes the cgroup), or its processes were moved out or its cgroup removed behind the
+/// daemon's back while it runs — then say so and end it.
+/// Returns whether the watch should stop.
+async fn vanished_cgroup(entry: &Arc<CellEntry>) -> bool {
+    let cg = entry.cgroup.clone();
+    let intact = tokio::task::spawn_blocking(move || {
+        cg.paths().iter().all(|p| p.exists()) && cg.procs().is_ok_and(|p| !p.is_empty())
+    })
+    .await
+    .unwrap_or(true);
+    if intact {
+        return false;
     }
     // A cell that ends normally records its exit right after the daemon removed its cgroup.
     let mut exit = entry.exit.subscribe();
     if tokio::time::timeout(Duration::from_secs(2), exit.wait_for(|e| e.is_some())).await.is_ok() {
-        return;
+        return true;
     }
     tracing::error!(cell = %entry.id, provider = %entry.provider, "the cell's cgroup was removed behind the daemon's back; ending the cell");
     entry.request_stop(Stop::Kill { reason: ExitReason::Terminated });
+    true
 }
 
 /// Until the cell ends: wake on the kernel's limit-event notification and record the counters.
@@ -266,11 +275,12 @@ async fn watch_limits(entry: Arc<CellEntry>, mut watch: crate::cgroup::watch::Ev
                     break;
                 }
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10 * (attempt + 1))).await,
-                Err(_) => {
-                    vanished_cgroup(&entry).await;
-                    return;
-                }
+                Err(_) => break,
             }
+        }
+        // No counter moved, or the files are gone: maybe the cgroup itself went away.
+        if vanished_cgroup(&entry).await {
+            return;
         }
     }
 }
