@@ -37,6 +37,8 @@ pub struct Framer {
     body: Vec<u8>,
     /// Dropping the rest of an oversized reply until its end marker.
     discarding: bool,
+    /// While discarding: the current line outgrew `max_reply`, so it cannot be the end marker.
+    line_too_long: bool,
 }
 
 impl Framer {
@@ -51,7 +53,7 @@ impl Framer {
                 Rule::JsonField { path: field.split('.').map(str::to_owned).collect(), equals: equals.clone() }
             }
         };
-        Ok(Framer { rule, max_reply, line: Vec::new(), body: Vec::new(), discarding: false })
+        Ok(Framer { rule, max_reply, line: Vec::new(), body: Vec::new(), discarding: false, line_too_long: false })
     }
 
     /// Forget any partial reply (after an error, or when a session is reset).
@@ -59,6 +61,7 @@ impl Framer {
         self.line.clear();
         self.body.clear();
         self.discarding = false;
+        self.line_too_long = false;
     }
 
     /// Feed bytes; the replies they complete, in order. An oversized reply yields one error
@@ -78,10 +81,20 @@ impl Framer {
             }
             if !self.discarding {
                 self.line.extend_from_slice(chunk);
+            } else if !self.line_too_long {
+                // Keep collecting the current line (bounded) so that the end marker is
+                // recognised however the process's output was split into reads.
+                if self.line.len() + chunk.len() <= self.max_reply {
+                    self.line.extend_from_slice(chunk);
+                } else {
+                    self.line_too_long = true;
+                    self.line.clear();
+                }
             }
             if complete {
                 let line = std::mem::take(&mut self.line);
-                if let Some(reply) = self.end_line(line, chunk) {
+                let too_long = std::mem::take(&mut self.line_too_long);
+                if let Some(reply) = self.end_line(line, too_long) {
                     out.push(Ok(reply));
                 }
             }
@@ -89,13 +102,12 @@ impl Framer {
         out
     }
 
-    /// A complete line arrived (`line` is what was kept of it; `tail` its last piece, used to
-    /// recognise end markers while discarding).
-    fn end_line(&mut self, line: Vec<u8>, tail: &[u8]) -> Option<Reply> {
+    /// A complete line arrived (while discarding, `too_long` says it outgrew `max_reply`).
+    fn end_line(&mut self, line: Vec<u8>, too_long: bool) -> Option<Reply> {
         if self.discarding {
             // Only the end marker matters now; a marker line longer than the limit is not seen.
-            let candidate = if line.is_empty() { tail } else { &line[..] };
-            if self.is_end(candidate) {
+            // (With line framing every newline ends a reply, however long the line was.)
+            if matches!(self.rule, Rule::Line) || (!too_long && self.is_end(&line)) {
                 self.discarding = false;
                 self.body.clear();
             }
@@ -203,6 +215,24 @@ mod tests {
         let out = bodies(&mut f, &[b"toolong", b"line\nok\n"]);
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[1], "ok");
+    }
+
+    /// Found by the framer fuzz target: while discarding, the end marker was compared with the
+    /// last read's piece of the line only, so the result depended on how reads split the output.
+    #[test]
+    fn discarding_sees_the_marker_however_reads_split_it() {
+        let input = b"xxxxx\nE\nok\nE\n";
+        let whole = bodies(&mut Framer::new(&SessionPolicy::Sentinel { line: "E".into() }, 4).unwrap(), &[input]);
+        let mut f = Framer::new(&SessionPolicy::Sentinel { line: "E".into() }, 4).unwrap();
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(bodies(&mut f, &bytes), whole);
+        assert_eq!(whole.len(), 2, "{whole:?}");
+        assert_eq!(whole[1], "ok\n");
+        // A long line whose last piece equals the marker is not the marker.
+        let mut f = Framer::new(&SessionPolicy::Sentinel { line: "END".into() }, 8).unwrap();
+        let out = bodies(&mut f, &[b"0123456789\n", b"aaaaaaaaaa", b"END\n", b"END\nok\nEND\n"]);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[1], "ok\n");
     }
 
     #[test]
