@@ -249,7 +249,9 @@ fn init_logging(daemon: bool) {
             Err(e) => eprintln!("cellkeep: cannot reach journald ({e}); logging to stderr"),
         }
     }
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only on a terminal: logs redirected to a file stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 fn daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<i32> {
