@@ -432,27 +432,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            common::stop_daemon(child, Duration::from_secs(10));
         }
-        if let Ok(root) = cellkeep::cgroup::CgroupRoot::open(&self.cgroup_root) {
-            for id in root.list_cells().unwrap_or_default() {
-                if let Ok(c) = root.open_cell(&id) {
-                    let _ = c.remove();
-                }
-            }
-            let _ = root.remove_if_empty();
-        }
+        common::remove_cgroup_root(&self.cgroup_root);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

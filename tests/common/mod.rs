@@ -146,3 +146,29 @@ pub fn check_backend(outcome: &Value) {
         assert_eq!(backend, want, "expected the {want} cgroup backend");
     }
 }
+
+/// SIGTERM a daemon the test started, wait up to `within` for it to exit, SIGKILL it after.
+pub fn stop_daemon(mut child: std::process::Child, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let t = std::time::Instant::now();
+    while t.elapsed() < within {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// Remove every cell left under the cgroup root `name`, then the root (after a test's daemon).
+pub fn remove_cgroup_root(name: &str) {
+    if let Ok(root) = cellkeep::cgroup::CgroupRoot::open(name) {
+        for id in root.list_cells().unwrap_or_default() {
+            if let Ok(c) = root.open_cell(&id) {
+                let _ = c.remove();
+            }
+        }
+        let _ = root.remove_if_empty();
+    }
+}

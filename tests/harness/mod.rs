@@ -180,32 +180,14 @@ impl Daemon {
 
     /// SIGTERM and wait for exit; the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        child.wait().ok()
+        crate::common::stop_daemon(self.child.take()?, Duration::from_secs(20))
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
-        if let Ok(root) = cellkeep::cgroup::CgroupRoot::open(&self.cgroup_root) {
-            for id in root.list_cells().unwrap_or_default() {
-                if let Ok(c) = root.open_cell(&id) {
-                    let _ = c.remove();
-                }
-            }
-            let _ = root.remove_if_empty();
-        }
+        crate::common::remove_cgroup_root(&self.cgroup_root);
     }
 }
 
