@@ -68,12 +68,12 @@ fn kill9_with_20_cells_then_restart_leaks_nothing() {
     assert!(left.is_empty(), "processes leaked: {left:?}");
     assert!(dirs_left.is_empty(), "cgroup dirs leaked: {dirs_left:?}");
     assert!(d.cells_on_disk().is_empty(), "{:?}", d.cells_on_disk());
-    let line = d.wait_log(&["killed and removed cells left by a previous daemon"], Duration::from_secs(2));
+    let line = d.wait_log(&["cleaned up cells left by a previous daemon"], Duration::from_secs(2));
     assert!(line.contains("count=20"), "{line}");
     let log = d.log();
     for id in &ids {
         assert!(
-            log.lines().any(|l| l.contains("removed orphaned cell") && l.contains(id.as_str())),
+            log.lines().any(|l| l.contains("of an orphaned cell") && l.contains(id.as_str())),
             "no recovery line for {id}:\n{log}"
         );
     }
@@ -124,6 +124,8 @@ fn client_killed_mid_request() {
         d.cells_on_disk().is_empty() && pids.iter().all(|p| !alive(*p))
     });
     eprintln!("mid-request: cell gone {:?} after the client died", t.elapsed());
+    let l = d.wait_log(&["client hung up before the reply; request abandoned", "/v1/providers/sleep/commands"], Duration::from_secs(2));
+    eprintln!("mid-request log: {l}");
     for id in &cells {
         let l = d.wait_log(&["cell ended", id.as_str()], Duration::from_secs(2));
         eprintln!("mid-request log: {l}");
@@ -140,6 +142,8 @@ fn client_killed_mid_request() {
         assert!(s.read(&mut buf).expect("read") > 0);
         drop(s);
     }
+    let l = d.wait_log(&["client hung up mid-stream; the cell goes on", &format!("/v1/cells/{id}/output")], Duration::from_secs(2));
+    eprintln!("mid-stream log: {l}");
     for i in 0..3 {
         let r = d.send(&id, &format!("after {i}"), 10_000);
         assert_eq!(r.json()["stdout"], format!("after {i}"), "session broken: {}", r.text());

@@ -163,18 +163,33 @@ async fn output(
     Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<OutputQuery>, QueryRejection>,
+    uri: Uri,
 ) -> ApiResult<Response> {
     let q = query(q)?;
     let sub = s.pool.output(&caller, &path(id)?, q.from)?;
-    let lines = futures_util::stream::unfold((sub, q.follow, false), |(mut sub, follow, done)| async move {
-        if done {
+    // Disarmed when the stream ends (the cell's end, or the last held byte without `follow`);
+    // dropped armed when the reader hangs up first.
+    let guard = HangUp {
+        method: Method::GET,
+        path: uri.path().to_owned(),
+        uid: Some(caller.uid),
+        started: std::time::Instant::now(),
+        what: "mid-stream; the cell goes on",
+    };
+    let lines = futures_util::stream::unfold((sub, q.follow, guard), |(mut sub, follow, mut guard)| async move {
+        if guard.what.is_empty() {
             return None;
         }
-        let ev = next_event(&mut sub, follow).await?;
-        let end = matches!(ev, OutputEvent::End);
+        let Some(ev) = next_event(&mut sub, follow).await else {
+            guard.disarm();
+            return None;
+        };
+        if matches!(ev, OutputEvent::End) {
+            guard.disarm();
+        }
         let mut line = serde_json::to_vec(&OutputLine::from(ev)).unwrap_or_default();
         line.push(b'\n');
-        Some((Ok::<_, Infallible>(Bytes::from(line)), (sub, follow, end)))
+        Some((Ok::<_, Infallible>(Bytes::from(line)), (sub, follow, guard)))
     });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
 }
@@ -250,12 +265,47 @@ async fn refuse_cells(req: Request, next: Next) -> Response {
 }
 
 async fn log_request(req: Request, next: Next) -> Response {
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let uid = req.extensions().get::<Caller>().map(|c| c.uid);
-    let started = std::time::Instant::now();
+    let mut guard = HangUp {
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        uid: req.extensions().get::<Caller>().map(|c| c.uid),
+        started: std::time::Instant::now(),
+        what: "before the reply; request abandoned",
+    };
     let resp = next.run(req).await;
-    tracing::debug!(%method, %path, ?uid, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    tracing::debug!(method = %guard.method, path = %guard.path, uid = ?guard.uid, status = resp.status().as_u16(),
+        ms = guard.started.elapsed().as_millis() as u64, "request");
+    guard.disarm();
     resp
+}
+
+/// Logs a client that hangs up while its request is still being answered: hyper drops the
+/// handler's future (or the streaming body) when the connection closes, so the guard's `Drop`
+/// is the one place that sees it. What the request started is not undone: a one-shot cell
+/// runs to its end and is removed, a session command's reply is discarded by the next one.
+struct HangUp {
+    method: Method,
+    path: String,
+    uid: Option<u32>,
+    started: std::time::Instant,
+    /// How the hang-up is logged (a request, or an output stream); empty once answered.
+    what: &'static str,
+}
+
+impl HangUp {
+    fn disarm(&mut self) {
+        self.what = "";
+    }
+}
+
+impl Drop for HangUp {
+    fn drop(&mut self) {
+        if !self.what.is_empty() {
+            let uid = self.uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
+            tracing::info!(method = %self.method, path = %self.path, %uid,
+                ms = self.started.elapsed().as_millis() as u64, "client hung up {}", self.what);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -294,15 +294,15 @@ impl CgroupRoot {
     /// Names of cell cgroups under the root (restart recovery), sorted.
     /// Whether process `pid` lives in one of cellkeep's cells (beneath this root). The daemon
     /// refuses API requests from such processes: a cell must never drive the supervisor, even
-    /// when the socket's permissions would let its uid connect. `false` when the process is
-    /// gone or its cgroup cannot be read.
-    pub fn holds_pid(&self, pid: i32) -> bool {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return false };
+    /// when the socket's permissions would let its uid connect. `None` when the process is
+    /// gone or its cgroup cannot be read (the caller decides what that means).
+    pub fn holds_pid(&self, pid: i32) -> Option<bool> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
         let entries = parse::proc_cgroup(&text);
-        match &self.backend {
+        Some(match &self.backend {
             RootBackend::V1(r) => r.holds(&entries),
             RootBackend::V2(r) => r.holds(&entries),
-        }
+        })
     }
 
     pub fn list_cells(&self) -> Result<Vec<String>, CgroupError> {

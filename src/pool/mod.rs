@@ -92,7 +92,7 @@ impl Pool {
             .map_err(|e| PoolError::Internal(format!("cgroup root: {e}")))?;
         let recovered = recover_orphans(&root).await;
         if recovered > 0 {
-            tracing::warn!(count = recovered, "killed and removed cells left by a previous daemon");
+            tracing::warn!(count = recovered, "cleaned up cells left by a previous daemon");
         }
         let launcher = Launcher::new(root, HostCaps::probe());
         let pool = Pool {
@@ -124,10 +124,7 @@ impl Pool {
         // Read at accept time (cheap: one small /proc file). A peer that already exited by then
         // is refused too: a child it left behind could still use the connection.
         match caller.pid {
-            Some(pid) => {
-                let readable = std::path::Path::new(&format!("/proc/{pid}/cgroup")).exists();
-                !readable || self.inner.launcher.cgroups().holds_pid(pid)
-            }
+            Some(pid) => self.inner.launcher.cgroups().holds_pid(pid).unwrap_or(true),
             None => true,
         }
     }
@@ -263,9 +260,16 @@ async fn recover_orphans(root: &CgroupRoot) -> usize {
     tokio::task::spawn_blocking(move || {
         let mut n = 0;
         for id in root.list_cells().unwrap_or_default() {
-            match root.open_cell(&id).and_then(|c| c.remove()) {
-                Ok(()) => {
-                    tracing::warn!(cell = %id, "removed orphaned cell (processes killed)");
+            // Processes still in it are the payloads of a daemon that was killed; cells whose
+            // processes died with their supervisor leave only empty directories.
+            let left = root.open_cell(&id).and_then(|c| Ok((c.procs().map_or(0, |p| p.len()), c)));
+            match left.and_then(|(procs, c)| c.remove().map(|()| procs)) {
+                Ok(0) => {
+                    tracing::warn!(cell = %id, "removed the empty cgroup of an orphaned cell");
+                    n += 1;
+                }
+                Ok(procs) => {
+                    tracing::warn!(cell = %id, procs, "killed the processes of an orphaned cell and removed its cgroup");
                     n += 1;
                 }
                 Err(e) => tracing::error!(cell = %id, "cannot remove orphaned cell: {e}"),
