@@ -37,7 +37,7 @@ pub struct Framer {
     body: Vec<u8>,
     /// Dropping the rest of an oversized reply until its end marker.
     discarding: bool,
-    /// While discarding: the current line outgrew `max_reply`, so it cannot be the end marker.
+    /// While discarding: the current line outgrew [`Self::line_cap`], so it cannot be the end marker.
     line_too_long: bool,
 }
 
@@ -74,17 +74,22 @@ impl Framer {
                 None => (bytes, &[][..], false),
             };
             bytes = rest;
-            if !self.discarding && self.line.len() + self.body.len() + chunk.len() > self.max_reply {
-                self.discarding = true;
-                self.body.clear();
-                out.push(Err(SessionError::ReplyTooLarge { limit: self.max_reply }));
-            }
             if !self.discarding {
                 self.line.extend_from_slice(chunk);
+                if self.over_limit(complete) {
+                    self.discarding = true;
+                    self.body.clear();
+                    // The line so far stays for the end-marker check below, if it can be one.
+                    if self.line.len() > self.line_cap() {
+                        self.line_too_long = true;
+                        self.line.clear();
+                    }
+                    out.push(Err(SessionError::ReplyTooLarge { limit: self.max_reply }));
+                }
             } else if !self.line_too_long {
                 // Keep collecting the current line (bounded) so that the end marker is
                 // recognised however the process's output was split into reads.
-                if self.line.len() + chunk.len() <= self.max_reply {
+                if self.line.len() + chunk.len() <= self.line_cap() {
                     self.line.extend_from_slice(chunk);
                 } else {
                     self.line_too_long = true;
@@ -100,6 +105,27 @@ impl Framer {
             }
         }
         out
+    }
+
+    /// Whether the reply in progress, with the current line (`complete`: it has ended), is
+    /// over `max_reply` as delivered: the newline that joins a line to a multi-line body
+    /// counts, a sentinel line (or a partial line that may still become one) does not.
+    fn over_limit(&self, complete: bool) -> bool {
+        let grown = match &self.rule {
+            Rule::Line => self.line.len(),
+            Rule::Sentinel(s) if complete && self.line == *s => return false,
+            Rule::Sentinel(s) if !complete && s.starts_with(&self.line) => return false,
+            _ => self.body.len() + self.line.len() + usize::from(complete),
+        };
+        grown > self.max_reply
+    }
+
+    /// The longest line worth keeping while discarding: one that may still be the end marker.
+    fn line_cap(&self) -> usize {
+        match &self.rule {
+            Rule::Sentinel(s) => self.max_reply.max(s.len()),
+            _ => self.max_reply,
+        }
     }
 
     /// A complete line arrived (while discarding, `too_long` says it outgrew `max_reply`).
@@ -233,6 +259,27 @@ mod tests {
         let out = bodies(&mut f, &[b"0123456789\n", b"aaaaaaaaaa", b"END\n", b"END\nok\nEND\n"]);
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[1], "ok\n");
+    }
+
+    /// The newline that joins each line to a multi-line reply counts against `max_reply`; a
+    /// sentinel line does not (it is not part of the reply).
+    #[test]
+    fn max_reply_counts_the_joining_newlines() {
+        let p = SessionPolicy::Regex { pattern: "^D$".into() };
+        // "abcd\nD\n" is 7 bytes.
+        let out = bodies(&mut Framer::new(&p, 6).unwrap(), &[b"abcd\nD\nok\nD\n"]);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("ERR"), "{out:?}");
+        assert_eq!(out[1], "ok\nD\n");
+        assert_eq!(bodies(&mut Framer::new(&p, 7).unwrap(), &[b"abcd\nD\n"]), ["abcd\nD\n"]);
+        // Sentinel: "ab\n" fits in 3 however long the marker is, split or not.
+        let p = SessionPolicy::Sentinel { line: "__END__".into() };
+        assert_eq!(bodies(&mut Framer::new(&p, 3).unwrap(), &[b"ab\n__E", b"ND__\n"]), ["ab\n"]);
+        let out = bodies(&mut Framer::new(&p, 3).unwrap(), &[b"abc\n__END__\nx\n__END__\n"]);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[1], "x\n");
+        // Line framing: the newline is not part of the reply.
+        assert_eq!(bodies(&mut Framer::new(&SessionPolicy::Line, 3).unwrap(), &[b"abc\n"]), ["abc"]);
     }
 
     #[test]
