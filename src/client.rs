@@ -278,7 +278,7 @@ impl OutputStream {
     pub async fn next(&mut self) -> Result<Option<OutputLine>> {
         loop {
             // Search only the bytes not searched before: a long line arrives in many frames.
-            if let Some(found) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            if let Some(found) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
                 let pos = self.scanned + found;
                 self.scanned = 0;
                 let line = self.buf.split_to(pos + 1);

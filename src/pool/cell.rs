@@ -302,13 +302,14 @@ async fn pump(
                 entry.spool.push(stream, &buf[..n]);
                 entry.touch();
                 if let Some((framer, replies)) = framing.as_mut() {
-                    for reply in framer.push(&buf[..n]) {
-                        // Only while a command is in flight: a reply nobody asked for is
-                        // dropped at once, so a session printing unrequested output cannot make
-                        // the daemon hold it (up to MAX_REPLY_BYTES each). A full queue drops
-                        // too rather than block the pump; `send` discards stale replies before
-                        // writing its command.
-                        if entry.is_busy() {
+                    // Only while a command is in flight is a reply kept whole and queued: one
+                    // nobody asked for is held at most IDLE_KEEP bytes by the framer and
+                    // dropped here, so a session printing unrequested output cannot make the
+                    // daemon hold or copy it. A full queue drops too rather than block the
+                    // pump; `send` discards stale replies before writing its command.
+                    let wanted = entry.is_busy();
+                    for reply in framer.push(&buf[..n], wanted) {
+                        if wanted {
                             let _ = replies.try_send(reply);
                         }
                     }

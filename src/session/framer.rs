@@ -14,6 +14,9 @@ use crate::policy::SessionPolicy;
 
 use super::SessionError;
 
+/// What a reply in progress may hold while no command waits for it (see [`Framer::push`]).
+pub const IDLE_KEEP: usize = 64 * 1024;
+
 /// One complete reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -66,17 +69,24 @@ impl Framer {
 
     /// Feed bytes; the replies they complete, in order. An oversized reply yields one error
     /// (in its place in the sequence) and is skipped up to its end marker.
-    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<Result<Reply, SessionError>> {
+    ///
+    /// `wanted`: whether a command is waiting for a reply. While nobody waits, the reply in
+    /// progress is kept only up to [`IDLE_KEEP`] bytes (enough for a prompt printed before
+    /// the command that the answer then completes); past that it is skipped up to its end
+    /// marker without an error, so a session printing unrequested output costs the daemon
+    /// neither memory nor copies.
+    pub fn push(&mut self, mut bytes: &[u8], wanted: bool) -> Vec<Result<Reply, SessionError>> {
+        let limit = if wanted { self.max_reply } else { self.max_reply.min(IDLE_KEEP) };
         let mut out = Vec::new();
         while !bytes.is_empty() {
-            let (chunk, rest, complete) = match bytes.iter().position(|b| *b == b'\n') {
+            let (chunk, rest, complete) = match memchr::memchr(b'\n', bytes) {
                 Some(i) => (&bytes[..i], &bytes[i + 1..], true),
                 None => (bytes, &[][..], false),
             };
             bytes = rest;
             if !self.discarding {
                 self.line.extend_from_slice(chunk);
-                if self.over_limit(complete) {
+                if self.over_limit(limit, complete) {
                     self.discarding = true;
                     self.body.clear();
                     // The line so far stays for the end-marker check below, if it can be one.
@@ -84,7 +94,9 @@ impl Framer {
                         self.line_too_long = true;
                         self.line.clear();
                     }
-                    out.push(Err(SessionError::ReplyTooLarge { limit: self.max_reply }));
+                    if wanted {
+                        out.push(Err(SessionError::ReplyTooLarge { limit: self.max_reply }));
+                    }
                 }
             } else if !self.line_too_long {
                 // Keep collecting the current line (bounded) so that the end marker is
@@ -108,22 +120,24 @@ impl Framer {
     }
 
     /// Whether the reply in progress, with the current line (`complete`: it has ended), is
-    /// over `max_reply` as delivered: the newline that joins a line to a multi-line body
-    /// counts, a sentinel line (or a partial line that may still become one) does not.
-    fn over_limit(&self, complete: bool) -> bool {
+    /// over `limit` as delivered: the newline that joins a line to a multi-line body counts, a
+    /// sentinel line (or a partial line that may still become one) does not.
+    fn over_limit(&self, limit: usize, complete: bool) -> bool {
         let grown = match &self.rule {
             Rule::Line => self.line.len(),
             Rule::Sentinel(s) if complete && self.line == *s => return false,
             Rule::Sentinel(s) if !complete && s.starts_with(&self.line) => return false,
             _ => self.body.len() + self.line.len() + usize::from(complete),
         };
-        grown > self.max_reply
+        grown > limit
     }
 
-    /// The longest line worth keeping while discarding: one that may still be the end marker.
+    /// The longest line worth keeping while discarding: one that may still be the end marker
+    /// (with line framing any newline is; a sentinel is only a line of its own length).
     fn line_cap(&self) -> usize {
         match &self.rule {
-            Rule::Sentinel(s) => self.max_reply.max(s.len()),
+            Rule::Line => 0,
+            Rule::Sentinel(s) => s.len(),
             _ => self.max_reply,
         }
     }
@@ -191,7 +205,7 @@ mod tests {
     fn bodies(f: &mut Framer, input: &[&[u8]]) -> Vec<String> {
         input
             .iter()
-            .flat_map(|b| f.push(b))
+            .flat_map(|b| f.push(b, true))
             .map(|r| match r {
                 Ok(r) => String::from_utf8(r.body).unwrap(),
                 Err(e) => format!("ERR {e}"),
@@ -280,6 +294,34 @@ mod tests {
         assert_eq!(out[1], "x\n");
         // Line framing: the newline is not part of the reply.
         assert_eq!(bodies(&mut Framer::new(&SessionPolicy::Line, 3).unwrap(), &[b"abc\n"]), ["abc"]);
+    }
+
+    /// While no command waits, a reply is kept only up to IDLE_KEEP bytes and then skipped to
+    /// its end without an error; a short prompt printed before the command still joins the
+    /// answer that completes its line.
+    #[test]
+    fn unrequested_output_is_not_kept() {
+        let mut f = Framer::new(&SessionPolicy::Line, 1 << 20).unwrap();
+        let flood = vec![b'x'; 3 * IDLE_KEEP];
+        assert!(f.push(&flood, false).is_empty());
+        assert!(f.line.is_empty() && f.discarding, "an unrequested line is not held");
+        assert!(f.push(&flood, false).is_empty());
+        let out: Vec<_> = f.push(b"\nok\n", true).into_iter().map(|r| r.unwrap().body).collect();
+        assert_eq!(out, [b"ok".to_vec()]);
+        // A prompt, then the command's answer completing the line.
+        assert!(f.push(b">>> ", false).is_empty());
+        let out: Vec<_> = f.push(b"42\n", true).into_iter().map(|r| r.unwrap().body).collect();
+        assert_eq!(out, [b">>> 42".to_vec()]);
+        // Multi-line: an unrequested reply past IDLE_KEEP is skipped to its marker.
+        let mut f = Framer::new(&SessionPolicy::Sentinel { line: "END".into() }, 1 << 20).unwrap();
+        let mut big = vec![b'y'; 100];
+        big.push(b'\n');
+        for _ in 0..(2 * IDLE_KEEP / big.len()) {
+            assert!(f.push(&big, false).is_empty());
+        }
+        assert!(f.body.is_empty());
+        let out: Vec<_> = f.push(b"END\nask\nEND\n", true).into_iter().map(|r| r.unwrap().body).collect();
+        assert_eq!(out, [b"ask\n".to_vec()]);
     }
 
     #[test]

@@ -44,10 +44,10 @@ fn run(policy: &SessionPolicy, max: usize, pieces: &[&[u8]]) -> Out {
     let mut f = Framer::new(policy, max).expect("fixed patterns compile");
     let mut out = Vec::new();
     for p in pieces {
-        out.extend(f.push(p).into_iter().map(|r| r.map(|r| r.body).map_err(|e| e.to_string())));
+        out.extend(f.push(p, true).into_iter().map(|r| r.map(|r| r.body).map_err(|e| e.to_string())));
     }
     f.reset();
-    assert!(f.push(b"").is_empty(), "push(empty) after reset yielded something");
+    assert!(f.push(b"", true).is_empty(), "push(empty) after reset yielded something");
     out
 }
 
