@@ -13,17 +13,18 @@
 //! `ABUSE_FLOOD_BYTES=10737418240 CI=1 cargo test --test abuse flood -- --nocapture`.
 
 mod common;
+mod harness;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::http::{call, raw};
-use common::{privileged, BIN, NOBODY};
+use common::privileged;
+use harness::{host_has_process, id_of, Daemon};
 use serde_json::{json, Value};
 
 macro_rules! gate {
@@ -36,6 +37,8 @@ macro_rules! gate {
 
 const PY: &str = "/usr/bin/python3";
 const GRACE_SECS: f64 = 1.0;
+/// Timeout of a command to a session.
+const COMMAND_MS: u64 = 10_000;
 const MIB: u64 = 1 << 20;
 
 /// A fork bomb: every process forks as fast as it can for 3 s (children join in), counting
@@ -176,21 +179,6 @@ if sys.argv[1] == 'stay':
 /// A session that echoes each line (the "ordinary" cell).
 const CAT: &str = "/bin/cat";
 
-fn uid() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
-}
-
-fn host_has_process(needle: &str) -> bool {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy() != me)
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|c| String::from_utf8_lossy(&c).contains(needle))
-}
-
 /// VmRSS of a process in bytes.
 fn rss_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -207,116 +195,46 @@ fn open_fds_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
-/// A daemon of our own (temp socket, policies, workspace, cgroup root) with one provider per
-/// abuse case, each `extends = "base"`.
-struct Daemon {
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-    ws: tempfile::TempDir,
-    socket: PathBuf,
-    cgroup_root: String,
-    /// In every abusive script's command line: finds any of their processes on the host.
-    marker: String,
+/// A daemon of our own (tests/harness) with one provider per abuse case, each
+/// `extends = "base"`. Its marker is in every abusive script's command line: it finds any of
+/// their processes on the host.
+fn daemon() -> Daemon {
+    let marker = format!("ck-abuse-{}", uuid::Uuid::now_v7().simple());
+    let q = |s: &str| serde_json::to_string(s).expect("json string");
+    let py = |body: &str| format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&format!("# {marker}\n{body}")));
+    Daemon::builder()
+        .prefix("ck-abuse-")
+        .max_cells(20)
+        .grace_secs(GRACE_SECS)
+        .log_level("warn")
+        .marker(&marker)
+        .provider("cat", &format!("[{}]", q(CAT)), "session", "")
+        .provider("bomb", &py(BOMB), "oneshot", "[limits]\npids = 32\nwall_time = \"30s\"\n")
+        .provider(
+            "balloon",
+            &py(BALLOON),
+            "oneshot",
+            "[limits]\nmemory_max = \"64M\"\nmemory_swap = \"0\"\nwall_time = \"30s\"\n",
+        )
+        // Every core: the policy lets the cell have both CPUs (base: 1), the harder case.
+        .provider("spin", &py(SPIN), "oneshot", "[limits]\ncpu = 2.0\npids = 32\nwall_time = \"3s\"\n")
+        .provider("fds", &py(FDS), "session", "[limits]\nopen_files = 64\n")
+        .provider("flood", &py(FLOOD), "oneshot", "[limits]\noutput_bytes = \"1M\"\nwall_time = \"10m\"\n")
+        .provider("sflood", &py(SFLOOD), "session", "[limits]\noutput_bytes = \"1M\"\n")
+        .provider("noterm", &py(NOTERM), "oneshot", "[limits]\nwall_time = \"60s\"\n")
+        .provider("dfork", &py(DFORK), "oneshot", "[limits]\nwall_time = \"60s\"\n")
+        // The same without a pid namespace: the grandchild reparents to a host process, and
+        // only the cgroup holds it.
+        .provider(
+            "dfork-nopidns",
+            &py(DFORK),
+            "oneshot",
+            "[limits]\nwall_time = \"60s\"\n[namespaces]\npid = false\n",
+        )
+        .start()
 }
 
 impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::Builder::new().prefix("ck-abuse-").tempdir().expect("tempdir");
-        let ws = tempfile::Builder::new().prefix("ck-ws-").tempdir().expect("workspace");
-        std::os::unix::fs::chown(ws.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        let marker = format!("ck-abuse-{}", uid());
-        let pol = dir.path().join("policies");
-        std::fs::create_dir(&pol).expect("policy dir");
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
-        std::fs::copy(base, pol.join("base.toml")).expect("base");
-        let q = |s: &str| serde_json::to_string(s).expect("json string");
-        let provider = |name: &str, command: String, mode: &str, extra: &str| {
-            let text = format!(
-                "extends = \"base\"\n[provider]\nname = \"{name}\"\ncommand = {command}\nmode = \"{mode}\"\n{extra}\n"
-            );
-            std::fs::write(pol.join(format!("{name}.toml")), text).expect("policy");
-        };
-        let py = |body: &str| format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&format!("# {marker}\n{body}")));
-        provider("cat", format!("[{}]", q(CAT)), "session", "");
-        provider("bomb", py(BOMB), "oneshot", "[limits]\npids = 32\nwall_time = \"30s\"\n");
-        provider(
-            "balloon",
-            py(BALLOON),
-            "oneshot",
-            "[limits]\nmemory_max = \"64M\"\nmemory_swap = \"0\"\nwall_time = \"30s\"\n",
-        );
-        // Every core: the policy lets the cell have both CPUs (base: 1), the harder case.
-        provider("spin", py(SPIN), "oneshot", "[limits]\ncpu = 2.0\npids = 32\nwall_time = \"3s\"\n");
-        provider("fds", py(FDS), "session", "[limits]\nopen_files = 64\n");
-        provider("flood", py(FLOOD), "oneshot", "[limits]\noutput_bytes = \"1M\"\nwall_time = \"10m\"\n");
-        provider("sflood", py(SFLOOD), "session", "[limits]\noutput_bytes = \"1M\"\n");
-        provider("noterm", py(NOTERM), "oneshot", "[limits]\nwall_time = \"60s\"\n");
-        provider("dfork", py(DFORK), "oneshot", "[limits]\nwall_time = \"60s\"\n");
-        // The same without a pid namespace: the grandchild reparents to a host process, and
-        // only the cgroup holds it.
-        provider("dfork-nopidns", py(DFORK), "oneshot", "[limits]\nwall_time = \"60s\"\n[namespaces]\npid = false\n");
-        let config = dir.path().join("cellkeep.toml");
-        std::fs::write(
-            &config,
-            format!("socket_mode = \"0666\"\ngrace_secs = {GRACE_SECS}\nshutdown_timeout_secs = 5.0\n"),
-        )
-        .expect("config");
-        let socket = dir.path().join("cellkeep.sock");
-        let cgroup_root = format!("ck-test-{}", uid());
-        let child = Command::new(BIN)
-            .args(["daemon", "--config"])
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--policies")
-            .arg(&pol)
-            .args(["--cgroup-root", &cgroup_root, "--max-cells", "20"])
-            .env("CELLKEEP_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the daemon");
-        let d = Daemon { child: Some(child), _dir: dir, ws, socket, cgroup_root, marker };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(15) {
-            if raw(&d.socket, "GET", "/v1/health", b"").map(|r| r.status == 200).unwrap_or(false) {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("daemon did not answer on {} within 15 s", d.socket.display());
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("daemon running").id()
-    }
-
-    fn cwd(&self) -> String {
-        self.ws.path().display().to_string()
-    }
-
-    /// Start a cell of `provider` with extra `args`; (id, the info).
-    fn spawn(&self, provider: &str, args: &[&str]) -> (String, Value) {
-        let r = call(
-            &self.socket,
-            "POST",
-            "/v1/cells",
-            Some(&json!({"provider": provider, "cwd": self.cwd(), "args": args})),
-        );
-        assert_eq!(r.status, 201, "spawn {provider}: {}", r.text());
-        let v = r.json();
-        (v["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_owned(), v)
-    }
-
-    fn send(&self, id: &str, command: &str) -> common::http::Response {
-        call(
-            &self.socket,
-            "POST",
-            &format!("/v1/cells/{id}/commands"),
-            Some(&json!({"command": command, "timeout_ms": 10_000})),
-        )
-    }
-
     fn info(&self, id: &str) -> Value {
         call(&self.socket, "GET", &format!("/v1/cells/{id}"), None).json()
     }
@@ -368,10 +286,6 @@ impl Daemon {
         (events, data)
     }
 
-    fn cells_on_disk(&self) -> Vec<String> {
-        cellkeep::cgroup::CgroupRoot::open(&self.cgroup_root).and_then(|r| r.list_cells()).unwrap_or_default()
-    }
-
     /// Terminate the ordinary cell (it must still be running), then: no cell cgroup and no
     /// abusive process is left on the host.
     #[track_caller]
@@ -389,15 +303,6 @@ impl Daemon {
         }
         assert!(self.cells_on_disk().is_empty(), "cell cgroups left: {:?}", self.cells_on_disk());
         assert!(!host_has_process(&self.marker), "a process of an abusive cell ({}) is still on the host", self.marker);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            common::stop_daemon(child, Duration::from_secs(15));
-        }
-        common::remove_cgroup_root(&self.cgroup_root);
     }
 }
 
@@ -538,9 +443,9 @@ impl Watch {
 
 /// Start the daemon and the ordinary cell, and begin watching.
 fn setup(case: &'static str) -> (Daemon, String, Watch, u64) {
-    let d = Daemon::start();
-    let (cat, _) = d.spawn("cat", &[]);
-    let r = d.send(&cat, "warm up");
+    let d = daemon();
+    let cat = id_of(&d.spawn("cat"));
+    let r = d.send(&cat, "warm up", COMMAND_MS);
     assert_eq!(r.json()["stdout"], "warm up", "{}", r.text());
     let rss_before = rss_of(d.pid());
     let w = Watch::start(&d, case, &cat);
@@ -557,7 +462,7 @@ fn reason(info: &Value) -> &str {
 fn fork_bomb() {
     gate!("fork_bomb");
     let (d, cat, w, rss) = setup("fork_bomb");
-    let (id, _) = d.spawn("bomb", &[]);
+    let id = id_of(&d.spawn("bomb"));
     let info = d.wait_exited(&id, Duration::from_secs(20));
     w.finish(rss);
     eprintln!("ABUSE-REASON fork_bomb {} events={}", info["exit"], info["events"]);
@@ -572,7 +477,7 @@ fn fork_bomb() {
 fn memory_balloon() {
     gate!("memory_balloon");
     let (d, cat, w, rss) = setup("memory_balloon");
-    let (id, _) = d.spawn("balloon", &[]);
+    let id = id_of(&d.spawn("balloon"));
     let info = d.wait_exited(&id, Duration::from_secs(25));
     w.finish(rss);
     eprintln!("ABUSE-REASON memory_balloon {} events={}", info["exit"], info["events"]);
@@ -588,7 +493,7 @@ fn cpu_spin_every_core() {
     gate!("cpu_spin_every_core");
     let (d, cat, w, rss) = setup("cpu_spin_every_core");
     let t = Instant::now();
-    let (id, _) = d.spawn("spin", &[]);
+    let id = id_of(&d.spawn("spin"));
     let info = d.wait_exited(&id, Duration::from_secs(15));
     let took = t.elapsed();
     w.finish(rss);
@@ -606,8 +511,8 @@ fn fd_exhaustion() {
     gate!("fd_exhaustion");
     let (d, cat, w, rss) = setup("fd_exhaustion");
     let fds_before = open_fds_of(d.pid());
-    let (id, _) = d.spawn("fds", &[]);
-    let r = d.send(&id, "open");
+    let id = id_of(&d.spawn("fds"));
+    let r = d.send(&id, "open", COMMAND_MS);
     let reply = r.json()["stdout"].as_str().unwrap_or("").to_owned();
     eprintln!("ABUSE-FDS reply {reply:?}");
     let n: u64 = reply.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -615,12 +520,12 @@ fn fd_exhaustion() {
     assert!((55..64).contains(&n), "opened {n} fds under open_files = 64: {reply}");
     // Held at the limit for a while: the cell still answers.
     for _ in 0..20 {
-        let r = d.send(&id, "ping");
+        let r = d.send(&id, "ping", COMMAND_MS);
         assert_eq!(r.json()["stdout"], format!("pong {n}"), "{}", r.text());
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert_eq!(d.send(&id, "close").json()["stdout"], "closed");
-    let again = d.send(&id, "open").json()["stdout"].as_str().unwrap_or("").to_owned();
+    assert_eq!(d.send(&id, "close", COMMAND_MS).json()["stdout"], "closed");
+    let again = d.send(&id, "open", COMMAND_MS).json()["stdout"].as_str().unwrap_or("").to_owned();
     assert_eq!(again, reply, "after closing, the same number opens again");
     let fds_during = open_fds_of(d.pid());
     let r = call(&d.socket, "DELETE", &format!("/v1/cells/{id}"), None);
@@ -669,7 +574,7 @@ fn output_flood() {
     let bytes: u64 = std::env::var("ABUSE_FLOOD_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(2 << 30);
     let (d, cat, w, rss_before) = setup("output_flood");
     let t = Instant::now();
-    let (id, _) = d.spawn("flood", &[&bytes.to_string()]);
+    let id = id_of(&d.spawn_with("flood", &[&bytes.to_string()]));
     let follower = slow_follower(d.socket.clone(), id.clone());
     let info = d.wait_exited(&id, Duration::from_secs(600));
     let took = t.elapsed();
@@ -715,7 +620,7 @@ fn output_flood() {
 fn ignores_sigterm() {
     gate!("ignores_sigterm");
     let (d, cat, w, rss) = setup("ignores_sigterm");
-    let (id, _) = d.spawn("noterm", &[]);
+    let id = id_of(&d.spawn("noterm"));
     d.wait_output(&id, "ready", Duration::from_secs(10));
     let t = Instant::now();
     let r = call(&d.socket, "DELETE", &format!("/v1/cells/{id}"), None);
@@ -735,7 +640,7 @@ fn ignores_sigterm() {
 fn double_fork_then_terminate() {
     gate!("double_fork_then_terminate");
     let (d, cat, w, rss) = setup("double_fork_then_terminate");
-    let (id, _) = d.spawn("dfork", &["stay"]);
+    let id = id_of(&d.spawn_with("dfork", &["stay"]));
     d.wait_output(&id, "detached", Duration::from_secs(10));
     assert!(host_has_process(&d.marker), "the cell's processes are not visible on the host");
     assert!(d.ws.path().join("grandchild.alive").exists(), "the grandchild never ran");
@@ -756,7 +661,7 @@ fn double_fork_then_terminate() {
 fn double_fork_then_exit_without_pid_namespace() {
     gate!("double_fork_then_exit_without_pid_namespace");
     let (d, cat, w, rss) = setup("double_fork_then_exit_without_pid_namespace");
-    let (id, _) = d.spawn("dfork-nopidns", &["exit"]);
+    let id = id_of(&d.spawn_with("dfork-nopidns", &["exit"]));
     let info = d.wait_exited(&id, Duration::from_secs(20));
     w.finish(rss);
     let out = d.output(&id, 0).1;
@@ -778,11 +683,11 @@ fn double_fork_then_exit_without_pid_namespace() {
 fn session_reply_flood() {
     gate!("session_reply_flood");
     let (d, cat, w, rss_before) = setup("session_reply_flood");
-    let (id, _) = d.spawn("sflood", &[]);
+    let id = id_of(&d.spawn("sflood"));
     d.wait_output(&id, "ready", Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
     let rss_idle = rss_of(d.pid());
-    let r = d.send(&id, "hello");
+    let r = d.send(&id, "hello", COMMAND_MS);
     let rss_after = rss_of(d.pid());
     let seen = w.finish(rss_before);
     let mib = |b: u64| b as f64 / MIB as f64;

@@ -20,16 +20,18 @@
 //! CI (`CI` set) a missing CLI fails the test; otherwise it is skipped with the reason.
 
 mod common;
+mod harness;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cellkeep::policy::{Enforcement, Network, PathRule};
-use common::http::{call, raw, Response};
-use common::{privileged, BIN, NOBODY};
+use common::http::{call, Response};
+use common::{privileged, NOBODY};
+use harness::Daemon;
 use serde_json::{json, Value};
 
 const PREFIX: &str = "/opt/cellkeep/agents";
@@ -99,78 +101,39 @@ fn landlock_abi() -> i32 {
     cellkeep::sandbox::HostCaps::probe().landlock_abi
 }
 
-/// A daemon on a temp socket, with a copy of the shipped policies, a cgroup root of its own,
-/// a workspace owned by the cell's uid (a root caller runs as nobody) and fake API keys in
-/// its own environment.
-struct AgentDaemon {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    ws: tempfile::TempDir,
-    socket: PathBuf,
-    cgroup_root: String,
-    /// Values of the API-key variables in the DAEMON's environment (must never reach a cell).
-    daemon_secrets: Vec<String>,
+/// A daemon (tests/harness) with a copy of the shipped policies plus the probes, a cgroup root
+/// of its own, a workspace owned by the cell's uid (a root caller runs as nobody) and fake API
+/// keys in its own environment ([`daemon_secrets`]).
+fn daemon() -> Daemon {
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let mut b = Daemon::builder()
+        .prefix("ck-agents-")
+        .shipped_policies()
+        .socket_mode(Some("0600"))
+        .shutdown_timeout_secs(10.0)
+        .max_cells(16)
+        .log_level("warn")
+        .ready_within(Duration::from_secs(30));
+    // Probes: the agent's policy, only the command changed.
+    let js = serde_json::to_string(PROBE_JS).expect("json string");
+    for agent in AGENTS {
+        let text = format!(
+            "extends = \"{agent}\"\n[provider]\nname = \"probe-{agent}\"\ncommand = [\"/usr/bin/node\", \"-e\", {js}]\n"
+        );
+        b = b.policy(&format!("probe-{agent}"), &text);
+    }
+    for (_, var) in KEY_VAR {
+        b = b.env(var, &format!("daemon-env-{var}-{tag}"));
+    }
+    b.start()
 }
 
-impl AgentDaemon {
-    fn start() -> AgentDaemon {
-        let dir = tempfile::Builder::new().prefix("ck-agents-").tempdir().expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let ws = tempfile::Builder::new().prefix("ck-agent-ws-").tempdir().expect("workspace");
-        std::os::unix::fs::chown(ws.path(), Some(NOBODY), Some(NOBODY)).expect("chown workspace");
-        let pol = dir.path().join("policies");
-        std::fs::create_dir(&pol).expect("policy dir");
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-        for e in std::fs::read_dir(&shipped).expect("read policies/") {
-            let p = e.expect("dir entry").path();
-            if p.extension().is_some_and(|x| x == "toml") {
-                std::fs::copy(&p, pol.join(p.file_name().expect("file name"))).expect("copy policy");
-            }
-        }
-        // Probes: the agent's policy, only the command changed.
-        let js = serde_json::to_string(PROBE_JS).expect("json string");
-        for agent in AGENTS {
-            let text = format!(
-                "extends = \"{agent}\"\n[provider]\nname = \"probe-{agent}\"\ncommand = [\"/usr/bin/node\", \"-e\", {js}]\n"
-            );
-            std::fs::write(pol.join(format!("probe-{agent}.toml")), text).expect("probe policy");
-        }
-        let config = dir.path().join("cellkeep.toml");
-        std::fs::write(&config, "socket_mode = \"0600\"\ngrace_secs = 1.0\nshutdown_timeout_secs = 10.0\n")
-            .expect("config");
-        let socket = dir.path().join("cellkeep.sock");
-        let cgroup_root = format!("ck-test-{}", uuid::Uuid::now_v7().simple());
-        let tag = uuid::Uuid::now_v7().simple().to_string();
-        let daemon_secrets: Vec<String> = KEY_VAR.iter().map(|(_, var)| format!("daemon-env-{var}-{tag}")).collect();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["daemon", "--config"])
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--policies")
-            .arg(&pol)
-            .args(["--cgroup-root", &cgroup_root, "--max-cells", "16"])
-            .env("CELLKEEP_LOG", "warn")
-            .stdout(Stdio::null());
-        for ((_, var), value) in KEY_VAR.iter().zip(&daemon_secrets) {
-            cmd.env(var, value);
-        }
-        let child = cmd.spawn().expect("start the daemon");
-        let d = AgentDaemon { child: Some(child), dir, ws, socket, cgroup_root, daemon_secrets };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30) {
-            if raw(&d.socket, "GET", "/v1/health", b"").map(|r| r.status == 200).unwrap_or(false) {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon did not answer on {} within 30 s", d.socket.display());
-    }
+/// Values of the API-key variables in the DAEMON's environment (must never reach a cell).
+fn daemon_secrets(d: &Daemon) -> Vec<String> {
+    d.env.iter().filter(|(k, _)| KEY_VAR.iter().any(|(_, var)| var == k)).map(|(_, v)| v.clone()).collect()
+}
 
-    fn cwd(&self) -> String {
-        self.ws.path().display().to_string()
-    }
-
+impl Daemon {
     /// POST /v1/providers/{provider}/commands.
     fn oneshot(&self, provider: &str, command: &str, env: Value) -> Response {
         let body = json!({"command": command, "cwd": self.cwd(), "env": env, "timeout_ms": ONESHOT_TIMEOUT_MS});
@@ -208,7 +171,7 @@ impl AgentDaemon {
         r.json()["id"].as_str().unwrap_or_else(|| panic!("no id: {}", r.text())).to_owned()
     }
 
-    fn send(&self, id: &str, line: &Value) -> String {
+    fn send_json(&self, id: &str, line: &Value) -> String {
         let r = call(
             &self.socket,
             "POST",
@@ -217,16 +180,6 @@ impl AgentDaemon {
         );
         assert_eq!(r.status, 200, "send {line}: {}", r.text());
         r.json()["stdout"].as_str().unwrap_or_default().to_owned()
-    }
-}
-
-impl Drop for AgentDaemon {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            common::stop_daemon(child, Duration::from_secs(20));
-        }
-        common::remove_cgroup_root(&self.cgroup_root);
-        let _ = &self.dir;
     }
 }
 
@@ -269,7 +222,7 @@ fn fails_closed_without_landlock_net(test: &str) -> bool {
     if abi >= LANDLOCK_NET_ABI {
         return false;
     }
-    let d = AgentDaemon::start();
+    let d = daemon();
     for agent in AGENTS {
         let r = d.oneshot(agent, "--version", json!({}));
         assert_eq!(r.code(), "policy", "{agent} on Landlock ABI {abi}: {}", r.text());
@@ -292,7 +245,7 @@ fn agents_version_and_help_under_shipped_policies() {
     if fails_closed_without_landlock_net("agents_version_and_help_under_shipped_policies") {
         return;
     }
-    let d = AgentDaemon::start();
+    let d = daemon();
     let semver = regex::Regex::new(r"\b\d+\.\d+\.\d+\b").expect("regex");
     let expect: [(&str, &str, &str); 3] = [
         ("claude", "Claude Code", "Usage: claude"),
@@ -320,7 +273,7 @@ fn agents_cannot_read_planted_secrets() {
     if fails_closed_without_landlock_net("agents_cannot_read_planted_secrets") {
         return;
     }
-    let d = AgentDaemon::start();
+    let d = daemon();
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let short = &tag[tag.len() - 8..];
     let secret = format!("CK-SECRET-{tag}");
@@ -406,10 +359,12 @@ fn agents_never_see_the_daemons_environment() {
     if fails_closed_without_landlock_net("agents_never_see_the_daemons_environment") {
         return;
     }
-    let d = AgentDaemon::start();
+    let d = daemon();
+    let secrets = daemon_secrets(&d);
+    assert_eq!(secrets.len(), KEY_VAR.len(), "{:?}", d.env);
     for (agent, var) in KEY_VAR {
         let (v, all) = d.probe(agent, "env", json!({}));
-        for s in &d.daemon_secrets {
+        for s in &secrets {
             assert!(!all.contains(s.as_str()), "{agent}: the daemon's {s} reached the cell: {all}");
         }
         assert!(v["env"].get(var).is_none(), "{agent}: {var} set without the caller passing it: {all}");
@@ -427,7 +382,7 @@ fn agents_never_see_the_daemons_environment() {
         let (v, all) = d.probe(agent, "env", env);
         assert_eq!(v["env"][var], caller_key, "{agent}: the caller's {var} did not arrive: {all}");
         assert!(v["env"].get("CK_NOT_ON_THE_LIST").is_none(), "{agent}: an unlisted variable arrived: {all}");
-        for s in &d.daemon_secrets {
+        for s in &secrets {
             assert!(!all.contains(s.as_str()), "{agent}: the daemon's {s} reached the cell: {all}");
         }
         eprintln!("{agent}: environment = the pass-list from the request + the policy's fixed values");
@@ -444,7 +399,7 @@ fn agents_tcp_is_port_443_only() {
     if fails_closed_without_landlock_net("agents_tcp_is_port_443_only") {
         return;
     }
-    let d = AgentDaemon::start();
+    let d = daemon();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("addr").port();
     // Control: the listener is reachable from outside a cell.
@@ -474,7 +429,7 @@ fn agent_sessions_frame_structured_replies() {
     if fails_closed_without_landlock_net("agent_sessions_frame_structured_replies") {
         return;
     }
-    let d = AgentDaemon::start();
+    let d = daemon();
     let last_json = |reply: &str| -> Value {
         let line = reply.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
         serde_json::from_str(line).unwrap_or_else(|_| panic!("reply does not end with a JSON line: {reply}"))
@@ -487,7 +442,7 @@ fn agent_sessions_frame_structured_replies() {
     assert_eq!(health["limits"]["pids"], 512, "{health}");
     for turn in ["first turn", "second turn"] {
         let user = json!({"type": "user", "message": {"role": "user", "content": turn}});
-        let reply = d.send(&id, &user);
+        let reply = d.send_json(&id, &user);
         let end = last_json(&reply);
         assert_eq!(end["type"], "result", "claude-session {turn}: {reply}");
         // No API key was passed: Claude answers that it is not logged in, as a result event.
@@ -502,10 +457,10 @@ fn agent_sessions_frame_structured_replies() {
     let id = d.session("gemini-session");
     let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {"protocolVersion": 1, "clientCapabilities": {"fs": {"readTextFile": false, "writeTextFile": false}}}});
-    let end = last_json(&d.send(&id, &init));
+    let end = last_json(&d.send_json(&id, &init));
     assert_eq!((end["id"].as_i64(), end["result"]["protocolVersion"].as_i64()), (Some(0), Some(1)), "{end}");
     let new = json!({"jsonrpc": "2.0", "id": 1, "method": "session/new", "params": {"cwd": d.cwd(), "mcpServers": []}});
-    let end = last_json(&d.send(&id, &new));
+    let end = last_json(&d.send_json(&id, &new));
     // Without GEMINI_API_KEY the session cannot authenticate: an error response to id 1.
     assert_eq!(end["id"], 1, "{end}");
     assert!(end.get("error").is_some() || end.get("result").is_some(), "{end}");
@@ -516,12 +471,12 @@ fn agent_sessions_frame_structured_replies() {
     let id = d.session("codex-session");
     let init =
         json!({"id": 0, "method": "initialize", "params": {"clientInfo": {"name": "cellkeep-test", "version": "1"}}});
-    let end = last_json(&d.send(&id, &init));
+    let end = last_json(&d.send_json(&id, &init));
     assert_eq!(end["id"], 0, "{end}");
     assert!(end["result"].is_object(), "{end}");
     let start = json!({"id": 1, "method": "thread/start",
         "params": {"cwd": d.cwd(), "sandbox": "danger-full-access", "approvalPolicy": "never"}});
-    let end = last_json(&d.send(&id, &start));
+    let end = last_json(&d.send_json(&id, &start));
     assert_eq!(end["id"], 1, "{end}");
     assert!(end["result"]["thread"]["id"].is_string(), "{end}");
     eprintln!("codex-session: initialize ok; thread/start -> thread {}", end["result"]["thread"]["id"]);

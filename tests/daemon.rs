@@ -2,13 +2,15 @@
 //! dir and cgroup root, real cells, spoken to over HTTP/1.1 on the Unix socket.
 
 mod common;
+mod harness;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::http::{call, raw};
-use common::{privileged, BIN, NOBODY};
+use common::{privileged, BIN};
+use harness::{id_of, Builder, Daemon};
 use serde_json::{json, Value};
 
 macro_rules! gate {
@@ -24,134 +26,27 @@ const FORKY: &str = "import os,sys,time\nfor line in sys.stdin:\n  n=int(line.sp
 
 const HOG: &str = "import sys\nkeep=[]\nfor line in sys.stdin:\n  w=line.split()\n  if w and w[0]=='alloc': keep.append(bytearray(int(w[1])*1024*1024))\n  print('ok', len(keep), flush=True)\n";
 
-/// A daemon of our own: temp socket, policies, workspace and cgroup root.
-struct Daemon {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    ws: tempfile::TempDir,
-    socket: PathBuf,
-    cgroup_root: String,
-    max_cells: usize,
-}
-
-impl Daemon {
-    fn start(max_cells: usize) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("ck-daemon-").tempdir().expect("tempdir");
-        let ws = tempfile::Builder::new().prefix("ck-ws-").tempdir().expect("workspace");
-        std::os::unix::fs::chown(ws.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        let pol = dir.path().join("policies");
-        std::fs::create_dir(&pol).expect("policy dir");
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
-        std::fs::copy(base, pol.join("base.toml")).expect("base");
-        let provider = |name: &str, cmd: &str, mode: &str, extra: &str| {
-            let text = format!(
-                "extends = \"base\"\n[provider]\nname = \"{name}\"\ncommand = {cmd}\nmode = \"{mode}\"\n{extra}\n"
-            );
-            std::fs::write(pol.join(format!("{name}.toml")), text).expect("policy");
-        };
-        provider("echo", "[\"/bin/echo\"]", "oneshot", "");
-        provider("sleep", "[\"/bin/sleep\"]", "oneshot", "");
-        provider("cat", "[\"/bin/cat\"]", "session", "");
-        provider("idle", "[\"/bin/cat\"]", "session", "[limits]\nidle_timeout = \"200ms\"\n");
-        provider("open", "[\"/bin/cat\"]", "session", "[access]\nuids = [0, 65534]\n");
-        let hog = serde_json::to_string(HOG).expect("json string");
-        provider(
-            "hog",
-            &format!("[\"/usr/bin/python3\", \"-u\", \"-c\", {hog}]"),
-            "session",
-            "[limits]\nmemory_max = \"64M\"\nmemory_swap = \"0\"\n",
-        );
-        let forky = serde_json::to_string(FORKY).expect("json string");
-        provider(
-            "forky",
-            &format!("[\"/usr/bin/python3\", \"-u\", \"-c\", {forky}]"),
-            "session",
-            "[limits]\npids = 16\n",
-        );
-        let config = dir.path().join("cellkeep.toml");
-        std::fs::write(&config, "socket_mode = \"0666\"\ngrace_secs = 1.0\nshutdown_timeout_secs = 5.0\n")
-            .expect("config");
-        let socket = dir.path().join("cellkeep.sock");
-        let cgroup_root = format!("ck-test-{}", uuid::Uuid::now_v7().simple());
-        let mut d = Daemon { child: None, dir, ws, socket, cgroup_root, max_cells };
-        d.launch();
-        d
-    }
-
-    fn launch(&mut self) {
-        let child = Command::new(BIN)
-            .args(["daemon", "--config"])
-            .arg(self.dir.path().join("cellkeep.toml"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--policies")
-            .arg(self.dir.path().join("policies"))
-            .args(["--cgroup-root", &self.cgroup_root, "--max-cells", &self.max_cells.to_string()])
-            .env("CELLKEEP_LOG", "info")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the daemon");
-        self.child = Some(child);
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(15) {
-            if raw(&self.socket, "GET", "/v1/health", b"").map(|r| r.status == 200).unwrap_or(false) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("daemon did not answer on {} within 15 s", self.socket.display());
-    }
-
-    fn cwd(&self) -> String {
-        self.ws.path().display().to_string()
-    }
-
-    fn spawn(&self, provider: &str) -> Value {
-        let r = call(&self.socket, "POST", "/v1/cells", Some(&json!({"provider": provider, "cwd": self.cwd()})));
-        assert_eq!(r.status, 201, "spawn {provider}: {}", r.text());
-        r.json()
-    }
-
-    fn send(&self, id: &str, command: &str, timeout_ms: u64) -> common::http::Response {
-        call(
-            &self.socket,
-            "POST",
-            &format!("/v1/cells/{id}/commands"),
-            Some(&json!({"command": command, "timeout_ms": timeout_ms})),
-        )
-    }
-
-    fn root(&self) -> cellkeep::cgroup::CgroupRoot {
-        cellkeep::cgroup::CgroupRoot::open(&self.cgroup_root).expect("cgroup root")
-    }
-
-    fn cells_on_disk(&self) -> Vec<String> {
-        self.root().list_cells().unwrap_or_default()
-    }
-
-    /// SIGTERM and wait for exit; the exit status.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        common::stop_daemon(self.child.take()?, Duration::from_secs(20))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-        common::remove_cgroup_root(&self.cgroup_root);
-    }
-}
-
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_owned()
+/// A daemon of our own (tests/harness) with this file's providers, `--max-cells 20`.
+fn daemon() -> Builder {
+    let py = |script: &str| {
+        format!("[\"/usr/bin/python3\", \"-u\", \"-c\", {}]", serde_json::to_string(script).expect("json string"))
+    };
+    Daemon::builder()
+        .max_cells(20)
+        .provider("echo", "[\"/bin/echo\"]", "oneshot", "")
+        .provider("sleep", "[\"/bin/sleep\"]", "oneshot", "")
+        .provider("cat", "[\"/bin/cat\"]", "session", "")
+        .provider("idle", "[\"/bin/cat\"]", "session", "[limits]\nidle_timeout = \"200ms\"\n")
+        .provider("open", "[\"/bin/cat\"]", "session", "[access]\nuids = [0, 65534]\n")
+        .provider("hog", &py(HOG), "session", "[limits]\nmemory_max = \"64M\"\nmemory_swap = \"0\"\n")
+        .provider("forky", &py(FORKY), "session", "[limits]\npids = 16\n")
 }
 
 // 1. cap 5: five spawns succeed, the sixth gets process_limit with the limit in the message.
 #[test]
 fn process_cap() {
     gate!("process_cap");
-    let d = Daemon::start(5);
+    let d = daemon().max_cells(5).start();
     for _ in 0..5 {
         d.spawn("cat");
     }
@@ -180,7 +75,7 @@ fn process_cap() {
 #[test]
 fn oneshot_echo_is_literal() {
     gate!("oneshot_echo_is_literal");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let run = |cmd: &str| {
         call(&d.socket, "POST", "/v1/providers/echo/commands", Some(&json!({"command": cmd, "cwd": d.cwd()})))
     };
@@ -200,7 +95,7 @@ fn oneshot_echo_is_literal() {
 #[test]
 fn session_thousand_commands_in_order() {
     gate!("session_thousand_commands_in_order");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let id = id_of(&d.spawn("cat"));
     for i in 0..1000 {
         let line = format!("command {i} with some payload {}", "x".repeat(i % 50));
@@ -214,7 +109,7 @@ fn session_thousand_commands_in_order() {
 #[test]
 fn oneshot_timeout() {
     gate!("oneshot_timeout");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let t = Instant::now();
     let r = call(
         &d.socket,
@@ -232,7 +127,7 @@ fn oneshot_timeout() {
 #[test]
 fn session_oom_is_reported() {
     gate!("session_oom_is_reported");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let id = id_of(&d.spawn("hog"));
     let r = d.send(&id, "alloc 1", 10_000);
     assert_eq!(r.json()["stdout"], "ok 1", "{}", r.text());
@@ -251,7 +146,7 @@ fn session_oom_is_reported() {
 #[test]
 fn limit_events_are_noticed_as_they_happen() {
     gate!("limit_events_are_noticed_as_they_happen");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let id = id_of(&d.spawn("forky"));
     let r = d.send(&id, "fork 64", 20_000);
     let reply = r.json()["stdout"].as_str().unwrap_or("").to_owned();
@@ -279,7 +174,7 @@ fn limit_events_are_noticed_as_they_happen() {
 #[test]
 fn idle_cells_are_reaped() {
     gate!("idle_cells_are_reaped");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let id = id_of(&d.spawn("idle"));
     let t = Instant::now();
     loop {
@@ -298,7 +193,7 @@ fn idle_cells_are_reaped() {
 #[test]
 fn terminate_twice() {
     gate!("terminate_twice");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let info = d.spawn("cat");
     let (id, pid) = (id_of(&info), info["pid"].as_u64().unwrap_or(0));
     let r = call(&d.socket, "DELETE", &format!("/v1/cells/{id}"), None);
@@ -314,7 +209,7 @@ fn terminate_twice() {
 #[test]
 fn health_of_a_live_cell() {
     gate!("health_of_a_live_cell");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let id = id_of(&d.spawn("cat"));
     let h = call(&d.socket, "GET", &format!("/v1/cells/{id}/health"), None).json();
     for key in ["state", "provider", "session", "idle_ms", "cpu_percent", "open_fds", "limits", "usage", "events"] {
@@ -334,7 +229,7 @@ fn health_of_a_live_cell() {
 fn stream_survives_a_disconnect() {
     gate!("stream_survives_a_disconnect");
     use std::io::{Read, Write};
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let id = id_of(&d.spawn("cat"));
     for i in 0..5 {
         d.send(&id, &format!("before {i}"), 10_000);
@@ -377,7 +272,7 @@ fn as_nobody(d: &Daemon, args: &[&str]) -> std::process::Output {
 #[test]
 fn other_uids_are_refused() {
     gate!("other_uids_are_refused");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let root_cell = id_of(&d.spawn("cat"));
     let out = as_nobody(&d, &["--json", "spawn", "cat", "--cwd", &d.cwd()]);
     assert!(!out.status.success());
@@ -399,7 +294,7 @@ fn other_uids_are_refused() {
 #[test]
 fn bad_requests_get_specific_errors() {
     gate!("bad_requests_get_specific_errors");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("malformed json", b"{not json".to_vec(), "bad_request"),
         ("unknown field", br#"{"provider":"cat","cwd":"/tmp","bogus":1}"#.to_vec(), "bad_request"),
@@ -425,7 +320,7 @@ fn bad_requests_get_specific_errors() {
 #[test]
 fn sigterm_shuts_down_cleanly() {
     gate!("sigterm_shuts_down_cleanly");
-    let mut d = Daemon::start(20);
+    let mut d = daemon().start();
     let pids: Vec<u64> = (0..3).map(|_| d.spawn("cat")["pid"].as_u64().unwrap_or(0)).collect();
     assert_eq!(d.cells_on_disk().len(), 3);
     let status = d.stop().expect("daemon status");
@@ -441,11 +336,9 @@ fn sigterm_shuts_down_cleanly() {
 #[test]
 fn restart_recovers_orphans() {
     gate!("restart_recovers_orphans");
-    let mut d = Daemon::start(20);
+    let mut d = daemon().start();
     let pids: Vec<u64> = (0..2).map(|_| d.spawn("cat")["pid"].as_u64().unwrap_or(0)).collect();
-    let mut child = d.child.take().expect("daemon");
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
+    d.kill9();
     assert_eq!(d.cells_on_disk().len(), 2, "cells should outlive a killed daemon until the restart");
     d.launch();
     assert!(d.cells_on_disk().is_empty(), "orphans left: {:?}", d.cells_on_disk());
@@ -459,7 +352,7 @@ fn restart_recovers_orphans() {
 #[test]
 fn concurrent_sessions_no_crossed_replies() {
     gate!("concurrent_sessions_no_crossed_replies");
-    let d = Daemon::start(20);
+    let d = daemon().start();
     let ids: Vec<String> = (0..20).map(|_| id_of(&d.spawn("cat"))).collect();
     let socket = d.socket.clone();
     let threads: Vec<_> = ids

@@ -59,15 +59,17 @@
 //! #37 (no inode cap on the private tmp: a file flood ended in an OOM kill, not ENOSPC).
 
 mod common;
+mod harness;
 
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::{call, raw};
 use common::{privileged, Run, World, BIN, NOBODY};
+use harness::{host_has_process, Builder, Daemon};
 use serde_json::{json, Value};
 
 macro_rules! gate {
@@ -152,17 +154,6 @@ fn denied(out: &str, ctx: &str, label: &str, want: &[&str], leak: &str) {
 #[track_caller]
 fn finished(out: &str, ctx: &str) {
     assert!(out.lines().any(|l| l == "done"), "the attempt script did not run to its end\n{ctx}");
-}
-
-fn host_has_process(needle: &str) -> bool {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy() != me)
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|c| String::from_utf8_lossy(&c).contains(needle))
 }
 
 /// After a `cellkeep run` attempt: no cell cgroup left and no payload process on the host.
@@ -262,84 +253,30 @@ for line in sys.stdin:
     print(json.dumps(buf.getvalue()), flush=True)
 "#;
 
-#[derive(Default)]
-struct DaemonOpts {
-    /// `socket_mode` in the config; `None` = the shipped default (0660).
-    socket_mode: Option<&'static str>,
-    env: Vec<(String, String)>,
-}
-
-/// A daemon with its state under `/run/ck-esc-*` (config, `policies/`, `sock/cellkeep.sock`),
-/// a workspace under /tmp and a cgroup root of its own. Providers:
-/// `py` (one-shot `python3 -c COMMAND`), `pytty` (the same with `tty = true`), `pysh` (a Python
-/// session, [`SESSION_LOOP`]) and `open` (like `py`, also usable by uid 65534).
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    ws: tempfile::TempDir,
-    socket: PathBuf,
-    cgroup_root: String,
-    marker: String,
+/// A daemon (tests/harness) with its state under `/run/ck-esc-*` (config, `policies/`,
+/// `sock/cellkeep.sock`), the shipped socket mode (0660), a workspace under /tmp and a cgroup
+/// root of its own. Providers: `py` (one-shot `python3 -c COMMAND`), `pytty` (the same with
+/// `tty = true`), `pysh` (a Python session, [`SESSION_LOOP`]) and `open` (like `py`, also
+/// usable by uid 65534). Each test adds what it changes, then `start()`s it.
+fn daemon() -> Builder {
+    let marker = format!("ck-escape-{}", uid());
+    let q = |s: &str| serde_json::to_string(s).expect("json string");
+    let py = format!("[{}, \"-c\"]", q(PY));
+    let session = script(&marker, SESSION_LOOP);
+    Daemon::builder()
+        .state_in("/run")
+        .prefix("ck-esc-")
+        .socket("sock/cellkeep.sock")
+        .socket_mode(None)
+        .log_level("warn")
+        .marker(&marker)
+        .provider("py", &py, "oneshot", "")
+        .provider("pytty", &py, "oneshot", "tty = true")
+        .provider("pysh", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", "")
+        .provider("open", &py, "oneshot", "[access]\nuids = [0, 65534]")
 }
 
 impl Daemon {
-    fn start(opts: DaemonOpts) -> Daemon {
-        let id = uid();
-        let dir = PathBuf::from(format!("/run/ck-esc-{id}"));
-        std::fs::create_dir_all(dir.join("policies")).expect("daemon dir");
-        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).expect("chmod daemon dir");
-        let ws = tempfile::Builder::new().prefix("ck-ws-").tempdir().expect("workspace");
-        std::os::unix::fs::chown(ws.path(), Some(NOBODY), Some(NOBODY)).expect("chown workspace");
-        let marker = format!("ck-escape-{id}");
-        let pol = dir.join("policies");
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
-        std::fs::copy(base, pol.join("base.toml")).expect("copy base.toml");
-        let q = |s: &str| serde_json::to_string(s).expect("json string");
-        let provider = |name: &str, command: String, extra: &str| {
-            let text = format!("extends = \"base\"\n[provider]\nname = \"{name}\"\ncommand = {command}\n{extra}\n");
-            std::fs::write(pol.join(format!("{name}.toml")), text).expect("write policy");
-        };
-        provider("py", format!("[{}, \"-c\"]", q(PY)), "");
-        provider("pytty", format!("[{}, \"-c\"]", q(PY)), "tty = true");
-        let session = script(&marker, SESSION_LOOP);
-        provider("pysh", format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "mode = \"session\"");
-        provider("open", format!("[{}, \"-c\"]", q(PY)), "[access]\nuids = [0, 65534]");
-        let mut config = String::from("grace_secs = 1.0\nshutdown_timeout_secs = 5.0\n");
-        if let Some(mode) = opts.socket_mode {
-            config.push_str(&format!("socket_mode = \"{mode}\"\n"));
-        }
-        std::fs::write(dir.join("cellkeep.toml"), config).expect("config");
-        let socket = dir.join("sock/cellkeep.sock");
-        let cgroup_root = format!("ck-test-{}", uid());
-        let child = Command::new(BIN)
-            .args(["daemon", "--config"])
-            .arg(dir.join("cellkeep.toml"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--policies")
-            .arg(&pol)
-            .args(["--cgroup-root", &cgroup_root])
-            .env("CELLKEEP_LOG", "warn")
-            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the daemon");
-        let d = Daemon { child: Some(child), dir, ws, socket, cgroup_root, marker };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(15) {
-            if raw(&d.socket, "GET", "/v1/health", b"").map(|r| r.status == 200).unwrap_or(false) {
-                eprintln!("daemon up in {:?}", t.elapsed());
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("daemon did not answer on {} within 15 s", d.socket.display());
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("daemon running").id()
-    }
-
     /// The host's Landlock ABI, as the daemon reports it.
     fn landlock_abi(&self) -> i64 {
         call(&self.socket, "GET", "/v1/health", None).json()["landlock_abi"].as_i64().unwrap_or(0)
@@ -350,10 +287,6 @@ impl Daemon {
         let id = reply["cell"].as_str().unwrap_or("");
         let info = call(&self.socket, "GET", &format!("/v1/cells/{id}"), None).json();
         info["degraded"].as_array().into_iter().flatten().filter_map(|d| d["mechanism"].as_str()).map(str::to_owned).collect()
-    }
-
-    fn cwd(&self) -> String {
-        self.ws.path().display().to_string()
     }
 
     /// A one-shot cell of `provider` running `body`; the reply (`stdout`, `stderr`, `exit`).
@@ -402,10 +335,6 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cgroup of cell {id}: {e}"))
     }
 
-    fn cells_on_disk(&self) -> Vec<String> {
-        cellkeep::cgroup::CgroupRoot::open(&self.cgroup_root).and_then(|r| r.list_cells()).unwrap_or_default()
-    }
-
     #[track_caller]
     fn assert_healthy(&self) {
         let r = call(&self.socket, "GET", "/v1/health", None);
@@ -427,16 +356,6 @@ impl Daemon {
         }
         assert!(self.cells_on_disk().is_empty(), "cell cgroups left behind: {:?}", self.cells_on_disk());
         assert!(!host_has_process(&self.marker), "a cell process ({}) is still running on the host", self.marker);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            common::stop_daemon(child, Duration::from_secs(10));
-        }
-        common::remove_cgroup_root(&self.cgroup_root);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -561,16 +480,17 @@ fn write_etc() {
 #[test]
 fn write_daemon_state_dir() {
     gate!("write_daemon_state_dir");
-    let d = Daemon::start(DaemonOpts::default());
-    let pol = d.dir.join("policies");
+    let d = daemon().start();
+    let state = d.dir.path();
+    let pol = state.join("policies");
     std::fs::set_permissions(&pol, PermissionsExt::from_mode(0o777)).expect("chmod policies");
     for f in ["py.toml", "base.toml"] {
         std::fs::set_permissions(pol.join(f), PermissionsExt::from_mode(0o666)).expect("chmod policy");
     }
-    std::fs::set_permissions(d.dir.join("cellkeep.toml"), PermissionsExt::from_mode(0o666)).expect("chmod config");
+    std::fs::set_permissions(state.join("cellkeep.toml"), PermissionsExt::from_mode(0o666)).expect("chmod config");
     let snapshot = |p: &Path| std::fs::read(p).unwrap_or_default();
     let before: Vec<Vec<u8>> =
-        ["policies/py.toml", "policies/base.toml", "cellkeep.toml"].iter().map(|f| snapshot(&d.dir.join(f))).collect();
+        ["policies/py.toml", "policies/base.toml", "cellkeep.toml"].iter().map(|f| snapshot(&state.join(f))).collect();
     let body = format!(
         "d = {dir:?}\n\
          op('create policy', lambda: write(d + '/policies/evil.toml', 'extends = \"base\"\\n'))\n\
@@ -579,7 +499,7 @@ fn write_daemon_state_dir() {
          op('unlink policy', lambda: os.unlink(d + '/policies/py.toml'))\n\
          op('write config', lambda: write(d + '/cellkeep.toml', 'socket_mode = \"0666\"\\n', 'a'))\n\
          op('list state dir', lambda: os.listdir(d))",
-        dir = d.dir.display().to_string()
+        dir = state.display().to_string()
     );
     let v = d.oneshot("py", &body);
     let (out, ctx) = reply(&v);
@@ -604,7 +524,7 @@ fn write_daemon_state_dir() {
     } else {
         &["policies/py.toml", "cellkeep.toml"]
     };
-    let after: Vec<Vec<u8>> = files.iter().map(|f| snapshot(&d.dir.join(f))).collect();
+    let after: Vec<Vec<u8>> = files.iter().map(|f| snapshot(&state.join(f))).collect();
     let before: Vec<Vec<u8>> = before
         .into_iter()
         .zip(["policies/py.toml", "policies/base.toml", "cellkeep.toml"])
@@ -622,7 +542,7 @@ fn write_daemon_state_dir() {
 #[test]
 fn write_daemon_socket_dir() {
     gate!("write_daemon_socket_dir");
-    let d = Daemon::start(DaemonOpts::default());
+    let d = daemon().start();
     let sock_dir = d.socket.parent().expect("socket dir").to_owned();
     std::fs::set_permissions(&sock_dir, PermissionsExt::from_mode(0o777)).expect("chmod socket dir");
     let body = format!(
@@ -671,7 +591,7 @@ fn connect_body(socket: &Path, cwd: &str) -> String {
 #[test]
 fn connect_daemon_socket() {
     gate!("connect_daemon_socket");
-    let d = Daemon::start(DaemonOpts::default());
+    let d = daemon().start();
     let mode = std::fs::metadata(&d.socket).expect("socket").mode() & 0o777;
     assert_eq!(mode, 0o660, "the shipped default socket mode changed");
     let v = d.oneshot("py", &connect_body(&d.socket, &d.cwd()));
@@ -700,7 +620,7 @@ fn connect_daemon_socket() {
 #[test]
 fn connect_world_connectable_daemon_socket() {
     gate!("connect_world_connectable_daemon_socket");
-    let d = Daemon::start(DaemonOpts { socket_mode: Some("0666"), ..Default::default() });
+    let d = daemon().socket_mode(Some("0666")).start();
     let v = d.oneshot("py", &connect_body(&d.socket, &d.cwd()));
     let (out, ctx) = reply(&v);
     finished(&out, &ctx);
@@ -849,7 +769,7 @@ fn process_vm_readv_a_host_pid() {
 #[test]
 fn see_another_cells_processes() {
     gate!("see_another_cells_processes");
-    let d = Daemon::start(DaemonOpts::default());
+    let d = daemon().start();
     let (first, first_pid) = d.session();
     let body = format!(
         "other = {first_pid}\n\
@@ -885,7 +805,7 @@ fn see_another_cells_processes() {
 #[test]
 fn signal_another_cell() {
     gate!("signal_another_cell");
-    let d = Daemon::start(DaemonOpts::default());
+    let d = daemon().start();
     let (first, first_pid) = d.session();
     let body = format!(
         "other = {first_pid}\n\
@@ -916,7 +836,7 @@ fn signal_another_cell() {
 #[test]
 fn signal_the_daemon() {
     gate!("signal_the_daemon");
-    let d = Daemon::start(DaemonOpts::default());
+    let d = daemon().start();
     let body = format!(
         "dp = {pid}\n\
          print('visible', os.path.exists('/proc/%d' % dp))\n\
@@ -1244,7 +1164,7 @@ fn tiocsti_on_the_callers_terminal() {
 #[test]
 fn tiocsti_on_the_cells_own_tty() {
     gate!("tiocsti_on_the_cells_own_tty");
-    let d = Daemon::start(DaemonOpts::default());
+    let d = daemon().start();
     let v = d.oneshot("pytty", TIOCSTI_BODY);
     let (out, ctx) = reply(&v);
     finished(&out, &ctx);
@@ -1414,7 +1334,7 @@ fn limit_files(cell: &cellkeep::cgroup::CellCgroup) -> Vec<PathBuf> {
 #[test]
 fn raise_own_cgroup_limits() {
     gate!("raise_own_cgroup_limits");
-    let d = Daemon::start(DaemonOpts::default());
+    let d = daemon().start();
     let (id, _pid) = d.session();
     let cell = d.cell_cgroup(&id);
     let files = limit_files(&cell);
@@ -1443,7 +1363,7 @@ fn raise_own_cgroup_limits() {
 #[test]
 fn move_out_of_own_cgroup() {
     gate!("move_out_of_own_cgroup");
-    let d = Daemon::start(DaemonOpts::default());
+    let d = daemon().start();
     let (id, pid) = d.session();
     let cell = d.cell_cgroup(&id);
     // The parent (the daemon's cgroup root) and the top of each hierarchy (its mount point).
@@ -1490,7 +1410,7 @@ fn refused_cwd(d: &Daemon, cwd: &str, names: &str) {
 #[test]
 fn cwd_dotdot_through_the_api() {
     gate!("cwd_dotdot_through_the_api");
-    let d = Daemon::start(DaemonOpts::default());
+    let d = daemon().start();
     let ws = d.cwd();
     refused_cwd(&d, &format!("{ws}/../../etc"), "/etc");
     refused_cwd(&d, &format!("{ws}/../../etc"), "../../etc");
@@ -1506,7 +1426,7 @@ fn cwd_dotdot_through_the_api() {
 #[test]
 fn cwd_symlink_through_the_api() {
     gate!("cwd_symlink_through_the_api");
-    let d = Daemon::start(DaemonOpts::default());
+    let d = daemon().start();
     let ws = d.ws.path();
     std::os::unix::fs::symlink("/etc", ws.join("to-etc")).expect("symlink");
     std::os::unix::fs::symlink("/", ws.join("to-root")).expect("symlink");
@@ -1651,7 +1571,7 @@ fn exhaust_inodes_in_private_tmp() {
 fn read_the_daemons_environment() {
     gate!("read_the_daemons_environment");
     let secret = format!("s3cr3t-{}", uid());
-    let d = Daemon::start(DaemonOpts { env: vec![("CK_ESCAPE_SECRET".into(), secret.clone())], ..Default::default() });
+    let d = daemon().env("CK_ESCAPE_SECRET", &secret).start();
     let body = format!(
         "dp = {pid}\n\
          name = 'CK_ESCAPE_' + 'SECRET'\n\

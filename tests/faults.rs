@@ -237,7 +237,8 @@ fn policy_dir_gone_during_reload() {
     let dir = d.policy_dir();
     let away = d.dir.path().join("policies.away");
     std::fs::rename(&dir, &away).expect("rename the policy dir away");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), nix::sys::signal::Signal::SIGHUP)
+        .expect("SIGHUP");
     let line = d.wait_log(&["SIGHUP"], Duration::from_secs(5));
     eprintln!("reload with the dir gone: {line}");
     let log = d.log();
@@ -250,7 +251,8 @@ fn policy_dir_gone_during_reload() {
     assert_eq!(r.json()["exit"]["code"], 0, "{}", r.text());
     // An empty dir (no policies at all) is not a valid set either … put the real one back.
     std::fs::rename(&away, &dir).expect("rename back");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), nix::sys::signal::Signal::SIGHUP)
+        .expect("SIGHUP");
     let line = d.wait_log(&["SIGHUP: policies reloaded"], Duration::from_secs(5));
     eprintln!("reload after restore: {line}");
     d.spawn("cat");

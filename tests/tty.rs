@@ -1,18 +1,18 @@
 //! `[provider] tty = true`: the payload's stdin/stdout/stderr are one pseudo-terminal in raw
 //! mode, its controlling terminal. Proved end to end through a daemon of our own (temp socket,
-//! policies and cgroup root, as in `tests/daemon.rs`): a one-shot sees a terminal on 0, 1 and 2
-//! (its slave path visible under /dev/pts inside the cell), a session over `cat` answers in
-//! order with exact bytes (no echo, no `\r\n`), and nothing is left once the cells end.
+//! policies and cgroup root: tests/harness): a one-shot sees a terminal on 0, 1 and 2 (its
+//! slave path visible under /dev/pts inside the cell), a session over `cat` answers in order
+//! with exact bytes (no echo, no `\r\n`), and nothing is left once the cells end.
 //! `cellkeep run` ignores `tty` and keeps its own stdio.
 
 mod common;
+mod harness;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use common::http::{call, raw};
-use common::{privileged, BIN, NOBODY};
+use common::http::call;
+use common::privileged;
+use harness::Daemon;
 use serde_json::{json, Value};
 
 macro_rules! gate {
@@ -32,79 +32,16 @@ os.close(os.open('/dev/tty', os.O_RDONLY))
 print('via stderr', file=sys.stderr, flush=True)
 "#;
 
-/// A daemon of our own with the tty providers.
-struct Daemon {
-    child: Option<Child>,
-    /// Holds the socket, config and policies (removed on drop).
-    _dir: tempfile::TempDir,
-    ws: tempfile::TempDir,
-    socket: PathBuf,
-    cgroup_root: String,
-}
-
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::Builder::new().prefix("ck-tty-").tempdir().expect("tempdir");
-        let ws = tempfile::Builder::new().prefix("ck-ws-").tempdir().expect("workspace");
-        std::os::unix::fs::chown(ws.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        let pol = dir.path().join("policies");
-        std::fs::create_dir(&pol).expect("policy dir");
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
-        std::fs::copy(base, pol.join("base.toml")).expect("base");
-        let probe = serde_json::to_string(PROBE).expect("json string");
-        for (name, cmd, mode) in [
-            ("ttyprobe", format!("[\"/usr/bin/python3\", \"-c\", {probe}]"), "oneshot"),
-            ("ttycat", "[\"/bin/cat\"]".to_owned(), "session"),
-        ] {
-            let text = format!(
-                "extends = \"base\"\n[provider]\nname = \"{name}\"\ncommand = {cmd}\nmode = \"{mode}\"\ntty = true\n"
-            );
-            std::fs::write(pol.join(format!("{name}.toml")), text).expect("policy");
-        }
-        let config = dir.path().join("cellkeep.toml");
-        std::fs::write(&config, "grace_secs = 1.0\nshutdown_timeout_secs = 5.0\n").expect("config");
-        let socket = dir.path().join("cellkeep.sock");
-        let cgroup_root = format!("ck-test-{}", uuid::Uuid::now_v7().simple());
-        let child = Command::new(BIN)
-            .args(["daemon", "--config"])
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--policies")
-            .arg(&pol)
-            .args(["--cgroup-root", &cgroup_root, "--max-cells", "4"])
-            .env("CELLKEEP_LOG", "info")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the daemon");
-        let d = Daemon { child: Some(child), _dir: dir, ws, socket, cgroup_root };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(15) {
-            if raw(&d.socket, "GET", "/v1/health", b"").map(|r| r.status == 200).unwrap_or(false) {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("daemon did not answer on {} within 15 s", d.socket.display());
-    }
-
-    fn cwd(&self) -> String {
-        self.ws.path().display().to_string()
-    }
-
-    fn cells_on_disk(&self) -> Vec<String> {
-        cellkeep::cgroup::CgroupRoot::open(&self.cgroup_root).and_then(|r| r.list_cells()).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            common::stop_daemon(child, Duration::from_secs(20));
-        }
-        common::remove_cgroup_root(&self.cgroup_root);
-    }
+/// A daemon of our own (tests/harness) with the tty providers, at the shipped socket mode.
+fn daemon() -> Daemon {
+    let probe = serde_json::to_string(PROBE).expect("json string");
+    Daemon::builder()
+        .prefix("ck-tty-")
+        .socket_mode(None)
+        .max_cells(4)
+        .provider("ttyprobe", &format!("[\"/usr/bin/python3\", \"-c\", {probe}]"), "oneshot", "tty = true")
+        .provider("ttycat", "[\"/bin/cat\"]", "session", "tty = true")
+        .start()
 }
 
 // 1. A one-shot tty cell: 0, 1 and 2 are the terminal (a /dev/pts slave, visible inside the
@@ -113,7 +50,7 @@ impl Drop for Daemon {
 #[test]
 fn oneshot_sees_a_controlling_terminal() {
     gate!("oneshot_sees_a_controlling_terminal");
-    let d = Daemon::start();
+    let d = daemon();
     let r = call(
         &d.socket,
         "POST",
@@ -135,7 +72,7 @@ fn oneshot_sees_a_controlling_terminal() {
 #[test]
 fn session_replies_are_exact_and_nothing_is_left() {
     gate!("session_replies_are_exact_and_nothing_is_left");
-    let d = Daemon::start();
+    let d = daemon();
     let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "ttycat", "cwd": d.cwd()})));
     assert_eq!(r.status, 201, "{}", r.text());
     let info = r.json();
