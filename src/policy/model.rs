@@ -138,7 +138,7 @@ pub struct Limits {
     pub tmp_size: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespaces {
     pub user: bool,
     pub pid: bool,

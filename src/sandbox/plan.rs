@@ -77,16 +77,8 @@ pub struct Ids {
     pub inside_gid: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NsPlan {
-    pub user: bool,
-    pub pid: bool,
-    pub mount: bool,
-    pub net: bool,
-    pub ipc: bool,
-    pub uts: bool,
-    pub cgroup: bool,
-}
+/// The namespaces a cell gets: the policy's, with `net` resolved (see [`namespaces`]).
+pub type NsPlan = crate::policy::Namespaces;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -197,16 +189,8 @@ pub fn build(
 
 /// The namespaces a cell of `policy` gets.
 pub fn namespaces(policy: &Policy) -> NsPlan {
-    NsPlan {
-        user: policy.namespaces.user,
-        pid: policy.namespaces.pid,
-        mount: policy.namespaces.mount,
-        // `tcp` means the host network, mediated by landlock; `none`/`loopback` need a netns.
-        net: policy.namespaces.net && !matches!(policy.network, Network::Tcp { .. }),
-        ipc: policy.namespaces.ipc,
-        uts: policy.namespaces.uts,
-        cgroup: policy.namespaces.cgroup,
-    }
+    // `tcp` means the host network, mediated by landlock; `none`/`loopback` need a netns.
+    NsPlan { net: policy.namespaces.net && !matches!(policy.network, Network::Tcp { .. }), ..policy.namespaces }
 }
 
 /// The kernel-mechanism check of [`build`] alone, without a request (for `cellkeep doctor`):
