@@ -10,7 +10,7 @@
 //! the production location, so the cell sees the same mount view as in production — a socket
 //! under the host's `/tmp` would be hidden by the cell's private `/tmp` and prove nothing).
 //!
-//! # The 39 attempts (test name → what stops it)
+//! # The 40 attempts (test name → what stops it)
 //!
 //! | # | attempt | stopped by |
 //! |---|---|---|
@@ -53,10 +53,12 @@
 //! | 37 | `exhaust_inodes_in_private_tmp` | the private tmpfs's inode cap (`nr_inodes`, one per 4 KiB of `tmp_size`): ENOSPC |
 //! | 38 | `read_the_daemons_environment` | pid namespace (ENOENT) + pid 1 not dumpable (EACCES) + filtered env |
 //! | 39 | `open_by_handle_at_shocker` | seccomp (EPERM) |
+//! | 40 | `symlink_planted_under_a_cwd_rule` (`{cwd}/out` → a 0777 dir outside) | rules under the cwd opened with RESOLVE_NO_SYMLINKS: the launch fails at stage landlock |
 //!
-//! The battery found three weaknesses, fixed since: #8 (a cell could drive a world-connectable
-//! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule) and
-//! #37 (no inode cap on the private tmp: a file flood ended in an OOM kill, not ENOSPC).
+//! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
+//! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
+//! #37 (no inode cap on the private tmp: a file flood ended in an OOM kill, not ENOSPC) and
+//! #40 (a `{cwd}/…` rule followed a symlink planted in the workspace to its target).
 
 mod common;
 mod harness;
@@ -1617,5 +1619,40 @@ fn open_by_handle_at_shocker() {
     finished(&out, &ctx);
     denied(&out, &ctx, "open_by_handle_at", &["EPERM"], "open_by_handle_at was allowed");
     denied(&out, &ctx, "name_to_handle_at", &["EPERM"], "name_to_handle_at was allowed");
+    a.contained();
+}
+
+// 40. A symlink planted in the workspace (by an earlier cell, which may write there) under a
+//     path a policy grants by `{cwd}/…`: the next cell's Landlock rule must not be carried
+//     through it to the link's target. The rule is opened with RESOLVE_NO_SYMLINKS, so the
+//     launch fails at stage landlock naming the path (ELOOP); the target stays untouched.
+//     (The cwd itself is opened the same way before the fchdir, against a swap after the
+//     daemon's check.)
+#[test]
+fn symlink_planted_under_a_cwd_rule() {
+    gate!("symlink_planted_under_a_cwd_rule");
+    let target = plant_open_dir("/var/tmp");
+    let a = Attempt::new();
+    let out_link = a.w.ws.path().join("out");
+    std::os::unix::fs::symlink(&target.0, &out_link).expect("plant the symlink");
+    // The cwd is read-only for this provider; only {cwd}/out is writable.
+    let policy = a.policy("[filesystem]\nwrite = [\"{cwd}/out\", \"{tmp}\", \"/dev/null\"]\n");
+    let body = "op('write through out', lambda: open(os.getcwd() + '/out/pwned', 'w').write('x'))";
+    let r = a.run_with(&policy, body, &[]);
+    let ctx = r.describe();
+    assert!(!target.0.join("pwned").exists(), "ESCAPE: the cell wrote through the planted symlink\n{ctx}");
+    assert_eq!(r.outcome["stage"], "landlock", "the launch should fail at the rule\n{ctx}");
+    assert!(
+        r.stderr.contains(&out_link.display().to_string()) && r.stderr.contains("symlink"),
+        "the error does not name the path and the symlink\n{ctx}"
+    );
+    // Without the link the same policy runs, and the write lands in {cwd}/out.
+    std::fs::remove_file(&out_link).expect("remove the link");
+    std::fs::create_dir(&out_link).expect("a real out dir");
+    std::os::unix::fs::chown(&out_link, Some(common::NOBODY), Some(common::NOBODY)).expect("chown out");
+    let r = a.run_with(&policy, body, &[]);
+    let (out, ctx) = (r.output(), r.describe());
+    finished(&out, &ctx);
+    assert!(out_link.join("pwned").exists(), "a real {{cwd}}/out rule must still grant writing\n{ctx}");
     a.contained();
 }

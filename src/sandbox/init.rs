@@ -108,9 +108,7 @@ fn mount_view(plan: &LaunchPlan) -> Result<(), StepError> {
     )?;
     if let Some(size) = plan.tmp_size {
         // The cwd may sit under the host's /tmp: hold it by fd before the tmpfs hides it.
-        let keep = plan.cwd.starts_with(CELL_TMP).then(|| {
-            nix::fcntl::open(&plan.cwd, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        });
+        let keep = plan.cwd.starts_with(CELL_TMP).then(|| sys::open_no_symlinks(&plan.cwd, true));
         let keep = match keep {
             Some(r) => Some(step(Stage::Mounts, "holding the cwd under /tmp", r)?),
             None => None,
@@ -298,7 +296,12 @@ fn payload(plan: &LaunchPlan) -> Result<std::convert::Infallible, StepError> {
         // nowhere outside the cell: the master is held by the launcher only.
         step(Stage::Tty, "TIOCSCTTY on stdin (the pty slave)", sys::set_controlling_tty(libc::STDIN_FILENO))?;
     }
-    step(Stage::Cwd, &format!("chdir to {}", plan.cwd.display()), nix::unistd::chdir(&plan.cwd))?;
+    // By fd, through no symlink: the cwd was checked symlink-free inside the workdir roots, and
+    // whoever can write there (another cell) must not redirect it since.
+    let cwd = plan.cwd.display();
+    let dir = step(Stage::Cwd, &format!("opening {cwd} (no symlinks followed)"), sys::open_no_symlinks(&plan.cwd, true))?;
+    step(Stage::Cwd, &format!("fchdir to {cwd}"), nix::unistd::fchdir(&dir))?;
+    drop(dir);
     for r in &plan.rlimits {
         let res = match r.kind {
             RlimitKind::Nofile => Resource::RLIMIT_NOFILE,

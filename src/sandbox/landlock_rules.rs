@@ -9,9 +9,17 @@
 //! Rights: `read` = read files + list dirs; `write` = read + every write right of the ABI
 //! (create, remove, truncate, device ioctls); `exec` = execute + read (the dynamic loader maps
 //! libraries by reading them). A listed path that does not exist is skipped.
+//!
+//! Paths beneath the cwd are opened through no symlink (`openat2` RESOLVE_NO_SYMLINKS): the
+//! workspace is writable by cells, so a symlink planted there (`{cwd}/out` → a home directory)
+//! would otherwise carry the rule's rights outside it. Meeting one fails the launch, naming
+//! the path. The policy's own absolute paths are followed as written (`/lib` → `/usr/lib`).
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, Ruleset,
     RulesetAttr, RulesetCreatedAttr, RulesetError, Scope, ABI,
 };
 
@@ -22,14 +30,40 @@ pub enum LandlockError {
     #[error("landlock ruleset: {0}")]
     Ruleset(#[from] RulesetError),
     #[error("landlock rule for {path}: {source}")]
-    Path { path: String, source: landlock::PathFdError },
+    Path { path: String, source: std::io::Error },
+    #[error(
+        "landlock rule for {path}: a symlink in its path (under the cwd, rules are not carried through symlinks)"
+    )]
+    Symlink { path: String },
 }
 
 impl LandlockError {
     pub fn errno(&self) -> i32 {
         match self {
-            LandlockError::Path { .. } => libc::ENOENT,
+            LandlockError::Path { source, .. } => source.raw_os_error().unwrap_or(libc::ENOENT),
+            LandlockError::Symlink { .. } => libc::ELOOP,
             LandlockError::Ruleset(_) => libc::EPERM,
+        }
+    }
+}
+
+/// The rule's anchor: `None` when the path does not exist (the rule is skipped).
+fn open_rule_path(path: &Path, cwd: &Path) -> Result<Option<OwnedFd>, LandlockError> {
+    let named = |source: std::io::Error| LandlockError::Path { path: path.display().to_string(), source };
+    if path.starts_with(cwd) {
+        match super::sys::open_no_symlinks(path, false) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(nix::errno::Errno::ELOOP) => Err(LandlockError::Symlink { path: path.display().to_string() }),
+            Err(e) => Err(named(e.into())),
+        }
+    } else {
+        // What landlock's PathFd does: O_PATH, following symlinks.
+        let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC;
+        match nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(_) if !path.exists() => Ok(None),
+            Err(e) => Err(named(e.into())),
         }
     }
 }
@@ -37,16 +71,15 @@ impl LandlockError {
 fn add_paths(
     abi: ABI,
     mut created: landlock::RulesetCreated,
-    paths: &[std::path::PathBuf],
+    paths: &[PathBuf],
+    cwd: &Path,
     access: BitFlags<AccessFs>,
 ) -> Result<landlock::RulesetCreated, LandlockError> {
     for path in paths {
-        let fd = match PathFd::new(path) {
-            Ok(fd) => fd,
-            Err(_) if !path.exists() => continue,
-            Err(source) => return Err(LandlockError::Path { path: path.display().to_string(), source }),
-        };
-        let rights = if path.is_dir() { access } else { access & AccessFs::from_file(abi) };
+        let Some(fd) = open_rule_path(path, cwd)? else { continue };
+        // What the fd is, not what the path says now.
+        let is_dir = nix::sys::stat::fstat(&fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        let rights = if is_dir { access } else { access & AccessFs::from_file(abi) };
         created = created.add_rule(PathBeneath::new(fd, rights))?;
     }
     Ok(created)
@@ -69,9 +102,9 @@ pub fn restrict_self(plan: &LandlockPlan) -> Result<(), LandlockError> {
         ruleset = ruleset.scope(Scope::from_all(abi))?;
     }
     let mut created = ruleset.create()?.no_new_privs(false);
-    created = add_paths(abi, created, &plan.read, read)?;
-    created = add_paths(abi, created, &plan.write, write)?;
-    created = add_paths(abi, created, &plan.exec, exec)?;
+    created = add_paths(abi, created, &plan.read, &plan.cwd, read)?;
+    created = add_paths(abi, created, &plan.write, &plan.cwd, write)?;
+    created = add_paths(abi, created, &plan.exec, &plan.cwd, exec)?;
     if let Some(tcp) = &plan.tcp {
         for port in &tcp.connect {
             created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;

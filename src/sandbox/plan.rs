@@ -105,6 +105,9 @@ pub struct LandlockPlan {
     pub tcp: Option<TcpPorts>,
     /// Abstract UNIX sockets and signals scoped to the cell (ABI 6).
     pub scope: bool,
+    /// The cell's cwd: rule paths beneath it are opened without following symlinks (their
+    /// owner, unlike the policy's author, may have planted one).
+    pub cwd: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,5 +379,6 @@ fn landlock_plan(
         exec: paths(&policy.filesystem.exec),
         tcp,
         scope: abi >= LANDLOCK_SCOPE_ABI,
+        cwd: cwd.to_owned(),
     }))
 }

@@ -14,6 +14,22 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
+/// `openat2(AT_FDCWD, path, O_PATH | O_CLOEXEC [| O_DIRECTORY], RESOLVE_NO_SYMLINKS)`: the
+/// object at `path` reached through no symbolic link (nor /proc magic link) in any component;
+/// the kernel (>= 5.6) fails with ELOOP when it meets one. Used for paths a cell's owner can
+/// change (the cwd and rules beneath it): the daemon checked them canonical (symlink-free)
+/// inside the workdir roots, and a symlink planted or swapped in since then must not redirect
+/// a chdir or a Landlock grant. (Safe code: nix wraps the syscall.)
+pub fn open_no_symlinks(path: &std::path::Path, directory: bool) -> nix::Result<OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let mut flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    if directory {
+        flags |= OFlag::O_DIRECTORY;
+    }
+    let how = OpenHow::new().flags(flags).resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how)
+}
+
 /// Start `child` in new namespaces with `clone(2)`, on a freshly allocated stack.
 ///
 /// Only called from the single-threaded helper, so the child may allocate: there is no other
@@ -205,4 +221,22 @@ pub fn take_helper_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
 pub fn async_fd(fd: std::os::fd::OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
     // SAFETY: see the contract above; `fd` is moved in, so no other owner exists.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A symlink anywhere in the path (the last component or one before it) is refused with
+    /// ELOOP; the same object reached without one opens.
+    #[test]
+    fn open_no_symlinks_refuses_any_symlink_component() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        assert!(super::open_no_symlinks(&real.join("sub"), true).is_ok());
+        for p in [dir.path().join("link"), dir.path().join("link/sub")] {
+            assert_eq!(super::open_no_symlinks(&p, true).err(), Some(nix::errno::Errno::ELOOP), "{}", p.display());
+        }
+        assert_eq!(super::open_no_symlinks(&dir.path().join("none"), false).err(), Some(nix::errno::Errno::ENOENT));
+    }
 }
