@@ -42,6 +42,8 @@ pub struct Framer {
     discarding: bool,
     /// While discarding: the current line outgrew [`Self::line_cap`], so it cannot be the end marker.
     line_too_long: bool,
+    /// What an unrequested reply may hold ([`IDLE_KEEP`]; smaller in tests and fuzzing).
+    idle_keep: usize,
 }
 
 impl Framer {
@@ -56,7 +58,21 @@ impl Framer {
                 Rule::JsonField { path: field.split('.').map(str::to_owned).collect(), equals: equals.clone() }
             }
         };
-        Ok(Framer { rule, max_reply, line: Vec::new(), body: Vec::new(), discarding: false, line_too_long: false })
+        Ok(Framer {
+            rule,
+            max_reply,
+            line: Vec::new(),
+            body: Vec::new(),
+            discarding: false,
+            line_too_long: false,
+            idle_keep: IDLE_KEEP,
+        })
+    }
+
+    /// Hold at most `bytes` of a reply nobody waits for (default [`IDLE_KEEP`]).
+    pub fn with_idle_keep(mut self, bytes: usize) -> Framer {
+        self.idle_keep = bytes;
+        self
     }
 
     /// Forget any partial reply (after an error, or when a session is reset).
@@ -76,7 +92,7 @@ impl Framer {
     /// marker without an error, so a session printing unrequested output costs the daemon
     /// neither memory nor copies.
     pub fn push(&mut self, mut bytes: &[u8], wanted: bool) -> Vec<Result<Reply, SessionError>> {
-        let limit = if wanted { self.max_reply } else { self.max_reply.min(IDLE_KEEP) };
+        let limit = if wanted { self.max_reply } else { self.max_reply.min(self.idle_keep) };
         let mut out = Vec::new();
         while !bytes.is_empty() {
             let (chunk, rest, complete) = match memchr::memchr(b'\n', bytes) {

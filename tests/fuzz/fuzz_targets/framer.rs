@@ -5,7 +5,8 @@
 //! into reads; a delivered reply is at most `max_reply` bytes (newlines included); with `line`
 //! framing and no oversized reply, the replies plus one terminator each are exactly the input
 //! up to its last newline; a sentinel reply never contains the sentinel line; after `reset`
-//! nothing is pending.
+//! nothing is pending. A second run pushes some pieces as unrequested output (`wanted` false,
+//! a small idle_keep) and checks the same bounds.
 //! `seeds/framer/discard-split-sentinel` is the input that once broke read-boundary
 //! independence on the discard path (fixed; see `Framer`'s unit tests).
 #![no_main]
@@ -51,6 +52,19 @@ fn run(policy: &SessionPolicy, max: usize, pieces: &[&[u8]]) -> Out {
     out
 }
 
+/// Pieces pushed with `wanted` = the cut byte's high bit clear (the last piece always
+/// wanted), idle_keep = `keep`: the unrequested-output path. Checks what holds whatever the
+/// mix: no panic, no reply over max_reply, no sentinel line inside a reply.
+fn run_mixed(policy: &SessionPolicy, max: usize, keep: usize, pieces: &[&[u8]], cuts: &[u8]) -> Out {
+    let mut f = Framer::new(policy, max).expect("fixed patterns compile").with_idle_keep(keep);
+    let mut out = Vec::new();
+    for (i, p) in pieces.iter().enumerate() {
+        let wanted = cuts.get(i).is_none_or(|c| c & 0x80 == 0);
+        out.extend(f.push(p, wanted).into_iter().map(|r| r.map(|r| r.body).map_err(|e| e.to_string())));
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some(inp) = parse(data) else { return };
     let policy = match inp.rule % 4 {
@@ -90,8 +104,16 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole, chunked, "replies depend on read boundaries (cuts {:?})", pieces.iter().map(|p| p.len()).collect::<Vec<_>>());
     assert_eq!(whole, single, "replies differ when output arrives one byte per read");
 
-    for r in whole.iter().flatten() {
+    let keep = inp.cuts.first().map_or(1, |c| usize::from(*c & 0x3f) + 1);
+    let mixed = run_mixed(&policy, max, keep, &pieces, inp.cuts);
+    for r in whole.iter().chain(mixed.iter()).flatten() {
         assert!(r.len() <= max, "reply of {} bytes over max_reply {max}", r.len());
+    }
+    if let SessionPolicy::Sentinel { line } = &policy {
+        for r in mixed.iter().flatten() {
+            let lines = r.strip_suffix(b"\n").map(|b| b.split(|c| *c == b'\n').collect::<Vec<_>>()).unwrap_or_default();
+            assert!(lines.iter().all(|l| *l != line.as_bytes()), "sentinel inside a reply (mixed)");
+        }
     }
     match &policy {
         SessionPolicy::Line if !overflowed => {
