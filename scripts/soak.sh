@@ -22,6 +22,7 @@ export ABUSE_FLOOD_BYTES=${SOAK_FLOOD_BYTES:-10737418240}
 export CI=1 # a test that cannot run fails, never skips
 OUT=target/soak
 mkdir -p "$OUT"
+rm -f "$OUT"/round-*.log
 cargo test --locked --no-run --test escape --test abuse --test faults --test load 2>&1 | tail -1
 
 leaks() {
@@ -58,11 +59,11 @@ done
 {
   echo "# soak: $ROUNDS round(s), LOAD_COMMANDS=$LOAD_COMMANDS, ABUSE_FLOOD_BYTES=$ABUSE_FLOOD_BYTES"
   echo
-  cat "$OUT"/round-*.log | awk '
+  cat "$OUT"/round-*.log | awk -v rounds="$ROUNDS" '
     /^RESULT / { for (i = 3; i < NF; i++) { if ($(i+1) ~ /^passed/) { p += $i; if ($2 == "escape") esc += $i }
                                             if ($(i+1) ~ /^failed/) f += $i } }
     /^\.*ABUSE-HEALTH/ { for (i = 2; i <= NF; i++) if ($i ~ /^worst=/) { v = substr($i, 7) + 0; if (v > worst) { worst = v; wcase = $2 } } }
-    END { printf "- tests: %d passed, %d failed\n- escape attempts contained: %d\n- worst health latency under abuse: %.1f ms (%s)\n", p, f, esc, worst, wcase }'
+    END { printf "- tests: %d passed, %d failed\n- escape attempts contained: %d per round x %d rounds\n- worst health latency under abuse: %.1f ms (%s)\n", p, f, esc / rounds, rounds, worst, wcase }'
   echo
   echo '```'
   # (`cargo test -q` prints a dot per test in front of the next line.)
