@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite (the README's test command; .ci/run calls exactly this).
+#   0. lint: cargo clippy, warnings are errors
 #   1. host: unit tests + privileged integration tests on this host's cgroups (v1 on hybrid hosts)
 #   2. VM:   the same integration test binaries on real cgroup v2, in a QEMU VM, on two kernels
 #            (scripts/vm-test.sh; skip with CELLKEEP_SKIP_VM=1 on a laptop — never in CI)
@@ -9,6 +10,14 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 
 step() { printf '\n=== %s\n' "$*"; }
 t0=$SECONDS
+step "lint: cargo clippy (warnings are errors)"
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --locked --all-targets -q -- -D warnings
+elif [[ -n ${CI:-} ]]; then
+  echo "cargo clippy is not installed (rustup component add clippy)" >&2; exit 1
+else
+  echo "SKIP: cargo clippy is not installed; CI requires it"
+fi
 step "host: cargo test (unit + privileged integration, one test at a time: the CPU-limit test measures)"
 cargo test --locked -- --test-threads=1
 host_s=$((SECONDS - t0))

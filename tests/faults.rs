@@ -119,7 +119,7 @@ fn client_killed_mid_request() {
     client.kill().expect("kill the client");
     client.wait().expect("reap the client");
     let t = Instant::now();
-    assert_eq!(d.health()["cells_running"].as_u64().unwrap_or(99) <= 1, true);
+    assert!(d.health()["cells_running"].as_u64().unwrap_or(99) <= 1);
     wait_until("the orphaned one-shot cell to go", Duration::from_secs(6), || {
         d.cells_on_disk().is_empty() && pids.iter().all(|p| !alive(*p))
     });

@@ -291,7 +291,6 @@ impl CgroupRoot {
         })
     }
 
-    /// Names of cell cgroups under the root (restart recovery), sorted.
     /// Whether process `pid` lives in one of cellkeep's cells (beneath this root). The daemon
     /// refuses API requests from such processes: a cell must never drive the supervisor, even
     /// when the socket's permissions would let its uid connect. `None` when the process is
@@ -305,6 +304,7 @@ impl CgroupRoot {
         })
     }
 
+    /// Names of cell cgroups under the root (restart recovery), sorted.
     pub fn list_cells(&self) -> Result<Vec<String>, CgroupError> {
         let mut names = match &self.backend {
             RootBackend::V1(r) => r.list_cells()?,

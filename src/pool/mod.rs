@@ -262,7 +262,7 @@ async fn recover_orphans(root: &CgroupRoot) -> usize {
         for id in root.list_cells().unwrap_or_default() {
             // Processes still in it are the payloads of a daemon that was killed; cells whose
             // processes died with their supervisor leave only empty directories.
-            let left = root.open_cell(&id).and_then(|c| Ok((c.procs().map_or(0, |p| p.len()), c)));
+            let left = root.open_cell(&id).map(|c| (c.procs().map_or(0, |p| p.len()), c));
             match left.and_then(|(procs, c)| c.remove().map(|()| procs)) {
                 Ok(0) => {
                     tracing::warn!(cell = %id, "removed the empty cgroup of an orphaned cell");

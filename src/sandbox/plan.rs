@@ -221,7 +221,7 @@ pub fn resolve_cwd(policy: &Policy, cwd: &Path) -> Result<PathBuf, SandboxError>
             reason: "not a directory".to_owned(),
         });
     }
-    if policy.workdir.roots.iter().any(|root| canonical == *root) {
+    if policy.workdir.roots.contains(&canonical) {
         // A root is a shared parent (/home, /tmp): granting it whole would hand the cell every
         // workspace beneath it. A cell works in one directory below a root.
         return Err(SandboxError::Cwd {

@@ -210,6 +210,8 @@ fn json_field_equals(line: &[u8], path: &[String], equals: &str) -> bool {
     }
     match v {
         serde_json::Value::String(s) => s == equals,
+        // Not `*other == equals`: a non-string value compares as its JSON text (`true`, `3`).
+        #[allow(clippy::cmp_owned)]
         other => other.to_string() == equals,
     }
 }
