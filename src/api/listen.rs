@@ -153,7 +153,7 @@ pub async fn serve(
                 // permissions let its uid do (Landlock has no right for connect(2) to a socket).
                 c.in_cell = pool.caller_is_cell(&c);
                 if c.in_cell {
-                    tracing::warn!(pid = ?c.pid, uid = c.uid, "connection from inside a cell; every request will be refused");
+                    tracing::warn!(pid = c.pid, uid = c.uid, "connection from inside a cell; every request will be refused");
                 }
                 c
             }

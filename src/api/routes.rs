@@ -233,7 +233,7 @@ async fn shutdown(State(s): State<AppState>, Extension(caller): Extension<Caller
     if !s.pool.is_admin(&caller) {
         return Err(crate::pool::PoolError::Forbidden { uid: caller.uid, action: "shut the daemon down".into() }.into());
     }
-    tracing::warn!(uid = caller.uid, pid = ?caller.pid, "shutdown requested over the API");
+    tracing::warn!(uid = caller.uid, pid = caller.pid, "shutdown requested over the API");
     let count = s.pool.shutdown().await;
     s.shutdown.cancel();
     Ok(Json(count))
@@ -273,7 +273,7 @@ async fn log_request(req: Request, next: Next) -> Response {
         what: "before the reply; request abandoned",
     };
     let resp = next.run(req).await;
-    tracing::debug!(method = %guard.method, path = %guard.path, uid = ?guard.uid, status = resp.status().as_u16(),
+    tracing::debug!(method = %guard.method, path = %guard.path, uid = guard.uid, status = resp.status().as_u16(),
         ms = guard.started.elapsed().as_millis() as u64, "request");
     guard.disarm();
     resp
@@ -301,8 +301,7 @@ impl HangUp {
 impl Drop for HangUp {
     fn drop(&mut self) {
         if !self.what.is_empty() {
-            let uid = self.uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
-            tracing::info!(method = %self.method, path = %self.path, %uid,
+            tracing::info!(method = %self.method, path = %self.path, uid = self.uid,
                 ms = self.started.elapsed().as_millis() as u64, "client hung up {}", self.what);
         }
     }
