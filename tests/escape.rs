@@ -38,7 +38,7 @@
 //! | 22 | `perf_event_open_counters` | seccomp (EPERM) |
 //! | 23 | `io_uring_rings` | seccomp (EPERM) |
 //! | 24 | `userfaultfd_handles` | seccomp (EPERM) + Landlock on /dev/userfaultfd |
-//! | 25 | `tiocsti_on_the_callers_terminal` (`cellkeep run` on a pty) | seccomp (EPERM) + new session (kernel EPERM) |
+//! | 25 | `tiocsti_on_the_callers_terminal` (`cellkeep run` on a pty) | the payload gets a pty of its own, never the caller's; seccomp (EPERM) |
 //! | 26 | `tiocsti_on_the_cells_own_tty` (`tty = true` provider) | seccomp (EPERM), the request compared as 32 bits, as the kernel reads it |
 //! | 27 | `run_a_setuid_binary` (a setuid-root copy of id, passwd) | no_new_privs (euid stays 65534) |
 //! | 28 | `chmod_setuid_a_file_it_wrote` ({cwd} and {tmp}) | Landlock: no exec outside the exec list (EACCES); nosuid {tmp}; owner is nobody |
@@ -54,6 +54,7 @@
 //! | 38 | `read_the_daemons_environment` | pid namespace (ENOENT) + pid 1 not dumpable (EACCES) + filtered env |
 //! | 39 | `open_by_handle_at_shocker` | seccomp (EPERM) |
 //! | 40 | `symlink_planted_under_a_cwd_rule` (`{cwd}/out` → a 0777 dir outside) | rules under the cwd opened with RESOLVE_NO_SYMLINKS: the launch fails at stage landlock |
+//! | 41 | `callers_terminal_left_as_it_was`, `callers_terminal_restored_after_a_signal` (raw, no echo, 3x7, TIOCEXCL on its terminal) | `cellkeep run` relays through a pty of the cell's own; the caller's modes are restored on every exit path |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
 //! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
@@ -1112,9 +1113,9 @@ const TIOCSTI_BODY: &str = "c = ctypes.c_char(b'Z')\n\
     r, _, _ = select.select([0], [], [], 0.1)\n\
     print('own input', repr(os.read(0, 16)) if r else 'empty', flush=True)";
 
-// 25. `cellkeep run` from a terminal: the payload gets the caller's terminal as fd 0 (here a
-//     pty the test opens). The payload runs in a new session with no controlling terminal, so
-//     even a TIOCSTI that passed the filter is refused by the kernel; nothing must reach the
+// 25. `cellkeep run` from a terminal (here a pty the test opens, as stdin): the payload gets a
+//     pseudo-terminal of its own, never the caller's (finding 8 of the isolation issue). TIOCSTI
+//     on its terminal is denied by seccomp; /dev/tty is its own terminal; nothing reaches the
 //     caller's input queue.
 #[test]
 fn tiocsti_on_the_callers_terminal() {
@@ -1123,9 +1124,10 @@ fn tiocsti_on_the_callers_terminal() {
     let mut tio = nix::sys::termios::tcgetattr(&pty.slave).expect("tcgetattr");
     nix::sys::termios::cfmakeraw(&mut tio);
     nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &tio).expect("raw mode");
+    let callers = nix::unistd::ttyname(&pty.slave).expect("ttyname");
     let a = Attempt::new();
     let p = a.policy("");
-    let s = script(&a.marker, TIOCSTI_BODY);
+    let s = script(&a.marker, &format!("{TIOCSTI_BODY}\nprint('ttyname', os.ttyname(0), flush=True)"));
     let stdin = pty.slave.try_clone().expect("dup slave");
     let out = Command::new(BIN)
         .args(["run", "--json", "--policy"])
@@ -1141,22 +1143,132 @@ fn tiocsti_on_the_callers_terminal() {
     let (out, ctx) = (r.output(), r.describe());
     eprintln!("cell output:\n{out}");
     finished(&out, &ctx);
-    assert_eq!(line_of(&out, "isatty"), "True", "the test's pty did not reach the payload\n{ctx}");
-    denied(&out, &ctx, "tiocsti", &["EPERM"], "TIOCSTI into the caller's terminal was allowed");
-    denied(
-        &out,
-        &ctx,
-        "tiocsti 64-bit",
-        &["EPERM"],
-        "TIOCSTI (64-bit encoding) into the caller's terminal was allowed",
-    );
+    assert_eq!(line_of(&out, "isatty"), "True", "the payload has no terminal\n{ctx}");
+    let theirs = line_of(&out, "ttyname");
+    assert!(theirs.starts_with("/dev/pts/"), "the payload's terminal is not a pty: {theirs}\n{ctx}");
+    assert_ne!(Path::new(&theirs), callers, "ESCAPE: the payload was handed the caller's terminal\n{ctx}");
+    denied(&out, &ctx, "tiocsti", &["EPERM"], "TIOCSTI on the payload's terminal was allowed");
+    denied(&out, &ctx, "tiocsti 64-bit", &["EPERM"], "TIOCSTI (64-bit encoding) was allowed");
     denied(&out, &ctx, "tioclinux 64-bit", &["EPERM", "EINVAL", "ENOTTY"], "TIOCLINUX was allowed");
-    denied(&out, &ctx, "open /dev/tty", &["ENXIO"], "the payload has a controlling terminal");
     // Nothing was pushed into the caller's input queue.
     nix::fcntl::fcntl(&pty.slave, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).expect("nonblock");
     let mut buf = [0u8; 16];
     let got = std::fs::File::from(pty.slave).read(&mut buf);
     assert!(got.is_err(), "ESCAPE: the cell injected {:?} into the caller's terminal", got.map(|n| &buf[..n]));
+    a.contained();
+}
+
+/// The caller's terminal as `cellkeep run` found it: modes, window size, exclusive mode.
+fn terminal_state(fd: &std::os::fd::OwnedFd) -> (nix::sys::termios::Termios, (u16, u16), i32) {
+    use std::os::fd::AsRawFd;
+    let tio = nix::sys::termios::tcgetattr(fd).expect("tcgetattr");
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut excl: libc::c_int = 0;
+    // SAFETY: TIOCGWINSZ/TIOCGEXCL write one winsize / one int through valid pointers.
+    unsafe {
+        assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws), 0, "TIOCGWINSZ");
+        assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::TIOCGEXCL, &mut excl), 0, "TIOCGEXCL");
+    }
+    (tio, (ws.ws_row, ws.ws_col), excl)
+}
+
+// 41. (isolation issue, finding 8) `cellkeep run` on a terminal: the payload sets its terminal
+//     raw, no echo, 3x7 and exclusive (TIOCEXCL). All of that lands on the cell's own pty; the
+//     caller's terminal is exactly as before, and the payload's output still arrives.
+#[test]
+fn callers_terminal_left_as_it_was() {
+    gate!("callers_terminal_left_as_it_was");
+    let size = nix::pty::Winsize { ws_row: 31, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let before = terminal_state(&pty.slave);
+    let a = Attempt::new();
+    let p = a.policy("");
+    let body = "import fcntl, termios, struct, tty\n\
+    print('size', struct.unpack('HHHH', fcntl.ioctl(0, termios.TIOCGWINSZ, bytes(8)))[:2], flush=True)\n\
+    tty.setraw(0)\n\
+    a = termios.tcgetattr(0); a[3] &= ~termios.ECHO; termios.tcsetattr(0, termios.TCSANOW, a)\n\
+    op('winsize', lambda: fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack('HHHH', 3, 7, 0, 0)))\n\
+    op('tiocexcl', lambda: fcntl.ioctl(0, termios.TIOCEXCL))";
+    let s = script(&a.marker, body);
+    // The caller's terminal on 0, 1 and 2, as an interactive shell has it; the test reads the
+    // master side so output never blocks.
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let status = Command::new(BIN)
+        .args(["run", "--policy"])
+        .arg(&p)
+        .arg("--cwd")
+        .arg(a.w.ws.path())
+        .args(["--", PY, "-c", &s])
+        .env("CELLKEEP_CGROUP_ROOT", &a.w.cgroup_root)
+        .stdin(Stdio::from(pty.slave.try_clone().expect("dup")))
+        .stdout(Stdio::from(pty.slave.try_clone().expect("dup")))
+        .stderr(Stdio::from(pty.slave.try_clone().expect("dup")))
+        .status()
+        .expect("cellkeep run");
+    let after = terminal_state(&pty.slave);
+    drop(pty.slave);
+    let out = reader.join().expect("reader");
+    eprintln!("terminal output:\n{out}");
+    assert!(status.success(), "cellkeep run: {status}\n{out}");
+    assert!(out.contains("size (31, 101)"), "the cell's terminal did not start at the caller's size\n{out}");
+    assert!(out.contains("tiocexcl OK"), "the payload could not set its own terminal exclusive\n{out}");
+    assert!(out.contains("done"), "the payload's last output was lost\n{out}");
+    assert_eq!(after.1, before.1, "ESCAPE: the cell resized the caller's terminal");
+    assert_eq!(after.2, 0, "ESCAPE: the cell left the caller's terminal in exclusive mode (TIOCEXCL)");
+    assert_eq!(after.0, before.0, "ESCAPE: the cell changed the caller's terminal modes (echo/canonical)");
+    a.contained();
+}
+
+// 41b. The same when the run ends by a signal: SIGTERM to `cellkeep run` while the payload
+//      holds its terminal raw and sleeps. The signal goes into the cell, the run ends through
+//      its normal path, and the caller's terminal modes are restored.
+#[test]
+fn callers_terminal_restored_after_a_signal() {
+    gate!("callers_terminal_restored_after_a_signal");
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let before = terminal_state(&pty.slave);
+    let a = Attempt::new();
+    let p = a.policy("");
+    let body = "import tty, time\ntty.setraw(0)\nprint('ready', flush=True)\ntime.sleep(60)";
+    let s = script(&a.marker, body);
+    let mut child = Command::new(BIN)
+        .args(["run", "--policy"])
+        .arg(&p)
+        .arg("--cwd")
+        .arg(a.w.ws.path())
+        .args(["--", PY, "-c", &s])
+        .env("CELLKEEP_CGROUP_ROOT", &a.w.cgroup_root)
+        .stdin(Stdio::from(pty.slave.try_clone().expect("dup")))
+        .stdout(Stdio::from(pty.slave.try_clone().expect("dup")))
+        .stderr(Stdio::from(pty.slave.try_clone().expect("dup")))
+        .spawn()
+        .expect("cellkeep run");
+    // Wait for the payload's "ready" on the terminal, then signal the run.
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        let n = master.read(&mut buf).expect("read the terminal");
+        assert!(n > 0, "the terminal closed before the payload was ready");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = child.wait().expect("wait");
+    let after = terminal_state(&pty.slave);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "the run did not end by the forwarded SIGTERM");
+    assert_eq!(after.0, before.0, "the caller's terminal modes were not restored after SIGTERM");
     a.contained();
 }
 

@@ -3,7 +3,8 @@
 //! policies and cgroup root: tests/harness): a one-shot sees a terminal on 0, 1 and 2 (its
 //! slave path visible under /dev/pts inside the cell), a session over `cat` answers in order
 //! with exact bytes (no echo, no `\r\n`), and nothing is left once the cells end.
-//! `cellkeep run` ignores `tty` and keeps its own stdio.
+//! `cellkeep run` ignores `tty`: it passes its stdio through, or, on a terminal, gives the cell
+//! a terminal of its own (tests/escape.rs, attempts 25 and 41).
 
 mod common;
 mod harness;

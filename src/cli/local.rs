@@ -1,5 +1,6 @@
-//! Subcommands that work without the daemon: `run` (one process in a cell, in the foreground)
-//! and `policy check` / `policy show`.
+//! Subcommands that work without the daemon: `run` (one process in a cell, in the foreground;
+//! on a terminal, through a pseudo-terminal of the cell's own: [`term`]) and `policy check` /
+//! `policy show`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use crate::cgroup::CgroupRoot;
 use crate::policy;
 use crate::sandbox::{HostCaps, LaunchRequest, Launcher, StdioMode};
 
-use super::RunArgs;
+use super::{term, RunArgs};
 
 pub(super) fn policy_check(paths: &[PathBuf]) -> i32 {
     let diags = policy::check(paths);
@@ -58,7 +59,15 @@ async fn run_async(args: RunArgs, json: bool) -> anyhow::Result<i32> {
         range_uid: None,
     };
     let cell_id = req.cell_id.clone();
-    let cell = match launcher.launch(&policy, req, StdioMode::Inherit).await {
+    // Signals are caught from here on, so none ends `run` while the caller's terminal is raw.
+    let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
+    let forward = tokio::spawn(forward_signals(pid_rx));
+    let terminal = term::caller_terminal();
+    let stdio = match &terminal {
+        Some((_, spec)) => StdioMode::Terminal(*spec),
+        None => StdioMode::Inherit,
+    };
+    let mut cell = match launcher.launch(&policy, req, stdio).await {
         Ok(cell) => cell,
         Err(e) => {
             eprintln!("cellkeep: {e}");
@@ -74,9 +83,20 @@ async fn run_async(args: RunArgs, json: bool) -> anyhow::Result<i32> {
     for d in &cell.degraded {
         eprintln!("cellkeep: warning: {} degraded: {}", d.mechanism, d.detail);
     }
-    let forward = tokio::spawn(forward_signals(cell.helper_pid()));
+    let _ = pid_tx.send(cell.helper_pid());
+    let relay = match (terminal, cell.pty.as_ref().map(|m| m.handle())) {
+        (Some((caller, spec)), Some(master)) => {
+            let raw = term::RawGuard::stdin();
+            Some((term::Relay::start(cell.take_io(), master, caller, spec.eof_char()), raw))
+        }
+        _ => None,
+    };
     let deadline = policy.limits.wall_time.map(|d| Instant::now() + d);
     let outcome = cell.wait(deadline).await;
+    if let Some((relay, raw)) = relay {
+        relay.finish().await;
+        drop(raw);
+    }
     forward.abort();
     if json {
         println!("{}", serde_json::to_string(&outcome)?);
@@ -86,11 +106,11 @@ async fn run_async(args: RunArgs, json: bool) -> anyhow::Result<i32> {
     Ok(outcome.reason.exit_code())
 }
 
-/// Pass SIGINT/SIGTERM/SIGHUP on to the helper, which forwards them into the cell.
-async fn forward_signals(helper: Option<u32>) {
+/// Pass SIGINT/SIGTERM/SIGHUP on to the helper, which forwards them into the cell. The
+/// handlers are installed at once; signals that arrive before the helper's pid is known wait
+/// for it (and go nowhere if the launch fails).
+async fn forward_signals(helper: tokio::sync::oneshot::Receiver<Option<u32>>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Some(pid) = helper else { return };
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
     let kinds = [
         (SignalKind::interrupt(), nix::sys::signal::Signal::SIGINT),
         (SignalKind::terminate(), nix::sys::signal::Signal::SIGTERM),
@@ -113,6 +133,8 @@ async fn forward_signals(helper: Option<u32>) {
             }
         });
     }
+    let Ok(Some(pid)) = helper.await else { return };
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
     while let Some(sig) = rx.recv().await {
         let _ = nix::sys::signal::kill(pid, sig);
     }

@@ -15,6 +15,7 @@
 mod doctor;
 mod local;
 mod remote;
+mod term;
 
 use std::path::PathBuf;
 

@@ -25,7 +25,7 @@ use crate::policy::Policy;
 
 use super::plan::{self, Degradation, HostCaps, LaunchRequest};
 use super::proto::Report;
-use super::pty::{self, PtyMaster};
+use super::pty::{self, PtyMaster, TermSpec};
 use super::{ExitReason, SandboxError};
 
 /// Processes cellkeep itself keeps in every cell (the helper and the cell's pid 1); added to
@@ -34,11 +34,15 @@ pub const SUPERVISOR_PIDS: u64 = 2;
 
 /// How the payload's stdio is connected. With a `tty` policy, `Piped` and `NullInPiped` both
 /// become one pseudo-terminal (stdin, stdout and stderr on its slave; the launcher keeps the
-/// master, [`Cell::take_io`]); `Inherit` stays as it is and the policy's `tty` is ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// master, [`Cell::take_io`]); `Inherit` and `Terminal` ignore the policy's `tty`.
+#[derive(Debug, Clone, Copy)]
 pub enum StdioMode {
-    /// The launcher's own stdin/stdout/stderr (`cellkeep run`).
+    /// The launcher's own stdin/stdout/stderr (`cellkeep run` when none of them is a terminal:
+    /// a terminal is never handed to a cell).
     Inherit,
+    /// A pseudo-terminal of the cell's own, started as a copy of the caller's terminal; the
+    /// launcher keeps the master and relays (`cellkeep run` on a terminal, as `ssh -t`).
+    Terminal(TermSpec),
     /// Pipes the launcher reads and writes (the daemon).
     Piped,
     /// stdin from /dev/null, stdout/stderr piped (one-shot commands).
@@ -142,9 +146,13 @@ impl Launcher {
         }
         let (mut plan, degraded) = plan::build(policy, &req, &self.host)?;
         let cell = req.cell_id.clone();
-        plan.tty &= stdio != StdioMode::Inherit;
+        let like = match &stdio {
+            StdioMode::Terminal(spec) => Some(spec),
+            _ => None,
+        };
+        plan.tty = like.is_some() || (plan.tty && !matches!(stdio, StdioMode::Inherit));
         let (pty, slave) = if plan.tty {
-            let (master, slave) = pty::open().map_err(|source| SandboxError::Pty {
+            let (master, slave) = pty::open(like).map_err(|source| SandboxError::Pty {
                 provider: policy.name.clone(),
                 cell: cell.clone(),
                 source,
@@ -220,7 +228,7 @@ impl Launcher {
                 let (input, output) = (slave.try_clone().map_err(spawn_err)?, slave.try_clone().map_err(spawn_err)?);
                 cmd.stdin(Stdio::from(input)).stdout(Stdio::from(output)).stderr(Stdio::from(slave));
             }
-            (None, StdioMode::Inherit) => {}
+            (None, StdioMode::Inherit | StdioMode::Terminal(_)) => {}
             (None, StdioMode::Piped) => {
                 cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
             }

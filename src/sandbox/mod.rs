@@ -41,6 +41,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use launch::{Cell, CellInput, CellIo, CellOutput, Launcher, Outcome, StdioMode, Stop};
+pub use pty::TermSpec;
 pub use plan::{Degradation, HostCaps, LaunchRequest};
 pub use proto::Stage;
 

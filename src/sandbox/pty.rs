@@ -5,9 +5,12 @@
 //! controlling terminal after `setsid`), and the launcher keeps the master as a [`PtyMaster`]:
 //! an `AsyncFd` on the non-blocking master, readable and writable from tokio.
 //!
-//! The terminal is in raw mode (`cfmakeraw`): no echo, no line editing, no `\n` → `\r\n`
-//! translation, no signal characters. Output and errors share the one terminal, so a tty cell
-//! has a single output stream.
+//! A terminal the daemon drives is in raw mode (`cfmakeraw`): no echo, no line editing, no
+//! `\n` → `\r\n` translation, no signal characters. A terminal for `cellkeep run` on the
+//! caller's terminal ([`TermSpec`]) starts as a copy of the caller's (modes and window size),
+//! as `ssh -t` gives the remote side the local modes: the program inside sets what it wants on
+//! its own terminal, and the caller's is never handed to the cell. Output and errors share the
+//! one terminal, so a tty cell has a single output stream.
 //!
 //! A one-shot cell's terminal gets no input: a program that reads it waits (there is no end of
 //! file on a raw terminal) until the cell ends, unlike the `/dev/null` stdin of a pipe cell.
@@ -28,7 +31,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use nix::fcntl::OFlag;
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -38,21 +41,62 @@ use super::sys;
 pub const ROWS: u16 = 24;
 pub const COLS: u16 = 80;
 
+/// How a cell's new terminal starts when it mirrors the caller's: the caller's modes and
+/// window size, read once before the launch. (Plain `libc::termios`: nix's `Termios` is not
+/// `Sync`, and the spec travels across the launcher's await points.)
+#[derive(Clone, Copy)]
+pub struct TermSpec {
+    pub termios: libc::termios,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+impl std::fmt::Debug for TermSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TermSpec").field("rows", &self.rows).field("cols", &self.cols).finish_non_exhaustive()
+    }
+}
+
+impl TermSpec {
+    /// The modes and window size of the terminal on `fd` (the caller's).
+    pub fn of(fd: &impl std::os::fd::AsFd) -> io::Result<TermSpec> {
+        let termios = libc::termios::from(tcgetattr(fd)?);
+        let (rows, cols) = sys::window_size(fd)?;
+        Ok(TermSpec { termios, rows, cols })
+    }
+
+    /// The terminal's end-of-file character (Ctrl-D unless changed).
+    pub fn eof_char(&self) -> u8 {
+        self.termios.c_cc[libc::VEOF]
+    }
+}
+
 /// Open a pty pair for one cell: the master (close-on-exec, non-blocking, registered with the
-/// tokio reactor) and the slave (close-on-exec; the spawn `dup2`s it onto 0, 1 and 2), in raw
-/// mode with an 80x24 window. Must run inside a tokio runtime.
+/// tokio reactor) and the slave (close-on-exec; the spawn `dup2`s it onto 0, 1 and 2). Without
+/// a [`TermSpec`] it is in raw mode with an 80x24 window; with one, a copy of that terminal.
+/// Must run inside a tokio runtime.
 ///
 /// Both ends are close-on-exec from the moment they exist (no `fcntl` afterwards), so a helper
 /// spawned concurrently by another task never inherits them.
-pub fn open() -> io::Result<(PtyMaster, OwnedFd)> {
+pub fn open(like: Option<&TermSpec>) -> io::Result<(PtyMaster, OwnedFd)> {
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     nix::pty::grantpt(&master)?;
     nix::pty::unlockpt(&master)?;
     let slave = sys::open_pty_peer(&master, OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
-    sys::set_window_size(&slave, ROWS, COLS)?;
-    let mut termios = tcgetattr(&slave)?;
-    cfmakeraw(&mut termios);
-    tcsetattr(&slave, SetArg::TCSANOW, &termios)?;
+    match like {
+        Some(spec) => {
+            // A caller's terminal may report 0x0 (never sized): keep the default then.
+            let (rows, cols) = if spec.rows == 0 || spec.cols == 0 { (ROWS, COLS) } else { (spec.rows, spec.cols) };
+            sys::set_window_size(&slave, rows, cols)?;
+            tcsetattr(&slave, SetArg::TCSANOW, &Termios::from(spec.termios))?;
+        }
+        None => {
+            sys::set_window_size(&slave, ROWS, COLS)?;
+            let mut termios = tcgetattr(&slave)?;
+            cfmakeraw(&mut termios);
+            tcsetattr(&slave, SetArg::TCSANOW, &termios)?;
+        }
+    }
     let fd = Arc::new(sys::async_fd(OwnedFd::from(master))?);
     Ok((PtyMaster { fd }, slave))
 }
@@ -73,6 +117,17 @@ pub struct PtyReader(PtyMaster);
 pub struct PtyWriter(PtyMaster);
 
 impl PtyMaster {
+    /// Resize the terminal (the caller's window changed: SIGWINCH); the kernel sends SIGWINCH
+    /// to the terminal's foreground process group inside the cell.
+    pub fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
+        sys::set_window_size(self.fd.get_ref(), rows, cols)
+    }
+
+    /// A second handle on the same master (for resizing while the halves are in use).
+    pub fn handle(&self) -> PtyMaster {
+        PtyMaster { fd: self.fd.clone() }
+    }
+
     pub fn split(self) -> (PtyReader, PtyWriter) {
         let other = PtyMaster { fd: self.fd.clone() };
         (PtyReader(self), PtyWriter(other))
@@ -152,7 +207,7 @@ mod tests {
 
     #[tokio::test]
     async fn raw_round_trip_then_eof() {
-        let (master, slave) = open().unwrap_or_else(|e| panic!("openpty: {e}"));
+        let (master, slave) = open(None).unwrap_or_else(|e| panic!("openpty: {e}"));
         let flags = nix::fcntl::fcntl(&slave, nix::fcntl::FcntlArg::F_GETFD).unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(flags & libc::FD_CLOEXEC, 0, "slave must be close-on-exec");
         let t = tcgetattr(&slave).unwrap_or_else(|e| panic!("{e}"));

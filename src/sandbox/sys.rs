@@ -115,6 +115,17 @@ pub fn set_window_size(tty: &impl AsFd, rows: u16, cols: u16) -> io::Result<()> 
     Ok(())
 }
 
+/// Read a terminal's window size: `ioctl(fd, TIOCGWINSZ, &mut winsize)` → `(rows, cols)`.
+pub fn window_size(tty: &impl AsFd) -> io::Result<(u16, u16)> {
+    let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` through the pointer, which points at
+    // `size`, alive and writable for the duration of the call; the fd is borrowed, so open.
+    if unsafe { libc::ioctl(tty.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &mut size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((size.ws_row, size.ws_col))
+}
+
 /// In the payload, right after `setsid`: make the terminal on `fd` the session's controlling
 /// terminal, `ioctl(fd, TIOCSCTTY, 0)`. The caller must be a session leader without one, the
 /// terminal must not be another session's (arg 0: never steal) and `fd` must be open for
