@@ -54,6 +54,7 @@
 //! | 38 | `read_the_daemons_environment` | pid namespace (ENOENT) + pid 1 not dumpable (EACCES) + filtered env |
 //! | 39 | `open_by_handle_at_shocker` | seccomp (EPERM) |
 //! | 40 | `symlink_planted_under_a_cwd_rule` (`{cwd}/out` → a 0777 dir outside) | rules under the cwd opened with RESOLVE_NO_SYMLINKS: the launch fails at stage landlock |
+//! | 42 | `file_larger_than_the_policy_allows` (a 1 GiB file in the workspace) | `limits.file_size` (RLIMIT_FSIZE, base 512M): EFBIG, or `file_size_limited` |
 //! | 41 | `callers_terminal_left_as_it_was`, `callers_terminal_restored_after_a_signal` (raw, no echo, 3x7, TIOCEXCL on its terminal) | `cellkeep run` relays through a pty of the cell's own; the caller's modes are restored on every exit path |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
@@ -1638,6 +1639,38 @@ fn exhaust_disk_in_private_tmp() {
     // The host's /tmp is shared with whatever else runs on the machine, so its free space is no
     // measure (it drifted by 45 MiB during one CI run); the fill file is: it must not be there.
     assert!(!Path::new(&fill).exists(), "ESCAPE: the cell's fill file {fill} is on the host's /tmp\n{ctx}");
+    a.contained();
+}
+
+// 42. (isolation issue, finding 10) Fill the disk through the workspace: one file past base's
+//     `file_size` (512M). A write at an offset past the limit (sparse, so the test costs no
+//     disk) is refused by RLIMIT_FSIZE: with SIGXFSZ ignored the write fails with EFBIG; with
+//     the default action the kernel's SIGXFSZ ends the payload and the cell ends as
+//     `file_size_limited`. Below the limit the same write works.
+#[test]
+fn file_larger_than_the_policy_allows() {
+    gate!("file_larger_than_the_policy_allows");
+    let a = Attempt::new();
+    let body = "import signal\n\
+    fd = os.open('big', os.O_CREAT | os.O_WRONLY, 0o600)\n\
+    op('below limit', lambda: os.pwrite(fd, b'x', (512 << 20) - 1))\n\
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n\
+    op('past limit', lambda: os.pwrite(fd, b'x' * 4096, 1 << 30))\n\
+    print('size', os.fstat(fd).st_size, flush=True)";
+    let r = a.run(body, &[]);
+    let (out, ctx) = (r.output(), r.describe());
+    finished(&out, &ctx);
+    assert_eq!(result_of(&out, "below limit"), "OK", "a write inside the limit failed\n{ctx}");
+    denied(&out, &ctx, "past limit", &["EFBIG"], "a 1 GiB file was written under a 512 MiB file_size");
+    assert_eq!(line_of(&out, "size"), (512u64 << 20).to_string(), "the file grew past the limit\n{ctx}");
+    // The default action: the kernel's SIGXFSZ ends the cell, reported as its own reason.
+    // (Python ignores SIGXFSZ at start-up; most programs keep the default.)
+    let r = a.run(
+        "import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n\
+         fd = os.open('big2', os.O_CREAT | os.O_WRONLY, 0o600)\nos.pwrite(fd, b'x', 1 << 30)",
+        &[],
+    );
+    assert_eq!(r.outcome["reason"], "file_size_limited", "{}", r.describe());
     a.contained();
 }
 

@@ -56,7 +56,7 @@ fn expected_broken() -> Vec<(&'static str, Vec<String>)> {
             "6:10: identity.run_as: \"root\" is host root (uid 0); a sandbox never runs as host root",
         )]),
         ("unknown_key.toml", vec![own(
-            "6:1: limits.memroy_max: unknown field `memroy_max`, expected one of `memory_max`, `memory_high`, `memory_swap`, `cpu`, `pids`, `open_files`, `wall_time`, `idle_timeout`, `output_bytes`, `tmp_size`",
+            "6:1: limits.memroy_max: unknown field `memroy_max`, expected one of `memory_max`, `memory_high`, `memory_swap`, `cpu`, `pids`, `open_files`, `file_size`, `wall_time`, `idle_timeout`, `output_bytes`, `tmp_size`",
         )]),
         ("unknown_syscall.toml", vec![own("6:18: seccomp.deny: unknown syscall \"opnat\" (not an x86_64 syscall name)")]),
         ("wrong_type.toml", vec![own(

@@ -224,7 +224,7 @@ pub fn merge(mut child: RawFile, parent: RawFile) -> RawFile {
     }
     inherit!(child.workdir, parent.workdir; roots);
     inherit!(child.limits, parent.limits; memory_max, memory_high, memory_swap, cpu, pids,
-        open_files, wall_time, idle_timeout, output_bytes, tmp_size);
+        open_files, file_size, wall_time, idle_timeout, output_bytes, tmp_size);
     inherit!(child.namespaces, parent.namespaces; user, pid, mount, net, ipc, uts, cgroup);
     inherit!(child.filesystem, parent.filesystem; read, write, exec);
     inherit!(child.network, parent.network; mode, connect, bind);

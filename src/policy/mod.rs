@@ -33,6 +33,7 @@
 //! | `limits.memory_max`, `memory_high`, `memory_swap` | size | unlimited |
 //! | `limits.cpu` | CPUs, > 0 (`0.5`, `2`) | unlimited |
 //! | `limits.pids`, `limits.open_files` | integer ≥ 1 | unlimited |
+//! | `limits.file_size` | size > 0: largest file a process may write (`RLIMIT_FSIZE`) | unlimited |
 //! | `limits.wall_time`, `limits.idle_timeout` | duration | unlimited |
 //! | `limits.output_bytes` | size | `"8M"` |
 //! | `limits.tmp_size` | size | `"64M"` |

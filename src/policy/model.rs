@@ -128,6 +128,8 @@ pub struct Limits {
     pub cpu: Option<f64>,
     pub pids: Option<u64>,
     pub open_files: Option<u64>,
+    /// Largest file a process may write (`RLIMIT_FSIZE`, bytes).
+    pub file_size: Option<u64>,
     #[serde(with = "opt_secs")]
     pub wall_time: Option<Duration>,
     #[serde(with = "opt_secs")]

@@ -100,6 +100,7 @@ pub struct RawLimits {
     pub cpu: Opt<Scalar>,
     pub pids: Opt<i64>,
     pub open_files: Opt<i64>,
+    pub file_size: Opt<Scalar>,
     pub wall_time: Opt<Scalar>,
     pub idle_timeout: Opt<Scalar>,
     pub output_bytes: Opt<Scalar>,

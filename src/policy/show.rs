@@ -100,6 +100,7 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
     for (k, v) in [("pids", l.pids), ("open_files", l.open_files)] {
         limits.extend(v.and_then(|n| i64::try_from(n).ok()).map(|n| kv(k, Value::Integer(n))));
     }
+    limits.extend(l.file_size.map(|b| kv("file_size", s(&format_size(b)))));
     limits.extend(l.wall_time.map(|d| kv("wall_time", duration(d))));
     limits.extend(l.idle_timeout.map(|d| kv("idle_timeout", duration(d))));
     limits.push(kv("output_bytes", s(&format_size(l.output_bytes))));

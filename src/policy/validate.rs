@@ -310,6 +310,7 @@ impl Checker<'_> {
             cpu,
             pids: self.count(&l.pids, "limits.pids"),
             open_files: self.count(&l.open_files, "limits.open_files"),
+            file_size: self.size(&l.file_size, "limits.file_size", false),
             wall_time: self.duration(&l.wall_time, "limits.wall_time"),
             idle_timeout: self.duration(&l.idle_timeout, "limits.idle_timeout"),
             output_bytes: self.size(&l.output_bytes, "limits.output_bytes", false).unwrap_or(DEFAULT_OUTPUT_BYTES),

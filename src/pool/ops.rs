@@ -29,7 +29,7 @@ struct Launch<'a> {
 }
 
 fn is_resource_limit(reason: &ExitReason) -> bool {
-    matches!(reason, ExitReason::OomKilled | ExitReason::PidsLimited)
+    matches!(reason, ExitReason::OomKilled | ExitReason::PidsLimited | ExitReason::FileSizeLimited)
 }
 
 impl Pool {

@@ -306,6 +306,7 @@ fn payload(plan: &LaunchPlan) -> Result<std::convert::Infallible, StepError> {
         let res = match r.kind {
             RlimitKind::Nofile => Resource::RLIMIT_NOFILE,
             RlimitKind::Core => Resource::RLIMIT_CORE,
+            RlimitKind::Fsize => Resource::RLIMIT_FSIZE,
         };
         step(Stage::Rlimits, &format!("setrlimit {:?} {}", r.kind, r.limit), setrlimit(res, r.limit, r.limit))?;
     }

@@ -464,6 +464,9 @@ pub fn classify(code: Option<i32>, signal: Option<i32>, events: &Events) -> Exit
     if events.pids_max_hits > 0 {
         return ExitReason::PidsLimited;
     }
+    if signal == Some(libc::SIGXFSZ) {
+        return ExitReason::FileSizeLimited;
+    }
     match (code, signal) {
         (_, Some(sig)) => ExitReason::Signaled { signal: sig },
         (Some(code), None) => ExitReason::Exited { code },

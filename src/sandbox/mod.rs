@@ -55,6 +55,9 @@ pub enum ExitReason {
     OomKilled,
     /// The pids limit was hit (forks failed) during the run.
     PidsLimited,
+    /// A write went past the policy's `file_size` (`RLIMIT_FSIZE`): the kernel's SIGXFSZ
+    /// ended the payload.
+    FileSizeLimited,
     /// The wall-clock limit passed; the cell was killed.
     TimedOut,
     /// A syscall the seccomp policy kills on.
@@ -74,6 +77,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Signaled { signal } => write!(f, "signaled({signal})"),
             ExitReason::OomKilled => f.write_str("oom_killed"),
             ExitReason::PidsLimited => f.write_str("pids_limited"),
+            ExitReason::FileSizeLimited => f.write_str("file_size_limited"),
             ExitReason::TimedOut => f.write_str("timed_out"),
             ExitReason::SeccompViolation { syscall } => {
                 write!(f, "seccomp_violation({})", syscall.as_deref().unwrap_or("unknown"))
@@ -94,6 +98,7 @@ impl ExitReason {
             ExitReason::Signaled { signal } => 128 + signal,
             ExitReason::OomKilled => 128 + libc::SIGKILL,
             ExitReason::PidsLimited => 1,
+            ExitReason::FileSizeLimited => 128 + libc::SIGXFSZ,
             ExitReason::TimedOut => 124,
             ExitReason::SeccompViolation { .. } => 128 + libc::SIGSYS,
             ExitReason::SetupFailed { .. } => 125,

@@ -84,6 +84,8 @@ pub type NsPlan = crate::policy::Namespaces;
 #[serde(rename_all = "snake_case")]
 pub enum RlimitKind {
     Nofile,
+    /// Largest file size a process may write (past it: SIGXFSZ, or EFBIG when ignored).
+    Fsize,
     Core,
 }
 
@@ -168,6 +170,9 @@ pub fn build(
     let mut rlimits = vec![Rlimit { kind: RlimitKind::Core, limit: 0 }];
     if let Some(n) = policy.limits.open_files {
         rlimits.push(Rlimit { kind: RlimitKind::Nofile, limit: n });
+    }
+    if let Some(n) = policy.limits.file_size {
+        rlimits.push(Rlimit { kind: RlimitKind::Fsize, limit: n });
     }
     let plan = LaunchPlan {
         cell_id: req.cell_id.clone(),
