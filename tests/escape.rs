@@ -55,6 +55,7 @@
 //! | 39 | `open_by_handle_at_shocker` | seccomp (EPERM) |
 //! | 40 | `symlink_planted_under_a_cwd_rule` (`{cwd}/out` → a 0777 dir outside) | rules under the cwd opened with RESOLVE_NO_SYMLINKS: the launch fails at stage landlock |
 //! | 42 | `file_larger_than_the_policy_allows` (a 1 GiB file in the workspace) | `limits.file_size` (RLIMIT_FSIZE, base 512M): EFBIG, or `file_size_limited` |
+//! | 43 | `pid1_fails_closed_when_a_privilege_drop_fails` (PR_SET_DUMPABLE made to fail) | pid 1's privilege drop is checked step by step; the payload waits for it: setup_failed(init) |
 //! | 41 | `callers_terminal_left_as_it_was`, `callers_terminal_restored_after_a_signal` (raw, no echo, 3x7, TIOCEXCL on its terminal) | `cellkeep run` relays through a pty of the cell's own; the caller's modes are restored on every exit path |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
@@ -1270,6 +1271,53 @@ fn callers_terminal_restored_after_a_signal() {
     let after = terminal_state(&pty.slave);
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "the run did not end by the forwarded SIGTERM");
     assert_eq!(after.0, before.0, "the caller's terminal modes were not restored after SIGTERM");
+    a.contained();
+}
+
+// 43. (isolation issue, finding 7) pid 1 fails closed. `cellkeep run` under a seccomp filter
+//     (inherited by the helper, pid 1 and the payload) that makes prctl(PR_SET_DUMPABLE, 0)
+//     fail with EPERM: pid 1 could not make itself undumpable, so the launch must fail at that
+//     step, naming it, and the payload must not have run anything of its own (it waits for
+//     pid 1's word before its Landlock/seccomp steps and exec).
+#[test]
+fn pid1_fails_closed_when_a_privilege_drop_fails() {
+    use std::os::unix::process::CommandExt;
+    gate!("pid1_fails_closed_when_a_privilege_drop_fails");
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+    let cond = |i, v| SeccompCondition::new(i, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, v).expect("condition");
+    let rule = SeccompRule::new(vec![cond(0, libc::PR_SET_DUMPABLE as u64), cond(1, 0)]).expect("rule");
+    let filter = SeccompFilter::new(
+        [(libc::SYS_prctl, vec![rule])].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        std::env::consts::ARCH.try_into().expect("arch"),
+    )
+    .expect("filter");
+    let bpf: seccompiler::BpfProgram = filter.try_into().expect("bpf");
+    let a = Attempt::new();
+    let p = a.policy("");
+    let s = script(&a.marker, "open('ran', 'w').write('payload ran')");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--json", "--policy"])
+        .arg(&p)
+        .arg("--cwd")
+        .arg(a.w.ws.path())
+        .args(["--", PY, "-c", &s])
+        .env("CELLKEEP_CGROUP_ROOT", &a.w.cgroup_root);
+    // SAFETY: between fork and exec only prctl(NO_NEW_PRIVS) and seccomp(2) run, on a BPF
+    // program compiled before the fork (apply_filter allocates nothing).
+    unsafe {
+        cmd.pre_exec(move || seccompiler::apply_filter(&bpf).map_err(std::io::Error::other));
+    }
+    let r = Run::from(cmd.output().expect("cellkeep run"));
+    let ctx = r.describe();
+    assert!(!a.w.ws.path().join("ran").exists(), "FAIL-OPEN: the payload ran although pid 1 stayed dumpable\n{ctx}");
+    assert_eq!(r.outcome["reason"], "setup_failed", "FAIL-OPEN: the launch did not fail\n{ctx}");
+    assert_eq!(r.outcome["stage"], "init", "{ctx}");
+    assert!(
+        r.outcome["detail"].as_str().unwrap_or("").contains("PR_SET_DUMPABLE"),
+        "the failure does not name the step\n{ctx}"
+    );
     a.contained();
 }
 

@@ -12,6 +12,11 @@
 //! Landlock (after the mounts: rules bind to inodes of the final view) → seccomp → execve.
 //! A failing step writes `{stage, errno}` to the exec pipe and exits 127; end of file on the
 //! pipe (close-on-exec) tells pid 1 the exec succeeded.
+//!
+//! Fail closed: pid 1 drops its own privileges (not dumpable, the payload's ids, no
+//! capabilities) while the payload sets itself up, and the payload waits for pid 1's word (the
+//! go pipe) before its Landlock and seccomp steps; any failed step on either side ends the
+//! launch with its stage, and nothing of the payload's own has run.
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
@@ -170,18 +175,22 @@ fn supervise(plan: &LaunchPlan, ctl: &OwnedFd) -> i32 {
         // Not a real init: become the reaper of the payload's orphans anyway.
         let _ = nix::sys::prctl::set_child_subreaper(true);
     }
-    let (exec_r, exec_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+    // exec pipe: the payload's setup result (EOF on exec); go pipe: pid 1's word that it has
+    // dropped its own privileges, which the payload waits for before it restricts itself.
+    let pipes = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .and_then(|exec| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map(|go| (exec, go)));
+    let ((exec_r, exec_w), (go_r, go_w)) = match pipes {
         Ok(p) => p,
         Err(e) => {
-            Report::SetupFailed { stage: Stage::Init, errno: e as i32, detail: format!("exec pipe: {e}") }.send(ctl);
+            Report::SetupFailed { stage: Stage::Init, errno: e as i32, detail: format!("pipes: {e}") }.send(ctl);
             return 125;
         }
     };
     let payload = match sys::fork_single_threaded() {
         Ok(Some(pid)) => pid,
         Ok(None) => {
-            drop(exec_r);
-            let StepError(stage, errno, detail) = payload(plan).unwrap_err();
+            drop((exec_r, go_w));
+            let StepError(stage, errno, detail) = payload(plan, &go_r).unwrap_err();
             Report::SetupFailed { stage, errno, detail }.send(&exec_w);
             std::process::exit(127);
         }
@@ -190,15 +199,25 @@ fn supervise(plan: &LaunchPlan, ctl: &OwnedFd) -> i32 {
             return 125;
         }
     };
-    drop(exec_w);
-    // pid 1 keeps no way into the host: not dumpable (so /proc/1/{mem,exe,environ} are closed
-    // to the payload), no capabilities.
-    let _ = nix::sys::prctl::set_dumpable(false);
+    drop((exec_w, go_r));
+    // pid 1 keeps no way into the host: not dumpable (so /proc/1/{mem,exe,environ,fd} and
+    // ptrace are closed to the payload), the payload's ids, no capabilities. Fail closed, as
+    // nsjail and bubblewrap do: if any step fails, the payload (waiting on the go pipe, so it
+    // has run nothing of its own) is killed and the launch fails with the stage.
+    let dropped = drop_privileges(plan).and_then(|()| {
+        step(Stage::Init, "releasing the payload (go pipe)", nix::unistd::write(&go_w, &[1u8]).map(drop))
+    });
+    if let Err(StepError(stage, errno, detail)) = dropped {
+        let _ = kill(payload, Signal::SIGKILL);
+        let _ = waitpid(payload, None);
+        Report::SetupFailed { stage, errno, detail: format!("pid 1: {detail}") }.send(ctl);
+        return 125;
+    }
+    drop(go_w);
     if !relay_exec_result(&exec_r, ctl) {
         let _ = waitpid(payload, None);
         return 125;
     }
-    drop_to_ids(plan);
     reap_until_payload_exits(payload, &sigfd, ctl)
 }
 
@@ -227,22 +246,18 @@ fn relay_exec_result(exec_r: &OwnedFd, ctl: &OwnedFd) -> bool {
     ok
 }
 
-/// pid 1 gives up its privileges once the payload runs: it only waits and signals.
-fn drop_to_ids(plan: &LaunchPlan) {
-    let _ = nix::unistd::setgroups(&[]);
-    let _ = nix::unistd::setresgid(
-        Gid::from_raw(plan.ids.inside_gid),
-        Gid::from_raw(plan.ids.inside_gid),
-        Gid::from_raw(plan.ids.inside_gid),
-    );
-    let _ = nix::unistd::setresuid(
-        Uid::from_raw(plan.ids.inside_uid),
-        Uid::from_raw(plan.ids.inside_uid),
-        Uid::from_raw(plan.ids.inside_uid),
-    );
-    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
-        let _ = caps::clear(None, set);
+/// pid 1 gives up its privileges once the payload is forked: from then on it only waits,
+/// signals and reports. Every step must succeed.
+fn drop_privileges(plan: &LaunchPlan) -> Result<(), StepError> {
+    step(Stage::Init, "prctl(PR_SET_DUMPABLE, 0)", nix::sys::prctl::set_dumpable(false))?;
+    let (uid, gid) = (Uid::from_raw(plan.ids.inside_uid), Gid::from_raw(plan.ids.inside_gid));
+    step(Stage::Identity, "setgroups []", nix::unistd::setgroups(&[]))?;
+    step(Stage::Identity, &format!("setresgid {gid}"), nix::unistd::setresgid(gid, gid, gid))?;
+    step(Stage::Identity, &format!("setresuid {uid}"), nix::unistd::setresuid(uid, uid, uid))?;
+    for set in [CapSet::Ambient, CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+        step(Stage::Capabilities, &format!("clearing {set:?}"), caps::clear(None, set))?;
     }
+    Ok(())
 }
 
 fn reap_until_payload_exits(payload: Pid, sigfd: &SignalFd, ctl: &OwnedFd) -> i32 {
@@ -276,8 +291,9 @@ fn reap_until_payload_exits(payload: Pid, sigfd: &SignalFd, ctl: &OwnedFd) -> i3
     }
 }
 
-/// The payload's recipe. Returns only on failure (success ends in execve).
-fn payload(plan: &LaunchPlan) -> Result<std::convert::Infallible, StepError> {
+/// The payload's recipe. Returns only on failure (success ends in execve). `go` delivers one
+/// byte once pid 1 has dropped its privileges (end of file: pid 1 failed and will kill us).
+fn payload(plan: &LaunchPlan, go: &OwnedFd) -> Result<std::convert::Infallible, StepError> {
     // Everything exec needs, allocated before the first restriction.
     let cstr = |s: &str, what: &str| {
         CString::new(s).map_err(|_| StepError(Stage::Exec, libc::EINVAL, format!("{what} contains a NUL byte")))
@@ -319,6 +335,15 @@ fn payload(plan: &LaunchPlan) -> Result<std::convert::Infallible, StepError> {
         step(Stage::Capabilities, &format!("clearing {set:?}"), caps::clear(None, set))?;
     }
     step(Stage::NoNewPrivs, "prctl(PR_SET_NO_NEW_PRIVS)", nix::sys::prctl::set_no_new_privs())?;
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(go, &mut byte) {
+            Ok(1) => break,
+            Err(Errno::EINTR) => continue,
+            Ok(_) => return Err(StepError(Stage::Init, 0, "pid 1 did not drop its privileges".into())),
+            Err(e) => return Err(StepError(Stage::Init, e as i32, format!("waiting for pid 1: {e}"))),
+        }
+    }
     step(Stage::Init, "close_range(3.., CLOEXEC)", sys::cloexec_from(3))?;
     if let Some(ll) = &plan.landlock {
         landlock_rules::restrict_self(ll).map_err(|e| StepError(Stage::Landlock, e.errno(), e.to_string()))?;
