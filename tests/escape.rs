@@ -56,6 +56,7 @@
 //! | 40 | `symlink_planted_under_a_cwd_rule` (`{cwd}/out` → a 0777 dir outside) | rules under the cwd opened with RESOLVE_NO_SYMLINKS: the launch fails at stage landlock |
 //! | 42 | `file_larger_than_the_policy_allows` (a 1 GiB file in the workspace) | `limits.file_size` (RLIMIT_FSIZE, base 512M): EFBIG, or `file_size_limited` |
 //! | 43 | `pid1_fails_closed_when_a_privilege_drop_fails` (PR_SET_DUMPABLE made to fail) | pid 1's privilege drop is checked step by step; the payload waits for it: setup_failed(init) |
+//! | 44 | `cwd_is_looked_up_with_the_callers_rights` (links into a root-only dir; a relative cwd) | the cwd is resolved on a thread with the caller's fsuid/fsgid/groups; one answer for missing / not a directory / not permitted; relative refused |
 //! | 41 | `callers_terminal_left_as_it_was`, `callers_terminal_restored_after_a_signal` (raw, no echo, 3x7, TIOCEXCL on its terminal) | `cellkeep run` relays through a pty of the cell's own; the caller's modes are restored on every exit path |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
@@ -1601,6 +1602,50 @@ fn cwd_symlink_through_the_api() {
     refused_cwd(&d, &ws.join("real/chain").display().to_string(), "chain");
     assert!(d.cells_on_disk().is_empty(), "a cell was created: {:?}", d.cells_on_disk());
     d.assert_healthy();
+    d.assert_contained();
+}
+
+// 44. (isolation issue, finding 9) The cwd is looked up with the caller's rights, not root's.
+//     uid 65534 plants, in its own workspace, links into a 0700 root-only directory: to a
+//     directory there, to a file there and to a missing name. Looked up as root, each answer
+//     differed ("resolves to /root/…", "not a directory", "cannot resolve"): an oracle for
+//     root-only paths. Now all three get one identical answer that names only the path as
+//     given; a relative cwd is refused instead of being resolved against the daemon's own.
+#[test]
+fn cwd_is_looked_up_with_the_callers_rights() {
+    gate!("cwd_is_looked_up_with_the_callers_rights");
+    let d = daemon().socket_mode(Some("0666")).start();
+    let secret = Planted(PathBuf::from(format!("/root/ck-oracle-{}", &uid()[20..])));
+    std::fs::create_dir_all(secret.0.join("sub")).expect("secret dir");
+    std::fs::write(secret.0.join("file"), "x").expect("secret file");
+    std::fs::set_permissions(&secret.0, std::fs::Permissions::from_mode(0o700)).expect("chmod 0700");
+    let ws = d.ws.path();
+    let mut answers = Vec::new();
+    for (link, target) in [("to-dir", "sub"), ("to-file", "file"), ("to-missing", "missing")] {
+        std::os::unix::fs::symlink(secret.0.join(target), ws.join(link)).expect("symlink");
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--socket"])
+            .arg(&d.socket)
+            .args(["spawn", "open", "--cwd"])
+            .arg(ws.join(link))
+            .output()
+            .expect("setpriv");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{link}: {err}");
+        assert!(!out.status.success(), "ESCAPE: a cwd through {link} was accepted: {out:?}");
+        assert!(err.contains("bad_request"), "not refused by the cwd check: {err}");
+        assert!(!err.contains(&*secret.0.to_string_lossy()), "ORACLE: the answer names the root-only target: {err}");
+        answers.push(err.replace(link, "LINK"));
+    }
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "ORACLE: the answers differ by what lies behind the link in a root-only directory:\n{answers:#?}"
+    );
+    let r = raw(&d.socket, "POST", "/v1/cells", json!({"provider": "open", "cwd": "relative/dir"}).to_string().as_bytes())
+        .expect("request");
+    assert_eq!(r.code(), "bad_request", "a relative cwd was not refused: {}", r.text());
+    assert!(r.json()["message"].as_str().unwrap_or("").contains("relative"), "{}", r.text());
+    assert!(d.cells_on_disk().is_empty(), "a cell was created: {:?}", d.cells_on_disk());
     d.assert_contained();
 }
 

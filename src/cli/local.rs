@@ -55,6 +55,7 @@ async fn run_async(args: RunArgs, json: bool) -> anyhow::Result<i32> {
         cwd,
         caller_uid: nix::unistd::getuid().as_raw(),
         caller_gid: nix::unistd::getgid().as_raw(),
+        caller_groups: nix::unistd::getgroups().unwrap_or_default().into_iter().map(|g| g.as_raw()).collect(),
         caller_env: std::env::vars().collect::<BTreeMap<_, _>>(),
         range_uid: None,
     };

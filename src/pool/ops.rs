@@ -44,6 +44,7 @@ impl Pool {
             cwd: l.cwd,
             caller_uid: l.caller.uid,
             caller_gid: l.caller.gid,
+            caller_groups: l.caller.groups.clone(),
             caller_env: l.env,
             range_uid,
         };

@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use super::sys::FsIdentity;
+
 use serde::{Deserialize, Serialize};
 
 use crate::policy::seccomp::CompiledSeccomp;
@@ -56,6 +58,8 @@ pub struct LaunchRequest {
     pub cwd: PathBuf,
     pub caller_uid: u32,
     pub caller_gid: u32,
+    /// The caller's supplementary groups (its cwd is opened with its uid, gid and these).
+    pub caller_groups: Vec<u32>,
     /// The caller's environment; only names on the policy's pass-list are used.
     pub caller_env: BTreeMap<String, String>,
     /// For `run_as = "range"`: the uid the pool allocated to this cell.
@@ -154,7 +158,8 @@ pub fn build(
 ) -> Result<(LaunchPlan, Vec<Degradation>), SandboxError> {
     let provider = policy.name.clone();
     let mut degraded = Vec::new();
-    let cwd = resolve_cwd(policy, &req.cwd)?;
+    let who = FsIdentity { uid: req.caller_uid, gid: req.caller_gid, groups: req.caller_groups.clone() };
+    let cwd = resolve_cwd(policy, &req.cwd, &who)?;
     let ids = choose_ids(policy, req)?;
     let env = build_env(policy, req, &cwd);
 
@@ -210,22 +215,36 @@ pub fn check_mechanisms(policy: &Policy, host: &HostCaps) -> Result<Vec<Degradat
     Ok(degraded)
 }
 
-/// Canonicalise the caller's cwd (resolving `..` and symlinks) and require it to be strictly
-/// beneath one of the policy's roots. A symlink that points outside is caught because the check
-/// runs on the resolved path.
-pub fn resolve_cwd(policy: &Policy, cwd: &Path) -> Result<PathBuf, SandboxError> {
-    let canonical = std::fs::canonicalize(cwd).map_err(|source| SandboxError::Cwd {
-        provider: policy.name.clone(),
-        path: cwd.to_owned(),
-        reason: format!("cannot resolve it: {source}"),
-    })?;
-    if !canonical.is_dir() {
-        return Err(SandboxError::Cwd {
-            provider: policy.name.clone(),
-            path: cwd.to_owned(),
-            reason: "not a directory".to_owned(),
-        });
+/// Why a cwd the caller cannot use is refused: one message whether it is missing, not a
+/// directory or not the caller's to enter, so the answer says nothing about paths the caller
+/// could not see itself.
+pub const CWD_UNUSABLE: &str = "does not exist, is not a directory, or you may not enter it";
+
+/// Canonicalise the caller's cwd (resolving `..` and symlinks) with the caller's own rights
+/// (uid, gid, groups: [`sys::with_fs_identity`]), and require it to be an absolute path to a
+/// directory the caller can enter and read, strictly beneath one of the policy's roots. A
+/// symlink that points outside is caught because the check runs on the resolved path.
+pub fn resolve_cwd(policy: &Policy, cwd: &Path, who: &FsIdentity) -> Result<PathBuf, SandboxError> {
+    let refuse = |reason: String| SandboxError::Cwd { provider: policy.name.clone(), path: cwd.to_owned(), reason };
+    if !cwd.is_absolute() {
+        return Err(refuse("is a relative path; give an absolute one".to_owned()));
     }
+    let lookup = || {
+        let canonical = std::fs::canonicalize(cwd).ok()?;
+        // Opening it for reading also checks search (x) on every component and read on it.
+        let dir = std::fs::File::open(&canonical).ok()?;
+        dir.metadata().ok()?.is_dir().then_some(canonical)
+    };
+    // Root's own rights are the daemon's: no thread needed.
+    let looked_up = if who.uid == 0 {
+        lookup()
+    } else {
+        super::sys::with_fs_identity(who, lookup)
+            .map_err(|e| refuse(format!("cannot take on the caller's rights to look it up: {e}")))?
+    };
+    let Some(canonical) = looked_up else {
+        return Err(refuse(CWD_UNUSABLE.to_owned()));
+    };
     if policy.workdir.roots.contains(&canonical) {
         // A root is a shared parent (/home, /tmp): granting it whole would hand the cell every
         // workspace beneath it. A cell works in one directory below a root.

@@ -5,7 +5,8 @@
 //! [`async_fd`], which the daemon uses. Nothing here runs between fork and exec in the daemon:
 //! the launcher spawns the helper without `pre_exec` (see `launch.rs`).
 //! The pty calls [`open_pty_peer`] and [`set_window_size`] run in the launcher before the
-//! spawn (ordinary async-side code, not between fork and exec).
+//! spawn (ordinary async-side code, not between fork and exec). [`with_fs_identity`] runs a
+//! closure on a fresh thread of the daemon whose filesystem credentials are a caller's.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -232,6 +233,53 @@ pub fn take_helper_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
 pub fn async_fd(fd: std::os::fd::OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
     // SAFETY: see the contract above; `fd` is moved in, so no other owner exists.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
+}
+
+/// Whose rights a filesystem lookup uses: a caller's uid, gid and supplementary groups.
+#[derive(Debug, Clone)]
+pub struct FsIdentity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Run `f` on a fresh thread whose filesystem credentials are `who`'s: what `f` opens, stats
+/// or resolves is checked as if `who` did it (the daemon's root rights play no part), and the
+/// thread ends with `f`, so no other code ever runs with those credentials.
+///
+/// Credentials are per thread in the kernel. `setfsuid`/`setfsgid` are plain syscalls in glibc
+/// (this thread only), and changing the fsuid from 0 to another id clears the filesystem
+/// capabilities (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, …) from the thread's
+/// effective set (capabilities(7), "Effect of user ID changes on capabilities"). The groups are
+/// set with the raw `setgroups` syscall: glibc's `setgroups()` would apply them to every thread
+/// of the daemon.
+pub fn with_fs_identity<T: Send>(who: &FsIdentity, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| -> io::Result<T> {
+            // SAFETY: setgroups(2) reads `len` gids from the pointer, which points at the
+            // vector's live buffer of exactly that many u32 (gid_t) values. The raw syscall
+            // changes this thread's credentials only.
+            let rc = unsafe { libc::syscall(libc::SYS_setgroups, who.groups.len(), who.groups.as_ptr()) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // setfsgid/setfsuid return the previous id and never fail visibly; read back.
+            nix::unistd::setfsgid(nix::unistd::Gid::from_raw(who.gid));
+            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(who.uid));
+            let now = (
+                nix::unistd::setfsgid(nix::unistd::Gid::from_raw(u32::MAX)).as_raw(),
+                nix::unistd::setfsuid(nix::unistd::Uid::from_raw(u32::MAX)).as_raw(),
+            );
+            if now != (who.gid, who.uid) {
+                return Err(io::Error::other(format!(
+                    "setfsuid/setfsgid to {}:{} left {}:{}",
+                    who.uid, who.gid, now.1, now.0
+                )));
+            }
+            Ok(f())
+        });
+        worker.join().map_err(|_| io::Error::other("the lookup thread panicked"))?
+    })
 }
 
 #[cfg(test)]
