@@ -106,6 +106,10 @@ enum Cmd {
     Cleanup { provider: String },
     /// End every cell and stop the daemon (root or an admin group).
     Shutdown,
+    /// Reload the daemon's policies and wait for the verdict (root or an admin group): exit 0
+    /// when the new set serves, 1 when any file cannot load (each is named; the previous set
+    /// keeps serving). The unit's ExecReload=, so `systemctl reload cellkeep` fails the same way.
+    Reload,
 }
 
 #[derive(Debug, clap::Args)]
@@ -278,9 +282,9 @@ fn daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("cellkeep").build()?;
     match rt.block_on(crate::api::run_daemon(config, activated)) {
         Ok(()) => Ok(0),
+        // Logged once, through the one log sink (journald under systemd, else stderr).
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("cellkeep: error: {e}");
+            tracing::error!("cannot start: {e}");
             Ok(1)
         }
     }
