@@ -274,3 +274,27 @@ fn a_member_of_the_cellkeep_group_uses_the_shipped_providers() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("forbidden"), "{}", text(&o));
 }
+
+// Finding 1 (the other side): only a broken daemon config stops start-up, with EX_CONFIG (78),
+// which the unit's RestartPreventExitStatus= names, so systemd does not restart it in a loop
+// (before: exit 1 and Restart=on-failure every 2 s, forever), logged once.
+#[test]
+fn a_broken_config_stops_start_up_with_ex_config() {
+    gate!("a_broken_config_stops_start_up_with_ex_config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("cellkeep.toml");
+    std::fs::write(&config, "max_cels = 3\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("daemon");
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("unknown field `max_cels`").count(), 1, "{err}");
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/cellkeep.service")).expect("unit");
+    assert!(unit.lines().any(|l| l == "RestartPreventExitStatus=78"), "the unit restarts on a broken config");
+}

@@ -258,9 +258,20 @@ fn init_logging(daemon: bool) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
+/// Exit status of `cellkeep daemon` when its config file is broken: `EX_CONFIG` (sysexits.h).
+/// The unit's `RestartPreventExitStatus=` names it: restarting cannot fix a config file.
+pub const EXIT_CONFIG: i32 = 78;
+
 fn daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<i32> {
     let mut config = match &args.config {
-        Some(path) => crate::config::Config::load(path)?,
+        Some(path) => match crate::config::Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                // The one thing that stops start-up (a policy that cannot load does not).
+                tracing::error!("cannot start: {e}");
+                return Ok(EXIT_CONFIG);
+            }
+        },
         None => crate::config::Config::default(),
     };
     // An explicit --socket (or CELLKEEP_SOCKET) wins over the file; the built-in default
