@@ -141,6 +141,12 @@ impl Pool {
 
     /// Send one command to a session: written to stdin as one line, answered by exactly one
     /// framed reply. Commands to the same session queue in order.
+    ///
+    /// The exchange runs in a task of its own, not in the caller's request: a client that
+    /// leaves before its reply does not end the exchange. The command keeps its place until
+    /// its reply arrives (logged, and in the cell's output stream like all output) or its
+    /// timeout ends the cell, so the next command is written only after it and is answered
+    /// only by its own reply.
     pub async fn send(&self, caller: &Caller, id: &str, req: SendRequest) -> Result<CommandResult, PoolError> {
         let entry = self.cell(caller, id)?;
         if !entry.session {
@@ -150,20 +156,40 @@ impl Pool {
             return Err(PoolError::BadRequest("a session command is one line: it must not contain a newline".into()));
         }
         let timeout = Self::command_timeout(&entry.policy, req.timeout_ms);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let result = pool.exchange(&entry, req.command, timeout).await;
+            if let Err(unclaimed) = answer.send(result) {
+                match unclaimed {
+                    Ok(r) => tracing::info!(cell = %r.cell, provider = %entry.provider, bytes = r.stdout.len(),
+                        "reply to a command whose client left (kept in the cell's output stream)"),
+                    Err(e) => tracing::info!(cell = %entry.id, provider = %entry.provider,
+                        "command whose client left ended without a reply: {e}"),
+                }
+            }
+        });
+        answered.await.unwrap_or_else(|_| Err(PoolError::Internal(format!("cell {id}: the command's task ended without an answer"))))
+    }
+
+    /// One command's turn on a session: wait for the session (earlier commands finish first),
+    /// drop replies nobody asked for, write the line, wait for its reply.
+    async fn exchange(&self, entry: &Arc<CellEntry>, command: String, timeout: Duration) -> Result<CommandResult, PoolError> {
+        let id = entry.id.as_str();
         let started = Instant::now();
-        let _busy = Busy::new(&entry);
+        let _busy = Busy::new(entry);
         let mut io = entry.io.lock().await;
         let Some(io) = io.as_mut() else {
-            return Err(self.ended_error(&entry).await);
+            return Err(self.ended_error(entry).await);
         };
         if let Some(reason) = entry.exit_reason() {
             return Err(PoolError::Ended { cell: id.to_owned(), reason });
         }
-        // Replies that arrived while no command was waiting (a banner, a late answer to a
-        // timed-out command) belong to nobody: discard them so they cannot be taken as ours.
+        // Replies that arrived while no command was waiting (a banner) belong to nobody:
+        // discard them so they cannot be taken as ours.
         while io.replies.try_recv().is_ok() {}
         let (_, stderr_from) = entry.spool.kept();
-        let mut line = req.command.into_bytes();
+        let mut line = command.into_bytes();
         line.push(b'\n');
         let exchange = async {
             io.stdin.write_all(&line).await.map_err(|_| None)?;
@@ -177,7 +203,7 @@ impl Pool {
         let reply = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(Some(e))) => return Err(e),
-            Ok(Err(None)) => return Err(self.ended_error(&entry).await),
+            Ok(Err(None)) => return Err(self.ended_error(entry).await),
             Err(_) => {
                 entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
                 return Err(PoolError::Timeout { cell: id.to_owned(), timeout_ms: timeout.as_millis() as u64 });
