@@ -32,7 +32,7 @@ pub enum ClientError {
     Transport { path: PathBuf, source: hyper::Error },
     /// The daemon answered with an error.
     #[error("{message}")]
-    Api { status: u16, code: String, message: String },
+    Api { status: u16, code: String, message: String, result: Option<Box<CommandResult>> },
     #[error("unexpected answer to {what} (HTTP {status}): {detail}")]
     Protocol { what: String, status: u16, detail: String },
 }
@@ -50,7 +50,11 @@ impl ClientError {
 
     /// The error as the daemon's wire body (what `--json` prints).
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { code: self.code().to_owned(), message: self.to_string() }
+        let result = match self {
+            ClientError::Api { result, .. } => result.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+            _ => None,
+        };
+        ErrorBody { code: self.code().to_owned(), message: self.to_string(), result }
     }
 }
 
@@ -239,7 +243,12 @@ fn decode<T: DeserializeOwned>(what: &str, status: StatusCode, bytes: &[u8]) -> 
         });
     }
     match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(e) => Err(ClientError::Api { status: status.as_u16(), code: e.code, message: e.message }),
+        Ok(e) => Err(ClientError::Api {
+            status: status.as_u16(),
+            code: e.code,
+            message: e.message,
+            result: e.result.and_then(|r| serde_json::from_value(r).ok()),
+        }),
         Err(_) => Err(ClientError::Protocol {
             what: what.to_owned(),
             status: status.as_u16(),

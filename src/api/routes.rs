@@ -79,8 +79,8 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     Ok(q?.0)
 }
 
-async fn health(State(s): State<AppState>) -> Json<DaemonHealth> {
-    Json(s.pool.health().await)
+async fn health(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> Json<DaemonHealth> {
+    Json(s.pool.health(&caller).await)
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -248,6 +248,7 @@ async fn no_method(method: Method, uri: Uri) -> HttpError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: "bad_request",
         message: format!("{} does not accept {method}", uri.path()),
+        result: None,
     }
 }
 
@@ -258,6 +259,7 @@ async fn refuse_cells(req: Request, next: Next) -> Response {
             status: StatusCode::FORBIDDEN,
             code: "forbidden",
             message: format!("pid {} runs inside a cellkeep cell: cells may not use the daemon", c.pid.unwrap_or(0)),
+            result: None,
         }
         .into_response(),
         _ => next.run(req).await,

@@ -10,6 +10,10 @@ use crate::session::{OutputEvent, Stream};
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
+    /// With `timeout` and `resource_limit` answers to a one-shot command: its output, exit
+    /// reason, usage and events up to the end (a `CommandResult`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 /// One line of `GET /v1/cells/{id}/output` (newline-delimited JSON).

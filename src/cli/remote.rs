@@ -21,6 +21,8 @@ use super::{Cmd, EnvArgs};
 enum Failure {
     Client(ClientError),
     Usage(String),
+    /// A buffered result lost output past the policy's `output_bytes` (cell id).
+    Truncated(String),
 }
 
 impl From<ClientError> for Failure {
@@ -46,9 +48,13 @@ pub(super) fn main(cmd: Cmd, socket: &Path, json: bool) -> i32 {
             let (code, message) = match f {
                 Failure::Client(e) => (e.code().to_owned(), e.to_string()),
                 Failure::Usage(m) => ("bad_request".to_owned(), m),
+                Failure::Truncated(cell) => (
+                    "output_truncated".to_owned(),
+                    format!("cell {cell}: output beyond the policy's output_bytes was cut; `cellkeep exec` without --json streams it whole"),
+                ),
             };
             if json {
-                let body = crate::api::wire::ErrorBody { code, message };
+                let body = crate::api::wire::ErrorBody { code, message, result: None };
                 eprintln!("{}", serde_json::to_string(&body).unwrap_or_default());
             } else {
                 eprintln!("cellkeep: error: {code}: {message}");
@@ -215,21 +221,25 @@ fn print_cell_id(i: &CellInfo, json: bool) -> Outcome {
     Ok(0)
 }
 
-/// A reply: stdout and stderr as the process wrote them; the exit code of a one-shot command.
+/// A reply: stdout and stderr as the process wrote them (the exact bytes); the exit code of a
+/// one-shot command. A result whose output was cut to the policy's `output_bytes` is not
+/// passed off as complete: it exits non-zero (`output_truncated`).
 fn print_result(r: &CommandResult, json: bool) -> Outcome {
     if json {
         print_json(r)?;
     } else {
-        print!("{}", r.stdout);
+        let stdout = r.stdout_bytes();
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&stdout);
         // A session reply is framed without its terminator: end the line for the terminal.
-        if r.exit.is_none() && !r.stdout.ends_with('\n') {
-            println!();
+        if r.exit.is_none() && !stdout.ends_with(b"\n") {
+            let _ = out.write_all(b"\n");
         }
-        eprint!("{}", r.stderr);
-        let _ = std::io::stdout().flush();
-        if r.truncated {
-            eprintln!("cellkeep: warning: output was cut to the policy's output_bytes");
-        }
+        let _ = out.flush();
+        let _ = std::io::stderr().write_all(&r.stderr_bytes());
+    }
+    if r.truncated {
+        return Err(Failure::Truncated(r.cell.clone()));
     }
     Ok(match &r.exit {
         None => 0,

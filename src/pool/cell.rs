@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::cgroup::{CellCgroup, Events};
+use crate::cgroup::{CellCgroup, Events, Usage};
 use crate::policy::Policy;
 use crate::sandbox::{Cell, CellInput, CellIo, CellOutput, Degradation, ExitReason, Outcome, Stop};
 use crate::session::{Framer, Reply, SessionError, Spool, Stream};
@@ -58,6 +58,8 @@ pub struct CellEntry {
     pub output_done: watch::Sender<bool>,
     /// Limit events seen so far (kernel notification, health reads, the final outcome).
     pub events: Mutex<Events>,
+    /// The cell's usage read at its end (what `health` reports once it has ended).
+    pub final_usage: Mutex<Option<Usage>>,
 }
 
 impl CellEntry {
@@ -91,6 +93,23 @@ impl CellEntry {
         if merged.pids_max_hits > before.pids_max_hits {
             tracing::warn!(cell = %self.id, provider = %self.provider, hits = merged.pids_max_hits, "fork refused at the cell's pids limit");
         }
+    }
+
+    pub fn events_now(&self) -> Events {
+        *self.events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn final_usage(&self) -> Option<Usage> {
+        *self.final_usage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cell's usage now (read from its cgroup), or at its end once it has ended.
+    pub async fn usage_now(&self) -> Option<Usage> {
+        if self.exit_reason().is_some() {
+            return self.final_usage();
+        }
+        let cg = self.cgroup.clone();
+        tokio::task::spawn_blocking(move || cg.usage().ok()).await.ok().flatten()
     }
 
     pub fn exit_reason(&self) -> Option<ExitReason> {
@@ -191,6 +210,7 @@ pub fn start(
         cpu_sample: Mutex::new(None),
         output_done: watch::channel(false).0,
         events: Mutex::new(Events::default()),
+        final_usage: Mutex::new(None),
     });
     match entry.cgroup.watch_events() {
         Ok(w) => {
@@ -222,6 +242,7 @@ pub fn start(
         };
         let outcome = cell.run_to_end(deadline, stop).await;
         supervised.record_events(outcome.events);
+        *supervised.final_usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.usage);
         tracing::info!(cell = %outcome.cell, provider = %outcome.provider, reason = %outcome.reason, "cell ended");
         supervised.exit.send_replace(Some((outcome.reason.clone(), Instant::now())));
         on_end(&supervised, &outcome);

@@ -234,6 +234,15 @@ impl Pool {
     }
 }
 
+/// The idle timeout in force for a policy's sessions, and where it comes from: the policy's
+/// `limits.idle_timeout` (after `extends`) wins; without one, the daemon's `idle_timeout_secs`.
+pub fn idle_timeout_of(policy: &Policy, config: &Config) -> (Duration, IdleSource) {
+    match policy.limits.idle_timeout {
+        Some(d) => (d, IdleSource::Policy),
+        None => (config.idle_timeout, IdleSource::Daemon),
+    }
+}
+
 /// A reserved slot; released on drop unless handed to a running cell.
 struct SlotGuard {
     pool: Option<Pool>,

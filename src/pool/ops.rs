@@ -211,14 +211,11 @@ impl Pool {
         };
         entry.touch();
         let stderr = drain_ready(entry.spool.subscribe(Some(stderr_from)), Stream::Stderr);
-        Ok(CommandResult {
-            cell: id.to_owned(),
-            stdout: String::from_utf8_lossy(&reply.body).into_owned(),
-            stderr,
-            exit: None,
-            truncated: false,
-            duration_ms: started.elapsed().as_millis() as u64,
-        })
+        let mut result = CommandResult::new(id, &reply.body, &stderr);
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        result.usage = entry.usage_now().await;
+        result.events = entry.events_now();
+        Ok(result)
     }
 
     /// The error for a command whose session ended under it.
@@ -250,39 +247,38 @@ impl Pool {
         };
         let entry = self.launch(policy, l).await?;
         let _busy = Busy::new(&entry);
-        let reason = match tokio::time::timeout(timeout, entry.ended()).await {
-            Ok(reason) => reason,
-            Err(_) => {
-                entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
-                entry.ended().await;
-                return Err(PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 });
-            }
-        };
+        let timed_out = tokio::time::timeout(timeout, entry.ended()).await.is_err();
+        if timed_out {
+            entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
+        }
+        let reason = entry.ended().await;
         entry.output_drained().await;
-        if is_resource_limit(&reason) {
-            return Err(PoolError::ResourceLimit { cell: entry.id.clone(), reason });
-        }
-        if reason == ExitReason::TimedOut {
-            return Err(PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 });
-        }
         let (stdout, t1) = entry.spool.snapshot(Stream::Stdout);
         let (stderr, t2) = entry.spool.snapshot(Stream::Stderr);
-        Ok(CommandResult {
-            cell: entry.id.clone(),
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-            exit: Some(reason),
-            truncated: t1 || t2,
-            duration_ms: started.elapsed().as_millis() as u64,
-        })
+        let mut result = CommandResult::new(&entry.id, &stdout, &stderr);
+        result.exit = Some(reason.clone());
+        result.truncated = t1 || t2;
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        result.usage = entry.final_usage();
+        result.events = entry.events_now();
+        // The error codes of a timeout and a limit hit stay as they were; the output, usage
+        // and events come with them.
+        let error = if timed_out || reason == ExitReason::TimedOut {
+            PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 }
+        } else if is_resource_limit(&reason) {
+            PoolError::ResourceLimit { cell: entry.id.clone(), reason }
+        } else {
+            return Ok(result);
+        };
+        Err(PoolError::WithResult { error: Box::new(error), result: Box::new(result) })
     }
 
     /// End a running cell (gracefully, or at once with `force`) and wait until it is gone.
-    /// A cell that already ended is not found: terminating twice reports not found.
+    /// A cell that already ended but is still listed is `already_ended` (409) with its reason.
     pub async fn terminate(&self, caller: &Caller, id: &str, force: bool) -> Result<CellInfo, PoolError> {
         let entry = self.cell(caller, id)?;
-        if entry.exit_reason().is_some() {
-            return Err(PoolError::NotFound { id: id.to_owned() });
+        if let Some(reason) = entry.exit_reason() {
+            return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
         }
         entry.request_stop(if force {
             Stop::Kill { reason: ExitReason::Terminated }
@@ -348,9 +344,10 @@ impl Pool {
                 "cell {id}: its cgroup is gone (removed behind the daemon's back); the cell is being ended"
             )));
         }
+        let last = entry.final_usage().unwrap_or_default();
         let (usage, events, open_fds) = tokio::task::spawn_blocking(move || {
             if !running {
-                return (Default::default(), None, 0);
+                return (last, None, 0);
             }
             let fds = cg
                 .procs()
@@ -365,7 +362,11 @@ impl Pool {
         if let Some(events) = events {
             entry.record_events(events);
         }
-        let cpu_percent = {
+        let cpu_percent = if let Some(ended) = entry.exited_at().filter(|_| !running) {
+            // Over the cell's whole life.
+            let wall = ended.duration_since(entry.started).as_micros().max(1) as f64;
+            usage.cpu_usage_usec as f64 * 100.0 / wall
+        } else {
             let mut sample = entry.cpu_sample.lock().unwrap_or_else(|e| e.into_inner());
             let (since, base) = sample.unwrap_or((entry.started, 0));
             let wall = since.elapsed().as_micros().max(1) as f64;
@@ -373,6 +374,7 @@ impl Pool {
             (usage.cpu_usage_usec.saturating_sub(base) as f64) * 100.0 / wall
         };
         let l = &entry.policy.limits;
+        let (idle, idle_source) = super::idle_timeout_of(&entry.policy, &self.inner.config);
         Ok(CellHealth {
             info: entry.info(),
             usage,
@@ -384,17 +386,23 @@ impl Pool {
                 pids: l.pids,
                 open_files: l.open_files,
                 wall_time_ms: l.wall_time.map(|d| d.as_millis() as u64),
-                idle_timeout_ms: Some(l.idle_timeout.unwrap_or(self.inner.config.idle_timeout).as_millis() as u64),
+                idle_timeout_ms: Some(idle.as_millis() as u64),
+                idle_timeout_source: Some(idle_source),
                 output_bytes: l.output_bytes,
             },
         })
     }
 
-    pub async fn health(&self) -> DaemonHealth {
+    /// Daemon health as `caller` may see it: root and admins count every cell and see every
+    /// provider; anyone else counts only their own cells and sees only the providers their uid
+    /// or groups may use.
+    pub async fn health(&self, caller: &Caller) -> DaemonHealth {
+        let admin = self.is_admin(caller);
         let (running, exited) = {
             let st = self.state();
-            let running = st.cells.values().filter(|e| e.exit_reason().is_none()).count();
-            (running, st.cells.len() - running)
+            let mine: Vec<_> = st.cells.values().filter(|e| admin || e.owner_uid == caller.uid).collect();
+            let running = mine.iter().filter(|e| e.exit_reason().is_none()).count();
+            (running, mine.len() - running)
         };
         let (total, available) = tokio::task::spawn_blocking(|| {
             match sysinfo::System::new() {
@@ -418,7 +426,12 @@ impl Pool {
             cgroup_layout: format!("{:?}", root.layout()).to_lowercase(),
             cgroup_backend: root.backend_name().to_owned(),
             landlock_abi: self.inner.launcher.host().landlock_abi,
-            providers: self.policies().values().filter(|p| p.is_launchable()).map(|p| p.name.clone()).collect(),
+            providers: self
+                .policies()
+                .values()
+                .filter(|p| p.is_launchable() && self.provider(caller, &p.name).is_ok())
+                .map(|p| p.name.clone())
+                .collect(),
             host_memory_total: total,
             host_memory_available: available,
         }
@@ -468,7 +481,7 @@ impl Drop for Busy<'_> {
 }
 
 /// The bytes of `stream` a subscription can deliver right now (without waiting).
-fn drain_ready(mut sub: Subscription, stream: Stream) -> String {
+fn drain_ready(mut sub: Subscription, stream: Stream) -> Vec<u8> {
     use futures_util::FutureExt;
     let mut out = Vec::new();
     while let Some(Some(ev)) = sub.next().now_or_never() {
@@ -478,5 +491,5 @@ fn drain_ready(mut sub: Subscription, stream: Stream) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
