@@ -217,16 +217,46 @@ impl Client {
         if let Some(f) = from {
             path.push_str(&format!("&from={f}"));
         }
+        self.stream(Method::GET, &path, None).await
+    }
+
+    /// Run one command in a fresh one-shot cell of `provider`, streamed: a `Started` line,
+    /// every byte of output as `Data` lines, then `Exit` with the result. Sets
+    /// `req.stream`. Uses a connection of its own.
+    pub async fn exec_stream(&self, provider: &str, req: &OneshotRequest) -> Result<OutputStream> {
+        let path = format!("/v1/providers/{}/commands", seg(provider));
+        let mut req = req.clone();
+        req.stream = true;
+        let body = serde_json::to_vec(&req).map_err(|e| ClientError::Protocol {
+            what: format!("POST {path}"),
+            status: 0,
+            detail: format!("encoding the request: {e}"),
+        })?;
+        self.stream(Method::POST, &path, Some(body)).await
+    }
+
+    /// Write bytes to the stdin of a one-shot started with `stdin: true`; `eof` closes it.
+    pub async fn write_stdin(&self, id: &str, data: &[u8], eof: bool) -> Result<Count> {
+        let path = format!("/v1/cells/{}/stdin?eof={eof}", seg(id));
+        let (status, bytes) = self.send(Method::POST, &path, Some(data.to_vec())).await?;
+        decode(&format!("POST {path}"), status, &bytes)
+    }
+
+    /// An NDJSON answer, on a connection of its own (it is held until the stream ends).
+    async fn stream(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<OutputStream> {
+        let what = format!("{method} {path}");
         let mut sender = self.connect().await?;
         let resp: Response<Incoming> = sender
-            .send_request(Self::build(Method::GET, &path, None))
+            .send_request(Self::build(method, path, body))
             .await
             .map_err(|source| ClientError::Transport { path: self.socket.clone(), source })?;
         let status = resp.status();
         if !status.is_success() {
             let bytes = self.body_of(resp).await?;
-            return Err(decode::<()>(&format!("GET {path}"), status, &bytes).err().unwrap_or_else(|| {
-                ClientError::Protocol { what: path.clone(), status: status.as_u16(), detail: "empty error".into() }
+            return Err(decode::<()>(&what, status, &bytes).err().unwrap_or_else(|| ClientError::Protocol {
+                what: what.clone(),
+                status: status.as_u16(),
+                detail: "empty error".into(),
             }));
         }
         Ok(OutputStream { body: resp.into_body(), buf: BytesMut::new(), scanned: 0, socket: self.socket.clone(), done: false })

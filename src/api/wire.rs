@@ -22,7 +22,7 @@ pub struct ErrorBody {
 /// share one sequence), so a reader that reconnects asks `?from=<offset + len>` and misses
 /// nothing the spool still holds. Valid UTF-8 travels as `data`; anything else as `data_b64`
 /// (standard base64), so no byte is ever altered.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputLine {
     Data {
@@ -38,6 +38,11 @@ pub enum OutputLine {
     Lagged { dropped: u64 },
     /// The cell's output is complete (both pipes closed).
     End,
+    /// A streamed one-shot command (`"stream": true`): its cell, first of all.
+    Started { cell: String },
+    /// A streamed one-shot command ended: how (in `result.exit`), with usage and events; its
+    /// output was the `data` lines before. Always the last line.
+    Exit { result: Box<crate::pool::CommandResult> },
 }
 
 impl OutputLine {

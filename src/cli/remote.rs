@@ -85,15 +85,25 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             let r = c.send_command(&id, &SendRequest { command, timeout_ms: millis(timeout)? }).await?;
             print_result(&r, json)
         }
-        Cmd::Exec { provider, command, cwd: dir, timeout, env: e, wait } => {
+        Cmd::Exec { provider, command, cwd: dir, timeout, env: e, wait, interactive } => {
             let req = OneshotRequest {
                 command,
                 cwd: cwd(dir)?,
                 env: env(&e)?,
                 timeout_ms: millis(timeout)?,
                 wait_for_slot_ms: millis(wait)?,
+                stream: false,
+                stdin: false,
             };
-            print_result(&c.exec(&provider, &req).await?, json)
+            if !json {
+                return Ok(super::exec::run(c, &provider, req, interactive).await?);
+            }
+            // --json: one buffered result (output up to the policy's output_bytes).
+            match c.exec(&provider, &req).await {
+                Ok(r) => print_result(&r, json),
+                Err(ClientError::Api { result: Some(r), .. }) => print_result(&r, json),
+                Err(e) => Err(e.into()),
+            }
         }
         Cmd::Ps { provider, all } => {
             let cells = c.list(&ListFilter { provider, all }).await?;
@@ -272,6 +282,7 @@ async fn logs(c: &Client, id: &str, follow: bool, from: Option<u64>, json: bool)
             }
             OutputLine::Lagged { dropped } => eprintln!("cellkeep: [{dropped} bytes of output dropped]"),
             OutputLine::End => break,
+            OutputLine::Started { .. } | OutputLine::Exit { .. } => {}
         }
     }
     Ok(0)

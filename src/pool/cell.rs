@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cgroup::{CellCgroup, Events, Usage};
 use crate::policy::Policy;
 use crate::sandbox::{Cell, CellInput, CellIo, CellOutput, Degradation, ExitReason, Outcome, Stop};
-use crate::session::{Framer, Reply, SessionError, Spool, Stream};
+use crate::session::{Framer, OutputEvent, Reply, SessionError, Spool, Stream};
 
 use super::types::{CellInfo, CellState};
 
@@ -29,6 +29,21 @@ pub struct SessionIo {
     /// The payload's stdin pipe, or the pty master of a `tty` cell.
     pub stdin: CellInput,
     pub replies: mpsc::Receiver<Result<Reply, SessionError>>,
+}
+
+/// A lossless copy of a cell's output for the one reader that started it (a streamed one-shot):
+/// the pumps wait for it, so the process is slowed to the reader's pace instead of losing
+/// bytes. When the reader goes away the pumps stop feeding it and carry on.
+pub type Tap = mpsc::Sender<OutputEvent>;
+
+/// How a launched cell is wired besides its policy.
+pub struct Wiring {
+    /// The session's reply framer (sessions only).
+    pub framer: Option<Framer>,
+    /// When the cell is ended as `timed_out`: the policy's wall time, or sooner for a
+    /// one-shot command with a timeout.
+    pub deadline: Option<Instant>,
+    pub tap: Option<Tap>,
 }
 
 /// Shared state of one cell.
@@ -46,6 +61,9 @@ pub struct CellEntry {
     pub degraded: Vec<Degradation>,
     pub spool: Spool,
     pub io: tokio::sync::Mutex<Option<SessionIo>>,
+    /// A one-shot's stdin, when it was started to take input (`stdin: true`); `None` once
+    /// closed.
+    pub stdin: tokio::sync::Mutex<Option<CellInput>>,
     /// Last command or output; the idle clock.
     pub last_activity: Mutex<Instant>,
     /// Commands in flight (a busy cell is never idle).
@@ -177,17 +195,19 @@ pub fn start(
     session: bool,
     policy: Arc<Policy>,
     range_uid: Option<u32>,
-    framer: Option<Framer>,
+    wiring: Wiring,
     on_end: impl FnOnce(&Arc<CellEntry>, &Outcome) + Send + 'static,
 ) -> Arc<CellEntry> {
+    let Wiring { framer, deadline, tap } = wiring;
     let spool = Spool::new(policy.limits.output_bytes as usize);
     // A command expects one reply; the few slots only absorb replies that race a command.
     let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE);
     // A tty cell: stdin and stdout are the pty master, and there is no separate stderr.
     let CellIo { stdin, stdout, stderr } = cell.take_io();
-    let io = match (session, stdin) {
-        (true, Some(stdin)) => Some(SessionIo { stdin, replies: reply_rx }),
-        _ => None,
+    let (io, oneshot_stdin) = match (session, stdin) {
+        (true, Some(stdin)) => (Some(SessionIo { stdin, replies: reply_rx }), None),
+        (false, stdin) => (None, stdin),
+        (true, None) => (None, None),
     };
     let entry = Arc::new(CellEntry {
         id: cell.id.clone(),
@@ -203,6 +223,7 @@ pub fn start(
         degraded: cell.degraded.clone(),
         spool,
         io: tokio::sync::Mutex::new(io),
+        stdin: tokio::sync::Mutex::new(oneshot_stdin),
         last_activity: Mutex::new(Instant::now()),
         busy: Default::default(),
         stop: watch::channel(None).0,
@@ -219,8 +240,8 @@ pub fn start(
         Err(e) => tracing::warn!(cell = %entry.id, "limit events will only be seen when read: {e}"),
     }
 
-    let out_pump = tokio::spawn(pump(entry.clone(), stdout, Stream::Stdout, framer.map(|f| (f, reply_tx))));
-    let err_pump = tokio::spawn(pump(entry.clone(), stderr, Stream::Stderr, None));
+    let out_pump = tokio::spawn(pump(entry.clone(), stdout, Stream::Stdout, framer.map(|f| (f, reply_tx)), tap.clone()));
+    let err_pump = tokio::spawn(pump(entry.clone(), stderr, Stream::Stderr, None, tap));
     let drained = entry.clone();
     tokio::spawn(async move {
         let _ = out_pump.await;
@@ -230,7 +251,6 @@ pub fn start(
     });
 
     let supervised = entry.clone();
-    let deadline = policy.limits.wall_time.map(|d| Instant::now() + d);
     tokio::spawn(async move {
         let mut stop_rx = supervised.stop.subscribe();
         let stop = async move {
@@ -313,6 +333,7 @@ async fn pump(
     pipe: Option<CellOutput>,
     stream: Stream,
     mut framing: Option<(Framer, mpsc::Sender<Result<Reply, SessionError>>)>,
+    mut tap: Option<Tap>,
 ) {
     let Some(mut pipe) = pipe else { return };
     let mut buf = vec![0u8; 64 * 1024];
@@ -320,8 +341,14 @@ async fn pump(
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                entry.spool.push(stream, &buf[..n]);
+                let offset = entry.spool.push(stream, &buf[..n]);
                 entry.touch();
+                if let Some(t) = &tap {
+                    let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    if t.send(OutputEvent::Data { stream, offset, data }).await.is_err() {
+                        tap = None;
+                    }
+                }
                 if let Some((framer, replies)) = framing.as_mut() {
                     // Only while a command is in flight is a reply kept whole and queued: one
                     // nobody asked for is held at most IDLE_KEEP bytes by the framer and

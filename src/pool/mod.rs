@@ -10,6 +10,7 @@
 
 mod cell;
 mod error;
+mod oneshot;
 mod ops;
 mod reaper;
 pub mod types;
@@ -27,6 +28,7 @@ use crate::policy::{Policy, RunAs};
 use crate::sandbox::{HostCaps, Launcher};
 
 pub use error::PoolError;
+pub use oneshot::StreamedRun;
 pub use types::*;
 
 use cell::CellEntry;

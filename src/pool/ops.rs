@@ -16,25 +16,30 @@ use crate::session::{Framer, OutputEvent, Stream, Subscription};
 
 use super::cell::{self, CellEntry};
 use super::{Caller, CellHealth, CellInfo, CommandResult, Count, DaemonHealth, LimitsView, ListFilter, Pool, PoolError};
-use super::{OneshotRequest, SendRequest, SessionRequest, SpawnRequest, DEFAULT_COMMAND_TIMEOUT, MAX_REPLY_BYTES};
+use super::{SendRequest, SessionRequest, SpawnRequest, DEFAULT_COMMAND_TIMEOUT, MAX_REPLY_BYTES};
 
 /// What a launch needs besides the policy.
-struct Launch<'a> {
-    caller: &'a Caller,
-    cwd: PathBuf,
-    env: BTreeMap<String, String>,
-    args: Vec<String>,
-    session: bool,
-    wait_for_slot: Option<Duration>,
+pub(super) struct Launch<'a> {
+    pub caller: &'a Caller,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub args: Vec<String>,
+    pub session: bool,
+    pub wait_for_slot: Option<Duration>,
+    /// One-shot: a command timeout (ends it as `timed_out`, like the wall time).
+    pub timeout: Option<Duration>,
+    /// One-shot: give it a stdin pipe (written with `write_stdin`) instead of /dev/null.
+    pub stdin: bool,
+    pub tap: Option<cell::Tap>,
 }
 
-fn is_resource_limit(reason: &ExitReason) -> bool {
+pub(super) fn is_resource_limit(reason: &ExitReason) -> bool {
     matches!(reason, ExitReason::OomKilled | ExitReason::PidsLimited)
 }
 
 impl Pool {
     /// Reserve a slot, launch, register; the slot is released when the cell's cgroup is gone.
-    async fn launch(&self, policy: Arc<Policy>, l: Launch<'_>) -> Result<Arc<CellEntry>, PoolError> {
+    pub(super) async fn launch(&self, policy: Arc<Policy>, l: Launch<'_>) -> Result<Arc<CellEntry>, PoolError> {
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let slot = self.reserve_slot(l.wait_for_slot).await?;
         let range_uid = self.allocate_range_uid(&policy)?;
@@ -47,7 +52,8 @@ impl Pool {
             caller_env: l.env,
             range_uid,
         };
-        let stdio = if l.session { StdioMode::Piped } else { StdioMode::NullInPiped };
+        let stdio = if l.session || l.stdin { StdioMode::Piped } else { StdioMode::NullInPiped };
+        let limit = [policy.limits.wall_time, l.timeout].into_iter().flatten().min();
         let launched = self.inner.launcher.launch(&policy, req, stdio).await;
         let free_uid = |pool: &Pool| {
             if let Some(uid) = range_uid {
@@ -76,7 +82,9 @@ impl Pool {
             pool.release_slot();
             pool.inner.reaper_wake.notify_one();
         };
-        let entry = cell::start(cell, l.caller.uid, l.session, policy, range_uid, framer, on_end);
+        // The clock starts at launch, as the wall time always did.
+        let wiring = cell::Wiring { framer, deadline: limit.map(|d| Instant::now() + d), tap: l.tap };
+        let entry = cell::start(cell, l.caller.uid, l.session, policy, range_uid, wiring, on_end);
         slot.commit();
         self.state().cells.insert(entry.id.clone(), entry.clone());
         self.inner.reaper_wake.notify_one();
@@ -102,6 +110,9 @@ impl Pool {
             args: req.args,
             session: is_session,
             wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
+            timeout: None,
+            stdin: false,
+            tap: None,
         };
         Ok(self.launch(policy, l).await?.info())
     }
@@ -129,13 +140,16 @@ impl Pool {
             args: Vec::new(),
             session: true,
             wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
+            timeout: None,
+            stdin: false,
+            tap: None,
         };
         let entry = self.launch(policy, l).await?;
         self.state().sessions.insert(key, entry.id.clone());
         Ok(entry.info())
     }
 
-    fn command_timeout(policy: &Policy, asked: Option<u64>) -> Duration {
+    pub(super) fn command_timeout(policy: &Policy, asked: Option<u64>) -> Duration {
         asked.map(Duration::from_millis).or(policy.limits.wall_time).unwrap_or(DEFAULT_COMMAND_TIMEOUT)
     }
 
@@ -226,51 +240,6 @@ impl Pool {
         } else {
             PoolError::Ended { cell: entry.id.clone(), reason }
         }
-    }
-
-    /// Run one command in a fresh one-shot cell: command + args + [the command as one argv
-    /// element] (never through a shell); returns its output and how it ended.
-    pub async fn oneshot(&self, caller: &Caller, provider: &str, req: OneshotRequest) -> Result<CommandResult, PoolError> {
-        let policy = self.provider(caller, provider)?;
-        if policy.mode != Mode::Oneshot {
-            return Err(PoolError::BadRequest(format!("provider {provider} is a session provider; use a session")));
-        }
-        let timeout = Self::command_timeout(&policy, req.timeout_ms);
-        let started = Instant::now();
-        let l = Launch {
-            caller,
-            cwd: req.cwd,
-            env: req.env,
-            args: vec![req.command],
-            session: false,
-            wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
-        };
-        let entry = self.launch(policy, l).await?;
-        let _busy = Busy::new(&entry);
-        let timed_out = tokio::time::timeout(timeout, entry.ended()).await.is_err();
-        if timed_out {
-            entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
-        }
-        let reason = entry.ended().await;
-        entry.output_drained().await;
-        let (stdout, t1) = entry.spool.snapshot(Stream::Stdout);
-        let (stderr, t2) = entry.spool.snapshot(Stream::Stderr);
-        let mut result = CommandResult::new(&entry.id, &stdout, &stderr);
-        result.exit = Some(reason.clone());
-        result.truncated = t1 || t2;
-        result.duration_ms = started.elapsed().as_millis() as u64;
-        result.usage = entry.final_usage();
-        result.events = entry.events_now();
-        // The error codes of a timeout and a limit hit stay as they were; the output, usage
-        // and events come with them.
-        let error = if timed_out || reason == ExitReason::TimedOut {
-            PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 }
-        } else if is_resource_limit(&reason) {
-            PoolError::ResourceLimit { cell: entry.id.clone(), reason }
-        } else {
-            return Ok(result);
-        };
-        Err(PoolError::WithResult { error: Box::new(error), result: Box::new(result) })
     }
 
     /// End a running cell (gracefully, or at once with `force`) and wait until it is gone.
@@ -463,10 +432,10 @@ impl Pool {
 }
 
 /// Marks a cell busy (not idle) while a command runs.
-struct Busy<'a>(&'a CellEntry);
+pub(super) struct Busy<'a>(&'a CellEntry);
 
 impl<'a> Busy<'a> {
-    fn new(entry: &'a CellEntry) -> Busy<'a> {
+    pub(super) fn new(entry: &'a CellEntry) -> Busy<'a> {
         entry.busy.fetch_add(1, Ordering::SeqCst);
         entry.touch();
         Busy(entry)

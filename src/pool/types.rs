@@ -80,6 +80,14 @@ pub struct OneshotRequest {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub wait_for_slot_ms: Option<u64>,
+    /// Answer as an NDJSON stream (`started`, every byte of output as `data` lines, then
+    /// `exit` with the result) instead of one JSON result; streamed output has no cap.
+    #[serde(default)]
+    pub stream: bool,
+    /// Give the command a stdin pipe, written with `POST /v1/cells/{id}/stdin` (default:
+    /// /dev/null).
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +122,7 @@ pub struct CellInfo {
 ///
 /// Output is bytes: valid UTF-8 travels as `stdout` / `stderr`; anything else leaves that field
 /// empty and carries the exact bytes as `stdout_b64` / `stderr_b64` (standard base64).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandResult {
     pub cell: String,
     /// Session: the framed reply. One-shot: everything the process wrote to stdout (kept part).
