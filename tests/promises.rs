@@ -198,3 +198,44 @@ fn client_caused_errors_are_not_logged_as_errors() {
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "logged at ERROR: {errors:?}");
 }
+
+/// Send raw bytes on a fresh connection; the whole answer (the daemon closes after an error).
+fn raw_exchange(d: &Daemon, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// Finding 6: errors the HTTP layer produces (a malformed request, a body over the limit, a
+// header section too large) come as `{code, message}` JSON like every other error.
+#[test]
+fn http_layer_errors_are_json() {
+    gate!("http_layer_errors_are_json");
+    let d = daemon().config("max_body_bytes = 1024\n").start();
+    let big_header = format!("GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("malformed request line", b"GARBAGE\r\n\r\n".to_vec(), "400"),
+        ("bad header", b"GET /v1/health HTTP/1.1\r\nHost x\r\n\r\n".to_vec(), "400"),
+        (
+            "body over the limit",
+            format!("POST /v1/cells HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n{}", " ".repeat(5000))
+                .into_bytes(),
+            "413",
+        ),
+        ("header too large", big_header.into_bytes(), "431"),
+    ];
+    for (what, bytes, status) in cases {
+        let answer = raw_exchange(&d, &bytes);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{what}: {answer:?}");
+        assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{what}: {head}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: body {body:?}: {e}"));
+        assert_eq!(v["code"], "bad_request", "{what}: {v}");
+        assert!(!v["message"].as_str().unwrap_or("").is_empty(), "{what}: {v}");
+    }
+    assert_eq!(d.health()["status"], "ok");
+}
