@@ -32,7 +32,7 @@ pub enum ClientError {
     Transport { path: PathBuf, source: hyper::Error },
     /// The daemon answered with an error.
     #[error("{message}")]
-    Api { status: u16, code: String, message: String },
+    Api { status: u16, code: String, message: String, result: Option<Box<CommandResult>> },
     #[error("unexpected answer to {what} (HTTP {status}): {detail}")]
     Protocol { what: String, status: u16, detail: String },
 }
@@ -50,7 +50,11 @@ impl ClientError {
 
     /// The error as the daemon's wire body (what `--json` prints).
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { code: self.code().to_owned(), message: self.to_string() }
+        let result = match self {
+            ClientError::Api { result, .. } => result.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+            _ => None,
+        };
+        ErrorBody { code: self.code().to_owned(), message: self.to_string(), result }
     }
 }
 
@@ -219,16 +223,46 @@ impl Client {
         if let Some(f) = from {
             path.push_str(&format!("&from={f}"));
         }
+        self.stream(Method::GET, &path, None).await
+    }
+
+    /// Run one command in a fresh one-shot cell of `provider`, streamed: a `Started` line,
+    /// every byte of output as `Data` lines, then `Exit` with the result. Sets
+    /// `req.stream`. Uses a connection of its own.
+    pub async fn exec_stream(&self, provider: &str, req: &OneshotRequest) -> Result<OutputStream> {
+        let path = format!("/v1/providers/{}/commands", seg(provider));
+        let mut req = req.clone();
+        req.stream = true;
+        let body = serde_json::to_vec(&req).map_err(|e| ClientError::Protocol {
+            what: format!("POST {path}"),
+            status: 0,
+            detail: format!("encoding the request: {e}"),
+        })?;
+        self.stream(Method::POST, &path, Some(body)).await
+    }
+
+    /// Write bytes to the stdin of a one-shot started with `stdin: true`; `eof` closes it.
+    pub async fn write_stdin(&self, id: &str, data: &[u8], eof: bool) -> Result<Count> {
+        let path = format!("/v1/cells/{}/stdin?eof={eof}", seg(id));
+        let (status, bytes) = self.send(Method::POST, &path, Some(data.to_vec())).await?;
+        decode(&format!("POST {path}"), status, &bytes)
+    }
+
+    /// An NDJSON answer, on a connection of its own (it is held until the stream ends).
+    async fn stream(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<OutputStream> {
+        let what = format!("{method} {path}");
         let mut sender = self.connect().await?;
         let resp: Response<Incoming> = sender
-            .send_request(Self::build(Method::GET, &path, None))
+            .send_request(Self::build(method, path, body))
             .await
             .map_err(|source| ClientError::Transport { path: self.socket.clone(), source })?;
         let status = resp.status();
         if !status.is_success() {
             let bytes = self.body_of(resp).await?;
-            return Err(decode::<()>(&format!("GET {path}"), status, &bytes).err().unwrap_or_else(|| {
-                ClientError::Protocol { what: path.clone(), status: status.as_u16(), detail: "empty error".into() }
+            return Err(decode::<()>(&what, status, &bytes).err().unwrap_or_else(|| ClientError::Protocol {
+                what: what.clone(),
+                status: status.as_u16(),
+                detail: "empty error".into(),
             }));
         }
         Ok(OutputStream { body: resp.into_body(), buf: BytesMut::new(), scanned: 0, socket: self.socket.clone(), done: false })
@@ -245,7 +279,12 @@ fn decode<T: DeserializeOwned>(what: &str, status: StatusCode, bytes: &[u8]) -> 
         });
     }
     match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(e) => Err(ClientError::Api { status: status.as_u16(), code: e.code, message: e.message }),
+        Ok(e) => Err(ClientError::Api {
+            status: status.as_u16(),
+            code: e.code,
+            message: e.message,
+            result: e.result.and_then(|r| serde_json::from_value(r).ok()),
+        }),
         Err(_) => Err(ClientError::Protocol {
             what: what.to_owned(),
             status: status.as_u16(),

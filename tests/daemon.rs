@@ -189,7 +189,8 @@ fn idle_cells_are_reaped() {
     assert!(d.cells_on_disk().is_empty());
 }
 
-// 7. Terminate → ok; again → not found; no process or cgroup left.
+// 7. Terminate → ok; again → already_ended (409: still listed, with its reason); no process or
+//    cgroup left.
 #[test]
 fn terminate_twice() {
     gate!("terminate_twice");
@@ -200,7 +201,7 @@ fn terminate_twice() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["exit"]["reason"], "terminated");
     let r = call(&d.socket, "DELETE", &format!("/v1/cells/{id}"), None);
-    assert_eq!(r.code(), "not_found", "{}", r.text());
+    assert_eq!(r.code(), "already_ended", "{}", r.text());
     assert!(pid > 0 && !Path::new(&format!("/proc/{pid}")).exists(), "payload {pid} still alive");
     assert!(d.cells_on_disk().is_empty());
 }

@@ -253,3 +253,64 @@ fn slowloris_holds_no_slot() {
     assert!(fds_after <= fds_before + 2, "fd leak: {fds_before} → {fds_after}");
     assert_eq!(d.health()["cells_running"], 0);
 }
+
+// 4. Replies never cross (issue 16, finding 1). A session answers each line after a delay the
+//    line itself names (random, up to 40 ms). Before about one follow-up command in six, a client
+//    sends a command and hangs up at a random point — before, while or after its reply is
+//    written. 1,000 follow-up commands must each get exactly their own line: a reply to an
+//    abandoned command is never handed to the next one (it stays in the output stream and the
+//    log). Pass/fail does not depend on timing: any crossing, at any speed, fails.
+#[test]
+fn abandoned_commands_never_cross_replies() {
+    gate!("abandoned_commands_never_cross_replies");
+    let slow = "[\"/bin/sh\", \"-c\", \"while read -r l s; do sleep \\\"$s\\\"; echo \\\"$l\\\"; done\"]";
+    let d = Daemon::start(4, "", &[("slow", slow, "session", "")]);
+    let id = id_of(&d.spawn("slow"));
+    let path = format!("/v1/cells/{id}/commands");
+    let mut rng = Rng(0x5DEECE66D);
+    let t = Instant::now();
+    let (mut abandoned, mut crossed, mut failed) = (0u32, Vec::new(), Vec::new());
+    for i in 0..1000u32 {
+        if rng.next() % 6 == 0 {
+            abandoned += 1;
+            let delay_ms = rng.next() % 40;
+            let body = serde_json::to_vec(&json!({"command": format!("gone{i} 0.0{delay_ms:02}"), "timeout_ms": 30000}))
+                .expect("json");
+            let mut s = UnixStream::connect(&d.socket).expect("connect");
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).expect("head");
+            s.write_all(&body).expect("body");
+            std::thread::sleep(Duration::from_millis(rng.next() % (delay_ms + 10)));
+            drop(s);
+        }
+        let want = format!("c{i}");
+        let delay_ms = rng.next() % 20;
+        let r = call(
+            &d.socket,
+            "POST",
+            &path,
+            Some(&json!({"command": format!("{want} 0.0{delay_ms:02}"), "timeout_ms": 30000})),
+        );
+        match r.json()["stdout"].as_str() {
+            Some(got) if r.status == 200 && got == want => {}
+            Some(got) if r.status == 200 => crossed.push(format!("{want} got {got}")),
+            _ => failed.push(format!("{want}: {} {}", r.status, r.text())),
+        }
+    }
+    let late = d.log().matches("reply to a command whose client left").count();
+    eprintln!(
+        "crossing: 1000 commands, {abandoned} abandoned ({late} answered after their client left) in {:.1?}; crossed {}, failed {}",
+        t.elapsed(),
+        crossed.len(),
+        failed.len()
+    );
+    for e in crossed.iter().chain(&failed).take(10) {
+        eprintln!("  {e}");
+    }
+    assert!(crossed.is_empty(), "{} replies crossed: {:?}", crossed.len(), &crossed[..crossed.len().min(10)]);
+    assert!(failed.is_empty(), "{} commands failed: {:?}", failed.len(), &failed[..failed.len().min(10)]);
+    assert!(abandoned > 100, "too few abandoned commands to prove anything: {abandoned}");
+}

@@ -15,15 +15,17 @@ pub struct HttpError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The command's result that comes with the error, if any (see [`ErrorBody::result`]).
+    pub result: Option<serde_json::Value>,
 }
 
 impl HttpError {
     pub fn bad_request(message: impl Into<String>) -> HttpError {
-        HttpError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into() }
+        HttpError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into(), result: None }
     }
 
     pub fn not_found(message: impl Into<String>) -> HttpError {
-        HttpError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
+        HttpError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into(), result: None }
     }
 }
 
@@ -32,7 +34,7 @@ pub fn status_of(code: &str) -> StatusCode {
     match code {
         "process_limit" => StatusCode::TOO_MANY_REQUESTS,
         "timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "resource_limit" | "exited" => StatusCode::CONFLICT,
+        "resource_limit" | "exited" | "already_ended" => StatusCode::CONFLICT,
         "not_found" | "unknown_provider" => StatusCode::NOT_FOUND,
         "forbidden" => StatusCode::FORBIDDEN,
         "bad_request" => StatusCode::BAD_REQUEST,
@@ -45,7 +47,12 @@ pub fn status_of(code: &str) -> StatusCode {
 impl From<PoolError> for HttpError {
     fn from(e: PoolError) -> Self {
         let code = e.code();
-        HttpError { status: status_of(code), code, message: e.to_string() }
+        let message = e.to_string();
+        let result = match e {
+            PoolError::WithResult { result, .. } => serde_json::to_value(result).ok(),
+            _ => None,
+        };
+        HttpError { status: status_of(code), code, message, result }
     }
 }
 
@@ -53,9 +60,14 @@ impl From<BytesRejection> for HttpError {
     fn from(e: BytesRejection) -> Self {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            HttpError { status, code: "bad_request", message: format!("request body too large: {}", e.body_text()) }
+            HttpError {
+                status,
+                code: "bad_request",
+                message: format!("request body too large: {}", e.body_text()),
+                result: None,
+            }
         } else {
-            HttpError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: e.body_text() }
+            HttpError::bad_request(e.body_text())
         }
     }
 }
@@ -74,9 +86,17 @@ impl From<PathRejection> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(code = self.code, "{}", self.message);
+        // Logged by who is at fault: the daemon (internal) at ERROR; a limit, a timeout the
+        // client asked for or a shutdown at INFO; the client's own mistakes at DEBUG (the
+        // request line is logged at DEBUG too).
+        match self.code {
+            "internal" => tracing::error!(code = self.code, status = self.status.as_u16(), "{}", self.message),
+            "timeout" | "resource_limit" | "process_limit" | "shutting_down" | "exited" | "setup_failed" => {
+                tracing::info!(code = self.code, status = self.status.as_u16(), "{}", self.message)
+            }
+            _ => tracing::debug!(code = self.code, status = self.status.as_u16(), "{}", self.message),
         }
-        (self.status, Json(ErrorBody { code: self.code.to_owned(), message: self.message })).into_response()
+        let body = ErrorBody { code: self.code.to_owned(), message: self.message, result: self.result };
+        (self.status, Json(body)).into_response()
     }
 }

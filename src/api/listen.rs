@@ -179,7 +179,7 @@ async fn serve_connection(stream: UnixStream, caller: Caller, router: Router, mu
     });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(TokioIo::new(super::edge::JsonErrors::new(stream)), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

@@ -5,6 +5,7 @@
 //!   `SO_PEERCRED`, serve connections with hyper, bound and drain them.
 //! - [`routes`]: the axum router; every handler decodes, then calls the pool with the caller.
 //! - [`error`]: wire errors `{code, message}` with their HTTP statuses.
+//! - [`edge`]: the same JSON body for the errors hyper answers by itself (400, 414, 431).
 //! - [`wire`]: the error body and NDJSON output lines, shared with the client.
 //!
 //! [`run_daemon`] is the whole daemon: pool start (with restart recovery), socket, signals
@@ -12,6 +13,7 @@
 //! accepting, end every cell, drain connections, remove the socket (unless systemd passed it:
 //! socket activation, see [`crate::systemd`]).
 
+pub mod edge;
 pub mod error;
 pub mod listen;
 pub mod routes;

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::Next;
@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cells/{id}/commands", post(send))
         .route("/v1/cells/{id}/health", get(cell_health))
         .route("/v1/cells/{id}/output", get(output))
+        .route("/v1/cells/{id}/stdin", post(stdin))
         .route("/v1/providers/{name}/commands", post(oneshot))
         .route("/v1/providers/{name}/session", post(session))
         .route("/v1/providers/{name}/cells", axum::routing::delete(cleanup))
@@ -81,7 +82,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
 }
 
 async fn health(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> Json<DaemonHealth> {
-    Json(s.pool.health(s.pool.is_admin(&caller)).await)
+    Json(s.pool.health(&caller).await)
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -203,13 +204,56 @@ async fn next_event(sub: &mut Subscription, follow: bool) -> Option<OutputEvent>
     }
 }
 
+/// A one-shot command: one JSON result, or with `"stream": true` an NDJSON stream — a
+/// `started` line, every byte of output as `data` lines (the cell waits for this reader; no
+/// cap), then an `exit` line with the result. A reader that hangs up changes nothing for the
+/// cell (it runs to its end or its timeout; `DELETE /v1/cells/{id}` ends it).
 async fn oneshot(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
     name: Result<Path<String>, PathRejection>,
     JsonBody(req): JsonBody<OneshotRequest>,
-) -> ApiResult<Json<CommandResult>> {
-    Ok(Json(s.pool.oneshot(&caller, &path(name)?, req).await?))
+) -> ApiResult<Response> {
+    let name = path(name)?;
+    if !req.stream {
+        return Ok(Json(s.pool.oneshot(&caller, &name, req).await?).into_response());
+    }
+    let run = s.pool.oneshot_stream(&caller, &name, req).await?;
+    let first = OutputLine::Started { cell: run.cell.clone() };
+    let lines = futures_util::stream::unfold(Some((run, Some(first))), |state| async move {
+        let (mut run, pending) = state?;
+        let (line, next) = match pending {
+            Some(line) => (line, Some((run, None))),
+            None => match run.next().await {
+                Some(ev) => (OutputLine::from(ev), Some((run, None))),
+                None => (OutputLine::Exit { result: Box::new(run.finish().await) }, None),
+            },
+        };
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        Some((Ok::<_, Infallible>(Bytes::from(bytes)), next))
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StdinQuery {
+    /// Close the cell's stdin after writing the body.
+    #[serde(default)]
+    eof: bool,
+}
+
+/// Raw bytes (any content type) for the stdin of a one-shot started with `"stdin": true`.
+async fn stdin(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<StdinQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Count>> {
+    let (id, eof) = (path(id)?, query(q)?.eof);
+    Ok(Json(s.pool.write_stdin(&caller, &id, &body?, eof).await?))
 }
 
 async fn session(
@@ -261,6 +305,7 @@ async fn no_method(method: Method, uri: Uri) -> HttpError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: "bad_request",
         message: format!("{} does not accept {method}", uri.path()),
+        result: None,
     }
 }
 
@@ -271,6 +316,7 @@ async fn refuse_cells(req: Request, next: Next) -> Response {
             status: StatusCode::FORBIDDEN,
             code: "forbidden",
             message: format!("pid {} runs inside a cellkeep cell: cells may not use the daemon", c.pid.unwrap_or(0)),
+            result: None,
         }
         .into_response(),
         _ => next.run(req).await,

@@ -10,6 +10,10 @@ use crate::session::{OutputEvent, Stream};
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
+    /// With `timeout` and `resource_limit` answers to a one-shot command: its output, exit
+    /// reason, usage and events up to the end (a `CommandResult`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 /// One line of `GET /v1/cells/{id}/output` (newline-delimited JSON).
@@ -18,7 +22,7 @@ pub struct ErrorBody {
 /// share one sequence), so a reader that reconnects asks `?from=<offset + len>` and misses
 /// nothing the spool still holds. Valid UTF-8 travels as `data`; anything else as `data_b64`
 /// (standard base64), so no byte is ever altered.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputLine {
     Data {
@@ -34,6 +38,11 @@ pub enum OutputLine {
     Lagged { dropped: u64 },
     /// The cell's output is complete (both pipes closed).
     End,
+    /// A streamed one-shot command (`"stream": true`): its cell, first of all.
+    Started { cell: String },
+    /// A streamed one-shot command ended: how (in `result.exit`), with usage and events; its
+    /// output was the `data` lines before. Always the last line.
+    Exit { result: Box<crate::pool::CommandResult> },
 }
 
 impl OutputLine {

@@ -91,6 +91,8 @@ fn oneshot_req(cwd: &Path, command: &str) -> OneshotRequest {
         env: BTreeMap::new(),
         timeout_ms: None,
         wait_for_slot_ms: Some(60_000),
+        stream: false,
+        stdin: false,
     }
 }
 
@@ -184,6 +186,7 @@ async fn main() -> Result<()> {
                     OutputLine::Data { .. } => {}
                     OutputLine::Lagged { dropped: d } => dropped += d,
                     OutputLine::End => break,
+                    OutputLine::Started { .. } | OutputLine::Exit { .. } => {}
                 }
             }
             let secs = t.elapsed().as_secs_f64();

@@ -13,6 +13,7 @@
 //!   stderr) and exits 1.
 
 mod doctor;
+mod exec;
 mod local;
 mod remote;
 mod term;
@@ -59,15 +60,24 @@ enum Cmd {
         #[arg(long)]
         timeout: Option<f64>,
     },
-    /// Run one command in a fresh one-shot cell; exits with the command's status.
+    /// Run one command in a fresh one-shot cell, like a remote shell: stdout and stderr live,
+    /// stdin forwarded when it is not a terminal, Ctrl-C terminates the cell; exits with the
+    /// command's status (124 timeout, 128+N signal N, 125 setup failure).
     Exec {
+        /// The one-shot provider (a policy name) to run the command with.
         provider: String,
+        /// The command, passed to the provider's command as one final argument (no shell).
         command: String,
         /// Working directory (default: the current directory).
         #[arg(long)]
         cwd: Option<PathBuf>,
-        #[arg(long)]
+        /// Seconds the command may run before it is ended as timed out (exit 124; default:
+        /// the policy's wall time, else 300).
+        #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
+        /// Forward stdin even when it is a terminal.
+        #[arg(long, short)]
+        interactive: bool,
         #[command(flatten)]
         env: EnvArgs,
         /// Over the cap, wait up to this many seconds for a free slot.

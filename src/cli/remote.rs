@@ -21,6 +21,8 @@ use super::{Cmd, EnvArgs};
 enum Failure {
     Client(ClientError),
     Usage(String),
+    /// A buffered result lost output past the policy's `output_bytes` (cell id).
+    Truncated(String),
 }
 
 impl From<ClientError> for Failure {
@@ -46,9 +48,13 @@ pub(super) fn main(cmd: Cmd, socket: &Path, json: bool) -> i32 {
             let (code, message) = match f {
                 Failure::Client(e) => (e.code().to_owned(), e.to_string()),
                 Failure::Usage(m) => ("bad_request".to_owned(), m),
+                Failure::Truncated(cell) => (
+                    "output_truncated".to_owned(),
+                    format!("cell {cell}: output beyond the policy's output_bytes was cut; `cellkeep exec` without --json streams it whole"),
+                ),
             };
             if json {
-                let body = crate::api::wire::ErrorBody { code, message };
+                let body = crate::api::wire::ErrorBody { code, message, result: None };
                 eprintln!("{}", serde_json::to_string(&body).unwrap_or_default());
             } else {
                 eprintln!("cellkeep: error: {code}: {message}");
@@ -79,15 +85,25 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             let r = c.send_command(&id, &SendRequest { command, timeout_ms: millis(timeout)? }).await?;
             print_result(&r, json)
         }
-        Cmd::Exec { provider, command, cwd: dir, timeout, env: e, wait } => {
+        Cmd::Exec { provider, command, cwd: dir, timeout, env: e, wait, interactive } => {
             let req = OneshotRequest {
                 command,
                 cwd: cwd(dir)?,
                 env: env(&e)?,
                 timeout_ms: millis(timeout)?,
                 wait_for_slot_ms: millis(wait)?,
+                stream: false,
+                stdin: false,
             };
-            print_result(&c.exec(&provider, &req).await?, json)
+            if !json {
+                return Ok(super::exec::run(c, &provider, req, interactive).await?);
+            }
+            // --json: one buffered result (output up to the policy's output_bytes).
+            match c.exec(&provider, &req).await {
+                Ok(r) => print_result(&r, json),
+                Err(ClientError::Api { result: Some(r), .. }) => print_result(&r, json),
+                Err(e) => Err(e.into()),
+            }
         }
         Cmd::Ps { provider, all } => {
             let cells = c.list(&ListFilter { provider, all }).await?;
@@ -223,21 +239,25 @@ fn print_cell_id(i: &CellInfo, json: bool) -> Outcome {
     Ok(0)
 }
 
-/// A reply: stdout and stderr as the process wrote them; the exit code of a one-shot command.
+/// A reply: stdout and stderr as the process wrote them (the exact bytes); the exit code of a
+/// one-shot command. A result whose output was cut to the policy's `output_bytes` is not
+/// passed off as complete: it exits non-zero (`output_truncated`).
 fn print_result(r: &CommandResult, json: bool) -> Outcome {
     if json {
         print_json(r)?;
     } else {
-        print!("{}", r.stdout);
+        let stdout = r.stdout_bytes();
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&stdout);
         // A session reply is framed without its terminator: end the line for the terminal.
-        if r.exit.is_none() && !r.stdout.ends_with('\n') {
-            println!();
+        if r.exit.is_none() && !stdout.ends_with(b"\n") {
+            let _ = out.write_all(b"\n");
         }
-        eprint!("{}", r.stderr);
-        let _ = std::io::stdout().flush();
-        if r.truncated {
-            eprintln!("cellkeep: warning: output was cut to the policy's output_bytes");
-        }
+        let _ = out.flush();
+        let _ = std::io::stderr().write_all(&r.stderr_bytes());
+    }
+    if r.truncated {
+        return Err(Failure::Truncated(r.cell.clone()));
     }
     Ok(match &r.exit {
         None => 0,
@@ -270,6 +290,7 @@ async fn logs(c: &Client, id: &str, follow: bool, from: Option<u64>, json: bool)
             }
             OutputLine::Lagged { dropped } => eprintln!("cellkeep: [{dropped} bytes of output dropped]"),
             OutputLine::End => break,
+            OutputLine::Started { .. } | OutputLine::Exit { .. } => {}
         }
     }
     Ok(0)

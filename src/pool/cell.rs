@@ -14,10 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::cgroup::{CellCgroup, Events};
+use crate::cgroup::{CellCgroup, Events, Usage};
 use crate::policy::Policy;
 use crate::sandbox::{Cell, CellInput, CellIo, CellOutput, Degradation, ExitReason, Outcome, Stop};
-use crate::session::{Framer, Reply, SessionError, Spool, Stream};
+use crate::session::{Framer, OutputEvent, Reply, SessionError, Spool, Stream};
 
 use super::types::{CellInfo, CellState};
 
@@ -29,6 +29,21 @@ pub struct SessionIo {
     /// The payload's stdin pipe, or the pty master of a `tty` cell.
     pub stdin: CellInput,
     pub replies: mpsc::Receiver<Result<Reply, SessionError>>,
+}
+
+/// A lossless copy of a cell's output for the one reader that started it (a streamed one-shot):
+/// the pumps wait for it, so the process is slowed to the reader's pace instead of losing
+/// bytes. When the reader goes away the pumps stop feeding it and carry on.
+pub type Tap = mpsc::Sender<OutputEvent>;
+
+/// How a launched cell is wired besides its policy.
+pub struct Wiring {
+    /// The session's reply framer (sessions only).
+    pub framer: Option<Framer>,
+    /// When the cell is ended as `timed_out`: the policy's wall time, or sooner for a
+    /// one-shot command with a timeout.
+    pub deadline: Option<Instant>,
+    pub tap: Option<Tap>,
 }
 
 /// Shared state of one cell.
@@ -46,6 +61,9 @@ pub struct CellEntry {
     pub degraded: Vec<Degradation>,
     pub spool: Spool,
     pub io: tokio::sync::Mutex<Option<SessionIo>>,
+    /// A one-shot's stdin, when it was started to take input (`stdin: true`); `None` once
+    /// closed.
+    pub stdin: tokio::sync::Mutex<Option<CellInput>>,
     /// Last command or output; the idle clock.
     pub last_activity: Mutex<Instant>,
     /// Commands in flight (a busy cell is never idle).
@@ -58,6 +76,8 @@ pub struct CellEntry {
     pub output_done: watch::Sender<bool>,
     /// Limit events seen so far (kernel notification, health reads, the final outcome).
     pub events: Mutex<Events>,
+    /// The cell's usage read at its end (what `health` reports once it has ended).
+    pub final_usage: Mutex<Option<Usage>>,
 }
 
 impl CellEntry {
@@ -91,6 +111,23 @@ impl CellEntry {
         if merged.pids_max_hits > before.pids_max_hits {
             tracing::warn!(cell = %self.id, provider = %self.provider, hits = merged.pids_max_hits, "fork refused at the cell's pids limit");
         }
+    }
+
+    pub fn events_now(&self) -> Events {
+        *self.events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn final_usage(&self) -> Option<Usage> {
+        *self.final_usage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cell's usage now (read from its cgroup), or at its end once it has ended.
+    pub async fn usage_now(&self) -> Option<Usage> {
+        if self.exit_reason().is_some() {
+            return self.final_usage();
+        }
+        let cg = self.cgroup.clone();
+        tokio::task::spawn_blocking(move || cg.usage().ok()).await.ok().flatten()
     }
 
     pub fn exit_reason(&self) -> Option<ExitReason> {
@@ -158,17 +195,19 @@ pub fn start(
     session: bool,
     policy: Arc<Policy>,
     range_uid: Option<u32>,
-    framer: Option<Framer>,
+    wiring: Wiring,
     on_end: impl FnOnce(&Arc<CellEntry>, &Outcome) + Send + 'static,
 ) -> Arc<CellEntry> {
+    let Wiring { framer, deadline, tap } = wiring;
     let spool = Spool::new(policy.limits.output_bytes as usize);
     // A command expects one reply; the few slots only absorb replies that race a command.
     let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE);
     // A tty cell: stdin and stdout are the pty master, and there is no separate stderr.
     let CellIo { stdin, stdout, stderr } = cell.take_io();
-    let io = match (session, stdin) {
-        (true, Some(stdin)) => Some(SessionIo { stdin, replies: reply_rx }),
-        _ => None,
+    let (io, oneshot_stdin) = match (session, stdin) {
+        (true, Some(stdin)) => (Some(SessionIo { stdin, replies: reply_rx }), None),
+        (false, stdin) => (None, stdin),
+        (true, None) => (None, None),
     };
     let entry = Arc::new(CellEntry {
         id: cell.id.clone(),
@@ -184,6 +223,7 @@ pub fn start(
         degraded: cell.degraded.clone(),
         spool,
         io: tokio::sync::Mutex::new(io),
+        stdin: tokio::sync::Mutex::new(oneshot_stdin),
         last_activity: Mutex::new(Instant::now()),
         busy: Default::default(),
         stop: watch::channel(None).0,
@@ -191,6 +231,7 @@ pub fn start(
         cpu_sample: Mutex::new(None),
         output_done: watch::channel(false).0,
         events: Mutex::new(Events::default()),
+        final_usage: Mutex::new(None),
     });
     match entry.cgroup.watch_events() {
         Ok(w) => {
@@ -199,8 +240,8 @@ pub fn start(
         Err(e) => tracing::warn!(cell = %entry.id, "limit events will only be seen when read: {e}"),
     }
 
-    let out_pump = tokio::spawn(pump(entry.clone(), stdout, Stream::Stdout, framer.map(|f| (f, reply_tx))));
-    let err_pump = tokio::spawn(pump(entry.clone(), stderr, Stream::Stderr, None));
+    let out_pump = tokio::spawn(pump(entry.clone(), stdout, Stream::Stdout, framer.map(|f| (f, reply_tx)), tap.clone()));
+    let err_pump = tokio::spawn(pump(entry.clone(), stderr, Stream::Stderr, None, tap));
     let drained = entry.clone();
     tokio::spawn(async move {
         let _ = out_pump.await;
@@ -210,7 +251,6 @@ pub fn start(
     });
 
     let supervised = entry.clone();
-    let deadline = policy.limits.wall_time.map(|d| Instant::now() + d);
     tokio::spawn(async move {
         let mut stop_rx = supervised.stop.subscribe();
         let stop = async move {
@@ -222,6 +262,7 @@ pub fn start(
         };
         let outcome = cell.run_to_end(deadline, stop).await;
         supervised.record_events(outcome.events);
+        *supervised.final_usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.usage);
         tracing::info!(cell = %outcome.cell, provider = %outcome.provider, reason = %outcome.reason, "cell ended");
         supervised.exit.send_replace(Some((outcome.reason.clone(), Instant::now())));
         on_end(&supervised, &outcome);
@@ -292,6 +333,7 @@ async fn pump(
     pipe: Option<CellOutput>,
     stream: Stream,
     mut framing: Option<(Framer, mpsc::Sender<Result<Reply, SessionError>>)>,
+    mut tap: Option<Tap>,
 ) {
     let Some(mut pipe) = pipe else { return };
     let mut buf = vec![0u8; 64 * 1024];
@@ -299,8 +341,14 @@ async fn pump(
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                entry.spool.push(stream, &buf[..n]);
+                let offset = entry.spool.push(stream, &buf[..n]);
                 entry.touch();
+                if let Some(t) = &tap {
+                    let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    if t.send(OutputEvent::Data { stream, offset, data }).await.is_err() {
+                        tap = None;
+                    }
+                }
                 if let Some((framer, replies)) = framing.as_mut() {
                     // Only while a command is in flight is a reply kept whole and queued: one
                     // nobody asked for is held at most IDLE_KEEP bytes by the framer and

@@ -15,6 +15,13 @@ pub enum PoolError {
     Ended { cell: String, reason: ExitReason },
     #[error("no cell {id}")]
     NotFound { id: String },
+    /// The cell is still listed (with its exit reason) but has already ended.
+    #[error("cell {cell} has already ended ({reason})")]
+    AlreadyEnded { cell: String, reason: ExitReason },
+    /// An error that still has the command's output and usage to report (a one-shot that
+    /// timed out or hit a resource limit): the error's code, and the result alongside.
+    #[error("{error}")]
+    WithResult { error: Box<PoolError>, result: Box<super::CommandResult> },
     #[error("uid {uid} may not {action}")]
     Forbidden { uid: u32, action: String },
     #[error("unknown provider {name:?}")]
@@ -44,6 +51,8 @@ impl PoolError {
             PoolError::ResourceLimit { .. } => "resource_limit",
             PoolError::Ended { .. } => "exited",
             PoolError::NotFound { .. } => "not_found",
+            PoolError::AlreadyEnded { .. } => "already_ended",
+            PoolError::WithResult { error, .. } => error.code(),
             PoolError::Forbidden { .. } => "forbidden",
             PoolError::UnknownProvider { .. } => "unknown_provider",
             PoolError::BadRequest(_) | PoolError::NotSession { .. } => "bad_request",

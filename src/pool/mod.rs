@@ -10,6 +10,7 @@
 
 mod cell;
 mod error;
+mod oneshot;
 mod ops;
 mod reaper;
 pub mod types;
@@ -28,6 +29,7 @@ use crate::policy::{Policy, RunAs};
 use crate::sandbox::{HostCaps, Launcher};
 
 pub use error::PoolError;
+pub use oneshot::StreamedRun;
 pub use types::*;
 
 use cell::CellEntry;
@@ -255,6 +257,15 @@ impl Pool {
             Arc::new(set.policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect());
         *self.inner.rejected.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Vec::new());
         Ok(Reloaded { providers })
+    }
+}
+
+/// The idle timeout in force for a policy's sessions, and where it comes from: the policy's
+/// `limits.idle_timeout` (after `extends`) wins; without one, the daemon's `idle_timeout_secs`.
+pub fn idle_timeout_of(policy: &Policy, config: &Config) -> (Duration, IdleSource) {
+    match policy.limits.idle_timeout {
+        Some(d) => (d, IdleSource::Policy),
+        None => (config.idle_timeout, IdleSource::Daemon),
     }
 }
 

@@ -16,25 +16,30 @@ use crate::session::{Framer, OutputEvent, Stream, Subscription};
 
 use super::cell::{self, CellEntry};
 use super::{Caller, CellHealth, CellInfo, CommandResult, Count, DaemonHealth, LimitsView, ListFilter, Pool, PoolError};
-use super::{OneshotRequest, SendRequest, SessionRequest, SpawnRequest, DEFAULT_COMMAND_TIMEOUT, MAX_REPLY_BYTES};
+use super::{SendRequest, SessionRequest, SpawnRequest, DEFAULT_COMMAND_TIMEOUT, MAX_REPLY_BYTES};
 
 /// What a launch needs besides the policy.
-struct Launch<'a> {
-    caller: &'a Caller,
-    cwd: PathBuf,
-    env: BTreeMap<String, String>,
-    args: Vec<String>,
-    session: bool,
-    wait_for_slot: Option<Duration>,
+pub(super) struct Launch<'a> {
+    pub caller: &'a Caller,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub args: Vec<String>,
+    pub session: bool,
+    pub wait_for_slot: Option<Duration>,
+    /// One-shot: a command timeout (ends it as `timed_out`, like the wall time).
+    pub timeout: Option<Duration>,
+    /// One-shot: give it a stdin pipe (written with `write_stdin`) instead of /dev/null.
+    pub stdin: bool,
+    pub tap: Option<cell::Tap>,
 }
 
-fn is_resource_limit(reason: &ExitReason) -> bool {
+pub(super) fn is_resource_limit(reason: &ExitReason) -> bool {
     matches!(reason, ExitReason::OomKilled | ExitReason::PidsLimited | ExitReason::FileSizeLimited)
 }
 
 impl Pool {
     /// Reserve a slot, launch, register; the slot is released when the cell's cgroup is gone.
-    async fn launch(&self, policy: Arc<Policy>, l: Launch<'_>) -> Result<Arc<CellEntry>, PoolError> {
+    pub(super) async fn launch(&self, policy: Arc<Policy>, l: Launch<'_>) -> Result<Arc<CellEntry>, PoolError> {
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let slot = self.reserve_slot(l.wait_for_slot).await?;
         let range_uid = self.allocate_range_uid(&policy)?;
@@ -48,7 +53,8 @@ impl Pool {
             caller_env: l.env,
             range_uid,
         };
-        let stdio = if l.session { StdioMode::Piped } else { StdioMode::NullInPiped };
+        let stdio = if l.session || l.stdin { StdioMode::Piped } else { StdioMode::NullInPiped };
+        let limit = [policy.limits.wall_time, l.timeout].into_iter().flatten().min();
         let launched = self.inner.launcher.launch(&policy, req, stdio).await;
         let free_uid = |pool: &Pool| {
             if let Some(uid) = range_uid {
@@ -77,7 +83,9 @@ impl Pool {
             pool.release_slot();
             pool.inner.reaper_wake.notify_one();
         };
-        let entry = cell::start(cell, l.caller.uid, l.session, policy, range_uid, framer, on_end);
+        // The clock starts at launch, as the wall time always did.
+        let wiring = cell::Wiring { framer, deadline: limit.map(|d| Instant::now() + d), tap: l.tap };
+        let entry = cell::start(cell, l.caller.uid, l.session, policy, range_uid, wiring, on_end);
         slot.commit();
         self.state().cells.insert(entry.id.clone(), entry.clone());
         self.inner.reaper_wake.notify_one();
@@ -103,6 +111,9 @@ impl Pool {
             args: req.args,
             session: is_session,
             wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
+            timeout: None,
+            stdin: false,
+            tap: None,
         };
         Ok(self.launch(policy, l).await?.info())
     }
@@ -130,18 +141,27 @@ impl Pool {
             args: Vec::new(),
             session: true,
             wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
+            timeout: None,
+            stdin: false,
+            tap: None,
         };
         let entry = self.launch(policy, l).await?;
         self.state().sessions.insert(key, entry.id.clone());
         Ok(entry.info())
     }
 
-    fn command_timeout(policy: &Policy, asked: Option<u64>) -> Duration {
+    pub(super) fn command_timeout(policy: &Policy, asked: Option<u64>) -> Duration {
         asked.map(Duration::from_millis).or(policy.limits.wall_time).unwrap_or(DEFAULT_COMMAND_TIMEOUT)
     }
 
     /// Send one command to a session: written to stdin as one line, answered by exactly one
     /// framed reply. Commands to the same session queue in order.
+    ///
+    /// The exchange runs in a task of its own, not in the caller's request: a client that
+    /// leaves before its reply does not end the exchange. The command keeps its place until
+    /// its reply arrives (logged, and in the cell's output stream like all output) or its
+    /// timeout ends the cell, so the next command is written only after it and is answered
+    /// only by its own reply.
     pub async fn send(&self, caller: &Caller, id: &str, req: SendRequest) -> Result<CommandResult, PoolError> {
         let entry = self.cell(caller, id)?;
         if !entry.session {
@@ -151,20 +171,40 @@ impl Pool {
             return Err(PoolError::BadRequest("a session command is one line: it must not contain a newline".into()));
         }
         let timeout = Self::command_timeout(&entry.policy, req.timeout_ms);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let result = pool.exchange(&entry, req.command, timeout).await;
+            if let Err(unclaimed) = answer.send(result) {
+                match unclaimed {
+                    Ok(r) => tracing::info!(cell = %r.cell, provider = %entry.provider, bytes = r.stdout.len(),
+                        "reply to a command whose client left (kept in the cell's output stream)"),
+                    Err(e) => tracing::info!(cell = %entry.id, provider = %entry.provider,
+                        "command whose client left ended without a reply: {e}"),
+                }
+            }
+        });
+        answered.await.unwrap_or_else(|_| Err(PoolError::Internal(format!("cell {id}: the command's task ended without an answer"))))
+    }
+
+    /// One command's turn on a session: wait for the session (earlier commands finish first),
+    /// drop replies nobody asked for, write the line, wait for its reply.
+    async fn exchange(&self, entry: &Arc<CellEntry>, command: String, timeout: Duration) -> Result<CommandResult, PoolError> {
+        let id = entry.id.as_str();
         let started = Instant::now();
-        let _busy = Busy::new(&entry);
+        let _busy = Busy::new(entry);
         let mut io = entry.io.lock().await;
         let Some(io) = io.as_mut() else {
-            return Err(self.ended_error(&entry).await);
+            return Err(self.ended_error(entry).await);
         };
         if let Some(reason) = entry.exit_reason() {
             return Err(PoolError::Ended { cell: id.to_owned(), reason });
         }
-        // Replies that arrived while no command was waiting (a banner, a late answer to a
-        // timed-out command) belong to nobody: discard them so they cannot be taken as ours.
+        // Replies that arrived while no command was waiting (a banner) belong to nobody:
+        // discard them so they cannot be taken as ours.
         while io.replies.try_recv().is_ok() {}
         let (_, stderr_from) = entry.spool.kept();
-        let mut line = req.command.into_bytes();
+        let mut line = command.into_bytes();
         line.push(b'\n');
         let exchange = async {
             io.stdin.write_all(&line).await.map_err(|_| None)?;
@@ -178,7 +218,7 @@ impl Pool {
         let reply = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(Some(e))) => return Err(e),
-            Ok(Err(None)) => return Err(self.ended_error(&entry).await),
+            Ok(Err(None)) => return Err(self.ended_error(entry).await),
             Err(_) => {
                 entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
                 return Err(PoolError::Timeout { cell: id.to_owned(), timeout_ms: timeout.as_millis() as u64 });
@@ -186,14 +226,11 @@ impl Pool {
         };
         entry.touch();
         let stderr = drain_ready(entry.spool.subscribe(Some(stderr_from)), Stream::Stderr);
-        Ok(CommandResult {
-            cell: id.to_owned(),
-            stdout: String::from_utf8_lossy(&reply.body).into_owned(),
-            stderr,
-            exit: None,
-            truncated: false,
-            duration_ms: started.elapsed().as_millis() as u64,
-        })
+        let mut result = CommandResult::new(id, &reply.body, &stderr);
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        result.usage = entry.usage_now().await;
+        result.events = entry.events_now();
+        Ok(result)
     }
 
     /// The error for a command whose session ended under it.
@@ -206,58 +243,12 @@ impl Pool {
         }
     }
 
-    /// Run one command in a fresh one-shot cell: command + args + [the command as one argv
-    /// element] (never through a shell); returns its output and how it ended.
-    pub async fn oneshot(&self, caller: &Caller, provider: &str, req: OneshotRequest) -> Result<CommandResult, PoolError> {
-        let policy = self.provider(caller, provider)?;
-        if policy.mode != Mode::Oneshot {
-            return Err(PoolError::BadRequest(format!("provider {provider} is a session provider; use a session")));
-        }
-        let timeout = Self::command_timeout(&policy, req.timeout_ms);
-        let started = Instant::now();
-        let l = Launch {
-            caller,
-            cwd: req.cwd,
-            env: req.env,
-            args: vec![req.command],
-            session: false,
-            wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
-        };
-        let entry = self.launch(policy, l).await?;
-        let _busy = Busy::new(&entry);
-        let reason = match tokio::time::timeout(timeout, entry.ended()).await {
-            Ok(reason) => reason,
-            Err(_) => {
-                entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
-                entry.ended().await;
-                return Err(PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 });
-            }
-        };
-        entry.output_drained().await;
-        if is_resource_limit(&reason) {
-            return Err(PoolError::ResourceLimit { cell: entry.id.clone(), reason });
-        }
-        if reason == ExitReason::TimedOut {
-            return Err(PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 });
-        }
-        let (stdout, t1) = entry.spool.snapshot(Stream::Stdout);
-        let (stderr, t2) = entry.spool.snapshot(Stream::Stderr);
-        Ok(CommandResult {
-            cell: entry.id.clone(),
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-            exit: Some(reason),
-            truncated: t1 || t2,
-            duration_ms: started.elapsed().as_millis() as u64,
-        })
-    }
-
     /// End a running cell (gracefully, or at once with `force`) and wait until it is gone.
-    /// A cell that already ended is not found: terminating twice reports not found.
+    /// A cell that already ended but is still listed is `already_ended` (409) with its reason.
     pub async fn terminate(&self, caller: &Caller, id: &str, force: bool) -> Result<CellInfo, PoolError> {
         let entry = self.cell(caller, id)?;
-        if entry.exit_reason().is_some() {
-            return Err(PoolError::NotFound { id: id.to_owned() });
+        if let Some(reason) = entry.exit_reason() {
+            return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
         }
         entry.request_stop(if force {
             Stop::Kill { reason: ExitReason::Terminated }
@@ -323,9 +314,10 @@ impl Pool {
                 "cell {id}: its cgroup is gone (removed behind the daemon's back); the cell is being ended"
             )));
         }
+        let last = entry.final_usage().unwrap_or_default();
         let (usage, events, open_fds) = tokio::task::spawn_blocking(move || {
             if !running {
-                return (Default::default(), None, 0);
+                return (last, None, 0);
             }
             let fds = cg
                 .procs()
@@ -340,7 +332,11 @@ impl Pool {
         if let Some(events) = events {
             entry.record_events(events);
         }
-        let cpu_percent = {
+        let cpu_percent = if let Some(ended) = entry.exited_at().filter(|_| !running) {
+            // Over the cell's whole life.
+            let wall = ended.duration_since(entry.started).as_micros().max(1) as f64;
+            usage.cpu_usage_usec as f64 * 100.0 / wall
+        } else {
             let mut sample = entry.cpu_sample.lock().unwrap_or_else(|e| e.into_inner());
             let (since, base) = sample.unwrap_or((entry.started, 0));
             let wall = since.elapsed().as_micros().max(1) as f64;
@@ -348,6 +344,7 @@ impl Pool {
             (usage.cpu_usage_usec.saturating_sub(base) as f64) * 100.0 / wall
         };
         let l = &entry.policy.limits;
+        let (idle, idle_source) = super::idle_timeout_of(&entry.policy, &self.inner.config);
         Ok(CellHealth {
             info: entry.info(),
             usage,
@@ -359,18 +356,23 @@ impl Pool {
                 pids: l.pids,
                 open_files: l.open_files,
                 wall_time_ms: l.wall_time.map(|d| d.as_millis() as u64),
-                idle_timeout_ms: Some(l.idle_timeout.unwrap_or(self.inner.config.idle_timeout).as_millis() as u64),
+                idle_timeout_ms: Some(idle.as_millis() as u64),
+                idle_timeout_source: Some(idle_source),
                 output_bytes: l.output_bytes,
             },
         })
     }
 
-    /// Daemon-wide health; `admin` (root or an admin group) also sees the rejected policies.
-    pub async fn health(&self, admin: bool) -> DaemonHealth {
+    /// Daemon health as `caller` may see it: root and admins count every cell, see every
+    /// provider and the rejected policies; anyone else counts only their own cells and sees only
+    /// the providers their uid or groups may use.
+    pub async fn health(&self, caller: &Caller) -> DaemonHealth {
+        let admin = self.is_admin(caller);
         let (running, exited) = {
             let st = self.state();
-            let running = st.cells.values().filter(|e| e.exit_reason().is_none()).count();
-            (running, st.cells.len() - running)
+            let mine: Vec<_> = st.cells.values().filter(|e| admin || e.owner_uid == caller.uid).collect();
+            let running = mine.iter().filter(|e| e.exit_reason().is_none()).count();
+            (running, mine.len() - running)
         };
         let (total, available) = tokio::task::spawn_blocking(|| {
             match sysinfo::System::new() {
@@ -394,7 +396,12 @@ impl Pool {
             cgroup_layout: format!("{:?}", root.layout()).to_lowercase(),
             cgroup_backend: root.backend_name().to_owned(),
             landlock_abi: self.inner.launcher.host().landlock_abi,
-            providers: self.policies().values().filter(|p| p.is_launchable()).map(|p| p.name.clone()).collect(),
+            providers: self
+                .policies()
+                .values()
+                .filter(|p| p.is_launchable() && self.provider(caller, &p.name).is_ok())
+                .map(|p| p.name.clone())
+                .collect(),
             policies_rejected: self.rejected_policies().len(),
             rejected_policies: admin.then(|| self.rejected_policies().as_ref().clone()),
             host_memory_total: total,
@@ -432,10 +439,10 @@ impl Pool {
 }
 
 /// Marks a cell busy (not idle) while a command runs.
-struct Busy<'a>(&'a CellEntry);
+pub(super) struct Busy<'a>(&'a CellEntry);
 
 impl<'a> Busy<'a> {
-    fn new(entry: &'a CellEntry) -> Busy<'a> {
+    pub(super) fn new(entry: &'a CellEntry) -> Busy<'a> {
         entry.busy.fetch_add(1, Ordering::SeqCst);
         entry.touch();
         Busy(entry)
@@ -450,7 +457,7 @@ impl Drop for Busy<'_> {
 }
 
 /// The bytes of `stream` a subscription can deliver right now (without waiting).
-fn drain_ready(mut sub: Subscription, stream: Stream) -> String {
+fn drain_ready(mut sub: Subscription, stream: Stream) -> Vec<u8> {
     use futures_util::FutureExt;
     let mut out = Vec::new();
     while let Some(Some(ev)) = sub.next().now_or_never() {
@@ -460,5 +467,5 @@ fn drain_ready(mut sub: Subscription, stream: Stream) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }

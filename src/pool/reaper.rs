@@ -43,7 +43,12 @@ fn sweep(inner: &Inner) -> Option<Instant> {
         if e.exit_reason().is_some() {
             continue;
         }
-        let idle_timeout = e.policy.limits.idle_timeout.unwrap_or(inner.config.idle_timeout);
+        let (idle_timeout, _) = super::idle_timeout_of(&e.policy, &inner.config);
+        if !e.session {
+            // A one-shot cell is its command: running is working, quiet or not. Its wall-time
+            // limit (or the command's timeout) bounds it, not the idle clock.
+            continue;
+        }
         if e.is_busy() {
             // A command is running; look again one idle period after it last touched the cell.
             soonest(now + idle_timeout.max(Duration::from_millis(1)));

@@ -80,6 +80,14 @@ pub struct OneshotRequest {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub wait_for_slot_ms: Option<u64>,
+    /// Answer as an NDJSON stream (`started`, every byte of output as `data` lines, then
+    /// `exit` with the result) instead of one JSON result; streamed output has no cap.
+    #[serde(default)]
+    pub stream: bool,
+    /// Give the command a stdin pipe, written with `POST /v1/cells/{id}/stdin` (default:
+    /// /dev/null).
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,17 +119,80 @@ pub struct CellInfo {
 }
 
 /// The answer to a command (session reply, or a one-shot run's output).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Output is bytes: valid UTF-8 travels as `stdout` / `stderr`; anything else leaves that field
+/// empty and carries the exact bytes as `stdout_b64` / `stderr_b64` (standard base64).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandResult {
     pub cell: String,
     /// Session: the framed reply. One-shot: everything the process wrote to stdout (kept part).
+    #[serde(default)]
     pub stdout: String,
+    /// The stdout bytes when they are not valid UTF-8 (`stdout` is then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_b64: Option<String>,
+    #[serde(default)]
     pub stderr: String,
+    /// The stderr bytes when they are not valid UTF-8 (`stderr` is then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_b64: Option<String>,
     /// One-shot: how it ended. Session: absent (the session lives on).
     pub exit: Option<ExitReason>,
     /// Output was cut to the policy's `output_bytes`.
     pub truncated: bool,
     pub duration_ms: u64,
+    /// The cell's CPU, memory and pids usage when the command ended (as `run --json` prints).
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    /// Limit events of the cell so far (OOM kills, memory and pids limit hits).
+    #[serde(default)]
+    pub events: Events,
+}
+
+impl CommandResult {
+    /// A result with `stdout`/`stderr` filled from bytes (base64 where not UTF-8).
+    pub fn new(cell: &str, stdout: &[u8], stderr: &[u8]) -> CommandResult {
+        let (stdout, stdout_b64) = text_or_b64(stdout);
+        let (stderr, stderr_b64) = text_or_b64(stderr);
+        CommandResult {
+            cell: cell.to_owned(),
+            stdout,
+            stdout_b64,
+            stderr,
+            stderr_b64,
+            exit: None,
+            truncated: false,
+            duration_ms: 0,
+            usage: None,
+            events: Events::default(),
+        }
+    }
+
+    /// The exact stdout bytes.
+    pub fn stdout_bytes(&self) -> Vec<u8> {
+        bytes_of(&self.stdout, self.stdout_b64.as_deref())
+    }
+
+    /// The exact stderr bytes.
+    pub fn stderr_bytes(&self) -> Vec<u8> {
+        bytes_of(&self.stderr, self.stderr_b64.as_deref())
+    }
+}
+
+fn text_or_b64(bytes: &[u8]) -> (String, Option<String>) {
+    use base64::Engine;
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_owned(), None),
+        Err(_) => (String::new(), Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
+    }
+}
+
+fn bytes_of(text: &str, b64: Option<&str>) -> Vec<u8> {
+    use base64::Engine;
+    match b64 {
+        Some(b) => base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default(),
+        None => text.as_bytes().to_vec(),
+    }
 }
 
 /// Filter for `list`.
@@ -146,12 +217,14 @@ pub struct DaemonHealth {
     pub status: String,
     pub version: String,
     pub uptime_s: u64,
+    /// Cells the caller may see (every cell for root and admins, else the caller's own).
     pub cells_running: usize,
     pub cells_exited: usize,
     pub max_cells: usize,
     pub cgroup_layout: String,
     pub cgroup_backend: String,
     pub landlock_abi: i32,
+    /// Providers the caller may use.
     pub providers: Vec<String>,
     /// How many policy files the last load (start or reload) left out.
     #[serde(default)]
@@ -184,8 +257,20 @@ pub struct LimitsView {
     pub pids: Option<u64>,
     pub open_files: Option<u64>,
     pub wall_time_ms: Option<u64>,
+    /// The idle timeout in force (sessions only reap on it) and where it came from.
     pub idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub idle_timeout_source: Option<IdleSource>,
     pub output_bytes: u64,
+}
+
+/// Where a cell's idle timeout comes from: its policy's `limits.idle_timeout`, or (when the
+/// policy sets none) the daemon's `idle_timeout_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleSource {
+    Policy,
+    Daemon,
 }
 
 /// Answer of cleanup / shutdown.

@@ -84,15 +84,17 @@ impl Spool {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Append output; drops the oldest bytes beyond the cap. Never waits.
-    pub fn push(&self, stream: Stream, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
+    /// Append output; drops the oldest bytes beyond the cap. Never waits. Returns the offset
+    /// of the chunk's first byte.
+    pub fn push(&self, stream: Stream, data: &[u8]) -> u64 {
         let cap = self.shared.cap as u64;
+        let offset;
         {
             let mut st = self.state();
-            let offset = st.end;
+            offset = st.end;
+            if data.is_empty() {
+                return offset;
+            }
             st.end += data.len() as u64;
             // Keep only the tail that fits.
             let keep = (data.len() as u64).min(cap) as usize;
@@ -123,6 +125,7 @@ impl Spool {
             st.first = st.first.max(new_first);
         }
         self.shared.changed.notify_waiters();
+        offset
     }
 
     /// No more output will come (both pipes closed): readers get `End` after the kept bytes.

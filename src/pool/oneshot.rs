@@ -1,0 +1,145 @@
+//! One-shot commands: a fresh cell runs `command + args + [the command as one argv element]`
+//! (never through a shell) and its end is the answer — buffered (output kept up to the
+//! policy's `output_bytes`, then the result) or streamed (every byte, in order, with
+//! back-pressure, then the result), with optional stdin written by the caller.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::policy::Mode;
+use crate::sandbox::ExitReason;
+use crate::session::{OutputEvent, Stream};
+
+use super::cell::CellEntry;
+use super::ops::{is_resource_limit, Busy, Launch};
+use super::{Caller, CommandResult, Count, OneshotRequest, Pool, PoolError};
+
+/// Output chunks (up to 64 KiB each) buffered between a streamed cell and its reader.
+const STREAM_QUEUE: usize = 16;
+
+/// A one-shot command being streamed: its output events, then its result.
+pub struct StreamedRun {
+    pub cell: String,
+    output: mpsc::Receiver<OutputEvent>,
+    entry: Arc<CellEntry>,
+    timeout: Duration,
+    started: Instant,
+}
+
+impl StreamedRun {
+    /// The next chunk of output (`Data` events only); `None` once both pipes are closed.
+    pub async fn next(&mut self) -> Option<OutputEvent> {
+        self.output.recv().await
+    }
+
+    /// Wait for the cell's end: the result without output (it was streamed), with the exit
+    /// reason, usage and events. A timeout or limit hit is in `exit`, not an error.
+    pub async fn finish(self) -> CommandResult {
+        let mut result = CommandResult::new(&self.entry.id, b"", b"");
+        let _ = Pool::complete(&self.entry, &mut result, self.timeout, self.started).await;
+        result
+    }
+}
+
+impl Pool {
+    /// Launch the cell of a one-shot command.
+    async fn start_oneshot(
+        &self,
+        caller: &Caller,
+        provider: &str,
+        req: OneshotRequest,
+        tap: Option<super::cell::Tap>,
+    ) -> Result<(Arc<CellEntry>, Duration), PoolError> {
+        let policy = self.provider(caller, provider)?;
+        if policy.mode != Mode::Oneshot {
+            return Err(PoolError::BadRequest(format!("provider {provider} is a session provider; use a session")));
+        }
+        let timeout = Self::command_timeout(&policy, req.timeout_ms);
+        let l = Launch {
+            caller,
+            cwd: req.cwd,
+            env: req.env,
+            args: vec![req.command],
+            session: false,
+            wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
+            timeout: Some(timeout),
+            stdin: req.stdin,
+            tap,
+        };
+        Ok((self.launch(policy, l).await?, timeout))
+    }
+
+    /// Run one command and answer with its kept output and how it ended. A timeout or a limit
+    /// hit is an error (`timeout`, `resource_limit`) that still carries the result.
+    pub async fn oneshot(&self, caller: &Caller, provider: &str, req: OneshotRequest) -> Result<CommandResult, PoolError> {
+        let started = Instant::now();
+        let (entry, timeout) = self.start_oneshot(caller, provider, req, None).await?;
+        let _busy = Busy::new(&entry);
+        entry.ended().await;
+        entry.output_drained().await;
+        let (stdout, t1) = entry.spool.snapshot(Stream::Stdout);
+        let (stderr, t2) = entry.spool.snapshot(Stream::Stderr);
+        let mut result = CommandResult::new(&entry.id, &stdout, &stderr);
+        result.truncated = t1 || t2;
+        match Self::complete(&entry, &mut result, timeout, started).await {
+            None => Ok(result),
+            Some(error) => Err(PoolError::WithResult { error: Box::new(error), result: Box::new(result) }),
+        }
+    }
+
+    /// Start one command whose output is streamed whole (no cap: the process waits for the
+    /// reader).
+    pub async fn oneshot_stream(&self, caller: &Caller, provider: &str, req: OneshotRequest) -> Result<StreamedRun, PoolError> {
+        let started = Instant::now();
+        let (tap, output) = mpsc::channel(STREAM_QUEUE);
+        let (entry, timeout) = self.start_oneshot(caller, provider, req, Some(tap)).await?;
+        Ok(StreamedRun { cell: entry.id.clone(), output, entry, timeout, started })
+    }
+
+    /// Wait for the end; fill in the exit reason, duration, usage and events; the error a
+    /// buffered answer reports, if any.
+    async fn complete(entry: &CellEntry, result: &mut CommandResult, timeout: Duration, started: Instant) -> Option<PoolError> {
+        let reason = entry.ended().await;
+        result.exit = Some(reason.clone());
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        result.usage = entry.final_usage();
+        result.events = entry.events_now();
+        if reason == ExitReason::TimedOut {
+            Some(PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 })
+        } else if is_resource_limit(&reason) {
+            Some(PoolError::ResourceLimit { cell: entry.id.clone(), reason })
+        } else {
+            None
+        }
+    }
+
+    /// Write to the stdin of a one-shot started with `stdin: true`; `eof` closes it after.
+    pub async fn write_stdin(&self, caller: &Caller, id: &str, data: &[u8], eof: bool) -> Result<Count, PoolError> {
+        let entry = self.cell(caller, id)?;
+        if let Some(reason) = entry.exit_reason() {
+            return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
+        }
+        let no_stdin = || {
+            PoolError::BadRequest(format!(
+                "cell {id} takes no input: start a one-shot with \"stdin\": true (and write before closing it)"
+            ))
+        };
+        if entry.session {
+            return Err(PoolError::BadRequest(format!("cell {id} is a session: send it commands instead")));
+        }
+        let mut stdin = entry.stdin.lock().await;
+        let pipe = stdin.as_mut().ok_or_else(no_stdin)?;
+        // The process closing its stdin (or ending) is its business, not an error of the
+        // writer: what it did not read is dropped, and the count says how much was written.
+        let written = if pipe.write_all(data).await.and(pipe.flush().await).is_ok() { data.len() } else { 0 };
+        if eof {
+            if let Some(mut pipe) = stdin.take() {
+                let _ = pipe.shutdown().await;
+            }
+        }
+        Ok(Count { count: written })
+    }
+}

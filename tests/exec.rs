@@ -1,0 +1,147 @@
+//! `cellkeep exec` as a remote shell (issue 16, finding 3): live and separate stdout/stderr,
+//! stdin forwarded, exact bytes with no cap, the command's exit status, Ctrl-C terminating
+//! the cell, and a buffered (`--json`) result that never passes cut output off as whole.
+
+mod common;
+mod harness;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http::call;
+use common::{privileged, BIN};
+use harness::{Builder, Daemon};
+
+macro_rules! gate {
+    ($name:expr) => {
+        if !privileged($name) {
+            return;
+        }
+    };
+}
+
+fn daemon() -> Builder {
+    Daemon::builder()
+        .max_cells(10)
+        .provider("sh", "[\"/bin/sh\", \"-c\"]", "oneshot", "")
+        .provider("small", "[\"/bin/sh\", \"-c\"]", "oneshot", "[limits]\noutput_bytes = \"4K\"\n")
+}
+
+fn exec(d: &Daemon, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--socket").arg(&d.socket).arg("exec").args(args).args(["--cwd", &d.cwd()]);
+    c
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_owned()
+}
+
+// The first line reaches the terminal before the command ends: the command cannot end until
+// the test, having read that line, creates the file it waits for (ordering by events).
+#[test]
+fn exec_streams_output_live() {
+    gate!("exec_streams_output_live");
+    let d = daemon().start();
+    let go = d.ws.path().join("go");
+    let mut child = exec(&d, &["sh", "echo first; echo err-line >&2; while [ ! -e go ]; do sleep 0.05; done; echo late"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cellkeep exec");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    // A bound so that a buffering exec fails instead of hanging (not a speed threshold).
+    let first = rx.recv_timeout(Duration::from_secs(60)).expect("no output while the command runs");
+    assert_eq!(first, "first");
+    std::fs::write(&go, b"").expect("create go");
+    let rest = rx.recv_timeout(Duration::from_secs(60)).expect("the rest");
+    assert_eq!(rest, "late");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err-line\n", "stderr kept apart");
+}
+
+// 100 MiB of random bytes through exec's stdin and back on its stdout, byte for byte (the
+// policy keeps only 8 MiB of output: a stream has no cap).
+#[test]
+fn exec_carries_100_mib_exactly() {
+    gate!("exec_carries_100_mib_exactly");
+    let d = daemon().start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).expect("src"));
+        let mut x = 0x243F6A8885A308D3u64;
+        for _ in 0..(100 << 20) / 8 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            f.write_all(&x.to_le_bytes()).expect("write");
+        }
+    }
+    let t = Instant::now();
+    let out = exec(&d, &["sh", "cat"])
+        .stdin(std::fs::File::open(&src).expect("open src"))
+        .stdout(std::fs::File::create(&dst).expect("dst"))
+        .output()
+        .expect("cellkeep exec");
+    eprintln!("exec: 100 MiB through stdin and stdout in {:.1?}", t.elapsed());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::metadata(&dst).expect("dst").len(), 100 << 20);
+    assert_eq!(sha256(&src), sha256(&dst));
+}
+
+// stdin is forwarded when it is not a terminal; the exit status is the command's; a timeout
+// is 124.
+#[test]
+fn exec_forwards_stdin_and_exit_status() {
+    gate!("exec_forwards_stdin_and_exit_status");
+    let d = daemon().start();
+    let mut child = exec(&d, &["sh", "cat; exit 3"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("exec");
+    child.stdin.take().expect("stdin").write_all(b"x\n").expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.stdout, b"x\n");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = exec(&d, &["sh", "sleep 30", "--timeout", "0.5"]).stdin(Stdio::null()).output().expect("exec");
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+}
+
+// SIGINT (Ctrl-C) to exec terminates the command's cell; exec exits 128+SIGTERM.
+#[test]
+fn exec_ctrl_c_terminates_the_cell() {
+    gate!("exec_ctrl_c_terminates_the_cell");
+    let d = daemon().start();
+    let mut child = exec(&d, &["sh", "echo up; sleep 60"]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("exec");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+    assert_eq!(line, "up\n");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).expect("kill");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    let cells = call(&d.socket, "GET", "/v1/cells?all=true", None).json();
+    assert_eq!(cells[0]["exit"]["reason"], "terminated", "{cells}");
+    assert!(d.cells_on_disk().is_empty(), "cgroups left: {:?}", d.cells_on_disk());
+}
+
+// A buffered result (`--json`) cut at output_bytes says so: non-zero status, output_truncated.
+// Streamed, the same command's output arrives whole.
+#[test]
+fn exec_never_truncates_silently() {
+    gate!("exec_never_truncates_silently");
+    let d = daemon().start();
+    let out = exec(&d, &["small", "head -c 10000 /dev/zero", "--json"]).output().expect("exec");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("output_truncated"), "{out:?}");
+    let out = exec(&d, &["small", "head -c 100000 /dev/zero"]).stdin(Stdio::null()).output().expect("exec");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.len(), 100_000);
+}

@@ -1,0 +1,241 @@
+//! Issue 16, "the pool keeps its promises": binary-safe one-shot output, results that carry
+//! usage and events, ended cells that keep their usage and answer with the right codes, idle
+//! reaping that leaves running one-shots alone with one visible precedence, health scoped to
+//! the caller, and errors logged by who is at fault. (The reply-crossing stress test is in
+//! `tests/load.rs`; `cellkeep exec` as a remote shell is in `tests/exec.rs`.)
+
+mod common;
+mod harness;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::http::call;
+use common::{privileged, BIN};
+use harness::{id_of, Builder, Daemon};
+use serde_json::{json, Value};
+
+macro_rules! gate {
+    ($name:expr) => {
+        if !privileged($name) {
+            return;
+        }
+    };
+}
+
+fn daemon() -> Builder {
+    Daemon::builder()
+        .max_cells(10)
+        .provider("sh", "[\"/bin/sh\", \"-c\"]", "oneshot", "")
+        .provider("cat", "[\"/bin/cat\"]", "session", "")
+        .provider("quiet", "[\"/bin/sleep\"]", "oneshot", "[limits]\nidle_timeout = \"200ms\"\n")
+        .provider("open", "[\"/bin/cat\"]", "session", "[access]\nuids = [0, 65534]\n")
+}
+
+fn sh(d: &Daemon, script: &str, timeout_ms: u64) -> common::http::Response {
+    call(
+        &d.socket,
+        "POST",
+        "/v1/providers/sh/commands",
+        Some(&json!({"command": script, "cwd": d.cwd(), "timeout_ms": timeout_ms})),
+    )
+}
+
+fn b64(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).expect("base64")
+}
+
+// Finding 2: bytes that are not UTF-8 come back exact as stdout_b64/stderr_b64 (they came back
+// as U+FFFD before), and `cellkeep exec --json`-less output writes the exact bytes.
+#[test]
+fn oneshot_output_is_binary_safe() {
+    gate!("oneshot_output_is_binary_safe");
+    let d = daemon().start();
+    let r = sh(&d, r"printf '\377\376\0abc'; printf '\200x' >&2", 10_000);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(b64(&v["stdout_b64"]), b"\xff\xfe\0abc", "{v}");
+    assert_eq!(b64(&v["stderr_b64"]), b"\x80x", "{v}");
+    assert_eq!(v["stdout"], "", "{v}");
+    // UTF-8 output stays plain text.
+    let v = sh(&d, "printf 'h\\303\\251'", 10_000).json();
+    assert_eq!(v["stdout"], "hé", "{v}");
+    assert!(v.get("stdout_b64").is_none(), "{v}");
+    // The CLI writes the bytes as they were.
+    let out = Command::new(BIN)
+        .args(["exec", "sh", r"printf '\377\376\0abc'", "--cwd", &d.cwd(), "--socket"])
+        .arg(&d.socket)
+        .output()
+        .expect("cellkeep exec");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"\xff\xfe\0abc");
+}
+
+// Finding 4: one-shot and session answers carry usage and events; a timed-out one-shot still
+// reports what it printed and how it ended.
+#[test]
+fn results_carry_usage_and_events() {
+    gate!("results_carry_usage_and_events");
+    let d = daemon().start();
+    let v = sh(&d, "echo hi; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done", 30_000).json();
+    assert_eq!(v["stdout"], "hi\n", "{v}");
+    assert!(v["usage"]["cpu_usage_usec"].as_u64().unwrap_or(0) > 0, "no CPU usage: {v}");
+    assert!(v["events"].is_object(), "{v}");
+    let r = sh(&d, "echo before; sleep 10", 1000);
+    assert_eq!(r.code(), "timeout", "{}", r.text());
+    let res = &r.json()["result"];
+    assert_eq!(res["stdout"], "before\n", "{}", r.text());
+    assert_eq!(res["exit"]["reason"], "timed_out", "{}", r.text());
+    assert!(res["usage"].is_object(), "{}", r.text());
+    let id = id_of(&d.spawn("cat"));
+    let v = d.send(&id, "hello", 10_000).json();
+    assert_eq!(v["stdout"], "hello", "{v}");
+    assert!(v["usage"]["pids_current"].as_u64().unwrap_or(0) > 0, "{v}");
+}
+
+// Finding 4: an ended cell that is still listed keeps its last usage in health, and killing it
+// again says it already ended (409), not that it does not exist.
+#[test]
+fn ended_cells_keep_usage_and_answer_already_ended() {
+    gate!("ended_cells_keep_usage_and_answer_already_ended");
+    let d = daemon().start();
+    let id = id_of(&d.spawn("cat"));
+    assert_eq!(d.send(&id, "x", 10_000).status, 200);
+    let r = call(&d.socket, "DELETE", &format!("/v1/cells/{id}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = call(&d.socket, "GET", &format!("/v1/cells/{id}/health"), None).json();
+    assert_eq!(h["state"], "exited", "{h}");
+    assert!(h["usage"]["cpu_usage_usec"].as_u64().unwrap_or(0) > 0, "ended cell shows zeros: {h}");
+    let r = call(&d.socket, "DELETE", &format!("/v1/cells/{id}"), None);
+    assert_eq!((r.status, r.code().as_str()), (409, "already_ended"), "{}", r.text());
+    assert!(r.json()["message"].as_str().unwrap_or("").contains("terminated"), "{}", r.text());
+}
+
+// Finding 5: a quiet one-shot (no output) started with POST /v1/cells runs past its policy's
+// idle timeout: running is working.
+#[test]
+fn quiet_oneshot_is_not_reaped_as_idle() {
+    gate!("quiet_oneshot_is_not_reaped_as_idle");
+    let d = daemon().start();
+    let id = id_of(&d.spawn_with("quiet", &["1.5"]));
+    let t = Instant::now();
+    loop {
+        let info = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json();
+        if info["state"] == "exited" {
+            assert_eq!(info["exit"]["reason"], "exited", "{info}");
+            assert_eq!(info["exit"]["code"], 0, "{info}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "never ended: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// Finding 5: the daemon's idle_timeout_secs applies to providers on the shipped base (which no
+// longer sets one); a policy's own idle_timeout wins; health shows the value and its source.
+#[test]
+fn idle_timeout_precedence_is_visible() {
+    gate!("idle_timeout_precedence_is_visible");
+    let d = daemon()
+        .config("idle_timeout_secs = 0.4\n")
+        .provider("idle", "[\"/bin/cat\"]", "session", "[limits]\nidle_timeout = \"30s\"\n")
+        .start();
+    let cat = id_of(&d.spawn("cat"));
+    let idle = id_of(&d.spawn("idle"));
+    let h = call(&d.socket, "GET", &format!("/v1/cells/{cat}/health"), None).json();
+    assert_eq!(h["limits"]["idle_timeout_ms"], 400, "{h}");
+    assert_eq!(h["limits"]["idle_timeout_source"], "daemon", "{h}");
+    let h = call(&d.socket, "GET", &format!("/v1/cells/{idle}/health"), None).json();
+    assert_eq!(h["limits"]["idle_timeout_ms"], 30_000, "{h}");
+    assert_eq!(h["limits"]["idle_timeout_source"], "policy", "{h}");
+    let t = Instant::now();
+    loop {
+        let info = call(&d.socket, "GET", &format!("/v1/cells/{cat}"), None).json();
+        if info["state"] == "exited" {
+            assert_eq!(info["exit"]["reason"], "idle", "{info}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the daemon's idle timeout had no effect: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(call(&d.socket, "GET", &format!("/v1/cells/{idle}"), None).json()["state"], "running");
+}
+
+// Finding 6: a non-admin caller's /v1/health counts only its own cells and lists only the
+// providers it may use.
+#[test]
+fn health_is_scoped_to_the_caller() {
+    gate!("health_is_scoped_to_the_caller");
+    let d = daemon().start();
+    d.spawn("cat");
+    d.spawn("cat");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--socket"])
+        .arg(&d.socket)
+        .args(["--json", "health"])
+        .output()
+        .expect("setpriv");
+    assert!(out.status.success(), "{out:?}");
+    let h: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(h["cells_running"], 0, "{h}");
+    assert_eq!(h["providers"], json!(["open"]), "{h}");
+    let all = d.health();
+    assert_eq!(all["cells_running"], 2, "{all}");
+    assert!(all["providers"].as_array().map_or(0, Vec::len) >= 4, "{all}");
+}
+
+// Finding 6: errors the client asked for (a timeout it set, an unknown cell) are not logged
+// at ERROR.
+#[test]
+fn client_caused_errors_are_not_logged_as_errors() {
+    gate!("client_caused_errors_are_not_logged_as_errors");
+    let d = daemon().start();
+    assert_eq!(sh(&d, "sleep 5", 300).code(), "timeout");
+    assert_eq!(call(&d.socket, "GET", "/v1/cells/nope", None).code(), "not_found");
+    d.wait_log(&["timed out"], Duration::from_secs(5));
+    let log = d.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "logged at ERROR: {errors:?}");
+}
+
+/// Send raw bytes on a fresh connection; the whole answer (the daemon closes after an error).
+fn raw_exchange(d: &Daemon, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// Finding 6: errors the HTTP layer produces (a malformed request, a body over the limit, a
+// header section too large) come as `{code, message}` JSON like every other error.
+#[test]
+fn http_layer_errors_are_json() {
+    gate!("http_layer_errors_are_json");
+    let d = daemon().config("max_body_bytes = 1024\n").start();
+    let big_header = format!("GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("malformed request line", b"GARBAGE\r\n\r\n".to_vec(), "400"),
+        ("bad header", b"GET /v1/health HTTP/1.1\r\nHost x\r\n\r\n".to_vec(), "400"),
+        (
+            "body over the limit",
+            format!("POST /v1/cells HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n{}", " ".repeat(5000))
+                .into_bytes(),
+            "413",
+        ),
+        ("header too large", big_header.into_bytes(), "431"),
+    ];
+    for (what, bytes, status) in cases {
+        let answer = raw_exchange(&d, &bytes);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{what}: {answer:?}");
+        assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{what}: {head}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: body {body:?}: {e}"));
+        assert_eq!(v["code"], "bad_request", "{what}: {v}");
+        assert!(!v["message"].as_str().unwrap_or("").is_empty(), "{what}: {v}");
+    }
+    assert_eq!(d.health()["status"], "ok");
+}
