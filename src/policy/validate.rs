@@ -56,7 +56,8 @@ impl Checker<'_> {
 
     /// A required key is absent (not reported when the key was present but unreadable).
     fn missing(&mut self, key: &str, msg: impl Into<String>) {
-        if self.diags.iter().any(|d| d.key == key) {
+        // Not after a syntax error (key ""): the file was not read, so nothing is "missing".
+        if self.diags.iter().any(|d| d.key == key || d.key.is_empty()) {
             return;
         }
         self.diags.push(self.src.diag_at_file(0, key, msg));
@@ -407,7 +408,8 @@ impl Checker<'_> {
                 if seccomp::syscall_nr(n.get_ref()).is_some() {
                     out.push(n.into_inner());
                 } else {
-                    self.at(&n, key, format!("unknown syscall \"{}\" (not an x86_64 syscall name)", n.get_ref()));
+                    let hint = super::friendly::did_you_mean(n.get_ref(), seccomp::syscall_names());
+                    self.at(&n, key, format!("unknown syscall \"{}\" (not an x86_64 syscall name){hint}", n.get_ref()));
                 }
             }
             out
