@@ -72,34 +72,55 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
         if key == "provider.name" {
             continue;
         }
-        let (x, y) = (a.get(key), b.get(key));
+        let empty = Value::Array(Vec::new());
+        let (mut x, mut y) = (a.get(key), b.get(key));
+        // A list left out (e.g. ports when the mode is not "tcp") is an empty list.
+        if matches!((x, y), (None, Some(Value::Array(_)))) {
+            x = Some(&empty);
+        } else if matches!((x, y), (Some(Value::Array(_)), None)) {
+            y = Some(&empty);
+        }
         if x == y {
             continue;
         }
-        changes.push(change(key, x, y));
+        changes.extend(change(key, x, y));
     }
     PolicyDiff { changes, score_before: score(old).score, score_after: score(new).score }
 }
 
-fn change(key: &str, x: Option<&Value>, y: Option<&Value>) -> Change {
+/// The change of one key; a list that gains and loses entries gives two (what was added,
+/// then what was removed), so loosening is never hidden behind a tightening.
+fn change(key: &str, x: Option<&Value>, y: Option<&Value>) -> Vec<Change> {
     let shown = |v: Option<&Value>| v.map(display);
-    let mut c = Change { key: key.to_owned(), direction: Direction::Changed, old: shown(x), new: shown(y), added: vec![], removed: vec![] };
-    if let (Some(Value::Array(xs)), Some(Value::Array(ys))) = (x, y) {
-        if key != "provider.command" {
-            c.added = ys.iter().filter(|v| !xs.contains(v)).map(display).collect();
-            c.removed = xs.iter().filter(|v| !ys.contains(v)).map(display).collect();
-            c.direction = match (c.added.is_empty(), c.removed.is_empty(), key) {
-                (_, _, "seccomp.deny") if c.added.is_empty() => Direction::Loosened,
-                (_, true, "seccomp.deny") => Direction::Tightened,
-                (false, true, k) if GRANT_LISTS.contains(&k) => Direction::Loosened,
-                (true, false, k) if GRANT_LISTS.contains(&k) => Direction::Tightened,
-                _ => Direction::Changed,
-            };
-            return c;
+    let base = Change {
+        key: key.to_owned(),
+        direction: Direction::Changed,
+        old: shown(x),
+        new: shown(y),
+        added: vec![],
+        removed: vec![],
+    };
+    if let (Some(Value::Array(xs)), Some(Value::Array(ys)), false) = (x, y, key == "provider.command") {
+        let added: Vec<String> = ys.iter().filter(|v| !xs.contains(v)).map(display).collect();
+        let removed: Vec<String> = xs.iter().filter(|v| !ys.contains(v)).map(display).collect();
+        let (grow, shrink) = match key {
+            "seccomp.deny" => (Direction::Tightened, Direction::Loosened),
+            k if GRANT_LISTS.contains(&k) => (Direction::Loosened, Direction::Tightened),
+            _ => (Direction::Changed, Direction::Changed),
+        };
+        let mut out = Vec::new();
+        if !added.is_empty() {
+            out.push(Change { direction: grow, added, ..base.clone() });
         }
+        if !removed.is_empty() {
+            out.push(Change { direction: shrink, removed, ..base.clone() });
+        }
+        if out.is_empty() {
+            out.push(base); // the same entries in another order
+        }
+        return out;
     }
-    c.direction = direction(key, x, y);
-    c
+    vec![Change { direction: direction(key, x, y), ..base }]
 }
 
 /// Whether a scalar change loosens or tightens.

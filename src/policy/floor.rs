@@ -46,6 +46,24 @@ pub enum FloorError {
     Invalid { path: PathBuf, line: usize, col: usize, message: String },
 }
 
+impl FloorError {
+    /// The error as a diagnostic in the floor file.
+    pub fn diagnostic(&self) -> Diagnostic {
+        match self {
+            FloorError::Read { path, .. } => {
+                Diagnostic { file: path.clone(), line: 1, col: 1, key: String::new(), message: self.to_string() }
+            }
+            FloorError::Invalid { path, line, col, message } => Diagnostic {
+                file: path.clone(),
+                line: *line,
+                col: *col,
+                key: String::new(),
+                message: format!("admin floor: {message}"),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFloor {

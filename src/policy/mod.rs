@@ -170,6 +170,16 @@ pub fn load_dir(dir: &Path) -> (BTreeMap<String, Policy>, Vec<Diagnostic>) {
     load_dir_within(dir, None)
 }
 
+/// What the daemon loads at start and on SIGHUP: [`load_dir_within`] with the admin floor
+/// read from `floor_file` (no file there = no floor; an unreadable or invalid floor is one
+/// diagnostic and no policy, so a broken floor never lets the policies through unchecked).
+pub fn load_dir_floored(dir: &Path, floor_file: &Path) -> (BTreeMap<String, Policy>, Vec<Diagnostic>) {
+    match floor::Floor::load_optional(floor_file) {
+        Ok(f) => load_dir_within(dir, f.as_ref()),
+        Err(e) => (BTreeMap::new(), vec![e.diagnostic()]),
+    }
+}
+
 /// [`load_dir`] with the admin floor applied to each policy ([`load_file_within`]).
 pub fn load_dir_within(dir: &Path, floor: Option<&floor::Floor>) -> (BTreeMap<String, Policy>, Vec<Diagnostic>) {
     let mut policies = BTreeMap::new();

@@ -72,7 +72,7 @@ impl Pool {
     /// Load the policies, open the cgroup root, kill and remove cells left by a daemon that
     /// died, and start the reaper.
     pub async fn start(config: Config) -> Result<Pool, PoolError> {
-        let (policies, diags) = crate::policy::load_dir(&config.policy_dir);
+        let (policies, diags) = crate::policy::load_dir_floored(&config.policy_dir, &config.floor);
         for d in &diags {
             tracing::error!("policy: {d}");
         }
@@ -221,9 +221,10 @@ impl Pool {
         Ok(Some(uid))
     }
 
-    /// Reload the policies (SIGHUP). A set with any problem is rejected and the old one kept.
+    /// Reload the policies and the admin floor (SIGHUP). A set with any problem, a policy
+    /// breaking the floor included, is rejected and the old one kept.
     pub fn reload(&self) -> Result<usize, Vec<crate::policy::Diagnostic>> {
-        let (policies, diags) = crate::policy::load_dir(&self.inner.config.policy_dir);
+        let (policies, diags) = crate::policy::load_dir_floored(&self.inner.config.policy_dir, &self.inner.config.floor);
         if !diags.is_empty() {
             return Err(diags);
         }
