@@ -259,7 +259,7 @@ impl Floor {
             }
         }
 
-        let span_of = |v: &Opt<Scalar>| v.as_ref().map(Spanned::span);
+        let span_of = |v: &Opt<Scalar>| v.as_ref().map(|v| (v.span(), v.get_ref().to_string()));
         let memory = self.raw.limits.memory_max.as_ref().zip(self.memory_max);
         if let Some((f, floor)) = memory {
             let l = Limit { floor, shown: f.get_ref().to_string(), at: &f.span() };
@@ -268,7 +268,8 @@ impl Floor {
         if let Some(f) = &self.raw.limits.pids {
             let floor = u64::try_from(*f.get_ref()).unwrap_or(0);
             let l = Limit { floor, shown: f.get_ref().to_string(), at: &f.span() };
-            self.limit(&mut out, &at, "limits.pids", p.limits.pids, raw.limits.pids.as_ref().map(Spanned::span), l);
+            let set = raw.limits.pids.as_ref().map(|v| (v.span(), v.get_ref().to_string()));
+            self.limit(&mut out, &at, "limits.pids", p.limits.pids, set, l);
         }
         if let Some((f, floor)) = self.raw.limits.cpu.as_ref().zip(self.cpu) {
             let l = Limit { floor, shown: f.get_ref().to_string(), at: &f.span() };
@@ -283,22 +284,28 @@ impl Floor {
         out
     }
 
+    /// A limit the floor caps: unset is above any cap. `set` is where the policy set it, and
+    /// the value as written.
     fn limit<T: PartialOrd + Copy>(
         &self,
         out: &mut Vec<Diagnostic>,
         at: &impl Fn(Option<Range<usize>>, &str, String) -> Diagnostic,
         key: &str,
         value: Option<T>,
-        span: Option<Range<usize>>,
+        set: Option<(Range<usize>, String)>,
         l: Limit<'_, T>,
     ) {
         let cite = self.cite(l.at);
-        match value {
-            None => out.push(at(None, key, format!("not set, but the admin floor requires at most {} {cite}", l.shown))),
-            Some(v) if v > l.floor => {
-                out.push(at(span, key, format!("above the admin floor: at most {} {cite}", l.shown)));
+        match (value, set) {
+            (Some(v), Some((span, written))) if v > l.floor => {
+                let msg = format!("{written} is above the admin floor: at most {} {cite}", l.shown);
+                out.push(at(Some(span), key, msg));
             }
-            Some(_) => {}
+            (None, _) => {
+                let msg = format!("not set (unlimited), but the admin floor requires at most {} {cite}", l.shown);
+                out.push(at(None, key, msg));
+            }
+            _ => {}
         }
     }
 

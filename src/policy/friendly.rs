@@ -124,11 +124,17 @@ pub fn syntax(message: &str, text: &str, at: usize, line_of: impl Fn(usize) -> u
         .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'))
         .collect();
     let key = key.trim_matches('"');
-    match first_definition(text, at, key) {
-        Some(offset) => {
+    let line_start = text.get(..at).and_then(|b| b.rfind('\n')).map_or(0, |i| i + 1);
+    let is_header = text.get(line_start..at).is_some_and(|l| l.trim_start().starts_with('['));
+    match (first_definition(text, at, key), is_header) {
+        (Some(offset), true) => format!(
+            "duplicate section [{key}]: it is already opened on line {}; put its keys under one [{key}]",
+            line_of(offset)
+        ),
+        (Some(offset), false) => {
             format!("duplicate key \"{key}\": it is already set on line {}; keep one of the two", line_of(offset))
         }
-        None => format!("duplicate key \"{key}\": it is set twice; keep one"),
+        (None, _) => format!("duplicate key \"{key}\": it is set twice; keep one"),
     }
 }
 

@@ -70,7 +70,8 @@ impl Checker<'_> {
             return found;
         }
         let expected: Vec<String> = options.iter().map(|o| format!("\"{o}\"")).collect();
-        self.at(v, key, format!("\"{}\" is not one of {}", v.get_ref(), expected.join(", ")));
+        let hint = super::friendly::did_you_mean(v.get_ref(), options.iter().copied());
+        self.at(v, key, format!("\"{}\" is not one of {}{hint}", v.get_ref(), expected.join(", ")));
         options[0]
     }
 
@@ -580,8 +581,8 @@ mod tests {
         assert!(shown.contains("\ntty = true\n"), "{shown}");
         let bad = check(&format!("{HEAD}tty = \"yes\"\nttys = 1\n")).err().unwrap_or_default();
         assert_eq!(bad.len(), 2, "{bad:#?}");
-        assert!(bad[0].starts_with("4:7: provider.tty: invalid type"), "{bad:#?}");
-        assert!(bad[1].starts_with("5:1: provider.ttys: unknown field"), "{bad:#?}");
+        assert_eq!(bad[0], "4:7: provider.tty: expected true or false, e.g. tty = true (found the text \"yes\")");
+        assert_eq!(bad[1], "5:1: provider.ttys: unknown key \"ttys\" in [provider]; did you mean \"tty\"?");
     }
 
     #[test]
