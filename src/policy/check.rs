@@ -139,12 +139,18 @@ fn check_file(path: &Path, floor: Option<&Floor>, report: &mut CheckReport) {
     report.files += 1;
     match load_checked(path) {
         Ok(checked) => {
-            report.findings.extend(lint::lint(&checked));
+            let mut found = lint::lint(&checked);
             let broken = floor.map(|f| f.check(&checked)).unwrap_or_default();
             if broken.is_empty() {
                 report.valid += 1;
             }
-            report.findings.extend(broken.into_iter().map(Finding::error));
+            found.extend(broken.into_iter().map(Finding::error));
+            // In file order, an error before a warning at the same place.
+            found.sort_by(|a, b| {
+                let at = |f: &Finding| (f.diag.file.clone(), f.diag.line, f.diag.col, f.severity);
+                at(a).cmp(&at(b))
+            });
+            report.findings.extend(found);
         }
         Err(e) => report.findings.extend(error_diagnostics(path, e).into_iter().map(Finding::error)),
     }
