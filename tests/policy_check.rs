@@ -3,8 +3,12 @@
 //! issue 17: the dangerous fixtures in `lint/` (exact warnings), `--strict`, `--json`, the
 //! admin floor (`tests/fixtures/floor/`), the exposure score and `policy diff`.
 
+mod common;
+mod harness;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use cellkeep::policy::check::check_paths;
 use cellkeep::policy::diff::{self, Direction};
@@ -698,4 +702,47 @@ fn diff_cli_text_and_json() {
     assert_eq!(v["changes"][0]["direction"], "loosened");
     assert_eq!(v["changes"][0]["added"][0], "\"/\"");
     assert_eq!((v["score_before"].as_f64(), v["score_after"].as_f64()), (Some(0.6), Some(3.1)));
+}
+
+/// The daemon holds every policy to the admin floor: a SIGHUP reload with a floor-breaking
+/// policy is rejected (both lines logged) and the old set kept; the fixed set then reloads.
+#[test]
+fn reload_with_a_floor_breaking_policy_keeps_the_old_set() {
+    if !common::privileged("reload_with_a_floor_breaking_policy_keeps_the_old_set") {
+        return;
+    }
+    let floor_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let floor = floor_dir.path().join("floor.toml");
+    std::fs::write(&floor, "# test floor\n[limits]\nmemory_max = \"1G\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let d = harness::Daemon::builder()
+        .provider("cat", "[\"/bin/cat\"]", "session", "")
+        .config(&format!("floor = \"{}\"", floor.display()))
+        .start();
+    let big = d.policy_dir().join("big.toml");
+    let text = "extends = \"base\"\n[provider]\nname = \"big\"\ncommand = [\"/bin/cat\"]\n[limits]\nmemory_max = \"8G\"\n";
+    std::fs::write(&big, text).unwrap_or_else(|e| panic!("{e}"));
+    let hup = || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), nix::sys::signal::Signal::SIGHUP)
+            .unwrap_or_else(|e| panic!("SIGHUP: {e}"))
+    };
+    hup();
+    d.wait_log(&["SIGHUP", "reload rejected"], Duration::from_secs(5));
+    let want = format!(
+        "{}:6:14: limits.memory_max: \"8G\" is above the admin floor: at most \"1G\" (floor {}:3:14)",
+        big.display(),
+        floor.display()
+    );
+    assert!(d.log().contains(&want), "the log does not name both lines ({want}):\n{}", d.log());
+    // The old set: cat still serves, big was never loaded.
+    let id = harness::id_of(&d.spawn("cat"));
+    assert_eq!(d.send(&id, "old set", 10_000).json()["stdout"], "old set");
+    let body = serde_json::json!({"provider": "big", "cwd": d.cwd()});
+    let r = common::http::call(&d.socket, "POST", "/v1/cells", Some(&body));
+    assert_eq!(r.json()["code"], "unknown_provider", "{}", r.text());
+    // Within the floor, the same file reloads.
+    std::fs::write(&big, text.replace("8G", "1G")).unwrap_or_else(|e| panic!("{e}"));
+    hup();
+    d.wait_log(&["SIGHUP: policies reloaded"], Duration::from_secs(5));
+    let r = common::http::call(&d.socket, "POST", "/v1/cells", Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
 }
