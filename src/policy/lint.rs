@@ -47,6 +47,14 @@ pub const DISTRO_ALTERNATES: &[&str] = &[
 /// Directories the cell mounts privately (a host path beneath one is hidden from it).
 pub const PRIVATE_MOUNTS: &[&str] = &["/tmp"];
 
+/// The private mount that hides `path` from a cell of `policy`, if one does.
+pub fn hidden_by_cell_mounts(policy: &super::Policy, path: &Path) -> Option<&'static str> {
+    if !policy.namespaces.mount {
+        return None;
+    }
+    PRIVATE_MOUNTS.iter().copied().find(|m| within(path, Path::new(m)))
+}
+
 /// The daemon's socket directory (from the built-in socket path).
 pub fn socket_dir() -> PathBuf {
     Path::new(crate::client::DEFAULT_SOCKET).parent().map_or_else(|| PathBuf::from("/run"), Path::to_path_buf)
@@ -110,10 +118,6 @@ impl Linter<'_> {
         self.out.push(Finding::note(self.c.sources.diag(&span, key, msg)));
     }
 
-    fn private_mounts(&self) -> bool {
-        self.c.policy.namespaces.mount
-    }
-
     /// One `filesystem.*` entry: broad, hidden, or missing.
     fn path(&mut self, item: &Spanned<String>, key: &str) {
         let text = item.get_ref();
@@ -138,10 +142,7 @@ impl Linter<'_> {
     }
 
     fn hidden_by(&self, path: &Path) -> Option<&'static str> {
-        if !self.private_mounts() {
-            return None;
-        }
-        PRIVATE_MOUNTS.iter().copied().find(|m| within(path, Path::new(m)))
+        hidden_by_cell_mounts(&self.c.policy, path)
     }
 
     /// A missing absolute path: a note under an install prefix or for a distribution's
