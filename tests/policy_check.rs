@@ -97,6 +97,19 @@ fn expected_broken() -> Vec<(&'static str, Vec<String>)> {
         ("negative_uid.toml", vec![own(
             "6:9: access.uids: expected a whole number, e.g. uids = [1000] (found the number -1)",
         )]),
+        // A misspelt word is one error: the keys depending on it are not also reported.
+        ("network_mode_typo.toml", vec![own(
+            "6:8: network.mode: \"tpc\" is not one of \"none\", \"loopback\", \"tcp\"; did you mean \"tcp\"?",
+        )]),
+        ("framing_typo.toml", vec![own(
+            "7:11: session.framing: \"sentinal\" is not one of \"line\", \"sentinel\", \"regex\", \"json_field\"; did you mean \"sentinel\"?",
+        )]),
+        ("run_as_typo.toml", vec![own(
+            "6:10: identity.run_as: unknown user \"rnage\" (not in /etc/passwd); did you mean \"range\"?",
+        )]),
+        ("provider_not_table.toml", vec![own(
+            "2:12: provider: expected a section: write [provider] on a line of its own, its keys below it (found the number 5)",
+        )]),
         ("mode_typo.toml", vec![own(
             "4:8: provider.mode: \"sesion\" is not one of \"oneshot\", \"session\"; did you mean \"session\"?",
         )]),

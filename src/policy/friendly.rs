@@ -47,6 +47,9 @@ pub fn rewrite(key: &str, message: &str) -> String {
     let Some(rest) = rest else { return message.to_owned() };
     let Some((found, expected)) = rest.split_once(", expected ") else { return message.to_owned() };
     let (want, example) = expectation(leaf, expected, found);
+    if want == "a section" {
+        return format!("expected a section: write [{leaf}] on a line of its own, its keys below it (found {})", found_words(found));
+    }
     format!("expected {want}, e.g. {leaf} = {example} (found {})", found_words(found))
 }
 
@@ -80,6 +83,7 @@ fn expectation(leaf: &str, expected: &str, found: &str) -> (&'static str, String
         }
         "a string" => ("text in double quotes", format!("\"{}\"", if inner.is_empty() { "..." } else { inner })),
         "a string or a number" => ("text in quotes or a number", format!("\"{}\"", example_number(leaf))),
+        e if e.starts_with("struct ") || e == "a map" => ("a section", String::new()),
         _ => ("another kind of value", "\"...\"".to_owned()),
     }
 }
