@@ -1,9 +1,9 @@
 //! The `cellkeep` command line (clap). `anyhow` is allowed here, at the edge, and nowhere else.
 //!
 //! - [`local`]: what works without a daemon — `run` (one process in a cell, in the
-//!   foreground; exits with the child's status: 124 timeout, 125 setup failure, 128+N signal)
-//!   and `policy check` / `policy show`.
-//! - [`policy`]: `policy check | show | score | diff`, what a reviewer runs on policy files.
+//!   foreground; exits with the child's status: 124 timeout, 125 setup failure, 128+N signal).
+//! - [`policy`]: `policy check | show | score | diff`, what a reviewer runs on policy files
+//!   (no daemon needed; exit 1 on any failure).
 //! - `daemon`: the supervisor itself ([`crate::api::run_daemon`]); under systemd it takes the
 //!   socket-activated listener, notifies readiness and logs to journald ([`crate::systemd`]).
 //! - [`doctor`]: what this host supports and whether each policy can be enforced here.

@@ -5,7 +5,13 @@
 //! [`validate`] turns the merged mirror into a typed [`Policy`], compiling seccomp through
 //! [`seccomp`] so `policy check` reports exactly what a launch would; [`show()`] prints the
 //! effective policy back as TOML. Every problem is a [`Diagnostic`] rendered
-//! `file:line:col: key: message` (the key part is left out for TOML syntax errors).
+//! `file:line:col: key: message` (the key part is left out for TOML syntax errors), worded by
+//! [`friendly`] (no serde jargon, "did you mean").
+//!
+//! Review tools on a valid policy ([`load_checked`] keeps the source positions): [`lint`]
+//! (warnings and notes: broad grants, missing or hidden paths, …), [`floor`] (the admin floor
+//! no policy may loosen; the daemon loads through [`load_dir_floored`]), [`score`] (exposure,
+//! 0–10), [`diff`] (what a change loosens or tightens); [`check`] runs them for `policy check`.
 //!
 //! # Format reference
 //!
