@@ -270,6 +270,9 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
     vec![
         ("base.toml", vec![]),
         ("clean.toml", vec![]),
+        ("note_command_not_installed.toml", vec![
+            "5:12: note: provider.command: \"/opt/cellkeep/agents/bin/not-installed\" is not installed on this host yet (scripts/install-agents.sh creates /opt/cellkeep); check again after installing",
+        ]),
         ("command_missing.toml", vec![
             "5:12: warning: provider.command: \"/usr/bin/does-not-exist\" does not exist on this host: every launch would fail with \"no such file\"; install it or fix the path",
         ]),

@@ -235,3 +235,39 @@ pub fn render(d: &PolicyDiff, old: &std::path::Path, new: &std::path::Path) -> S
     let _ = writeln!(out, "  exposure {:.1} → {:.1} ({delta:+.1})", d.score_before, d.score_after);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_compare_by_value_and_unset_is_unlimited() {
+        let s = |t: &str| Value::String(t.to_owned());
+        assert!(limit("limits.memory_max", Some(&s("512M"))) < limit("limits.memory_max", Some(&s("2G"))));
+        assert!(limit("limits.wall_time", Some(&s("30m"))) < limit("limits.wall_time", Some(&s("4h"))));
+        assert!(limit("limits.pids", Some(&Value::Integer(512))) < limit("limits.pids", None));
+        assert_eq!(limit("limits.cpu", Some(&Value::Float(0.5))), 0.5);
+    }
+
+    #[test]
+    fn scalar_directions() {
+        let s = |t: &str| Value::String(t.to_owned());
+        assert_eq!(direction("network.mode", Some(&s("none")), Some(&s("loopback"))), Direction::Loosened);
+        assert_eq!(direction("network.mode", Some(&s("tcp")), Some(&s("none"))), Direction::Tightened);
+        assert_eq!(direction("seccomp.default_action", Some(&s("allow")), Some(&s("kill"))), Direction::Tightened);
+        assert_eq!(direction("seccomp.deny_action", Some(&s("kill")), Some(&s("errno"))), Direction::Loosened);
+        assert_eq!(direction("enforcement.mode", Some(&s("required")), Some(&s("best_effort"))), Direction::Loosened);
+        assert_eq!(direction("namespaces.pid", Some(&Value::Boolean(true)), Some(&Value::Boolean(false))), Direction::Loosened);
+        assert_eq!(direction("limits.memory_max", Some(&s("1G")), None), Direction::Loosened);
+        assert_eq!(direction("provider.mode", Some(&s("oneshot")), Some(&s("session"))), Direction::Changed);
+    }
+
+    #[test]
+    fn seccomp_deny_grows_tighter() {
+        let list = |v: &[&str]| Value::Array(v.iter().map(|s| Value::String((*s).to_owned())).collect());
+        let c = change("seccomp.deny", Some(&list(&[])), Some(&list(&["mkdir"])));
+        assert_eq!((c.len(), c[0].direction, c[0].added.clone()), (1, Direction::Tightened, vec!["\"mkdir\"".to_owned()]));
+        let c = change("seccomp.deny", Some(&list(&["mkdir"])), Some(&list(&[])));
+        assert_eq!(c[0].direction, Direction::Loosened);
+    }
+}
