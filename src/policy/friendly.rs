@@ -6,6 +6,10 @@
 
 /// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // No name is this long: do not spend time comparing garbage.
+    if word.len() > 64 {
+        return None;
+    }
     let word_lc = word.to_ascii_lowercase();
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {
