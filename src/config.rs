@@ -2,7 +2,8 @@
 //!
 //! `cellkeep daemon` runs with no config file at all. Defaults: socket
 //! `/run/cellkeep/cellkeep.sock` (mode 0660), policies from `/etc/cellkeep/policies` when it
-//! exists, else `./policies`; at most 20 cells; idle timeout 300 s; termination grace 5 s;
+//! exists, else `./policies`; the admin floor from `/etc/cellkeep/floor.toml` when it exists
+//! (key `floor`); at most 20 cells; idle timeout 300 s; termination grace 5 s;
 //! shutdown timeout 30 s; exited cells listed for 300 s; request bodies up to 1 MiB.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,9 @@ pub enum ConfigError {
     Group { path: PathBuf, group: String },
 }
 
+/// Where the admin floor is read from unless the config says otherwise.
+pub const DEFAULT_FLOOR: &str = "/etc/cellkeep/floor.toml";
+
 /// Effective daemon settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -29,6 +33,8 @@ pub struct Config {
     /// Group owning the socket (its members may connect).
     pub socket_group: Option<u32>,
     pub policy_dir: PathBuf,
+    /// The admin floor every provider policy must respect (no file there = no floor).
+    pub floor: PathBuf,
     pub max_cells: usize,
     /// Default idle timeout (a policy's `limits.idle_timeout` overrides it per provider).
     pub idle_timeout: Duration,
@@ -53,6 +59,7 @@ impl Default for Config {
             socket_mode: 0o660,
             socket_group: None,
             policy_dir: if installed.is_dir() { installed.to_owned() } else { PathBuf::from("policies") },
+            floor: PathBuf::from(DEFAULT_FLOOR),
             max_cells: 20,
             idle_timeout: Duration::from_secs(300),
             grace: Duration::from_secs(5),
@@ -74,6 +81,7 @@ struct FileConfig {
     socket_mode: Option<String>,
     socket_group: Option<String>,
     policy_dir: Option<PathBuf>,
+    floor: Option<PathBuf>,
     max_cells: Option<usize>,
     idle_timeout_secs: Option<f64>,
     grace_secs: Option<f64>,
@@ -122,6 +130,9 @@ impl Config {
         }
         if let Some(v) = f.policy_dir {
             c.policy_dir = v;
+        }
+        if let Some(v) = f.floor {
+            c.floor = v;
         }
         if let Some(v) = f.max_cells {
             c.max_cells = v;

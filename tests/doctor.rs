@@ -107,3 +107,39 @@ fn doctor_fails_on_a_broken_policy_dir() {
     let (code, _, text) = doctor(&["--json", "--policies", "/nonexistent/cellkeep-policies"]);
     assert_eq!(code, 1, "{text}");
 }
+
+/// A long policy name widens the name column instead of pushing its status out of line; a
+/// command under the cell's private /tmp carries `check`'s warning and fails (issue 17).
+#[test]
+fn doctor_columns_fit_long_names_and_show_warnings() {
+    if !privileged("doctor_columns_fit_long_names_and_show_warnings") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
+    std::fs::copy(base, dir.path().join("base.toml")).expect("copy base");
+    let long = "a-provider-with-a-really-quite-long-name";
+    for (name, cmd) in [(long, "/bin/true"), ("echo", "/bin/echo"), ("tmpagent", "/tmp/agents/bin/agent")] {
+        let text = format!("extends = \"base\"\n[provider]\nname = \"{name}\"\ncommand = [\"{cmd}\"]\n");
+        std::fs::write(dir.path().join(format!("{name}.toml")), text).expect("write");
+    }
+    let path = dir.path().display().to_string();
+    let (_, _, text) = doctor(&["--policies", &path]);
+    let column = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(&format!("  {name} "))).unwrap_or_else(|| panic!("{name}: {text}"));
+        line.len() - line[2 + name.len()..].trim_start().len()
+    };
+    assert_eq!(column(long), column("echo"), "{text}");
+    assert_eq!(column("echo"), column("tmpagent"), "{text}");
+    assert!(
+        text.contains("tmpagent.toml:4:12: warning: provider.command: \"/tmp/agents/bin/agent\" is under /tmp"),
+        "{text}"
+    );
+    // And it cannot launch here: every cell hides the host's /tmp.
+    let (code, r, text) = doctor(&["--json", "--policies", &path]);
+    assert_eq!(code, 1, "{text}");
+    let tmpagent = r["policies"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "tmpagent")).cloned();
+    let tmpagent = tmpagent.unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(tmpagent["status"], "fail", "{text}");
+    assert_eq!(tmpagent["missing"][0]["mechanism"], "command", "{text}");
+}

@@ -1,10 +1,19 @@
 //! `policy check` against broken fixtures (exact `file:line:col: key: message` lines), the
-//! shipped `policies/` (no diagnostics), `extends` behaviour and `policy show` round-trips.
+//! shipped `policies/` (no diagnostics), `extends` behaviour and `policy show` round-trips;
+//! issue 17: the dangerous fixtures in `lint/` (exact warnings), `--strict`, `--json`, the
+//! admin floor (`tests/fixtures/floor/`), the exposure score and `policy diff`.
+
+mod common;
+mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use cellkeep::policy::{self, Mode, PolicyError, RunAs, SessionPolicy};
+use cellkeep::policy::check::check_paths;
+use cellkeep::policy::diff::{self, Direction};
+use cellkeep::policy::floor::Floor;
+use cellkeep::policy::{self, score, Mode, Policy, PolicyError, RunAs, SessionPolicy};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -45,9 +54,8 @@ fn expected_broken() -> Vec<(&'static str, Vec<String>)> {
             own("22:14: identity.uid_range: start 0 must be between 1 and 4294967295 (the range must not contain uid 0)"),
             own("25:11: access.groups: unknown group \"no_such_group_xyz\" (not in /etc/group)"),
         ]),
-        ("missing_parent.toml", vec![format!(
-            "1:11: extends: parent policy \"no_such_base\" cannot be read ({}): No such file or directory (os error 2)",
-            fixtures().join("broken/no_such_base.toml").display()
+        ("missing_parent.toml", vec![own(
+            "1:11: extends: no policy named \"no_such_base\" in this directory (no no_such_base.toml)",
         )]),
         ("relative_path.toml", vec![own(
             "6:17: filesystem.read: \"etc\" is a relative path; paths must be absolute or start with {cwd} or {tmp}",
@@ -56,11 +64,54 @@ fn expected_broken() -> Vec<(&'static str, Vec<String>)> {
             "6:10: identity.run_as: \"root\" is host root (uid 0); a sandbox never runs as host root",
         )]),
         ("unknown_key.toml", vec![own(
-            "6:1: limits.memroy_max: unknown field `memroy_max`, expected one of `memory_max`, `memory_high`, `memory_swap`, `cpu`, `pids`, `open_files`, `file_size`, `wall_time`, `idle_timeout`, `output_bytes`, `tmp_size`",
+            "6:1: limits.memroy_max: unknown key \"memroy_max\" in [limits]; did you mean \"memory_max\"?",
         )]),
-        ("unknown_syscall.toml", vec![own("6:18: seccomp.deny: unknown syscall \"opnat\" (not an x86_64 syscall name)")]),
+        ("unknown_syscall.toml", vec![own(
+            "6:18: seccomp.deny: unknown syscall \"opnat\" (not an x86_64 syscall name); did you mean \"openat\"?",
+        )]),
         ("wrong_type.toml", vec![own(
-            "3:11: provider.command: invalid type: string \"/bin/true\", expected a sequence",
+            "3:11: provider.command: expected a list in square brackets, e.g. command = [\"/bin/true\"] (found the text \"/bin/true\")",
+        )]),
+        // Issue 17: no serde jargon, one error per mistake, the key named, did you mean.
+        ("base.toml", vec![]),
+        ("pids_string.toml", vec![own(
+            "6:8: limits.pids: expected a whole number, e.g. pids = 256 (found the text \"256\")",
+        )]),
+        ("duplicate_key.toml", vec![own(
+            "4:1: duplicate key \"name\": it is already set on line 2; keep one of the two",
+        )]),
+        ("duplicate_table.toml", vec![own(
+            "8:2: duplicate section [limits]: it is already opened on line 5; put its keys under one [limits]",
+        )]),
+        ("extends_typo.toml", vec![own(
+            "1:11: extends: no policy named \"bsae\" in this directory (no bsae.toml); did you mean \"base\"?",
+        )]),
+        ("syscall_typo.toml", vec![own(
+            "6:9: seccomp.deny: unknown syscall \"opne\" (not an x86_64 syscall name); did you mean \"open\"?",
+        )]),
+        ("bool_string.toml", vec![own(
+            "4:7: provider.tty: expected true or false, e.g. tty = true (found the text \"yes\")",
+        )]),
+        ("unknown_section.toml", vec![own("5:2: limit: unknown section or key \"limit\"; did you mean \"limits\"?")]),
+        ("unclosed_string.toml", vec![own("3:23: TOML syntax: unclosed array, expected `]`")]),
+        ("negative_uid.toml", vec![own(
+            "6:9: access.uids: expected a whole number, e.g. uids = [1000] (found the number -1)",
+        )]),
+        // A misspelt word is one error: the keys depending on it are not also reported.
+        ("network_mode_typo.toml", vec![own(
+            "6:8: network.mode: \"tpc\" is not one of \"none\", \"loopback\", \"tcp\"; did you mean \"tcp\"?",
+        )]),
+        ("framing_typo.toml", vec![own(
+            "7:11: session.framing: \"sentinal\" is not one of \"line\", \"sentinel\", \"regex\", \"json_field\"; did you mean \"sentinel\"?",
+        )]),
+        ("run_as_typo.toml", vec![own(
+            "6:10: identity.run_as: unknown user \"rnage\" (not in /etc/passwd); did you mean \"range\"?",
+        )]),
+        ("provider_not_table.toml", vec![own(
+            "2:12: provider: expected a section: write [provider] on a line of its own, its keys below it (found the number 5)",
+        )]),
+        ("mode_typo.toml", vec![own(
+            "4:8: provider.mode: \"sesion\" is not one of \"oneshot\", \"session\"; did you mean \"session\"?",
         )]),
     ]
 }
@@ -189,6 +240,8 @@ fn cli_policy_check_and_show() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().any(|l| l.starts_with("11 policies OK, 0 warnings")), "{stdout}");
 
     let out = Command::new(exe)
         .args(["policy", "show", "echo", "--dir"])
@@ -197,4 +250,521 @@ fn cli_policy_check_and_show() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("name = \"echo\""));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 17: warnings, --strict, --json, the admin floor, the exposure score and the diff.
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cellkeep"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// Every finding (errors, warnings, notes) of `path`, rendered.
+fn findings(path: &Path, floor: Option<&Floor>) -> Vec<String> {
+    check_paths(&[path.to_path_buf()], floor).findings.iter().map(ToString::to_string).collect()
+}
+
+/// The dangerous fixtures in `lint/`: each valid, each with exactly these warnings and notes
+/// (`line:col: severity: key: message`). `base.toml` and `clean.toml` have none.
+fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        ("base.toml", vec![]),
+        ("clean.toml", vec![]),
+        ("note_command_not_installed.toml", vec![
+            "5:12: note: provider.command: \"/opt/cellkeep/agents/bin/not-installed\" is not installed on this host yet (scripts/install-agents.sh creates /opt/cellkeep); check again after installing",
+        ]),
+        ("command_missing.toml", vec![
+            "5:12: warning: provider.command: \"/usr/bin/does-not-exist\" does not exist on this host: every launch would fail with \"no such file\"; install it or fix the path",
+        ]),
+        ("command_not_executable.toml", vec![
+            "5:12: warning: provider.command: \"/etc/passwd\" is not an executable file; point command at the program itself",
+        ]),
+        ("command_outside_exec.toml", vec![
+            "5:12: warning: provider.command: \"/usr/sbin/nologin\" is outside every filesystem.exec path, so the cell may not run it; add \"/usr/sbin\" to filesystem.exec",
+        ]),
+        ("command_under_tmp.toml", vec![
+            "5:12: warning: provider.command: \"/tmp/agents/bin/claude\" is under /tmp, which the cell mounts privately: every launch fails with \"no such file\"; install the program outside /tmp (e.g. under /opt)",
+        ]),
+        ("exec_hidden_tmp.toml", vec![
+            "7:21: warning: filesystem.exec: \"/tmp/tools\" is hidden inside the cell: it mounts a private /tmp over the host's; use \"{tmp}\" for scratch space, or install outside /tmp (e.g. under /opt)",
+        ]),
+        ("exec_proc.toml", vec![
+            "7:21: warning: filesystem.exec: \"/proc\" lets the cell execute files in the kernel's process and tuning files; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("exec_root.toml", vec![
+            "7:9: warning: filesystem.exec: \"/\" lets the cell execute files in the whole host; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("missing_path.toml", vec![
+            "7:17: warning: filesystem.read: \"/opt/does-not-exist\" does not exist on this host: the cell skips this rule, so it grants nothing; check the spelling or remove it",
+        ]),
+        ("note_distro.toml", vec![
+            "7:17: note: filesystem.read: \"/etc/pki/not-on-this-distro\" does not exist on this host (kept for other distributions; the cell skips it here)",
+        ]),
+        ("note_install_prefix.toml", vec![
+            "7:17: note: filesystem.read: \"/opt/cellkeep/not-installed\" is not installed on this host yet (scripts/install-agents.sh creates /opt/cellkeep); check again after installing",
+        ]),
+        ("read_home.toml", vec![
+            "7:17: warning: filesystem.read: \"/home\" lets the cell read every file in it (other users' keys and shell history); list only what it needs (e.g. \"/usr\", \"/etc/ssl/certs\", \"{cwd}\")",
+        ]),
+        ("read_root.toml", vec![
+            "7:9: warning: filesystem.read: \"/\" lets the cell read the whole host (other users' files, keys under /etc and /root); list only what it needs (e.g. \"/usr\", \"/etc/ssl/certs\", \"{cwd}\")",
+        ]),
+        ("seccomp_allowlist.toml", vec![
+            "8:41: warning: seccomp.allow: \"io_uring_setup\" allows a call the default preset denies (io_uring does I/O that seccomp cannot see); remove it unless the provider cannot work without it",
+        ]),
+        ("seccomp_none.toml", vec![
+            "7:10: warning: seccomp.preset: \"none\" removes the default deny list (ptrace, bpf, mount, …); use preset = \"default\" and re-allow only the calls the provider needs in seccomp.allow",
+        ]),
+        ("seccomp_reallow.toml", vec![
+            "7:10: warning: seccomp.allow: \"ptrace\" re-allows a call the default preset denies (it reads and controls other processes); remove it unless the provider cannot work without it",
+            "7:20: warning: seccomp.allow: \"bpf\" re-allows a call the default preset denies (it loads programs into or probes the kernel); remove it unless the provider cannot work without it",
+            "7:27: warning: seccomp.allow: \"mount\" re-allows a call the default preset denies (it changes the mount view the sandbox relies on); remove it unless the provider cannot work without it",
+        ]),
+        ("tcp_bind.toml", vec![
+            "9:8: warning: network.bind: lets the cell listen on host port(s) 8080 (the cell shares the host network); remove bind unless the provider must accept connections",
+        ]),
+        ("tcp_no_ports.toml", vec![
+            "7:8: warning: network.mode: \"tcp\" shares the host network but grants no TCP port; use mode = \"none\" (or \"loopback\") unless the provider needs the network",
+        ]),
+        ("workdir_root.toml", vec![
+            "7:10: warning: workdir.roots: \"/\" lets a caller start a cell anywhere under it and write there through \"{cwd}\"; list the directories where work happens (e.g. \"/srv\", \"/home\")",
+        ]),
+        ("write_etc.toml", vec![
+            "7:19: warning: filesystem.write: \"/etc\" lets the cell write to host configuration (passwd, sudoers, cron); grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("write_home_root.toml", vec![
+            "7:10: warning: filesystem.write: \"/home\" lets the cell write to every user's home directory; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("write_root.toml", vec![
+            "7:10: warning: filesystem.write: \"/\" lets the cell write to the whole host; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("write_socket_dir.toml", vec![
+            "7:10: warning: filesystem.write: \"/run\" lets the cell write to /run/cellkeep (the cellkeep daemon's socket directory); grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("write_sys.toml", vec![
+            "7:10: warning: filesystem.write: \"/sys\" lets the cell write to the kernel's device and tuning files; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("write_user_home.toml", vec![
+            "7:10: warning: filesystem.write: \"/home/alice\" lets the cell write to a user's whole home (ssh keys, shell start-up files); grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("write_usr.toml", vec![
+            "7:10: warning: filesystem.write: \"/usr\" lets the cell write to the host's programs and libraries; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+    ]
+}
+
+#[test]
+fn each_dangerous_fixture_warns_exactly_once_per_grant() {
+    let dir = fixtures().join("lint");
+    let mut seen = 0;
+    for (file, lines) in expected_lint() {
+        let path = dir.join(file);
+        let want: Vec<String> = lines.iter().map(|l| format!("{}:{l}", path.display())).collect();
+        assert_eq!(findings(&path, None), want, "{file}");
+        seen += 1;
+    }
+    // Every fixture in the directory is in the table.
+    let files = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")).count();
+    assert_eq!(seen, files, "a lint fixture has no expected findings");
+    let report = check_paths(&[dir], None);
+    assert_eq!(report.errors().count(), 0);
+    assert_eq!((report.files, report.valid), (files, files));
+}
+
+#[test]
+fn warnings_fail_only_under_strict() {
+    let file = "tests/fixtures/policies/lint/write_root.toml";
+    let (code, stdout, _) = cli(&["policy", "check", file]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("write_root.toml:7:10: warning: filesystem.write: \"/\" lets the cell write to the whole host"), "{stdout}");
+    assert!(stdout.ends_with("1 policy OK, 1 warning\n"), "{stdout}");
+    let (code, _, stderr) = cli(&["policy", "check", "--strict", file]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("1 policy OK, 1 warning (--strict: warnings fail the check)"), "{stderr}");
+    // Notes never fail, even under --strict.
+    let (code, stdout, _) = cli(&["policy", "check", "--strict", "tests/fixtures/policies/lint/note_distro.toml"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.ends_with("1 policy OK, 0 warnings, 1 note\n"), "{stdout}");
+}
+
+#[test]
+fn every_shipped_policy_passes_strict() {
+    let report = check_paths(&[root().join("policies")], None);
+    let warnings: Vec<String> = report.warnings().map(ToString::to_string).collect();
+    assert_eq!(warnings, Vec::<String>::new());
+    assert!(report.passed(true));
+    let (code, stdout, stderr) = cli(&["policy", "check", "--strict", "policies"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.lines().any(|l| l.starts_with("11 policies OK, 0 warnings")), "{stdout}");
+}
+
+#[test]
+fn check_json_is_machine_readable() {
+    let (code, stdout, _) = cli(&["--json", "policy", "check", "tests/fixtures/policies/lint/tcp_bind.toml"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!((v["ok"].as_bool(), v["files"].as_u64(), v["warnings"].as_u64()), (Some(true), Some(1), Some(1)));
+    let f = &v["findings"][0];
+    assert_eq!(f["severity"], "warning");
+    assert_eq!((f["line"].as_u64(), f["col"].as_u64()), (Some(9), Some(8)));
+    assert_eq!(f["key"], "network.bind");
+    assert!(f["file"].as_str().is_some_and(|s| s.ends_with("lint/tcp_bind.toml")), "{f}");
+    assert!(f["message"].as_str().is_some_and(|m| m.starts_with("lets the cell listen on host port(s) 8080")), "{f}");
+
+    let (code, stdout, _) = cli(&["--json", "policy", "check", "--strict", "tests/fixtures/policies/broken/pids_string.toml"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!((v["ok"].as_bool(), v["errors"].as_u64(), v["valid"].as_u64()), (Some(false), Some(1), Some(0)));
+    assert_eq!(v["findings"][0]["severity"], "error");
+}
+
+#[test]
+fn show_json_carries_the_policy_and_its_findings() {
+    let (code, stdout, _) = cli(&["--json", "policy", "show", "read_root", "--dir", "tests/fixtures/policies/lint"]);
+    assert_eq!(code, 0, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["policy"]["name"], "read_root");
+    assert_eq!(v["policy"]["filesystem"]["read"][0]["path"], "/");
+    assert_eq!(v["findings"][0]["key"], "filesystem.read");
+    assert_eq!(v["findings"][0]["line"], 7);
+}
+
+#[test]
+fn every_policy_failure_exits_1() {
+    for args in [
+        &["policy", "check", "tests/fixtures/policies/broken/duplicate_key.toml"][..],
+        &["policy", "show", "no_such_policy", "--dir", "policies"],
+        &["policy", "score", "no_such_policy", "--dir", "policies"],
+        &["policy", "diff", "echo", "no_such_policy", "--dir", "policies"],
+        &["policy", "check", "--floor", "/nonexistent/floor.toml", "policies"],
+        &["policy", "score", "many", "--dir", "tests/fixtures/policies/broken"],
+    ] {
+        let (code, stdout, stderr) = cli(args);
+        assert_eq!(code, 1, "{args:?}: {stdout}{stderr}");
+    }
+    let (_, _, stderr) = cli(&["policy", "show", "no_such_policy", "--dir", "policies"]);
+    assert_eq!(stderr, "cellkeep: error: no policy named \"no_such_policy\" in policies\n");
+}
+
+#[test]
+fn a_duplicate_key_is_one_error_naming_it() {
+    // No false "provider.name: missing" / "provider.command: missing" before it.
+    let path = fixtures().join("broken/duplicate_key.toml");
+    let got = findings(&path, None);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0].ends_with("duplicate_key.toml:4:1: duplicate key \"name\": it is already set on line 2; keep one of the two"));
+}
+
+fn floor_fixture() -> (PathBuf, Floor) {
+    let path = root().join("tests/fixtures/floor/floor.toml");
+    let floor = Floor::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    (path, floor)
+}
+
+/// The floor fixtures: the policy's line, then the floor line it breaks (`FLOOR` = the floor
+/// file). `within.toml` respects every minimum.
+fn expected_floor() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        ("within.toml", vec![]),
+        ("best_effort.toml", vec![
+            "6:8: enforcement.mode: \"best_effort\" is below the admin floor: \"required\" (floor FLOOR:18:8)",
+        ]),
+        ("big_memory.toml", vec![
+            "6:14: limits.memory_max: \"8G\" is above the admin floor: at most \"4G\" (floor FLOOR:5:14)",
+        ]),
+        ("forbidden_allow.toml", vec![
+            "6:18: seccomp.allow: \"ptrace\" may not be allowed: the admin floor forbids it (floor FLOOR:10:16)",
+        ]),
+        ("long_wall.toml", vec![
+            "6:13: limits.wall_time: \"24h\" is above the admin floor: at most \"4h\" (floor FLOOR:7:13)",
+        ]),
+        ("no_limits.toml", vec![
+            "1:1: limits.memory_max: not set (unlimited), but the admin floor requires at most \"4G\" (floor FLOOR:5:14)",
+            "1:1: limits.pids: not set (unlimited), but the admin floor requires at most 1024 (floor FLOOR:6:8)",
+            "1:1: limits.wall_time: not set (unlimited), but the admin floor requires at most \"4h\" (floor FLOOR:7:13)",
+        ]),
+        ("ns_off.toml", vec![
+            "6:7: namespaces.pid: false, but the admin floor requires this namespace (floor FLOOR:16:21)",
+        ]),
+        ("pids_over.toml", vec![
+            "6:8: limits.pids: 2048 is above the admin floor: at most 1024 (floor FLOOR:6:8)",
+        ]),
+        ("root_maps.toml", vec![
+            "6:16: identity.root_maps_to: the admin floor maps root callers to \"nobody\" only (floor FLOOR:14:16)",
+        ]),
+        ("seccomp_none.toml", vec![
+            "6:10: seccomp.preset: \"none\" is below the admin floor: preset \"default\" (floor FLOOR:9:10)",
+        ]),
+        ("wide_net.toml", vec![
+            "6:8: network.mode: \"tcp\" is wider than the admin floor allows: at most \"loopback\" (floor FLOOR:3:8)",
+        ]),
+        ("write_outside.toml", vec![
+            "6:19: filesystem.write: \"/var/lib\" is outside the workdir roots; the admin floor allows writes only to {cwd}, {tmp} and beneath a workdir root (floor FLOOR:12:25)",
+        ]),
+    ]
+}
+
+#[test]
+fn the_floor_refuses_each_loosening_naming_both_lines() {
+    let (floor_path, floor) = floor_fixture();
+    let dir = root().join("tests/fixtures/floor/policies");
+    for (file, lines) in expected_floor() {
+        let path = dir.join(file);
+        let want: Vec<String> = lines
+            .iter()
+            .map(|l| format!("{}:{}", path.display(), l.replace("FLOOR", &floor_path.display().to_string())))
+            .collect();
+        let got: Vec<String> = check_paths(std::slice::from_ref(&path), Some(&floor)).errors().map(ToString::to_string).collect();
+        assert_eq!(got, want, "{file}");
+        // The daemon's per-policy step agrees.
+        let loaded = policy::load_file_within(&path, Some(&floor));
+        assert_eq!(loaded.is_ok(), lines.is_empty(), "{file}");
+    }
+    // A set: the floor-breakers are left out and reported, the rest load.
+    let (set, diags) = policy::load_dir_within(&dir, Some(&floor));
+    let names: Vec<&str> = set.keys().map(String::as_str).collect();
+    assert_eq!(names, vec!["base", "within"]);
+    assert_eq!(diags.len(), expected_floor().iter().map(|(_, l)| l.len()).sum::<usize>());
+}
+
+#[test]
+fn shipped_policies_and_the_floor() {
+    // The CI floor: every shipped policy within it, with no warning.
+    let ci = Floor::load(&root().join("tests/fixtures/floor/shipped-floor.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let report = check_paths(&[root().join("policies")], Some(&ci));
+    assert!(report.passed(true), "{:#?}", report.findings);
+    // A floor allowing at most loopback refuses the agents, at the line that grants tcp.
+    let (floor_path, floor) = floor_fixture();
+    let report = check_paths(&[root().join("policies")], Some(&floor));
+    let errors: Vec<String> = report.errors().map(ToString::to_string).collect();
+    let want = format!(
+        "{}:185:8: network.mode: \"tcp\" is wider than the admin floor allows: at most \"loopback\" (floor {}:3:8)",
+        root().join("policies/agent.toml").display(),
+        floor_path.display()
+    );
+    assert_eq!(errors, vec![want]);
+    assert_eq!((report.files, report.valid), (11, 5));
+    let (code, _, stderr) = cli(&["policy", "check", "--floor", "tests/fixtures/floor/floor.toml", "policies"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("6 of 11 policies invalid: 1 error, 0 warnings"), "{stderr}");
+}
+
+#[test]
+fn a_broken_floor_is_reported_at_its_line() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+        p
+    };
+    let cases = [
+        ("[network]\nmode = \"proxy\"\n", "2:8: \"proxy\" is not one of \"none\", \"loopback\", \"tcp\""),
+        ("[limits]\nmemory_max = \"4Q\"\n", "2:14: \"4Q\" is not a size; write bytes or a number with K, M, G or T (e.g. \"512M\")"),
+        ("[limits]\nmemroy_max = \"4G\"\n", "2:1: unknown section or key \"memroy_max\"; did you mean \"memory_max\"?"),
+        ("[namespaces]\nrequired = [\"usr\"]\n", "2:13: \"usr\" is not a namespace (user, pid, mount, net, ipc, uts, cgroup)"),
+    ];
+    for (text, want) in cases {
+        let p = write("floor.toml", text);
+        let err = Floor::load(&p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(err, format!("{}:{want}", p.display()), "{text}");
+        // The daemon's set loading refuses everything rather than run without the floor.
+        let (set, diags) = policy::load_dir_floored(&root().join("policies"), &p);
+        assert!(set.is_empty() && diags.len() == 1, "{diags:?}");
+    }
+    // No floor file: no floor.
+    let (set, diags) = policy::load_dir_floored(&root().join("policies"), &dir.path().join("absent.toml"));
+    assert_eq!((set.len(), diags.len()), (11, 0));
+}
+
+fn shipped(name: &str) -> Policy {
+    policy::load_file(&root().join(format!("policies/{name}.toml"))).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn lint_fixture(name: &str) -> Policy {
+    policy::load_file(&fixtures().join(format!("lint/{name}.toml"))).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn shipped_scores_match_the_readme() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap_or_else(|e| panic!("{e}"));
+    for (name, want, level) in [
+        ("echo", 0.3, "OK"),
+        ("cat", 0.3, "OK"),
+        ("sandbox", 0.3, "OK"),
+        ("claude", 3.1, "MEDIUM"),
+        ("claude-session", 3.1, "MEDIUM"),
+        ("codex", 2.9, "MEDIUM"),
+        ("codex-session", 2.9, "MEDIUM"),
+        ("gemini", 2.9, "MEDIUM"),
+        ("gemini-session", 2.9, "MEDIUM"),
+    ] {
+        let s = score::score(&shipped(name));
+        assert_eq!((s.score, s.level), (want, level), "{name}: {:#?}", s.findings);
+        let sum: f64 = s.findings.iter().map(|f| f.weight).sum();
+        assert!((sum - s.score).abs() < 0.05, "{name}: the lines add up to the score");
+        let row = format!("| `{name}` | {want:.1} {level} |");
+        assert!(readme.contains(&row), "README lacks {row}");
+    }
+    let claude = score::score(&shipped("claude"));
+    let keys: Vec<(&str, f64)> = claude.findings.iter().map(|f| (f.key.as_str(), f.weight)).collect();
+    assert_eq!(keys, vec![("network.mode", 2.0), ("filesystem.exec", 0.5), ("environment.pass", 0.6)]);
+}
+
+#[test]
+fn dangerous_fixtures_score_higher() {
+    let clean = score::score(&lint_fixture("clean")).score;
+    for (name, key, weight) in [
+        ("write_root", "filesystem.write", 2.5),
+        ("read_root", "filesystem.read", 2.0),
+        ("read_home", "filesystem.read", 1.0),
+        ("exec_root", "filesystem.exec", 1.5),
+        ("seccomp_none", "seccomp.preset", 2.0),
+        ("tcp_bind", "network.mode", 2.5),
+        ("tcp_no_ports", "network.mode", 2.0),
+    ] {
+        let s = score::score(&lint_fixture(name));
+        let f = s.findings.iter().find(|f| f.key == key).unwrap_or_else(|| panic!("{name}: no {key}: {:#?}", s.findings));
+        assert_eq!(f.weight, weight, "{name}");
+        assert!(s.score >= clean + weight - 0.05, "{name}: {} vs clean {clean}", s.score);
+    }
+    let realloc = score::score(&lint_fixture("seccomp_reallow"));
+    assert_eq!(realloc.findings[0].finding, "re-allows denied calls: ptrace, bpf, mount");
+    assert_eq!(realloc.findings[0].weight, 1.5);
+    assert_eq!(score::level(9.0), "UNSAFE");
+}
+
+#[test]
+fn score_cli_prints_a_line_per_finding_and_json() {
+    let (code, stdout, _) = cli(&["policy", "score", "claude", "--dir", "policies"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("claude  ("), "{stdout}");
+    assert_eq!(lines[1], "  WEIGHT  KEY               FINDING");
+    assert_eq!(lines[2], "    +2.0  network.mode      host network; TCP connect limited to [443]; UDP and other protocols are not limited");
+    assert_eq!(lines[5], "  → exposure 3.1/10 MEDIUM");
+    let (code, stdout, _) = cli(&["--json", "policy", "score", "--dir", "policies"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let names: Vec<&str> = v.as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect()).unwrap_or_default();
+    assert_eq!(names.len(), 9, "every launchable shipped policy: {names:?}");
+    assert_eq!(v[0]["name"], "cat");
+    assert_eq!(v[0]["score"], 0.3);
+    assert_eq!(v[0]["findings"][0]["key"], "filesystem.read");
+}
+
+#[test]
+fn diff_of_shipped_policies() {
+    let d = diff::diff(&shipped("claude"), &shipped("claude-session"));
+    let got: Vec<(String, Direction)> = d.changes.iter().map(|c| (c.key.clone(), c.direction)).collect();
+    let want = [
+        ("limits.wall_time", Direction::Loosened),
+        ("provider.command", Direction::Changed),
+        ("provider.description", Direction::Changed),
+        ("provider.mode", Direction::Changed),
+        ("session.equals", Direction::Changed),
+        ("session.field", Direction::Changed),
+        ("session.framing", Direction::Changed),
+    ];
+    let want: Vec<(String, Direction)> = want.iter().map(|(k, d)| ((*k).to_owned(), *d)).collect();
+    assert_eq!(got, want);
+    assert_eq!((d.score_before, d.score_after), (3.1, 3.1));
+    let wall = &d.changes[0];
+    assert_eq!((wall.old.as_deref(), wall.new.as_deref()), (Some("\"30m\""), Some("\"4h\"")));
+    // Reversed, the same key tightens.
+    let back = diff::diff(&shipped("claude-session"), &shipped("claude"));
+    assert_eq!(back.changes[0].direction, Direction::Tightened);
+    // Identical policies: nothing.
+    assert!(diff::diff(&shipped("echo"), &shipped("echo")).changes.is_empty());
+}
+
+#[test]
+fn diff_shows_grants_added_and_removed_and_the_score() {
+    let d = diff::diff(&lint_fixture("clean"), &lint_fixture("write_root"));
+    assert_eq!(d.changes.len(), 2, "{:#?}", d.changes);
+    let (added, removed) = (&d.changes[0], &d.changes[1]);
+    assert_eq!((added.key.as_str(), added.direction), ("filesystem.write", Direction::Loosened));
+    assert_eq!(added.added, vec!["\"/\"".to_owned()]);
+    assert_eq!((removed.direction, removed.removed.clone()), (Direction::Tightened, vec!["\"{tmp}\"".to_owned(), "\"/dev/null\"".to_owned()]));
+    assert!(d.score_after > d.score_before + 2.0, "{d:?}");
+
+    let d = diff::diff(&lint_fixture("clean"), &lint_fixture("tcp_bind"));
+    let dirs: Vec<(&str, Direction)> = d.changes.iter().map(|c| (c.key.as_str(), c.direction)).collect();
+    assert_eq!(
+        dirs,
+        vec![
+            ("namespaces.net", Direction::Loosened),
+            ("network.bind", Direction::Loosened),
+            ("network.connect", Direction::Loosened),
+            ("network.mode", Direction::Loosened),
+        ]
+    );
+    let d = diff::diff(&lint_fixture("clean"), &lint_fixture("seccomp_none"));
+    assert_eq!((d.changes[0].key.as_str(), d.changes[0].direction), ("seccomp.preset", Direction::Loosened));
+}
+
+#[test]
+fn diff_cli_text_and_json() {
+    let dir = "tests/fixtures/policies/lint";
+    let (code, stdout, _) = cli(&["policy", "diff", "clean", "write_root", "--dir", dir]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("policy diff tests/fixtures/policies/lint/clean.toml → "), "{stdout}");
+    assert_eq!(lines[1], "  loosened   filesystem.write  +\"/\"");
+    assert_eq!(lines[2], "  tightened  filesystem.write  -\"{tmp}\" -\"/dev/null\"");
+    assert_eq!(lines[3], "  exposure 0.8 → 3.3 (+2.5)");
+    let (code, stdout, _) = cli(&["--json", "policy", "diff", "clean", "write_root", "--dir", dir]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["changes"][0]["direction"], "loosened");
+    assert_eq!(v["changes"][0]["added"][0], "\"/\"");
+    assert_eq!((v["score_before"].as_f64(), v["score_after"].as_f64()), (Some(0.8), Some(3.3)));
+}
+
+/// The daemon holds every policy to the admin floor: a SIGHUP reload with a floor-breaking
+/// policy is rejected (both lines logged) and the old set kept; the fixed set then reloads.
+#[test]
+fn reload_with_a_floor_breaking_policy_keeps_the_old_set() {
+    if !common::privileged("reload_with_a_floor_breaking_policy_keeps_the_old_set") {
+        return;
+    }
+    let floor_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let floor = floor_dir.path().join("floor.toml");
+    std::fs::write(&floor, "# test floor\n[limits]\nmemory_max = \"1G\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let d = harness::Daemon::builder()
+        .provider("cat", "[\"/bin/cat\"]", "session", "")
+        .config(&format!("floor = \"{}\"", floor.display()))
+        .start();
+    let big = d.policy_dir().join("big.toml");
+    let text = "extends = \"base\"\n[provider]\nname = \"big\"\ncommand = [\"/bin/cat\"]\n[limits]\nmemory_max = \"8G\"\n";
+    std::fs::write(&big, text).unwrap_or_else(|e| panic!("{e}"));
+    let hup = || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), nix::sys::signal::Signal::SIGHUP)
+            .unwrap_or_else(|e| panic!("SIGHUP: {e}"))
+    };
+    hup();
+    d.wait_log(&["SIGHUP", "reload rejected"], Duration::from_secs(5));
+    let want = format!(
+        "{}:6:14: limits.memory_max: \"8G\" is above the admin floor: at most \"1G\" (floor {}:3:14)",
+        big.display(),
+        floor.display()
+    );
+    assert!(d.log().contains(&want), "the log does not name both lines ({want}):\n{}", d.log());
+    // The old set: cat still serves, big was never loaded.
+    let id = harness::id_of(&d.spawn("cat"));
+    assert_eq!(d.send(&id, "old set", 10_000).json()["stdout"], "old set");
+    let body = serde_json::json!({"provider": "big", "cwd": d.cwd()});
+    let r = common::http::call(&d.socket, "POST", "/v1/cells", Some(&body));
+    assert_eq!(r.json()["code"], "unknown_provider", "{}", r.text());
+    // Within the floor, the same file reloads.
+    std::fs::write(&big, text.replace("8G", "1G")).unwrap_or_else(|e| panic!("{e}"));
+    hup();
+    d.wait_log(&["SIGHUP: policies reloaded"], Duration::from_secs(5));
+    let r = common::http::call(&d.socket, "POST", "/v1/cells", Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
 }

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::cgroup::{self, parse, CgroupRoot, Layout};
 use crate::config::Config;
+use crate::policy::check::Severity;
 use crate::policy::{Enforcement, Policy};
 use crate::sandbox::{plan, Degradation, HostCaps, SandboxError};
 
@@ -114,14 +115,10 @@ struct PolicyReport {
 
 /// `cellkeep doctor [--policies DIR] [--config FILE] [--json]`.
 pub(super) fn run(policies: Option<PathBuf>, config: Option<PathBuf>, json: bool) -> anyhow::Result<i32> {
-    let policy_dir = match (policies, config) {
-        (Some(dir), _) => dir,
-        (None, Some(path)) => Config::load(&path)?.policy_dir,
-        (None, None) if Path::new(DEFAULT_CONFIG).is_file() => Config::load(Path::new(DEFAULT_CONFIG))?.policy_dir,
-        (None, None) => Config::default().policy_dir,
-    };
+    let daemon = daemon_config(config)?;
+    let policy_dir = policies.unwrap_or(daemon.policy_dir);
     let policy_dir = std::fs::canonicalize(&policy_dir).unwrap_or(policy_dir);
-    let report = diagnose(policy_dir);
+    let report = diagnose(policy_dir, &daemon.floor);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -130,7 +127,16 @@ pub(super) fn run(policies: Option<PathBuf>, config: Option<PathBuf>, json: bool
     Ok(if report.ok { 0 } else { 1 })
 }
 
-fn diagnose(policy_dir: PathBuf) -> Report {
+/// The daemon's settings: from `config`, else the installed config file, else the defaults.
+pub(super) fn daemon_config(config: Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(match config {
+        Some(path) => Config::load(&path)?,
+        None if Path::new(DEFAULT_CONFIG).is_file() => Config::load(Path::new(DEFAULT_CONFIG))?,
+        None => Config::default(),
+    })
+}
+
+fn diagnose(policy_dir: PathBuf, floor: &Path) -> Report {
     let caps = HostCaps::probe();
     let host = Host {
         kernel: read_trim("/proc/sys/kernel/osrelease").unwrap_or_default(),
@@ -141,7 +147,7 @@ fn diagnose(policy_dir: PathBuf) -> Report {
         cap_last_cap: caps.cap_last_cap,
     };
     // The same set the daemon would serve: files that cannot load are left out, by name.
-    let set = crate::policy::set::load_set(&policy_dir);
+    let set = crate::policy::set::load_set(&policy_dir, floor);
     let loaded = &set.policies;
     let mut policies = Vec::new();
     let mut abstract_policies = Vec::new();
@@ -188,10 +194,19 @@ fn assess(policy: &Policy, host: &Host, caps: &HostCaps) -> PolicyReport {
         missing.push(lack("seccomp", &host.seccomp.detail));
     }
     let mut notes = Vec::new();
-    if let Some(bin) = policy.command.first() {
+    let hidden = policy.command.first().and_then(|b| crate::policy::lint::hidden_by_cell_mounts(policy, Path::new(b)));
+    if let (Some(bin), Some(mount)) = (policy.command.first(), hidden) {
+        let detail = format!("command {bin} is under {mount}, which every cell mounts privately: launches fail with ENOENT");
+        missing.push(lack("command", &detail));
+    } else if let Some(bin) = policy.command.first() {
         if !is_executable(Path::new(bin)) {
             notes.push(format!("command binary {bin} is not installed here: launches fail until it is"));
         }
+    }
+    // What `policy check` warns about (a command under the cell's private /tmp, …).
+    if let Ok(checked) = crate::policy::load_checked(&policy.source) {
+        let warnings = crate::policy::lint::lint(&checked);
+        notes.extend(warnings.iter().filter(|f| f.severity == Severity::Warning).map(ToString::to_string));
     }
     let status = if !missing.is_empty() {
         Status::Fail
@@ -390,13 +405,14 @@ fn print_human(r: &Report) {
         println!("  {:<12}  {} {}", format!("{name} ns"), mark(c.available), c.detail);
     }
     println!("\npolicies in {}", r.policy_dir.display());
+    let width = r.policies.iter().map(|p| p.name.chars().count()).max().unwrap_or(0).max(16);
     for p in &r.policies {
         let status = match p.status {
             Status::Full => "full",
             Status::Degraded => "degraded",
             Status::Fail => "FAIL",
         };
-        println!("  {:<16} {status}", p.name);
+        println!("  {:<width$} {status}", p.name);
         for m in &p.missing {
             println!("      missing  {}: {}", m.mechanism, m.detail);
         }

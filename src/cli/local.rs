@@ -1,9 +1,7 @@
-//! Subcommands that work without the daemon: `run` (one process in a cell, in the foreground;
-//! on a terminal, through a pseudo-terminal of the cell's own: [`term`]) and `policy check` /
-//! `policy show`.
+//! `run`: one process in a cell, in the foreground, without the daemon (on a terminal, through
+//! a pseudo-terminal of the cell's own: [`term`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::cgroup::CgroupRoot;
@@ -11,30 +9,6 @@ use crate::policy;
 use crate::sandbox::{HostCaps, LaunchRequest, Launcher, StdioMode};
 
 use super::{term, RunArgs};
-
-pub(super) fn policy_check(paths: &[PathBuf]) -> i32 {
-    let diags = policy::check(paths);
-    for d in &diags {
-        println!("{d}");
-    }
-    if diags.is_empty() {
-        0
-    } else {
-        eprintln!("cellkeep: {} problem(s) found", diags.len());
-        1
-    }
-}
-
-pub(super) fn policy_show(name: &str, dir: &std::path::Path) -> anyhow::Result<i32> {
-    let path = if name.ends_with(".toml") || name.contains('/') {
-        PathBuf::from(name)
-    } else {
-        dir.join(format!("{name}.toml"))
-    };
-    let p = policy::load_file(&path)?;
-    print!("{}", policy::show(&p));
-    Ok(0)
-}
 
 pub(super) fn run(args: RunArgs, json: bool) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -1,8 +1,9 @@
 //! The `cellkeep` command line (clap). `anyhow` is allowed here, at the edge, and nowhere else.
 //!
 //! - [`local`]: what works without a daemon — `run` (one process in a cell, in the
-//!   foreground; exits with the child's status: 124 timeout, 125 setup failure, 128+N signal)
-//!   and `policy check` / `policy show`.
+//!   foreground; exits with the child's status: 124 timeout, 125 setup failure, 128+N signal).
+//! - [`policy`]: `policy check | show | score | diff`, what a reviewer runs on policy files
+//!   (no daemon needed; exit 1 on any failure).
 //! - `daemon`: the supervisor itself ([`crate::api::run_daemon`]); under systemd it takes the
 //!   socket-activated listener, notifies readiness and logs to journald ([`crate::systemd`]).
 //! - [`doctor`]: what this host supports and whether each policy can be enforced here.
@@ -15,6 +16,7 @@
 mod doctor;
 mod exec;
 mod local;
+mod policy;
 mod remote;
 mod term;
 
@@ -141,13 +143,41 @@ struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCmd {
-    /// Check policy files or directories (default: ./policies).
-    Check { paths: Vec<PathBuf> },
+    /// Check policy files or directories (default: the daemon's policy directory): errors,
+    /// warnings and the admin floor, then a summary line. Exit 1 on any error.
+    Check {
+        paths: Vec<PathBuf>,
+        /// Warnings fail the check too (CI runs the shipped policies this way).
+        #[arg(long)]
+        strict: bool,
+        /// Admin floor to check against (default: the daemon config's `floor`, when it exists).
+        #[arg(long)]
+        floor: Option<PathBuf>,
+        /// Daemon settings to take the floor from (default: /etc/cellkeep/cellkeep.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the effective policy (after `extends`) of NAME in --dir, or of a file.
     Show {
         name: String,
-        #[arg(long, default_value = "policies")]
-        dir: PathBuf,
+        /// Policy directory (default: the daemon's, /etc/cellkeep/policies when it exists).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Exposure score, 0 (nothing exposed) to 10, with a line per finding and its weight
+    /// (every launchable policy of --dir when no NAME is given).
+    Score {
+        names: Vec<String>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// What NEW loosens or tightens compared with OLD (effective policies, key by key), and
+    /// the exposure score before and after. OLD and NEW: names in --dir or files.
+    Diff {
+        old: String,
+        new: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -227,11 +257,7 @@ pub fn main() -> i32 {
     init_logging(matches!(cli.cmd, Cmd::Daemon(_)));
     let result = match cli.cmd {
         Cmd::Run(args) => local::run(args, cli.json),
-        Cmd::Policy(PolicyCmd::Check { paths }) => {
-            let paths = if paths.is_empty() { vec![PathBuf::from("policies")] } else { paths };
-            Ok(local::policy_check(&paths))
-        }
-        Cmd::Policy(PolicyCmd::Show { name, dir }) => local::policy_show(&name, &dir),
+        Cmd::Policy(cmd) => return policy_main(cmd, cli.json),
         Cmd::Daemon(args) => daemon(args, cli.socket),
         Cmd::Doctor(args) => doctor::run(args.policies, args.config, cli.json),
         cmd => return remote::main(cmd, &cli.socket, cli.json),
@@ -243,6 +269,24 @@ pub fn main() -> i32 {
             125
         }
     }
+}
+
+/// `policy …`: one error exit code (1) for every failure.
+fn policy_main(cmd: PolicyCmd, json: bool) -> i32 {
+    let result = match cmd {
+        PolicyCmd::Check { paths, strict, floor, config } => policy::check(paths, strict, floor, config, json),
+        PolicyCmd::Show { name, dir } => policy::show(&name, dir, json),
+        PolicyCmd::Score { names, dir } => policy::score(names, dir, json),
+        PolicyCmd::Diff { old, new, dir } => policy::diff(&old, &new, dir, json),
+    };
+    result.unwrap_or_else(|e| {
+        if json {
+            eprintln!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+        } else {
+            eprintln!("cellkeep: error: {e:#}");
+        }
+        1
+    })
 }
 
 /// The daemon logs at `info` unless `CELLKEEP_LOG` says otherwise; client commands at `warn`.

@@ -20,12 +20,12 @@ use super::raw::RawFile;
 use super::{Diagnostic, PolicyError};
 
 /// The texts of the files of one `extends` chain, placed end to end.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Sources {
     files: Vec<SourceFile>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SourceFile {
     path: PathBuf,
     text: String,
@@ -110,6 +110,13 @@ pub fn load_chain(path: &Path) -> Result<Loaded, PolicyError> {
         }
         let text = match std::fs::read_to_string(&parent_path) {
             Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let siblings = super::friendly::policy_names(&dir);
+                let hint = super::friendly::did_you_mean(name, siblings.iter().map(String::as_str));
+                let msg = format!("no policy named \"{name}\" in this directory (no {name}.toml){hint}");
+                diagnostics.push(sources.diag(&ext.span(), "extends", msg));
+                break;
+            }
             Err(e) => {
                 let msg = format!("parent policy \"{name}\" cannot be read ({}): {e}", parent_path.display());
                 diagnostics.push(sources.diag(&ext.span(), "extends", msg));
@@ -152,7 +159,8 @@ fn parse_recovering(padded: &str, sources: &Sources, diagnostics: &mut Vec<Diagn
         Ok(t) => t,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            diagnostics.push(sources.diag(&span, "", format!("TOML syntax: {}", e.message().trim())));
+            let msg = super::friendly::syntax(e.message(), padded, span.start, |at| sources.locate(at).1);
+            diagnostics.push(sources.diag(&span, "", msg));
             return RawFile::default();
         }
     };
@@ -164,7 +172,7 @@ fn parse_recovering(padded: &str, sources: &Sources, diagnostics: &mut Vec<Diagn
                 let span = e.span().unwrap_or(0..0);
                 let path = find_path(table.get_ref(), span.start);
                 let key = path.as_deref().map(|p| p.join(".")).unwrap_or_default();
-                diagnostics.push(sources.diag(&span, &key, e.message().trim()));
+                diagnostics.push(sources.diag(&span, &key, super::friendly::rewrite(&key, e.message().trim())));
                 match path {
                     Some(p) if remove_path(table.get_mut(), &p) => continue,
                     _ => return RawFile::default(),
@@ -255,9 +263,9 @@ mod tests {
         let (raw, diags) = parse(text);
         let got = rendered(&diags);
         assert_eq!(got.len(), 3, "{got:#?}");
-        assert!(got.iter().any(|d| d.starts_with("t.toml:2:1: limits.memroy_max: unknown field")), "{got:#?}");
-        assert!(got.iter().any(|d| d.starts_with("t.toml:3:8: limits.pids: invalid type")), "{got:#?}");
-        assert!(got.iter().any(|d| d.starts_with("t.toml:5:2: bogus: unknown field")), "{got:#?}");
+        assert!(got.iter().any(|d| d.starts_with("t.toml:2:1: limits.memroy_max: unknown key")), "{got:#?}");
+        assert!(got.iter().any(|d| d.starts_with("t.toml:3:8: limits.pids: expected a whole number")), "{got:#?}");
+        assert!(got.iter().any(|d| d.starts_with("t.toml:5:2: bogus: unknown section")), "{got:#?}");
         // The valid key survives.
         assert!(raw.limits.cpu.is_some());
     }
@@ -316,6 +324,6 @@ mod tests {
         );
         let c = load_chain(&dir.path().join("c.toml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.diagnostics.len(), 1);
-        assert!(c.diagnostics[0].to_string().contains("c.toml:1:11: extends: parent policy \"nope\" cannot be read"));
+        assert!(c.diagnostics[0].to_string().contains("c.toml:1:11: extends: no policy named \"nope\" in this directory"));
     }
 }

@@ -5,8 +5,14 @@
 //! [`validate`] turns the merged mirror into a typed [`Policy`], compiling seccomp through
 //! [`seccomp`] so `policy check` reports exactly what a launch would; [`show()`] prints the
 //! effective policy back as TOML; [`set`] loads a directory as a set that leaves out (and
-//! reports) the files that do not load. Every problem is a [`Diagnostic`] rendered
-//! `file:line:col: key: message` (the key part is left out for TOML syntax errors).
+//! reports) the files that do not load, the admin floor applied. Every problem is a
+//! [`Diagnostic`] rendered `file:line:col: key: message` (the key part is left out for TOML
+//! syntax errors), worded by [`friendly`] (no serde jargon, "did you mean").
+//!
+//! Review tools on a valid policy ([`load_checked`] keeps the source positions): [`lint`]
+//! (warnings and notes: broad grants, missing or hidden paths, …), [`floor`] (the admin floor
+//! no policy may loosen; the daemon loads through [`set::load_set`]), [`score`] (exposure,
+//! 0–10), [`diff`] (what a change loosens or tightens); [`check`] runs them for `policy check`.
 //!
 //! # Format reference
 //!
@@ -65,10 +71,16 @@
 //! each file and are never inherited. Cycles and missing parents are reported at the
 //! `extends` key; a problem in an inherited key is reported in the file that set it.
 
+pub mod check;
+pub mod diff;
+pub mod floor;
+pub mod friendly;
 pub mod ids;
+pub mod lint;
 pub mod load;
 pub mod model;
 pub mod raw;
+pub mod score;
 pub mod seccomp;
 pub mod set;
 pub mod show;
@@ -82,7 +94,7 @@ use std::path::{Path, PathBuf};
 pub use model::*;
 
 /// One problem in a policy file, with its position (1-based line and column).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Diagnostic {
     pub file: PathBuf,
     pub line: usize,
@@ -119,10 +131,37 @@ fn render(diags: &[Diagnostic]) -> String {
     diags.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
 }
 
+/// A valid policy together with the merged source it came from, so that later checks
+/// (warnings, the admin floor) can point at the `file:line:col` that set each key.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub policy: Policy,
+    /// The merged raw policy (each value spanned into `sources`).
+    pub raw: raw::RawFile,
+    pub sources: load::Sources,
+}
+
+/// Load, merge and validate one policy file, keeping its source positions.
+pub fn load_checked(path: &Path) -> Result<Checked, PolicyError> {
+    let loaded = load::load_chain(path)?;
+    let (raw, sources) = (loaded.raw.clone(), loaded.sources.clone());
+    let policy = validate::validate(loaded).map_err(|d| PolicyError::Invalid(dedup(d)))?;
+    Ok(Checked { policy, raw, sources })
+}
+
 /// Load, merge and validate one policy file (abstract policies included).
 pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
-    let loaded = load::load_chain(path)?;
-    validate::validate(loaded).map_err(|d| PolicyError::Invalid(dedup(d)))
+    load_checked(path).map(|c| c.policy)
+}
+
+/// Like [`load_file`], and the policy must also respect the admin `floor` (when one is
+/// set): the per-policy step the daemon's load and reload run on each file.
+pub fn load_file_within(path: &Path, floor: Option<&floor::Floor>) -> Result<Policy, PolicyError> {
+    let checked = load_checked(path)?;
+    match floor.map(|f| f.check(&checked)).unwrap_or_default() {
+        broken if broken.is_empty() => Ok(checked.policy),
+        broken => Err(PolicyError::Invalid(broken)),
+    }
 }
 
 /// Like [`load_file`], but an abstract policy is an error.
@@ -137,6 +176,21 @@ pub fn load_launchable(path: &Path) -> Result<Policy, PolicyError> {
 
 /// Every `*.toml` in `dir`, by file stem, and every problem found (each reported once).
 pub fn load_dir(dir: &Path) -> (BTreeMap<String, Policy>, Vec<Diagnostic>) {
+    load_dir_within(dir, None)
+}
+
+/// What the daemon loads at start and on SIGHUP: [`load_dir_within`] with the admin floor
+/// read from `floor_file` (no file there = no floor; an unreadable or invalid floor is one
+/// diagnostic and no policy, so a broken floor never lets the policies through unchecked).
+pub fn load_dir_floored(dir: &Path, floor_file: &Path) -> (BTreeMap<String, Policy>, Vec<Diagnostic>) {
+    match floor::Floor::load_optional(floor_file) {
+        Ok(f) => load_dir_within(dir, f.as_ref()),
+        Err(e) => (BTreeMap::new(), vec![e.diagnostic()]),
+    }
+}
+
+/// [`load_dir`] with the admin floor applied to each policy ([`load_file_within`]).
+pub fn load_dir_within(dir: &Path, floor: Option<&floor::Floor>) -> (BTreeMap<String, Policy>, Vec<Diagnostic>) {
     let mut policies = BTreeMap::new();
     let mut diags = Vec::new();
     let files = match toml_files(dir) {
@@ -144,7 +198,7 @@ pub fn load_dir(dir: &Path) -> (BTreeMap<String, Policy>, Vec<Diagnostic>) {
         Err(d) => return (policies, vec![d]),
     };
     for file in files {
-        match load_file(&file) {
+        match load_file_within(&file, floor) {
             Ok(p) => {
                 policies.insert(p.name.clone(), p);
             }
@@ -154,35 +208,10 @@ pub fn load_dir(dir: &Path) -> (BTreeMap<String, Policy>, Vec<Diagnostic>) {
     (policies, dedup(diags))
 }
 
-/// Check policy files and directories (every `*.toml` in them); no output means valid.
+/// Check policy files and directories (every `*.toml` in them): the errors only (see
+/// [`check::check_paths`] for warnings and the floor).
 pub fn check(paths: &[PathBuf]) -> Vec<Diagnostic> {
-    let mut diags = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            diags.extend(load_dir(path).1);
-        } else if let Err(e) = load_file(path) {
-            diags.extend(error_diagnostics(path, e));
-        }
-    }
-    dedup(diags)
-}
-
-/// `cellkeep policy check`: print every diagnostic on stdout; exit code 0 (valid) or 1.
-pub fn run_check(paths: &[PathBuf]) -> i32 {
-    if paths.is_empty() {
-        eprintln!("policy check: no files or directories given");
-        return 2;
-    }
-    let diags = check(paths);
-    for d in &diags {
-        println!("{d}");
-    }
-    if diags.is_empty() {
-        0
-    } else {
-        eprintln!("{} problem(s) found", diags.len());
-        1
-    }
+    check::check_paths(paths, None).errors().cloned().collect()
 }
 
 /// `cellkeep policy show`: the effective policy `name`, looked up in a directory, or the
@@ -227,7 +256,7 @@ pub(crate) fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(files)
 }
 
-fn error_diagnostics(path: &Path, e: PolicyError) -> Vec<Diagnostic> {
+pub(crate) fn error_diagnostics(path: &Path, e: PolicyError) -> Vec<Diagnostic> {
     match e {
         PolicyError::Invalid(d) => d,
         other => vec![Diagnostic {
@@ -241,7 +270,7 @@ fn error_diagnostics(path: &Path, e: PolicyError) -> Vec<Diagnostic> {
 }
 
 /// Drop repeated diagnostics (a base's problem shows up once per file extending it).
-fn dedup(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+pub(crate) fn dedup(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
     let mut seen = std::collections::HashSet::new();
     diags.into_iter().filter(|d| seen.insert(d.clone())).collect()
 }

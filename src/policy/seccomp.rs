@@ -147,6 +147,11 @@ pub fn syscall_nr(name: &str) -> Option<i64> {
     name.parse::<Sysno>().ok().map(|s| i64::from(s.id()))
 }
 
+/// Every x86_64 syscall name (for "did you mean" suggestions).
+pub fn syscall_names() -> impl Iterator<Item = &'static str> {
+    Sysno::iter().map(|s| s.name())
+}
+
 /// The preset's deny list minus `allow`, plus `deny`: the names that get `deny_action`.
 pub fn denied_names(spec: &SeccompSpec<'_>) -> Vec<String> {
     let preset = if spec.default_preset { DEFAULT_DENY } else { &[] };

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{load_file, toml_files, Policy, PolicyError};
+use super::{load_file_within, toml_files, Policy};
 
 /// A policy file left out of the set, with why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,9 +58,20 @@ pub fn summary(rejected: &[Rejected]) -> Vec<String> {
         .collect()
 }
 
-/// Load every `*.toml` in `dir`: what loads goes in, what does not is rejected with reasons.
-pub fn load_set(dir: &Path) -> PolicySet {
+/// Load every `*.toml` in `dir` under the admin floor read from `floor_file` (no file there =
+/// no floor): what loads and respects the floor goes in, what does not is rejected with
+/// reasons. A floor that cannot be read or is invalid rejects everything (name `*`): a broken
+/// floor never lets the policies through unchecked.
+pub fn load_set(dir: &Path, floor_file: &Path) -> PolicySet {
     let mut set = PolicySet::default();
+    let floor = match super::floor::Floor::load_optional(floor_file) {
+        Ok(f) => f,
+        Err(e) => {
+            let problems = vec![e.diagnostic().to_string()];
+            set.rejected.push(Rejected { name: "*".to_owned(), file: floor_file.to_path_buf(), problems });
+            return set;
+        }
+    };
     let files = match toml_files(dir) {
         Ok(f) => f,
         Err(d) => {
@@ -70,15 +81,14 @@ pub fn load_set(dir: &Path) -> PolicySet {
     };
     for file in files {
         let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        match load_file(&file) {
+        match load_file_within(&file, floor.as_ref()) {
             Ok(p) => {
                 set.policies.insert(p.name.clone(), p);
             }
-            Err(PolicyError::Invalid(diags)) => {
-                let problems = diags.iter().map(ToString::to_string).collect();
+            Err(e) => {
+                let problems = super::error_diagnostics(&file, e).iter().map(ToString::to_string).collect();
                 set.rejected.push(Rejected { name, file, problems });
             }
-            Err(e) => set.rejected.push(Rejected { name, file, problems: vec![e.to_string()] }),
         }
     }
     set
@@ -103,7 +113,7 @@ mod tests {
         let missing = "[provider]\nname = \"gone\"\ncommand = [\"/bin/true\"]\n[workdir]\nroots = [\"/no/such/root\"]\n";
         write(dir.path(), "gone.toml", missing);
         write(dir.path(), "broken.toml", "[provider\n");
-        let set = load_set(dir.path());
+        let set = load_set(dir.path(), Path::new("/no/floor"));
         assert_eq!(set.providers(), vec!["ok"]);
         let names: Vec<&str> = set.rejected.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, vec!["broken", "gone"]);
@@ -114,7 +124,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_directory_is_one_rejection() {
-        let set = load_set(Path::new("/no/such/policy/dir"));
+        let set = load_set(Path::new("/no/such/policy/dir"), Path::new("/no/floor"));
         assert!(set.policies.is_empty());
         assert_eq!(set.rejected.len(), 1);
         assert_eq!(set.rejected[0].name, "*");

@@ -56,7 +56,9 @@ impl Checker<'_> {
 
     /// A required key is absent (not reported when the key was present but unreadable).
     fn missing(&mut self, key: &str, msg: impl Into<String>) {
-        if self.diags.iter().any(|d| d.key == key) {
+        // Not after a syntax error (key ""): the file was not read, so nothing is "missing".
+        let broken = |d: &Diagnostic| d.key.is_empty() || d.key == key || key.starts_with(&format!("{}.", d.key));
+        if self.diags.iter().any(broken) {
             return;
         }
         self.diags.push(self.src.diag_at_file(0, key, msg));
@@ -69,7 +71,8 @@ impl Checker<'_> {
             return found;
         }
         let expected: Vec<String> = options.iter().map(|o| format!("\"{o}\"")).collect();
-        self.at(v, key, format!("\"{}\" is not one of {}", v.get_ref(), expected.join(", ")));
+        let hint = super::friendly::did_you_mean(v.get_ref(), options.iter().copied());
+        self.at(v, key, format!("\"{}\" is not one of {}{hint}", v.get_ref(), expected.join(", ")));
         options[0]
     }
 
@@ -169,8 +172,11 @@ impl Checker<'_> {
                 other => match resolve_user(other) {
                     Ok(u) => RunAs::User(u),
                     Err(msg) => {
-                        self.at(v, "identity.run_as", msg);
-                        RunAs::Caller
+                        let word = if let Scalar::Str(s) = other { s.as_str() } else { "" };
+                        let hint = super::friendly::did_you_mean(word, ["caller", "range"]);
+                        self.at(v, "identity.run_as", format!("{msg}{hint}"));
+                        // Not also "uid_range: only used with run_as = \"range\"" for the same typo.
+                        return Identity { run_as: RunAs::Caller, ..self.identity_rest(raw, ns) };
                     }
                 },
             },
@@ -180,6 +186,12 @@ impl Checker<'_> {
                 self.at(r, "identity.uid_range", "only used with run_as = \"range\"");
             }
         }
+        Identity { run_as, ..self.identity_rest(raw, ns) }
+    }
+
+    /// `root_maps_to` and `inside` (`run_as` is the caller's to set).
+    fn identity_rest(&mut self, raw: &RawFile, ns: &Namespaces) -> Identity {
+        let id = &raw.identity;
         let root_maps_to = match &id.root_maps_to {
             None => resolve_user(&Scalar::Str("nobody".into())).unwrap_or(NOBODY),
             Some(v) => resolve_user(v.get_ref()).unwrap_or_else(|msg| {
@@ -194,7 +206,7 @@ impl Checker<'_> {
         if let (Inside::Root, false, Some(v)) = (inside, ns.user, &id.inside) {
             self.at(v, "identity.inside", "\"root\" needs a user namespace (namespaces.user = false)");
         }
-        Identity { run_as, root_maps_to, inside }
+        Identity { run_as: RunAs::Caller, root_maps_to, inside }
     }
 
     fn uid_range(&mut self, v: &OptList<i64>) -> Option<(u32, u32)> {
@@ -377,11 +389,14 @@ impl Checker<'_> {
     }
 
     fn network(&mut self, raw: &RawFile, ns: &Namespaces) -> Network {
-        let mode = self.choose(&raw.network.mode, "network.mode", &["none", "loopback", "tcp"]);
+        const MODES: [&str; 3] = ["none", "loopback", "tcp"];
+        let mode = self.choose(&raw.network.mode, "network.mode", &MODES);
+        // A misspelt mode is one mistake: the keys that depend on it are not also reported.
+        let known = raw.network.mode.as_ref().is_none_or(|m| MODES.contains(&m.get_ref().as_str()));
         let tcp = mode == "tcp";
-        let connect = self.ports(&raw.network.connect, "network.connect", tcp);
-        let bind = self.ports(&raw.network.bind, "network.bind", tcp);
-        if let (false, false, Some(net)) = (tcp, ns.net, &raw.namespaces.net) {
+        let connect = self.ports(&raw.network.connect, "network.connect", tcp || !known);
+        let bind = self.ports(&raw.network.bind, "network.bind", tcp || !known);
+        if let (false, false, Some(net), true) = (tcp, ns.net, &raw.namespaces.net, known) {
             let msg =
                 format!("false is only allowed with network.mode = \"tcp\"; mode \"{mode}\" needs a network namespace");
             self.at(net, "namespaces.net", msg);
@@ -408,7 +423,8 @@ impl Checker<'_> {
                 if seccomp::syscall_nr(n.get_ref()).is_some() {
                     out.push(n.into_inner());
                 } else {
-                    self.at(&n, key, format!("unknown syscall \"{}\" (not an x86_64 syscall name)", n.get_ref()));
+                    let hint = super::friendly::did_you_mean(n.get_ref(), seccomp::syscall_names());
+                    self.at(&n, key, format!("unknown syscall \"{}\" (not an x86_64 syscall name){hint}", n.get_ref()));
                 }
             }
             out
@@ -437,7 +453,10 @@ impl Checker<'_> {
 
     fn session(&mut self, raw: &RawFile) -> SessionPolicy {
         let s = &raw.session;
-        let framing = self.choose(&s.framing, "session.framing", &["line", "sentinel", "regex", "json_field"]);
+        const FRAMINGS: [&str; 4] = ["line", "sentinel", "regex", "json_field"];
+        let framing = self.choose(&s.framing, "session.framing", &FRAMINGS);
+        // A misspelt framing is one mistake: its keys are not also "only used with …".
+        let known = s.framing.as_ref().is_none_or(|f| FRAMINGS.contains(&f.get_ref().as_str()));
         let keys: [(&str, &Opt<String>, &[&str]); 4] = [
             ("sentinel", &s.sentinel, &["sentinel"]),
             ("pattern", &s.pattern, &["regex"]),
@@ -447,10 +466,11 @@ impl Checker<'_> {
         let mut value = |name: &str, v: &Opt<String>, used_by: &[&str]| -> String {
             let key = format!("session.{name}");
             match v {
-                Some(v) if !used_by.contains(&framing) => {
+                Some(v) if !used_by.contains(&framing) && known => {
                     self.at(v, &key, format!("only used with framing = \"{}\"", used_by.join("\" or \"")));
                     String::new()
                 }
+                Some(v) if !used_by.contains(&framing) => String::new(),
                 Some(v) if v.get_ref().is_empty() => {
                     self.at(v, &key, "must not be empty");
                     String::new()
@@ -579,8 +599,8 @@ mod tests {
         assert!(shown.contains("\ntty = true\n"), "{shown}");
         let bad = check(&format!("{HEAD}tty = \"yes\"\nttys = 1\n")).err().unwrap_or_default();
         assert_eq!(bad.len(), 2, "{bad:#?}");
-        assert!(bad[0].starts_with("4:7: provider.tty: invalid type"), "{bad:#?}");
-        assert!(bad[1].starts_with("5:1: provider.ttys: unknown field"), "{bad:#?}");
+        assert_eq!(bad[0], "4:7: provider.tty: expected true or false, e.g. tty = true (found the text \"yes\")");
+        assert_eq!(bad[1], "5:1: provider.ttys: unknown key \"ttys\" in [provider]; did you mean \"tty\"?");
     }
 
     #[test]

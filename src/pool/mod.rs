@@ -81,7 +81,7 @@ impl Pool {
     pub async fn start(config: Config) -> Result<Pool, PoolError> {
         // A policy that cannot load is left out and reported (once, here; health, doctor and
         // the service status show it too); the others serve.
-        let set = crate::policy::set::load_set(&config.policy_dir);
+        let set = crate::policy::set::load_set(&config.policy_dir, &config.floor);
         for line in set.rejected_summary() {
             tracing::error!("policy rejected, not served: {line}");
         }
@@ -243,7 +243,7 @@ impl Pool {
     /// Blocking (reads files): call from a blocking context or accept a short stall.
     pub fn reload(&self) -> Result<Reloaded, PoolError> {
         let _one = self.inner.reload_gate.lock().unwrap_or_else(|e| e.into_inner());
-        let set = crate::policy::set::load_set(&self.inner.config.policy_dir);
+        let set = crate::policy::set::load_set(&self.inner.config.policy_dir, &self.inner.config.floor);
         if !set.rejected.is_empty() {
             for line in set.rejected_summary() {
                 tracing::error!("reload: policy rejected: {line}");

@@ -1,0 +1,327 @@
+//! Warnings: what a valid policy grants that a reviewer should look at twice. Each finding is
+//! placed at the `file:line:col` that set the key and says, in one line, why it matters and
+//! what to write instead.
+//!
+//! Checked here: broad grants (write or exec on `/`, `/etc`, `/usr`, home roots, `/proc`,
+//! `/sys`, `/boot`, the daemon's socket directory; read of `/` or every home), paths that do
+//! not exist on this host, paths hidden by the cell's own private `/tmp`, a `command` that
+//! does not exist, is not executable or sits outside every `exec` path, `network` wider than
+//! what it grants, workdir roots that put system directories under `{cwd}`, and seccomp
+//! allowlists that re-enable calls the default preset denies.
+//!
+//! Two kinds of missing path are notes, not warnings (they never fail `--strict`): paths
+//! under an install prefix that a shipped script creates ([`INSTALL_PREFIXES`]), and paths
+//! that only exist on some distributions ([`DISTRO_ALTERNATES`]); a cell skips a missing path.
+
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::check::Finding;
+use super::model::{Network, SeccompAction};
+use super::raw::OptList;
+use super::seccomp::DEFAULT_DENY;
+use super::Checked;
+
+/// Install prefixes created by a shipped script: a missing path under one is a note.
+pub const INSTALL_PREFIXES: &[(&str, &str)] = &[("/opt/cellkeep", "scripts/install-agents.sh")];
+
+/// Paths that exist on some distributions only (the shipped policies list both the Debian and
+/// the RHEL names): a missing one is a note.
+pub const DISTRO_ALTERNATES: &[&str] = &[
+    "/etc/pki",
+    "/etc/ssl",
+    "/etc/ca-certificates.conf",
+    "/etc/ld.so.preload",
+    "/etc/locale.alias",
+    "/etc/gai.conf",
+    "/etc/host.conf",
+    "/lib64",
+    "/lib32",
+    "/usr/lib64",
+    "/dev/tty",
+];
+
+/// Directories the cell mounts privately (a host path beneath one is hidden from it).
+pub const PRIVATE_MOUNTS: &[&str] = &["/tmp"];
+
+/// The private mount that hides `path` from a cell of `policy`, if one does.
+pub fn hidden_by_cell_mounts(policy: &super::Policy, path: &Path) -> Option<&'static str> {
+    if !policy.namespaces.mount {
+        return None;
+    }
+    PRIVATE_MOUNTS.iter().copied().find(|m| within(path, Path::new(m)))
+}
+
+/// The daemon's socket directory (from the built-in socket path).
+pub fn socket_dir() -> PathBuf {
+    Path::new(crate::client::DEFAULT_SOCKET).parent().map_or_else(|| PathBuf::from("/run"), Path::to_path_buf)
+}
+
+/// Host directories a grant must not cover, and what they hold.
+fn sensitive() -> Vec<(PathBuf, &'static str)> {
+    let fixed = [
+        ("/", "the whole host"),
+        ("/etc", "host configuration (passwd, sudoers, cron)"),
+        ("/usr", "the host's programs and libraries"),
+        ("/home", "every user's home directory"),
+        ("/root", "root's home directory"),
+        ("/proc", "the kernel's process and tuning files"),
+        ("/sys", "the kernel's device and tuning files"),
+        ("/boot", "the kernel and boot loader"),
+    ];
+    let mut out: Vec<(PathBuf, &str)> = fixed.iter().map(|(p, w)| (PathBuf::from(p), *w)).collect();
+    out.push((socket_dir(), "the cellkeep daemon's socket directory"));
+    out
+}
+
+/// Every warning and note of a valid policy.
+pub fn lint(c: &Checked) -> Vec<Finding> {
+    let mut l = Linter { c, out: Vec::new() };
+    let fs = &c.raw.filesystem;
+    for (list, key) in [(&fs.read, "filesystem.read"), (&fs.write, "filesystem.write"), (&fs.exec, "filesystem.exec")]
+    {
+        for item in items(list) {
+            l.path(&item, key);
+        }
+    }
+    l.command();
+    l.workdir();
+    l.network();
+    l.seccomp();
+    l.out.sort_by(|a, b| (&a.diag.file, a.diag.line, a.diag.col).cmp(&(&b.diag.file, b.diag.line, b.diag.col)));
+    l.out
+}
+
+fn items(v: &OptList<String>) -> Vec<Spanned<String>> {
+    v.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default()
+}
+
+/// `path` equals `dir` or lies beneath it.
+fn within(path: &Path, dir: &Path) -> bool {
+    path.starts_with(dir)
+}
+
+struct Linter<'a> {
+    c: &'a Checked,
+    out: Vec<Finding>,
+}
+
+impl Linter<'_> {
+    fn warn(&mut self, span: Range<usize>, key: &str, msg: String) {
+        self.out.push(Finding::warning(self.c.sources.diag(&span, key, msg)));
+    }
+
+    fn note(&mut self, span: Range<usize>, key: &str, msg: String) {
+        self.out.push(Finding::note(self.c.sources.diag(&span, key, msg)));
+    }
+
+    /// One `filesystem.*` entry: broad, hidden, or missing.
+    fn path(&mut self, item: &Spanned<String>, key: &str) {
+        let text = item.get_ref();
+        if !text.starts_with('/') {
+            return; // {cwd} and {tmp} are the cell's own.
+        }
+        let path = Path::new(text.trim_end_matches('/'));
+        let path = if path.as_os_str().is_empty() { Path::new("/") } else { path };
+        if let Some(msg) = broad(path, key) {
+            self.warn(item.span(), key, msg);
+            return;
+        }
+        if let Some(mount) = self.hidden_by(path) {
+            let msg = format!(
+                "\"{text}\" is hidden inside the cell: it mounts a private {mount} over the host's; \
+                 use \"{{tmp}}\" for scratch space, or install outside {mount} (e.g. under /opt)"
+            );
+            self.warn(item.span(), key, msg);
+            return;
+        }
+        self.missing(item, key, "the cell skips this rule, so it grants nothing; check the spelling or remove it");
+    }
+
+    fn hidden_by(&self, path: &Path) -> Option<&'static str> {
+        hidden_by_cell_mounts(&self.c.policy, path)
+    }
+
+    /// A missing absolute path: a note under an install prefix or for a distribution's
+    /// alternate name, else a warning ending in `consequence`.
+    fn missing(&mut self, item: &Spanned<String>, key: &str, consequence: &str) -> bool {
+        let text = item.get_ref();
+        let path = Path::new(text);
+        if path.exists() {
+            return false;
+        }
+        if let Some((prefix, script)) = INSTALL_PREFIXES.iter().find(|(p, _)| within(path, Path::new(p))) {
+            let msg = format!("\"{text}\" is not installed on this host yet ({script} creates {prefix}); check again after installing");
+            self.note(item.span(), key, msg);
+        } else if DISTRO_ALTERNATES.iter().any(|a| within(path, Path::new(a))) {
+            let msg = format!("\"{text}\" does not exist on this host (kept for other distributions; the cell skips it here)");
+            self.note(item.span(), key, msg);
+        } else {
+            self.warn(item.span(), key, format!("\"{text}\" does not exist on this host: {consequence}"));
+        }
+        true
+    }
+
+    fn command(&mut self) {
+        let Some(first) = items(&self.c.raw.provider.command).into_iter().next() else { return };
+        let key = "provider.command";
+        let text = first.get_ref().clone();
+        let path = Path::new(&text);
+        if let Some(mount) = self.hidden_by(path) {
+            let msg = format!(
+                "\"{text}\" is under {mount}, which the cell mounts privately: every launch fails with \
+                 \"no such file\"; install the program outside {mount} (e.g. under /opt)"
+            );
+            return self.warn(first.span(), key, msg);
+        }
+        if self.missing(&first, key, "every launch would fail with \"no such file\"; install it or fix the path") {
+            return;
+        }
+        let executable = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if !executable {
+            let msg = format!("\"{text}\" is not an executable file; point command at the program itself");
+            return self.warn(first.span(), key, msg);
+        }
+        if !self.exec_covers(path) {
+            let dir = path.parent().map(|d| d.display().to_string()).unwrap_or_default();
+            let msg = format!(
+                "\"{text}\" is outside every filesystem.exec path, so the cell may not run it; \
+                 add \"{dir}\" to filesystem.exec"
+            );
+            self.warn(first.span(), key, msg);
+        }
+    }
+
+    /// Whether an absolute `exec` rule covers `path` (as written or with symlinks resolved).
+    fn exec_covers(&self, path: &Path) -> bool {
+        use super::model::PathRule;
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        self.c.policy.filesystem.exec.iter().any(|rule| match rule {
+            PathRule::Absolute(dir) => {
+                let real_dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+                [path, real.as_path()].iter().any(|p| within(p, dir) || within(p, &real_dir))
+            }
+            // The cwd and tmp are only known at launch: give the benefit of the doubt.
+            _ => true,
+        })
+    }
+
+    fn workdir(&mut self) {
+        let broad_roots: Vec<PathBuf> = sensitive().into_iter().map(|(p, _)| p).filter(|p| p != Path::new("/home")).collect();
+        for root in items(&self.c.raw.workdir.roots) {
+            let path = Path::new(root.get_ref().trim_end_matches('/'));
+            let path = if path.as_os_str().is_empty() { Path::new("/") } else { path };
+            if broad_roots.iter().any(|s| s == path) {
+                let msg = format!(
+                    "\"{}\" lets a caller start a cell anywhere under it and write there through \"{{cwd}}\"; \
+                     list the directories where work happens (e.g. \"/srv\", \"/home\")",
+                    root.get_ref()
+                );
+                self.warn(root.span(), "workdir.roots", msg);
+            }
+        }
+    }
+
+    fn network(&mut self) {
+        let Network::Tcp { connect, bind } = &self.c.policy.network else { return };
+        let net = &self.c.raw.network;
+        if connect.is_empty() && bind.is_empty() {
+            if let Some(mode) = &net.mode {
+                let msg = "\"tcp\" shares the host network but grants no TCP port; use mode = \"none\" \
+                           (or \"loopback\") unless the provider needs the network"
+                    .to_owned();
+                self.warn(mode.span(), "network.mode", msg);
+            }
+        }
+        if let (false, Some(b)) = (bind.is_empty(), &net.bind) {
+            let ports: Vec<String> = bind.iter().map(u16::to_string).collect();
+            let msg = format!(
+                "lets the cell listen on host port(s) {} (the cell shares the host network); \
+                 remove bind unless the provider must accept connections",
+                ports.join(", ")
+            );
+            self.warn(b.span(), "network.bind", msg);
+        }
+    }
+
+    fn seccomp(&mut self) {
+        let s = &self.c.raw.seccomp;
+        if let (Some(p), "none") = (&s.preset, self.c.policy.seccomp.preset.as_str()) {
+            let msg = "\"none\" removes the default deny list (ptrace, bpf, mount, …); use preset = \"default\" \
+                       and re-allow only the calls the provider needs in seccomp.allow"
+                .to_owned();
+            self.warn(p.span(), "seccomp.preset", msg);
+        }
+        let allowlist = self.c.policy.seccomp.default_action != SeccompAction::Allow;
+        for name in items(&s.allow) {
+            if !DEFAULT_DENY.contains(&name.get_ref().as_str()) {
+                continue;
+            }
+            let how = if allowlist { "allows" } else { "re-allows" };
+            let msg = format!(
+                "\"{}\" {how} a call the default preset denies ({}); remove it unless the provider cannot work without it",
+                name.get_ref(),
+                danger(name.get_ref())
+            );
+            self.warn(name.span(), "seccomp.allow", msg);
+        }
+    }
+}
+
+/// The warning for a grant that covers a sensitive host directory, if it does.
+fn broad(path: &Path, key: &str) -> Option<String> {
+    let text = path.display();
+    match key {
+        "filesystem.read" => {
+            let what = if path == Path::new("/") {
+                "the whole host (other users' files, keys under /etc and /root)"
+            } else if path == Path::new("/home") || path == Path::new("/root") {
+                "every file in it (other users' keys and shell history)"
+            } else {
+                return None;
+            };
+            Some(format!(
+                "\"{text}\" lets the cell read {what}; list only what it needs (e.g. \"/usr\", \"/etc/ssl/certs\", \"{{cwd}}\")"
+            ))
+        }
+        _ => {
+            let right = if key == "filesystem.write" { "write to" } else { "execute files in" };
+            let is_user_home = path.parent() == Some(Path::new("/home"));
+            let covered = sensitive()
+                .into_iter()
+                .filter(|(s, _)| key == "filesystem.write" || s != Path::new("/usr"))
+                .find(|(s, _)| within(s, path));
+            let what = match covered {
+                Some((s, what)) if s == path => what.to_owned(),
+                Some((s, what)) => format!("{} ({what})", s.display()),
+                None if is_user_home => "a user's whole home (ssh keys, shell start-up files)".to_owned(),
+                None => return None,
+            };
+            Some(format!(
+                "\"{text}\" lets the cell {right} {what}; grant \"{{cwd}}\" and \"{{tmp}}\", or the one directory it needs"
+            ))
+        }
+    }
+}
+
+/// What a call the default preset denies can do, in a few words.
+fn danger(name: &str) -> &'static str {
+    match name {
+        "ptrace" | "process_vm_readv" | "process_vm_writev" => "it reads and controls other processes",
+        "bpf" | "perf_event_open" => "it loads programs into or probes the kernel",
+        "mount" | "umount2" | "pivot_root" | "move_mount" | "open_tree" | "fsopen" | "fsmount" | "fsconfig"
+        | "fspick" | "mount_setattr" => "it changes the mount view the sandbox relies on",
+        "unshare" | "setns" => "it creates or enters namespaces, a common kernel attack path",
+        "io_uring_setup" | "io_uring_enter" | "io_uring_register" => "io_uring does I/O that seccomp cannot see",
+        "kexec_load" | "kexec_file_load" | "init_module" | "finit_module" | "delete_module" | "reboot" => {
+            "it changes or replaces the running kernel"
+        }
+        "keyctl" | "add_key" | "request_key" => "it reaches the kernel keyrings",
+        "userfaultfd" => "it is a frequent ingredient of kernel exploits",
+        "name_to_handle_at" | "open_by_handle_at" => "it opens files by handle, around path checks",
+        _ => "a sandbox-escape or host-tampering route",
+    }
+}
