@@ -122,11 +122,28 @@ fn daemon() -> Daemon {
         );
         b = b.policy(&format!("probe-{agent}"), &text);
     }
+    // `--version` / `--help` of each CLI under its own sandbox: only the command differs (the
+    // shipped one-shot policies put the caller's command after "--", so it cannot be an option).
+    for (agent, flags) in CLI_FLAGS {
+        for (what, flag) in [("version", "--version"), ("help", "--help")] {
+            let mut command: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+            command.insert(0, format!("{PREFIX}/bin/{agent}"));
+            command.push(flag.to_owned());
+            let text = format!(
+                "extends = \"{agent}\"\n[provider]\nname = \"{what}-{agent}\"\ncommand = {}\n",
+                serde_json::to_string(&command).expect("json")
+            );
+            b = b.policy(&format!("{what}-{agent}"), &text);
+        }
+    }
     for (_, var) in KEY_VAR {
         b = b.env(var, &format!("daemon-env-{var}-{tag}"));
     }
     b.start()
 }
+
+/// The subcommand before `--version`/`--help` for each CLI (codex's one-shot is `codex exec`).
+const CLI_FLAGS: [(&str, &[&str]); 3] = [("claude", &[]), ("codex", &["exec"]), ("gemini", &[])];
 
 /// Values of the API-key variables in the DAEMON's environment (must never reach a cell).
 fn daemon_secrets(d: &Daemon) -> Vec<String> {
@@ -235,8 +252,9 @@ fn fails_closed_without_landlock_net(test: &str) -> bool {
     true
 }
 
-// 1. Each CLI's --version and --help, exactly as the shipped one-shot policy runs it (the
-//    command appended as the last argv element), with the policy's real limits.
+// 1. Each CLI's --version and --help under the shipped one-shot policy's sandbox and real
+//    limits (test providers that extend it and change only the command: the shipped policy
+//    itself passes the caller's command after "--", as a prompt; see test 7).
 #[test]
 fn agents_version_and_help_under_shipped_policies() {
     if !agents_ready("agents_version_and_help_under_shipped_policies") {
@@ -253,10 +271,10 @@ fn agents_version_and_help_under_shipped_policies() {
         ("gemini", "", "Usage: gemini"),
     ];
     for (agent, version_word, usage) in expect {
-        let v = d.oneshot_ok(agent, "--version");
+        let v = d.oneshot_ok(&format!("version-{agent}"), "ignored");
         assert!(semver.is_match(&v) && v.contains(version_word), "{agent} --version: {v:?}");
         eprintln!("{agent} --version: {}", v.trim());
-        let h = d.oneshot_ok(agent, "--help");
+        let h = d.oneshot_ok(&format!("help-{agent}"), "ignored");
         assert!(h.contains(usage), "{agent} --help: {h}");
         assert!(h.lines().count() > 10, "{agent} --help is too short: {h}");
     }
@@ -543,4 +561,57 @@ fn shipped_agent_policies_say_what_the_review_says() {
         let b = cellkeep::policy::load_file(&probe).expect("probe");
         assert_eq!(strip(&a), strip(&b), "probe-{agent} differs from {agent} beyond the command");
     }
+}
+
+// 7. (issue 14, finding 5) A prompt that looks like an option reaches each CLI as a PROMPT:
+//    the shipped one-shot policies put the caller's command after "--". Offline, "--version"
+//    as a prompt fails on authentication or the network, and the CLI never prints its version.
+#[test]
+fn agents_take_a_dash_prompt_as_a_prompt() {
+    if !agents_ready("agents_take_a_dash_prompt_as_a_prompt") {
+        return;
+    }
+    if fails_closed_without_landlock_net("agents_take_a_dash_prompt_as_a_prompt") {
+        return;
+    }
+    let d = daemon();
+    // What each CLI prints when "--version" arrived as the prompt, and its version line.
+    let expect: [(&str, &[&str], &str); 3] = [
+        ("claude", &["Not logged in", "API key", "apiKey", "authentication"], "(Claude Code)"),
+        ("codex", &["user\n--version"], "codex-cli"),
+        ("gemini", &["GEMINI_API_KEY", "Auth method", "auth"], "0.61"),
+    ];
+    for (agent, prompt_seen, version_line) in expect {
+        let body = json!({"provider": agent, "cwd": d.cwd(), "args": ["--version"]});
+        let r = call(&d.socket, "POST", "/v1/cells", Some(&body));
+        assert_eq!(r.status, 201, "{agent}: {}", r.text());
+        let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut out = String::new();
+        while Instant::now() < deadline {
+            out = cell_output(&d, &id);
+            let ended = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json()["state"] != "running";
+            if ended || prompt_seen.iter().any(|p| out.contains(p)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        call(&d.socket, "DELETE", &format!("/v1/cells/{id}?force=true"), None);
+        assert!(!out.contains(version_line), "{agent}: \"--version\" was taken as an option: {out}");
+        assert!(
+            prompt_seen.iter().any(|p| out.contains(p)),
+            "{agent}: no sign that \"--version\" was taken as a prompt (expected one of {prompt_seen:?}): {out}"
+        );
+        eprintln!("{agent}: \"--version\" was a prompt");
+    }
+}
+
+/// Everything a cell wrote so far (stdout and stderr), from its output spool.
+fn cell_output(d: &Daemon, id: &str) -> String {
+    let r = call(&d.socket, "GET", &format!("/v1/cells/{id}/output"), None);
+    r.text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["data"].as_str().map(str::to_owned))
+        .collect()
 }

@@ -24,6 +24,11 @@ pub struct Policy {
     /// Binary (absolute path) followed by fixed arguments. Empty only for generic sandbox
     /// policies, where the caller supplies the whole argv (`cellkeep run -- ARGS`).
     pub command: Vec<String>,
+    /// `[provider] command_after`: the token (e.g. `--`) put between the fixed command and
+    /// the caller's arguments, so that a caller's `--flag` reaches the binary as an operand.
+    /// `None`: the binary cannot separate them, and caller arguments starting with `-` are
+    /// refused (see `sandbox::plan::caller_argv`).
+    pub command_after: Option<String>,
     pub mode: Mode,
     /// `[provider] tty = true`: the payload's stdin/stdout/stderr are one pseudo-terminal in raw
     /// mode (its controlling terminal) instead of pipes; stdout and stderr merge into one stream.

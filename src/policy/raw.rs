@@ -57,6 +57,7 @@ pub struct RawProvider {
     #[serde(rename = "abstract")]
     pub is_abstract: Opt<bool>,
     pub command: OptList<String>,
+    pub command_after: Opt<String>,
     pub mode: Opt<String>,
     pub tty: Opt<bool>,
 }

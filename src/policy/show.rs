@@ -74,6 +74,9 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
     if !(p.is_abstract && p.command.is_empty()) {
         provider.push(kv("command", strings(&p.command)));
     }
+    if let Some(after) = &p.command_after {
+        provider.push(kv("command_after", s(after)));
+    }
     provider.push(kv("mode", s(if p.mode == Mode::Session { "session" } else { "oneshot" })));
     provider.push(kv("tty", Value::Boolean(p.tty)));
 

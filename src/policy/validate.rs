@@ -77,6 +77,7 @@ impl Checker<'_> {
         let is_abstract = inner(&raw.provider.is_abstract).unwrap_or(false);
         let name = self.name(&raw, stem);
         let command = self.command(&raw, is_abstract);
+        let command_after = self.command_after(&raw, &command);
         let mode = match self.choose(&raw.provider.mode, "provider.mode", &["oneshot", "session"]) {
             "session" => Mode::Session,
             _ => Mode::Oneshot,
@@ -87,6 +88,7 @@ impl Checker<'_> {
             source: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
             description: inner(&raw.provider.description).unwrap_or_default(),
             command,
+            command_after,
             mode,
             tty: inner(&raw.provider.tty).unwrap_or(false),
             is_abstract,
@@ -357,6 +359,19 @@ impl Checker<'_> {
             write: rules(&fs.write, "filesystem.write"),
             exec: rules(&fs.exec, "filesystem.exec"),
         }
+    }
+
+    /// `[provider] command_after`: one non-empty token, only with a fixed command.
+    fn command_after(&mut self, raw: &RawFile, command: &[String]) -> Option<String> {
+        let v = raw.provider.command_after.as_ref()?;
+        if v.get_ref().is_empty() || v.get_ref().chars().any(char::is_whitespace) {
+            self.at(v, "provider.command_after", "must be one non-empty argument such as \"--\"");
+            return None;
+        }
+        if command.is_empty() && raw.provider.command.is_some() {
+            self.at(v, "provider.command_after", "only used with a fixed command (command = [] takes the whole argv)");
+        }
+        Some(v.get_ref().clone())
     }
 
     fn ports(&mut self, v: &OptList<i64>, key: &str, tcp: bool) -> Vec<u16> {

@@ -156,7 +156,7 @@ pub fn build(
     let ids = choose_ids(policy, req)?;
     let env = build_env(policy, req, &cwd);
 
-    let mut argv: Vec<String> = policy.command.iter().chain(req.args.iter()).cloned().collect();
+    let mut argv = caller_argv(policy, &req.args)?;
     if argv.is_empty() {
         return Err(SandboxError::NoCommand { provider });
     }
@@ -188,6 +188,28 @@ pub fn build(
         tty: policy.tty,
     };
     Ok((plan, degraded))
+}
+
+/// The payload's argv: the policy's fixed command, then its `command_after` token (if any),
+/// then the caller's arguments. A caller argument starting with `-` would reach a binary that
+/// cannot tell it from an option (`--version`, `--dangerously-skip-permissions`): without a
+/// `command_after` it is refused. A policy without a command takes the caller's whole argv.
+pub fn caller_argv(policy: &Policy, args: &[String]) -> Result<Vec<String>, SandboxError> {
+    if policy.command.is_empty() {
+        return Ok(args.to_vec());
+    }
+    let mut argv = policy.command.clone();
+    match &policy.command_after {
+        Some(after) if !args.is_empty() => argv.push(after.clone()),
+        Some(_) => {}
+        None => {
+            if let Some(arg) = args.iter().find(|a| a.starts_with('-')) {
+                return Err(SandboxError::OptionArgument { provider: policy.name.clone(), arg: arg.clone() });
+            }
+        }
+    }
+    argv.extend(args.iter().cloned());
+    Ok(argv)
 }
 
 /// The namespaces a cell of `policy` gets.
