@@ -1688,3 +1688,33 @@ fn option_injection_through_the_command() {
     let v = d.oneshot("py", "print('plain')");
     assert!(v["stdout"].as_str().unwrap_or_default().contains("plain"), "{v}");
 }
+
+/// Socket attempts of findings 1 and 3 (issue 14), each printing `label RESULT`.
+const SOCKET_FAMILIES: &str = "def mk(domain, proto, bind=None):\n    s = socket.socket(domain, socket.SOCK_STREAM, proto)\n    if bind is not None:\n        s.bind(bind); s.listen(1)\n    return s.getsockname()\n\
+op('vsock socket', lambda: mk(40, 0))\n\
+op('vsock listen', lambda: mk(40, 0, (0xFFFFFFFF, 40000 + os.getpid() % 20000)))\n\
+op('mptcp socket v4', lambda: mk(socket.AF_INET, 262))\n\
+op('mptcp socket v6', lambda: mk(socket.AF_INET6, 262))\n\
+op('tcp socket', lambda: mk(socket.AF_INET, 0))";
+
+// 42. (issue 14, finding 3) AF_VSOCK is not namespaced: a cell could bind and listen on a vsock
+//     port host-wide (the host then got EADDRINUSE). seccomp refuses socket(AF_VSOCK) in every
+//     cell, whatever the policy's seccomp preset, with EAFNOSUPPORT.
+// 43. (issue 14, finding 1, MPTCP part) an IPPROTO_MPTCP socket slipped past Landlock's TCP
+//     rules; seccomp refuses it everywhere with EPROTONOSUPPORT (plain TCP still works).
+#[test]
+fn vsock_and_mptcp_sockets() {
+    gate!("vsock_and_mptcp_sockets");
+    let a = Attempt::new();
+    for (what, policy) in [("base", a.policy("")), ("preset none", a.policy("[seccomp]\npreset = \"none\"\n"))] {
+        let r = a.run_with(&policy, SOCKET_FAMILIES, &[]);
+        let (out, ctx) = (r.output(), format!("policy: {what}\n{}", r.describe()));
+        finished(&out, &ctx);
+        denied(&out, &ctx, "vsock socket", &["EAFNOSUPPORT"], "a cell opened an AF_VSOCK socket");
+        denied(&out, &ctx, "vsock listen", &["EAFNOSUPPORT"], "a cell listened on a host-wide vsock port");
+        denied(&out, &ctx, "mptcp socket v4", &["EPROTONOSUPPORT"], "a cell opened an MPTCP socket");
+        denied(&out, &ctx, "mptcp socket v6", &["EPROTONOSUPPORT"], "a cell opened an MPTCP socket");
+        assert_eq!(result_of(&out, "tcp socket"), "OK", "plain TCP sockets must still work\n{ctx}");
+    }
+    a.contained();
+}

@@ -146,7 +146,7 @@ fn shipped_policies_are_valid() {
     assert_eq!(echo.identity.root_maps_to.uid, 65534);
     assert_eq!(echo.env.set.get("HOME").map(String::as_str), Some("{tmp}"));
     assert!(echo.workdir.roots.iter().any(|r| r == Path::new("/work")));
-    assert_eq!(echo.seccomp.compiled.filters.len(), 3);
+    assert_eq!(echo.seccomp.compiled.filters.len(), 5); // guard, deny, clone3, vsock, MPTCP
 }
 
 #[test]
