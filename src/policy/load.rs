@@ -227,7 +227,7 @@ pub fn merge(mut child: RawFile, parent: RawFile) -> RawFile {
         open_files, wall_time, idle_timeout, output_bytes, tmp_size);
     inherit!(child.namespaces, parent.namespaces; user, pid, mount, net, ipc, uts, cgroup);
     inherit!(child.filesystem, parent.filesystem; read, write, exec);
-    inherit!(child.network, parent.network; mode, connect, bind);
+    inherit!(child.network, parent.network; mode, egress, connect, bind);
     inherit!(child.seccomp, parent.seccomp; preset, default_action, deny, deny_action, allow);
     inherit!(child.session, parent.session; framing, sentinel, pattern, field, equals);
     inherit!(child.enforcement, parent.enforcement; mode);

@@ -38,8 +38,8 @@
 //! | `limits.tmp_size` | size | `"64M"` |
 //! | `namespaces.{user,pid,mount,net,ipc,uts,cgroup}` | bool | `true` |
 //! | `filesystem.{read,write,exec}` | paths: absolute, or `{cwd}[/sub]`, `{tmp}[/sub]`; no `..` | `[]` |
-//! | `network.mode` | `"none"` \| `"loopback"` \| `"tcp"` | `"none"` |
-//! | `network.connect`, `network.bind` | TCP ports, only with `mode = "tcp"` | `[]` |
+//! | `network.mode` | `"none"` \| `"loopback"` \| `"proxy"` | `"none"` |
+//! | `network.egress` | names reachable through the egress proxy, or `"learn"`; only with `mode = "proxy"` ([`egress`]) | `[]` |
 //! | `seccomp.preset` | `"default"` \| `"none"` | `"default"` |
 //! | `seccomp.default_action` | `"allow"` \| `"errno"` \| `"enosys"` \| `"kill"` \| `"log"`; not `allow` = allowlist mode | `"allow"` |
 //! | `seccomp.deny` | extra syscall names (x86_64) | `[]` |
@@ -63,6 +63,7 @@
 //! each file and are never inherited. Cycles and missing parents are reported at the
 //! `extends` key; a problem in an inherited key is reported in the file that set it.
 
+pub mod egress;
 pub mod ids;
 pub mod load;
 pub mod model;

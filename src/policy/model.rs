@@ -179,6 +179,7 @@ pub struct Filesystem {
     pub exec: Vec<PathRule>,
 }
 
+/// The cell's network. Every cell has its own network namespace: none shares the host's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "mode")]
 pub enum Network {
@@ -186,9 +187,13 @@ pub enum Network {
     None,
     /// A network namespace with only `lo` up.
     Loopback,
-    /// Host network; TCP connect/bind limited to these ports by landlock (ABI >= 4).
-    Tcp { connect: Vec<u16>, bind: Vec<u16> },
+    /// `lo` only, plus cellkeep's egress proxy listening on `127.0.0.1:`[`PROXY_PORT`] inside
+    /// the cell (the payload gets `HTTPS_PROXY`/`HTTP_PROXY`): the only way out, allowing by name.
+    Proxy { egress: super::egress::Egress },
 }
+
+/// The port of the egress proxy inside every `proxy` cell (each cell has its own loopback).
+pub const PROXY_PORT: u16 = 3128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -131,6 +131,9 @@ pub struct RawFilesystem {
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
     pub mode: Opt<String>,
+    /// A list of names, or the word `"learn"` (checked by `validate`).
+    pub egress: Opt<toml::Value>,
+    /// Removed with `mode = "tcp"`; kept here only to say so with a position.
     pub connect: OptList<i64>,
     pub bind: OptList<i64>,
 }

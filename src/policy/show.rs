@@ -132,8 +132,12 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
     let network = match &p.network {
         Network::None => vec![kv("mode", s("none"))],
         Network::Loopback => vec![kv("mode", s("loopback"))],
-        Network::Tcp { connect, bind } => {
-            vec![kv("mode", s("tcp")), kv("connect", ints(connect)), kv("bind", ints(bind))]
+        Network::Proxy { egress: crate::policy::egress::Egress::Learn } => {
+            vec![kv("mode", s("proxy")), kv("egress", s("learn"))]
+        }
+        Network::Proxy { egress: crate::policy::egress::Egress::Allow(rules) } => {
+            let names: Vec<String> = rules.iter().map(ToString::to_string).collect();
+            vec![kv("mode", s("proxy")), kv("egress", strings(&names))]
         }
     };
 

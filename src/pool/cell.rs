@@ -58,6 +58,8 @@ pub struct CellEntry {
     pub output_done: watch::Sender<bool>,
     /// Limit events seen so far (kernel notification, health reads, the final outcome).
     pub events: Mutex<Events>,
+    /// The egress proxy of a `proxy` cell (its decisions; the launcher stops it at the end).
+    pub egress: Option<Arc<crate::egress::CellEgress>>,
 }
 
 impl CellEntry {
@@ -146,6 +148,7 @@ impl CellEntry {
             exit,
             degraded: self.degraded.clone(),
             events: *self.events.lock().unwrap_or_else(|e| e.into_inner()),
+            egress: self.egress.as_ref().map(|e| e.events()).unwrap_or_default(),
         }
     }
 }
@@ -191,6 +194,7 @@ pub fn start(
         cpu_sample: Mutex::new(None),
         output_done: watch::channel(false).0,
         events: Mutex::new(Events::default()),
+        egress: cell.egress.clone(),
     });
     match entry.cgroup.watch_events() {
         Ok(w) => {

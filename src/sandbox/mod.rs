@@ -31,6 +31,7 @@ pub mod helper;
 pub mod init;
 pub mod landlock_rules;
 pub mod launch;
+pub mod netns;
 pub mod plan;
 pub mod proto;
 pub mod pty;

@@ -14,14 +14,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::seccomp::CompiledSeccomp;
-use crate::policy::{Enforcement, Inside, Network, PathRule, Policy, RunAs};
+use crate::policy::{Enforcement, Inside, Network, PathRule, Policy, RunAs, PROXY_PORT};
 
 use super::SandboxError;
 
 /// Where the private tmp appears inside the cell.
 pub const CELL_TMP: &str = "/tmp";
-/// Landlock ABI that added TCP bind/connect rules.
-const LANDLOCK_NET_ABI: i32 = 4;
 /// Landlock ABI that added abstract-socket and signal scoping.
 const LANDLOCK_SCOPE_ABI: i32 = 6;
 /// Landlock ABI that added truncate control.
@@ -101,19 +99,11 @@ pub struct LandlockPlan {
     pub read: Vec<PathBuf>,
     pub write: Vec<PathBuf>,
     pub exec: Vec<PathBuf>,
-    /// `Some` = TCP is mediated: only these ports may be connected to / bound.
-    pub tcp: Option<TcpPorts>,
     /// Abstract UNIX sockets and signals scoped to the cell (ABI 6).
     pub scope: bool,
     /// The cell's cwd: rule paths beneath it are opened without following symlinks (their
     /// owner, unlike the policy's author, may have planted one).
     pub cwd: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TcpPorts {
-    pub connect: Vec<u16>,
-    pub bind: Vec<u16>,
 }
 
 /// Everything the helper needs; plain data, sent as one JSON line over the control socket.
@@ -131,6 +121,10 @@ pub struct LaunchPlan {
     pub ns: NsPlan,
     /// Bring `lo` up in the new network namespace.
     pub loopback: bool,
+    /// `network.mode = "proxy"`: the port of the egress proxy on the cell's 127.0.0.1. pid 1
+    /// reports [`super::proto::Report::NetnsReady`] once `lo` is up and waits for the launcher
+    /// to open the listener in the cell's namespace before it starts the payload.
+    pub proxy_port: Option<u16>,
     pub hostname: String,
     /// Size of the private tmpfs mounted at [`CELL_TMP`]; `None` = no private tmp.
     pub tmp_size: Option<u64>,
@@ -178,7 +172,8 @@ pub fn build(
         cwd,
         ids,
         ns,
-        loopback: ns.net && matches!(policy.network, Network::Loopback),
+        loopback: matches!(policy.network, Network::Loopback | Network::Proxy { .. }),
+        proxy_port: matches!(policy.network, Network::Proxy { .. }).then_some(PROXY_PORT),
         hostname: "cellkeep".to_owned(),
         tmp_size: ns.mount.then_some(policy.limits.tmp_size),
         rlimits,
@@ -214,8 +209,9 @@ pub fn caller_argv(policy: &Policy, args: &[String]) -> Result<Vec<String>, Sand
 
 /// The namespaces a cell of `policy` gets.
 pub fn namespaces(policy: &Policy) -> NsPlan {
-    // `tcp` means the host network, mediated by landlock; `none`/`loopback` need a netns.
-    NsPlan { net: policy.namespaces.net && !matches!(policy.network, Network::Tcp { .. }), ..policy.namespaces }
+    // Every cell has its own network namespace (validation refuses `namespaces.net = false`;
+    // this holds even for a policy built by hand).
+    NsPlan { net: true, ..policy.namespaces }
 }
 
 /// The kernel-mechanism check of [`build`] alone, without a request (for `cellkeep doctor`):
@@ -309,7 +305,33 @@ fn build_env(policy: &Policy, req: &LaunchRequest, cwd: &Path) -> Vec<String> {
     for (name, value) in &policy.env.set {
         env.insert(name, expand(value, cwd));
     }
+    if let Network::Proxy { .. } = policy.network {
+        // Set last: the proxy is the only way out, whatever the caller or the policy says.
+        for (name, value) in proxy_env(PROXY_PORT) {
+            env.insert(name, value);
+        }
+    }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The variables that point HTTP clients at the egress proxy (upper and lower case: curl reads
+/// only `http_proxy` in lower case, most others either). `NO_PROXY`: the cell's own loopback
+/// stays direct (a test server the payload starts itself). `NODE_USE_ENV_PROXY`: Node's
+/// built-in `fetch` honours the variables only with it.
+pub fn proxy_env(port: u16) -> Vec<(&'static str, String)> {
+    let url = format!("http://127.0.0.1:{port}");
+    let no_proxy = "localhost,127.0.0.1,::1".to_owned();
+    vec![
+        ("HTTPS_PROXY", url.clone()),
+        ("https_proxy", url.clone()),
+        ("HTTP_PROXY", url.clone()),
+        ("http_proxy", url.clone()),
+        ("ALL_PROXY", url.clone()),
+        ("all_proxy", url),
+        ("NO_PROXY", no_proxy.clone()),
+        ("no_proxy", no_proxy),
+        ("NODE_USE_ENV_PROXY", "1".to_owned()),
+    ]
 }
 
 /// An argv[0] with a `/` is taken as a path; a bare name is looked up in the cell's PATH.
@@ -336,8 +358,8 @@ fn rule_path(rule: &PathRule, cwd: &Path) -> PathBuf {
     }
 }
 
-/// Check the kernel's Landlock ABI against what the policy needs: filesystem rules (ABI 1)
-/// always, TCP rules (ABI 4) for `network = "tcp"`. Refinements the kernel lacks (truncate
+/// Check the kernel's Landlock ABI against what the policy needs: filesystem rules (ABI 1).
+/// (The network is confined by the cell's own network namespace, not by Landlock.) Refinements the kernel lacks (truncate
 /// control, scoping) are applied where available and reported when not.
 fn landlock_plan(
     policy: &Policy,
@@ -361,24 +383,8 @@ fn landlock_plan(
     let abi = host.landlock_abi;
     if abi < 1 {
         lack("landlock", "the kernel has no Landlock (ABI 0): filesystem rules cannot be enforced".into())?;
-        if let Network::Tcp { .. } = policy.network {
-            lack("landlock_net", "no Landlock: TCP port rules cannot be enforced".into())?;
-        }
         return Ok(None);
     }
-    let tcp = match &policy.network {
-        Network::Tcp { connect, bind } if abi >= LANDLOCK_NET_ABI => {
-            Some(TcpPorts { connect: connect.clone(), bind: bind.clone() })
-        }
-        Network::Tcp { .. } => {
-            lack(
-                "landlock_net",
-                format!("Landlock ABI {abi} < {LANDLOCK_NET_ABI}: TCP connect/bind rules cannot be enforced"),
-            )?;
-            None
-        }
-        _ => None,
-    };
     if abi < LANDLOCK_TRUNCATE_ABI {
         degraded.push(Degradation {
             mechanism: "landlock_truncate".into(),
@@ -399,7 +405,6 @@ fn landlock_plan(
         read: paths(&policy.filesystem.read),
         write: paths(&policy.filesystem.write),
         exec: paths(&policy.filesystem.exec),
-        tcp,
         scope: abi >= LANDLOCK_SCOPE_ABI,
         cwd: cwd.to_owned(),
     }))
