@@ -101,8 +101,14 @@ fn agents_ready(test: &str) -> bool {
 /// of its own, a workspace owned by the cell's uid (a root caller runs as nobody) and fake API
 /// keys in its own environment ([`daemon_secrets`]).
 fn daemon() -> Daemon {
+    daemon_with("")
+}
+
+/// [`daemon`] with more daemon configuration (TOML).
+fn daemon_with(config: &str) -> Daemon {
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let mut b = Daemon::builder()
+        .config(config)
         .prefix("ck-agents-")
         .shipped_policies()
         .socket_mode(Some("0600"))
@@ -481,7 +487,10 @@ fn shipped_agent_policies_say_what_the_review_says() {
         };
         assert!(!rules.is_empty() && rules.iter().all(|r| !r.wildcard && r.port == 443), "{name}: {rules:?}");
         assert!(p.namespaces.net, "{name}: an agent cell has its own network namespace");
-        assert_eq!(p.command_after.as_deref(), Some("--"), "{name}");
+        // The caller's command can never be an option: after "--", or inside --prompt=….
+        let separated = p.command_after.as_deref() == Some("--")
+            || (name.starts_with("gemini") && p.command_format.as_deref() == Some("--prompt={}"));
+        assert!(separated, "{name}: {:?} {:?}", p.command_after, p.command_format);
         assert_eq!(p.enforcement, Enforcement::Required, "{name}");
         assert_eq!(p.env.set.get("HOME").map(String::as_str), Some("{tmp}"), "{name}");
         assert!(!p.env.pass.iter().any(|n| n == "HOME" || n == "PATH"), "{name}: {:?}", p.env.pass);
@@ -577,4 +586,74 @@ fn cell_output(d: &Daemon, id: &str) -> String {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| v["data"].as_str().map(str::to_owned))
         .collect()
+}
+
+// 8. (issue 14) Each CLI's HTTPS requests go through the egress proxy, under the SHIPPED
+//    policy unchanged. The daemon's test resolver (`egress_hosts`) sends each vendor's API name
+//    to a fake endpoint on the host's 127.0.0.1:443, which records the TLS ClientHello it gets
+//    (the CLIs then refuse its certificate: offline, nothing more is expected). The proxy's
+//    event for the cell names the vendor host, allowed, with the bytes sent.
+#[test]
+fn agents_https_goes_through_the_proxy() {
+    if !agents_ready("agents_https_goes_through_the_proxy") {
+        return;
+    }
+    let fake = match std::net::TcpListener::bind("127.0.0.1:443") {
+        Ok(l) => l,
+        Err(e) => {
+            let why = format!("the fake API endpoint needs 127.0.0.1:443: {e}");
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("SKIP agents_https_goes_through_the_proxy: {why}");
+            return;
+        }
+    };
+    let hellos = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let seen = hellos.clone();
+    std::thread::spawn(move || {
+        for conn in fake.incoming().flatten() {
+            use std::io::Read;
+            let mut conn = conn;
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = conn.read(&mut buf) {
+                seen.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    let vendors = [
+        ("claude", "api.anthropic.com", "ANTHROPIC_API_KEY"),
+        ("codex", "api.openai.com", "OPENAI_API_KEY"),
+        ("gemini", "generativelanguage.googleapis.com", "GEMINI_API_KEY"),
+    ];
+    let hosts: Vec<String> = vendors.iter().map(|(_, h, _)| format!("\"{h}\" = \"127.0.0.1\"")).collect();
+    let d = daemon_with(&format!("egress_hosts = {{ {} }}", hosts.join(", ")));
+    for (agent, host, key) in vendors {
+        let body = json!({"provider": agent, "cwd": d.cwd(), "args": ["say hello"], "env": {key: "sk-fake-test-key"}});
+        let r = call(&d.socket, "POST", "/v1/cells", Some(&body));
+        assert_eq!(r.status, 201, "{agent}: {}", r.text());
+        let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut info = Value::Null;
+        let arrived = |info: &Value| {
+            info["egress"].as_array().into_iter().flatten().find(|e| e["name"] == host && e["allowed"] == true).cloned()
+        };
+        while Instant::now() < deadline {
+            info = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json();
+            if arrived(&info).is_some_and(|e| e["bytes_up"].as_u64() > Some(0)) || info["state"] != "running" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let output = cell_output(&d, &id);
+        call(&d.socket, "DELETE", &format!("/v1/cells/{id}?force=true"), None);
+        let event = arrived(&info).unwrap_or_else(|| panic!("{agent}: no request to {host} at the proxy: {info}\n{output}"));
+        assert_eq!(event["port"], 443, "{agent}: {event}");
+        assert!(event["bytes_up"].as_u64() > Some(0), "{agent}: nothing went through the tunnel: {info}\n{output}");
+        let got = hellos.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(
+            got.windows(host.len()).any(|w| w == host.as_bytes()),
+            "{agent}: the fake endpoint got no TLS ClientHello for {host} (SNI)"
+        );
+        eprintln!("{agent}: HTTPS to {host} went through the proxy: {event}");
+    }
 }

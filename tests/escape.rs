@@ -1670,14 +1670,18 @@ fn symlink_planted_under_a_cwd_rule() {
 // 41. (issue 14, finding 5) Option injection: a one-shot command starting with "-" used to be
 //     appended to the provider's command as is, so it reached the binary as an OPTION
 //     (`--version`, `--dangerously-skip-permissions`). A provider that declares
-//     `command_after = "--"` gets the command after that token (an operand); one that does not
-//     has such a command refused with 400 bad_request, naming the setting.
+//     `command_after = "--"` gets the command after that token (an operand), one with
+//     `command_format = "--prompt={}"` gets it inside one argument; one with neither has such a
+//     command refused with 400 bad_request, naming the setting.
 #[test]
 fn option_injection_through_the_command() {
     gate!("option_injection_through_the_command");
     let q = |s: &str| serde_json::to_string(s).expect("json string");
     let argv = format!("[{}, \"-c\", {}]", q(PY), q("import sys; print('argv', sys.argv[1:])"));
-    let d = daemon().provider("argv", &argv, "oneshot", "command_after = \"--\"").start();
+    let d = daemon()
+        .provider("argv", &argv, "oneshot", "command_after = \"--\"")
+        .provider("argvf", &argv, "oneshot", "command_format = \"--prompt={}\"")
+        .start();
     for command in ["--version", "-c", "-"] {
         let body = json!({"command": command, "cwd": d.cwd(), "timeout_ms": 10000});
         let r = call(&d.socket, "POST", "/v1/providers/py/commands", Some(&body));
@@ -1689,6 +1693,11 @@ fn option_injection_through_the_command() {
         assert_eq!(r.status, 200, "{}", r.text());
         let out = r.json()["stdout"].as_str().unwrap_or_default().to_owned();
         assert_eq!(out.trim(), format!("argv ['--', {}]", q(command).replace('"', "'")), "{}", r.text());
+
+        let r = call(&d.socket, "POST", "/v1/providers/argvf/commands", Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let out = r.json()["stdout"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(out.trim(), format!("argv ['--prompt={command}']"), "{}", r.text());
     }
     // An ordinary command still runs on a provider without command_after.
     let v = d.oneshot("py", "print('plain')");

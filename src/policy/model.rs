@@ -29,6 +29,10 @@ pub struct Policy {
     /// `None`: the binary cannot separate them, and caller arguments starting with `-` are
     /// refused (see `sandbox::plan::caller_argv`).
     pub command_after: Option<String>,
+    /// `[provider] command_format`, e.g. `"--prompt={}"`: each caller argument becomes ONE
+    /// argv element with `{}` replaced by it, for a binary whose option value cannot be
+    /// separated by `--` (the value after `=` is never parsed as an option).
+    pub command_format: Option<String>,
     pub mode: Mode,
     /// `[provider] tty = true`: the payload's stdin/stdout/stderr are one pseudo-terminal in raw
     /// mode (its controlling terminal) instead of pipes; stdout and stderr merge into one stream.

@@ -58,6 +58,7 @@ pub struct RawProvider {
     pub is_abstract: Opt<bool>,
     pub command: OptList<String>,
     pub command_after: Opt<String>,
+    pub command_format: Opt<String>,
     pub mode: Opt<String>,
     pub tty: Opt<bool>,
 }

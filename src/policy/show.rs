@@ -77,6 +77,9 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
     if let Some(after) = &p.command_after {
         provider.push(kv("command_after", s(after)));
     }
+    if let Some(format) = &p.command_format {
+        provider.push(kv("command_format", s(format)));
+    }
     provider.push(kv("mode", s(if p.mode == Mode::Session { "session" } else { "oneshot" })));
     provider.push(kv("tty", Value::Boolean(p.tty)));
 

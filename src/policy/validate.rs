@@ -82,6 +82,7 @@ impl Checker<'_> {
         let name = self.name(&raw, stem);
         let command = self.command(&raw, is_abstract);
         let command_after = self.command_after(&raw, &command);
+        let command_format = self.command_format(&raw, &command_after);
         let mode = match self.choose(&raw.provider.mode, "provider.mode", &["oneshot", "session"]) {
             "session" => Mode::Session,
             _ => Mode::Oneshot,
@@ -93,6 +94,7 @@ impl Checker<'_> {
             description: inner(&raw.provider.description).unwrap_or_default(),
             command,
             command_after,
+            command_format,
             mode,
             tty: inner(&raw.provider.tty).unwrap_or(false),
             is_abstract,
@@ -376,6 +378,21 @@ impl Checker<'_> {
             self.at(v, "provider.command_after", "only used with a fixed command (command = [] takes the whole argv)");
         }
         Some(v.get_ref().clone())
+    }
+
+    /// `[provider] command_format`: one `{}`, not at the start (or the caller's `-x` would
+    /// still begin the argument), and not together with `command_after`.
+    fn command_format(&mut self, raw: &RawFile, after: &Option<String>) -> Option<String> {
+        let v = raw.provider.command_format.as_ref()?;
+        let f = v.get_ref();
+        if f.matches("{}").count() != 1 || f.starts_with("{}") {
+            self.at(v, "provider.command_format", "must contain \"{}\" once, after a fixed prefix such as \"--prompt={}\"");
+            return None;
+        }
+        if after.is_some() {
+            self.at(v, "provider.command_format", "set command_after or command_format, not both");
+        }
+        Some(f.clone())
     }
 
     /// `[network]`: every cell has its own network namespace; `proxy` adds the egress proxy.

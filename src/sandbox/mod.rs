@@ -113,7 +113,7 @@ pub enum SandboxError {
     NoCommand { provider: String },
     #[error(
         "provider {provider}: the argument {arg:?} starts with '-' and this provider's binary cannot tell it from \
-         an option (its policy sets no [provider] command_after); refused"
+         an option (its policy sets no [provider] command_after or command_format); refused"
     )]
     OptionArgument { provider: String, arg: String },
     #[error("provider {provider}: refusing to run as host root (uid/gid 0)")]

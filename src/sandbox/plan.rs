@@ -186,14 +186,19 @@ pub fn build(
 }
 
 /// The payload's argv: the policy's fixed command, then its `command_after` token (if any),
-/// then the caller's arguments. A caller argument starting with `-` would reach a binary that
-/// cannot tell it from an option (`--version`, `--dangerously-skip-permissions`): without a
-/// `command_after` it is refused. A policy without a command takes the caller's whole argv.
+/// then the caller's arguments (or, with `command_format`, each caller argument inside one
+/// element such as `--prompt=ARG`). A caller argument starting with `-` would reach a binary
+/// that cannot tell it from an option (`--version`, `--dangerously-skip-permissions`): without
+/// either setting it is refused. A policy without a command takes the caller's whole argv.
 pub fn caller_argv(policy: &Policy, args: &[String]) -> Result<Vec<String>, SandboxError> {
     if policy.command.is_empty() {
         return Ok(args.to_vec());
     }
     let mut argv = policy.command.clone();
+    if let Some(format) = &policy.command_format {
+        argv.extend(args.iter().map(|a| format.replacen("{}", a, 1)));
+        return Ok(argv);
+    }
     match &policy.command_after {
         Some(after) if !args.is_empty() => argv.push(after.clone()),
         Some(_) => {}
