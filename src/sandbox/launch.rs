@@ -22,7 +22,6 @@ use tokio::process::{Child, Command};
 
 use crate::cgroup::{CellCgroup, CellLimits, CgroupRoot, Events, Usage};
 use crate::egress::{CellEgress, EgressService};
-use crate::policy::egress::Egress;
 use crate::policy::{Network, Policy};
 
 use super::plan::{self, Degradation, HostCaps, LaunchRequest};
@@ -109,7 +108,7 @@ pub struct Cell {
     /// The egress proxy serving this cell (`proxy` policies); stopped when the cell ends.
     pub egress: Option<Arc<CellEgress>>,
     /// What the proxy will need once pid 1 reports [`Report::NetnsReady`].
-    egress_plan: Option<(EgressService, Egress, u16)>,
+    egress_plan: Option<super::netns::EgressPlan>,
     reports: Lines<BufReader<UnixStream>>,
     backend: &'static str,
 }
@@ -194,7 +193,11 @@ impl Launcher {
                     pty,
                     egress: None,
                     egress_plan: match (&policy.network, plan_proxy_port) {
-                        (Network::Proxy { egress }, Some(port)) => Some((self.egress.clone(), egress.clone(), port)),
+                        (Network::Proxy { egress }, Some(port)) => Some(super::netns::EgressPlan {
+                            service: self.egress.clone(),
+                            egress: egress.clone(),
+                            port,
+                        }),
                         _ => None,
                     },
                     reports,
@@ -317,29 +320,11 @@ impl Cell {
     /// and release pid 1 (one byte on the control socket).
     async fn start_egress(&mut self) -> Result<(), SandboxError> {
         use tokio::io::AsyncWriteExt;
-        let fail = |cell: &str, e: std::io::Error| SandboxError::Setup {
-            cell: cell.to_owned(),
-            stage: super::proto::Stage::Network,
-            errno: e.raw_os_error().unwrap_or(0),
-            detail: format!("opening the egress proxy's listener in the cell's network namespace: {e}"),
-        };
-        let Some((service, egress, port)) = self.egress_plan.take() else {
-            return Err(fail(&self.id, std::io::Error::other("pid 1 asked for a proxy the plan does not have")));
-        };
-        // helper → pid 1: before the payload exists, the helper has exactly one child.
-        let pid1 = self.child.id().map(super::audit::children).and_then(|c| c.first().copied());
-        let pid1 = pid1.ok_or_else(|| fail(&self.id, std::io::Error::other("the cell's pid 1 is gone")))?;
-        let listener = tokio::task::spawn_blocking(move || super::netns::listen_in(pid1, port))
-            .await
-            .map_err(|e| fail(&self.id, std::io::Error::other(e.to_string())))?
-            .and_then(|l| {
-                l.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(l)
-            })
-            .map_err(|e| fail(&self.id, e))?;
-        self.egress = Some(service.serve(listener, &self.id, &self.provider, egress));
+        let plan = self.egress_plan.take();
+        let egress = super::netns::start_egress(&self.id, &self.provider, self.child.id(), plan).await?;
+        self.egress = Some(egress);
         let ctl = self.reports.get_mut().get_mut();
-        ctl.write_all(&[1]).await.map_err(|e| fail(&self.id, e))
+        ctl.write_all(&[1]).await.map_err(|e| super::netns::setup_error(&self.id, e))
     }
 
     async fn next_report(&mut self) -> Option<Report> {

@@ -414,3 +414,55 @@ fn landlock_plan(
         cwd: cwd.to_owned(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(provider_extra: &str, rest: &str) -> Policy {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
+        std::fs::copy(base, dir.path().join("base.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let text = format!(
+            "extends = \"base\"\n[provider]\nname = \"p\"\ncommand = [\"/bin/echo\", \"-n\"]\n{provider_extra}\n{rest}"
+        );
+        std::fs::write(dir.path().join("p.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        crate::policy::load_file(&dir.path().join("p.toml")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn caller_arguments_never_become_options() {
+        let plain = policy("", "");
+        assert_eq!(caller_argv(&plain, &args(&["hi"])).ok(), Some(args(&["/bin/echo", "-n", "hi"])));
+        assert!(matches!(caller_argv(&plain, &args(&["--version"])), Err(SandboxError::OptionArgument { .. })));
+        assert!(matches!(caller_argv(&plain, &args(&["ok", "-x"])), Err(SandboxError::OptionArgument { .. })));
+        let after = policy("command_after = \"--\"", "");
+        assert_eq!(caller_argv(&after, &args(&["--version"])).ok(), Some(args(&["/bin/echo", "-n", "--", "--version"])));
+        assert_eq!(caller_argv(&after, &[]).ok(), Some(args(&["/bin/echo", "-n"])));
+        let format = policy("command_format = \"--prompt={}\"", "");
+        assert_eq!(caller_argv(&format, &args(&["-v {}"])).ok(), Some(args(&["/bin/echo", "-n", "--prompt=-v {}"])));
+    }
+
+    #[test]
+    fn proxy_cells_get_the_proxy_variables_last() {
+        let p = policy("", "[environment]\npass = [\"HTTPS_PROXY\"]\n[network]\nmode = \"proxy\"\negress = [\"a.example\"]\n");
+        let req = LaunchRequest {
+            cell_id: "c".into(),
+            args: Vec::new(),
+            cwd: PathBuf::from("/tmp"),
+            caller_uid: 1000,
+            caller_gid: 1000,
+            caller_env: [("HTTPS_PROXY".to_owned(), "http://evil:1".to_owned())].into(),
+            range_uid: None,
+        };
+        let env = build_env(&p, &req, Path::new("/tmp"));
+        assert!(env.contains(&format!("HTTPS_PROXY=http://127.0.0.1:{PROXY_PORT}")), "{env:?}");
+        assert!(env.contains(&"no_proxy=localhost,127.0.0.1,::1".to_owned()), "{env:?}");
+        assert!(!env.iter().any(|e| e.contains("evil")), "{env:?}");
+        assert!(namespaces(&p).net);
+    }
+}
