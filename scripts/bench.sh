@@ -8,6 +8,8 @@
 #   4. streaming: a cell writing 1 GiB to stdout read through the socket, against a plain pipe
 #   5. footprint: daemon RSS with 0, 20 and 1000 idle cells; daemon CPU over 60 s with 20 idle
 #   6. scaling: spawn latency with 1000 live cells against 10
+#   7. egress proxy: a 100 MiB HTTP download by curl in a cell, through the cell's egress proxy
+#      (CONNECT tunnel), against the same curl download direct on the host's loopback
 # Prints one markdown table and writes it to target/bench.md (raw JSON: target/bench/).
 # Benchmarks are not tests: nothing fails on a timing.
 #   env: BENCH_QUICK=1 for a short smoke run (small counts; figures not meaningful)
@@ -24,7 +26,8 @@ fi
 
 quick=${BENCH_QUICK:-0}
 n_spawn=300; n_rtt=10000; tput_secs=10; idle_secs=60; big=1000; stream_bytes=1073741824
-if [[ $quick == 1 ]]; then n_spawn=20; n_rtt=500; tput_secs=2; idle_secs=3; big=50; stream_bytes=67108864; fi
+egress_bytes=104857600; n_egress=7
+if [[ $quick == 1 ]]; then n_spawn=20; n_rtt=500; tput_secs=2; idle_secs=3; big=50; stream_bytes=67108864; egress_bytes=16777216; n_egress=3; fi
 
 cargo build --release --locked -q --bins
 bin=$PWD/target/release/cellkeep
@@ -46,14 +49,38 @@ provider cat '["/bin/cat"]' session '[session]
 framing = "line"'
 line='0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde'
 provider stream "[\"/bin/sh\", \"-c\", \"yes $line | head -c $stream_bytes\"]" oneshot
+# 7: a file server on the host's loopback (sendfile, so the server is not the bottleneck) and a
+# proxy cell allowed to reach it as bench.test (mapped to 127.0.0.1 by the daemon's egress_hosts).
+head -c "$egress_bytes" /dev/zero > "$work/blob"
+python3 -c '
+import socket, os, sys, threading
+path = sys.argv[1]; size = os.path.getsize(path)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0)); s.listen(64); print(s.getsockname()[1], flush=True)
+def serve(c):
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+    with open(path, "rb") as f: c.sendfile(f)
+    c.close()
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+' "$work/blob" > "$work/blob.port" &
+blob_server=$!
+for _ in $(seq 100); do [[ -s $work/blob.port ]] && break; sleep 0.05; done
+bport=$(cat "$work/blob.port")
+provider egress '["/usr/bin/curl", "-sS", "-o", "/dev/null", "-p", "-w", "%{time_total}"]' oneshot "[network]
+mode = \"proxy\"
+egress = [\"bench.test:$bport\"]"
+echo 'egress_hosts = { "bench.test" = "127.0.0.1" }' > "$work/cellkeep.toml"
 "$bin" policy check "$pol" >/dev/null
 
 sock=$work/cellkeep.sock
-CELLKEEP_LOG=warn "$bin" daemon --socket "$sock" --policies "$pol" --max-cells $((big + 100)) \
+CELLKEEP_LOG=warn "$bin" daemon --config "$work/cellkeep.toml" --socket "$sock" --policies "$pol" --max-cells $((big + 100)) \
   --cgroup-root cellkeep-bench 2> "$work/daemon.log" &
 daemon=$!
 cleanup() {
   kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
+  kill "$blob_server" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -81,6 +108,16 @@ cb throughput echo --clients 20 --seconds "$tput_secs" > "$out/throughput.json"
 echo "== 4. streaming ($stream_bytes bytes)"
 cb stream stream > "$out/stream.json"
 cb pipe "yes $line | head -c $stream_bytes" > "$out/pipe.json"
+
+echo "== 7. egress proxy ($egress_bytes bytes, $n_egress runs each, alternating)"
+direct=(); proxied=()
+for _ in $(seq "$n_egress"); do
+  direct+=("$(curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$bport/")")
+  proxied+=("$(curl -sS --unix-socket "$sock" http://cellkeep/v1/providers/egress/commands \
+    -d "{\"command\": \"http://bench.test:$bport/\", \"cwd\": \"$ws\", \"timeout_ms\": 120000}" |
+    python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["stdout"].strip() or "nan", end="")')")
+done
+echo "{\"bytes\": $egress_bytes, \"direct_s\": [$(IFS=,; echo "${direct[*]}")], \"proxy_s\": [$(IFS=,; echo "${proxied[*]}")]}" > "$out/egress.json"
 
 echo "== 5/6. footprint and scaling"
 rss0=$(rss_kib)

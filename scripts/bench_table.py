@@ -60,6 +60,13 @@ cpu = fp["idle_cpu_ticks"] / fp["clk_tck"]
 rows.append((f"daemon CPU over {fp['idle_secs']} s, 20 idle cells", f"{cpu * 1000:.0f} ms", "", "", f"{cpu / fp['idle_secs'] * 100:.3f} % of a CPU", "~0 (no polling)"))
 rows.append((f"spawn (session cell) with {fp['big']} live vs 10", ms(sbig["median_us"]), ms(sbig["p99_us"]),
              f"10 live: {ms(s10['median_us'])}", f"{sbig['median_us'] / s10['median_us']:.2f} ×", "≤ 1.3 ×"))
+eg = load("egress.json")
+mib = eg["bytes"] / 1048576
+eg_direct, eg_proxy = statistics.median(eg["direct_s"]), statistics.median(eg["proxy_s"])
+rows.append((f"download {mib:.0f} MiB through the egress proxy (curl in a cell, CONNECT)",
+             f"{mib / eg_proxy:.0f} MiB/s ({eg_proxy:.3f} s)", f"max {max(eg['proxy_s']):.3f} s",
+             f"direct loopback {mib / eg_direct:.0f} MiB/s ({eg_direct:.3f} s)",
+             f"+{(eg_proxy / eg_direct - 1) * 100:.1f} % time", "≤ +5 %"))
 rows.append(("daemon shutdown (SIGTERM) with %d live cells" % fp["big"], f"{fp['shutdown_ms'] / 1000:.2f} s", "", "", "", ""))
 
 print(f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "

@@ -49,6 +49,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Connections served at once; more are refused.
     pub max_connections: usize,
+    /// `egress_hosts = {"fake.test" = "127.0.0.1"}`: names the egress proxy resolves to these
+    /// addresses itself, for tests (may be loopback; the host's resolver files are never edited).
+    pub egress_hosts: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -69,6 +72,7 @@ impl Default for Config {
             cgroup_root: "cellkeep".to_owned(),
             max_body_bytes: 1 << 20,
             max_connections: 256,
+            egress_hosts: Default::default(),
         }
     }
 }
@@ -91,6 +95,7 @@ struct FileConfig {
     cgroup_root: Option<String>,
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
+    egress_hosts: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn gid_of(path: &Path, group: &str) -> Result<u32, ConfigError> {
@@ -160,6 +165,13 @@ impl Config {
         }
         if let Some(v) = f.max_connections {
             c.max_connections = v;
+        }
+        for (name, addr) in f.egress_hosts.unwrap_or_default() {
+            let ip = addr.parse().map_err(|_| ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("egress_hosts: {name} = {addr:?} is not an IP address"),
+            })?;
+            c.egress_hosts.insert(crate::policy::egress::normalize(&name), ip);
         }
         Ok(c)
     }

@@ -18,7 +18,9 @@ impl Error {
         match self {
             Error::Policy(_) => "policy",
             Error::Sandbox(SandboxError::Cwd { .. }) => "bad_request",
-            Error::Sandbox(SandboxError::Binary { .. } | SandboxError::NoCommand { .. }) => "bad_request",
+            Error::Sandbox(
+                SandboxError::Binary { .. } | SandboxError::NoCommand { .. } | SandboxError::OptionArgument { .. },
+            ) => "bad_request",
             Error::Sandbox(SandboxError::Unsupported { .. } | SandboxError::HostRoot { .. }) => "policy",
             Error::Sandbox(SandboxError::Abstract { .. }) => "policy",
             Error::Sandbox(_) | Error::Cgroup(_) => "internal",

@@ -18,6 +18,7 @@
 //! | [`client`] | typed client over the socket, shared by the CLI and the tests |
 //! | [`session`] | reply framing (line, sentinel, regex, JSON field) and the bounded output spool with live fan-out |
 //! | [`systemd`] | optional systemd integration: `sd_notify` readiness, socket activation, journald detection |
+//! | [`egress`] | the egress proxy: per-cell HTTP `CONNECT` listener in the cell's netns, allowlist by name, events |
 //! | [`sandbox`] | launch plan, launcher, the helper, pid 1 and the payload recipe, pseudo-terminals (`pty`); `sys` holds all `unsafe` |
 //!
 //! # Process model
@@ -35,6 +36,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod policy;
 pub mod pool;

@@ -10,7 +10,7 @@
 //! the production location, so the cell sees the same mount view as in production — a socket
 //! under the host's `/tmp` would be hidden by the cell's private `/tmp` and prove nothing).
 //!
-//! # The 40 attempts (test name → what stops it)
+//! # The 45 attempts (test name → what stops it)
 //!
 //! | # | attempt | stopped by |
 //! |---|---|---|
@@ -54,15 +54,21 @@
 //! | 38 | `read_the_daemons_environment` | pid namespace (ENOENT) + pid 1 not dumpable (EACCES) + filtered env |
 //! | 39 | `open_by_handle_at_shocker` | seccomp (EPERM) |
 //! | 40 | `symlink_planted_under_a_cwd_rule` (`{cwd}/out` → a 0777 dir outside) | rules under the cwd opened with RESOLVE_NO_SYMLINKS: the launch fails at stage landlock |
+//! | 41 | `callers_terminal_left_as_it_was`, `callers_terminal_restored_after_a_signal` (raw, no echo, 3x7, TIOCEXCL on its terminal) | `cellkeep run` relays through a pty of the cell's own; the caller's modes are restored on every exit path |
 //! | 42 | `file_larger_than_the_policy_allows` (a 1 GiB file in the workspace) | `limits.file_size` (RLIMIT_FSIZE, base 512M): EFBIG, or `file_size_limited` |
 //! | 43 | `pid1_fails_closed_when_a_privilege_drop_fails` (PR_SET_DUMPABLE made to fail) | pid 1's privilege drop is checked step by step; the payload waits for it: setup_failed(init) |
 //! | 44 | `cwd_is_looked_up_with_the_callers_rights` (links into a root-only dir; a relative cwd) | the cwd is resolved on a thread with the caller's fsuid/fsgid/groups; one answer for missing / not a directory / not permitted; relative refused |
-//! | 41 | `callers_terminal_left_as_it_was`, `callers_terminal_restored_after_a_signal` (raw, no echo, 3x7, TIOCEXCL on its terminal) | `cellkeep run` relays through a pty of the cell's own; the caller's modes are restored on every exit path |
+//! | 45 | `option_injection_through_the_command` (`--version` as a one-shot command) | `command_after = "--"`, or 400 bad_request without it |
+//! | 46–47 | `vsock_and_mptcp_sockets` (also with seccomp preset `none`) | seccomp in every cell: EAFNOSUPPORT / EPROTONOSUPPORT |
+//! | 48 | `host_network_from_an_agent_cell` (port 443 on the host, MSG_FASTOPEN, UDP, autobound listener) | the cell's own network namespace (ECONNREFUSED / ENETUNREACH; nothing arrives) |
+//! | 49 | `abstract_socket_squatting_from_an_agent_cell` | the cell's own network namespace (its abstract names are its own) |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
 //! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
 //! #37 (no inode cap on the private tmp: a file flood ended in an OOM kill, not ENOSPC) and
 //! #40 (a `{cwd}/…` rule followed a symlink planted in the workspace to its target).
+//! Issue 14 (an attacker's review of the agent policy) added #45–49: option injection,
+//! vsock and MPTCP sockets, and the host network the agent cells used to share.
 
 mod common;
 mod harness;
@@ -1893,4 +1899,190 @@ fn symlink_planted_under_a_cwd_rule() {
     finished(&out, &ctx);
     assert!(out_link.join("pwned").exists(), "a real {{cwd}}/out rule must still grant writing\n{ctx}");
     a.contained();
+}
+
+// ------------------------------------------------------------------------------------------
+// Issue 14: egress and argument findings
+// ------------------------------------------------------------------------------------------
+
+// 45. (issue 14, finding 5) Option injection: a one-shot command starting with "-" used to be
+//     appended to the provider's command as is, so it reached the binary as an OPTION
+//     (`--version`, `--dangerously-skip-permissions`). A provider that declares
+//     `command_after = "--"` gets the command after that token (an operand), one with
+//     `command_format = "--prompt={}"` gets it inside one argument; one with neither has such a
+//     command refused with 400 bad_request, naming the setting.
+#[test]
+fn option_injection_through_the_command() {
+    gate!("option_injection_through_the_command");
+    let q = |s: &str| serde_json::to_string(s).expect("json string");
+    let argv = format!("[{}, \"-c\", {}]", q(PY), q("import sys; print('argv', sys.argv[1:])"));
+    let d = daemon()
+        .provider("argv", &argv, "oneshot", "command_after = \"--\"")
+        .provider("argvf", &argv, "oneshot", "command_format = \"--prompt={}\"")
+        .start();
+    for command in ["--version", "-c", "-"] {
+        let body = json!({"command": command, "cwd": d.cwd(), "timeout_ms": 10000});
+        let r = call(&d.socket, "POST", "/v1/providers/py/commands", Some(&body));
+        assert_eq!(r.status, 400, "ESCAPE: {command:?} reached python3 -c as an option: {}", r.text());
+        assert_eq!(r.code(), "bad_request", "{}", r.text());
+        assert!(r.text().contains("command_after"), "the refusal does not name the setting: {}", r.text());
+
+        let r = call(&d.socket, "POST", "/v1/providers/argv/commands", Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let out = r.json()["stdout"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(out.trim(), format!("argv ['--', {}]", q(command).replace('"', "'")), "{}", r.text());
+
+        let r = call(&d.socket, "POST", "/v1/providers/argvf/commands", Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let out = r.json()["stdout"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(out.trim(), format!("argv ['--prompt={command}']"), "{}", r.text());
+    }
+    // An ordinary command still runs on a provider without command_after.
+    let v = d.oneshot("py", "print('plain')");
+    assert!(v["stdout"].as_str().unwrap_or_default().contains("plain"), "{v}");
+}
+
+/// Socket attempts of findings 1 and 3 (issue 14), each printing `label RESULT`.
+const SOCKET_FAMILIES: &str = "def mk(domain, proto, bind=None):\n    s = socket.socket(domain, socket.SOCK_STREAM, proto)\n    if bind is not None:\n        s.bind(bind); s.listen(1)\n    return s.getsockname()\n\
+op('vsock socket', lambda: mk(40, 0))\n\
+op('vsock listen', lambda: mk(40, 0, (0xFFFFFFFF, 40000 + os.getpid() % 20000)))\n\
+op('mptcp socket v4', lambda: mk(socket.AF_INET, 262))\n\
+op('mptcp socket v6', lambda: mk(socket.AF_INET6, 262))\n\
+op('tcp socket', lambda: mk(socket.AF_INET, 0))";
+
+// 46. (issue 14, finding 3) AF_VSOCK is not namespaced: a cell could bind and listen on a vsock
+//     port host-wide (the host then got EADDRINUSE). seccomp refuses socket(AF_VSOCK) in every
+//     cell, whatever the policy's seccomp preset, with EAFNOSUPPORT.
+// 47. (issue 14, finding 1, MPTCP part) an IPPROTO_MPTCP socket slipped past Landlock's TCP
+//     rules; seccomp refuses it everywhere with EPROTONOSUPPORT (plain TCP still works).
+#[test]
+fn vsock_and_mptcp_sockets() {
+    gate!("vsock_and_mptcp_sockets");
+    let a = Attempt::new();
+    for (what, policy) in [("base", a.policy("")), ("preset none", a.policy("[seccomp]\npreset = \"none\"\n"))] {
+        let r = a.run_with(&policy, SOCKET_FAMILIES, &[]);
+        let (out, ctx) = (r.output(), format!("policy: {what}\n{}", r.describe()));
+        finished(&out, &ctx);
+        denied(&out, &ctx, "vsock socket", &["EAFNOSUPPORT"], "a cell opened an AF_VSOCK socket");
+        denied(&out, &ctx, "vsock listen", &["EAFNOSUPPORT"], "a cell listened on a host-wide vsock port");
+        denied(&out, &ctx, "mptcp socket v4", &["EPROTONOSUPPORT"], "a cell opened an MPTCP socket");
+        denied(&out, &ctx, "mptcp socket v6", &["EPROTONOSUPPORT"], "a cell opened an MPTCP socket");
+        assert_eq!(result_of(&out, "tcp socket"), "OK", "plain TCP sockets must still work\n{ctx}");
+    }
+    a.contained();
+}
+
+/// A daemon with the SHIPPED agent policy (`policies/agent.toml`) and `agentsh`: a Python
+/// session that extends it, changing only the command (so it runs under the agents' network).
+fn agent_daemon() -> Daemon {
+    let marker = format!("ck-escape-{}", uid());
+    let q = |s: &str| serde_json::to_string(s).expect("json string");
+    let session = script(&marker, SESSION_LOOP);
+    let agent = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/agent.toml"))
+        .expect("policies/agent.toml");
+    let sh = format!(
+        "extends = \"agent\"\n[provider]\nname = \"agentsh\"\ncommand = [{}, \"-u\", \"-c\", {}]\nmode = \"session\"\n",
+        q(PY),
+        q(&session)
+    );
+    daemon().marker(&marker).policy("agent", &agent).policy("agentsh", &sh).start()
+}
+
+impl Daemon {
+    fn agent_session(&self) -> String {
+        let r = call(&self.socket, "POST", "/v1/cells", Some(&json!({"provider": "agentsh", "cwd": self.cwd()})));
+        assert_eq!(r.status, 201, "spawn agentsh: {}", r.text());
+        r.json()["id"].as_str().unwrap_or_else(|| panic!("no id: {}", r.text())).to_owned()
+    }
+}
+
+// 48. (issue 14, findings 1 and 2) Under the agent policy the cell used to share the host's
+//     network, filtered by Landlock TCP rules only: sendto(MSG_FASTOPEN) connected to any
+//     port, listen() on an unbound socket autobound to 0.0.0.0 and accepted host clients, UDP
+//     went anywhere, and any host service on port 443 was reachable. Now the cell has its own
+//     network namespace: nothing on the host is reachable, and nothing it listens on is
+//     reachable from the host.
+#[test]
+fn host_network_from_an_agent_cell() {
+    gate!("host_network_from_an_agent_cell");
+    let d = agent_daemon();
+    // A host service on port 443 (if free) and one on an ephemeral port, on every address.
+    let https = std::net::TcpListener::bind("0.0.0.0:443").ok();
+    let svc = std::net::TcpListener::bind("0.0.0.0:0").expect("listener");
+    let port = svc.local_addr().expect("addr").port();
+    svc.set_nonblocking(true).expect("nonblocking");
+    if let Some(l) = &https {
+        l.set_nonblocking(true).expect("nonblocking");
+    }
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let uport = udp.local_addr().expect("addr").port();
+    udp.set_nonblocking(true).expect("nonblocking");
+    let id = d.agent_session();
+    let out = d.exec(
+        &id,
+        &format!(
+            "def tcp(p):\n    s = socket.socket(); s.settimeout(3); s.connect(('127.0.0.1', p)); return 'connected'\n\
+             op('connect 443', lambda: tcp(443))\n\
+             op('connect port', lambda: tcp({port}))\n\
+             op('fastopen', lambda: socket.socket().sendto(b'x', 0x20000000, ('127.0.0.1', {port})))\n\
+             op('udp outside', lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('192.0.2.1', 53)))\n\
+             socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {uport}))\n\
+             import builtins\n\
+             builtins.L = socket.socket(); builtins.L.listen(8); builtins.L.setblocking(False)\n\
+             print('autobound', builtins.L.getsockname()[1])\n\
+             print('done')"
+        ),
+    );
+    let ctx = format!("session output:\n{out}");
+    finished(&out, &ctx);
+    denied(&out, &ctx, "connect 443", &["ECONNREFUSED"], "the cell reached a host service on port 443");
+    denied(&out, &ctx, "connect port", &["ECONNREFUSED"], "the cell reached a host service");
+    denied(&out, &ctx, "fastopen", &["ECONNREFUSED"], "MSG_FASTOPEN reached a host service");
+    denied(&out, &ctx, "udp outside", &["ENETUNREACH"], "a UDP datagram left the cell");
+    assert!(svc.accept().is_err(), "ESCAPE: a TCP connection from the cell reached the host\n{ctx}");
+    if let Some(l) = &https {
+        assert!(l.accept().is_err(), "ESCAPE: the cell reached the host's port 443\n{ctx}");
+    }
+    assert!(udp.recv_from(&mut [0u8; 8]).is_err(), "ESCAPE: a UDP datagram reached the host\n{ctx}");
+    // The autobound listener lives in the cell's namespace: a host client cannot reach it.
+    let bound: u16 = line_of(&out, "autobound").trim().parse().unwrap_or_else(|_| panic!("no port\n{ctx}"));
+    let _ = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], bound).into(), Duration::from_secs(1));
+    let out = d.exec(&id, "import builtins\nop('accept', lambda: builtins.L.accept())\nprint('done')");
+    let ctx = format!("session output:\n{out}");
+    denied(&out, &ctx, "accept", &["EAGAIN"], "a host client reached a listener the cell autobound");
+    d.assert_contained();
+}
+
+// 49. (issue 14, finding 4) Abstract UNIX sockets: Landlock scoping stops a cell from
+//     connecting OUT to a host's abstract socket, but under the agent policy (host network
+//     namespace, where abstract names live) a cell could bind a name first and receive a host
+//     client's connection (squatting). Now each cell has its own namespace of abstract names:
+//     the host does not see the cell's name, and can bind the same name itself.
+#[test]
+fn abstract_socket_squatting_from_an_agent_cell() {
+    gate!("abstract_socket_squatting_from_an_agent_cell");
+    use std::os::linux::net::SocketAddrExt;
+    let d = agent_daemon();
+    let name = format!("ck-squat-{}", uid());
+    let id = d.agent_session();
+    let out = d.exec(
+        &id,
+        &format!(
+            "import builtins\n\
+             def squat():\n    builtins.U = socket.socket(socket.AF_UNIX); builtins.U.bind('\\0{name}'); builtins.U.listen(1); builtins.U.setblocking(False); return 'bound'\n\
+             op('bind abstract', squat)\nprint('done')"
+        ),
+    );
+    let ctx = format!("session output:\n{out}");
+    finished(&out, &ctx);
+    assert_eq!(result_of(&out, "bind abstract"), "OK", "the cell may use abstract names of its own\n{ctx}");
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract addr");
+    let client = std::os::unix::net::UnixStream::connect_addr(&addr);
+    assert!(client.is_err(), "ESCAPE: a host client connected to the name the cell bound (@{name})\n{ctx}");
+    let host = std::os::unix::net::UnixListener::bind_addr(&addr);
+    assert!(host.is_ok(), "ESCAPE: the cell's name is taken on the host (@{name}): {host:?}\n{ctx}");
+    let out = d.exec(&id, "import builtins\nop('accept', lambda: builtins.U.accept())\nprint('done')");
+    let ctx = format!("session output:\n{out}");
+    denied(&out, &ctx, "accept", &["EAGAIN"], "a host client reached the cell's abstract socket");
+    d.assert_contained();
 }

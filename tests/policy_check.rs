@@ -48,7 +48,7 @@ fn expected_broken() -> Vec<(&'static str, Vec<String>)> {
             own("8:7: limits.cpu: 0 must be a number of CPUs greater than 0 (e.g. 0.5)"),
             own("10:15: limits.memory_high: must not be greater than limits.memory_max"),
             own("11:8: limits.pids: -1 must be at least 1"),
-            own("15:7: namespaces.net: false is only allowed with network.mode = \"tcp\"; mode \"none\" needs a network namespace"),
+            own("15:7: namespaces.net: must be true: no cell shares the host's network (see network.mode)"),
             own("18:10: filesystem.write: {tmp} needs a mount namespace, but namespaces.mount = false"),
             own("21:10: identity.run_as: 0 is host root (uid 0); a sandbox never runs as host root"),
             own("22:14: identity.uid_range: start 0 must be between 1 and 4294967295 (the range must not contain uid 0)"),
@@ -203,7 +203,7 @@ fn shipped_policies_are_valid() {
     // The cellkeep group may use the shipped providers (finding 4: root only).
     let cellkeep = nix::unistd::Group::from_name("cellkeep").ok().flatten().map(|g| g.gid.as_raw());
     assert!(cellkeep.is_some_and(|g| echo.access.gids.contains(&g)), "{:?}", echo.access);
-    assert_eq!(echo.seccomp.compiled.filters.len(), 3);
+    assert_eq!(echo.seccomp.compiled.filters.len(), 5); // guard, deny, clone3, vsock, MPTCP
 }
 
 #[test]

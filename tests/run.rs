@@ -313,52 +313,18 @@ fn bad_launch_inputs_are_named_errors() {
     w.assert_no_cells();
 }
 
-fn tcp_probe(allowed: u16, denied: u16) -> String {
-    format!(
-        "import socket\n\
-         for name,port in (('allowed',{allowed}),('denied',{denied})):\n\
-         \x20 s=socket.socket(); s.settimeout(2)\n\
-         \x20 try:\n\
-         \x20   s.connect(('127.0.0.1',port)); print(name,'connected')\n\
-         \x20 except OSError as e: print(name,'errno',e.errno)\n"
-    )
-}
-
-// Enforcement semantics (issue 4: proven on the 6.1 kernel, Landlock ABI 2, in the VM):
-// `network = "tcp"` needs Landlock TCP rules (ABI 4). `required` fails with a named error when
-// the kernel lacks them; `best_effort` runs and reports the degradation; where the kernel has
-// them, only the listed port can be reached.
+// Issue 14: the host-network mode (`network.mode = "tcp"`, Landlock TCP port rules) is gone:
+// such a policy is refused, naming the replacement, and no cell starts.
 #[test]
-fn landlock_tcp_rules_required_vs_best_effort() {
-    gate!("landlock_tcp_rules_required_vs_best_effort");
+fn host_network_mode_is_refused() {
+    gate!("host_network_mode_is_refused");
     let w = World::new();
-    let allowed = TcpListener::bind("127.0.0.1:0").expect("listener");
-    let denied = TcpListener::bind("127.0.0.1:0").expect("listener");
-    let (pa, pd) = (allowed.local_addr().expect("addr").port(), denied.local_addr().expect("addr").port());
-    let net = format!("[network]\nmode = \"tcp\"\nconnect = [{pa}]\n");
-    let required = w.policy("req", "", &net);
-    let best = w.policy("best", "", &format!("{net}\n[enforcement]\nmode = \"best_effort\"\n"));
-    let abi = cellkeep::sandbox::sys::landlock_abi();
-    eprintln!("landlock ABI {abi}");
-
-    let r = w.run(&required, &[PY, "-c", &tcp_probe(pa, pd)]);
-    let b = w.run(&best, &[PY, "-c", &tcp_probe(pa, pd)]);
-    let degraded: Vec<&str> =
-        b.outcome["degraded"].as_array().into_iter().flatten().filter_map(|d| d["mechanism"].as_str()).collect();
-    if abi >= 4 {
-        for run in [&r, &b] {
-            let out = run.output();
-            assert!(out.contains("allowed connected"), "{}", run.describe());
-            assert!(out.contains(&format!("denied errno {}", libc::EACCES)), "{}", run.describe());
-        }
-        assert!(!degraded.contains(&"landlock_net"), "{}", b.describe());
-    } else {
-        assert_eq!(r.code, 125, "{}", r.describe());
-        assert_eq!(r.outcome["stage"], "landlock_net", "{}", r.describe());
-        assert!(r.stderr.contains("landlock_net is required but unavailable"), "{}", r.describe());
-        assert_eq!(b.reason(), "exited", "{}", b.describe());
-        assert!(degraded.contains(&"landlock_net"), "{}", b.describe());
-        assert!(b.stderr.contains("landlock_net degraded"), "{}", b.describe());
-    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    let policy = w.policy("req", "", &format!("[network]\nmode = \"tcp\"\nconnect = [{port}]\n[namespaces]\nnet = false\n"));
+    let r = w.run(&policy, &[PY, "-c", "print('ran')"]);
+    assert_ne!(r.code, 0, "{}", r.describe());
+    assert!(!r.stdout.contains("ran"), "{}", r.describe());
+    assert!(r.stderr.contains("was removed") && r.stderr.contains("proxy"), "{}", r.describe());
     w.assert_no_cells();
 }

@@ -465,7 +465,7 @@ mod tests {
         let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
         std::fs::copy(base, dir.path().join("base.toml")).expect("copy base");
         let text = format!(
-            "extends = \"base\"\n[provider]\nname = \"p\"\ncommand = []\n[network]\n{network}\n[namespaces]\nnet = false\n[enforcement]\nmode = \"{enforcement}\"\n"
+            "extends = \"base\"\n[provider]\nname = \"p\"\ncommand = []\n[network]\n{network}\n[enforcement]\nmode = \"{enforcement}\"\n"
         );
         std::fs::write(dir.path().join("p.toml"), text).expect("write");
         crate::policy::load_file(&dir.path().join("p.toml")).expect("valid policy")
@@ -473,22 +473,22 @@ mod tests {
 
     #[test]
     fn full_degraded_and_failing_policies_are_told_apart() {
-        let tcp = "mode = \"tcp\"\nconnect = [443]";
+        let proxy = "mode = \"proxy\"\negress = [\"api.example.com\"]";
         let (h, caps) = host(7, true);
-        assert_eq!(assess(&policy("required", tcp), &h, &caps).status, Status::Full);
+        assert_eq!(assess(&policy("required", proxy), &h, &caps).status, Status::Full);
 
-        // Landlock ABI 2: no TCP rules. required → fail naming landlock_net; best_effort → degraded.
-        let (h, caps) = host(2, true);
-        let r = assess(&policy("required", tcp), &h, &caps);
+        // No Landlock: required → fail naming landlock; best_effort → degraded.
+        let (h, caps) = host(0, true);
+        let r = assess(&policy("required", proxy), &h, &caps);
         assert_eq!(r.status, Status::Fail);
-        assert_eq!(r.missing[0].mechanism, "landlock_net");
-        let r = assess(&policy("best_effort", tcp), &h, &caps);
+        assert_eq!(r.missing[0].mechanism, "landlock");
+        let r = assess(&policy("best_effort", proxy), &h, &caps);
         assert_eq!(r.status, Status::Degraded);
-        assert!(r.degraded.iter().any(|d| d.mechanism == "landlock_net"), "{:?}", r.degraded);
+        assert!(r.degraded.iter().any(|d| d.mechanism == "landlock"), "{:?}", r.degraded);
 
         // No user namespaces: every policy that asks for one fails, whatever its enforcement.
         let (h, caps) = host(7, false);
-        let r = assess(&policy("best_effort", tcp), &h, &caps);
+        let r = assess(&policy("best_effort", proxy), &h, &caps);
         assert_eq!(r.status, Status::Fail);
         assert_eq!(r.missing[0].mechanism, "user_namespace");
     }

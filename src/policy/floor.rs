@@ -129,7 +129,7 @@ struct FloorEnforcement {
     mode: Opt<String>,
 }
 
-const NET_ORDER: &[&str] = &["none", "loopback", "tcp"];
+const NET_ORDER: &[&str] = &["none", "loopback", "proxy"];
 const NAMESPACES: &[&str] = &["user", "pid", "mount", "net", "ipc", "uts", "cgroup"];
 /// Write targets allowed outside the workdir roots when `write_outside_workdir = false`.
 const WRITABLE_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"];
@@ -247,7 +247,7 @@ impl Floor {
             let mode = match &p.network {
                 Network::None => "none",
                 Network::Loopback => "loopback",
-                Network::Tcp { .. } => "tcp",
+                Network::Proxy { .. } => "proxy",
             };
             if rank(mode) > rank(m.get_ref()) {
                 let msg = format!(

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::check::Finding;
+use super::egress::Egress;
 use super::model::{Network, SeccompAction};
 use super::raw::OptList;
 use super::seccomp::DEFAULT_DENY;
@@ -226,24 +227,20 @@ impl Linter<'_> {
     }
 
     fn network(&mut self) {
-        let Network::Tcp { connect, bind } = &self.c.policy.network else { return };
-        let net = &self.c.raw.network;
-        if connect.is_empty() && bind.is_empty() {
-            if let Some(mode) = &net.mode {
-                let msg = "\"tcp\" shares the host network but grants no TCP port; use mode = \"none\" \
-                           (or \"loopback\") unless the provider needs the network"
+        let Network::Proxy { egress } = &self.c.policy.network else { return };
+        let Some(e) = &self.c.raw.network.egress else { return };
+        match egress {
+            Egress::Learn => {
+                let msg = "\"learn\" lets the cell reach every name through the proxy; run it once, then \
+                           write the names it reported (cell events, the log) as egress = [...]"
                     .to_owned();
-                self.warn(mode.span(), "network.mode", msg);
+                self.warn(e.span(), "network.egress", msg);
             }
-        }
-        if let (false, Some(b)) = (bind.is_empty(), &net.bind) {
-            let ports: Vec<String> = bind.iter().map(u16::to_string).collect();
-            let msg = format!(
-                "lets the cell listen on host port(s) {} (the cell shares the host network); \
-                 remove bind unless the provider must accept connections",
-                ports.join(", ")
-            );
-            self.warn(b.span(), "network.bind", msg);
+            Egress::Allow(rules) if rules.is_empty() => {
+                let msg = "an empty list allows nothing through the proxy; use mode = \"none\" instead".to_owned();
+                self.warn(e.span(), "network.egress", msg);
+            }
+            Egress::Allow(_) => {}
         }
     }
 

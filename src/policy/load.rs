@@ -220,7 +220,7 @@ macro_rules! inherit {
 /// value wholesale (arrays are replaced, not appended). `environment.set` is a table, so it
 /// merges name by name. `extends`, `provider.name` and `provider.abstract` are never inherited.
 pub fn merge(mut child: RawFile, parent: RawFile) -> RawFile {
-    inherit!(child.provider, parent.provider; description, command, mode, tty);
+    inherit!(child.provider, parent.provider; description, command, command_after, command_format, mode, tty);
     inherit!(child.access, parent.access; uids, groups);
     inherit!(child.identity, parent.identity; run_as, root_maps_to, uid_range, inside);
     inherit!(child.environment, parent.environment; pass);
@@ -235,7 +235,7 @@ pub fn merge(mut child: RawFile, parent: RawFile) -> RawFile {
         open_files, file_size, wall_time, idle_timeout, output_bytes, tmp_size);
     inherit!(child.namespaces, parent.namespaces; user, pid, mount, net, ipc, uts, cgroup);
     inherit!(child.filesystem, parent.filesystem; read, write, exec);
-    inherit!(child.network, parent.network; mode, connect, bind);
+    inherit!(child.network, parent.network; mode, egress, connect, bind);
     inherit!(child.seccomp, parent.seccomp; preset, default_action, deny, deny_action, allow);
     inherit!(child.session, parent.session; framing, sentinel, pattern, field, equals);
     inherit!(child.enforcement, parent.enforcement; mode);

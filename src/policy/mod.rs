@@ -46,8 +46,8 @@
 //! | `limits.tmp_size` | size | `"64M"` |
 //! | `namespaces.{user,pid,mount,net,ipc,uts,cgroup}` | bool | `true` |
 //! | `filesystem.{read,write,exec}` | paths: absolute, or `{cwd}[/sub]`, `{tmp}[/sub]`; no `..` | `[]` |
-//! | `network.mode` | `"none"` \| `"loopback"` \| `"tcp"` | `"none"` |
-//! | `network.connect`, `network.bind` | TCP ports, only with `mode = "tcp"` | `[]` |
+//! | `network.mode` | `"none"` \| `"loopback"` \| `"proxy"` | `"none"` |
+//! | `network.egress` | names reachable through the egress proxy, or `"learn"`; only with `mode = "proxy"` ([`egress`]) | `[]` |
 //! | `seccomp.preset` | `"default"` \| `"none"` | `"default"` |
 //! | `seccomp.default_action` | `"allow"` \| `"errno"` \| `"enosys"` \| `"kill"` \| `"log"`; not `allow` = allowlist mode | `"allow"` |
 //! | `seccomp.deny` | extra syscall names (x86_64) | `[]` |
@@ -73,6 +73,7 @@
 
 pub mod check;
 pub mod diff;
+pub mod egress;
 pub mod floor;
 pub mod friendly;
 pub mod ids;

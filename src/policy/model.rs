@@ -24,6 +24,15 @@ pub struct Policy {
     /// Binary (absolute path) followed by fixed arguments. Empty only for generic sandbox
     /// policies, where the caller supplies the whole argv (`cellkeep run -- ARGS`).
     pub command: Vec<String>,
+    /// `[provider] command_after`: the token (e.g. `--`) put between the fixed command and
+    /// the caller's arguments, so that a caller's `--flag` reaches the binary as an operand.
+    /// `None`: the binary cannot separate them, and caller arguments starting with `-` are
+    /// refused (see `sandbox::plan::caller_argv`).
+    pub command_after: Option<String>,
+    /// `[provider] command_format`, e.g. `"--prompt={}"`: each caller argument becomes ONE
+    /// argv element with `{}` replaced by it, for a binary whose option value cannot be
+    /// separated by `--` (the value after `=` is never parsed as an option).
+    pub command_format: Option<String>,
     pub mode: Mode,
     /// `[provider] tty = true`: the payload's stdin/stdout/stderr are one pseudo-terminal in raw
     /// mode (its controlling terminal) instead of pipes; stdout and stderr merge into one stream.
@@ -176,6 +185,7 @@ pub struct Filesystem {
     pub exec: Vec<PathRule>,
 }
 
+/// The cell's network. Every cell has its own network namespace: none shares the host's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "mode")]
 pub enum Network {
@@ -183,9 +193,13 @@ pub enum Network {
     None,
     /// A network namespace with only `lo` up.
     Loopback,
-    /// Host network; TCP connect/bind limited to these ports by landlock (ABI >= 4).
-    Tcp { connect: Vec<u16>, bind: Vec<u16> },
+    /// `lo` only, plus cellkeep's egress proxy listening on `127.0.0.1:`[`PROXY_PORT`] inside
+    /// the cell (the payload gets `HTTPS_PROXY`/`HTTP_PROXY`): the only way out, allowing by name.
+    Proxy { egress: super::egress::Egress },
 }
+
+/// The port of the egress proxy inside every `proxy` cell (each cell has its own loopback).
+pub const PROXY_PORT: u16 = 3128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

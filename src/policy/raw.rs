@@ -57,6 +57,8 @@ pub struct RawProvider {
     #[serde(rename = "abstract")]
     pub is_abstract: Opt<bool>,
     pub command: OptList<String>,
+    pub command_after: Opt<String>,
+    pub command_format: Opt<String>,
     pub mode: Opt<String>,
     pub tty: Opt<bool>,
 }
@@ -131,6 +133,9 @@ pub struct RawFilesystem {
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
     pub mode: Opt<String>,
+    /// A list of names, or the word `"learn"` (checked by `validate`).
+    pub egress: Opt<toml::Value>,
+    /// Removed with `mode = "tcp"`; kept here only to say so with a position.
     pub connect: OptList<i64>,
     pub bind: OptList<i64>,
 }

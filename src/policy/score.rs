@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::lint::socket_dir;
+use super::egress::Egress;
 use super::model::{Enforcement, Inside, Network, PathRule, Policy};
 use super::seccomp::DEFAULT_DENY;
 
@@ -47,14 +48,14 @@ pub fn score(p: &Policy) -> Score {
     let mut f = Vec::new();
     let mut add = |key: &str, weight: f64, finding: String| f.push(Exposure { key: key.to_owned(), weight, finding });
     match &p.network {
-        Network::Tcp { connect, bind } => {
-            let ports = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
-            let mut what = format!("host network; TCP connect limited to [{}]", ports(connect));
-            if !bind.is_empty() {
-                let _ = write!(what, ", listens on [{}]", ports(bind));
-            }
-            what.push_str("; UDP and other protocols are not limited");
-            add("network.mode", if bind.is_empty() { 2.0 } else { 2.5 }, what);
+        Network::Proxy { egress: Egress::Learn } => {
+            add("network.egress", 2.5, "egress to any name through the proxy (learn mode)".to_owned())
+        }
+        Network::Proxy { egress: Egress::Allow(rules) } => {
+            let names: Vec<String> = rules.iter().map(ToString::to_string).collect();
+            let wild = rules.iter().any(|r| r.wildcard);
+            let what = format!("HTTPS egress through the proxy to [{}]", names.join(", "));
+            add("network.egress", if wild { 1.2 } else { 1.0 }, what);
         }
         Network::Loopback => add("network.mode", 0.2, "loopback only (no way out of the cell)".to_owned()),
         Network::None => {}

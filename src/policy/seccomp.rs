@@ -14,7 +14,16 @@
 //!    `CLONE_NEW*` flag and `ioctl(TIOCSTI | TIOCLINUX)`, get `deny_action`.
 //! 4. **clone3 → ENOSYS** (preset `default`): clone3 passes its flags in memory where BPF
 //!    cannot read them, so it is refused with ENOSYS, the one errno on which glibc falls back
-//!    to `clone` (which filter 3 can inspect). Installed last so its errno wins.
+//!    to `clone` (which filter 3 can inspect).
+//! 5. **socket families** (every policy, whatever its preset): `socket(AF_VSOCK, …)` fails
+//!    with EAFNOSUPPORT (vsock is not namespaced: a cell could bind host-wide vsock ports) and
+//!    `socket(…, …, IPPROTO_MPTCP)` with EPROTONOSUPPORT (MPTCP sockets slip past Landlock's
+//!    TCP rules). Those are the errnos of a kernel without the feature, so programs that try
+//!    MPTCP first fall back to TCP. Installed last so these errnos win.
+//!
+//! The filters are built for the architecture cellkeep is compiled for (x86_64 or aarch64:
+//! syscall numbers from `syscalls::Sysno`, the native table; `AUDIT_ARCH` to match); the x32
+//! number check exists on x86_64 only.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +32,7 @@ use seccompiler::{
     TargetArch,
 };
 use serde::{Deserialize, Serialize};
-use syscalls::x86_64::Sysno;
+use syscalls::Sysno;
 
 use super::model::SeccompAction;
 
@@ -110,7 +119,21 @@ const CLONE_NEW_FLAGS: &[u64] = &[
 /// `ioctl` requests that inject input into or reprogram the controlling terminal.
 const DENIED_IOCTLS: &[u64] = &[0x5412 /* TIOCSTI */, 0x541C /* TIOCLINUX */];
 
-const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+/// `socket(2)` domains refused in every cell (argument 0).
+const DENIED_SOCKET_DOMAINS: &[u64] = &[libc::AF_VSOCK as u64];
+/// `socket(2)` protocols refused in every cell (argument 2). `IPPROTO_MPTCP` (262) is not in
+/// every libc release, so it is spelled out.
+const IPPROTO_MPTCP: u64 = 262;
+const DENIED_SOCKET_PROTOCOLS: &[u64] = &[IPPROTO_MPTCP];
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
+#[cfg(target_arch = "x86_64")]
+const TARGET_ARCH: TargetArch = TargetArch::x86_64;
+#[cfg(target_arch = "aarch64")]
+const TARGET_ARCH: TargetArch = TargetArch::aarch64;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const SECCOMP_DATA_NR: u32 = 0;
 const SECCOMP_DATA_ARCH: u32 = 4;
@@ -125,7 +148,7 @@ const RET_ALLOW: u32 = 0x7fff_0000;
 /// these are internal inconsistencies reported as diagnostics rather than panics.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("unknown syscall \"{name}\" (not an x86_64 syscall name)")]
+    #[error("unknown syscall \"{name}\" (not a syscall name of {})", std::env::consts::ARCH)]
     UnknownSyscall { name: String },
     #[error("seccompiler rejected the {filter} filter: {source}")]
     Compile { filter: &'static str, source: seccompiler::BackendError },
@@ -142,7 +165,7 @@ pub struct SeccompSpec<'a> {
     pub deny: &'a [String],
 }
 
-/// Look up an x86_64 syscall number by name.
+/// Look up a syscall number by name, for the architecture cellkeep is built for.
 pub fn syscall_nr(name: &str) -> Option<i64> {
     name.parse::<Sysno>().ok().map(|s| i64::from(s.id()))
 }
@@ -192,10 +215,23 @@ pub fn compile(spec: &SeccompSpec<'_>) -> Result<CompiledSeccomp, SeccompError> 
         filters.push(build("clone3", rules, Action::Allow, Action::Errno(libc::ENOSYS as u32))?);
     }
 
-    if !filters.is_empty() {
-        filters.insert(0, x32_guard());
-    }
+    filters.extend(socket_filters()?);
+    filters.insert(0, x32_guard());
     Ok(CompiledSeccomp { filters })
+}
+
+/// Filter 5 of the module doc: vsock sockets and MPTCP, refused in every cell. Both are `int`
+/// arguments to the kernel, so only their low 32 bits are compared.
+fn socket_filters() -> Result<Vec<Vec<BpfInsn>>, SeccompError> {
+    let mut filters = Vec::new();
+    for (arg, values, errno) in
+        [(0, DENIED_SOCKET_DOMAINS, libc::EAFNOSUPPORT), (2, DENIED_SOCKET_PROTOCOLS, libc::EPROTONOSUPPORT)]
+    {
+        let mut rules = BTreeMap::new();
+        add_arg_rules(&mut rules, "socket", arg, values, false, ArgLen::Dword, &[])?;
+        filters.push(build("socket", rules, Action::Allow, Action::Errno(errno as u32))?);
+    }
+    Ok(filters)
 }
 
 fn action(a: SeccompAction) -> Action {
@@ -253,23 +289,28 @@ fn build(
     matched: Action,
 ) -> Result<Vec<BpfInsn>, SeccompError> {
     let err = |source| SeccompError::Compile { filter, source };
-    let f = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64).map_err(err)?;
+    let f = SeccompFilter::new(rules, mismatch, matched, TARGET_ARCH).map_err(err)?;
     let program: BpfProgram = f.try_into().map_err(err)?;
     Ok(program.iter().map(|i| BpfInsn { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect())
 }
 
-/// Kill on a foreign architecture and on x32 syscall numbers; allow everything else.
+/// Kill on a foreign architecture and (x86_64) on x32 syscall numbers; allow everything else.
 fn x32_guard() -> Vec<BpfInsn> {
     let insn = |code, jt, jf, k| BpfInsn { code, jt, jf, k };
-    vec![
+    let mut prog = vec![
         insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARCH),
-        insn(BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        insn(BPF_JEQ_K, 1, 0, AUDIT_ARCH),
         insn(BPF_RET_K, 0, 0, RET_KILL_PROCESS),
-        insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR),
-        insn(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
-        insn(BPF_RET_K, 0, 0, RET_KILL_PROCESS),
-        insn(BPF_RET_K, 0, 0, RET_ALLOW),
-    ]
+    ];
+    if cfg!(target_arch = "x86_64") {
+        prog.extend([
+            insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR),
+            insn(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
+            insn(BPF_RET_K, 0, 0, RET_KILL_PROCESS),
+        ]);
+    }
+    prog.push(insn(BPF_RET_K, 0, 0, RET_ALLOW));
+    prog
 }
 
 /// Convert back to seccompiler's form, e.g. for `seccompiler::apply_filter`.
@@ -296,14 +337,18 @@ mod tests {
         for name in DEFAULT_DENY {
             assert!(syscall_nr(name).is_some(), "{name}");
         }
+        #[cfg(target_arch = "x86_64")]
         assert_eq!(syscall_nr("openat"), Some(257));
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(syscall_nr("openat"), Some(56));
         assert_eq!(syscall_nr("opnat"), None);
     }
 
     #[test]
-    fn default_preset_compiles_to_three_filters() {
+    fn default_preset_compiles_to_five_filters() {
         let compiled = compile(&spec(&[], &[])).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(compiled.filters.len(), 3);
+        // guard, deny, clone3, vsock, MPTCP
+        assert_eq!(compiled.filters.len(), 5);
         assert_eq!(compiled.filters[0], x32_guard());
         assert!(compiled.filters.iter().all(|f| !f.is_empty() && f.len() < 4096));
     }
@@ -313,19 +358,19 @@ mod tests {
         let allow = vec!["unshare".to_owned(), "clone3".to_owned()];
         let s = spec(&allow, &[]);
         assert!(!denied_names(&s).contains(&"unshare".to_owned()));
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(2));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(4));
         let allow = vec!["read".to_owned(), "write".to_owned(), "exit_group".to_owned()];
         let s = SeccompSpec { default_action: SeccompAction::Enosys, ..spec(&allow, &[]) };
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(4));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(6));
     }
 
     #[test]
-    fn preset_none_without_rules_installs_nothing() {
+    fn preset_none_still_refuses_vsock_and_mptcp() {
         let s = SeccompSpec { default_preset: false, ..spec(&[], &[]) };
-        assert_eq!(compile(&s).ok(), Some(CompiledSeccomp::default()));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(3));
         let deny = vec!["mkdir".to_owned()];
         let s = SeccompSpec { default_preset: false, deny_action: SeccompAction::Kill, ..spec(&[], &deny) };
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(2));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(4));
     }
 
     #[test]
@@ -350,6 +395,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)]
     fn child_probe() {
         if std::env::var_os("CELLKEEP_SECCOMP_PROBE").is_none() {
             return;
@@ -366,6 +412,22 @@ mod tests {
         assert!(status.success());
         // Threads too.
         std::thread::spawn(|| ()).join().unwrap_or_else(|_| panic!("thread"));
+        // vsock and MPTCP sockets: the errnos of a kernel without them; TCP and UNIX still work.
+        let sock = |domain, protocol| {
+            // SAFETY (test): socket(2) with integer arguments; a returned fd is closed at once.
+            let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM, protocol) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+                return None;
+            }
+            errno
+        };
+        assert_eq!(sock(libc::AF_VSOCK, 0), Some(libc::EAFNOSUPPORT));
+        assert_eq!(sock(libc::AF_INET, IPPROTO_MPTCP as i32), Some(libc::EPROTONOSUPPORT));
+        assert_eq!(sock(libc::AF_INET6, IPPROTO_MPTCP as i32), Some(libc::EPROTONOSUPPORT));
+        assert_eq!(sock(libc::AF_INET, 0), None);
+        assert_eq!(sock(libc::AF_UNIX, 0), None);
         println!("probe ok");
     }
 }

@@ -74,6 +74,12 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
     if !(p.is_abstract && p.command.is_empty()) {
         provider.push(kv("command", strings(&p.command)));
     }
+    if let Some(after) = &p.command_after {
+        provider.push(kv("command_after", s(after)));
+    }
+    if let Some(format) = &p.command_format {
+        provider.push(kv("command_format", s(format)));
+    }
     provider.push(kv("mode", s(if p.mode == Mode::Session { "session" } else { "oneshot" })));
     provider.push(kv("tty", Value::Boolean(p.tty)));
 
@@ -130,8 +136,12 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
     let network = match &p.network {
         Network::None => vec![kv("mode", s("none"))],
         Network::Loopback => vec![kv("mode", s("loopback"))],
-        Network::Tcp { connect, bind } => {
-            vec![kv("mode", s("tcp")), kv("connect", ints(connect)), kv("bind", ints(bind))]
+        Network::Proxy { egress: crate::policy::egress::Egress::Learn } => {
+            vec![kv("mode", s("proxy")), kv("egress", s("learn"))]
+        }
+        Network::Proxy { egress: crate::policy::egress::Egress::Allow(rules) } => {
+            let names: Vec<String> = rules.iter().map(ToString::to_string).collect();
+            vec![kv("mode", s("proxy")), kv("egress", strings(&names))]
         }
     };
 

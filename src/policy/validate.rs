@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use super::ids::{resolve_group, resolve_user};
 use super::load::{Loaded, Sources};
+use super::egress::Egress;
 use super::model::*;
 use super::raw::{Opt, OptList, RawFile, Scalar};
 use super::seccomp::{self, SeccompSpec};
@@ -20,6 +21,9 @@ use super::Diagnostic;
 pub const DEFAULT_OUTPUT_BYTES: u64 = 8 << 20;
 /// Default size of the private tmp (`limits.tmp_size`).
 pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
+/// The message for the keys of the removed host-network mode.
+const REMOVED_TCP: &str = "mode \"tcp\" (the host's network, TCP ports filtered by Landlock) was removed: every cell \
+    has its own network namespace; to reach the outside use mode = \"proxy\" with egress = [names…]";
 /// Used when `nobody` is missing from /etc/passwd.
 const NOBODY: UserId = UserId { uid: 65534, gid: 65534 };
 
@@ -80,6 +84,8 @@ impl Checker<'_> {
         let is_abstract = inner(&raw.provider.is_abstract).unwrap_or(false);
         let name = self.name(&raw, stem);
         let command = self.command(&raw, is_abstract);
+        let command_after = self.command_after(&raw, &command);
+        let command_format = self.command_format(&raw, &command_after);
         let mode = match self.choose(&raw.provider.mode, "provider.mode", &["oneshot", "session"]) {
             "session" => Mode::Session,
             _ => Mode::Oneshot,
@@ -90,6 +96,8 @@ impl Checker<'_> {
             source: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
             description: inner(&raw.provider.description).unwrap_or_default(),
             command,
+            command_after,
+            command_format,
             mode,
             tty: inner(&raw.provider.tty).unwrap_or(false),
             is_abstract,
@@ -372,39 +380,89 @@ impl Checker<'_> {
         }
     }
 
-    fn ports(&mut self, v: &OptList<i64>, key: &str, tcp: bool) -> Vec<u16> {
-        if let (Some(v), false) = (v, tcp) {
-            if !v.get_ref().is_empty() {
-                self.at(v, key, "only used with network.mode = \"tcp\"");
-            }
+    /// `[provider] command_after`: one non-empty token, only with a fixed command.
+    fn command_after(&mut self, raw: &RawFile, command: &[String]) -> Option<String> {
+        let v = raw.provider.command_after.as_ref()?;
+        if v.get_ref().is_empty() || v.get_ref().chars().any(char::is_whitespace) {
+            self.at(v, "provider.command_after", "must be one non-empty argument such as \"--\"");
+            return None;
         }
-        let mut out = Vec::new();
-        for p in list(v) {
-            match u16::try_from(*p.get_ref()) {
-                Ok(port) if port > 0 => out.push(port),
-                _ => self.at(&p, key, format!("{} is not a port (1-65535)", p.get_ref())),
-            }
+        if command.is_empty() && raw.provider.command.is_some() {
+            self.at(v, "provider.command_after", "only used with a fixed command (command = [] takes the whole argv)");
         }
-        out
+        Some(v.get_ref().clone())
     }
 
-    fn network(&mut self, raw: &RawFile, ns: &Namespaces) -> Network {
-        const MODES: [&str; 3] = ["none", "loopback", "tcp"];
-        let mode = self.choose(&raw.network.mode, "network.mode", &MODES);
-        // A misspelt mode is one mistake: the keys that depend on it are not also reported.
-        let known = raw.network.mode.as_ref().is_none_or(|m| MODES.contains(&m.get_ref().as_str()));
-        let tcp = mode == "tcp";
-        let connect = self.ports(&raw.network.connect, "network.connect", tcp || !known);
-        let bind = self.ports(&raw.network.bind, "network.bind", tcp || !known);
-        if let (false, false, Some(net), true) = (tcp, ns.net, &raw.namespaces.net, known) {
-            let msg =
-                format!("false is only allowed with network.mode = \"tcp\"; mode \"{mode}\" needs a network namespace");
-            self.at(net, "namespaces.net", msg);
+    /// `[provider] command_format`: one `{}`, not at the start (or the caller's `-x` would
+    /// still begin the argument), and not together with `command_after`.
+    fn command_format(&mut self, raw: &RawFile, after: &Option<String>) -> Option<String> {
+        let v = raw.provider.command_format.as_ref()?;
+        let f = v.get_ref();
+        if f.matches("{}").count() != 1 || f.starts_with("{}") {
+            self.at(v, "provider.command_format", "must contain \"{}\" once, after a fixed prefix such as \"--prompt={}\"");
+            return None;
         }
-        match mode {
-            "loopback" => Network::Loopback,
-            "tcp" => Network::Tcp { connect, bind },
+        if after.is_some() {
+            self.at(v, "provider.command_format", "set command_after or command_format, not both");
+        }
+        Some(f.clone())
+    }
+
+    /// `[network]`: every cell has its own network namespace; `proxy` adds the egress proxy.
+    fn network(&mut self, raw: &RawFile, ns: &Namespaces) -> Network {
+        let n = &raw.network;
+        if let Some(m) = n.mode.as_ref().filter(|m| m.get_ref() == "tcp") {
+            self.at(m, "network.mode", REMOVED_TCP);
+        }
+        for (v, key) in [(&n.connect, "network.connect"), (&n.bind, "network.bind")] {
+            if let Some(v) = v {
+                self.at(v, key, REMOVED_TCP);
+            }
+        }
+        if let (false, Some(net)) = (ns.net, &raw.namespaces.net) {
+            self.at(net, "namespaces.net", "must be true: no cell shares the host's network (see network.mode)");
+        }
+        let mode = match n.mode.as_ref().map(|m| m.get_ref().as_str()) {
+            Some("tcp") => "none",
+            _ => self.choose(&n.mode, "network.mode", &["none", "loopback", "proxy"]),
+        };
+        let egress = n.egress.as_ref().map(|e| self.egress(e));
+        match (mode, egress) {
+            ("proxy", Some(egress)) => Network::Proxy { egress },
+            ("proxy", None) => {
+                self.missing("network.egress", "missing; mode = \"proxy\" needs egress = [names…] or \"learn\"");
+                Network::Proxy { egress: Egress::Allow(Vec::new()) }
+            }
+            (_, Some(_)) => {
+                if let Some(e) = &n.egress {
+                    self.at(e, "network.egress", "only used with network.mode = \"proxy\"");
+                }
+                Network::None
+            }
+            ("loopback", None) => Network::Loopback,
             _ => Network::None,
+        }
+    }
+
+    /// `network.egress`: a list of names (see [`super::egress`]) or the word `"learn"`.
+    fn egress(&mut self, v: &Spanned<toml::Value>) -> Egress {
+        match v.get_ref() {
+            toml::Value::String(w) if w == "learn" => Egress::Learn,
+            toml::Value::Array(items) => {
+                let mut rules = Vec::new();
+                for item in items {
+                    match item.as_str().map(super::egress::parse_rule) {
+                        Some(Ok(rule)) => rules.push(rule),
+                        Some(Err(msg)) => self.at(v, "network.egress", msg),
+                        None => self.at(v, "network.egress", format!("{item} is not a string")),
+                    }
+                }
+                Egress::Allow(rules)
+            }
+            other => {
+                self.at(v, "network.egress", format!("{other} is neither a list of names nor \"learn\""));
+                Egress::Allow(Vec::new())
+            }
         }
     }
 
@@ -576,17 +634,26 @@ mod tests {
     }
 
     #[test]
-    fn tcp_network_and_ports() {
-        let p = check(&format!("{HEAD}[network]\nmode = \"tcp\"\nconnect = [443, 80]\n[namespaces]\nnet = false\n"));
+    fn proxy_network_and_egress() {
+        let p = check(&format!("{HEAD}[network]\nmode = \"proxy\"\negress = [\"api.anthropic.com\", \"*.openai.com:8443\"]\n"));
         let p = p.unwrap_or_else(|d| panic!("{d:?}"));
-        assert_eq!(p.network, Network::Tcp { connect: vec![443, 80], bind: vec![] });
-        let bad = check(&format!("{HEAD}[network]\nmode = \"loopback\"\nconnect = [443]\nbind = [0]\n"));
+        let Network::Proxy { egress: Egress::Allow(rules) } = &p.network else { panic!("{:?}", p.network) };
+        let shown: Vec<String> = rules.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["api.anthropic.com", "*.openai.com:8443"]);
+        let p = check(&format!("{HEAD}[network]\nmode = \"proxy\"\negress = \"learn\"\n"));
+        assert_eq!(p.map(|p| p.network).ok(), Some(Network::Proxy { egress: Egress::Learn }));
+        let bad = check(&format!("{HEAD}[network]\nmode = \"tcp\"\nconnect = [443]\n[namespaces]\nnet = false\n"));
+        let bad = bad.err().unwrap_or_default();
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert!(bad[0].starts_with("5:8: network.mode: mode \"tcp\""), "{bad:?}");
+        assert!(bad[1].starts_with("6:11: network.connect: mode \"tcp\""), "{bad:?}");
+        assert!(bad[2].starts_with("8:7: namespaces.net: must be true"), "{bad:?}");
+        let bad = check(&format!("{HEAD}[network]\nmode = \"loopback\"\negress = [\"*.com\"]\n"));
         assert_eq!(
             bad.err(),
             Some(vec![
-                "6:11: network.connect: only used with network.mode = \"tcp\"".to_owned(),
-                "7:8: network.bind: only used with network.mode = \"tcp\"".to_owned(),
-                "7:9: network.bind: 0 is not a port (1-65535)".to_owned(),
+                "6:10: network.egress: \"*.com\" would match a whole top-level domain".to_owned(),
+                "6:10: network.egress: only used with network.mode = \"proxy\"".to_owned(),
             ])
         );
     }
@@ -633,7 +700,7 @@ mod tests {
         let p = check(&format!(
             "{HEAD}[seccomp]\ndefault_action = \"enosys\"\nallow = [\"read\", \"write\", \"exit_group\"]\n"
         ));
-        assert_eq!(p.map(|p| p.seccomp.compiled.filters.len()).ok(), Some(4));
+        assert_eq!(p.map(|p| p.seccomp.compiled.filters.len()).ok(), Some(6));
     }
 
     #[test]

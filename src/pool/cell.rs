@@ -78,6 +78,8 @@ pub struct CellEntry {
     pub events: Mutex<Events>,
     /// The cell's usage read at its end (what `health` reports once it has ended).
     pub final_usage: Mutex<Option<Usage>>,
+    /// The egress proxy of a `proxy` cell (its decisions; the launcher stops it at the end).
+    pub egress: Option<Arc<crate::egress::CellEgress>>,
 }
 
 impl CellEntry {
@@ -183,6 +185,7 @@ impl CellEntry {
             exit,
             degraded: self.degraded.clone(),
             events: *self.events.lock().unwrap_or_else(|e| e.into_inner()),
+            egress: self.egress.as_ref().map(|e| e.events()).unwrap_or_default(),
         }
     }
 }
@@ -232,6 +235,7 @@ pub fn start(
         output_done: watch::channel(false).0,
         events: Mutex::new(Events::default()),
         final_usage: Mutex::new(None),
+        egress: cell.egress.clone(),
     });
     match entry.cgroup.watch_events() {
         Ok(w) => {

@@ -57,7 +57,10 @@ impl PoolError {
             PoolError::UnknownProvider { .. } => "unknown_provider",
             PoolError::BadRequest(_) | PoolError::NotSession { .. } => "bad_request",
             PoolError::Sandbox(e) => match e {
-                SandboxError::Cwd { .. } | SandboxError::Binary { .. } | SandboxError::NoCommand { .. } => "bad_request",
+                SandboxError::Cwd { .. }
+                | SandboxError::Binary { .. }
+                | SandboxError::NoCommand { .. }
+                | SandboxError::OptionArgument { .. } => "bad_request",
                 SandboxError::Unsupported { .. } | SandboxError::HostRoot { .. } | SandboxError::Abstract { .. } => {
                     "policy"
                 }

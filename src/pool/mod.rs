@@ -100,7 +100,8 @@ impl Pool {
         if recovered > 0 {
             tracing::warn!(count = recovered, "cleaned up cells left by a previous daemon");
         }
-        let launcher = Launcher::new(root, HostCaps::probe());
+        let egress = crate::egress::EgressConfig { hosts: config.egress_hosts.clone() };
+        let launcher = Launcher::new(root, HostCaps::probe()).with_egress(crate::egress::EgressService::new(egress));
         let pool = Pool {
             inner: Arc::new(Inner {
                 config,

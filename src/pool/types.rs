@@ -116,6 +116,9 @@ pub struct CellInfo {
     /// Limit events the kernel reported for this cell (OOM kills, memory and pids limit hits),
     /// updated as they happen and kept after the cell ended.
     pub events: Events,
+    /// Decisions of the egress proxy (`network.mode = "proxy"`): name, port, allowed, bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<crate::egress::EgressEvent>,
 }
 
 /// The answer to a command (session reply, or a one-shot run's output).

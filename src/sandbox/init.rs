@@ -72,7 +72,7 @@ pub fn pid1(plan: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd) -> i32 {
     if !matches!(nix::unistd::read(sync_r, &mut byte), Ok(1)) {
         return 125;
     }
-    match prepare_view(plan) {
+    match prepare_view(plan).and_then(|()| await_proxy_listener(plan, ctl)) {
         Ok(()) => supervise(plan, ctl),
         Err(StepError(stage, errno, detail)) => {
             Report::SetupFailed { stage, errno, detail }.send(ctl);
@@ -100,6 +100,25 @@ fn prepare_view(plan: &LaunchPlan) -> Result<(), StepError> {
         step(Stage::Hostname, "sethostname", nix::unistd::sethostname(&plan.hostname))?;
     }
     Ok(())
+}
+
+/// `proxy` policies: tell the launcher that `lo` is up, and wait until it has opened the egress
+/// proxy's listener in this namespace (one byte on the control socket), so the payload's first
+/// connection finds it. End of file: the launcher gave up on the cell.
+fn await_proxy_listener(plan: &LaunchPlan, ctl: &OwnedFd) -> Result<(), StepError> {
+    if plan.proxy_port.is_none() {
+        return Ok(());
+    }
+    Report::NetnsReady.send(ctl);
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(ctl, &mut byte) {
+            Ok(1) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Ok(_) => return Err(StepError(Stage::Network, 0, "the launcher closed the control socket".into())),
+            Err(e) => return Err(StepError(Stage::Network, e as i32, format!("waiting for the proxy listener: {e}"))),
+        }
+    }
 }
 
 /// Mount recipe: stop propagation to the host → private tmpfs at /tmp (with the cwd bound

@@ -1,10 +1,13 @@
-//! Landlock: the plan's path and port lists → a ruleset, enforced on the calling (payload)
+//! Landlock: the plan's path lists and scopes → a ruleset, enforced on the calling (payload)
 //! thread. Runs in the payload after the mounts, because rules bind to the inodes the paths
 //! resolve to in the cell's final mount view (a fresh tmpfs has new inodes).
 //!
 //! The ruleset is built at exactly the ABI the launcher checked (`plan.abi`) with
 //! `HardRequirement`, so any right the kernel cannot enforce fails the launch instead of
 //! being dropped silently; degradations were decided and reported by the launcher.
+//!
+//! No TCP rules: the network is confined by the cell's own network namespace (Landlock's TCP
+//! rules had gaps: MPTCP, `MSG_FASTOPEN`, autobind on `listen`, no UDP).
 //!
 //! Rights: `read` = read files + list dirs; `write` = read + every write right of the ABI
 //! (create, remove, truncate, device ioctls); `exec` = execute + read (the dynamic loader maps
@@ -19,7 +22,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, Ruleset,
+    Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset,
     RulesetAttr, RulesetCreatedAttr, RulesetError, Scope, ABI,
 };
 
@@ -95,9 +98,6 @@ pub fn restrict_self(plan: &LandlockPlan) -> Result<(), LandlockError> {
     let exec = read | AccessFs::Execute;
 
     let mut ruleset = Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(all)?;
-    if plan.tcp.is_some() {
-        ruleset = ruleset.handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?;
-    }
     if plan.scope {
         ruleset = ruleset.scope(Scope::from_all(abi))?;
     }
@@ -105,14 +105,6 @@ pub fn restrict_self(plan: &LandlockPlan) -> Result<(), LandlockError> {
     created = add_paths(abi, created, &plan.read, &plan.cwd, read)?;
     created = add_paths(abi, created, &plan.write, &plan.cwd, write)?;
     created = add_paths(abi, created, &plan.exec, &plan.cwd, exec)?;
-    if let Some(tcp) = &plan.tcp {
-        for port in &tcp.connect {
-            created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
-        }
-        for port in &tcp.bind {
-            created = created.add_rule(NetPort::new(*port, AccessNet::BindTcp))?;
-        }
-    }
     created.restrict_self()?;
     Ok(())
 }

@@ -21,7 +21,8 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
 use crate::cgroup::{CellCgroup, CellLimits, CgroupRoot, Events, Usage};
-use crate::policy::Policy;
+use crate::egress::{CellEgress, EgressService};
+use crate::policy::{Network, Policy};
 
 use super::plan::{self, Degradation, HostCaps, LaunchRequest};
 use super::proto::Report;
@@ -68,6 +69,8 @@ pub struct Launcher {
     root: CgroupRoot,
     host: HostCaps,
     helper_exe: PathBuf,
+    /// Serves the egress proxy of `proxy` cells.
+    egress: EgressService,
 }
 
 /// A request to end a cell before it ends by itself.
@@ -106,6 +109,10 @@ pub struct Cell {
     pub payload_pid: Option<u32>,
     /// The master of the cell's terminal (`tty` policies), until [`Cell::take_io`].
     pub pty: Option<PtyMaster>,
+    /// The egress proxy serving this cell (`proxy` policies); stopped when the cell ends.
+    pub egress: Option<Arc<CellEgress>>,
+    /// What the proxy will need once pid 1 reports [`Report::NetnsReady`].
+    egress_plan: Option<super::netns::EgressPlan>,
     reports: Lines<BufReader<UnixStream>>,
     backend: &'static str,
 }
@@ -123,7 +130,13 @@ fn limits_of(policy: &Policy) -> CellLimits {
 
 impl Launcher {
     pub fn new(root: CgroupRoot, host: HostCaps) -> Launcher {
-        Launcher { root, host, helper_exe: PathBuf::from("/proc/self/exe") }
+        Launcher { root, host, helper_exe: PathBuf::from("/proc/self/exe"), egress: EgressService::default() }
+    }
+
+    /// Use this egress proxy service (its settings: the daemon's `egress_hosts`).
+    pub fn with_egress(mut self, egress: EgressService) -> Launcher {
+        self.egress = egress;
+        self
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -161,6 +174,7 @@ impl Launcher {
         } else {
             (None, None)
         };
+        let plan_proxy_port = plan.proxy_port;
         let line = serde_json::to_vec(&plan).map_err(|e| SandboxError::HelperDied {
             cell: cell.clone(),
             detail: format!("encoding the launch plan: {e}"),
@@ -185,6 +199,15 @@ impl Launcher {
                     started: Instant::now(),
                     payload_pid: None,
                     pty,
+                    egress: None,
+                    egress_plan: match (&policy.network, plan_proxy_port) {
+                        (Network::Proxy { egress }, Some(port)) => Some(super::netns::EgressPlan {
+                            service: self.egress.clone(),
+                            egress: egress.clone(),
+                            port,
+                        }),
+                        _ => None,
+                    },
                     reports,
                     backend: self.root.backend_name(),
                 };
@@ -288,6 +311,7 @@ impl Cell {
                 Some(Report::SetupFailed { stage, errno, detail }) => {
                     return Err(SandboxError::Setup { cell: self.id.clone(), stage, errno, detail })
                 }
+                Some(Report::NetnsReady) => self.start_egress().await?,
                 Some(Report::PayloadExit { .. }) => continue,
                 None => {
                     let status = self.child.wait().await;
@@ -298,6 +322,17 @@ impl Cell {
                 }
             }
         }
+    }
+
+    /// pid 1 waits with `lo` up: open the proxy's listener in its network namespace, serve it,
+    /// and release pid 1 (one byte on the control socket).
+    async fn start_egress(&mut self) -> Result<(), SandboxError> {
+        use tokio::io::AsyncWriteExt;
+        let plan = self.egress_plan.take();
+        let egress = super::netns::start_egress(&self.id, &self.provider, self.child.id(), plan).await?;
+        self.egress = Some(egress);
+        let ctl = self.reports.get_mut().get_mut();
+        ctl.write_all(&[1]).await.map_err(|e| super::netns::setup_error(&self.id, e))
     }
 
     async fn next_report(&mut self) -> Option<Report> {
@@ -315,7 +350,10 @@ impl Cell {
 
     /// Kill everything and remove the cgroup (a launch that failed half-way).
     async fn discard(self) {
-        let Cell { cgroup, mut child, .. } = self;
+        let Cell { cgroup, mut child, egress, .. } = self;
+        if let Some(e) = egress {
+            e.stop();
+        }
         remove_cgroup(cgroup).await;
         let _ = child.wait().await;
     }
@@ -400,6 +438,11 @@ impl Cell {
     /// Collect the remaining reports and the helper's status, classify, clean up.
     pub async fn finish(mut self, forced: Option<ExitReason>) -> Outcome {
         let status = self.child.wait().await.ok();
+        if let Some(e) = &self.egress {
+            // The payload is gone: end its tunnels and drop the listener (the daemon's last
+            // hold on the cell's network namespace).
+            e.stop();
+        }
         let mut payload_exit = None;
         // Every writer of the report channel is gone once the helper has exited; the bound
         // only guards against a descendant that inherited it by a bug.

@@ -31,6 +31,7 @@ pub mod helper;
 pub mod init;
 pub mod landlock_rules;
 pub mod launch;
+pub mod netns;
 pub mod plan;
 pub mod proto;
 pub mod pty;
@@ -116,6 +117,11 @@ pub enum SandboxError {
     Binary { provider: String, path: PathBuf },
     #[error("provider {provider}: no command: the policy has none and none was given")]
     NoCommand { provider: String },
+    #[error(
+        "provider {provider}: the argument {arg:?} starts with '-' and this provider's binary cannot tell it from \
+         an option (its policy sets no [provider] command_after or command_format); refused"
+    )]
+    OptionArgument { provider: String, arg: String },
     #[error("provider {provider}: refusing to run as host root (uid/gid 0)")]
     HostRoot { provider: String },
     #[error("provider {provider}: {mechanism} is required but unavailable: {detail}")]
@@ -139,7 +145,10 @@ impl SandboxError {
     pub fn stage(&self) -> String {
         match self {
             SandboxError::Cwd { .. } => "cwd".into(),
-            SandboxError::Binary { .. } | SandboxError::NoCommand { .. } | SandboxError::Abstract { .. } => {
+            SandboxError::Binary { .. }
+            | SandboxError::NoCommand { .. }
+            | SandboxError::Abstract { .. }
+            | SandboxError::OptionArgument { .. } => {
                 "resolve".into()
             }
             SandboxError::HostRoot { .. } => "identity".into(),

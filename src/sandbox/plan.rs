@@ -16,14 +16,12 @@ pub use super::sys::FsIdentity;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::seccomp::CompiledSeccomp;
-use crate::policy::{Enforcement, Inside, Network, PathRule, Policy, RunAs};
+use crate::policy::{Enforcement, Inside, Network, PathRule, Policy, RunAs, PROXY_PORT};
 
 use super::SandboxError;
 
 /// Where the private tmp appears inside the cell.
 pub const CELL_TMP: &str = "/tmp";
-/// Landlock ABI that added TCP bind/connect rules.
-const LANDLOCK_NET_ABI: i32 = 4;
 /// Landlock ABI that added abstract-socket and signal scoping.
 const LANDLOCK_SCOPE_ABI: i32 = 6;
 /// Landlock ABI that added truncate control.
@@ -107,19 +105,11 @@ pub struct LandlockPlan {
     pub read: Vec<PathBuf>,
     pub write: Vec<PathBuf>,
     pub exec: Vec<PathBuf>,
-    /// `Some` = TCP is mediated: only these ports may be connected to / bound.
-    pub tcp: Option<TcpPorts>,
     /// Abstract UNIX sockets and signals scoped to the cell (ABI 6).
     pub scope: bool,
     /// The cell's cwd: rule paths beneath it are opened without following symlinks (their
     /// owner, unlike the policy's author, may have planted one).
     pub cwd: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TcpPorts {
-    pub connect: Vec<u16>,
-    pub bind: Vec<u16>,
 }
 
 /// Everything the helper needs; plain data, sent as one JSON line over the control socket.
@@ -137,6 +127,10 @@ pub struct LaunchPlan {
     pub ns: NsPlan,
     /// Bring `lo` up in the new network namespace.
     pub loopback: bool,
+    /// `network.mode = "proxy"`: the port of the egress proxy on the cell's 127.0.0.1. pid 1
+    /// reports [`super::proto::Report::NetnsReady`] once `lo` is up and waits for the launcher
+    /// to open the listener in the cell's namespace before it starts the payload.
+    pub proxy_port: Option<u16>,
     pub hostname: String,
     /// Size of the private tmpfs mounted at [`CELL_TMP`]; `None` = no private tmp.
     pub tmp_size: Option<u64>,
@@ -163,7 +157,7 @@ pub fn build(
     let ids = choose_ids(policy, req)?;
     let env = build_env(policy, req, &cwd);
 
-    let mut argv: Vec<String> = policy.command.iter().chain(req.args.iter()).cloned().collect();
+    let mut argv = caller_argv(policy, &req.args)?;
     if argv.is_empty() {
         return Err(SandboxError::NoCommand { provider });
     }
@@ -188,7 +182,8 @@ pub fn build(
         cwd,
         ids,
         ns,
-        loopback: ns.net && matches!(policy.network, Network::Loopback),
+        loopback: matches!(policy.network, Network::Loopback | Network::Proxy { .. }),
+        proxy_port: matches!(policy.network, Network::Proxy { .. }).then_some(PROXY_PORT),
         hostname: "cellkeep".to_owned(),
         tmp_size: ns.mount.then_some(policy.limits.tmp_size),
         rlimits,
@@ -200,10 +195,38 @@ pub fn build(
     Ok((plan, degraded))
 }
 
+/// The payload's argv: the policy's fixed command, then its `command_after` token (if any),
+/// then the caller's arguments (or, with `command_format`, each caller argument inside one
+/// element such as `--prompt=ARG`). A caller argument starting with `-` would reach a binary
+/// that cannot tell it from an option (`--version`, `--dangerously-skip-permissions`): without
+/// either setting it is refused. A policy without a command takes the caller's whole argv.
+pub fn caller_argv(policy: &Policy, args: &[String]) -> Result<Vec<String>, SandboxError> {
+    if policy.command.is_empty() {
+        return Ok(args.to_vec());
+    }
+    let mut argv = policy.command.clone();
+    if let Some(format) = &policy.command_format {
+        argv.extend(args.iter().map(|a| format.replacen("{}", a, 1)));
+        return Ok(argv);
+    }
+    match &policy.command_after {
+        Some(after) if !args.is_empty() => argv.push(after.clone()),
+        Some(_) => {}
+        None => {
+            if let Some(arg) = args.iter().find(|a| a.starts_with('-')) {
+                return Err(SandboxError::OptionArgument { provider: policy.name.clone(), arg: arg.clone() });
+            }
+        }
+    }
+    argv.extend(args.iter().cloned());
+    Ok(argv)
+}
+
 /// The namespaces a cell of `policy` gets.
 pub fn namespaces(policy: &Policy) -> NsPlan {
-    // `tcp` means the host network, mediated by landlock; `none`/`loopback` need a netns.
-    NsPlan { net: policy.namespaces.net && !matches!(policy.network, Network::Tcp { .. }), ..policy.namespaces }
+    // Every cell has its own network namespace (validation refuses `namespaces.net = false`;
+    // this holds even for a policy built by hand).
+    NsPlan { net: true, ..policy.namespaces }
 }
 
 /// The kernel-mechanism check of [`build`] alone, without a request (for `cellkeep doctor`):
@@ -311,7 +334,33 @@ fn build_env(policy: &Policy, req: &LaunchRequest, cwd: &Path) -> Vec<String> {
     for (name, value) in &policy.env.set {
         env.insert(name, expand(value, cwd));
     }
+    if let Network::Proxy { .. } = policy.network {
+        // Set last: the proxy is the only way out, whatever the caller or the policy says.
+        for (name, value) in proxy_env(PROXY_PORT) {
+            env.insert(name, value);
+        }
+    }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The variables that point HTTP clients at the egress proxy (upper and lower case: curl reads
+/// only `http_proxy` in lower case, most others either). `NO_PROXY`: the cell's own loopback
+/// stays direct (a test server the payload starts itself). `NODE_USE_ENV_PROXY`: Node's
+/// built-in `fetch` honours the variables only with it.
+pub fn proxy_env(port: u16) -> Vec<(&'static str, String)> {
+    let url = format!("http://127.0.0.1:{port}");
+    let no_proxy = "localhost,127.0.0.1,::1".to_owned();
+    vec![
+        ("HTTPS_PROXY", url.clone()),
+        ("https_proxy", url.clone()),
+        ("HTTP_PROXY", url.clone()),
+        ("http_proxy", url.clone()),
+        ("ALL_PROXY", url.clone()),
+        ("all_proxy", url),
+        ("NO_PROXY", no_proxy.clone()),
+        ("no_proxy", no_proxy),
+        ("NODE_USE_ENV_PROXY", "1".to_owned()),
+    ]
 }
 
 /// An argv[0] with a `/` is taken as a path; a bare name is looked up in the cell's PATH.
@@ -338,8 +387,8 @@ fn rule_path(rule: &PathRule, cwd: &Path) -> PathBuf {
     }
 }
 
-/// Check the kernel's Landlock ABI against what the policy needs: filesystem rules (ABI 1)
-/// always, TCP rules (ABI 4) for `network = "tcp"`. Refinements the kernel lacks (truncate
+/// Check the kernel's Landlock ABI against what the policy needs: filesystem rules (ABI 1).
+/// (The network is confined by the cell's own network namespace, not by Landlock.) Refinements the kernel lacks (truncate
 /// control, scoping) are applied where available and reported when not.
 fn landlock_plan(
     policy: &Policy,
@@ -363,24 +412,8 @@ fn landlock_plan(
     let abi = host.landlock_abi;
     if abi < 1 {
         lack("landlock", "the kernel has no Landlock (ABI 0): filesystem rules cannot be enforced".into())?;
-        if let Network::Tcp { .. } = policy.network {
-            lack("landlock_net", "no Landlock: TCP port rules cannot be enforced".into())?;
-        }
         return Ok(None);
     }
-    let tcp = match &policy.network {
-        Network::Tcp { connect, bind } if abi >= LANDLOCK_NET_ABI => {
-            Some(TcpPorts { connect: connect.clone(), bind: bind.clone() })
-        }
-        Network::Tcp { .. } => {
-            lack(
-                "landlock_net",
-                format!("Landlock ABI {abi} < {LANDLOCK_NET_ABI}: TCP connect/bind rules cannot be enforced"),
-            )?;
-            None
-        }
-        _ => None,
-    };
     if abi < LANDLOCK_TRUNCATE_ABI {
         degraded.push(Degradation {
             mechanism: "landlock_truncate".into(),
@@ -401,8 +434,60 @@ fn landlock_plan(
         read: paths(&policy.filesystem.read),
         write: paths(&policy.filesystem.write),
         exec: paths(&policy.filesystem.exec),
-        tcp,
         scope: abi >= LANDLOCK_SCOPE_ABI,
         cwd: cwd.to_owned(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(provider_extra: &str, rest: &str) -> Policy {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
+        std::fs::copy(base, dir.path().join("base.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let text = format!(
+            "extends = \"base\"\n[provider]\nname = \"p\"\ncommand = [\"/bin/echo\", \"-n\"]\n{provider_extra}\n{rest}"
+        );
+        std::fs::write(dir.path().join("p.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        crate::policy::load_file(&dir.path().join("p.toml")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn caller_arguments_never_become_options() {
+        let plain = policy("", "");
+        assert_eq!(caller_argv(&plain, &args(&["hi"])).ok(), Some(args(&["/bin/echo", "-n", "hi"])));
+        assert!(matches!(caller_argv(&plain, &args(&["--version"])), Err(SandboxError::OptionArgument { .. })));
+        assert!(matches!(caller_argv(&plain, &args(&["ok", "-x"])), Err(SandboxError::OptionArgument { .. })));
+        let after = policy("command_after = \"--\"", "");
+        assert_eq!(caller_argv(&after, &args(&["--version"])).ok(), Some(args(&["/bin/echo", "-n", "--", "--version"])));
+        assert_eq!(caller_argv(&after, &[]).ok(), Some(args(&["/bin/echo", "-n"])));
+        let format = policy("command_format = \"--prompt={}\"", "");
+        assert_eq!(caller_argv(&format, &args(&["-v {}"])).ok(), Some(args(&["/bin/echo", "-n", "--prompt=-v {}"])));
+    }
+
+    #[test]
+    fn proxy_cells_get_the_proxy_variables_last() {
+        let p = policy("", "[environment]\npass = [\"HTTPS_PROXY\"]\n[network]\nmode = \"proxy\"\negress = [\"a.example\"]\n");
+        let req = LaunchRequest {
+            cell_id: "c".into(),
+            args: Vec::new(),
+            cwd: PathBuf::from("/tmp"),
+            caller_uid: 1000,
+            caller_gid: 1000,
+            caller_groups: Vec::new(),
+            caller_env: [("HTTPS_PROXY".to_owned(), "http://evil:1".to_owned())].into(),
+            range_uid: None,
+        };
+        let env = build_env(&p, &req, Path::new("/tmp"));
+        assert!(env.contains(&format!("HTTPS_PROXY=http://127.0.0.1:{PROXY_PORT}")), "{env:?}");
+        assert!(env.contains(&"no_proxy=localhost,127.0.0.1,::1".to_owned()), "{env:?}");
+        assert!(!env.iter().any(|e| e.contains("evil")), "{env:?}");
+        assert!(namespaces(&p).net);
+    }
 }

@@ -46,6 +46,10 @@ pub enum Report {
     Degraded { mechanism: String, detail: String },
     /// A setup step failed; the payload never ran.
     SetupFailed { stage: Stage, errno: i32, detail: String },
+    /// pid 1 set up the cell's network (`lo` up) and waits, blocked on a read of the control
+    /// socket, for the launcher to open the egress proxy's listener in that namespace and
+    /// write one byte (`proxy` policies only).
+    NetnsReady,
     /// The payload exec'd: the command is running.
     Exec,
     /// The payload ended (as seen by the cell's pid 1).

@@ -1,0 +1,201 @@
+//! The egress proxy: the only way out of a cell whose policy says `network.mode = "proxy"`.
+//!
+//! Every cell has its own network namespace with only `lo`. For a `proxy` cell the launcher
+//! opens a listening socket on `127.0.0.1:`[`crate::policy::PROXY_PORT`] *inside the cell's
+//! namespace* (see `sandbox::launch`) and hands it to [`EgressService::serve`], which runs in
+//! the daemon (host namespace) on tokio. The payload gets `HTTPS_PROXY`/`HTTP_PROXY` pointing
+//! at it. A program that ignores the variables has no route anywhere; one that uses them can
+//! reach exactly the names of the policy's `network.egress` (`"learn"`: any name, reported).
+//!
+//! The proxy speaks HTTP `CONNECT` (HTTPS and any TLS protocol tunnelled the same way; plain
+//! `http://` forwarding is refused with 405). It resolves names itself (the cell has no DNS),
+//! refuses IP literals unless the policy lists that address, never connects to loopback,
+//! link-local (cloud metadata), unspecified or multicast addresses (a name that resolves there
+//! is refused: the host's own services stay out of reach), answers a refusal with `403` and a
+//! body that names the rule, and records every decision — cell, provider, name, port, bytes
+//! each way, allowed or denied — in the daemon's log and in the cell's `egress` events.
+//!
+//! Tests map names to addresses in the proxy's own resolver ([`EgressConfig::hosts`], the
+//! daemon setting `egress_hosts`); the host's resolver files are never touched. A mapped name
+//! may resolve to loopback (the tests' local servers).
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | the service, per-cell state and its events |
+//! | [`proxy`] | one client connection: request head, decision, resolve, tunnel |
+
+pub mod proxy;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::egress::Egress;
+
+/// Events kept per cell (the oldest are dropped beyond this; the log has them all).
+const MAX_EVENTS: usize = 1000;
+/// Client connections served at once per cell; more wait for a free slot.
+const MAX_CONNECTIONS_PER_CELL: usize = 512;
+
+/// Daemon-wide settings of the proxy.
+#[derive(Debug, Clone, Default)]
+pub struct EgressConfig {
+    /// Names the proxy resolves to these addresses instead of asking DNS (tests). Such a name
+    /// may resolve to loopback.
+    pub hosts: BTreeMap<String, IpAddr>,
+}
+
+/// The daemon's egress proxy: cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct EgressService {
+    config: Arc<EgressConfig>,
+}
+
+/// One decision of the proxy, as kept in the cell's events and logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressEvent {
+    /// Unix time in milliseconds of the request.
+    pub at_ms: u64,
+    /// The name (or address) the cell asked for, as the proxy compared it.
+    pub name: String,
+    pub port: u16,
+    pub allowed: bool,
+    /// Why it was denied or failed (`None` for a tunnel that ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Bytes from the cell to the destination and back (0 when denied).
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// The proxy's state for one cell; shared by the accept loop and the pool's view of the cell.
+#[derive(Debug)]
+pub struct CellEgress {
+    pub cell: String,
+    pub provider: String,
+    pub egress: Egress,
+    events: Mutex<VecDeque<EgressEvent>>,
+    /// Every `name:port` contacted in `learn` mode (also allowed ones in list mode).
+    contacted: Mutex<BTreeSet<String>>,
+    stop: CancellationToken,
+}
+
+impl EgressService {
+    pub fn new(config: EgressConfig) -> EgressService {
+        EgressService { config: Arc::new(config) }
+    }
+
+    pub fn config(&self) -> &EgressConfig {
+        &self.config
+    }
+
+    /// Serve `listener` (already bound in the cell's network namespace) for one cell until
+    /// [`CellEgress::stop`]. Must be called inside a tokio runtime.
+    pub fn serve(&self, listener: tokio::net::TcpListener, cell: &str, provider: &str, egress: Egress) -> Arc<CellEgress> {
+        let state = Arc::new(CellEgress {
+            cell: cell.to_owned(),
+            provider: provider.to_owned(),
+            egress,
+            events: Mutex::new(VecDeque::new()),
+            contacted: Mutex::new(BTreeSet::new()),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(accept_loop(listener, state.clone(), self.config.clone()));
+        state
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<CellEgress>, config: Arc<EgressConfig>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_CELL));
+    loop {
+        let permit = tokio::select! {
+            _ = state.stop.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let conn = tokio::select! {
+            _ = state.stop.cancelled() => break,
+            c = listener.accept() => c,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let (state, config) = (state.clone(), config.clone());
+                tokio::spawn(async move {
+                    let stop = state.stop.clone();
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = proxy::handle(stream, &state, &config) => {}
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(cell = %state.cell, "egress proxy accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // The listener (and with it the last reference to the cell's network namespace held by
+    // the daemon) is dropped here.
+}
+
+impl CellEgress {
+    /// Stop accepting and end every tunnel of the cell (at the end of the cell).
+    pub fn stop(&self) {
+        self.stop.cancel();
+        if let Egress::Learn = self.egress {
+            let names = self.learned();
+            tracing::info!(
+                cell = %self.cell, provider = %self.provider, names = names.len(),
+                "egress learned for provider {}: egress = {:?}", self.provider, names
+            );
+        }
+    }
+
+    /// The decisions so far, oldest first (at most the last 1000).
+    pub fn events(&self) -> Vec<EgressEvent> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    /// The allowed destinations contacted so far, as `network.egress` entries (a draft list).
+    pub fn learned(&self) -> Vec<String> {
+        self.contacted.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    /// Log one decision and keep it in the cell's events.
+    pub(crate) fn record(&self, event: EgressEvent) {
+        tracing::info!(
+            cell = %self.cell,
+            provider = %self.provider,
+            name = %event.name,
+            port = event.port,
+            allowed = event.allowed,
+            bytes_up = event.bytes_up,
+            bytes_down = event.bytes_down,
+            detail = event.detail.as_deref().unwrap_or(""),
+            "egress {}",
+            if event.allowed { "allowed" } else { "denied" }
+        );
+        if event.allowed {
+            let entry = if event.port == crate::policy::egress::DEFAULT_PORT {
+                event.name.clone()
+            } else {
+                format!("{}:{}", event.name, event.port)
+            };
+            self.contacted.lock().unwrap_or_else(|e| e.into_inner()).insert(entry);
+        }
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() >= MAX_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,322 @@
+//! The egress proxy (issue 14), end to end through a real daemon: cells whose policy says
+//! `network.mode = "proxy"` reach a local HTTPS test server (a self-signed certificate for
+//! `fake.test`, which the daemon's `egress_hosts` maps to 127.0.0.1 in the proxy's own
+//! resolver: the host's files are never touched) through the proxy, and nothing else.
+//!
+//! | test | what it shows |
+//! |---|---|
+//! | `allowed_name_reaches_the_https_server` | an allowed name gets through (TLS verified end to end); the decision is in the cell's `egress` events with its byte counts, and in the log |
+//! | `denied_names_ip_literals_and_plain_http_are_refused` | a name not listed → 403 with a body naming it; an IP literal → 403 even for the server's own address; another port of an allowed name → 403; plain `http://` → 405 |
+//! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
+//! | `learn_mode_allows_and_reports` | `egress = "learn"`: any name passes and is reported; the daemon logs the draft list |
+//! | `proxy_holds_200_connections_from_20_cells` | load: 20 cells × 10 concurrent HTTPS downloads, no error |
+
+mod common;
+mod harness;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::http::call;
+use common::{privileged, NOBODY};
+use harness::Daemon;
+use serde_json::{json, Value};
+
+const PY: &str = "/usr/bin/python3";
+
+macro_rules! gate {
+    ($name:expr) => {
+        if !privileged($name) {
+            return;
+        }
+    };
+}
+
+/// The HTTPS test server: python3's http.server over TLS, serving a directory.
+const SERVER: &str = r#"
+import http.server, ssl, sys, os
+os.chdir(sys.argv[1])
+class H(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer.request_queue_size = 512
+srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+/// Shared by the cell scripts: `get(url)` through the proxy variables, verifying TLS with the
+/// test CA in the workspace; `connect(target)` sends a raw CONNECT to the proxy.
+const CLIENT: &str = r#"
+import urllib.request, urllib.error, ssl, os, sys, socket, json, threading
+ctx = ssl.create_default_context(cafile='ca.pem')
+def get(url):
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=20) as r:
+            return 'OK ' + r.read().decode(errors='replace')
+    except urllib.error.HTTPError as e:
+        return 'HTTP %d' % e.code
+    except Exception as e:
+        return 'ERR ' + repr(e)[:300]
+def connect(target):
+    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)
+    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
+    return s.recv(1000).decode(errors='replace').replace('\r\n', ' | ')
+def result(label, value):
+    print(label, value.replace('\n', ' ')[:400], flush=True)
+"#;
+
+/// The HTTPS server for `fake.test`, its port and the certificate (also copied into `ws`).
+struct Server {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path();
+        let st = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=fake.test"])
+            .args(["-addext", "subjectAltName=DNS:fake.test,DNS:learn.test"])
+            .arg("-keyout")
+            .arg(p.join("key.pem"))
+            .arg("-out")
+            .arg(p.join("ca.pem"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(st.success(), "openssl req failed");
+        let www = p.join("www");
+        std::fs::create_dir(&www).expect("www");
+        std::fs::write(www.join("hello.txt"), "hello from fake.test").expect("hello");
+        std::fs::write(www.join("big.bin"), vec![b'x'; 256 << 10]).expect("big");
+        let mut child = Command::new(PY)
+            .args(["-c", SERVER])
+            .arg(&www)
+            .arg(p.join("ca.pem"))
+            .arg(p.join("key.pem"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("https server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("server port: {line:?}"));
+        Server { child, port, dir }
+    }
+
+    /// Copy the certificate into the cell's workspace as `ca.pem`.
+    fn trust_in(&self, ws: &Path) {
+        let ca = ws.join("ca.pem");
+        std::fs::copy(self.dir.path().join("ca.pem"), &ca).expect("copy ca");
+        std::os::unix::fs::chown(&ca, Some(NOBODY), Some(NOBODY)).expect("chown ca");
+    }
+}
+
+/// A daemon with `fake.test` and `learn.test` mapped to 127.0.0.1 in the proxy's resolver and
+/// the providers `net` (`egress = ["fake.test:PORT"]`) and `learn` (`egress = "learn"`), both
+/// one-shot `python3 -c COMMAND`.
+fn daemon(server: &Server) -> Daemon {
+    let q = |s: &str| serde_json::to_string(s).expect("json string");
+    let py = format!("[{}, \"-c\"]", q(PY));
+    let d = Daemon::builder()
+        .prefix("ck-egress-")
+        .log_level("info")
+        .max_cells(24)
+        .config("egress_hosts = { \"fake.test\" = \"127.0.0.1\", \"learn.test\" = \"127.0.0.1\" }")
+        .provider(
+            "net",
+            &py,
+            "oneshot",
+            &format!("[network]\nmode = \"proxy\"\negress = [\"fake.test:{}\"]\n", server.port),
+        )
+        .provider("learn", &py, "oneshot", "[network]\nmode = \"proxy\"\negress = \"learn\"\n")
+        .start();
+    server.trust_in(d.ws.path());
+    d
+}
+
+/// Run `body` (after [`CLIENT`]) in a one-shot cell of `provider`: (stdout, the cell's info).
+fn run(d: &Daemon, provider: &str, body: &str) -> (String, Value) {
+    let command = format!("{CLIENT}\n{body}\n");
+    let r = call(
+        &d.socket,
+        "POST",
+        &format!("/v1/providers/{provider}/commands"),
+        Some(&json!({"command": command, "cwd": d.cwd(), "timeout_ms": 60000})),
+    );
+    assert_eq!(r.status, 200, "{provider}: {}", r.text());
+    let v = r.json();
+    let out = format!("{}{}", v["stdout"].as_str().unwrap_or_default(), v["stderr"].as_str().unwrap_or_default());
+    eprintln!("cell output:\n{out}");
+    let id = v["cell"].as_str().unwrap_or_default();
+    let info = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json();
+    (out, info)
+}
+
+/// The rest of the line that starts with `label `.
+fn line<'a>(out: &'a str, label: &str) -> &'a str {
+    out.lines().find_map(|l| l.strip_prefix(label).and_then(|r| r.strip_prefix(' '))).unwrap_or("<no result line>")
+}
+
+#[test]
+fn allowed_name_reaches_the_https_server() {
+    gate!("allowed_name_reaches_the_https_server");
+    let server = Server::start();
+    let d = daemon(&server);
+    let port = server.port;
+    let (out, info) = run(&d, "net", &format!("result('get', get('https://fake.test:{port}/hello.txt'))"));
+    assert_eq!(line(&out, "get"), "OK hello from fake.test", "{out}");
+    let events = info["egress"].as_array().cloned().unwrap_or_default();
+    let ev = events.iter().find(|e| e["name"] == "fake.test").unwrap_or_else(|| panic!("no egress event: {info}"));
+    assert_eq!((ev["port"].as_u64(), ev["allowed"].as_bool()), (Some(port.into()), Some(true)), "{info}");
+    assert!(ev["bytes_up"].as_u64() > Some(100) && ev["bytes_down"].as_u64() > Some(100), "{info}");
+    let log = d.wait_log(&["egress allowed", "fake.test"], Duration::from_secs(5));
+    assert!(log.contains("provider=net") || log.contains("\"provider\":\"net\""), "{log}");
+}
+
+#[test]
+fn denied_names_ip_literals_and_plain_http_are_refused() {
+    gate!("denied_names_ip_literals_and_plain_http_are_refused");
+    let server = Server::start();
+    let d = daemon(&server);
+    let port = server.port;
+    let body = format!(
+        "result('denied name', get('https://denied.test:{port}/hello.txt'))\n\
+         result('denied raw', connect('denied.test:{port}'))\n\
+         result('ip literal', connect('127.0.0.1:{port}'))\n\
+         result('other port', connect('fake.test:{}'))\n\
+         result('plain http', get('http://fake.test:{port}/hello.txt'))",
+        port.wrapping_add(1).max(1)
+    );
+    let (out, info) = run(&d, "net", &body);
+    assert!(line(&out, "denied name").contains("403"), "{out}");
+    let raw = line(&out, "denied raw");
+    assert!(raw.starts_with("HTTP/1.1 403 Forbidden"), "{out}");
+    assert!(raw.contains("denied.test") && raw.contains("not allowed for provider net"), "the 403 body must say why: {out}");
+    let ip = line(&out, "ip literal");
+    assert!(ip.starts_with("HTTP/1.1 403") && ip.contains("IP addresses are refused"), "{out}");
+    assert!(line(&out, "other port").starts_with("HTTP/1.1 403"), "{out}");
+    assert!(line(&out, "plain http").contains("405"), "{out}");
+    let events = info["egress"].as_array().cloned().unwrap_or_default();
+    assert!(events.iter().all(|e| e["allowed"] == false), "{info}");
+    assert!(events.iter().any(|e| e["name"] == "denied.test"), "{info}");
+    assert!(events.iter().any(|e| e["name"] == "127.0.0.1"), "{info}");
+    d.wait_log(&["egress denied", "denied.test"], Duration::from_secs(5));
+}
+
+#[test]
+fn ignoring_the_proxy_reaches_nothing() {
+    gate!("ignoring_the_proxy_reaches_nothing");
+    let server = Server::start();
+    let d = daemon(&server);
+    let tcp = std::net::TcpListener::bind("0.0.0.0:0").expect("tcp listener");
+    let tport = tcp.local_addr().expect("addr").port();
+    tcp.set_nonblocking(true).expect("nonblocking");
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    let uport = udp.local_addr().expect("addr").port();
+    udp.set_nonblocking(true).expect("nonblocking");
+    // The host's address on its default route (or loopback when it has none).
+    let outside = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".to_owned());
+    let body = format!(
+        "def tcp(host, port):\n    try:\n        socket.create_connection((host, port), timeout=3); return 'OK'\n    except OSError as e: return 'ERR %s' % e.errno\n\
+         def udp(host, port):\n    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    try:\n        u.sendto(b'cell', (host, port)); return 'SENT'\n    except OSError as e: return 'ERR %s' % e.errno\n\
+         def fastopen(host, port):\n    s = socket.socket()\n    try:\n        s.sendto(b'cell', 0x20000000, (host, port)); return 'OK'\n    except OSError as e: return 'ERR %s' % e.errno\n\
+         result('tcp loopback', tcp('127.0.0.1', {tport}))\n\
+         result('tcp https server', tcp('127.0.0.1', {sport}))\n\
+         result('tcp outside', tcp('{outside}', {tport}))\n\
+         result('tcp internet', tcp('1.1.1.1', 443))\n\
+         result('fastopen', fastopen('127.0.0.1', {tport}))\n\
+         result('udp loopback', udp('127.0.0.1', {uport}))\n\
+         result('udp outside', udp('{outside}', {uport}))",
+        sport = server.port,
+    );
+    let body = body + "\ntry:\n    socket.getaddrinfo('fake.test', 443); result('dns', 'RESOLVED')\nexcept OSError as e:\n    result('dns', 'ERR')";
+    let (out, _) = run(&d, "net", &body);
+    for label in ["tcp loopback", "tcp https server", "fastopen"] {
+        assert_eq!(line(&out, label), format!("ERR {}", libc::ECONNREFUSED), "{label}: {out}");
+    }
+    for label in ["tcp outside", "tcp internet"] {
+        assert_eq!(line(&out, label), format!("ERR {}", libc::ENETUNREACH), "{label}: {out}");
+    }
+    assert_eq!(line(&out, "udp outside"), format!("ERR {}", libc::ENETUNREACH), "{out}");
+    assert_eq!(line(&out, "dns"), "ERR", "the cell resolved a name itself: {out}");
+    // Nothing arrived on the host.
+    assert!(tcp.accept().is_err(), "a TCP connection from the cell reached the host");
+    let mut buf = [0u8; 16];
+    assert!(udp.recv_from(&mut buf).is_err(), "a UDP datagram from the cell reached the host");
+}
+
+#[test]
+fn learn_mode_allows_and_reports() {
+    gate!("learn_mode_allows_and_reports");
+    let server = Server::start();
+    let d = daemon(&server);
+    let port = server.port;
+    let body = format!(
+        "result('fake', get('https://fake.test:{port}/hello.txt'))\n\
+         result('learn', get('https://learn.test:{port}/hello.txt'))\n\
+         result('localhost', connect('localhost:{port}'))"
+    );
+    let (out, info) = run(&d, "learn", &body);
+    assert_eq!(line(&out, "fake"), "OK hello from fake.test", "{out}");
+    assert_eq!(line(&out, "learn"), "OK hello from fake.test", "{out}");
+    // Learning allows names, never the host's own loopback services.
+    assert!(line(&out, "localhost").starts_with("HTTP/1.1 403"), "{out}");
+    let allowed: Vec<&str> = info["egress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["allowed"] == true)
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(allowed, ["fake.test", "learn.test"], "{info}");
+    let log = d.wait_log(&["egress learned"], Duration::from_secs(10));
+    assert!(log.contains(&format!("fake.test:{port}")) && log.contains(&format!("learn.test:{port}")), "{log}");
+}
+
+/// Load (issue 14, acceptance 3): 20 cells at once, each with 10 concurrent HTTPS downloads of
+/// 256 KiB through its proxy: 200 tunnels, every byte arrives, no error.
+#[test]
+fn proxy_holds_200_connections_from_20_cells() {
+    gate!("proxy_holds_200_connections_from_20_cells");
+    let server = Server::start();
+    let d = daemon(&server);
+    let port = server.port;
+    let body = format!(
+        "res = []\n\
+         def one():\n    res.append(get('https://fake.test:{port}/big.bin'))\n\
+         ts = [threading.Thread(target=one) for _ in range(10)]\n\
+         [t.start() for t in ts]\n[t.join() for t in ts]\n\
+         ok = sum(1 for r in res if r == 'OK ' + 'x' * (256 << 10))\n\
+         result('ok', str(ok))\n\
+         [result('bad', r[:200]) for r in res if r != 'OK ' + 'x' * (256 << 10)]"
+    );
+    let started = std::time::Instant::now();
+    let outs: Vec<(String, Value)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20).map(|_| s.spawn(|| run(&d, "net", &body))).collect();
+        hs.into_iter().map(|h| h.join().expect("cell thread")).collect()
+    });
+    for (out, info) in &outs {
+        assert_eq!(line(out, "ok"), "10", "{out}");
+        let tunnels = info["egress"].as_array().map(|e| e.iter().filter(|e| e["allowed"] == true).count());
+        assert_eq!(tunnels, Some(10), "{info}");
+    }
+    eprintln!("200 tunnels from 20 cells in {:?}", started.elapsed());
+}
