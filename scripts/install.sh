@@ -283,7 +283,11 @@ do_uninstall() {
   fi
   # Directories this script created, deepest first, if empty.
   grep '^dir ' "$saved" | cut -d' ' -f2- | sort -r | while read -r d; do
-    rmdir "$destdir$d" 2>/dev/null && say removed "$d/" || true
+    if rmdir "$destdir$d" 2>/dev/null; then
+      say removed "$d/"
+    elif [[ $d == "$wsdir" ]]; then
+      say kept "$wsdir (users' workspaces are in it)"
+    fi
   done
 }
 

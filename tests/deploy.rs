@@ -153,6 +153,10 @@ fn reload_with_a_bad_policy_fails_and_keeps_the_previous_set() {
     let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "cat2", "cwd": d.cwd()})));
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(d.send(&live, "survives", 10_000).json()["stdout"], "survives");
+    // The rejection is in the daemon's log once.
+    let log = d.log();
+    let n = log.lines().filter(|l| l.contains("/no/such/root")).count();
+    assert_eq!(n, 1, "logged {n} times:\n{log}");
     // Only admins may reload.
     let o = cellkeep_as(MEMBER, &[], &d.socket, &["reload"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("forbidden"), "{}", text(&o));

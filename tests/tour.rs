@@ -83,7 +83,13 @@ fn the_readme_tour_runs_verbatim_for_a_member_of_the_cellkeep_group() {
         .map(|g| g.gid.as_raw().to_string())
         .expect("group cellkeep (scripts/install.sh and scripts/test.sh create it)");
     let d = Daemon::builder().shipped_policies().socket_mode(Some("0660")).config("socket_group = \"cellkeep\"").start();
-    let home = tempfile::Builder::new().prefix("ck-tour-").tempdir_in("/home").expect("home under /home");
+    // A home under /home, as on a build host (the VM's read-only root has none to give: /tmp,
+    // also a workdir root of the shipped policies, stands in).
+    let home = tempfile::Builder::new()
+        .prefix("ck-tour-")
+        .tempdir_in("/home")
+        .or_else(|_| tempfile::Builder::new().prefix("ck-tour-home-").tempdir())
+        .expect("a home directory");
     std::os::unix::fs::chown(home.path(), Some(MEMBER), Some(MEMBER)).expect("chown home");
     std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod home");
     // `cellkeep` on PATH, as /usr/local/bin/cellkeep is after install.sh.

@@ -134,8 +134,14 @@ pub async fn reload_policies(pool: &Pool, trigger: &str) -> Result<crate::pool::
             crate::systemd::notify_ready(&format!("policies reloaded: {} providers", r.providers.len()));
         }
         Err(e) => {
+            // Logged once: the error names each file with its first problem; the rest follow.
             tracing::error!("{trigger}: {e}");
             let rejected = pool.rejected_policies();
+            for r in rejected.iter() {
+                for p in r.problems.iter().skip(1) {
+                    tracing::error!("policy {}: {p}", r.name);
+                }
+            }
             let names: Vec<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
             crate::systemd::notify_ready(&format!(
                 "reload rejected ({} policies cannot load: {}); serving the previous set",

@@ -239,16 +239,13 @@ impl Pool {
     ///
     /// All or nothing: a set in which every file loads replaces the served one (`Ok` = the
     /// number of providers); a set with any rejected file is refused as a whole (`Err`, each
-    /// rejected file logged) and the previous set keeps serving, so a reload never drops a
+    /// rejected file named in it) and the previous set keeps serving, so a reload never drops a
     /// provider by accident. The rejections stay visible in health until a reload succeeds.
     /// Blocking (reads files): call from a blocking context or accept a short stall.
     pub fn reload(&self) -> Result<Reloaded, PoolError> {
         let _one = self.inner.reload_gate.lock().unwrap_or_else(|e| e.into_inner());
         let set = crate::policy::set::load_set(&self.inner.config.policy_dir, &self.inner.config.floor);
         if !set.rejected.is_empty() {
-            for line in set.rejected_summary() {
-                tracing::error!("reload: policy rejected: {line}");
-            }
             *self.inner.rejected.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set.rejected.clone());
             let dir = self.inner.config.policy_dir.display().to_string();
             return Err(PoolError::ReloadRejected { dir, rejected: set.rejected });
