@@ -271,7 +271,7 @@ fn abandoned_commands_never_cross_replies() {
     let t = Instant::now();
     let (mut abandoned, mut crossed, mut failed) = (0u32, Vec::new(), Vec::new());
     for i in 0..1000u32 {
-        if rng.next() % 6 == 0 {
+        if rng.next().is_multiple_of(6) {
             abandoned += 1;
             let delay_ms = rng.next() % 40;
             let body = serde_json::to_vec(&json!({"command": format!("gone{i} 0.0{delay_ms:02}"), "timeout_ms": 30000}))

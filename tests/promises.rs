@@ -239,3 +239,88 @@ fn http_layer_errors_are_json() {
     }
     assert_eq!(d.health()["status"], "ok");
 }
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).env_remove("CELLKEEP_SOCKET").output().expect("cellkeep")
+}
+
+// Finding 7: every argument of every command (but `policy`, reworked elsewhere) has help, with
+// units for durations; --socket and --json appear only where they work; one exit status (1)
+// for every CLI error, clap's usage errors included.
+#[test]
+fn cli_help_options_and_exit_status() {
+    let commands = [
+        "run", "daemon", "doctor", "spawn", "session", "send", "exec", "ps", "get", "kill", "health", "logs", "cleanup",
+        "shutdown",
+    ];
+    for c in commands {
+        let help = String::from_utf8(cli(&[c, "--help"]).stdout).expect("utf8");
+        let mut section = false;
+        for line in help.lines() {
+            if line == "Arguments:" || line == "Options:" {
+                section = true;
+                continue;
+            }
+            if line.is_empty() {
+                section = false;
+                continue;
+            }
+            if section {
+                let parts: Vec<&str> = line.trim().splitn(2, "  ").filter(|p| !p.trim().is_empty()).collect();
+                assert_eq!(parts.len(), 2, "{c}: no help for {line:?}\n{help}");
+            }
+        }
+        for unit in ["--timeout <SECONDS>", "--wait <SECONDS>", "--from <BYTES>"] {
+            let flag = unit.split(' ').next().unwrap_or("");
+            if help.contains(&format!("{flag} ")) {
+                assert!(help.contains(unit), "{c}: {flag} without its unit\n{help}");
+            }
+        }
+        let uses_socket = !["run", "doctor"].contains(&c);
+        assert_eq!(help.contains("--socket"), uses_socket, "{c}: --socket offered wrongly\n{help}");
+        assert_eq!(help.contains("--json"), c != "daemon", "{c}: --json offered wrongly\n{help}");
+    }
+    for bad in [&["bogus"][..], &["ps", "--bogus"], &["kill"], &["--json", "daemon"], &["--socket", "/x", "doctor"]] {
+        let out = cli(bad);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {out:?}");
+    }
+    assert_eq!(cli(&["--help"]).status.code(), Some(0));
+    let out = cli(&["ps", "--socket", "/nonexistent/ck.sock"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cellkeep: error: unavailable"), "{out:?}");
+}
+
+// Finding 7: `cellkeep run --cgroup-root X` removes the root X it created, in every hierarchy
+// (v1: memory, cpu, cpuacct, pids, freezer), and keeps a root it found.
+#[test]
+fn run_removes_the_cgroup_root_it_created() {
+    gate!("run_removes_the_cgroup_root_it_created");
+    let w = common::World::new();
+    let policy = w.policy("t", "", "");
+    let name = format!("ck-h16-{}", std::process::id());
+    let out = Command::new(BIN)
+        .args(["run", "--cgroup-root", &name, "--policy"])
+        .arg(&policy)
+        .arg("--cwd")
+        .arg(w.ws.path())
+        .args(["--", "/bin/true"])
+        .output()
+        .expect("cellkeep run");
+    assert!(out.status.success(), "{out:?}");
+    let left = Command::new("find").args(["/sys/fs/cgroup", "-name", &name, "-type", "d"]).output().expect("find");
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
+    assert!(left.trim().is_empty(), "cgroup root left behind:\n{left}");
+    // One that existed before the run stays.
+    let root = cellkeep::cgroup::CgroupRoot::open(&name).expect("open root");
+    let out = Command::new(BIN)
+        .args(["run", "--cgroup-root", &name, "--policy"])
+        .arg(&policy)
+        .arg("--cwd")
+        .arg(w.ws.path())
+        .args(["--", "/bin/true"])
+        .output()
+        .expect("cellkeep run");
+    assert!(out.status.success(), "{out:?}");
+    assert!(root.paths().iter().all(|p| p.exists()), "a root the run did not create was removed");
+    root.remove_if_empty().expect("remove root");
+}
