@@ -11,6 +11,11 @@
 //!   `shutdown`. Human output by default, `--json` for scripts; an error is printed as
 //!   `cellkeep: error: CODE: MESSAGE` (with `--json`: the daemon's `{code, message}` body on
 //!   stderr) and exits 1.
+//! - [`exec`]: `cellkeep exec` as a remote shell (live stdout/stderr, stdin, signals, the
+//!   command's exit status) over the API's streamed one-shot.
+//!
+//! Exit status: every error of cellkeep itself exits 1, clap's usage errors included; `run` and
+//! `exec` exit with the command's status (and `run` uses 125 for its own failures).
 
 mod doctor;
 mod exec;
