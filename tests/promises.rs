@@ -324,3 +324,29 @@ fn run_removes_the_cgroup_root_it_created() {
     assert!(root.paths().iter().all(|p| p.exists()), "a root the run did not create was removed");
     root.remove_if_empty().expect("remove root");
 }
+
+// Finding 1, step by step: a client sends a command and leaves before the reply; the reply (held
+// back until the test creates a file) is logged and kept in the output stream, and the next
+// command gets its own reply, not the abandoned one.
+#[test]
+fn abandoned_reply_is_logged_and_kept() {
+    gate!("abandoned_reply_is_logged_and_kept");
+    let gated = "[\"/bin/sh\", \"-c\", \"while read -r l; do while [ ! -e go ]; do sleep 0.02; done; echo \\\"$l\\\"; done\"]";
+    let d = daemon().provider("gated", gated, "session", "").start();
+    let id = id_of(&d.spawn("gated"));
+    {
+        use std::io::Write;
+        let body = serde_json::to_vec(&json!({"command": "first", "timeout_ms": 30000})).expect("json");
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+        write!(s, "POST /v1/cells/{id}/commands HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).expect("head");
+        s.write_all(&body).expect("body");
+        // Room for the daemon to route the request; the reply cannot come before `go` exists.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::fs::write(d.ws.path().join("go"), b"").expect("go");
+    let r = d.send(&id, "second", 30_000);
+    assert_eq!(r.json()["stdout"], "second", "{}", r.text());
+    d.wait_log(&["reply to a command whose client left", &id], Duration::from_secs(10));
+    let out = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?from=0"), None).text();
+    assert!(out.contains("\"first\\n") || out.contains("first\\nsecond"), "{out}");
+}
