@@ -1,6 +1,7 @@
 //! Load (issue 7, item 5), short CI versions: 20 concurrent sessions × N commands with random
 //! payloads up to 64 KiB and a checksum per reply (N = 200, `LOAD_COMMANDS` raises it: 1000 is
-//! the soak); 500 connections at once past a cap of 64; a slowloris client.
+//! the soak); 500 connections at once past a cap of 64; a slowloris client; and (issue 16) 1,000
+//! commands to a slow session with clients hanging up at random points: no reply ever crosses.
 
 mod common;
 mod harness;

@@ -239,3 +239,114 @@ fn http_layer_errors_are_json() {
     }
     assert_eq!(d.health()["status"], "ok");
 }
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).env_remove("CELLKEEP_SOCKET").output().expect("cellkeep")
+}
+
+// Finding 7: every argument of every command (but `policy`, reworked elsewhere) has help, with
+// units for durations; --socket and --json appear only where they work; one exit status (1)
+// for every CLI error, clap's usage errors included.
+#[test]
+fn cli_help_options_and_exit_status() {
+    let commands = [
+        "run", "daemon", "doctor", "spawn", "session", "send", "exec", "ps", "get", "kill", "health", "logs", "cleanup",
+        "shutdown",
+    ];
+    for c in commands {
+        let help = String::from_utf8(cli(&[c, "--help"]).stdout).expect("utf8");
+        let mut section = false;
+        for line in help.lines() {
+            if line == "Arguments:" || line == "Options:" {
+                section = true;
+                continue;
+            }
+            if line.is_empty() {
+                section = false;
+                continue;
+            }
+            if section {
+                let parts: Vec<&str> = line.trim().splitn(2, "  ").filter(|p| !p.trim().is_empty()).collect();
+                assert_eq!(parts.len(), 2, "{c}: no help for {line:?}\n{help}");
+            }
+        }
+        for unit in ["--timeout <SECONDS>", "--wait <SECONDS>", "--from <BYTES>"] {
+            let flag = unit.split(' ').next().unwrap_or("");
+            if help.contains(&format!("{flag} ")) {
+                assert!(help.contains(unit), "{c}: {flag} without its unit\n{help}");
+            }
+        }
+        let uses_socket = !["run", "doctor"].contains(&c);
+        assert_eq!(help.contains("--socket"), uses_socket, "{c}: --socket offered wrongly\n{help}");
+        assert_eq!(help.contains("--json"), c != "daemon", "{c}: --json offered wrongly\n{help}");
+    }
+    for bad in [&["bogus"][..], &["ps", "--bogus"], &["kill"], &["--json", "daemon"], &["--socket", "/x", "doctor"]] {
+        let out = cli(bad);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {out:?}");
+    }
+    assert_eq!(cli(&["--help"]).status.code(), Some(0));
+    let out = cli(&["ps", "--socket", "/nonexistent/ck.sock"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cellkeep: error: unavailable"), "{out:?}");
+}
+
+// Finding 7: `cellkeep run --cgroup-root X` removes the root X it created, in every hierarchy
+// (v1: memory, cpu, cpuacct, pids, freezer), and keeps a root it found.
+#[test]
+fn run_removes_the_cgroup_root_it_created() {
+    gate!("run_removes_the_cgroup_root_it_created");
+    let w = common::World::new();
+    let policy = w.policy("t", "", "");
+    let name = format!("ck-h16-{}", std::process::id());
+    let out = Command::new(BIN)
+        .args(["run", "--cgroup-root", &name, "--policy"])
+        .arg(&policy)
+        .arg("--cwd")
+        .arg(w.ws.path())
+        .args(["--", "/bin/true"])
+        .output()
+        .expect("cellkeep run");
+    assert!(out.status.success(), "{out:?}");
+    let left = Command::new("find").args(["/sys/fs/cgroup", "-name", &name, "-type", "d"]).output().expect("find");
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
+    assert!(left.trim().is_empty(), "cgroup root left behind:\n{left}");
+    // One that existed before the run stays.
+    let root = cellkeep::cgroup::CgroupRoot::open(&name).expect("open root");
+    let out = Command::new(BIN)
+        .args(["run", "--cgroup-root", &name, "--policy"])
+        .arg(&policy)
+        .arg("--cwd")
+        .arg(w.ws.path())
+        .args(["--", "/bin/true"])
+        .output()
+        .expect("cellkeep run");
+    assert!(out.status.success(), "{out:?}");
+    assert!(root.paths().iter().all(|p| p.exists()), "a root the run did not create was removed");
+    root.remove_if_empty().expect("remove root");
+}
+
+// Finding 1, step by step: a client sends a command and leaves before the reply; the reply (held
+// back until the test creates a file) is logged and kept in the output stream, and the next
+// command gets its own reply, not the abandoned one.
+#[test]
+fn abandoned_reply_is_logged_and_kept() {
+    gate!("abandoned_reply_is_logged_and_kept");
+    let gated = "[\"/bin/sh\", \"-c\", \"while read -r l; do while [ ! -e go ]; do sleep 0.02; done; echo \\\"$l\\\"; done\"]";
+    let d = daemon().provider("gated", gated, "session", "").start();
+    let id = id_of(&d.spawn("gated"));
+    {
+        use std::io::Write;
+        let body = serde_json::to_vec(&json!({"command": "first", "timeout_ms": 30000})).expect("json");
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+        write!(s, "POST /v1/cells/{id}/commands HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).expect("head");
+        s.write_all(&body).expect("body");
+        // Room for the daemon to route the request; the reply cannot come before `go` exists.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::fs::write(d.ws.path().join("go"), b"").expect("go");
+    let r = d.send(&id, "second", 30_000);
+    assert_eq!(r.json()["stdout"], "second", "{}", r.text());
+    d.wait_log(&["reply to a command whose client left", &id], Duration::from_secs(10));
+    let out = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?from=0"), None).text();
+    assert!(out.contains("\"first\\n") || out.contains("first\\nsecond"), "{out}");
+}

@@ -86,15 +86,17 @@ impl From<PathRejection> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        // Logged by who is at fault: the daemon (internal) at ERROR; a limit, a timeout the
-        // client asked for or a shutdown at INFO; the client's own mistakes at DEBUG (the
-        // request line is logged at DEBUG too).
+        // Logged by who is at fault: the daemon's own failures (internal) at ERROR; a limit,
+        // a setup failure, a refusal or a shutdown at WARN (worth an operator's look); what
+        // the client asked for or got wrong (its timeout, a bad request, an unknown cell) at
+        // INFO.
+        let status = self.status.as_u16();
         match self.code {
-            "internal" => tracing::error!(code = self.code, status = self.status.as_u16(), "{}", self.message),
-            "timeout" | "resource_limit" | "process_limit" | "shutting_down" | "exited" | "setup_failed" => {
-                tracing::info!(code = self.code, status = self.status.as_u16(), "{}", self.message)
+            "internal" => tracing::error!(code = self.code, status, "{}", self.message),
+            "resource_limit" | "process_limit" | "setup_failed" | "forbidden" | "shutting_down" => {
+                tracing::warn!(code = self.code, status, "{}", self.message)
             }
-            _ => tracing::debug!(code = self.code, status = self.status.as_u16(), "{}", self.message),
+            _ => tracing::info!(code = self.code, status, "{}", self.message),
         }
         let body = ErrorBody { code: self.code.to_owned(), message: self.message, result: self.result };
         (self.status, Json(body)).into_response()

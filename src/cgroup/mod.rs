@@ -345,6 +345,22 @@ impl CgroupRoot {
             RootBackend::V2(r) => r.remove_if_empty(),
         }
     }
+
+    /// `rmdir` of the root's directories that [`CgroupRoot::open`] created (in every hierarchy
+    /// on v1), if empty; ones it found stay. For a one-off user such as `cellkeep run`.
+    pub fn remove_created(&self) -> Result<(), CgroupError> {
+        let created = match &self.backend {
+            RootBackend::V1(r) => r.created().to_vec(),
+            RootBackend::V2(r) => r.created(),
+        };
+        let mut first_err = None;
+        for dir in created {
+            if let Err(e) = fs::rmdir_if_empty(&dir) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
 }
 
 /// The cgroup(s) of one cell.

@@ -78,6 +78,8 @@ pub struct Root {
     dirs: Dirs,
     /// The root's path in the pids hierarchy as `/proc/<pid>/cgroup` shows it (`/a/b/cellkeep`).
     pids_rel: String,
+    /// The directories `open` created (it found the others).
+    created: Vec<PathBuf>,
 }
 
 impl Root {
@@ -107,11 +109,16 @@ impl Root {
                 }
             }
         }
-        Ok(Root { dirs, pids_rel })
+        Ok(Root { dirs, pids_rel, created })
     }
 
     pub fn paths(&self) -> Vec<PathBuf> {
         self.dirs.unique()
+    }
+
+    /// The root's directories that `open` created.
+    pub fn created(&self) -> &[PathBuf] {
+        &self.created
     }
 
     /// Whether the process whose `/proc/<pid>/cgroup` is `entries` sits beneath this root (in

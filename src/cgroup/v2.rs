@@ -22,6 +22,8 @@ pub struct Root {
     dir: PathBuf,
     /// The root's path as `/proc/<pid>/cgroup` (`0::…`) shows it.
     rel: String,
+    /// `open` created the directory (rather than finding it).
+    created: bool,
 }
 
 impl Root {
@@ -53,10 +55,10 @@ impl Root {
         check_controllers(&own_dir)?;
         enable_controllers_in_own(&own_dir, own == "/")?;
         let dir = own_dir.join(name);
-        fs::mkdir(&dir)?;
+        let created = fs::mkdir(&dir)?;
         check_controllers(&dir)?;
         enable_controllers(&dir)?;
-        Ok(Root { dir, rel: super::v1::join_rel(own, name) })
+        Ok(Root { dir, rel: super::v1::join_rel(own, name), created })
     }
 
     /// Whether the process whose `/proc/<pid>/cgroup` is `entries` sits beneath this root.
@@ -85,6 +87,15 @@ impl Root {
 
     pub fn list_cells(&self) -> Result<Vec<String>, CgroupError> {
         fs::list_dirs(&self.dir)
+    }
+
+    /// The root's directory, if `open` created it.
+    pub fn created(&self) -> Vec<PathBuf> {
+        if self.created {
+            vec![self.dir.clone()]
+        } else {
+            Vec::new()
+        }
     }
 
     pub fn open_cell(&self, id: &str) -> Cell {

@@ -12,12 +12,17 @@ use super::{term, RunArgs};
 
 pub(super) fn run(args: RunArgs, json: bool) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(run_async(args, json))
-}
-
-async fn run_async(args: RunArgs, json: bool) -> anyhow::Result<i32> {
     let policy = policy::load_launchable(&args.policy)?;
     let root = CgroupRoot::open(&args.cgroup_root)?;
+    let result = rt.block_on(run_async(args, json, policy, root.clone()));
+    // A root this run created goes with it (in every v1 hierarchy); one it found stays.
+    if let Err(e) = root.remove_created() {
+        tracing::warn!("cannot remove the cgroup root this run created: {e}");
+    }
+    result
+}
+
+async fn run_async(args: RunArgs, json: bool, policy: policy::Policy, root: CgroupRoot) -> anyhow::Result<i32> {
     let launcher = Launcher::new(root, HostCaps::probe());
     let cwd = match args.cwd {
         Some(c) => c,

@@ -12,6 +12,11 @@
 //!   `shutdown`. Human output by default, `--json` for scripts; an error is printed as
 //!   `cellkeep: error: CODE: MESSAGE` (with `--json`: the daemon's `{code, message}` body on
 //!   stderr) and exits 1.
+//! - [`exec`]: `cellkeep exec` as a remote shell (live stdout/stderr, stdin, signals, the
+//!   command's exit status) over the API's streamed one-shot.
+//!
+//! Exit status: every error of cellkeep itself exits 1, clap's usage errors included; `run` and
+//! `exec` exit with the command's status (and `run` uses 125 for its own failures).
 
 mod doctor;
 mod exec;
@@ -26,15 +31,31 @@ use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "cellkeep", version, about = "Linux sandbox supervisor: run CLI processes in cgroup cells")]
+#[command(after_help = "Exit status: a command's own status for `run` and `exec` (124 timeout, 128+N signal N, \
+125 when the cell could not be set up); 0 for success otherwise; 1 for every error of cellkeep itself \
+(bad usage, daemon unreachable, an error answer), printed as `cellkeep: error: CODE: MESSAGE`.")]
 struct Cli {
-    /// The daemon's socket.
-    #[arg(long, global = true, env = "CELLKEEP_SOCKET", default_value = crate::client::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Machine-readable output: JSON on stdout, JSON errors on stderr.
-    #[arg(long, global = true)]
+    /// The daemon's socket, for the commands that talk to the daemon (also accepted after the
+    /// subcommand; default: $CELLKEEP_SOCKET, else /run/cellkeep/cellkeep.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Machine-readable output, for the commands that have it (also accepted after the
+    /// subcommand).
+    #[arg(long)]
     json: bool,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// How a client command reaches the daemon and prints.
+#[derive(Debug, Clone, clap::Args)]
+struct Conn {
+    /// The daemon's socket (default: $CELLKEEP_SOCKET, else /run/cellkeep/cellkeep.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Machine-readable output: the API's JSON on stdout, `{code, message}` errors on stderr.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,22 +77,28 @@ enum Cmd {
     Session(SessionArgs),
     /// Send a command to a session cell and print the framed reply.
     Send {
+        /// The session cell's id (from `spawn`, `session` or `ps`).
         id: String,
+        /// The command: one line, written to the session's stdin.
         command: String,
         /// Seconds to wait for the reply (default: the policy's wall time, else 300).
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Run one command in a fresh one-shot cell, like a remote shell: stdout and stderr live,
     /// stdin forwarded when it is not a terminal, Ctrl-C terminates the cell; exits with the
-    /// command's status (124 timeout, 128+N signal N, 125 setup failure).
+    /// command's status (124 timeout, 128+N signal N, 125 setup failure). With --json: one
+    /// buffered result instead (output up to the policy's output_bytes; cut output exits 1,
+    /// output_truncated).
     Exec {
         /// The one-shot provider (a policy name) to run the command with.
         provider: String,
         /// The command, passed to the provider's command as one final argument (no shell).
         command: String,
         /// Working directory (default: the current directory).
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         cwd: Option<PathBuf>,
         /// Seconds the command may run before it is ended as timed out (exit 124; default:
         /// the policy's wall time, else 300).
@@ -83,59 +110,117 @@ enum Cmd {
         #[command(flatten)]
         env: EnvArgs,
         /// Over the cap, wait up to this many seconds for a free slot.
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS")]
         wait: Option<f64>,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// List cells.
     Ps {
-        #[arg(long)]
+        /// Only the cells of this provider (a policy name).
+        #[arg(long, value_name = "PROVIDER")]
         provider: Option<String>,
         /// Include exited cells (kept for a while with their exit reasons).
         #[arg(long, short)]
         all: bool,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Show one cell.
-    Get { id: String },
+    Get {
+        /// The cell's id.
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Terminate a cell: SIGTERM, a grace period, then kill its whole cgroup.
     Kill {
+        /// The cell's id.
         id: String,
         /// Kill at once.
         #[arg(long, short)]
         force: bool,
+        #[command(flatten)]
+        conn: Conn,
     },
-    /// Daemon health, or one cell's state and live resource usage.
-    Health { id: Option<String> },
+    /// Daemon health, or one cell's state and live resource usage (its last usage once ended).
+    Health {
+        /// A cell's id (default: the daemon's health, scoped to what you may see).
+        id: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Print a cell's output (stdout to stdout, stderr to stderr).
     Logs {
+        /// The cell's id.
         id: String,
         /// Keep following until the cell ends.
         #[arg(long, short)]
         follow: bool,
-        /// Start at this output offset (default: the oldest byte kept).
-        #[arg(long)]
+        /// Start at this output offset, in bytes of the cell's output (stdout and stderr
+        /// counted together; default: the oldest byte kept).
+        #[arg(long, value_name = "BYTES")]
         from: Option<u64>,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// End every cell of a provider; prints how many.
-    Cleanup { provider: String },
+    Cleanup {
+        /// The provider (a policy name).
+        provider: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// End every cell and stop the daemon (root or an admin group).
-    Shutdown,
+    Shutdown {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Reload the daemon's policies and wait for the verdict (root or an admin group): exit 0
     /// when the new set serves, 1 when any file cannot load (each is named; the previous set
     /// keeps serving). The unit's ExecReload=, so `systemctl reload cellkeep` fails the same way.
-    Reload,
+    Reload {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+impl Cmd {
+    /// The connection options of a client command.
+    fn conn(&self) -> Option<&Conn> {
+        match self {
+            Cmd::Spawn(a) => Some(&a.conn),
+            Cmd::Session(a) => Some(&a.conn),
+            Cmd::Send { conn, .. }
+            | Cmd::Exec { conn, .. }
+            | Cmd::Ps { conn, .. }
+            | Cmd::Get { conn, .. }
+            | Cmd::Kill { conn, .. }
+            | Cmd::Health { conn, .. }
+            | Cmd::Logs { conn, .. }
+            | Cmd::Cleanup { conn, .. }
+            | Cmd::Shutdown { conn }
+            | Cmd::Reload { conn } => Some(conn),
+            Cmd::Run(_) | Cmd::Policy(_) | Cmd::Daemon(_) | Cmd::Doctor(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// The provider policy file (TOML).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     policy: PathBuf,
     /// Working directory of the command (must be inside the policy's workdir roots).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
-    /// Name of cellkeep's cgroup root beneath this process's own cgroup.
-    #[arg(long, env = "CELLKEEP_CGROUP_ROOT", default_value = "cellkeep")]
+    /// Name of cellkeep's cgroup root beneath this process's own cgroup (created if missing,
+    /// and then removed again when the run ends).
+    #[arg(long, env = "CELLKEEP_CGROUP_ROOT", default_value = "cellkeep", value_name = "NAME")]
     cgroup_root: String,
+    /// After the command's own output, print how it ended, its usage and events as one JSON line.
+    #[arg(long)]
+    json: bool,
     /// The command: appended to the policy's command, or the whole argv if it has none.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -183,6 +268,9 @@ enum PolicyCmd {
 
 #[derive(Debug, clap::Args)]
 struct DoctorArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
     /// Directory of provider policies (default: the config's policy_dir, else the daemon's
     /// default: /etc/cellkeep/policies when it exists, else ./policies).
     #[arg(long)]
@@ -195,17 +283,21 @@ struct DoctorArgs {
 
 #[derive(Debug, clap::Args)]
 struct DaemonArgs {
+    /// The socket to listen on (default: the config's `socket`, else $CELLKEEP_SOCKET, else
+    /// /run/cellkeep/cellkeep.sock; a socket systemd passes wins).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
     /// Daemon settings (TOML); flags override it.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Directory of provider policies.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     policies: Option<PathBuf>,
-    /// Most cells alive at once.
-    #[arg(long)]
+    /// Most cells alive at once (a count).
+    #[arg(long, value_name = "N")]
     max_cells: Option<usize>,
     /// Name of cellkeep's cgroup root.
-    #[arg(long, env = "CELLKEEP_CGROUP_ROOT")]
+    #[arg(long, env = "CELLKEEP_CGROUP_ROOT", value_name = "NAME")]
     cgroup_root: Option<String>,
 }
 
@@ -223,9 +315,10 @@ struct EnvArgs {
 
 #[derive(Debug, clap::Args)]
 struct SpawnArgs {
+    /// The provider (a policy name).
     provider: String,
     /// Working directory (default: the current directory).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
     /// Start a long-lived session fed on stdin (default: the provider's mode).
     #[arg(long)]
@@ -233,40 +326,87 @@ struct SpawnArgs {
     #[command(flatten)]
     env: EnvArgs,
     /// Over the cap, wait up to this many seconds for a free slot.
-    #[arg(long)]
+    #[arg(long, value_name = "SECONDS")]
     wait: Option<f64>,
     /// Extra arguments for the provider's command.
     #[arg(last = true)]
     args: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
 }
 
 #[derive(Debug, clap::Args)]
 struct SessionArgs {
+    /// The session provider (a policy name).
     provider: String,
-    #[arg(long)]
+    /// Working directory of a new session (default: the current directory).
+    #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
     #[command(flatten)]
     env: EnvArgs,
-    #[arg(long)]
+    /// Over the cap, wait up to this many seconds for a free slot.
+    #[arg(long, value_name = "SECONDS")]
     wait: Option<f64>,
+    #[command(flatten)]
+    conn: Conn,
 }
 
-/// Parse the command line, run, return the process exit code.
+/// Parse the command line, run, return the process exit code: 1 for every error of cellkeep
+/// itself (clap's usage errors included), the command's own status for `run` and `exec`.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
     init_logging(matches!(cli.cmd, Cmd::Daemon(_)));
+    // The top-level --socket / --json apply only where the command has them.
+    let offered = |what: &str, ok: bool| -> Result<(), String> {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{what} is not an option of this command"))
+        }
+    };
+    let client = cli.cmd.conn().is_some();
+    let checked = offered("--socket", cli.socket.is_none() || client || matches!(cli.cmd, Cmd::Daemon(_)))
+        .and(offered("--json", !cli.json || client || matches!(cli.cmd, Cmd::Run(_) | Cmd::Doctor(_) | Cmd::Policy(_))));
+    if let Err(m) = checked {
+        eprintln!("cellkeep: error: bad_request: {m}");
+        return 1;
+    }
+    if let Some(conn) = cli.cmd.conn().cloned() {
+        let socket = conn.socket.or(cli.socket).unwrap_or_else(default_socket);
+        return remote::main(cli.cmd, &socket, conn.json || cli.json);
+    }
+    let is_run = matches!(cli.cmd, Cmd::Run(_));
     let result = match cli.cmd {
-        Cmd::Run(args) => local::run(args, cli.json),
+        Cmd::Run(args) => {
+            let json = args.json || cli.json;
+            local::run(args, json)
+        }
         Cmd::Policy(cmd) => return policy_main(cmd, cli.json),
-        Cmd::Daemon(args) => daemon(args, cli.socket),
-        Cmd::Doctor(args) => doctor::run(args.policies, args.config, cli.json),
-        cmd => return remote::main(cmd, &cli.socket, cli.json),
+        Cmd::Daemon(mut args) => {
+            args.socket = args.socket.or(cli.socket);
+            daemon(args)
+        }
+        Cmd::Doctor(args) => doctor::run(args.policies, args.config, args.json || cli.json),
+        _ => Ok(1),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cellkeep: error: {e:#}");
-            125
+            // `run` exits with its command's status, which 1 could be: its own failures are
+            // 125, as a cell that could not be set up.
+            if is_run {
+                125
+            } else {
+                1
+            }
         }
     }
 }
@@ -287,6 +427,11 @@ fn policy_main(cmd: PolicyCmd, json: bool) -> i32 {
         }
         1
     })
+}
+
+/// $CELLKEEP_SOCKET, else the daemon's default socket.
+fn default_socket() -> PathBuf {
+    std::env::var_os("CELLKEEP_SOCKET").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(crate::client::DEFAULT_SOCKET))
 }
 
 /// The daemon logs at `info` unless `CELLKEEP_LOG` says otherwise; client commands at `warn`.
@@ -317,7 +462,7 @@ fn init_logging(daemon: bool) {
 /// The unit's `RestartPreventExitStatus=` names it: restarting cannot fix a config file.
 pub const EXIT_CONFIG: i32 = 78;
 
-fn daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<i32> {
+fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     let mut config = match &args.config {
         Some(path) => match crate::config::Config::load(path) {
             Ok(c) => c,
@@ -331,8 +476,10 @@ fn daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<i32> {
     };
     // An explicit --socket (or CELLKEEP_SOCKET) wins over the file; the built-in default
     // does not override a socket set in the file.
-    if socket.as_os_str() != crate::client::DEFAULT_SOCKET || args.config.is_none() {
+    if let Some(socket) = args.socket.or_else(|| std::env::var_os("CELLKEEP_SOCKET").map(PathBuf::from)) {
         config.socket = socket;
+    } else if args.config.is_none() {
+        config.socket = PathBuf::from(crate::client::DEFAULT_SOCKET);
     }
     if let Some(p) = args.policies {
         config.policy_dir = p;

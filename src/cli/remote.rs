@@ -81,11 +81,11 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             let req = SessionRequest { cwd: cwd(a.cwd)?, env: env(&a.env)?, wait_for_slot_ms: millis(a.wait)? };
             print_cell_id(&c.session(&a.provider, &req).await?, json)
         }
-        Cmd::Send { id, command, timeout } => {
+        Cmd::Send { id, command, timeout, .. } => {
             let r = c.send_command(&id, &SendRequest { command, timeout_ms: millis(timeout)? }).await?;
             print_result(&r, json)
         }
-        Cmd::Exec { provider, command, cwd: dir, timeout, env: e, wait, interactive } => {
+        Cmd::Exec { provider, command, cwd: dir, timeout, env: e, wait, interactive, .. } => {
             let req = OneshotRequest {
                 command,
                 cwd: cwd(dir)?,
@@ -105,7 +105,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
                 Err(e) => Err(e.into()),
             }
         }
-        Cmd::Ps { provider, all } => {
+        Cmd::Ps { provider, all, .. } => {
             let cells = c.list(&ListFilter { provider, all }).await?;
             if json {
                 return print_json(&cells);
@@ -125,7 +125,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             }
             Ok(0)
         }
-        Cmd::Get { id } => {
+        Cmd::Get { id, .. } => {
             let i = c.get_cell(&id).await?;
             if json {
                 return print_json(&i);
@@ -133,7 +133,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             print_info(&i);
             Ok(0)
         }
-        Cmd::Kill { id, force } => {
+        Cmd::Kill { id, force, .. } => {
             let i = c.terminate(&id, force).await?;
             if json {
                 return print_json(&i);
@@ -142,7 +142,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             println!("{}: {how}", i.id);
             Ok(0)
         }
-        Cmd::Health { id: Some(id) } => {
+        Cmd::Health { id: Some(id), .. } => {
             let h = c.cell_health(&id).await?;
             if json {
                 return print_json(&h);
@@ -150,7 +150,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             print_cell_health(&h);
             Ok(0)
         }
-        Cmd::Health { id: None } => {
+        Cmd::Health { id: None, .. } => {
             let h = c.health().await?;
             if json {
                 return print_json(&h);
@@ -158,8 +158,8 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             print_daemon_health(&h);
             Ok(0)
         }
-        Cmd::Logs { id, follow, from } => logs(c, &id, follow, from, json).await,
-        Cmd::Cleanup { provider } => {
+        Cmd::Logs { id, follow, from, .. } => logs(c, &id, follow, from, json).await,
+        Cmd::Cleanup { provider, .. } => {
             let n = c.cleanup(&provider).await?;
             if json {
                 return print_json(&n);
@@ -167,7 +167,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             println!("{} cell(s) of {provider} ended", n.count);
             Ok(0)
         }
-        Cmd::Shutdown => {
+        Cmd::Shutdown { .. } => {
             let n = c.shutdown().await?;
             if json {
                 return print_json(&n);
@@ -175,7 +175,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             println!("daemon shutting down; {} cell(s) ended", n.count);
             Ok(0)
         }
-        Cmd::Reload => {
+        Cmd::Reload { .. } => {
             let r = c.reload().await?;
             if json {
                 return print_json(&r);

@@ -44,6 +44,9 @@ pub struct Wiring {
     /// one-shot command with a timeout.
     pub deadline: Option<Instant>,
     pub tap: Option<Tap>,
+    /// One-shot: keep its stdin for the caller to write (`stdin: true`); otherwise it is
+    /// closed at once.
+    pub keep_stdin: bool,
 }
 
 /// Shared state of one cell.
@@ -201,7 +204,7 @@ pub fn start(
     wiring: Wiring,
     on_end: impl FnOnce(&Arc<CellEntry>, &Outcome) + Send + 'static,
 ) -> Arc<CellEntry> {
-    let Wiring { framer, deadline, tap } = wiring;
+    let Wiring { framer, deadline, tap, keep_stdin } = wiring;
     let spool = Spool::new(policy.limits.output_bytes as usize);
     // A command expects one reply; the few slots only absorb replies that race a command.
     let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE);
@@ -209,7 +212,7 @@ pub fn start(
     let CellIo { stdin, stdout, stderr } = cell.take_io();
     let (io, oneshot_stdin) = match (session, stdin) {
         (true, Some(stdin)) => (Some(SessionIo { stdin, replies: reply_rx }), None),
-        (false, stdin) => (None, stdin),
+        (false, stdin) => (None, stdin.filter(|_| keep_stdin)),
         (true, None) => (None, None),
     };
     let entry = Arc::new(CellEntry {
@@ -269,6 +272,9 @@ pub fn start(
         *supervised.final_usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.usage);
         tracing::info!(cell = %outcome.cell, provider = %outcome.provider, reason = %outcome.reason, "cell ended");
         supervised.exit.send_replace(Some((outcome.reason.clone(), Instant::now())));
+        // An ended cell's stdin pipe is of no use; the entry stays listed for a while.
+        let closing = supervised.clone();
+        tokio::spawn(async move { drop(closing.stdin.lock().await.take()) });
         on_end(&supervised, &outcome);
     });
     entry

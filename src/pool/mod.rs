@@ -1,6 +1,6 @@
 //! The pool: the single owner of the daemon's cells — the cap, authorisation, provider
-//! sessions, commands (session and one-shot), termination, health, idle reaping, restart
-//! recovery and shutdown.
+//! sessions, commands (session: `ops.rs`; one-shot, buffered or streamed: `oneshot.rs`),
+//! termination, health, idle reaping, restart recovery and shutdown.
 //!
 //! State lives in one `std::sync::Mutex<State>` held only for map updates (never across an
 //! await); each cell is driven by its own tasks (`cell.rs`); one reaper task (`reaper.rs`)

@@ -84,7 +84,8 @@ impl Pool {
             pool.inner.reaper_wake.notify_one();
         };
         // The clock starts at launch, as the wall time always did.
-        let wiring = cell::Wiring { framer, deadline: limit.map(|d| Instant::now() + d), tap: l.tap };
+        let wiring =
+            cell::Wiring { framer, deadline: limit.map(|d| Instant::now() + d), tap: l.tap, keep_stdin: l.stdin };
         let entry = cell::start(cell, l.caller.uid, l.session, policy, range_uid, wiring, on_end);
         slot.commit();
         self.state().cells.insert(entry.id.clone(), entry.clone());
