@@ -64,7 +64,7 @@ pub fn socket_dir() -> PathBuf {
 fn sensitive() -> Vec<(PathBuf, &'static str)> {
     let fixed = [
         ("/", "the whole host"),
-        ("/etc", "host configuration (passwd, sudoers, cron)"),
+        ("/etc", "host configuration such as passwd, sudoers and cron"),
         ("/usr", "the host's programs and libraries"),
         ("/home", "every user's home directory"),
         ("/root", "root's home directory"),
@@ -288,17 +288,25 @@ fn broad(path: &Path, key: &str) -> Option<String> {
             ))
         }
         _ => {
-            let right = if key == "filesystem.write" { "write to" } else { "execute files in" };
+            let right = if key == "filesystem.write" { "write to" } else { "run programs from" };
             let is_user_home = path.parent() == Some(Path::new("/home"));
-            let covered = sensitive()
+            let candidates: Vec<(PathBuf, &str)> = sensitive()
                 .into_iter()
                 .filter(|(s, _)| key == "filesystem.write" || s != Path::new("/usr"))
-                .find(|(s, _)| within(s, path));
-            let what = match covered {
-                Some((s, what)) if s == path => what.to_owned(),
-                Some((s, what)) => format!("{} ({what})", s.display()),
-                None if is_user_home => "a user's whole home (ssh keys, shell start-up files)".to_owned(),
-                None => return None,
+                .collect();
+            // The grant covers a sensitive directory, or (except for `/` and `/home`, whose
+            // subdirectories are ordinary grants) lies inside one: `/etc/sudoers`.
+            let covers = candidates.iter().find(|(s, _)| within(s, path));
+            let inside = candidates
+                .iter()
+                .filter(|(s, _)| s != Path::new("/") && s != Path::new("/home"))
+                .find(|(s, _)| within(path, s));
+            let what = match (covers, inside) {
+                (Some((s, what)), _) if s == path => (*what).to_owned(),
+                (Some((s, what)), _) => format!("{} ({what})", s.display()),
+                (None, Some((s, what))) => format!("a path inside {} ({what})", s.display()),
+                (None, None) if is_user_home => "a user's whole home (ssh keys, shell start-up files)".to_owned(),
+                (None, None) => return None,
             };
             Some(format!(
                 "\"{text}\" lets the cell {right} {what}; grant \"{{cwd}}\" and \"{{tmp}}\", or the one directory it needs"
