@@ -554,6 +554,14 @@ fn shipped_policies_and_the_floor() {
     let (code, _, stderr) = cli(&["policy", "check", "--floor", "tests/fixtures/floor/floor.toml", "policies"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("6 of 11 policies invalid: 1 error, 0 warnings"), "{stderr}");
+    // The same floor named by the daemon config's `floor` key.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("cellkeep.toml");
+    std::fs::write(&config, format!("floor = \"{}\"\n", floor_path.display())).unwrap_or_else(|e| panic!("{e}"));
+    let config = config.display().to_string();
+    let (code, stdout, _) = cli(&["policy", "check", "--config", &config, "policies"]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("agent.toml:183:8: network.mode: \"tcp\" is wider than the admin floor"), "{stdout}");
 }
 
 #[test]

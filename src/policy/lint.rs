@@ -333,3 +333,24 @@ fn danger(name: &str) -> &'static str {
         _ => "a sandbox-escape or host-tampering route",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broad_grants_cover_or_sit_inside_system_directories() {
+        let w = |p: &str| broad(Path::new(p), "filesystem.write");
+        let x = |p: &str| broad(Path::new(p), "filesystem.exec");
+        let r = |p: &str| broad(Path::new(p), "filesystem.read");
+        assert!(w("/").is_some() && w("/etc").is_some() && w("/etc/cron.d").is_some() && w("/usr/local").is_some());
+        assert!(w("/run").is_some() && w("/home").is_some() && w("/home/alice").is_some());
+        assert_eq!(w("/home/alice/.cache"), None);
+        assert_eq!(w("/srv/data"), None);
+        assert_eq!(w("/dev/null"), None);
+        assert_eq!(x("/usr"), None, "exec on /usr is how programs run");
+        assert!(x("/proc").is_some() && x("/").is_some());
+        assert!(r("/").is_some() && r("/home").is_some());
+        assert_eq!(r("/etc"), None);
+    }
+}
