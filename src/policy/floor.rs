@@ -408,7 +408,7 @@ mod tests {
         let text = "[limits]\nmemory_max = \"4G\"\n# é\nx = 1\n";
         assert_eq!(line_col(text, 0), (1, 1));
         assert_eq!(line_col(text, text.find("\"4G\"").unwrap_or(0)), (2, 14));
-        assert_eq!(line_col(text, text.find("x =").unwrap_or(0)), (4, 1));
+        assert_eq!(line_col(text, text.find("\nx =").map_or(0, |i| i + 1)), (4, 1));
         assert_eq!(line_col(text, 10_000), (5, 1));
     }
 
