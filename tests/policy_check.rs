@@ -276,9 +276,6 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
     vec![
         ("base.toml", vec![]),
         ("clean.toml", vec![]),
-        ("note_command_not_installed.toml", vec![
-            "5:12: note: provider.command: \"/opt/cellkeep/agents/bin/not-installed\" is not installed on this host yet (scripts/install-agents.sh creates /opt/cellkeep); check again after installing",
-        ]),
         ("command_missing.toml", vec![
             "5:12: warning: provider.command: \"/usr/bin/does-not-exist\" does not exist on this host: every launch would fail with \"no such file\"; install it or fix the path",
         ]),
@@ -295,13 +292,16 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
             "7:21: warning: filesystem.exec: \"/tmp/tools\" is hidden inside the cell: it mounts a private /tmp over the host's; use \"{tmp}\" for scratch space, or install outside /tmp (e.g. under /opt)",
         ]),
         ("exec_proc.toml", vec![
-            "7:21: warning: filesystem.exec: \"/proc\" lets the cell execute files in the kernel's process and tuning files; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+            "7:21: warning: filesystem.exec: \"/proc\" lets the cell run programs from the kernel's process and tuning files; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
         ]),
         ("exec_root.toml", vec![
-            "7:9: warning: filesystem.exec: \"/\" lets the cell execute files in the whole host; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+            "7:9: warning: filesystem.exec: \"/\" lets the cell run programs from the whole host; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
         ]),
         ("missing_path.toml", vec![
             "7:17: warning: filesystem.read: \"/opt/does-not-exist\" does not exist on this host: the cell skips this rule, so it grants nothing; check the spelling or remove it",
+        ]),
+        ("note_command_not_installed.toml", vec![
+            "5:12: note: provider.command: \"/opt/cellkeep/agents/bin/not-installed\" is not installed on this host yet (scripts/install-agents.sh creates /opt/cellkeep); check again after installing",
         ]),
         ("note_distro.toml", vec![
             "7:17: note: filesystem.read: \"/etc/pki/not-on-this-distro\" does not exist on this host (kept for other distributions; the cell skips it here)",
@@ -336,10 +336,13 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
             "7:10: warning: workdir.roots: \"/\" lets a caller start a cell anywhere under it and write there through \"{cwd}\"; list the directories where work happens (e.g. \"/srv\", \"/home\")",
         ]),
         ("write_etc.toml", vec![
-            "7:19: warning: filesystem.write: \"/etc\" lets the cell write to host configuration (passwd, sudoers, cron); grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+            "7:19: warning: filesystem.write: \"/etc\" lets the cell write to host configuration such as passwd, sudoers and cron; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
         ]),
         ("write_home_root.toml", vec![
             "7:10: warning: filesystem.write: \"/home\" lets the cell write to every user's home directory; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("write_inside_etc.toml", vec![
+            "7:19: warning: filesystem.write: \"/etc/sudoers\" lets the cell write to a path inside /etc (host configuration such as passwd, sudoers and cron); grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
         ]),
         ("write_root.toml", vec![
             "7:10: warning: filesystem.write: \"/\" lets the cell write to the whole host; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
@@ -433,6 +436,10 @@ fn show_json_carries_the_policy_and_its_findings() {
     assert_eq!(v["policy"]["filesystem"]["read"][0]["path"], "/");
     assert_eq!(v["findings"][0]["key"], "filesystem.read");
     assert_eq!(v["findings"][0]["line"], 7);
+    // Without --dir: the daemon's directory (/etc/cellkeep/policies when installed, else ./policies).
+    let (code, stdout, stderr) = cli(&["policy", "show", "echo"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("name = \"echo\""), "{stdout}");
 }
 
 #[test]
@@ -553,6 +560,14 @@ fn shipped_policies_and_the_floor() {
     let (code, _, stderr) = cli(&["policy", "check", "--floor", "tests/fixtures/floor/floor.toml", "policies"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("6 of 11 policies invalid: 1 error, 0 warnings"), "{stderr}");
+    // The same floor named by the daemon config's `floor` key.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("cellkeep.toml");
+    std::fs::write(&config, format!("floor = \"{}\"\n", floor_path.display())).unwrap_or_else(|e| panic!("{e}"));
+    let config = config.display().to_string();
+    let (code, stdout, _) = cli(&["policy", "check", "--config", &config, "policies"]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("agent.toml:183:8: network.mode: \"tcp\" is wider than the admin floor"), "{stdout}");
 }
 
 #[test]

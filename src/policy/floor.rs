@@ -398,3 +398,31 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before.get(start..).map_or(0, |s| s.chars().count()) + 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_in_characters() {
+        let text = "[limits]\nmemory_max = \"4G\"\n# é\nx = 1\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, text.find("\"4G\"").unwrap_or(0)), (2, 14));
+        assert_eq!(line_col(text, text.find("\nx =").map_or(0, |i| i + 1)), (4, 1));
+        assert_eq!(line_col(text, 10_000), (5, 1));
+    }
+
+    #[test]
+    fn an_absent_floor_is_no_floor_and_an_empty_one_sets_nothing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(Floor::load_optional(&dir.path().join("none.toml")), Ok(None)));
+        let path = dir.path().join("floor.toml");
+        std::fs::write(&path, "# nothing yet\n").unwrap_or_else(|e| panic!("{e}"));
+        let floor = Floor::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let policy = dir.path().join("p.toml");
+        std::fs::write(&policy, "[provider]\nname = \"p\"\ncommand = [\"/bin/true\"]\n[seccomp]\npreset = \"none\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let checked = super::super::load_checked(&policy).unwrap_or_else(|e| panic!("{e}"));
+        assert!(floor.check(&checked).is_empty());
+    }
+}

@@ -65,7 +65,7 @@ pub fn socket_dir() -> PathBuf {
 fn sensitive() -> Vec<(PathBuf, &'static str)> {
     let fixed = [
         ("/", "the whole host"),
-        ("/etc", "host configuration (passwd, sudoers, cron)"),
+        ("/etc", "host configuration such as passwd, sudoers and cron"),
         ("/usr", "the host's programs and libraries"),
         ("/home", "every user's home directory"),
         ("/root", "root's home directory"),
@@ -285,17 +285,25 @@ fn broad(path: &Path, key: &str) -> Option<String> {
             ))
         }
         _ => {
-            let right = if key == "filesystem.write" { "write to" } else { "execute files in" };
+            let right = if key == "filesystem.write" { "write to" } else { "run programs from" };
             let is_user_home = path.parent() == Some(Path::new("/home"));
-            let covered = sensitive()
+            let candidates: Vec<(PathBuf, &str)> = sensitive()
                 .into_iter()
                 .filter(|(s, _)| key == "filesystem.write" || s != Path::new("/usr"))
-                .find(|(s, _)| within(s, path));
-            let what = match covered {
-                Some((s, what)) if s == path => what.to_owned(),
-                Some((s, what)) => format!("{} ({what})", s.display()),
-                None if is_user_home => "a user's whole home (ssh keys, shell start-up files)".to_owned(),
-                None => return None,
+                .collect();
+            // The grant covers a sensitive directory, or (except for `/` and `/home`, whose
+            // subdirectories are ordinary grants) lies inside one: `/etc/sudoers`.
+            let covers = candidates.iter().find(|(s, _)| within(s, path));
+            let inside = candidates
+                .iter()
+                .filter(|(s, _)| s != Path::new("/") && s != Path::new("/home"))
+                .find(|(s, _)| within(path, s));
+            let what = match (covers, inside) {
+                (Some((s, what)), _) if s == path => (*what).to_owned(),
+                (Some((s, what)), _) => format!("{} ({what})", s.display()),
+                (None, Some((s, what))) => format!("a path inside {} ({what})", s.display()),
+                (None, None) if is_user_home => "a user's whole home (ssh keys, shell start-up files)".to_owned(),
+                (None, None) => return None,
             };
             Some(format!(
                 "\"{text}\" lets the cell {right} {what}; grant \"{{cwd}}\" and \"{{tmp}}\", or the one directory it needs"
@@ -320,5 +328,26 @@ fn danger(name: &str) -> &'static str {
         "userfaultfd" => "it is a frequent ingredient of kernel exploits",
         "name_to_handle_at" | "open_by_handle_at" => "it opens files by handle, around path checks",
         _ => "a sandbox-escape or host-tampering route",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broad_grants_cover_or_sit_inside_system_directories() {
+        let w = |p: &str| broad(Path::new(p), "filesystem.write");
+        let x = |p: &str| broad(Path::new(p), "filesystem.exec");
+        let r = |p: &str| broad(Path::new(p), "filesystem.read");
+        assert!(w("/").is_some() && w("/etc").is_some() && w("/etc/cron.d").is_some() && w("/usr/local").is_some());
+        assert!(w("/run").is_some() && w("/home").is_some() && w("/home/alice").is_some());
+        assert_eq!(w("/home/alice/.cache"), None);
+        assert_eq!(w("/srv/data"), None);
+        assert_eq!(w("/dev/null"), None);
+        assert_eq!(x("/usr"), None, "exec on /usr is how programs run");
+        assert!(x("/proc").is_some() && x("/").is_some());
+        assert!(r("/").is_some() && r("/home").is_some());
+        assert_eq!(r("/etc"), None);
     }
 }
