@@ -23,8 +23,10 @@
 //! |---|---|
 //! | `mod.rs` | the service, per-cell state and its events |
 //! | [`proxy`] | one client connection: request head, decision, resolve, tunnel |
+//! | [`splice`] | the tunnel's zero-copy byte pump (`splice(2)` through a pipe) |
 
 pub mod proxy;
+pub mod splice;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;

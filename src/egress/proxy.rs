@@ -93,8 +93,13 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         state.record(event);
         return;
     }
-    let copied =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TUNNEL_BUFFER, TUNNEL_BUFFER).await;
+    let copied = match super::splice::relay(&client, &upstream).await {
+        // No splice here (it fails before moving a byte): copy through user space instead.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TUNNEL_BUFFER, TUNNEL_BUFFER).await
+        }
+        other => other,
+    };
     match copied {
         Ok((up, down)) => {
             event.bytes_up = up + rest.len() as u64;

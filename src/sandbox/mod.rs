@@ -11,6 +11,7 @@
 //!   │ clone(NEWUSER|NEWPID|NEWNS|NEWNET|NEWIPC|NEWUTS|NEWCGROUP per plan), writes id maps
 //!   ▼
 //! pid 1 of the cell: mounts, lo, hostname; reaps; forwards  init.rs
+//!   (proxy cells: waits while the launcher opens the proxy listener in its netns)  netns.rs
 //!   ▼ fork
 //! payload: rlimits → caps → ids → no_new_privs → landlock → seccomp → execve
 //! ```
@@ -23,6 +24,11 @@
 //! controlling terminal right after `setsid`. Setup failures come back as
 //! `{stage, errno}` reports ([`proto`]); the cgroup, not a parent-death signal, guarantees that
 //! nothing outlives the cell.
+//!
+//! Every cell has its own network namespace. For `network.mode = "proxy"` pid 1 reports
+//! `NetnsReady` once `lo` is up and waits; the launcher opens the egress proxy's listener inside
+//! that namespace ([`netns`]), hands it to the daemon's proxy (`crate::egress`) and releases
+//! pid 1, so the payload finds the proxy on its first connection.
 //!
 //! `sys.rs` is the only file with `unsafe`.
 
