@@ -99,7 +99,7 @@ fn expected_broken() -> Vec<(&'static str, Vec<String>)> {
         )]),
         // A misspelt word is one error: the keys depending on it are not also reported.
         ("network_mode_typo.toml", vec![own(
-            "6:8: network.mode: \"tpc\" is not one of \"none\", \"loopback\", \"tcp\"; did you mean \"tcp\"?",
+            "6:8: network.mode: \"proxi\" is not one of \"none\", \"loopback\", \"proxy\"; did you mean \"proxy\"?",
         )]),
         ("framing_typo.toml", vec![own(
             "7:11: session.framing: \"sentinal\" is not one of \"line\", \"sentinel\", \"regex\", \"json_field\"; did you mean \"sentinel\"?",
@@ -326,11 +326,11 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
             "7:20: warning: seccomp.allow: \"bpf\" re-allows a call the default preset denies (it loads programs into or probes the kernel); remove it unless the provider cannot work without it",
             "7:27: warning: seccomp.allow: \"mount\" re-allows a call the default preset denies (it changes the mount view the sandbox relies on); remove it unless the provider cannot work without it",
         ]),
-        ("tcp_bind.toml", vec![
-            "9:8: warning: network.bind: lets the cell listen on host port(s) 8080 (the cell shares the host network); remove bind unless the provider must accept connections",
+        ("proxy_learn.toml", vec![
+            "8:10: warning: network.egress: \"learn\" lets the cell reach every name through the proxy; run it once, then write the names it reported (cell events, the log) as egress = [...]",
         ]),
-        ("tcp_no_ports.toml", vec![
-            "7:8: warning: network.mode: \"tcp\" shares the host network but grants no TCP port; use mode = \"none\" (or \"loopback\") unless the provider needs the network",
+        ("proxy_empty.toml", vec![
+            "8:10: warning: network.egress: an empty list allows nothing through the proxy; use mode = \"none\" instead",
         ]),
         ("workdir_root.toml", vec![
             "7:10: warning: workdir.roots: \"/\" lets a caller start a cell anywhere under it and write there through \"{cwd}\"; list the directories where work happens (e.g. \"/srv\", \"/home\")",
@@ -380,6 +380,34 @@ fn each_dangerous_fixture_warns_exactly_once_per_grant() {
     assert_eq!((report.files, report.valid), (files, files));
 }
 
+/// An abstract parent may leave `egress` empty for its children to fill in (as
+/// `policies/agent.toml` does): no warning there, nor in a child that sets its own list; a
+/// launchable child that keeps the empty list is warned, at the parent's line.
+#[test]
+fn an_empty_egress_list_warns_only_where_it_is_launched() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+        p
+    };
+    let parent = write(
+        "parent.toml",
+        "[provider]\nname = \"parent\"\nabstract = true\n[filesystem]\nexec = [\"/usr/bin\", \"/bin\"]\n\
+         [network]\nmode = \"proxy\"\negress = []\n",
+    );
+    let child = "extends = \"parent\"\n[provider]\nname = \"NAME\"\ncommand = [\"/bin/true\"]\n";
+    let filled = write("filled.toml", &format!("{}[network]\negress = [\"api.example.com\"]\n", child.replace("NAME", "filled")));
+    let kept = write("kept.toml", &child.replace("NAME", "kept"));
+    assert_eq!(findings(&parent, None), Vec::<String>::new());
+    assert_eq!(findings(&filled, None), Vec::<String>::new());
+    let want = format!(
+        "{}:8:10: warning: network.egress: an empty list allows nothing through the proxy; use mode = \"none\" instead",
+        parent.display()
+    );
+    assert_eq!(findings(&kept, None), vec![want]);
+}
+
 #[test]
 fn warnings_fail_only_under_strict() {
     let file = "tests/fixtures/policies/lint/write_root.toml";
@@ -409,16 +437,16 @@ fn every_shipped_policy_passes_strict() {
 
 #[test]
 fn check_json_is_machine_readable() {
-    let (code, stdout, _) = cli(&["--json", "policy", "check", "tests/fixtures/policies/lint/tcp_bind.toml"]);
+    let (code, stdout, _) = cli(&["--json", "policy", "check", "tests/fixtures/policies/lint/proxy_learn.toml"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!((v["ok"].as_bool(), v["files"].as_u64(), v["warnings"].as_u64()), (Some(true), Some(1), Some(1)));
     let f = &v["findings"][0];
     assert_eq!(f["severity"], "warning");
-    assert_eq!((f["line"].as_u64(), f["col"].as_u64()), (Some(9), Some(8)));
-    assert_eq!(f["key"], "network.bind");
-    assert!(f["file"].as_str().is_some_and(|s| s.ends_with("lint/tcp_bind.toml")), "{f}");
-    assert!(f["message"].as_str().is_some_and(|m| m.starts_with("lets the cell listen on host port(s) 8080")), "{f}");
+    assert_eq!((f["line"].as_u64(), f["col"].as_u64()), (Some(8), Some(10)));
+    assert_eq!(f["key"], "network.egress");
+    assert!(f["file"].as_str().is_some_and(|s| s.ends_with("lint/proxy_learn.toml")), "{f}");
+    assert!(f["message"].as_str().is_some_and(|m| m.starts_with("\"learn\" lets the cell reach every name")), "{f}");
 
     let (code, stdout, _) = cli(&["--json", "policy", "check", "--strict", "tests/fixtures/policies/broken/pids_string.toml"]);
     assert_eq!(code, 1);
@@ -509,7 +537,7 @@ fn expected_floor() -> Vec<(&'static str, Vec<&'static str>)> {
             "6:10: seccomp.preset: \"none\" is below the admin floor: preset \"default\" (floor FLOOR:9:10)",
         ]),
         ("wide_net.toml", vec![
-            "6:8: network.mode: \"tcp\" is wider than the admin floor allows: at most \"loopback\" (floor FLOOR:3:8)",
+            "6:8: network.mode: \"proxy\" is wider than the admin floor allows: at most \"loopback\" (floor FLOOR:3:8)",
         ]),
         ("write_outside.toml", vec![
             "6:19: filesystem.write: \"/var/lib\" is outside the workdir roots; the admin floor allows writes only to {cwd}, {tmp} and beneath a workdir root (floor FLOOR:12:25)",
@@ -546,12 +574,12 @@ fn shipped_policies_and_the_floor() {
     let ci = Floor::load(&root().join("tests/fixtures/floor/shipped-floor.toml")).unwrap_or_else(|e| panic!("{e}"));
     let report = check_paths(&[root().join("policies")], Some(&ci));
     assert!(report.passed(true), "{:#?}", report.findings);
-    // A floor allowing at most loopback refuses the agents, at the line that grants tcp.
+    // A floor allowing at most loopback refuses the agents, at the line that grants the proxy.
     let (floor_path, floor) = floor_fixture();
     let report = check_paths(&[root().join("policies")], Some(&floor));
     let errors: Vec<String> = report.errors().map(ToString::to_string).collect();
     let want = format!(
-        "{}:185:8: network.mode: \"tcp\" is wider than the admin floor allows: at most \"loopback\" (floor {}:3:8)",
+        "{}:186:8: network.mode: \"proxy\" is wider than the admin floor allows: at most \"loopback\" (floor {}:3:8)",
         root().join("policies/agent.toml").display(),
         floor_path.display()
     );
@@ -579,7 +607,7 @@ fn a_broken_floor_is_reported_at_its_line() {
         p
     };
     let cases = [
-        ("[network]\nmode = \"proxy\"\n", "2:8: \"proxy\" is not one of \"none\", \"loopback\", \"tcp\""),
+        ("[network]\nmode = \"tcp\"\n", "2:8: \"tcp\" is not one of \"none\", \"loopback\", \"proxy\""),
         ("[limits]\nmemory_max = \"4Q\"\n", "2:14: \"4Q\" is not a size; write bytes or a number with K, M, G or T (e.g. \"512M\")"),
         ("[limits]\nmemroy_max = \"4G\"\n", "2:1: unknown section or key \"memroy_max\"; did you mean \"memory_max\"?"),
         ("[namespaces]\nrequired = [\"usr\"]\n", "2:13: \"usr\" is not a namespace (user, pid, mount, net, ipc, uts, cgroup)"),
@@ -612,12 +640,12 @@ fn shipped_scores_match_the_readme() {
         ("echo", 0.3, "OK"),
         ("cat", 0.3, "OK"),
         ("sandbox", 0.3, "OK"),
-        ("claude", 3.1, "MEDIUM"),
-        ("claude-session", 3.1, "MEDIUM"),
-        ("codex", 2.9, "MEDIUM"),
-        ("codex-session", 2.9, "MEDIUM"),
-        ("gemini", 2.9, "MEDIUM"),
-        ("gemini-session", 2.9, "MEDIUM"),
+        ("claude", 2.1, "MEDIUM"),
+        ("claude-session", 2.1, "MEDIUM"),
+        ("codex", 1.9, "OK"),
+        ("codex-session", 1.9, "OK"),
+        ("gemini", 1.9, "OK"),
+        ("gemini-session", 1.9, "OK"),
     ] {
         let s = score::score(&shipped(name));
         assert_eq!((s.score, s.level), (want, level), "{name}: {:#?}", s.findings);
@@ -628,7 +656,7 @@ fn shipped_scores_match_the_readme() {
     }
     let claude = score::score(&shipped("claude"));
     let keys: Vec<(&str, f64)> = claude.findings.iter().map(|f| (f.key.as_str(), f.weight)).collect();
-    assert_eq!(keys, vec![("network.mode", 2.0), ("filesystem.exec", 0.5), ("environment.pass", 0.6)]);
+    assert_eq!(keys, vec![("network.egress", 1.0), ("filesystem.exec", 0.5), ("environment.pass", 0.6)]);
 }
 
 #[test]
@@ -640,8 +668,7 @@ fn dangerous_fixtures_score_higher() {
         ("read_home", "filesystem.read", 1.0),
         ("exec_root", "filesystem.exec", 1.5),
         ("seccomp_none", "seccomp.preset", 2.0),
-        ("tcp_bind", "network.mode", 2.5),
-        ("tcp_no_ports", "network.mode", 2.0),
+        ("proxy_learn", "network.egress", 2.5),
     ] {
         let s = score::score(&lint_fixture(name));
         let f = s.findings.iter().find(|f| f.key == key).unwrap_or_else(|| panic!("{name}: no {key}: {:#?}", s.findings));
@@ -661,8 +688,8 @@ fn score_cli_prints_a_line_per_finding_and_json() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("claude  ("), "{stdout}");
     assert_eq!(lines[1], "  WEIGHT  KEY               FINDING");
-    assert_eq!(lines[2], "    +2.0  network.mode      host network; TCP connect limited to [443]; UDP and other protocols are not limited");
-    assert_eq!(lines[5], "  → exposure 3.1/10 MEDIUM");
+    assert_eq!(lines[2], "    +1.0  network.egress    HTTPS egress through the proxy to [api.anthropic.com]");
+    assert_eq!(lines[5], "  → exposure 2.1/10 MEDIUM");
     let (code, stdout, _) = cli(&["--json", "policy", "score", "--dir", "policies"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
@@ -688,7 +715,7 @@ fn diff_of_shipped_policies() {
     ];
     let want: Vec<(String, Direction)> = want.iter().map(|(k, d)| ((*k).to_owned(), *d)).collect();
     assert_eq!(got, want);
-    assert_eq!((d.score_before, d.score_after), (3.1, 3.1));
+    assert_eq!((d.score_before, d.score_after), (2.1, 2.1));
     let wall = &d.changes[0];
     assert_eq!((wall.old.as_deref(), wall.new.as_deref()), (Some("\"30m\""), Some("\"4h\"")));
     // Reversed, the same key tightens.
@@ -708,17 +735,16 @@ fn diff_shows_grants_added_and_removed_and_the_score() {
     assert_eq!((removed.direction, removed.removed.clone()), (Direction::Tightened, vec!["\"{tmp}\"".to_owned(), "\"/dev/null\"".to_owned()]));
     assert!(d.score_after > d.score_before + 2.0, "{d:?}");
 
-    let d = diff::diff(&lint_fixture("clean"), &lint_fixture("tcp_bind"));
+    let d = diff::diff(&lint_fixture("clean"), &lint_fixture("proxy_learn"));
     let dirs: Vec<(&str, Direction)> = d.changes.iter().map(|c| (c.key.as_str(), c.direction)).collect();
-    assert_eq!(
-        dirs,
-        vec![
-            ("namespaces.net", Direction::Loosened),
-            ("network.bind", Direction::Loosened),
-            ("network.connect", Direction::Loosened),
-            ("network.mode", Direction::Loosened),
-        ]
-    );
+    assert_eq!(dirs, vec![("network.egress", Direction::Loosened), ("network.mode", Direction::Loosened)]);
+    assert!(d.score_after >= d.score_before + 2.5, "{d:?}");
+    // A list of names, then "learn": wider; and back.
+    let d = diff::diff(&lint_fixture("proxy_empty"), &lint_fixture("proxy_learn"));
+    let dirs: Vec<(&str, Direction)> = d.changes.iter().map(|c| (c.key.as_str(), c.direction)).collect();
+    assert_eq!(dirs, vec![("network.egress", Direction::Loosened)]);
+    let d = diff::diff(&lint_fixture("proxy_learn"), &lint_fixture("proxy_empty"));
+    assert_eq!((d.changes[0].key.as_str(), d.changes[0].direction), ("network.egress", Direction::Tightened));
     let d = diff::diff(&lint_fixture("clean"), &lint_fixture("seccomp_none"));
     assert_eq!((d.changes[0].key.as_str(), d.changes[0].direction), ("seccomp.preset", Direction::Loosened));
 }

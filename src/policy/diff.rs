@@ -52,8 +52,7 @@ const GRANT_LISTS: &[&str] = &[
     "filesystem.read",
     "filesystem.write",
     "filesystem.exec",
-    "network.connect",
-    "network.bind",
+    "network.egress",
     "environment.pass",
     "access.uids",
     "access.groups",
@@ -74,7 +73,7 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
         }
         let empty = Value::Array(Vec::new());
         let (mut x, mut y) = (a.get(key), b.get(key));
-        // A list left out (e.g. ports when the mode is not "tcp") is an empty list.
+        // A list left out (e.g. egress when the mode is not "proxy") is an empty list.
         if matches!((x, y), (None, Some(Value::Array(_)))) {
             x = Some(&empty);
         } else if matches!((x, y), (Some(Value::Array(_)), None)) {
@@ -144,7 +143,13 @@ fn direction(key: &str, x: Option<&Value>, y: Option<&Value>) -> Direction {
             Some(false) => Loosened,
             _ => Tightened,
         },
-        "network.mode" => by_rank(&["none", "loopback", "tcp"]),
+        "network.mode" => by_rank(&["none", "loopback", "proxy"]),
+        // "learn" (every name) is wider than any list of names.
+        "network.egress" => match (wx.as_str(), wy.as_str()) {
+            (x, "learn") if x != "learn" => Loosened,
+            ("learn", y) if y != "learn" => Tightened,
+            _ => Changed,
+        },
         "seccomp.preset" => by_rank(&["default", "none"]),
         "seccomp.default_action" => match (wx.as_str(), wy.as_str()) {
             (_, "allow") | (_, "log") => Loosened,
@@ -253,7 +258,12 @@ mod tests {
     fn scalar_directions() {
         let s = |t: &str| Value::String(t.to_owned());
         assert_eq!(direction("network.mode", Some(&s("none")), Some(&s("loopback"))), Direction::Loosened);
-        assert_eq!(direction("network.mode", Some(&s("tcp")), Some(&s("none"))), Direction::Tightened);
+        assert_eq!(direction("network.mode", Some(&s("proxy")), Some(&s("none"))), Direction::Tightened);
+        assert_eq!(direction("network.mode", Some(&s("loopback")), Some(&s("proxy"))), Direction::Loosened);
+        let names = Value::Array(vec![s("api.openai.com")]);
+        assert_eq!(direction("network.egress", Some(&names), Some(&s("learn"))), Direction::Loosened);
+        assert_eq!(direction("network.egress", None, Some(&s("learn"))), Direction::Loosened);
+        assert_eq!(direction("network.egress", Some(&s("learn")), Some(&names)), Direction::Tightened);
         assert_eq!(direction("seccomp.default_action", Some(&s("allow")), Some(&s("kill"))), Direction::Tightened);
         assert_eq!(direction("seccomp.deny_action", Some(&s("kill")), Some(&s("errno"))), Direction::Loosened);
         assert_eq!(direction("enforcement.mode", Some(&s("required")), Some(&s("best_effort"))), Direction::Loosened);

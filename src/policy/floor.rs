@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! [network]
-//! mode = "loopback"          # the widest network.mode allowed: "none" < "loopback" < "tcp"
+//! mode = "loopback"          # the widest network.mode allowed: "none" < "loopback" < "proxy"
 //! [limits]
 //! memory_max = "4G"          # every policy must set these, at most this high
 //! pids = 1024
@@ -201,7 +201,8 @@ impl Floor {
         };
         if let Some(m) = &raw.network.mode {
             if !NET_ORDER.contains(&m.get_ref().as_str()) {
-                return Err(invalid(m.span(), format!("\"{}\" is not one of \"none\", \"loopback\", \"tcp\"", m.get_ref())));
+                let modes: Vec<String> = NET_ORDER.iter().map(|m| format!("\"{m}\"")).collect();
+                return Err(invalid(m.span(), format!("\"{}\" is not one of {}", m.get_ref(), modes.join(", "))));
             }
         }
         if let Some(p) = &raw.seccomp.preset {

@@ -5,9 +5,10 @@
 //! Checked here: broad grants (write or exec on `/`, `/etc`, `/usr`, home roots, `/proc`,
 //! `/sys`, `/boot`, the daemon's socket directory; read of `/` or every home), paths that do
 //! not exist on this host, paths hidden by the cell's own private `/tmp`, a `command` that
-//! does not exist, is not executable or sits outside every `exec` path, `network` wider than
-//! what it grants, workdir roots that put system directories under `{cwd}`, and seccomp
-//! allowlists that re-enable calls the default preset denies.
+//! does not exist, is not executable or sits outside every `exec` path, `network.egress` =
+//! `"learn"` (every name) or an empty list (nothing to reach through the proxy), workdir roots
+//! that put system directories under `{cwd}`, and seccomp allowlists that re-enable calls the
+//! default preset denies.
 //!
 //! Two kinds of missing path are notes, not warnings (they never fail `--strict`): paths
 //! under an install prefix that a shipped script creates ([`INSTALL_PREFIXES`]), and paths
@@ -236,7 +237,9 @@ impl Linter<'_> {
                     .to_owned();
                 self.warn(e.span(), "network.egress", msg);
             }
-            Egress::Allow(rules) if rules.is_empty() => {
+            // An abstract parent may leave the list empty for each child to fill in; a child
+            // that inherits it empty is warned, at the parent's line.
+            Egress::Allow(rules) if rules.is_empty() && !self.c.policy.is_abstract => {
                 let msg = "an empty list allows nothing through the proxy; use mode = \"none\" instead".to_owned();
                 self.warn(e.span(), "network.egress", msg);
             }

@@ -422,10 +422,13 @@ impl Checker<'_> {
         if let (false, Some(net)) = (ns.net, &raw.namespaces.net) {
             self.at(net, "namespaces.net", "must be true: no cell shares the host's network (see network.mode)");
         }
+        const MODES: [&str; 3] = ["none", "loopback", "proxy"];
         let mode = match n.mode.as_ref().map(|m| m.get_ref().as_str()) {
             Some("tcp") => "none",
-            _ => self.choose(&n.mode, "network.mode", &["none", "loopback", "proxy"]),
+            _ => self.choose(&n.mode, "network.mode", &MODES),
         };
+        // A misspelt mode is one mistake: the keys that depend on it are not also reported.
+        let known = n.mode.as_ref().is_none_or(|m| MODES.contains(&m.get_ref().as_str()));
         let egress = n.egress.as_ref().map(|e| self.egress(e));
         match (mode, egress) {
             ("proxy", Some(egress)) => Network::Proxy { egress },
@@ -434,7 +437,7 @@ impl Checker<'_> {
                 Network::Proxy { egress: Egress::Allow(Vec::new()) }
             }
             (_, Some(_)) => {
-                if let Some(e) = &n.egress {
+                if let (true, Some(e)) = (known, &n.egress) {
                     self.at(e, "network.egress", "only used with network.mode = \"proxy\"");
                 }
                 Network::None
@@ -654,6 +657,15 @@ mod tests {
             Some(vec![
                 "6:10: network.egress: \"*.com\" would match a whole top-level domain".to_owned(),
                 "6:10: network.egress: only used with network.mode = \"proxy\"".to_owned(),
+            ])
+        );
+        // A misspelt mode is one error: egress, which depends on it, is not also reported.
+        let bad = check(&format!("{HEAD}[network]\nmode = \"proxi\"\negress = [\"api.example.com\"]\n"));
+        assert_eq!(
+            bad.err(),
+            Some(vec![
+                "5:8: network.mode: \"proxi\" is not one of \"none\", \"loopback\", \"proxy\"; did you mean \"proxy\"?"
+                    .to_owned()
             ])
         );
     }
