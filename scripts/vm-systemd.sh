@@ -129,9 +129,13 @@ trap 'say "interrupted, stopping qemu"; exit 130' INT
 trap 'say "terminated, stopping qemu"; exit 143' TERM HUP
 mkdir -p "$RUN/src" "$RUN/bin"
 # the repository as a clone would have it: tracked files plus new unignored ones, as in the tree
-(cd "$REPO" && git ls-files -z -co --exclude-standard \
-   | while IFS= read -r -d '' f; do [[ -e $f ]] && printf '%s\0' "$f"; done \
-   | tar --null -T - -cf -) | tar -xf - -C "$RUN/src"
+if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  (cd "$REPO" && git ls-files -z -co --exclude-standard \
+     | while IFS= read -r -d '' f; do [[ -e $f ]] && printf '%s\0' "$f"; done \
+     | tar --null -T - -cf -) | tar -xf - -C "$RUN/src"
+else   # not a git checkout (an unpacked tarball): everything but build output
+  tar -C "$REPO" --exclude=./target --exclude=./.git -cf - . | tar -xf - -C "$RUN/src"
+fi
 # without its debug info (a debug build is ~100 MB, ~25 MB stripped): copying and hashing it
 # inside the emulated guest is what install.sh spends its time on
 if [[ $BINARY != none ]]; then
