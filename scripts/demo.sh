@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 [[ $(id -u) == 0 ]] || { echo "demo.sh must run as root (cells need cgroups and namespaces)" >&2; exit 1; }
+# The shipped policies admit the "cellkeep" group (a missing group makes a policy invalid):
+# create it as scripts/install.sh does, if this host has none yet.
+getent group cellkeep >/dev/null || groupadd --system cellkeep
 
 if [[ ${CELLKEEP_DEMO_DEBUG:-0} == 1 ]]; then
   cargo build --locked -q

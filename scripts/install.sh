@@ -7,6 +7,8 @@
 # What goes where (PREFIX defaults to /usr/local):
 #   PREFIX/bin/cellkeep                                   the binary
 #   PREFIX/lib/systemd/system/cellkeep.{service,socket}   units (ExecStart= points at PREFIX/bin)
+#   PREFIX/lib/systemd/system/cellkeep.service.d/10-notify-reload.conf
+#                                                         only on systemd >= 253: Type=notify-reload
 #   PREFIX/lib/sysusers.d/cellkeep.conf                   the "cellkeep" group (may use the socket)
 #   PREFIX/lib/tmpfiles.d/cellkeep.conf                   /run/cellkeep
 #   PREFIX/share/doc/cellkeep/README.md
@@ -14,7 +16,9 @@
 #   /etc/cellkeep/cellkeep.toml                           default daemon config  } yours once
 #   /etc/cellkeep/policies/*.toml                         the shipped policies   } you edit them
 # then: the group (systemd-sysusers, else groupadd), /run/cellkeep (systemd-tmpfiles, else
-# mkdir), and, when systemd is the init system: daemon-reload, enable --now cellkeep.socket,
+# mkdir), the workspace directory /srv/cellkeep (mode 1771 root:cellkeep: each member of the
+# group makes /srv/cellkeep/$USER there; the shipped policies' workdir roots include /srv and
+# /home), and, when systemd is the init system: daemon-reload, enable --now cellkeep.socket,
 # enable cellkeep.service.
 #
 # Idempotent: a second run changes nothing that is already in place. Files under /etc are
@@ -63,7 +67,7 @@ sysusersdir=$prefix/lib/sysusers.d tmpfilesdir=$prefix/lib/tmpfiles.d
 docdir=$prefix/share/doc/cellkeep sharedir=$prefix/share/cellkeep
 confdir=/etc/cellkeep
 manifest=$destdir$sharedir/install.manifest
-group=cellkeep rundir=/run/cellkeep
+group=cellkeep rundir=/run/cellkeep wsdir=/srv/cellkeep
 
 # Manifest lines: "file SHA256 PATH", "conf SHA256 PATH", "dir PATH", "group NAME", "rundir PATH"
 # (paths without DESTDIR). Entries for things created by an earlier run are carried over.
@@ -138,6 +142,14 @@ do_install() {
     unit_file "$tmp/$u" "$u"
     put_file "$tmp/$u" "$unitdir/$u" 0644
   done
+  # Type=notify-reload where systemd knows it (>= 253); 252 (Debian 12) keeps Type=notify.
+  local sdver
+  sdver=$(systemctl --version 2>/dev/null | awk 'NR == 1 { print $2 + 0 }')
+  if [[ -n $sdver ]] && ((sdver >= 253)); then
+    put_file systemd/cellkeep-notify-reload.conf "$unitdir/cellkeep.service.d/10-notify-reload.conf" 0644
+  else
+    skip "Type=notify-reload drop-in (systemd ${sdver:-not found} < 253: the unit's Type=notify is used)"
+  fi
   put_file systemd/cellkeep.sysusers "$sysusersdir/cellkeep.conf" 0644
   put_file systemd/cellkeep.tmpfiles "$tmpfilesdir/cellkeep.conf" 0644
   put_file README.md "$docdir/README.md" 0644
@@ -173,6 +185,16 @@ do_install() {
       say created "$rundir"
       record rundir "$rundir"
     fi
+    # Workspaces: group members create their own directory here; sticky, so none can remove
+    # another's; others may only traverse (a cell runs as its caller with the caller's own gid).
+    if [[ -d $wsdir ]]; then
+      say present "$wsdir"
+      if was_recorded dir "$wsdir"; then record dir "$wsdir"; fi
+    else
+      mkdir -m 1771 "$wsdir" && chgrp "$group" "$wsdir" && chmod 1771 "$wsdir"
+      say created "$wsdir (workspaces: mkdir $wsdir/\$USER as a member of $group)"
+      record dir "$wsdir"
+    fi
     if systemd_up; then
       systemctl daemon-reload
       say done "systemctl daemon-reload"
@@ -197,6 +219,18 @@ do_install() {
   ensure_dir "$sharedir"
   printf '%s\n' "${entries[@]}" >"$manifest.tmp" && mv -f "$manifest.tmp" "$manifest"
   echo "done in $((SECONDS - t0)) s; manifest: $sharedir/install.manifest"
+  cat <<EOT
+
+Next steps
+  users:       sudo usermod -aG $group NAME   (then log in again); members may use the socket
+               and the shipped providers (echo, cat, sandbox, the agents)
+  workspaces:  under $wsdir/NAME/ (mkdir -p $wsdir/\$USER/proj) or the user's home (~/proj);
+               a cell runs as its caller and writes there with the caller's uid
+  client:      $bindir/cellkeep (on PATH as cellkeep), socket /run/cellkeep/cellkeep.sock
+  logs:        journalctl -u cellkeep       status: systemctl status cellkeep; cellkeep health
+  policies:    /etc/cellkeep/policies; after editing: sudo systemctl reload cellkeep
+               (fails, keeping the previous set, when a policy cannot load)
+EOT
 }
 
 do_uninstall() {
@@ -249,7 +283,11 @@ do_uninstall() {
   fi
   # Directories this script created, deepest first, if empty.
   grep '^dir ' "$saved" | cut -d' ' -f2- | sort -r | while read -r d; do
-    rmdir "$destdir$d" 2>/dev/null && say removed "$d/" || true
+    if rmdir "$destdir$d" 2>/dev/null; then
+      say removed "$d/"
+    elif [[ $d == "$wsdir" ]]; then
+      say kept "$wsdir (users' workspaces are in it)"
+    fi
   done
 }
 

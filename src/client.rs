@@ -206,6 +206,12 @@ impl Client {
         self.call(Method::POST, "/v1/shutdown", None::<&()>).await
     }
 
+    /// Reload the daemon's policies and wait for the verdict (root or an admin group): the
+    /// providers now served, or a `policy` error naming every file that cannot load.
+    pub async fn reload(&self) -> Result<crate::pool::Reloaded> {
+        self.call(Method::POST, "/v1/reload", None::<&()>).await
+    }
+
     /// A cell's output from `from` (default: the oldest byte kept); with `follow`, live until
     /// the cell ends. Uses a connection of its own.
     pub async fn output(&self, id: &str, from: Option<u64>, follow: bool) -> Result<OutputStream> {

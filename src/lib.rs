@@ -10,7 +10,7 @@
 //! | `main.rs` | mode choice: the hidden cell helper (`__cell-helper`) vs the CLI |
 //! | [`cli`] | clap subcommands (`run`, `policy check`, `policy show`, `daemon`, `doctor`, the client commands) |
 //! | [`error`] | the top-level error and its stable codes |
-//! | [`policy`] | TOML → validated [`policy::Policy`]; seccomp rules → BPF at load time |
+//! | [`policy`] | TOML → validated [`policy::Policy`]; seccomp rules → BPF at load time; a directory as a set that leaves out (and reports) files that cannot load |
 //! | [`cgroup`] | cell cgroups: layout detection, v1 (hybrid/legacy) and v2 (unified) backends, limits, usage and events, kill, remove |
 //! | [`config`] | daemon settings: embedded defaults, optional TOML file, flags |
 //! | [`pool`] | the single owner of pool state: cap, deadlines, termination, exit reasons |

@@ -145,7 +145,13 @@ fn shipped_policies_are_valid() {
     assert_eq!(echo.identity.run_as, RunAs::Caller);
     assert_eq!(echo.identity.root_maps_to.uid, 65534);
     assert_eq!(echo.env.set.get("HOME").map(String::as_str), Some("{tmp}"));
-    assert!(echo.workdir.roots.iter().any(|r| r == Path::new("/work")));
+    // Roots every stock host has (issue 15, finding 1: /work was not, and the daemon died).
+    for root in &echo.workdir.roots {
+        assert!(["/home", "/srv", "/tmp", "/var/tmp"].contains(&root.to_str().unwrap_or("")), "{}", root.display());
+    }
+    // The cellkeep group may use the shipped providers (finding 4: root only).
+    let cellkeep = nix::unistd::Group::from_name("cellkeep").ok().flatten().map(|g| g.gid.as_raw());
+    assert!(cellkeep.is_some_and(|g| echo.access.gids.contains(&g)), "{:?}", echo.access);
     assert_eq!(echo.seccomp.compiled.filters.len(), 3);
 }
 

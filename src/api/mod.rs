@@ -76,12 +76,16 @@ pub async fn run_daemon(config: Config, activated: Option<std::os::unix::net::Un
     let router = routes::router(routes::AppState { pool: pool.clone(), shutdown: stop.clone() });
     let shown = listen::display_addr(&listener);
     tracing::info!(socket = %shown, activated = owned.is_none(), "listening");
-    crate::systemd::notify_ready(&format!("listening on {shown}"));
+    crate::systemd::notify_ready(&ready_status(&shown, &pool));
     let connections = listen::serve(listener, router, pool.clone(), config.max_connections, stop).await;
     tracing::info!("shutting down: no new connections");
     crate::systemd::notify_stopping();
+    // shutdown_timeout_secs bounds the whole shutdown: the cells' end, then what is left of
+    // it (at most DRAIN_TIMEOUT) for connections to finish.
+    let began = std::time::Instant::now();
     let ended = pool.shutdown().await;
-    connections.drain(DRAIN_TIMEOUT).await;
+    let left = config.shutdown_timeout.saturating_sub(began.elapsed());
+    connections.drain(left.min(DRAIN_TIMEOUT)).await;
     // A socket systemd passed belongs to the socket unit: it stays for the next activation.
     if let Some(path) = &owned {
         listen::unlink(path);
@@ -104,25 +108,60 @@ fn watch_signals(pool: Pool, stop: CancellationToken) -> Result<tokio::task::Joi
                 _ = term.recv() => { tracing::info!("SIGTERM"); stop.cancel(); }
                 _ = int.recv() => { tracing::info!("SIGINT"); stop.cancel(); }
                 _ = hup.recv() => {
-                    crate::systemd::notify_reloading();
-                    match pool.reload() {
-                        Ok(n) => {
-                            tracing::info!(providers = n, "SIGHUP: policies reloaded");
-                            crate::systemd::notify_ready(&format!("policies reloaded: {n} providers"));
-                        }
-                        Err(diags) => {
-                            for d in &diags {
-                                tracing::error!("policy: {d}");
-                            }
-                            tracing::error!(problems = diags.len(), "SIGHUP: reload rejected; keeping the previous policies");
-                            crate::systemd::notify_ready(&format!(
-                                "reload rejected ({} problems); serving the previous policies",
-                                diags.len()
-                            ));
-                        }
-                    }
+                    let _ = reload_policies(&pool, "SIGHUP").await;
                 }
             }
         }
     }))
+}
+
+/// Reload the policies (SIGHUP or `POST /v1/reload`), telling the service manager: `RELOADING=1`
+/// (with `MONOTONIC_USEC`, as `Type=notify-reload` wants), then `READY=1` with a `STATUS=` that
+/// gives the verdict — either way the daemon keeps serving a valid set. A rejected reload is
+/// logged by the pool (each file once) and returned as the error the API answers with.
+/// `trigger` names what asked (`SIGHUP`, an API caller) at the start of the verdict's log line.
+pub async fn reload_policies(pool: &Pool, trigger: &str) -> Result<crate::pool::Reloaded, PoolError> {
+    crate::systemd::notify_reloading();
+    let p = pool.clone();
+    let result = tokio::task::spawn_blocking(move || p.reload())
+        .await
+        .unwrap_or_else(|e| Err(PoolError::Internal(format!("reload task: {e}"))));
+    match &result {
+        Ok(r) => {
+            tracing::info!(providers = r.providers.len(), "{trigger}: policies reloaded");
+            crate::systemd::notify_ready(&format!("policies reloaded: {} providers", r.providers.len()));
+        }
+        Err(e) => {
+            // Logged once: the error names each file with its first problem; the rest follow.
+            tracing::error!("{trigger}: {e}");
+            let rejected = pool.rejected_policies();
+            for r in rejected.iter() {
+                for p in r.problems.iter().skip(1) {
+                    tracing::error!("policy {}: {p}", r.name);
+                }
+            }
+            let names: Vec<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
+            crate::systemd::notify_ready(&format!(
+                "reload rejected ({} policies cannot load: {}); serving the previous set",
+                names.len(),
+                names.join(", ")
+            ));
+        }
+    }
+    result
+}
+
+/// The `STATUS=` line sent with `READY=1` at start: where it listens, what it serves, and the
+/// policies it left out (so `systemctl status` shows them).
+fn ready_status(shown: &str, pool: &Pool) -> String {
+    let rejected = pool.rejected_policies();
+    if rejected.is_empty() {
+        return format!("listening on {shown}");
+    }
+    let names: Vec<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
+    format!(
+        "listening on {shown}; {} policies rejected, not served: {} (see journalctl -u cellkeep or cellkeep health)",
+        names.len(),
+        names.join(", ")
+    )
 }

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{Caller, CellHealth, CellInfo, CommandResult, Count, DaemonHealth, ListFilter, Pool};
+use crate::pool::{Caller, CellHealth, CellInfo, CommandResult, Count, DaemonHealth, ListFilter, Pool, Reloaded};
 use crate::pool::{OneshotRequest, SendRequest, SessionRequest, SpawnRequest};
 use crate::session::{OutputEvent, Subscription};
 
@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/providers/{name}/session", post(session))
         .route("/v1/providers/{name}/cells", axum::routing::delete(cleanup))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/reload", post(reload))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
@@ -79,8 +80,8 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     Ok(q?.0)
 }
 
-async fn health(State(s): State<AppState>) -> Json<DaemonHealth> {
-    Json(s.pool.health().await)
+async fn health(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> Json<DaemonHealth> {
+    Json(s.pool.health(s.pool.is_admin(&caller)).await)
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -237,6 +238,18 @@ async fn shutdown(State(s): State<AppState>, Extension(caller): Extension<Caller
     let count = s.pool.shutdown().await;
     s.shutdown.cancel();
     Ok(Json(count))
+}
+
+/// Root or an admin group only: reload the policy directory and answer with the verdict —
+/// 200 and the providers now served, or 422 `policy` naming every file that cannot load (the
+/// previous set keeps serving). `cellkeep reload` (the unit's `ExecReload=`) calls this, so
+/// `systemctl reload` fails when the reload is rejected.
+async fn reload(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Reloaded>> {
+    if !s.pool.is_admin(&caller) {
+        return Err(crate::pool::PoolError::Forbidden { uid: caller.uid, action: "reload the policies".into() }.into());
+    }
+    let trigger = format!("reload requested over the API by uid {}", caller.uid);
+    Ok(Json(super::reload_policies(&s.pool, &trigger).await?))
 }
 
 async fn no_route(method: Method, uri: Uri) -> HttpError {

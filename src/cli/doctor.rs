@@ -140,7 +140,9 @@ fn diagnose(policy_dir: PathBuf) -> Report {
         namespaces: NAMESPACES.iter().map(|(key, ns, max)| (*key, probe_namespace(ns, max))).collect(),
         cap_last_cap: caps.cap_last_cap,
     };
-    let (loaded, diags) = crate::policy::load_dir(&policy_dir);
+    // The same set the daemon would serve: files that cannot load are left out, by name.
+    let set = crate::policy::set::load_set(&policy_dir);
+    let loaded = &set.policies;
     let mut policies = Vec::new();
     let mut abstract_policies = Vec::new();
     for policy in loaded.values() {
@@ -150,7 +152,11 @@ fn diagnose(policy_dir: PathBuf) -> Report {
             abstract_policies.push(policy.name.clone());
         }
     }
-    let invalid: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    let invalid: Vec<String> = set
+        .rejected
+        .iter()
+        .flat_map(|r| r.problems.iter().map(move |p| format!("{} (not served by the daemon): {p}", r.name)))
+        .collect();
     let ok = invalid.is_empty() && !policies.is_empty() && policies.iter().all(|p| p.status != Status::Fail);
     Report { host, policy_dir, policies, abstract_policies, invalid, ok }
 }

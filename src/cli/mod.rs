@@ -106,6 +106,10 @@ enum Cmd {
     Cleanup { provider: String },
     /// End every cell and stop the daemon (root or an admin group).
     Shutdown,
+    /// Reload the daemon's policies and wait for the verdict (root or an admin group): exit 0
+    /// when the new set serves, 1 when any file cannot load (each is named; the previous set
+    /// keeps serving). The unit's ExecReload=, so `systemctl reload cellkeep` fails the same way.
+    Reload,
 }
 
 #[derive(Debug, clap::Args)]
@@ -254,9 +258,20 @@ fn init_logging(daemon: bool) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
+/// Exit status of `cellkeep daemon` when its config file is broken: `EX_CONFIG` (sysexits.h).
+/// The unit's `RestartPreventExitStatus=` names it: restarting cannot fix a config file.
+pub const EXIT_CONFIG: i32 = 78;
+
 fn daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<i32> {
     let mut config = match &args.config {
-        Some(path) => crate::config::Config::load(path)?,
+        Some(path) => match crate::config::Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                // The one thing that stops start-up (a policy that cannot load does not).
+                tracing::error!("cannot start: {e}");
+                return Ok(EXIT_CONFIG);
+            }
+        },
         None => crate::config::Config::default(),
     };
     // An explicit --socket (or CELLKEEP_SOCKET) wins over the file; the built-in default
@@ -278,9 +293,9 @@ fn daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("cellkeep").build()?;
     match rt.block_on(crate::api::run_daemon(config, activated)) {
         Ok(()) => Ok(0),
+        // Logged once, through the one log sink (journald under systemd, else stderr).
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("cellkeep: error: {e}");
+            tracing::error!("cannot start: {e}");
             Ok(1)
         }
     }

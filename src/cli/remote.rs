@@ -159,6 +159,14 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             println!("daemon shutting down; {} cell(s) ended", n.count);
             Ok(0)
         }
+        Cmd::Reload => {
+            let r = c.reload().await?;
+            if json {
+                return print_json(&r);
+            }
+            println!("policies reloaded: {} providers ({})", r.providers.len(), r.providers.join(", "));
+            Ok(0)
+        }
         Cmd::Run(_) | Cmd::Policy(_) | Cmd::Daemon(_) | Cmd::Doctor(_) => {
             Err(Failure::Usage("not a client command".into()))
         }
@@ -342,5 +350,13 @@ fn print_daemon_health(h: &DaemonHealth) {
     println!("cgroups:   {} layout, {} backend", h.cgroup_layout, h.cgroup_backend);
     println!("landlock:  ABI {}", h.landlock_abi);
     println!("providers: {}", h.providers.join(", "));
+    if h.policies_rejected > 0 {
+        println!("rejected:  {} policy file(s) not served", h.policies_rejected);
+    }
+    for r in h.rejected_policies.iter().flatten() {
+        for p in &r.problems {
+            println!("  {}: {p}", r.name);
+        }
+    }
     println!("memory:    {} available of {}", bytes(h.host_memory_available), bytes(h.host_memory_total));
 }

@@ -4,7 +4,8 @@
 //! [`raw`] (unknown keys and wrong types are reported, every one of them) and merges them;
 //! [`validate`] turns the merged mirror into a typed [`Policy`], compiling seccomp through
 //! [`seccomp`] so `policy check` reports exactly what a launch would; [`show()`] prints the
-//! effective policy back as TOML. Every problem is a [`Diagnostic`] rendered
+//! effective policy back as TOML; [`set`] loads a directory as a set that leaves out (and
+//! reports) the files that do not load. Every problem is a [`Diagnostic`] rendered
 //! `file:line:col: key: message` (the key part is left out for TOML syntax errors).
 //!
 //! # Format reference
@@ -68,6 +69,7 @@ pub mod load;
 pub mod model;
 pub mod raw;
 pub mod seccomp;
+pub mod set;
 pub mod show;
 pub mod units;
 pub mod validate;
@@ -206,7 +208,7 @@ pub fn show(policy: &Policy) -> String {
     show::show(policy)
 }
 
-fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+pub(crate) fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let io_diag = |e: std::io::Error| Diagnostic {
         file: dir.to_path_buf(),
         line: 1,

@@ -27,6 +27,8 @@ pub enum PoolError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),
+    #[error("reload rejected: {} of the policies under {dir} cannot load; the previous set keeps serving:\n{}", .rejected.len(), crate::policy::set::summary(.rejected).join("\n"))]
+    ReloadRejected { dir: String, rejected: Vec<crate::policy::set::Rejected> },
     #[error("the daemon is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -57,6 +59,7 @@ impl PoolError {
             },
             PoolError::Session(crate::session::SessionError::BadPattern { .. }) => "policy",
             PoolError::Session(crate::session::SessionError::ReplyTooLarge { .. }) => "resource_limit",
+            PoolError::ReloadRejected { .. } => "policy",
             PoolError::ShuttingDown => "shutting_down",
             PoolError::Internal(_) => "internal",
         }

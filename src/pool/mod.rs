@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 
 use crate::cgroup::CgroupRoot;
 use crate::config::Config;
+use crate::policy::set::Rejected;
 use crate::policy::{Policy, RunAs};
 use crate::sandbox::{HostCaps, Launcher};
 
@@ -46,6 +47,10 @@ struct Inner {
     config: Config,
     launcher: Launcher,
     policies: RwLock<Arc<BTreeMap<String, Arc<Policy>>>>,
+    /// Policies the last load (start or reload) could not take, with why.
+    rejected: RwLock<Arc<Vec<Rejected>>>,
+    /// One reload at a time (SIGHUP and `POST /v1/reload`).
+    reload_gate: Mutex<()>,
     state: Mutex<State>,
     /// A slot was freed (spawns waiting for one re-check).
     slot_freed: Notify,
@@ -72,17 +77,16 @@ impl Pool {
     /// Load the policies, open the cgroup root, kill and remove cells left by a daemon that
     /// died, and start the reaper.
     pub async fn start(config: Config) -> Result<Pool, PoolError> {
-        let (policies, diags) = crate::policy::load_dir(&config.policy_dir);
-        for d in &diags {
-            tracing::error!("policy: {d}");
+        // A policy that cannot load is left out and reported (once, here; health, doctor and
+        // the service status show it too); the others serve.
+        let set = crate::policy::set::load_set(&config.policy_dir);
+        for line in set.rejected_summary() {
+            tracing::error!("policy rejected, not served: {line}");
         }
-        if !diags.is_empty() {
-            return Err(PoolError::BadRequest(format!(
-                "{} problem(s) in the policies under {} (first: {})",
-                diags.len(),
-                config.policy_dir.display(),
-                diags[0]
-            )));
+        for r in &set.rejected {
+            for p in r.problems.iter().skip(1) {
+                tracing::error!("policy {}: {p}", r.name);
+            }
         }
         raise_nofile();
         let name = config.cgroup_root.clone();
@@ -99,7 +103,9 @@ impl Pool {
             inner: Arc::new(Inner {
                 config,
                 launcher,
-                policies: RwLock::new(Arc::new(policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())),
+                policies: RwLock::new(Arc::new(set.policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())),
+                rejected: RwLock::new(Arc::new(set.rejected)),
+                reload_gate: Mutex::new(()),
                 state: Mutex::new(State::default()),
                 slot_freed: Notify::new(),
                 reaper_wake: Arc::new(Notify::new()),
@@ -221,16 +227,31 @@ impl Pool {
         Ok(Some(uid))
     }
 
-    /// Reload the policies (SIGHUP). A set with any problem is rejected and the old one kept.
-    pub fn reload(&self) -> Result<usize, Vec<crate::policy::Diagnostic>> {
-        let (policies, diags) = crate::policy::load_dir(&self.inner.config.policy_dir);
-        if !diags.is_empty() {
-            return Err(diags);
+    /// Policies the last load (start, or a rejected reload) left out, with why.
+    pub fn rejected_policies(&self) -> Arc<Vec<Rejected>> {
+        self.inner.rejected.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reload the policy directory (SIGHUP, `POST /v1/reload`, `systemctl reload`).
+    ///
+    /// All or nothing: a set in which every file loads replaces the served one (`Ok` = the
+    /// number of providers); a set with any rejected file is refused as a whole (`Err`, each
+    /// rejected file named in it) and the previous set keeps serving, so a reload never drops a
+    /// provider by accident. The rejections stay visible in health until a reload succeeds.
+    /// Blocking (reads files): call from a blocking context or accept a short stall.
+    pub fn reload(&self) -> Result<Reloaded, PoolError> {
+        let _one = self.inner.reload_gate.lock().unwrap_or_else(|e| e.into_inner());
+        let set = crate::policy::set::load_set(&self.inner.config.policy_dir);
+        if !set.rejected.is_empty() {
+            *self.inner.rejected.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set.rejected.clone());
+            let dir = self.inner.config.policy_dir.display().to_string();
+            return Err(PoolError::ReloadRejected { dir, rejected: set.rejected });
         }
-        let n = policies.len();
+        let providers = set.providers().into_iter().map(str::to_owned).collect();
         *self.inner.policies.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect());
-        Ok(n)
+            Arc::new(set.policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect());
+        *self.inner.rejected.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Vec::new());
+        Ok(Reloaded { providers })
     }
 }
 

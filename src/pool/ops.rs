@@ -364,7 +364,8 @@ impl Pool {
         })
     }
 
-    pub async fn health(&self) -> DaemonHealth {
+    /// Daemon-wide health; `admin` (root or an admin group) also sees the rejected policies.
+    pub async fn health(&self, admin: bool) -> DaemonHealth {
         let (running, exited) = {
             let st = self.state();
             let running = st.cells.values().filter(|e| e.exit_reason().is_none()).count();
@@ -393,6 +394,8 @@ impl Pool {
             cgroup_backend: root.backend_name().to_owned(),
             landlock_abi: self.inner.launcher.host().landlock_abi,
             providers: self.policies().values().filter(|p| p.is_launchable()).map(|p| p.name.clone()).collect(),
+            policies_rejected: self.rejected_policies().len(),
+            rejected_policies: admin.then(|| self.rejected_policies().as_ref().clone()),
             host_memory_total: total,
             host_memory_available: available,
         }
@@ -405,13 +408,17 @@ impl Pool {
         self.inner.slot_freed.notify_waiters();
         let live: Vec<Arc<CellEntry>> =
             self.state().cells.values().filter(|e| e.exit_reason().is_none()).cloned().collect();
+        // As documented: SIGTERM, the cells' grace period, then SIGKILL of the whole cgroup —
+        // the same termination as `kill`, with the grace capped by the shutdown timeout, which
+        // bounds the whole wait (a cell ignoring SIGTERM costs the grace, not the timeout).
         let timeout = self.inner.config.shutdown_timeout;
+        let grace = self.inner.config.grace.min(timeout);
         for e in &live {
-            e.request_stop(Stop::Graceful { grace: timeout, reason: ExitReason::Terminated });
+            e.request_stop(Stop::Graceful { grace, reason: ExitReason::Terminated });
         }
         let all = futures_util::future::join_all(live.iter().map(|e| e.ended()));
-        if tokio::time::timeout(timeout + Duration::from_secs(1), all).await.is_err() {
-            tracing::warn!("cells still alive after the shutdown timeout: killing their cgroups");
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!(timeout_s = timeout.as_secs_f64(), "cells still alive at the shutdown timeout: removing their cgroups");
             for e in &live {
                 let cg = e.cgroup.clone();
                 let _ = tokio::task::spawn_blocking(move || cg.remove()).await;

@@ -134,6 +134,12 @@ pub struct ListFilter {
     pub all: bool,
 }
 
+/// The answer to a reload that succeeded: the providers now served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reloaded {
+    pub providers: Vec<String>,
+}
+
 /// Daemon-wide health.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonHealth {
@@ -147,6 +153,13 @@ pub struct DaemonHealth {
     pub cgroup_backend: String,
     pub landlock_abi: i32,
     pub providers: Vec<String>,
+    /// How many policy files the last load (start or reload) left out.
+    #[serde(default)]
+    pub policies_rejected: usize,
+    /// Those files with every problem — shown to root and admin groups only (`None` to
+    /// others: the paths and contents of policies are the administrators' business).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_policies: Option<Vec<crate::policy::set::Rejected>>,
     pub host_memory_total: u64,
     pub host_memory_available: u64,
 }

@@ -14,12 +14,17 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-/// `openat2(AT_FDCWD, path, O_PATH | O_CLOEXEC [| O_DIRECTORY], RESOLVE_NO_SYMLINKS)`: the
-/// object at `path` reached through no symbolic link (nor /proc magic link) in any component;
-/// the kernel (>= 5.6) fails with ELOOP when it meets one. Used for paths a cell's owner can
-/// change (the cwd and rules beneath it): the daemon checked them canonical (symlink-free)
-/// inside the workdir roots, and a symlink planted or swapped in since then must not redirect
-/// a chdir or a Landlock grant. (Safe code: nix wraps the syscall.)
+/// The object at `path` reached through no symbolic link (nor /proc magic link) in any
+/// component, as an `O_PATH | O_CLOEXEC [| O_DIRECTORY]` fd; ELOOP when a component is a link.
+/// Used for paths a cell's owner can change (the cwd and rules beneath it): the daemon checked
+/// them canonical (symlink-free) inside the workdir roots, and a symlink planted or swapped in
+/// since then must not redirect a chdir or a Landlock grant.
+///
+/// First `openat2(AT_FDCWD, path, how = {flags, RESOLVE_NO_SYMLINKS})` (Linux >= 5.6, in one
+/// syscall). When that syscall is unavailable — ENOSYS from an old kernel or, more often, from
+/// a seccomp filter that cannot inspect `struct open_how` and refuses `openat2` wholesale
+/// (systemd's `RestrictSUIDSGID=`, container runtimes) — or EPERM from such a filter, the
+/// same guarantee comes from [`open_no_symlinks_walk`]. (Safe code: nix wraps both syscalls.)
 pub fn open_no_symlinks(path: &std::path::Path, directory: bool) -> nix::Result<OwnedFd> {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     let mut flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
@@ -27,7 +32,49 @@ pub fn open_no_symlinks(path: &std::path::Path, directory: bool) -> nix::Result<
         flags |= OFlag::O_DIRECTORY;
     }
     let how = OpenHow::new().flags(flags).resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
-    nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how)
+    match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how) {
+        Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM) => open_no_symlinks_walk(path, directory),
+        other => other,
+    }
+}
+
+/// The fallback of [`open_no_symlinks`] without `openat2`: a component-by-component walk with
+/// `openat(dir_fd, component, O_PATH | O_NOFOLLOW | O_CLOEXEC)`, starting at `/` (or the cwd for
+/// a relative path). `O_PATH | O_NOFOLLOW` opens a symlink itself instead of following it, so
+/// each fd is `fstat`ed: a link (plain or /proc magic) fails with ELOOP, a non-directory before
+/// the last component with ENOTDIR. Each step is relative to the fd of the directory already
+/// reached, so swapping a component for a link after it was checked redirects nothing. `..`
+/// components are refused (EXDEV: the callers' paths are canonical, so one means tampering)
+/// and `.` and empty components are skipped.
+pub fn open_no_symlinks_walk(path: &std::path::Path, directory: bool) -> nix::Result<OwnedFd> {
+    use nix::errno::Errno;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::{fstat, Mode, SFlag};
+    use std::path::Component;
+    let step = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let start = if path.is_absolute() { "/" } else { "." };
+    let mut fd = nix::fcntl::open(start, step | OFlag::O_DIRECTORY, Mode::empty())?;
+    let names: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(Ok(n)),
+            Component::ParentDir => Some(Err(Errno::EXDEV)),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, name) in names.iter().enumerate() {
+        let next = nix::fcntl::openat(&fd, *name, step, Mode::empty())?;
+        let kind = SFlag::from_bits_truncate(fstat(&next)?.st_mode) & SFlag::S_IFMT;
+        let last = i + 1 == names.len();
+        if kind == SFlag::S_IFLNK {
+            return Err(Errno::ELOOP);
+        }
+        if kind != SFlag::S_IFDIR && (!last || directory) {
+            return Err(Errno::ENOTDIR);
+        }
+        fd = next;
+    }
+    Ok(fd)
 }
 
 /// Start `child` in new namespaces with `clone(2)`, on a freshly allocated stack.
@@ -238,5 +285,66 @@ mod tests {
             assert_eq!(super::open_no_symlinks(&p, true).err(), Some(nix::errno::Errno::ELOOP), "{}", p.display());
         }
         assert_eq!(super::open_no_symlinks(&dir.path().join("none"), false).err(), Some(nix::errno::Errno::ENOENT));
+    }
+
+    /// The same answers, path by path, from the walk without `openat2` — called directly, and
+    /// through [`super::open_no_symlinks`] on a thread whose seccomp filter answers `openat2`
+    /// with ENOSYS, as systemd's `RestrictSUIDSGID=yes` does (issue 15, finding 2: on the
+    /// original code the cwd of every cell failed to open there).
+    #[test]
+    fn without_openat2_the_walk_gives_the_same_answers() {
+        use nix::errno::Errno;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::write(real.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/root", real.join("magic")).unwrap();
+        let cases: Vec<(std::path::PathBuf, bool, Option<Errno>)> = vec![
+            (real.join("sub"), true, None),
+            (real.join("file"), false, None),
+            (real.join("file"), true, Some(Errno::ENOTDIR)),
+            (real.join("file/x"), false, Some(Errno::ENOTDIR)),
+            (dir.path().join("link"), true, Some(Errno::ELOOP)),
+            (dir.path().join("link/sub"), true, Some(Errno::ELOOP)),
+            (real.join("magic"), false, Some(Errno::ELOOP)),
+            (real.join("magic/etc"), true, Some(Errno::ELOOP)),
+            (dir.path().join("none"), false, Some(Errno::ENOENT)),
+            (real.join("sub/../sub"), true, Some(Errno::EXDEV)),
+        ];
+        let check = |via: &str, open: &dyn Fn(&std::path::Path, bool) -> nix::Result<std::os::fd::OwnedFd>| {
+            for (path, directory, want) in &cases {
+                let got = open(path, *directory);
+                assert_eq!(got.as_ref().err().copied(), *want, "{via}: {}", path.display());
+                if let Ok(fd) = got {
+                    let (a, b) = (nix::sys::stat::fstat(&fd).unwrap(), nix::sys::stat::stat(path).unwrap());
+                    assert_eq!((a.st_dev, a.st_ino), (b.st_dev, b.st_ino), "{via}: {}", path.display());
+                }
+            }
+        };
+        check("walk", &super::open_no_symlinks_walk);
+        // A thread of its own: no_new_privs and seccomp filters are per thread, so the rest of
+        // the test process keeps openat2.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                deny_openat2_with_enosys();
+                let how = nix::fcntl::OpenHow::new().flags(nix::fcntl::OFlag::O_PATH);
+                let direct = nix::fcntl::openat2(nix::fcntl::AT_FDCWD, "/", how);
+                assert_eq!(direct.err(), Some(Errno::ENOSYS), "the filter refuses openat2");
+                check("open_no_symlinks under the filter", &super::open_no_symlinks);
+            });
+        });
+    }
+
+    /// This thread only: `openat2` fails with ENOSYS, everything else is allowed.
+    fn deny_openat2_with_enosys() {
+        use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+        let rules = [(libc::SYS_openat2, vec![])].into_iter().collect();
+        let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
+        let filter =
+            SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch).unwrap();
+        let program: BpfProgram = filter.try_into().unwrap();
+        nix::sys::prctl::set_no_new_privs().unwrap();
+        seccompiler::apply_filter(&program).unwrap();
     }
 }

@@ -45,6 +45,7 @@ pub struct Builder {
     log_level: String,
     ready_within: Duration,
     marker: String,
+    wrapper: Vec<String>,
 }
 
 impl Builder {
@@ -134,6 +135,13 @@ impl Builder {
         self
     }
 
+    /// Start the daemon through `wrapper` (a program and its arguments that ends by exec'ing
+    /// the rest of its command line, e.g. `tests/fixtures/bin/no-openat2`).
+    pub fn wrapper(mut self, argv: &[&str]) -> Builder {
+        self.wrapper = argv.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
     /// A string the test puts in its payloads' command lines, kept as [`Daemon::marker`] to
     /// look for processes left on the host ([`host_has_process`]).
     pub fn marker(mut self, marker: &str) -> Builder {
@@ -190,6 +198,7 @@ impl Builder {
             env: self.env,
             log_level: self.log_level,
             ready_within: self.ready_within,
+            wrapper: self.wrapper,
         };
         d.launch();
         d
@@ -211,6 +220,7 @@ pub struct Daemon {
     pub env: Vec<(String, String)>,
     log_level: String,
     ready_within: Duration,
+    wrapper: Vec<String>,
 }
 
 impl Daemon {
@@ -230,6 +240,7 @@ impl Daemon {
             log_level: "info".to_owned(),
             ready_within: Duration::from_secs(15),
             marker: String::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -249,7 +260,14 @@ impl Daemon {
     /// Start (or restart) the daemon process; its stderr is appended to the log file.
     pub fn launch(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(["daemon", "--config"])
             .arg(self.dir.path().join("cellkeep.toml"))
             .arg("--socket")
