@@ -229,9 +229,11 @@ check_member-session() {
   out=$(as alice cellkeep ps 2>&1) || rc=$?
   printf '%s\n' "$out" | sed 's/^/      /'
   [[ $rc == 0 && $out == *"$id"* ]] || bad "cellkeep ps (as alice) does not list $id"
-  pid=$(as alice cellkeep get "$id" --json 2>/dev/null | grep -o '"pid":[0-9]*' | cut -d: -f2)
-  [[ -n $pid ]] && note "payload pid $pid runs as $(ps -o user= -p "$pid") in $(cut -d: -f3 "/proc/$pid/cgroup")"
-  [[ -n $pid && $(ps -o user= -p "$pid") == alice ]] || bad "the session's payload does not run as alice"
+  # the payload (cat) in the cell's cgroup runs as alice
+  pid=$(for p in $(cat "$CG/cellkeep/$id/cgroup.procs" "$CG/cellkeep/$id"/*/cgroup.procs 2>/dev/null); do
+          [[ $(cat "/proc/$p/comm" 2>/dev/null) == cat ]] && echo "$p"; done | head -1)
+  note "API pid: $(as alice cellkeep get "$id" --json 2>/dev/null | grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$'); cat in ${CG#/sys/fs/cgroup}/cellkeep/$id: ${pid:-none}${pid:+, user $(ps -o user= -p "$pid")}"
+  [[ -n $pid && $(ps -o user= -p "$pid") == alice ]] && ok "the payload runs as alice" || bad "the session's payload (cat) does not run as alice"
   return 0
 }
 
