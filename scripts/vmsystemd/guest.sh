@@ -386,6 +386,8 @@ check_stop-live-cells() {
   [[ $r == success ]] || bad "the unit's result is $r (not a clean exit)"
   [[ $c == 1 && $s == 0 ]] || bad "the daemon did not exit 0 by itself (code $c status $s; 2 = killed)"
   [[ $(prop cellkeep.service ActiveState) == inactive ]] || bad "cellkeep.service is $(prop cellkeep.service ActiveState)"
+  # (polled, though systemd has normally removed both by the time stop returns)
+  waitfor 30 '[[ -z $(alive_of <<< "$old") && ! -d $CG ]]' || true
   left=$(alive_of <<< "$old"); [[ -z $left ]] || bad "processes left: $left"
   [[ -d $CG ]] && bad "the unit's cgroup $CG is still there: $(find "$CG" -name cgroup.procs -exec cat {} + | tr '\n' ' ')"
   [[ -z $left && ! -d $CG ]] && ok "no process and no cgroup left"
@@ -405,6 +407,7 @@ check_uninstall() {
   sed 's/^/      /' "$ST/uninstall.out"
   ((rc == 0)) || bad "install.sh --uninstall exited $rc"
   # the unit's runtime traces
+  waitfor 30 '[[ ! -d $CG ]] && ! pgrep -x cellkeep >/dev/null' || true
   [[ $(prop cellkeep.service ActiveState) == inactive ]] || bad "cellkeep.service is $(prop cellkeep.service ActiveState)"
   [[ $(prop cellkeep.socket ActiveState) == inactive ]] || bad "cellkeep.socket is $(prop cellkeep.socket ActiveState)"
   [[ -d $CG ]] && bad "$CG is still there"
