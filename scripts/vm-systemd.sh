@@ -96,7 +96,8 @@ fi
 t0=$SECONDS
 KERNEL=$("$VMT/setup.sh" bookworm-backports)
 KVER=${KERNEL##*/vmlinuz-}; MODROOT=$(dirname "$(dirname "$KERNEL")")
-IMAGE=$("$VS/mkimage.sh")
+IMAGE=$("$VS/mkimage.sh" | tail -n 1)
+[[ -r $IMAGE ]] || { say "no guest image (scripts/vmsystemd/mkimage.sh failed)"; exit 125; }
 ikey=$(cat "$VS/init" "$VS/mkinitramfs.sh" | sha256sum | cut -c1-12)
 INITRD=$VMTEST_DIR/systemd-initramfs-$KVER-$ikey.cpio.gz
 VMLINUX=$VMTEST_DIR/vmlinux-$KVER

@@ -16,7 +16,9 @@ mkdir -p "$VMTEST_DIR/systemd-image"
 key=$(cat "$HERE/mkimage.sh" "$HERE/packages" "$HERE"/lane-units/* | sha256sum | cut -c1-16)
 D=$VMTEST_DIR/systemd-image/$key IMG=$D/rootfs.ext4
 exec 7>"$VMTEST_DIR/systemd-image/.lock"; flock 7
-if [[ -s $IMG && -f $D/done ]]; then echo "$IMG"; exit 0; fi
+# stdout carries only the image's path (fd 3); every tool's chatter goes to stderr
+exec 3>&1 1>&2
+if [[ -s $IMG && -f $D/done ]]; then echo "$IMG" >&3; exit 0; fi
 
 pkgs=$(grep -v '^#' "$HERE/packages" | tr -s ' \n' ',' | sed 's/^,//; s/,$//')
 if ! command -v debootstrap >/dev/null; then
@@ -59,7 +61,7 @@ rm -rf "$R"/var/lib/apt/lists/* "$R"/var/cache/apt/*.bin "$R"/var/log/*.log "$R"
 echo "bookworm minbase + $pkgs; built $(date -u +%FT%TZ) by scripts/vmsystemd/mkimage.sh (key $key)" > "$R/etc/cellkeep-lane-image"
 
 size=$(( ($(du -sm "$R" | cut -f1) + 1536) ))   # room for the install and the run's writes
-mkfs.ext4 -q -F -L cellkeep-lane -d "$R" "$D.tmp/rootfs.ext4" "${size}M"
+mkfs.ext4 -q -F -L cellkeep-lane -d "$R" "$D.tmp/rootfs.ext4" "${size}M" >/dev/null
 chmod 0444 "$D.tmp/rootfs.ext4"
 rm -rf "$D"; mkdir -p "$D"
 mv "$D.tmp/rootfs.ext4" "$IMG"
@@ -71,4 +73,4 @@ for old in "$VMTEST_DIR"/systemd-image/*/; do   # images of an older package lis
   [[ $old == "$D" || $old == *.tmp ]] || { log "removing the outdated image $old"; rm -rf "$old"; }
 done
 log "built $IMG ($(du -h --apparent-size "$IMG" | cut -f1) sparse, $(du -h "$IMG" | cut -f1) used, $(wc -l < "$D/packages.lst") packages) in $((SECONDS - t0)) s"
-echo "$IMG"
+echo "$IMG" >&3
