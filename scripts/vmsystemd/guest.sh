@@ -270,25 +270,29 @@ say_in() { local id=$1 msg=$2 out; if [[ $LANE_SESSION_USER == root ]]; then out
 check_delegated-cgroups() {
   need_daemon || return 1
   local id main mcg pids p c n=0
-  id=$(live_session) || { bad "$id"; return 1; }
+  id=$(live_session 2>&1) || { bad "$id"; return 1; }
   echo "$id" > "$ST/session1"
   main=$(prop cellkeep.service MainPID); mcg=$(cut -d: -f3 "/proc/$main/cgroup")
   note "Delegate=$(prop cellkeep.service Delegate) (controllers: $(prop cellkeep.service DelegateControllers)); daemon pid $main in $mcg"
   note "$CG/cgroup.subtree_control: $(cat "$CG/cgroup.subtree_control" 2>/dev/null)"
   [[ $(prop cellkeep.service Delegate) == yes ]] || bad "cellkeep.service is not Delegate=yes"
   [[ $mcg == /system.slice/cellkeep.service* ]] || bad "the daemon is in $mcg"
-  pids=$(cell_pids)
-  [[ -n $pids ]] || bad "no process in $CG/cellkeep/*"
+  # the session's payload, by the pid the API reports, and every process of the session's user
+  # (the lane's own clients have exited): all in a cgroup beneath the service's, none in the
+  # daemon's own
+  p=$(ck get "$id" --json 2>/dev/null | grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$')
+  [[ -n $p ]] || bad "cellkeep get $id reports no pid"
+  pids=$( { echo "$p"; [[ $LANE_SESSION_USER != root ]] && pgrep -u "$LANE_SESSION_USER"; } | sort -un)
   for p in $pids; do
     c=$(cut -d: -f3 "/proc/$p/cgroup" 2>/dev/null) || continue; n=$((n + 1))
-    note "cell process $p ($(cat "/proc/$p/comm"), $(ps -o user= -p "$p")): $c"
-    [[ $c == /system.slice/cellkeep.service/* ]] || bad "cell process $p is in $c"
+    note "process $p ($(cat "/proc/$p/comm"), $(ps -o user= -p "$p")): $c"
+    [[ $c == /system.slice/cellkeep.service/* && $c != "$mcg" ]] || bad "process $p of the session is in $c"
   done
-  # every process whose cgroup is outside the subtree but looks like a payload of ours
+  [[ -n $(cell_pids) ]] || bad "no process in $CG/cellkeep/*"
   for c in $(cell_cgroups); do
     [[ -f $c/memory.max ]] && note "${c#/sys/fs/cgroup}: memory.max $(cat "$c/memory.max"), pids.max $(cat "$c/pids.max" 2>/dev/null)"
   done
-  ((n > 0)) && ok "$n cell process(es), all under /system.slice/cellkeep.service/"
+  ((n > 0)) && ok "$n session process(es), all in cell cgroups under /system.slice/cellkeep.service/"
   return 0
 }
 
@@ -307,7 +311,7 @@ check_reload-broken() {
   need_daemon || return 1
   local id main rc=0 out
   id=$(cat "$ST/session1" 2>/dev/null) || true
-  [[ -n $id ]] || { id=$(live_session) || { bad "$id"; return 1; }; echo "$id" > "$ST/session1"; }
+  [[ -n $id ]] || { id=$(live_session 2>&1) || { bad "$id"; return 1; }; echo "$id" > "$ST/session1"; }
   main=$(prop cellkeep.service MainPID)
   lane_policy broken
   note "wrote a broken /etc/cellkeep/policies/lane-reload.toml"
@@ -347,8 +351,7 @@ check_reload-fixed() {
 check_kill9-restart() {
   need_daemon || return 1
   local id2 main n old cgs left p
-  live_session > "$ST/session2" || { bad "$(cat "$ST/session2")"; return 1; }
-  id2=$(cat "$ST/session2")
+  id2=$(live_session 2>&1) || { bad "$id2"; return 1; }
   main=$(prop cellkeep.service MainPID); n=$(prop cellkeep.service NRestarts)
   cell_pids > "$ST/k9.pids"; old=$(pid_stamp $(cat "$ST/k9.pids")); cgs=$(cell_cgroups)
   note "daemon pid $main, cells: $(tr '\n' ' ' < "$ST/k9.pids")"
@@ -373,7 +376,7 @@ check_kill9-restart() {
 check_stop-live-cells() {
   need_daemon || return 1
   local id pids old main t0 rc=0 r c s left
-  id=$(live_session) || { bad "$id"; return 1; }
+  id=$(live_session 2>&1) || { bad "$id"; return 1; }
   live_session >/dev/null || true
   main=$(prop cellkeep.service MainPID)
   old=$(pid_stamp $(cell_pids)); note "daemon $main; live cells' processes: $(cut -d' ' -f1 <<< "$old" | tr '\n' ' ')"
