@@ -179,6 +179,8 @@ check_service-active() {
   # Type=notify: systemd moves the unit to active only on READY=1
   [[ $a == active && $t == notify* ]] && ok "READY=1 received (Type=$t unit is active)"
   [[ $n == 0 ]] || bad "the service restarted $n times"
+  n=$(journalctl -u cellkeep.service -o cat --no-pager 2>/dev/null | grep -c .)
+  ((n > 0)) && ok "journalctl -u cellkeep: $n lines" || bad "journalctl -u cellkeep shows nothing"
   return 0
 }
 
