@@ -37,6 +37,7 @@ else
   # scripts/vm-test.sh -- --test abuse --test load).
   scripts/vm-test.sh -- --lib --test cgroup --test run --test daemon --test tty --test escape \
     --test faults --test agents --test doctor --test systemd --test policy_check \
+    --test deploy --test tour --test promises --test egress \
     -- --test-threads=1 --show-output
   echo "VM suite: $((SECONDS - t1)) s"
 fi
