@@ -252,10 +252,15 @@ fn ignoring_the_proxy_reaches_nothing() {
     for label in ["tcp loopback", "tcp https server", "fastopen"] {
         assert_eq!(line(&out, label), format!("ERR {}", libc::ECONNREFUSED), "{label}: {out}");
     }
-    for label in ["tcp outside", "tcp internet"] {
-        assert_eq!(line(&out, label), format!("ERR {}", libc::ENETUNREACH), "{label}: {out}");
+    assert_eq!(line(&out, "tcp internet"), format!("ERR {}", libc::ENETUNREACH), "{out}");
+    if outside == "127.0.0.1" {
+        // A host without a default route (the test VM): its outside address is the cell's own
+        // loopback address too, so only "nothing arrived" below applies.
+        eprintln!("no default route on this host: the 'outside' attempts went to the cell's own loopback");
+    } else {
+        assert_eq!(line(&out, "tcp outside"), format!("ERR {}", libc::ENETUNREACH), "{out}");
+        assert_eq!(line(&out, "udp outside"), format!("ERR {}", libc::ENETUNREACH), "{out}");
     }
-    assert_eq!(line(&out, "udp outside"), format!("ERR {}", libc::ENETUNREACH), "{out}");
     assert_eq!(line(&out, "dns"), "ERR", "the cell resolved a name itself: {out}");
     // Nothing arrived on the host.
     assert!(tcp.accept().is_err(), "a TCP connection from the cell reached the host");
