@@ -17,15 +17,17 @@ pub struct HttpError {
     pub message: String,
     /// The command's result that comes with the error, if any (see [`ErrorBody::result`]).
     pub result: Option<serde_json::Value>,
+    /// Already logged where it happened (a rejected reload): not logged again as an answer.
+    pub logged: bool,
 }
 
 impl HttpError {
     pub fn bad_request(message: impl Into<String>) -> HttpError {
-        HttpError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into(), result: None }
+        HttpError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into(), result: None, logged: false }
     }
 
     pub fn not_found(message: impl Into<String>) -> HttpError {
-        HttpError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into(), result: None }
+        HttpError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into(), result: None, logged: false }
     }
 }
 
@@ -48,11 +50,12 @@ impl From<PoolError> for HttpError {
     fn from(e: PoolError) -> Self {
         let code = e.code();
         let message = e.to_string();
+        let logged = matches!(e, PoolError::ReloadRejected { .. });
         let result = match e {
             PoolError::WithResult { result, .. } => serde_json::to_value(result).ok(),
             _ => None,
         };
-        HttpError { status: status_of(code), code, message, result }
+        HttpError { status: status_of(code), code, message, result, logged }
     }
 }
 
@@ -65,6 +68,7 @@ impl From<BytesRejection> for HttpError {
                 code: "bad_request",
                 message: format!("request body too large: {}", e.body_text()),
                 result: None,
+                logged: false,
             }
         } else {
             HttpError::bad_request(e.body_text())
@@ -92,6 +96,7 @@ impl IntoResponse for HttpError {
         // INFO.
         let status = self.status.as_u16();
         match self.code {
+            _ if self.logged => {}
             "internal" => tracing::error!(code = self.code, status, "{}", self.message),
             "resource_limit" | "process_limit" | "setup_failed" | "forbidden" | "shutting_down" => {
                 tracing::warn!(code = self.code, status, "{}", self.message)

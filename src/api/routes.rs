@@ -306,6 +306,7 @@ async fn no_method(method: Method, uri: Uri) -> HttpError {
         code: "bad_request",
         message: format!("{} does not accept {method}", uri.path()),
         result: None,
+        logged: false,
     }
 }
 
@@ -317,6 +318,7 @@ async fn refuse_cells(req: Request, next: Next) -> Response {
             code: "forbidden",
             message: format!("pid {} runs inside a cellkeep cell: cells may not use the daemon", c.pid.unwrap_or(0)),
             result: None,
+            logged: false,
         }
         .into_response(),
         _ => next.run(req).await,
