@@ -598,7 +598,7 @@ fn shipped_policies_and_the_floor() {
     let config = config.display().to_string();
     let (code, stdout, _) = cli(&["policy", "check", "--config", &config, "policies"]);
     assert_eq!(code, 1);
-    assert!(stdout.contains("agent.toml:183:8: network.mode: \"tcp\" is wider than the admin floor"), "{stdout}");
+    assert!(stdout.contains(&format!("agent.toml:{line}:8: network.mode: \"proxy\" is wider than the admin floor")), "{stdout}");
 }
 
 #[test]
