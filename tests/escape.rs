@@ -1167,6 +1167,22 @@ fn tiocsti_on_the_callers_terminal() {
     a.contained();
 }
 
+/// `cellkeep run --policy P --cwd WS -- python3 -c SCRIPT` with the terminal `tty` on 0, 1 and
+/// 2, as an interactive shell starts it.
+fn run_on_terminal(a: &Attempt, p: &Path, script: &str, tty: &std::os::fd::OwnedFd) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--policy"])
+        .arg(p)
+        .arg("--cwd")
+        .arg(a.w.ws.path())
+        .args(["--", PY, "-c", script])
+        .env("CELLKEEP_CGROUP_ROOT", &a.w.cgroup_root)
+        .stdin(Stdio::from(tty.try_clone().expect("dup")))
+        .stdout(Stdio::from(tty.try_clone().expect("dup")))
+        .stderr(Stdio::from(tty.try_clone().expect("dup")));
+    cmd
+}
+
 /// The caller's terminal as `cellkeep run` found it: modes, window size, exclusive mode.
 fn terminal_state(fd: &std::os::fd::OwnedFd) -> (nix::sys::termios::Termios, (u16, u16), i32) {
     use std::os::fd::AsRawFd;
@@ -1213,18 +1229,7 @@ fn callers_terminal_left_as_it_was() {
         }
         String::from_utf8_lossy(&all).into_owned()
     });
-    let status = Command::new(BIN)
-        .args(["run", "--policy"])
-        .arg(&p)
-        .arg("--cwd")
-        .arg(a.w.ws.path())
-        .args(["--", PY, "-c", &s])
-        .env("CELLKEEP_CGROUP_ROOT", &a.w.cgroup_root)
-        .stdin(Stdio::from(pty.slave.try_clone().expect("dup")))
-        .stdout(Stdio::from(pty.slave.try_clone().expect("dup")))
-        .stderr(Stdio::from(pty.slave.try_clone().expect("dup")))
-        .status()
-        .expect("cellkeep run");
+    let status = run_on_terminal(&a, &p, &s, &pty.slave).status().expect("cellkeep run");
     let after = terminal_state(&pty.slave);
     drop(pty.slave);
     let out = reader.join().expect("reader");
@@ -1251,18 +1256,7 @@ fn callers_terminal_restored_after_a_signal() {
     let p = a.policy("");
     let body = "import tty, time\ntty.setraw(0)\nprint('ready', flush=True)\ntime.sleep(60)";
     let s = script(&a.marker, body);
-    let mut child = Command::new(BIN)
-        .args(["run", "--policy"])
-        .arg(&p)
-        .arg("--cwd")
-        .arg(a.w.ws.path())
-        .args(["--", PY, "-c", &s])
-        .env("CELLKEEP_CGROUP_ROOT", &a.w.cgroup_root)
-        .stdin(Stdio::from(pty.slave.try_clone().expect("dup")))
-        .stdout(Stdio::from(pty.slave.try_clone().expect("dup")))
-        .stderr(Stdio::from(pty.slave.try_clone().expect("dup")))
-        .spawn()
-        .expect("cellkeep run");
+    let mut child = run_on_terminal(&a, &p, &s, &pty.slave).spawn().expect("cellkeep run");
     // Wait for the payload's "ready" on the terminal, then signal the run.
     let mut master = std::fs::File::from(pty.master);
     let mut seen = Vec::new();

@@ -269,6 +269,12 @@ fn relay_exec_result(exec_r: &OwnedFd, ctl: &OwnedFd) -> bool {
 /// signals and reports. Every step must succeed.
 fn drop_privileges(plan: &LaunchPlan) -> Result<(), StepError> {
     step(Stage::Init, "prctl(PR_SET_DUMPABLE, 0)", nix::sys::prctl::set_dumpable(false))?;
+    become_inside_ids(plan)
+}
+
+/// The cell's inside uid and gid, no supplementary groups, then no capabilities left in any
+/// set: what pid 1 and the payload both end up with.
+fn become_inside_ids(plan: &LaunchPlan) -> Result<(), StepError> {
     let (uid, gid) = (Uid::from_raw(plan.ids.inside_uid), Gid::from_raw(plan.ids.inside_gid));
     step(Stage::Identity, "setgroups []", nix::unistd::setgroups(&[]))?;
     step(Stage::Identity, &format!("setresgid {gid}"), nix::unistd::setresgid(gid, gid, gid))?;
@@ -346,13 +352,7 @@ fn payload(plan: &LaunchPlan, go: &OwnedFd) -> Result<std::convert::Infallible, 
         step(Stage::Rlimits, &format!("setrlimit {:?} {}", r.kind, r.limit), setrlimit(res, r.limit, r.limit))?;
     }
     step(Stage::Capabilities, "dropping the bounding set", sys::drop_bounding_set(plan.cap_last_cap))?;
-    let (uid, gid) = (Uid::from_raw(plan.ids.inside_uid), Gid::from_raw(plan.ids.inside_gid));
-    step(Stage::Identity, "setgroups []", nix::unistd::setgroups(&[]))?;
-    step(Stage::Identity, &format!("setresgid {gid}"), nix::unistd::setresgid(gid, gid, gid))?;
-    step(Stage::Identity, &format!("setresuid {uid}"), nix::unistd::setresuid(uid, uid, uid))?;
-    for set in [CapSet::Ambient, CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
-        step(Stage::Capabilities, &format!("clearing {set:?}"), caps::clear(None, set))?;
-    }
+    become_inside_ids(plan)?;
     step(Stage::NoNewPrivs, "prctl(PR_SET_NO_NEW_PRIVS)", nix::sys::prctl::set_no_new_privs())?;
     let mut byte = [0u8; 1];
     loop {
