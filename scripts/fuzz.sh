@@ -24,22 +24,22 @@ RUNS=${FUZZ_RUNS:-10000000}
 TARGETS=${FUZZ_TARGETS:-"requests framer policy"}
 JOBS=${FUZZ_JOBS:-1}
 SAN=${FUZZ_SANITIZER:-address}
-export RUSTC_BOOTSTRAP=1
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 log() { printf '== %s\n' "$*" >&2; }
 
-# --- tools -----------------------------------------------------------------------------
-if ! command -v cargo-fuzz >/dev/null; then
-  log "installing cargo-fuzz"
-  cargo install --locked cargo-fuzz
-fi
-if ! command -v clang >/dev/null && ! command -v g++ >/dev/null; then
-  log "installing g++ (libfuzzer-sys builds libFuzzer from C++)"
-  apt-get update -qq && apt-get install -y -qq g++
-fi
-
 # --- fuzzing ---------------------------------------------------------------------------
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+  # Only the fuzz build needs the -Z flags (RUSTC_BOOTSTRAP) and cargo-fuzz; the schemathesis
+  # part below builds the ordinary daemon (exporting RUSTC_BOOTSTRAP there would rebuild it all).
+  export RUSTC_BOOTSTRAP=1
+  if ! command -v cargo-fuzz >/dev/null; then
+    log "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
+  fi
+  if ! command -v clang >/dev/null && ! command -v g++ >/dev/null; then
+    log "installing g++ (libfuzzer-sys builds libFuzzer from C++)"
+    apt-get update -qq && apt-get install -y -qq g++
+  fi
   if ! cargo fuzz build --fuzz-dir "$FUZZ_DIR" -O -a -s "$SAN" 2>&1 | tail -3; then
     log "build with sanitizer=$SAN failed; using --sanitizer none"
     SAN=none
@@ -82,6 +82,7 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
       grep -m1 -A25 -E "panicked|ERROR: " "/tmp/fuzz-$t.log" || true
     fi
   done
+  unset RUSTC_BOOTSTRAP
 fi
 
 # --- schemathesis against the live daemon --------------------------------------------
