@@ -22,7 +22,7 @@ else
   echo "SKIP: cargo clippy is not installed; CI requires it"
 fi
 step "policies: cellkeep policy check --strict (shipped policies, CI admin floor)"
-cargo run --locked -q -- policy check --strict --floor tests/fixtures/floor/shipped-floor.toml policies
+cargo run --locked -q --bin cellkeep -- policy check --strict --floor tests/fixtures/floor/shipped-floor.toml policies
 step "host: cargo test (unit + privileged integration, one test at a time: the CPU-limit test measures)"
 cargo test --locked -- --test-threads=1
 host_s=$((SECONDS - t0))
