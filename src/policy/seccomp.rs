@@ -418,6 +418,7 @@ mod tests {
             let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM, protocol) };
             let errno = std::io::Error::last_os_error().raw_os_error();
             if fd >= 0 {
+                // SAFETY (test): `fd` is the fresh fd socket(2) just returned, owned by nothing.
                 unsafe { libc::close(fd) };
                 return None;
             }

@@ -41,7 +41,7 @@ pub mod netns;
 pub mod plan;
 pub mod proto;
 pub mod pty;
-pub mod sys;
+pub(crate) mod sys;
 
 use std::path::PathBuf;
 

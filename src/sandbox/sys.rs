@@ -2,7 +2,11 @@
 //! cover (or cover in a way we cannot use). Each block states the syscall contract it relies on.
 //!
 //! Everything here is called from the single-threaded cell helper (and its children), except
-//! [`async_fd`], which the daemon uses. Nothing here runs between fork and exec in the daemon:
+//! [`async_fd`], which the daemon uses, and the peer checks ([`peer_groups`], [`peer_pidfd`],
+//! [`pidfd_open`], [`pidfd_alive`]) behind the API's authorisation. Functions whose soundness
+//! depends on the caller are either `unsafe fn` with a `# Safety` section ([`take_helper_fd`])
+//! or check their precondition at runtime ([`fork_single_threaded`] and
+//! [`clone_into_namespaces`] refuse unless the process is single-threaded). Nothing here runs between fork and exec in the daemon:
 //! the launcher spawns the helper without `pre_exec` (see `launch.rs`).
 //! The pty calls [`open_pty_peer`] and [`set_window_size`] run in the launcher before the
 //! spawn (ordinary async-side code, not between fork and exec). [`with_fs_identity`] runs a
@@ -10,7 +14,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
@@ -78,29 +82,55 @@ pub fn open_no_symlinks_walk(path: &std::path::Path, directory: bool) -> nix::Re
     Ok(fd)
 }
 
+/// The number of threads of the calling process: the entries of `/proc/self/task`.
+fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// The runtime half of the single-threaded contract of [`clone_into_namespaces`] and
+/// [`fork_single_threaded`]: `Ok` only when this process has exactly one thread (the caller).
+/// No other thread exists that could start one between the check and the syscall, so the
+/// answer still holds when the syscall runs. EDEADLK ("resource deadlock would occur": a lock
+/// held by another thread would be copied held into the child) otherwise, and when
+/// `/proc/self/task` cannot be read (fail closed).
+fn ensure_single_threaded() -> nix::Result<()> {
+    match thread_count() {
+        Ok(1) => Ok(()),
+        _ => Err(nix::errno::Errno::EDEADLK),
+    }
+}
+
 /// Start `child` in new namespaces with `clone(2)`, on a freshly allocated stack.
 ///
-/// Only called from the single-threaded helper, so the child may allocate: there is no other
-/// thread whose locks could have been copied in a held state.
-pub fn clone_into_namespaces(
+/// Sound to call from anywhere: it refuses (EDEADLK) unless the calling process is
+/// single-threaded (checked at runtime, [`ensure_single_threaded`]), which is what lets the
+/// child allocate — no other thread's locks can have been copied in a held state. Callers are
+/// the helper, a fresh single-threaded process; in the tokio daemon it always fails.
+pub(crate) fn clone_into_namespaces(
     flags: CloneFlags,
     child: Box<dyn FnMut() -> isize + '_>,
 ) -> nix::Result<Pid> {
+    ensure_single_threaded()?;
     // 1 MiB is far more than the init recipe needs (no recursion, small frames).
     let mut stack = vec![0u8; 1 << 20];
     // SAFETY: nix::sched::clone requires that the child does not overflow `stack` (it runs
     // the bounded init recipe) and that the process is single-threaded or the child only
-    // makes async-signal-safe calls (the helper is single-threaded). SIGCHLD makes the child
-    // waitable with waitpid(2) like a forked one. The stack outlives the call in the parent;
-    // the child gets its own copy of the address space (no CLONE_VM).
+    // makes async-signal-safe calls (single-threaded: checked just above, and no other thread
+    // exists that could start one since). SIGCHLD makes the child waitable with waitpid(2)
+    // like a forked one. The stack outlives the call in the parent; the child gets its own
+    // copy of the address space (no CLONE_VM).
     unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
 }
 
-/// Fork the current (single-threaded) process. Returns `Some(pid)` in the parent, `None` in
-/// the child.
-pub fn fork_single_threaded() -> nix::Result<Option<Pid>> {
+/// Fork the current process. Returns `Some(pid)` in the parent, `None` in the child.
+///
+/// Sound to call from anywhere: it refuses (EDEADLK) unless the calling process is
+/// single-threaded (checked at runtime, [`ensure_single_threaded`]), so the child may run
+/// arbitrary code. Callers are pid 1 of a cell, which never starts threads.
+pub(crate) fn fork_single_threaded() -> nix::Result<Option<Pid>> {
+    ensure_single_threaded()?;
     // SAFETY: fork(2) is sound to follow with arbitrary code only in a single-threaded
-    // process; callers are the helper and its pid 1, which never start threads.
+    // process; checked just above, and no other thread exists that could start one since.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
         nix::unistd::ForkResult::Child => Ok(None),
@@ -252,20 +282,41 @@ pub fn install_seccomp(program: &[crate::policy::seccomp::BpfInsn]) -> io::Resul
 /// In the helper: take ownership of the control socket the launcher left open at `fd` (its
 /// number is the helper's second argument) and mark it close-on-exec so it never reaches the
 /// payload.
-pub fn take_helper_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
+///
+/// # Safety
+///
+/// `fd` must be an inherited descriptor that nothing else in this process owns or will close:
+/// the launcher's control socket, claimed once, before anything else in the helper could have
+/// been given that number. An `OwnedFd` closes its fd on drop, so a second owner would close
+/// (or act on) whatever file later reuses the number.
+///
+/// Defence in depth on top of the contract (checked, not relied on): `fd` is not a stdio fd,
+/// it is open, it is a socket, and its close-on-exec flag is clear — every fd this process
+/// opens itself (std, nix, tokio) is created close-on-exec, so a clear flag means inherited
+/// across the helper's exec (the launcher cleared it for this one fd). The flag is set once
+/// claimed, so claiming the same fd twice fails with EBUSY.
+pub(crate) unsafe fn take_helper_fd(fd: RawFd) -> io::Result<OwnedFd> {
     if fd <= 2 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("control fd {fd} is a stdio fd")));
     }
-    // SAFETY: fcntl(F_GETFD) only inspects the fd table; it tells us `fd` is open.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    // SAFETY: fcntl(F_GETFD) only inspects the fd table; -1 (EBADF) when `fd` is not open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `fd` is open (checked above) and, by the launcher's contract, nothing else in
-    // this fresh process owns it.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    // SAFETY: FD_CLOEXEC on an fd we now own.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    // SAFETY: `fd` is open (checked above) and, by this function's contract, nothing else in
+    // this process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if !nix::sys::stat::fstat(&owned).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK) {
+        // Not ours after all: give the number back without closing it.
+        let _ = owned.into_raw_fd();
+        return Err(io::Error::from_raw_os_error(libc::ENOTSOCK));
+    }
+    // SAFETY: FD_CLOEXEC on an fd we now own; fcntl(F_SETFD) only changes the fd table.
+    if unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(owned)
@@ -331,6 +382,44 @@ pub fn with_fs_identity<T: Send>(who: &FsIdentity, f: impl FnOnce() -> T + Send)
 
 #[cfg(test)]
 mod tests {
+    /// The test harness runs tests on threads of a multi-threaded process: fork and clone
+    /// refuse there instead of leaving a child with other threads' locks held.
+    #[test]
+    fn fork_and_clone_refuse_in_a_multi_threaded_process() {
+        let _second = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(1)));
+        assert!(super::thread_count().unwrap() >= 2);
+        assert_eq!(super::fork_single_threaded().err(), Some(nix::errno::Errno::EDEADLK));
+        let flags = nix::sched::CloneFlags::empty();
+        assert_eq!(super::clone_into_namespaces(flags, Box::new(|| 0)).err(), Some(nix::errno::Errno::EDEADLK));
+    }
+
+    /// Only an inherited fd (close-on-exec clear) is claimed, once: an fd this process opened
+    /// (close-on-exec) and a second claim are refused with EBUSY, a non-socket with ENOTSOCK.
+    #[test]
+    fn take_helper_fd_claims_only_an_inherited_socket_once() {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let raw = a.as_raw_fd();
+        // SAFETY (test): `a` still owns the fd; the claim must fail without taking it.
+        let err = unsafe { super::take_helper_fd(raw) }.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBUSY));
+        nix::fcntl::fcntl(&a, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        let raw = a.into_raw_fd();
+        // SAFETY (test): ownership was released with into_raw_fd; this is the only claim.
+        let owned = unsafe { super::take_helper_fd(raw) }.unwrap();
+        // SAFETY (test): `owned` holds the fd; the second claim must fail without taking it.
+        let again = unsafe { super::take_helper_fd(owned.as_raw_fd()) }.unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(libc::EBUSY));
+        let file = std::fs::File::open("/dev/null").unwrap();
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        let raw = file.into_raw_fd();
+        // SAFETY (test): ownership released; the claim must refuse a non-socket and give it back.
+        let err = unsafe { super::take_helper_fd(raw) }.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTSOCK));
+        // SAFETY (test): the refused claim gave the number back; close it here.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+    }
+
     /// A symlink anywhere in the path (the last component or one before it) is refused with
     /// ELOOP; the same object reached without one opens.
     #[test]
