@@ -322,6 +322,109 @@ pub(crate) unsafe fn take_helper_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(owned)
 }
 
+/// The peer's supplementary groups of a connected Unix socket: `getsockopt(SO_PEERGROUPS)`
+/// (Linux 4.13+). Like `SO_PEERCRED` they are the credentials the peer had at `connect(2)`,
+/// fixed in the socket, so a pid recycled since cannot change them (unlike
+/// `/proc/<pid>/status`). The kernel answers ERANGE with the needed length when the buffer is
+/// too small; the loop grows it.
+pub fn peer_groups(sock: &impl AsFd) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: getsockopt(SO_PEERGROUPS) writes at most `len` bytes through the pointer,
+        // which points at the vector's live, writable buffer of exactly `len` bytes, and stores
+        // the length written (or needed, with ERANGE) in `len`; the fd is borrowed, so open.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(n, 0);
+    }
+}
+
+/// A pidfd for the peer of a connected Unix socket: `getsockopt(SO_PEERPIDFD)` (Linux 6.5+).
+/// It names the process that called `connect(2)` — not whatever process has its pid now.
+/// `Ok(None)` when the kernel lacks the option (ENOPROTOOPT); an error (ESRCH) when the peer
+/// has already been reaped.
+pub fn peer_pidfd(sock: &impl AsFd) -> io::Result<Option<OwnedFd>> {
+    let mut raw: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(SO_PEERPIDFD) writes one int (a new fd) through the pointer, which
+    // points at `raw`, alive and writable for the call, with `len` its size; the socket fd is
+    // borrowed, so open.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERPIDFD,
+            (&mut raw as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::ENOPROTOOPT) { Ok(None) } else { Err(err) };
+    }
+    if raw < 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: `raw` is the fresh pidfd the kernel just installed in our fd table (O_CLOEXEC);
+    // nothing else owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
+/// A pidfd for the process that has `pid` now: `pidfd_open(pid, 0)` (Linux 5.3+). The
+/// fallback of [`peer_pidfd`]: it pins whichever process holds the pid at this call.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(pid, flags) takes two integers, reads no user memory and returns a
+    // new fd (O_CLOEXEC) or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = RawFd::try_from(raw).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: `raw` is the fresh pidfd the kernel just returned; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Whether the process a pidfd names still holds its pid: `pidfd_send_signal(pidfd, 0, NULL, 0)`
+/// succeeds until the process has been reaped (a zombie still holds its pid) and fails with
+/// ESRCH after. While it holds the pid, the pid cannot have been given to another process, so
+/// what was read under `/proc/<pid>` before this call returned `true` was about it.
+pub fn pidfd_alive(pidfd: &impl AsFd) -> io::Result<bool> {
+    // SAFETY: pidfd_send_signal(fd, sig = 0, info = NULL, flags = 0) reads no user memory
+    // (NULL info) and sends nothing (signal 0: permission and existence check only); the fd is
+    // borrowed, so open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_fd().as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(err) }
+}
+
 /// Register an owned fd with tokio's reactor (for fds tokio has no type for: inotify, eventfd,
 /// a pty master).
 ///
