@@ -9,10 +9,10 @@
 //!   at connect time — not forgeable by the peer, and unchanged by a pid recycled since.
 //! - Whether the peer runs inside a cell needs `/proc/<pid>/cgroup`, so the process is pinned
 //!   with a pidfd first: `SO_PEERPIDFD` (Linux 6.5+) names the process that connected. After
-//!   the `/proc` read, the pidfd must still hold its pid (not reaped: [`sys::pidfd_alive`]);
+//!   the `/proc` read, the pidfd must still hold its pid (not reaped: `sys::pidfd_alive`);
 //!   then the pid was never recycled during the read, so the read was about the peer. A peer
 //!   that is gone, cannot be pinned, or has no pid in our namespace counts as inside a cell:
-//!   every request is refused ([`peer_in_cell`]).
+//!   every request is refused (`peer_in_cell`).
 //! - Fallback on kernels without `SO_PEERPIDFD` (ENOPROTOOPT): `pidfd_open(pid)` at accept,
 //!   then the same re-check. That closes the window between the `/proc` read and the decision;
 //!   the window between `connect(2)` and `pidfd_open` (the peer exits and its pid is recycled

@@ -244,7 +244,7 @@ pub fn check_mechanisms(policy: &Policy, host: &HostCaps) -> Result<Vec<Degradat
 pub const CWD_UNUSABLE: &str = "does not exist, is not a directory, or you may not enter it";
 
 /// Canonicalise the caller's cwd (resolving `..` and symlinks) with the caller's own rights
-/// (uid, gid, groups: [`sys::with_fs_identity`]), and require it to be an absolute path to a
+/// (uid, gid, groups: `sys::with_fs_identity`), and require it to be an absolute path to a
 /// directory the caller can enter and read, strictly beneath one of the policy's roots. A
 /// symlink that points outside is caught because the check runs on the resolved path.
 pub fn resolve_cwd(policy: &Policy, cwd: &Path, who: &FsIdentity) -> Result<PathBuf, SandboxError> {
