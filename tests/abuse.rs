@@ -11,6 +11,7 @@
 //! Then each case asserts its exit reason and that no process and no cgroup of any cell is
 //! left. The flood's size is `ABUSE_FLOOD_BYTES` (default 2 GiB); the 10 GiB run is
 //! `ABUSE_FLOOD_BYTES=10737418240 CI=1 cargo test --test abuse flood -- --nocapture`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

@@ -1,5 +1,6 @@
 //! End-to-end tests of `cellkeep daemon`: the real binary on a temp socket with its own policy
 //! dir and cgroup root, real cells, spoken to over HTTP/1.1 on the Unix socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

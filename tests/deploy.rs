@@ -3,6 +3,7 @@
 //! `openat2`, `systemctl reload` / stop semantics, and non-root members of the `cellkeep` group.
 //! Each test names the finding of the issue it covers; each fails on the code before the fix
 //! (noted per test). The README's quick tour itself is `tests/tour.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

@@ -10,6 +10,7 @@
 //! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
 //! | `learn_mode_allows_and_reports` | `egress = "learn"`: any name passes and is reported; the daemon logs the draft list |
 //! | `proxy_holds_200_connections_from_20_cells` | load: 20 cells × 10 concurrent HTTPS downloads, no error |
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

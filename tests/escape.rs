@@ -69,6 +69,7 @@
 //! #40 (a `{cwd}/…` rule followed a symlink planted in the workspace to its target).
 //! Issue 14 (an attacker's review of the agent policy) added #45–49: option injection,
 //! vsock and MPTCP sockets, and the host network the agent cells used to share.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

@@ -2,6 +2,7 @@
 //! client killed mid-request, a full disk under a cell, the policy dir vanishing during a
 //! reload, and a cell's cgroup removed behind the daemon's back. Each case: nothing leaks,
 //! the daemon keeps serving, and its log says what happened.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

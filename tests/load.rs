@@ -2,6 +2,7 @@
 //! payloads up to 64 KiB and a checksum per reply (N = 200, `LOAD_COMMANDS` raises it: 1000 is
 //! the soak); 500 connections at once past a cap of 64; a slowloris client; and (issue 16) 1,000
 //! commands to a slow session with clients hanging up at random points: no reply ever crosses.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

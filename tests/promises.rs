@@ -3,6 +3,7 @@
 //! reaping that leaves running one-shots alone with one visible precedence, health scoped to
 //! the caller, and errors logged by who is at fault. (The reply-crossing stress test is in
 //! `tests/load.rs`; `cellkeep exec` as a remote shell is in `tests/exec.rs`.)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

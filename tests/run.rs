@@ -1,5 +1,6 @@
 //! Acceptance tests of `cellkeep run`: the real binary, as root, on the real kernel (the host's
 //! v1 cgroups here; the same binaries run on cgroup v2 inside the VM, scripts/vm-test.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 

@@ -3,6 +3,7 @@
 //!   it binds the socket and execs the daemon with `LISTEN_FDS=1`, `LISTEN_PID`);
 //! - readiness notifications to a `NOTIFY_SOCKET` datagram socket bound by the test, as the
 //!   service manager would receive them (`READY=1`, `RELOADING=1`, `STOPPING=1`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 

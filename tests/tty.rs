@@ -5,6 +5,7 @@
 //! with exact bytes (no echo, no `\r\n`), and nothing is left once the cells end.
 //! `cellkeep run` ignores `tty`: it passes its stdio through, or, on a terminal, gives the cell
 //! a terminal of its own (tests/escape.rs, attempts 25 and 41).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

@@ -2,15 +2,18 @@
 //! cover (or cover in a way we cannot use). Each block states the syscall contract it relies on.
 //!
 //! Everything here is called from the single-threaded cell helper (and its children), except
-//! [`async_fd`], which the daemon uses, and the peer checks ([`peer_groups`], [`peer_pidfd`],
-//! [`pidfd_open`], [`pidfd_alive`]) behind the API's authorisation. Functions whose soundness
-//! depends on the caller are either `unsafe fn` with a `# Safety` section ([`take_helper_fd`])
-//! or check their precondition at runtime ([`fork_single_threaded`] and
-//! [`clone_into_namespaces`] refuse unless the process is single-threaded). Nothing here runs between fork and exec in the daemon:
-//! the launcher spawns the helper without `pre_exec` (see `launch.rs`).
-//! The pty calls [`open_pty_peer`] and [`set_window_size`] run in the launcher before the
-//! spawn (ordinary async-side code, not between fork and exec). [`with_fs_identity`] runs a
-//! closure on a fresh thread of the daemon whose filesystem credentials are a caller's.
+//! [`async_fd`], which the daemon uses, the peer checks ([`peer_groups`], [`peer_pidfd`],
+//! [`pidfd_open`], [`pidfd_alive`]) behind the API's authorisation, and
+//! [`take_activated_listener`] (socket activation, before the runtime starts). Functions whose
+//! soundness depends on the caller are either `unsafe fn` with a `# Safety` section
+//! ([`take_helper_fd`]) or check their precondition at runtime ([`fork_single_threaded`] and
+//! [`clone_into_namespaces`] refuse unless the process is single-threaded).
+//!
+//! Nothing here runs between fork and exec in the daemon: the launcher spawns the helper
+//! without `pre_exec` (see `launch.rs`). The pty calls [`open_pty_peer`] and
+//! [`set_window_size`] run in the launcher before the spawn (ordinary async-side code, not
+//! between fork and exec). [`with_fs_identity`] runs a closure on a fresh thread of the daemon
+//! whose filesystem credentials are a caller's.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -425,6 +428,43 @@ pub fn pidfd_alive(pidfd: &impl AsFd) -> io::Result<bool> {
     if err.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(err) }
 }
 
+/// The first socket systemd passed this process (socket activation), as a listening
+/// `AF_UNIX` stream socket: `sd_notify::listen_fds` checks `LISTEN_PID` is ours, reads
+/// `LISTEN_FDS` and marks the fds close-on-exec; the first is fd 3 (`SD_LISTEN_FDS_START`).
+/// `Ok(None)` without activation. Claimed at most once per process (EBUSY after), so at most
+/// one owner ever exists; the caller checks `LISTEN_FDS` is exactly 1.
+pub(crate) fn take_activated_listener() -> io::Result<Option<std::os::unix::net::UnixListener>> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    let Some(raw) = sd_notify::listen_fds()?.next() else { return Ok(None) };
+    if fcntl_ok(raw).is_err() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: by the socket-activation protocol (sd_listen_fds(3)), fds from 3 on were passed
+    // by the service manager to this pid (LISTEN_PID, checked by listen_fds) and are not
+    // opened by the process itself; the fd is open (checked above); the once-flag above makes
+    // this the only claim in the process, so nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+    let stream = getsockopt(&owned, sockopt::SockType).map_err(io::Error::from)?;
+    getsockname::<UnixAddr>(owned.as_raw_fd()).map_err(io::Error::from)?;
+    if stream != SockType::Stream {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a stream socket"));
+    }
+    Ok(Some(std::os::unix::net::UnixListener::from(owned)))
+}
+
+/// Whether `fd` is open: `fcntl(F_GETFD)`.
+fn fcntl_ok(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl(F_GETFD) only inspects the fd table; -1 (EBADF) when `fd` is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Register an owned fd with tokio's reactor (for fds tokio has no type for: inotify, eventfd,
 /// a pty master).
 ///
@@ -503,23 +543,23 @@ mod tests {
         use std::os::fd::{AsRawFd, IntoRawFd};
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let raw = a.as_raw_fd();
-        // SAFETY (test): `a` still owns the fd; the claim must fail without taking it.
+        // SAFETY: (test) `a` still owns the fd; the claim must fail without taking it.
         let err = unsafe { super::take_helper_fd(raw) }.unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBUSY));
         nix::fcntl::fcntl(&a, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
         let raw = a.into_raw_fd();
-        // SAFETY (test): ownership was released with into_raw_fd; this is the only claim.
+        // SAFETY: (test) ownership was released with into_raw_fd; this is the only claim.
         let owned = unsafe { super::take_helper_fd(raw) }.unwrap();
-        // SAFETY (test): `owned` holds the fd; the second claim must fail without taking it.
+        // SAFETY: (test) `owned` holds the fd; the second claim must fail without taking it.
         let again = unsafe { super::take_helper_fd(owned.as_raw_fd()) }.unwrap_err();
         assert_eq!(again.raw_os_error(), Some(libc::EBUSY));
         let file = std::fs::File::open("/dev/null").unwrap();
         nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
         let raw = file.into_raw_fd();
-        // SAFETY (test): ownership released; the claim must refuse a non-socket and give it back.
+        // SAFETY: (test) ownership released; the claim must refuse a non-socket and give it back.
         let err = unsafe { super::take_helper_fd(raw) }.unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOTSOCK));
-        // SAFETY (test): the refused claim gave the number back; close it here.
+        // SAFETY: (test) the refused claim gave the number back; close it here.
         drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
     }
 
