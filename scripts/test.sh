@@ -28,8 +28,8 @@ step "docs: cargo doc, warnings (broken or private intra-doc links) are errors"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -q
 step "policies: cellkeep policy check --strict (shipped policies, CI admin floor)"
 cargo run --locked -q -- policy check --strict --floor tests/fixtures/floor/shipped-floor.toml policies
-step "host: cargo test (unit + privileged integration, one test at a time: the CPU-limit test measures)"
-cargo test --locked -- --test-threads=1
+step "host: cargo test (unit + privileged integration, in parallel; the tests that measure a CPU share run alone: gate!(.., measures_cpu) in tests/common)"
+cargo test --locked
 host_s=$((SECONDS - t0))
 
 if [[ ${CELLKEEP_SKIP_VM:-0} == 1 && -z ${CI:-} ]]; then

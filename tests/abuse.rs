@@ -23,18 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::{call, raw};
-use common::privileged;
 use harness::{host_has_process, id_of, Daemon};
 use serde_json::{json, Value};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 const PY: &str = "/usr/bin/python3";
 const GRACE_SECS: f64 = 1.0;

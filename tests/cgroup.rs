@@ -6,6 +6,8 @@
 //! with `CI` set it panics instead, so CI cannot pass by skipping.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -283,6 +285,8 @@ fn cpu_limit_holds_a_busy_loop_to_half_a_cpu() {
     let Some(root) = privileged_root("cpu") else {
         return;
     };
+    // Measures a CPU share: alone, whatever else the suite runs (tests/common, `gate!`).
+    let _alone = common::cpu_lock(true);
     let limits = CellLimits {
         cpu: Some(0.5),
         ..Default::default()

@@ -9,18 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::{call, raw};
-use common::{privileged, BIN};
+use common::BIN;
 use harness::{id_of, Builder, Daemon};
 use serde_json::{json, Value};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// A session that forks N sleeping children per command, reports how many it got, and reaps them.
 const FORKY: &str = "import os,sys,time\nfor line in sys.stdin:\n  n=int(line.split()[1]); kids=[]; err=''\n  for i in range(n):\n    try: pid=os.fork()\n    except OSError as e: err=type(e).__name__; break\n    if pid==0: time.sleep(30); os._exit(0)\n    kids.append(pid)\n  for k in kids: os.kill(k,9); os.waitpid(k,0)\n  print('forked',len(kids),err,flush=True)\n";

@@ -20,20 +20,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::gate;
 use common::http::call;
-use common::{privileged, NOBODY};
+use common::NOBODY;
 use harness::Daemon;
 use serde_json::{json, Value};
 
 const PY: &str = "/usr/bin/python3";
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// The HTTPS test server: python3's http.server over TLS, serving a directory.
 const SERVER: &str = r#"

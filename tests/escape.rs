@@ -80,18 +80,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::{call, raw};
-use common::{privileged, Run, World, BIN, NOBODY};
+use common::{Run, World, BIN, NOBODY};
 use harness::{host_has_process, Builder, Daemon};
 use serde_json::{json, Value};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 const PY: &str = "/usr/bin/python3";
 

@@ -10,17 +10,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::call;
-use common::{privileged, BIN};
+use common::BIN;
 use harness::{Builder, Daemon};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 fn daemon() -> Builder {
     Daemon::builder()

@@ -12,18 +12,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::call;
-use common::{privileged, NOBODY};
+use common::NOBODY;
 use harness::{alive, id_of, Daemon};
 use serde_json::json;
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 fn providers() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     vec![

@@ -11,18 +11,10 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::call;
-use common::privileged;
 use harness::{id_of, Daemon};
 use serde_json::json;
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 fn cat() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     vec![("cat", "[\"/bin/cat\"]", "session", "")]

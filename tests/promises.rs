@@ -12,18 +12,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::gate;
 use common::http::call;
-use common::{privileged, BIN};
+use common::BIN;
 use harness::{id_of, Builder, Daemon};
 use serde_json::{json, Value};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 fn daemon() -> Builder {
     Daemon::builder()

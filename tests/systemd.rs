@@ -13,18 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::{call, raw};
-use common::{privileged, BIN};
+use common::BIN;
 
 const ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// A temp dir with a policy dir (base + one provider), a config, a notify socket and a cgroup
 /// root of its own (removed on drop).

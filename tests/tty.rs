@@ -12,18 +12,10 @@ mod harness;
 
 use std::path::Path;
 
+use common::gate;
 use common::http::call;
-use common::privileged;
 use harness::Daemon;
 use serde_json::{json, Value};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// Prints what the payload sees of its terminal. The one-shot command (the last argv element)
 /// lands in `sys.argv[1]` and is ignored.
