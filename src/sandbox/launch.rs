@@ -550,6 +550,28 @@ fn spawn_inheriting(cmd: &mut Command, fd: std::os::unix::net::UnixStream) -> st
 
 #[cfg(test)]
 mod tests {
+    use super::{classify, ExitReason};
+    use crate::cgroup::Events;
+
+    /// One reason per run, most specific first: OOM kill, then seccomp (SIGSYS), then a pids
+    /// limit hit, then SIGXFSZ, then the plain signal or code.
+    #[test]
+    fn classify_prefers_the_most_specific_reason() {
+        let none = Events::default();
+        let oom = Events { oom_kills: 1, ..Events::default() };
+        let pids = Events { pids_max_hits: 2, ..Events::default() };
+        let kill = Some(libc::SIGKILL);
+        assert_eq!(classify(Some(0), None, &none), ExitReason::Exited { code: 0 });
+        assert_eq!(classify(Some(3), None, &pids), ExitReason::PidsLimited);
+        assert_eq!(classify(None, kill, &none), ExitReason::Signaled { signal: libc::SIGKILL });
+        assert_eq!(classify(None, kill, &oom), ExitReason::OomKilled);
+        assert_eq!(classify(None, Some(libc::SIGSYS), &oom), ExitReason::OomKilled);
+        assert_eq!(classify(None, Some(libc::SIGSYS), &pids), ExitReason::SeccompViolation { syscall: None });
+        assert_eq!(classify(None, kill, &pids), ExitReason::PidsLimited);
+        assert_eq!(classify(None, Some(libc::SIGXFSZ), &none), ExitReason::FileSizeLimited);
+        assert_eq!(classify(Some(1), Some(libc::SIGTERM), &none), ExitReason::Signaled { signal: libc::SIGTERM });
+    }
+
     /// The invariant behind [`super::spawn_inheriting`]: no other code of the library or the
     /// daemon binary spawns a process (a concurrent spawn could inherit the control fd while
     /// its close-on-exec flag is clear). A source scan, cheap and exact enough: any
