@@ -49,19 +49,37 @@ fn process_cap() {
     assert!(r.json()["message"].as_str().unwrap_or("").contains('5'), "{}", r.text());
     // Waiting for a slot: a slot freed within the wait is taken.
     let first = id_of(&call(&d.socket, "GET", "/v1/cells", None).json()[0]);
-    let sock = d.socket.clone();
+    let (sock, victim) = (d.socket.clone(), first.clone());
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
-        call(&sock, "DELETE", &format!("/v1/cells/{first}?force=true"), None)
+        call(&sock, "DELETE", &format!("/v1/cells/{victim}?force=true"), None)
     });
+    let t = Instant::now();
     let r = call(
         &d.socket,
         "POST",
         "/v1/cells",
         Some(&json!({"provider": "cat", "cwd": d.cwd(), "wait_for_slot_ms": 10000})),
     );
+    let waited = t.elapsed();
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(killer.join().expect("killer").status, 200);
+    // It waited for the freed slot (not admitted past the cap at once) and took that slot.
+    assert!(waited >= Duration::from_millis(250), "admitted after {waited:?}, before any slot was freed");
+    let cells = call(&d.socket, "GET", "/v1/cells", None).json();
+    let ids: Vec<String> = cells.as_array().expect("cell list").iter().map(id_of).collect();
+    assert_eq!(ids.len(), 5, "{cells}");
+    assert!(!ids.contains(&first), "{cells}");
+    // With no slot freed, a wait ends in process_limit after the wait, not before.
+    let t = Instant::now();
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/cells",
+        Some(&json!({"provider": "cat", "cwd": d.cwd(), "wait_for_slot_ms": 300})),
+    );
+    assert_eq!(r.code(), "process_limit", "{}", r.text());
+    assert!(t.elapsed() >= Duration::from_millis(250), "gave up after {:?} of a 300 ms wait", t.elapsed());
 }
 
 // 2. One-shot echo: stdout has it, stderr empty, exit 0; a shell metacharacter command arrives
