@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (the README's test command; .ci/run calls exactly this).
-#   0. lint: cargo clippy, warnings are errors; the shipped policies pass `policy check --strict`
+#   0. lint: cargo clippy (with the [lints] table), warnings are errors; cargo fmt --check;
+#      cargo doc with warnings as errors; the shipped policies pass `policy check --strict`
 #   1. host: unit tests + privileged integration tests on this host's cgroups (v1 on hybrid hosts)
 #   2. VM:   the same integration test binaries on real cgroup v2, in a QEMU VM, on two kernels
 #            (scripts/vm-test.sh; skip with CELLKEEP_SKIP_VM=1 on a laptop — never in CI)
@@ -21,10 +22,14 @@ elif [[ -n ${CI:-} ]]; then
 else
   echo "SKIP: cargo clippy is not installed; CI requires it"
 fi
+step "format: cargo fmt --check (rustfmt.toml)"
+cargo fmt --check
+step "docs: cargo doc, warnings (broken or private intra-doc links) are errors"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -q
 step "policies: cellkeep policy check --strict (shipped policies, CI admin floor)"
 cargo run --locked -q --bin cellkeep -- policy check --strict --floor tests/fixtures/floor/shipped-floor.toml policies
-step "host: cargo test (unit + privileged integration, one test at a time: the CPU-limit test measures)"
-cargo test --locked -- --test-threads=1
+step "host: cargo test (unit + privileged integration, in parallel; the tests that measure a CPU share run alone: gate!(.., measures_cpu) in tests/common)"
+cargo test --locked
 host_s=$((SECONDS - t0))
 
 if [[ ${CELLKEEP_SKIP_VM:-0} == 1 && -z ${CI:-} ]]; then

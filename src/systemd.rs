@@ -7,10 +7,10 @@
 //!   `STATUS=` line, sent to `$NOTIFY_SOCKET` with the `sd-notify` crate. A failed notification
 //!   is logged, never fatal: the daemon works the same without a service manager.
 //! - [`take_activated_listener`]: the listening socket systemd passed as fd 3 (`LISTEN_PID` =
-//!   our pid, `LISTEN_FDS` = 1). The `listenfd` crate turns the fd into a `UnixListener`
-//!   (checking it is an `AF_UNIX` stream socket and marking it close-on-exec), so no `unsafe`
-//!   is needed here; we add the `LISTEN_PID` check the protocol requires and check that the
-//!   socket is listening (`SO_ACCEPTCONN`).
+//!   our pid, `LISTEN_FDS` = 1). `sd-notify`'s `listen_fds` marks it close-on-exec and
+//!   `sandbox::sys::take_activated_listener` claims it once as a `UnixListener` (checking it
+//!   is an `AF_UNIX` stream socket), so no `unsafe` is needed here; we add the `LISTEN_PID`
+//!   check the protocol requires and check that the socket is listening (`SO_ACCEPTCONN`).
 //! - [`journald_stderr`]: stderr is connected to the journal (`$JOURNAL_STREAM` names the
 //!   device and inode of our stderr, see `systemd.exec(5)`), so logs should go to journald
 //!   natively (priorities and fields) instead of as plain text.
@@ -63,10 +63,9 @@ fn take_fd3(value: &str) -> Result<Option<UnixListener>, SystemdError> {
         1 => {}
         _ => return Err(SystemdError::TooManySockets { count }),
     }
-    // listenfd re-reads LISTEN_FDS (LISTEN_PID was checked above) and starts at fd 3.
-    let listener = listenfd::ListenFd::from_env()
-        .take_unix_listener(0)
-        .map_err(|source| SystemdError::NotUnixStream { source })?;
+    // sd-notify re-reads LISTEN_FDS (LISTEN_PID was checked above) and starts at fd 3.
+    let listener =
+        crate::sandbox::sys::take_activated_listener().map_err(|source| SystemdError::NotUnixStream { source })?;
     let Some(listener) = listener else {
         return Ok(None);
     };

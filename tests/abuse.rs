@@ -11,6 +11,7 @@
 //! Then each case asserts its exit reason and that no process and no cgroup of any cell is
 //! left. The flood's size is `ABUSE_FLOOD_BYTES` (default 2 GiB); the 10 GiB run is
 //! `ABUSE_FLOOD_BYTES=10737418240 CI=1 cargo test --test abuse flood -- --nocapture`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;
@@ -22,18 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::{call, raw};
-use common::privileged;
 use harness::{host_has_process, id_of, Daemon};
 use serde_json::{json, Value};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 const PY: &str = "/usr/bin/python3";
 const GRACE_SECS: f64 = 1.0;

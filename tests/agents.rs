@@ -19,6 +19,7 @@
 //!
 //! Gate: root + a cgroup hierarchy (tests/common `privileged`) and the CLIs installed. Under
 //! CI (`CI` set) a missing CLI fails the test; otherwise it is skipped with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

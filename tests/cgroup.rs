@@ -4,6 +4,9 @@
 //!
 //! A test that cannot run (not root, no cgroupfs, missing controller) prints why and returns;
 //! with `CI` set it panics instead, so CI cannot pass by skipping.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
+
+mod common;
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -282,6 +285,8 @@ fn cpu_limit_holds_a_busy_loop_to_half_a_cpu() {
     let Some(root) = privileged_root("cpu") else {
         return;
     };
+    // Measures a CPU share: alone, whatever else the suite runs (tests/common, `gate!`).
+    let _alone = common::cpu_lock(true);
     let limits = CellLimits {
         cpu: Some(0.5),
         ..Default::default()
@@ -318,11 +323,16 @@ fn kill_all_reaches_a_setsid_grandchild() {
     // The subshell forks `setsid sleep` into its own session and exits: the grandchild is
     // re-parented away from us, but stays in the cell.
     let mut child = spawn_in(&cell, "(setsid sleep 300 &) ; sleep 300");
-    assert!(
-        wait_until(Duration::from_secs(10), || cell.procs().unwrap().len() >= 2),
-        "{:?}",
-        cell.procs()
-    );
+    // Proof the grandchild started: a `sleep` in the cell that leads its own session (the
+    // shell and its plain `sleep` share the shell's session), not just "two processes".
+    let grandchild = || {
+        cell.procs().unwrap().into_iter().find(|&pid| {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            comm.trim() == "sleep" && nix::unistd::getsid(Some(pid)) == Ok(pid)
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), || grandchild().is_some()), "no setsid grandchild: {:?}", cell.procs());
     let pids = cell.procs().unwrap();
     cell.kill_all().expect("kill_all");
     assert_eq!(cell.procs().unwrap(), Vec::<u32>::new());

@@ -1,5 +1,6 @@
 //! End-to-end tests of `cellkeep daemon`: the real binary on a temp socket with its own policy
 //! dir and cgroup root, real cells, spoken to over HTTP/1.1 on the Unix socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;
@@ -8,18 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::{call, raw};
-use common::{privileged, BIN};
+use common::BIN;
 use harness::{id_of, Builder, Daemon};
 use serde_json::{json, Value};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// A session that forks N sleeping children per command, reports how many it got, and reaps them.
 const FORKY: &str = "import os,sys,time\nfor line in sys.stdin:\n  n=int(line.split()[1]); kids=[]; err=''\n  for i in range(n):\n    try: pid=os.fork()\n    except OSError as e: err=type(e).__name__; break\n    if pid==0: time.sleep(30); os._exit(0)\n    kids.append(pid)\n  for k in kids: os.kill(k,9); os.waitpid(k,0)\n  print('forked',len(kids),err,flush=True)\n";
@@ -55,19 +49,37 @@ fn process_cap() {
     assert!(r.json()["message"].as_str().unwrap_or("").contains('5'), "{}", r.text());
     // Waiting for a slot: a slot freed within the wait is taken.
     let first = id_of(&call(&d.socket, "GET", "/v1/cells", None).json()[0]);
-    let sock = d.socket.clone();
+    let (sock, victim) = (d.socket.clone(), first.clone());
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
-        call(&sock, "DELETE", &format!("/v1/cells/{first}?force=true"), None)
+        call(&sock, "DELETE", &format!("/v1/cells/{victim}?force=true"), None)
     });
+    let t = Instant::now();
     let r = call(
         &d.socket,
         "POST",
         "/v1/cells",
         Some(&json!({"provider": "cat", "cwd": d.cwd(), "wait_for_slot_ms": 10000})),
     );
+    let waited = t.elapsed();
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(killer.join().expect("killer").status, 200);
+    // It waited for the freed slot (not admitted past the cap at once) and took that slot.
+    assert!(waited >= Duration::from_millis(250), "admitted after {waited:?}, before any slot was freed");
+    let cells = call(&d.socket, "GET", "/v1/cells", None).json();
+    let ids: Vec<String> = cells.as_array().expect("cell list").iter().map(id_of).collect();
+    assert_eq!(ids.len(), 5, "{cells}");
+    assert!(!ids.contains(&first), "{cells}");
+    // With no slot freed, a wait ends in process_limit after the wait, not before.
+    let t = Instant::now();
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/cells",
+        Some(&json!({"provider": "cat", "cwd": d.cwd(), "wait_for_slot_ms": 300})),
+    );
+    assert_eq!(r.code(), "process_limit", "{}", r.text());
+    assert!(t.elapsed() >= Duration::from_millis(250), "gave up after {:?} of a 300 ms wait", t.elapsed());
 }
 
 // 2. One-shot echo: stdout has it, stderr empty, exit 0; a shell metacharacter command arrives

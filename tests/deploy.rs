@@ -3,6 +3,7 @@
 //! `openat2`, `systemctl reload` / stop semantics, and non-root members of the `cellkeep` group.
 //! Each test names the finding of the issue it covers; each fails on the code before the fix
 //! (noted per test). The README's quick tour itself is `tests/tour.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;
@@ -12,18 +13,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::call;
-use common::{privileged, World, BIN};
+use common::{World, BIN};
 use harness::{id_of, Daemon};
 use serde_json::json;
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// The seccomp wrapper that makes `openat2` fail with ENOSYS (as `RestrictSUIDSGID=yes` does).
 const NO_OPENAT2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bin/no-openat2");

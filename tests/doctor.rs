@@ -1,6 +1,7 @@
 //! `cellkeep doctor` against the real host: the report's shape, the layout it names, and the
 //! verdict on the shipped policies. On a kernel with Landlock ABI ≥ 6 (this host: hybrid
 //! cgroups, ABI 7; the v2 VM's 6.12 kernel) every shipped policy must be enforceable in full.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 

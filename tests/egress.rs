@@ -10,6 +10,7 @@
 //! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
 //! | `learn_mode_allows_and_reports` | `egress = "learn"`: any name passes and is reported; the daemon logs the draft list |
 //! | `proxy_holds_200_connections_from_20_cells` | load: 20 cells × 10 concurrent HTTPS downloads, no error |
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;
@@ -19,20 +20,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::gate;
 use common::http::call;
-use common::{privileged, NOBODY};
+use common::NOBODY;
 use harness::Daemon;
 use serde_json::{json, Value};
 
 const PY: &str = "/usr/bin/python3";
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// The HTTPS test server: python3's http.server over TLS, serving a directory.
 const SERVER: &str = r#"

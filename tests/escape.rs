@@ -69,6 +69,7 @@
 //! #40 (a `{cwd}/…` rule followed a symlink planted in the workspace to its target).
 //! Issue 14 (an attacker's review of the agent policy) added #45–49: option injection,
 //! vsock and MPTCP sockets, and the host network the agent cells used to share.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;
@@ -79,18 +80,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::{call, raw};
-use common::{privileged, Run, World, BIN, NOBODY};
+use common::{Run, World, BIN, NOBODY};
 use harness::{host_has_process, Builder, Daemon};
 use serde_json::{json, Value};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 const PY: &str = "/usr/bin/python3";
 
@@ -906,7 +900,7 @@ fn mount_filesystems() {
         sc('mount_setattr', 442, -100, b'/tmp', 0, 0, 0)\n\
         import subprocess\n\
         p = subprocess.run(['/usr/bin/mount', '-t', 'tmpfs', 'none', '/tmp/m'], capture_output=True, text=True)\n\
-        print('mount(8)', 'OK' if p.returncode == 0 else 'FAILED', p.returncode, p.stderr.strip()[:200])\n\
+        print('mount(8)', 'OK' if p.returncode == 0 else 'denied', p.returncode, p.stderr.strip()[:200])\n\
         print('mounted', any(' /tmp/m ' in l for l in open('/proc/self/mountinfo')))";
     let r = a.run(body, &[]);
     let (out, ctx) = (r.output(), r.describe());
@@ -924,7 +918,7 @@ fn mount_filesystems() {
     ] {
         denied(&out, &ctx, label, &["EPERM"], &format!("a mount call was allowed ({label})"));
     }
-    denied(&out, &ctx, "mount(8)", &["FAILED"], "the setuid mount(8) mounted a filesystem");
+    denied(&out, &ctx, "mount(8)", &["denied"], "the setuid mount(8) mounted a filesystem");
     assert_eq!(line_of(&out, "mounted"), "False", "ESCAPE: something got mounted on /tmp/m\n{ctx}");
     a.contained();
 }
@@ -965,7 +959,7 @@ fn unshare_namespaces() {
         sc('clone3 newuser', 435, ctypes.byref(args), 88)\n\
         import subprocess\n\
         p = subprocess.run(['/usr/bin/unshare', '-Ur', 'id', '-u'], capture_output=True, text=True)\n\
-        print('unshare(1)', 'OK' if p.returncode == 0 else 'FAILED', p.returncode, p.stdout.strip(), p.stderr.strip()[:200])\n\
+        print('unshare(1)', 'OK' if p.returncode == 0 else 'denied', p.returncode, p.stdout.strip(), p.stderr.strip()[:200])\n\
         print('userns', os.readlink('/proc/self/ns/user'))";
     let r = a.run(body, &[]);
     let (out, ctx) = (r.output(), r.describe());
@@ -976,7 +970,7 @@ fn unshare_namespaces() {
     denied(&out, &ctx, "clone newuser", &["EPERM"], "clone(CLONE_NEWUSER) was allowed");
     denied(&out, &ctx, "clone newns", &["EPERM"], "clone(CLONE_NEWNS) was allowed");
     denied(&out, &ctx, "clone3 newuser", &["ENOSYS"], "clone3(CLONE_NEWUSER) was allowed");
-    denied(&out, &ctx, "unshare(1)", &["FAILED"], "unshare(1) created a user namespace and became root in it");
+    denied(&out, &ctx, "unshare(1)", &["denied"], "unshare(1) created a user namespace and became root in it");
     a.contained();
 }
 
@@ -1368,7 +1362,7 @@ fn run_a_setuid_binary() {
         p = subprocess.run([sys.argv[1], '-u'], capture_output=True, text=True)\n\
         print('suid euid', p.stdout.strip())\n\
         p = subprocess.run(['/usr/bin/passwd', '-S', 'root'], capture_output=True, text=True)\n\
-        print('passwd', 'OK' if p.returncode == 0 else 'FAILED', p.returncode, (p.stdout + p.stderr).strip()[:200])\n\
+        print('passwd', 'OK' if p.returncode == 0 else 'denied', p.returncode, (p.stdout + p.stderr).strip()[:200])\n\
         print('nnp', [l.split()[1] for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0])";
     let r = a.run(body, &[suid.0.to_str().expect("utf-8")]);
     let (out, ctx) = (r.output(), r.describe());
@@ -1380,7 +1374,7 @@ fn run_a_setuid_binary() {
         "ESCAPE: the setuid-root binary raised privileges: {id}\n{ctx}"
     );
     assert_eq!(line_of(&out, "suid euid"), "65534", "ESCAPE: euid after exec of a setuid-root binary\n{ctx}");
-    denied(&out, &ctx, "passwd", &["FAILED"], "passwd -S root worked (it ran with root's privileges)");
+    denied(&out, &ctx, "passwd", &["denied"], "passwd -S root worked (it ran with root's privileges)");
     assert_eq!(line_of(&out, "nnp"), "1", "no_new_privs is not set\n{ctx}");
     a.contained();
 }

@@ -1,6 +1,7 @@
 //! `cellkeep exec` as a remote shell (issue 16, finding 3): live and separate stdout/stderr,
 //! stdin forwarded, exact bytes with no cap, the command's exit status, Ctrl-C terminating
 //! the cell, and a buffered (`--json`) result that never passes cut output off as whole.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;
@@ -9,17 +10,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::call;
-use common::{privileged, BIN};
+use common::BIN;
 use harness::{Builder, Daemon};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 fn daemon() -> Builder {
     Daemon::builder()

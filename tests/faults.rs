@@ -2,6 +2,7 @@
 //! client killed mid-request, a full disk under a cell, the policy dir vanishing during a
 //! reload, and a cell's cgroup removed behind the daemon's back. Each case: nothing leaks,
 //! the daemon keeps serving, and its log says what happened.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;
@@ -11,18 +12,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::call;
-use common::{privileged, NOBODY};
+use common::NOBODY;
 use harness::{alive, id_of, Daemon};
 use serde_json::json;
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 fn providers() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     vec![

@@ -2,6 +2,7 @@
 //! payloads up to 64 KiB and a checksum per reply (N = 200, `LOAD_COMMANDS` raises it: 1000 is
 //! the soak); 500 connections at once past a cap of 64; a slowloris client; and (issue 16) 1,000
 //! commands to a slow session with clients hanging up at random points: no reply ever crosses.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;
@@ -10,18 +11,10 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::call;
-use common::privileged;
 use harness::{id_of, Daemon};
 use serde_json::json;
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 fn cat() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     vec![("cat", "[\"/bin/cat\"]", "session", "")]

@@ -2,6 +2,7 @@
 //! shipped `policies/` (no diagnostics), `extends` behaviour and `policy show` round-trips;
 //! issue 17: the dangerous fixtures in `lint/` (exact warnings), `--strict`, `--json`, the
 //! admin floor (`tests/fixtures/floor/`), the exposure score and `policy diff`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

@@ -3,6 +3,7 @@
 //! reaping that leaves running one-shots alone with one visible precedence, health scoped to
 //! the caller, and errors logged by who is at fault. (The reply-crossing stress test is in
 //! `tests/load.rs`; `cellkeep exec` as a remote shell is in `tests/exec.rs`.)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;
@@ -11,18 +12,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::gate;
 use common::http::call;
-use common::{privileged, BIN};
+use common::BIN;
 use harness::{id_of, Builder, Daemon};
 use serde_json::{json, Value};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 fn daemon() -> Builder {
     Daemon::builder()

@@ -1,20 +1,14 @@
 //! Acceptance tests of `cellkeep run`: the real binary, as root, on the real kernel (the host's
 //! v1 cgroups here; the same binaries run on cgroup v2 inside the VM, scripts/vm-test.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{check_backend, privileged, World, NOBODY};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
+use common::gate;
+use common::{check_backend, World, NOBODY};
 
 const PY: &str = "/usr/bin/python3";
 
@@ -80,7 +74,7 @@ fn fork_bomb_stops_at_pids_limit() {
 // 3. A CPU spinner limited to 0.5 CPU uses 0.5 ± 0.1 CPU (from the cell's own CPU counter).
 #[test]
 fn cpu_limit_half_a_cpu() {
-    gate!("cpu_limit_half_a_cpu");
+    gate!("cpu_limit_half_a_cpu", measures_cpu);
     let w = World::new();
     let p = w.policy("t", "", "[limits]\ncpu = 0.5\n");
     let r = w.run(&p, &["/usr/bin/timeout", "3", "/bin/sh", "-c", "while :; do :; done"]);

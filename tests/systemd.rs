@@ -3,6 +3,7 @@
 //!   it binds the socket and execs the daemon with `LISTEN_FDS=1`, `LISTEN_PID`);
 //! - readiness notifications to a `NOTIFY_SOCKET` datagram socket bound by the test, as the
 //!   service manager would receive them (`READY=1`, `RELOADING=1`, `STOPPING=1`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 
@@ -12,18 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::gate;
 use common::http::{call, raw};
-use common::{privileged, BIN};
+use common::BIN;
 
 const ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// A temp dir with a policy dir (base + one provider), a config, a notify socket and a cgroup
 /// root of its own (removed on drop).

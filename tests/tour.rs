@@ -9,6 +9,7 @@
 //! user, where the tour makes `~/proj`. Before the fix: `cellkeep` was not on PATH after the
 //! set-up command, `~/proj` was outside root's roots, `/srv/ws` did not exist, the shipped
 //! policies refused the group, and the Python example blocked on `follow` for 300 s.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;

@@ -5,24 +5,17 @@
 //! with exact bytes (no echo, no `\r\n`), and nothing is left once the cells end.
 //! `cellkeep run` ignores `tty`: it passes its stdio through, or, on a terminal, gives the cell
 //! a terminal of its own (tests/escape.rs, attempts 25 and 41).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
 mod harness;
 
 use std::path::Path;
 
+use common::gate;
 use common::http::call;
-use common::privileged;
 use harness::Daemon;
 use serde_json::{json, Value};
-
-macro_rules! gate {
-    ($name:expr) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// Prints what the payload sees of its terminal. The one-shot command (the last argv element)
 /// lands in `sys.argv[1]` and is ignored.

@@ -2,11 +2,23 @@
 //! credentials, serve each connection with hyper, bound the number of connections, and drain
 //! them at shutdown.
 //!
-//! Kernel contract: `SO_PEERCRED` (via `UnixStream::peer_cred`) gives the uid, gid and pid of
-//! the process that called `connect(2)`, fixed at connect time — not forgeable by the peer.
-//! Supplementary groups are read from `/proc/<pid>/status` at accept (empty when unreadable,
-//! e.g. a peer in another pid namespace reports pid 0).
+//! Who the peer is comes from the socket, never from a pid looked up later (a pid can be
+//! recycled between `connect(2)` and our read):
+//! - `SO_PEERCRED` (via `UnixStream::peer_cred`) gives the uid, gid and pid, and
+//!   `SO_PEERGROUPS` the supplementary groups, of the process that called `connect(2)`, fixed
+//!   at connect time — not forgeable by the peer, and unchanged by a pid recycled since.
+//! - Whether the peer runs inside a cell needs `/proc/<pid>/cgroup`, so the process is pinned
+//!   with a pidfd first: `SO_PEERPIDFD` (Linux 6.5+) names the process that connected. After
+//!   the `/proc` read, the pidfd must still hold its pid (not reaped: `sys::pidfd_alive`);
+//!   then the pid was never recycled during the read, so the read was about the peer. A peer
+//!   that is gone, cannot be pinned, or has no pid in our namespace counts as inside a cell:
+//!   every request is refused (`peer_in_cell`).
+//! - Fallback on kernels without `SO_PEERPIDFD` (ENOPROTOOPT): `pidfd_open(pid)` at accept,
+//!   then the same re-check. That closes the window between the `/proc` read and the decision;
+//!   the window between `connect(2)` and `pidfd_open` (the peer exits and its pid is recycled
+//!   before we accept) stays open there — only for the cell check, the groups are race-free.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::pool::{Caller, Pool};
+use crate::sandbox::sys;
 
 use super::ApiError;
 
@@ -81,21 +94,33 @@ pub fn display_addr(listener: &UnixListener) -> String {
         .unwrap_or_else(|| "<unnamed>".to_owned())
 }
 
-/// The peer of an accepted connection.
-fn caller_of(stream: &UnixStream) -> std::io::Result<Caller> {
-    let cred = stream.peer_cred()?;
-    let pid = cred.pid().filter(|p| *p > 0);
-    let groups = pid.map(supplementary_groups).unwrap_or_default();
-    Ok(Caller { uid: cred.uid(), gid: cred.gid(), pid, groups, in_cell: false })
+/// The peer of an accepted connection: its credentials from `SO_PEERCRED` and
+/// `SO_PEERGROUPS`, and a pidfd pinning its process (see the module doc), with `in_cell` still
+/// unset.
+fn caller_of(stream: &impl AsFd) -> std::io::Result<(Caller, Option<OwnedFd>)> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
+    let pid = Some(cred.pid()).filter(|p| *p > 0);
+    let groups = sys::peer_groups(stream)?;
+    let pidfd = pid.and_then(|pid| match sys::peer_pidfd(stream) {
+        Ok(Some(fd)) => Some(fd),
+        Ok(None) => sys::pidfd_open(pid).ok(),
+        Err(_) => None,
+    });
+    Ok((Caller { uid: cred.uid(), gid: cred.gid(), pid, groups, in_cell: false }, pidfd))
 }
 
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return Vec::new() };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_default()
+/// Whether a peer counts as inside a cell. `holds(pid)` reads `/proc/<pid>/cgroup`
+/// (`Some(true)`: in a cell, `Some(false)`: a host process, `None`: unreadable). Its answer is
+/// used only if the peer's pidfd shows the peer still held its pid after the read; a peer
+/// without a pid or a pidfd, one already reaped, or an unreadable cgroup file counts as inside
+/// a cell (refused), so a recycled pid can never pass a cell off as a host process.
+fn peer_in_cell(pid: Option<i32>, pidfd: Option<&OwnedFd>, holds: impl FnOnce(i32) -> Option<bool>) -> bool {
+    let (Some(pid), Some(pidfd)) = (pid, pidfd) else { return true };
+    let answer = holds(pid).unwrap_or(true);
+    match sys::pidfd_alive(pidfd) {
+        Ok(true) => answer,
+        Ok(false) | Err(_) => true,
+    }
 }
 
 /// Connections still being served after the listener stopped.
@@ -148,10 +173,10 @@ pub async fn serve(
             continue;
         };
         let caller = match caller_of(&stream) {
-            Ok(mut c) => {
+            Ok((mut c, pidfd)) => {
                 // A process inside a cell must never drive the supervisor, whatever the socket's
                 // permissions let its uid do (Landlock has no right for connect(2) to a socket).
-                c.in_cell = pool.caller_is_cell(&c);
+                c.in_cell = peer_in_cell(c.pid, pidfd.as_ref(), |pid| pool.cell_holds_pid(pid));
                 if c.in_cell {
                     tracing::warn!(pid = c.pid, uid = c.uid, "connection from inside a cell; every request will be refused");
                 }
@@ -199,5 +224,81 @@ pub fn unlink(path: &Path) {
         if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!(socket = %path.display(), "cannot remove the socket: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    const CHILD_SOCKET: &str = "CELLKEEP_TEST_PEER_SOCKET";
+
+    /// Not a test on its own: the peer process of [`a_peer_gone_before_accept_gets_nothing`]
+    /// (the test binary re-executed): take supplementary group 4242, connect, exit.
+    #[test]
+    fn peer_child() {
+        let Some(path) = std::env::var_os(CHILD_SOCKET) else { return };
+        nix::unistd::setgroups(&[nix::unistd::Gid::from_raw(4242)]).unwrap();
+        let _stream = UnixStream::connect(path).unwrap();
+    }
+
+    /// The pid-reuse race, made deterministic: the peer connects and is reaped before the
+    /// daemon looks at it (its pid is free for reuse). Its groups still come from the socket
+    /// (exactly the ones it connected with, not those of whatever holds the pid now or an
+    /// empty list), and although the `/proc` read answers "a host process" — what a recycled
+    /// pid of a host process would answer — the peer counts as inside a cell: refused.
+    #[test]
+    fn a_peer_gone_before_accept_gets_nothing() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: setgroups in the peer needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "api::listen::tests::peer_child", "--test-threads=1"])
+            .env(CHILD_SOCKET, &path)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // The child is reaped (status() waited): its pid names no process now, or another one.
+        let (stream, _) = listener.accept().unwrap();
+        let (caller, pidfd) = super::caller_of(&stream).unwrap();
+        let pid = caller.pid.unwrap();
+        assert_eq!(caller.groups, vec![4242], "groups from SO_PEERGROUPS, as at connect");
+        let mut read = None;
+        let in_cell = super::peer_in_cell(caller.pid, pidfd.as_ref(), |p| {
+            read = Some(p);
+            Some(false)
+        });
+        assert!(in_cell, "a peer reaped before the check must be refused (pid {pid})");
+        // And through the fallback: pidfd_open(pid) of a reaped pid fails or pins another
+        // process; either way the peer is refused unless that process is alive — the
+        // documented residual window of the fallback — so only check the no-pidfd case.
+        assert!(super::peer_in_cell(caller.pid, None, |_| Some(false)));
+    }
+
+    /// The check is not "refuse everything": a live peer that the `/proc` read places on the
+    /// host is a host process; one it places in a cell, or cannot place, is refused.
+    #[test]
+    fn a_live_peer_is_placed_by_its_cgroup() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let (caller, pidfd) = super::caller_of(&a).unwrap();
+        assert_eq!(caller.pid, Some(std::process::id() as i32));
+        assert!(pidfd.is_some(), "SO_PEERPIDFD or pidfd_open pins a live peer");
+        assert!(!super::peer_in_cell(caller.pid, pidfd.as_ref(), |_| Some(false)));
+        assert!(super::peer_in_cell(caller.pid, pidfd.as_ref(), |_| Some(true)));
+        assert!(super::peer_in_cell(caller.pid, pidfd.as_ref(), |_| None));
+        assert!(super::peer_in_cell(None, pidfd.as_ref(), |_| Some(false)));
+        let own: Vec<u32> = nix::unistd::getgroups().unwrap().iter().map(|g| g.as_raw()).collect();
+        let mut got = caller.groups.clone();
+        got.sort_unstable();
+        let mut want = own;
+        want.sort_unstable();
+        want.dedup();
+        got.dedup();
+        assert_eq!(got, want, "SO_PEERGROUPS gives our own groups for our own socket");
     }
 }

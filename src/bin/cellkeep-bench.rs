@@ -2,6 +2,7 @@
 //! timer (hyperfine) cannot see: latencies of requests through the daemon's socket, concurrent
 //! throughput, streaming rate, and the daemon's footprint. Every mode prints one JSON object on
 //! stdout; `bench.sh` turns them into the table. Not a test: nothing here asserts a timing.
+#![deny(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! Cell cgroups: cellkeep's own cgroup root and one cgroup per cell — create, limit, attach, read
-//! usage and events, kill everything, remove. A thin cgroupfs layer (see `shared/crates.md` §1):
+//! usage and events, kill everything, remove. A thin cgroupfs layer (no cgroup crate: each
+//! backend writes the kernel's files directly):
 //! [`detect_layout`] picks the backend, `v1` (hybrid and legacy hosts: one directory per
 //! hierarchy — memory, cpu, cpuacct, pids, freezer) or `v2` (unified: one directory). Both
 //! backends name, in each function, the kernel file they read or write. Everything is

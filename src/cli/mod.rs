@@ -1,18 +1,18 @@
 //! The `cellkeep` command line (clap). `anyhow` is allowed here, at the edge, and nowhere else.
 //!
-//! - [`local`]: what works without a daemon — `run` (one process in a cell, in the
+//! - `local`: what works without a daemon — `run` (one process in a cell, in the
 //!   foreground; exits with the child's status: 124 timeout, 125 setup failure, 128+N signal).
-//! - [`policy`]: `policy check | show | score | diff`, what a reviewer runs on policy files
+//! - `policy`: `policy check | show | score | diff`, what a reviewer runs on policy files
 //!   (no daemon needed; exit 1 on any failure).
 //! - `daemon`: the supervisor itself ([`crate::api::run_daemon`]); under systemd it takes the
 //!   socket-activated listener, notifies readiness and logs to journald ([`crate::systemd`]).
-//! - [`doctor`]: what this host supports and whether each policy can be enforced here.
-//! - [`remote`]: every pool operation through the socket with the typed [`crate::client`]:
+//! - `doctor`: what this host supports and whether each policy can be enforced here.
+//! - `remote`: every pool operation through the socket with the typed [`crate::client`]:
 //!   `spawn`, `session`, `send`, `exec`, `ps`, `get`, `kill`, `health`, `logs`, `cleanup`,
 //!   `shutdown`. Human output by default, `--json` for scripts; an error is printed as
 //!   `cellkeep: error: CODE: MESSAGE` (with `--json`: the daemon's `{code, message}` body on
 //!   stderr) and exits 1.
-//! - [`exec`]: `cellkeep exec` as a remote shell (live stdout/stderr, stdin, signals, the
+//! - `exec`: `cellkeep exec` as a remote shell (live stdout/stderr, stdin, signals, the
 //!   command's exit status) over the API's streamed one-shot.
 //!
 //! Exit status: every error of cellkeep itself exits 1, clap's usage errors included; `run` and

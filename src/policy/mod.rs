@@ -12,7 +12,7 @@
 //! Review tools on a valid policy ([`load_checked`] keeps the source positions): [`lint`]
 //! (warnings and notes: broad grants, missing or hidden paths, …), [`floor`] (the admin floor
 //! no policy may loosen; the daemon loads through [`set::load_set`]), [`score`] (exposure,
-//! 0–10), [`diff`] (what a change loosens or tightens); [`check`] runs them for `policy check`.
+//! 0–10), [`diff`] (what a change loosens or tightens); [`check()`] runs them for `policy check`.
 //!
 //! # Format reference
 //!

@@ -414,10 +414,11 @@ mod tests {
         std::thread::spawn(|| ()).join().unwrap_or_else(|_| panic!("thread"));
         // vsock and MPTCP sockets: the errnos of a kernel without them; TCP and UNIX still work.
         let sock = |domain, protocol| {
-            // SAFETY (test): socket(2) with integer arguments; a returned fd is closed at once.
+            // SAFETY: (test) socket(2) with integer arguments; a returned fd is closed at once.
             let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM, protocol) };
             let errno = std::io::Error::last_os_error().raw_os_error();
             if fd >= 0 {
+                // SAFETY: (test) `fd` is the fresh fd socket(2) just returned, owned by nothing.
                 unsafe { libc::close(fd) };
                 return None;
             }

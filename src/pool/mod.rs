@@ -127,15 +127,14 @@ impl Pool {
         Ok(pool)
     }
 
-    /// Whether the caller is a process inside one of the cells (or cannot be placed: no pid, or
-    /// its cgroup is unreadable — then it is treated as one). Such callers get no API at all.
-    pub fn caller_is_cell(&self, caller: &Caller) -> bool {
-        // Read at accept time (cheap: one small /proc file). A peer that already exited by then
-        // is refused too: a child it left behind could still use the connection.
-        match caller.pid {
-            Some(pid) => self.inner.launcher.cgroups().holds_pid(pid).unwrap_or(true),
-            None => true,
-        }
+    /// Whether the process with `pid` is inside one of the cells (`None`: its cgroup file is
+    /// unreadable). `api::listen` treats a caller inside a cell, or one it cannot place, as a
+    /// cell: such callers get no API at all.
+    pub fn cell_holds_pid(&self, pid: i32) -> Option<bool> {
+        // Read at accept time (cheap: one small /proc file). The caller (`api::listen`) pins
+        // the process with a pidfd around this read and refuses a peer that already exited:
+        // a child it left behind could still use the connection.
+        self.inner.launcher.cgroups().holds_pid(pid)
     }
 
     pub fn config(&self) -> &Config {

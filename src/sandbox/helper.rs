@@ -35,7 +35,11 @@ pub const FORWARDED: [Signal; 6] =
 /// Entry point of `cellkeep __cell-helper`; never returns.
 pub fn main() -> ! {
     let fd = std::env::args().nth(2).and_then(|a| a.parse::<std::os::fd::RawFd>().ok());
-    let ctl = match fd.map(sys::take_helper_fd) {
+    // SAFETY: the number is the helper's second argument, the control socket the launcher left
+    // open (CLOEXEC cleared) for this fresh process; this is its only claim, made before the
+    // helper opens anything, so nothing else in this process owns the fd.
+    #[allow(unsafe_code)]
+    let ctl = match fd.map(|fd| unsafe { sys::take_helper_fd(fd) }) {
         Some(Ok(fd)) => fd,
         None => {
             eprintln!("cellkeep: internal helper started without its control fd argument");

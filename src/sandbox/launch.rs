@@ -2,8 +2,13 @@
 //! plan, follow its reports, enforce the wall clock, and turn the end of the run into exactly
 //! one [`ExitReason`] with the cell's usage — then remove the cgroup, always.
 //!
-//! The only code that runs between fork and exec in this (multi-threaded) process is
-//! [`sys::move_fd_to_3`] in `pre_exec`: a `dup2` on an integer captured before the spawn.
+//! No Rust code runs between fork and exec in this (multi-threaded) process: the helper is
+//! spawned without `pre_exec` (so std uses `posix_spawn`), inheriting its control socket
+//! because `spawn_inheriting` clears that one fd's `FD_CLOEXEC` for the one spawn. The
+//! invariant that makes this safe: only the launcher spawns, under `SPAWN_LOCK`, with
+//! CLOEXEC cleared on that fd only while the lock is held — so no other spawn can inherit it
+//! (enforced by `spawn_inheriting` being the only spawn path in the library, checked by the
+//! test `only_the_launcher_spawns`).
 //! For a `tty` policy the pseudo-terminal is opened here, before the spawn; its slave is
 //! passed as the helper's stdio like any other fd and the launcher keeps the master.
 //! Cgroup creation and removal are filesystem work of a few hundred microseconds to
@@ -532,8 +537,77 @@ static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn spawn_inheriting(cmd: &mut Command, fd: std::os::unix::net::UnixStream) -> std::io::Result<Child> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     let _guard = SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // Every fd we create is close-on-exec; this one loses the flag only here, under the lock.
+    debug_assert!(
+        fcntl(&fd, FcntlArg::F_GETFD).is_ok_and(|f| FdFlag::from_bits_truncate(f).contains(FdFlag::FD_CLOEXEC)),
+        "the control fd must arrive close-on-exec"
+    );
     fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
     let child = cmd.spawn();
     drop(fd);
     child
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{classify, ExitReason};
+    use crate::cgroup::Events;
+
+    /// One reason per run, most specific first: OOM kill, then seccomp (SIGSYS), then a pids
+    /// limit hit, then SIGXFSZ, then the plain signal or code.
+    #[test]
+    fn classify_prefers_the_most_specific_reason() {
+        let none = Events::default();
+        let oom = Events { oom_kills: 1, ..Events::default() };
+        let pids = Events { pids_max_hits: 2, ..Events::default() };
+        let kill = Some(libc::SIGKILL);
+        assert_eq!(classify(Some(0), None, &none), ExitReason::Exited { code: 0 });
+        assert_eq!(classify(Some(3), None, &pids), ExitReason::PidsLimited);
+        assert_eq!(classify(None, kill, &none), ExitReason::Signaled { signal: libc::SIGKILL });
+        assert_eq!(classify(None, kill, &oom), ExitReason::OomKilled);
+        assert_eq!(classify(None, Some(libc::SIGSYS), &oom), ExitReason::OomKilled);
+        assert_eq!(classify(None, Some(libc::SIGSYS), &pids), ExitReason::SeccompViolation { syscall: None });
+        assert_eq!(classify(None, kill, &pids), ExitReason::PidsLimited);
+        assert_eq!(classify(None, Some(libc::SIGXFSZ), &none), ExitReason::FileSizeLimited);
+        assert_eq!(classify(Some(1), Some(libc::SIGTERM), &none), ExitReason::Signaled { signal: libc::SIGTERM });
+    }
+
+    /// The invariant behind [`super::spawn_inheriting`]: no other code of the library or the
+    /// daemon binary spawns a process (a concurrent spawn could inherit the control fd while
+    /// its close-on-exec flag is clear). A source scan, cheap and exact enough: any
+    /// `Command::new` (std or tokio) outside this file and outside test modules is a new
+    /// spawn path that must go through the launcher (or take `SPAWN_LOCK`).
+    #[test]
+    fn only_the_launcher_spawns() {
+        fn scan(dir: &std::path::Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    // src/bin: separate binaries (the bench), not the daemon.
+                    if path.file_name().is_some_and(|n| n != "bin") {
+                        scan(&path, found);
+                    }
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let allowed = path.ends_with("sandbox/launch.rs");
+                for (i, line) in code.lines().enumerate() {
+                    let line = line.trim_start();
+                    if line.starts_with("//") {
+                        continue;
+                    }
+                    if line.contains("Command::new(") && !allowed {
+                        found.push(format!("{}:{}: {line}", path.display(), i + 1));
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        scan(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut found);
+        assert!(found.is_empty(), "processes spawned outside the launcher:\n{}", found.join("\n"));
+    }
 }

@@ -16,9 +16,11 @@
 //! payload: rlimits → caps → ids → no_new_privs → landlock → seccomp → execve
 //! ```
 //!
-//! Nothing runs between fork and exec in the multi-threaded launcher except `dup2` in
-//! `pre_exec` ([`sys::move_fd_to_3`]); the helper is a fresh process, so its recipe is ordinary
-//! Rust. The launch plan is resolved and checked before anything is created ([`plan::build`]);
+//! No Rust code runs between fork and exec in the multi-threaded launcher: it spawns the helper
+//! without `pre_exec`, and the helper inherits its control socket because the launcher clears
+//! that fd's close-on-exec flag for one spawn. Only the launcher spawns, under `SPAWN_LOCK`,
+//! with CLOEXEC cleared (see [`launch`]). The helper is a fresh process, so its recipe is
+//! ordinary Rust. The launch plan is resolved and checked before anything is created ([`plan::build`]);
 //! seccomp BPF was compiled when the policy was loaded. With `[provider] tty = true` the
 //! launcher opens a pseudo-terminal first ([`pty`]) and the payload makes its slave the
 //! controlling terminal right after `setsid`. Setup failures come back as
@@ -41,7 +43,7 @@ pub mod netns;
 pub mod plan;
 pub mod proto;
 pub mod pty;
-pub mod sys;
+pub(crate) mod sys;
 
 use std::path::PathBuf;
 

@@ -244,7 +244,7 @@ pub fn check_mechanisms(policy: &Policy, host: &HostCaps) -> Result<Vec<Degradat
 pub const CWD_UNUSABLE: &str = "does not exist, is not a directory, or you may not enter it";
 
 /// Canonicalise the caller's cwd (resolving `..` and symlinks) with the caller's own rights
-/// (uid, gid, groups: [`sys::with_fs_identity`]), and require it to be an absolute path to a
+/// (uid, gid, groups: `sys::with_fs_identity`), and require it to be an absolute path to a
 /// directory the caller can enter and read, strictly beneath one of the policy's roots. A
 /// symlink that points outside is caught because the check runs on the resolved path.
 pub fn resolve_cwd(policy: &Policy, cwd: &Path, who: &FsIdentity) -> Result<PathBuf, SandboxError> {
@@ -489,5 +489,90 @@ mod tests {
         assert!(env.contains(&"no_proxy=localhost,127.0.0.1,::1".to_owned()), "{env:?}");
         assert!(!env.iter().any(|e| e.contains("evil")), "{env:?}");
         assert!(namespaces(&p).net);
+    }
+
+    fn request(uid: u32, gid: u32) -> LaunchRequest {
+        LaunchRequest {
+            cell_id: "c".into(),
+            args: Vec::new(),
+            cwd: PathBuf::from("/tmp"),
+            caller_uid: uid,
+            caller_gid: gid,
+            caller_groups: Vec::new(),
+            caller_env: [
+                ("TERM".to_owned(), "xterm".to_owned()),
+                ("PATH".to_owned(), "/evil".to_owned()),
+                ("SECRET".to_owned(), "s3cret".to_owned()),
+            ]
+            .into(),
+            range_uid: None,
+        }
+    }
+
+    fn root() -> FsIdentity {
+        FsIdentity { uid: 0, gid: 0, groups: Vec::new() }
+    }
+
+    /// The cwd must be absolute, exist, and lie strictly beneath a root; symlinks and `..` are
+    /// resolved first, so a link out of the roots is caught; a root itself is refused.
+    #[test]
+    fn resolve_cwd_accepts_only_directories_strictly_beneath_a_root() {
+        let p = policy("", "[workdir]\nroots = [\"/tmp\"]\n");
+        let ws = tempfile::Builder::new().prefix("ck-cwd-").tempdir_in("/tmp").unwrap();
+        let canonical = std::fs::canonicalize(ws.path()).unwrap();
+        std::fs::create_dir(ws.path().join("sub")).unwrap();
+        std::fs::write(ws.path().join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", ws.path().join("out")).unwrap();
+        assert_eq!(resolve_cwd(&p, ws.path(), &root()).unwrap(), canonical);
+        assert_eq!(resolve_cwd(&p, &ws.path().join("sub/../sub"), &root()).unwrap(), canonical.join("sub"));
+        let refused = |cwd: &Path| match resolve_cwd(&p, cwd, &root()) {
+            Err(SandboxError::Cwd { reason, .. }) => reason,
+            other => panic!("{}: {other:?}", cwd.display()),
+        };
+        assert!(refused(Path::new("tmp/x")).contains("relative"));
+        assert_eq!(refused(&ws.path().join("none")), CWD_UNUSABLE);
+        assert_eq!(refused(&ws.path().join("file")), CWD_UNUSABLE);
+        assert!(refused(&ws.path().join("out")).contains("outside the allowed roots"));
+        assert!(refused(Path::new("/tmp")).contains("workdir root"));
+        assert!(refused(Path::new("/etc")).contains("outside the allowed roots"));
+    }
+
+    /// Host root is never the identity: a root caller maps to `root_maps_to`, `run_as` a user
+    /// or a range picks that, `inside = "root"` only changes the uid inside the namespace.
+    #[test]
+    fn choose_ids_never_runs_as_host_root() {
+        let caller = policy("", "");
+        let ids = choose_ids(&caller, &request(1000, 1001)).unwrap();
+        assert_eq!((ids.outside_uid, ids.outside_gid, ids.inside_uid, ids.inside_gid), (1000, 1001, 1000, 1001));
+        let ids = choose_ids(&caller, &request(0, 0)).unwrap();
+        assert_eq!((ids.outside_uid, ids.outside_gid), (65534, 65534), "root maps to nobody");
+        let fixed = policy("", "[identity]\nrun_as = 4242\n");
+        let ids = choose_ids(&fixed, &request(1000, 1000)).unwrap();
+        assert_eq!(ids.outside_uid, 4242);
+        let range = policy("", "[identity]\nrun_as = \"range\"\nuid_range = [200000, 10]\n");
+        let mut req = request(1000, 1000);
+        req.range_uid = Some(200003);
+        let ids = choose_ids(&range, &req).unwrap();
+        assert_eq!((ids.outside_uid, ids.outside_gid), (200003, 200003));
+        req.range_uid = None;
+        let ids = choose_ids(&range, &req).unwrap();
+        assert!((200000..200010).contains(&ids.outside_uid), "{}", ids.outside_uid);
+        let inside_root = policy("", "[identity]\ninside = \"root\"\n");
+        let ids = choose_ids(&inside_root, &request(1000, 1000)).unwrap();
+        assert_eq!((ids.outside_uid, ids.inside_uid, ids.inside_gid), (1000, 0, 0));
+    }
+
+    /// The environment starts empty: only `pass` variables come from the caller, `set` wins
+    /// over them and expands `{cwd}` and `{tmp}`; nothing else leaks.
+    #[test]
+    fn build_env_passes_only_listed_variables_and_expands_set() {
+        let p = policy("", "[environment]\npass = [\"TERM\", \"PATH\", \"LANG\"]\n[environment.set]\nWS = \"{cwd}/x\"\n");
+        let env = build_env(&p, &request(1000, 1000), Path::new("/home/u/ws"));
+        assert!(env.contains(&"TERM=xterm".to_owned()), "{env:?}");
+        assert!(env.contains(&"PATH=/usr/local/bin:/usr/bin:/bin".to_owned()), "set wins over pass: {env:?}");
+        assert!(env.contains(&"WS=/home/u/ws/x".to_owned()), "{env:?}");
+        assert!(env.contains(&format!("HOME={CELL_TMP}")), "{env:?}");
+        assert!(!env.iter().any(|e| e.starts_with("SECRET=") || e.starts_with("LANG=")), "{env:?}");
+        assert!(!env.iter().any(|e| e.contains("PROXY")), "no proxy variables without the proxy: {env:?}");
     }
 }

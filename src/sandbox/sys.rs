@@ -2,15 +2,22 @@
 //! cover (or cover in a way we cannot use). Each block states the syscall contract it relies on.
 //!
 //! Everything here is called from the single-threaded cell helper (and its children), except
-//! [`async_fd`], which the daemon uses. Nothing here runs between fork and exec in the daemon:
-//! the launcher spawns the helper without `pre_exec` (see `launch.rs`).
-//! The pty calls [`open_pty_peer`] and [`set_window_size`] run in the launcher before the
-//! spawn (ordinary async-side code, not between fork and exec). [`with_fs_identity`] runs a
-//! closure on a fresh thread of the daemon whose filesystem credentials are a caller's.
+//! [`async_fd`], which the daemon uses, the peer checks ([`peer_groups`], [`peer_pidfd`],
+//! [`pidfd_open`], [`pidfd_alive`]) behind the API's authorisation, and
+//! [`take_activated_listener`] (socket activation, before the runtime starts). Functions whose
+//! soundness depends on the caller are either `unsafe fn` with a `# Safety` section
+//! ([`take_helper_fd`]) or check their precondition at runtime ([`fork_single_threaded`] and
+//! [`clone_into_namespaces`] refuse unless the process is single-threaded).
+//!
+//! Nothing here runs between fork and exec in the daemon: the launcher spawns the helper
+//! without `pre_exec` (see `launch.rs`). The pty calls [`open_pty_peer`] and
+//! [`set_window_size`] run in the launcher before the spawn (ordinary async-side code, not
+//! between fork and exec). [`with_fs_identity`] runs a closure on a fresh thread of the daemon
+//! whose filesystem credentials are a caller's.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
@@ -78,29 +85,55 @@ pub fn open_no_symlinks_walk(path: &std::path::Path, directory: bool) -> nix::Re
     Ok(fd)
 }
 
+/// The number of threads of the calling process: the entries of `/proc/self/task`.
+fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// The runtime half of the single-threaded contract of [`clone_into_namespaces`] and
+/// [`fork_single_threaded`]: `Ok` only when this process has exactly one thread (the caller).
+/// No other thread exists that could start one between the check and the syscall, so the
+/// answer still holds when the syscall runs. EDEADLK ("resource deadlock would occur": a lock
+/// held by another thread would be copied held into the child) otherwise, and when
+/// `/proc/self/task` cannot be read (fail closed).
+fn ensure_single_threaded() -> nix::Result<()> {
+    match thread_count() {
+        Ok(1) => Ok(()),
+        _ => Err(nix::errno::Errno::EDEADLK),
+    }
+}
+
 /// Start `child` in new namespaces with `clone(2)`, on a freshly allocated stack.
 ///
-/// Only called from the single-threaded helper, so the child may allocate: there is no other
-/// thread whose locks could have been copied in a held state.
-pub fn clone_into_namespaces(
+/// Sound to call from anywhere: it refuses (EDEADLK) unless the calling process is
+/// single-threaded (checked at runtime, [`ensure_single_threaded`]), which is what lets the
+/// child allocate — no other thread's locks can have been copied in a held state. Callers are
+/// the helper, a fresh single-threaded process; in the tokio daemon it always fails.
+pub(crate) fn clone_into_namespaces(
     flags: CloneFlags,
     child: Box<dyn FnMut() -> isize + '_>,
 ) -> nix::Result<Pid> {
+    ensure_single_threaded()?;
     // 1 MiB is far more than the init recipe needs (no recursion, small frames).
     let mut stack = vec![0u8; 1 << 20];
     // SAFETY: nix::sched::clone requires that the child does not overflow `stack` (it runs
     // the bounded init recipe) and that the process is single-threaded or the child only
-    // makes async-signal-safe calls (the helper is single-threaded). SIGCHLD makes the child
-    // waitable with waitpid(2) like a forked one. The stack outlives the call in the parent;
-    // the child gets its own copy of the address space (no CLONE_VM).
+    // makes async-signal-safe calls (single-threaded: checked just above, and no other thread
+    // exists that could start one since). SIGCHLD makes the child waitable with waitpid(2)
+    // like a forked one. The stack outlives the call in the parent; the child gets its own
+    // copy of the address space (no CLONE_VM).
     unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
 }
 
-/// Fork the current (single-threaded) process. Returns `Some(pid)` in the parent, `None` in
-/// the child.
-pub fn fork_single_threaded() -> nix::Result<Option<Pid>> {
+/// Fork the current process. Returns `Some(pid)` in the parent, `None` in the child.
+///
+/// Sound to call from anywhere: it refuses (EDEADLK) unless the calling process is
+/// single-threaded (checked at runtime, [`ensure_single_threaded`]), so the child may run
+/// arbitrary code. Callers are pid 1 of a cell, which never starts threads.
+pub(crate) fn fork_single_threaded() -> nix::Result<Option<Pid>> {
+    ensure_single_threaded()?;
     // SAFETY: fork(2) is sound to follow with arbitrary code only in a single-threaded
-    // process; callers are the helper and its pid 1, which never start threads.
+    // process; checked just above, and no other thread exists that could start one since.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
         nix::unistd::ForkResult::Child => Ok(None),
@@ -252,23 +285,184 @@ pub fn install_seccomp(program: &[crate::policy::seccomp::BpfInsn]) -> io::Resul
 /// In the helper: take ownership of the control socket the launcher left open at `fd` (its
 /// number is the helper's second argument) and mark it close-on-exec so it never reaches the
 /// payload.
-pub fn take_helper_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
+///
+/// # Safety
+///
+/// `fd` must be an inherited descriptor that nothing else in this process owns or will close:
+/// the launcher's control socket, claimed once, before anything else in the helper could have
+/// been given that number. An `OwnedFd` closes its fd on drop, so a second owner would close
+/// (or act on) whatever file later reuses the number.
+///
+/// Defence in depth on top of the contract (checked, not relied on): `fd` is not a stdio fd,
+/// it is open, it is a socket, and its close-on-exec flag is clear — every fd this process
+/// opens itself (std, nix, tokio) is created close-on-exec, so a clear flag means inherited
+/// across the helper's exec (the launcher cleared it for this one fd). The flag is set once
+/// claimed, so claiming the same fd twice fails with EBUSY.
+pub(crate) unsafe fn take_helper_fd(fd: RawFd) -> io::Result<OwnedFd> {
     if fd <= 2 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("control fd {fd} is a stdio fd")));
     }
-    // SAFETY: fcntl(F_GETFD) only inspects the fd table; it tells us `fd` is open.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    // SAFETY: fcntl(F_GETFD) only inspects the fd table; -1 (EBADF) when `fd` is not open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `fd` is open (checked above) and, by the launcher's contract, nothing else in
-    // this fresh process owns it.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    // SAFETY: FD_CLOEXEC on an fd we now own.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    // SAFETY: `fd` is open (checked above) and, by this function's contract, nothing else in
+    // this process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if !nix::sys::stat::fstat(&owned).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK) {
+        // Not ours after all: give the number back without closing it.
+        let _ = owned.into_raw_fd();
+        return Err(io::Error::from_raw_os_error(libc::ENOTSOCK));
+    }
+    // SAFETY: FD_CLOEXEC on an fd we now own; fcntl(F_SETFD) only changes the fd table.
+    if unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(owned)
+}
+
+/// The peer's supplementary groups of a connected Unix socket: `getsockopt(SO_PEERGROUPS)`
+/// (Linux 4.13+). Like `SO_PEERCRED` they are the credentials the peer had at `connect(2)`,
+/// fixed in the socket, so a pid recycled since cannot change them (unlike
+/// `/proc/<pid>/status`). The kernel answers ERANGE with the needed length when the buffer is
+/// too small; the loop grows it.
+pub fn peer_groups(sock: &impl AsFd) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: getsockopt(SO_PEERGROUPS) writes at most `len` bytes through the pointer,
+        // which points at the vector's live, writable buffer of exactly `len` bytes, and stores
+        // the length written (or needed, with ERANGE) in `len`; the fd is borrowed, so open.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(n, 0);
+    }
+}
+
+/// A pidfd for the peer of a connected Unix socket: `getsockopt(SO_PEERPIDFD)` (Linux 6.5+).
+/// It names the process that called `connect(2)` — not whatever process has its pid now.
+/// `Ok(None)` when the kernel lacks the option (ENOPROTOOPT); an error (ESRCH) when the peer
+/// has already been reaped.
+pub fn peer_pidfd(sock: &impl AsFd) -> io::Result<Option<OwnedFd>> {
+    let mut raw: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(SO_PEERPIDFD) writes one int (a new fd) through the pointer, which
+    // points at `raw`, alive and writable for the call, with `len` its size; the socket fd is
+    // borrowed, so open.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERPIDFD,
+            (&mut raw as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::ENOPROTOOPT) { Ok(None) } else { Err(err) };
+    }
+    if raw < 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: `raw` is the fresh pidfd the kernel just installed in our fd table (O_CLOEXEC);
+    // nothing else owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
+/// A pidfd for the process that has `pid` now: `pidfd_open(pid, 0)` (Linux 5.3+). The
+/// fallback of [`peer_pidfd`]: it pins whichever process holds the pid at this call.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(pid, flags) takes two integers, reads no user memory and returns a
+    // new fd (O_CLOEXEC) or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = RawFd::try_from(raw).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: `raw` is the fresh pidfd the kernel just returned; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Whether the process a pidfd names still holds its pid: `pidfd_send_signal(pidfd, 0, NULL, 0)`
+/// succeeds until the process has been reaped (a zombie still holds its pid) and fails with
+/// ESRCH after. While it holds the pid, the pid cannot have been given to another process, so
+/// what was read under `/proc/<pid>` before this call returned `true` was about it.
+pub fn pidfd_alive(pidfd: &impl AsFd) -> io::Result<bool> {
+    // SAFETY: pidfd_send_signal(fd, sig = 0, info = NULL, flags = 0) reads no user memory
+    // (NULL info) and sends nothing (signal 0: permission and existence check only); the fd is
+    // borrowed, so open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_fd().as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(err) }
+}
+
+/// The first socket systemd passed this process (socket activation), as a listening
+/// `AF_UNIX` stream socket: `sd_notify::listen_fds` checks `LISTEN_PID` is ours, reads
+/// `LISTEN_FDS` and marks the fds close-on-exec; the first is fd 3 (`SD_LISTEN_FDS_START`).
+/// `Ok(None)` without activation. Claimed at most once per process (EBUSY after), so at most
+/// one owner ever exists; the caller checks `LISTEN_FDS` is exactly 1.
+pub(crate) fn take_activated_listener() -> io::Result<Option<std::os::unix::net::UnixListener>> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    let Some(raw) = sd_notify::listen_fds()?.next() else { return Ok(None) };
+    if fcntl_ok(raw).is_err() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: by the socket-activation protocol (sd_listen_fds(3)), fds from 3 on were passed
+    // by the service manager to this pid (LISTEN_PID, checked by listen_fds) and are not
+    // opened by the process itself; the fd is open (checked above); the once-flag above makes
+    // this the only claim in the process, so nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+    let stream = getsockopt(&owned, sockopt::SockType).map_err(io::Error::from)?;
+    getsockname::<UnixAddr>(owned.as_raw_fd()).map_err(io::Error::from)?;
+    if stream != SockType::Stream {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a stream socket"));
+    }
+    Ok(Some(std::os::unix::net::UnixListener::from(owned)))
+}
+
+/// Whether `fd` is open: `fcntl(F_GETFD)`.
+fn fcntl_ok(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl(F_GETFD) only inspects the fd table; -1 (EBADF) when `fd` is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Register an owned fd with tokio's reactor (for fds tokio has no type for: inotify, eventfd,
@@ -331,6 +525,44 @@ pub fn with_fs_identity<T: Send>(who: &FsIdentity, f: impl FnOnce() -> T + Send)
 
 #[cfg(test)]
 mod tests {
+    /// The test harness runs tests on threads of a multi-threaded process: fork and clone
+    /// refuse there instead of leaving a child with other threads' locks held.
+    #[test]
+    fn fork_and_clone_refuse_in_a_multi_threaded_process() {
+        let _second = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(1)));
+        assert!(super::thread_count().unwrap() >= 2);
+        assert_eq!(super::fork_single_threaded().err(), Some(nix::errno::Errno::EDEADLK));
+        let flags = nix::sched::CloneFlags::empty();
+        assert_eq!(super::clone_into_namespaces(flags, Box::new(|| 0)).err(), Some(nix::errno::Errno::EDEADLK));
+    }
+
+    /// Only an inherited fd (close-on-exec clear) is claimed, once: an fd this process opened
+    /// (close-on-exec) and a second claim are refused with EBUSY, a non-socket with ENOTSOCK.
+    #[test]
+    fn take_helper_fd_claims_only_an_inherited_socket_once() {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let raw = a.as_raw_fd();
+        // SAFETY: (test) `a` still owns the fd; the claim must fail without taking it.
+        let err = unsafe { super::take_helper_fd(raw) }.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBUSY));
+        nix::fcntl::fcntl(&a, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        let raw = a.into_raw_fd();
+        // SAFETY: (test) ownership was released with into_raw_fd; this is the only claim.
+        let owned = unsafe { super::take_helper_fd(raw) }.unwrap();
+        // SAFETY: (test) `owned` holds the fd; the second claim must fail without taking it.
+        let again = unsafe { super::take_helper_fd(owned.as_raw_fd()) }.unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(libc::EBUSY));
+        let file = std::fs::File::open("/dev/null").unwrap();
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        let raw = file.into_raw_fd();
+        // SAFETY: (test) ownership released; the claim must refuse a non-socket and give it back.
+        let err = unsafe { super::take_helper_fd(raw) }.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTSOCK));
+        // SAFETY: (test) the refused claim gave the number back; close it here.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+    }
+
     /// A symlink anywhere in the path (the last component or one before it) is refused with
     /// ELOOP; the same object reached without one opens.
     #[test]

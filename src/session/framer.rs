@@ -42,7 +42,7 @@ pub struct Framer {
     discarding: bool,
     /// While discarding: the current line outgrew [`Self::line_cap`], so it cannot be the end marker.
     line_too_long: bool,
-    /// What an unrequested reply may hold ([`IDLE_KEEP`]; smaller in tests and fuzzing).
+    /// What an unrequested reply may hold (`IDLE_KEEP`; smaller in tests and fuzzing).
     idle_keep: usize,
 }
 
@@ -69,7 +69,7 @@ impl Framer {
         })
     }
 
-    /// Hold at most `bytes` of a reply nobody waits for (default [`IDLE_KEEP`]).
+    /// Hold at most `bytes` of a reply nobody waits for (default `IDLE_KEEP`).
     pub fn with_idle_keep(mut self, bytes: usize) -> Framer {
         self.idle_keep = bytes;
         self
@@ -87,7 +87,7 @@ impl Framer {
     /// (in its place in the sequence) and is skipped up to its end marker.
     ///
     /// `wanted`: whether a command is waiting for a reply. While nobody waits, the reply in
-    /// progress is kept only up to [`IDLE_KEEP`] bytes (enough for a prompt printed before
+    /// progress is kept only up to `IDLE_KEEP` bytes (enough for a prompt printed before
     /// the command that the answer then completes); past that it is skipped up to its end
     /// marker without an error, so a session printing unrequested output costs the daemon
     /// neither memory nor copies.

@@ -5,6 +5,48 @@
 
 pub mod http;
 
+/// The one gate of the privileged tests: `gate!("name");` skips (or, under CI, fails) a test
+/// that cannot run here, and otherwise holds the suite's CPU lock for the rest of the test —
+/// shared, so privileged tests run in parallel; `gate!("name", measures_cpu)` holds it
+/// exclusively, for the tests that measure a CPU share (they must run alone on a shared
+/// machine: any other test's load would lower the share they measure).
+#[allow(unused_macros)]
+macro_rules! gate {
+    ($name:expr) => {
+        let Some(_cpu_lock) = $crate::common::gate_lock($name, false) else { return };
+    };
+    ($name:expr, measures_cpu) => {
+        let Some(_cpu_lock) = $crate::common::gate_lock($name, true) else { return };
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use gate;
+
+/// The suite-wide lock file (every test binary, every thread: `flock` locks belong to open
+/// file descriptions, so two opens in one process conflict like two processes do).
+const CPU_LOCK: &str = "/run/cellkeep-test-cpu.lock";
+
+/// [`privileged`], then the CPU lock (see `gate!`): `None` when the test must be skipped.
+pub fn gate_lock(test: &str, exclusive: bool) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    if !privileged(test) {
+        return None;
+    }
+    Some(cpu_lock(exclusive))
+}
+
+/// Take the suite's CPU lock: exclusive for a test that measures a CPU share, shared for the
+/// others. Released when the guard drops (or the process ends).
+pub fn cpu_lock(exclusive: bool) -> nix::fcntl::Flock<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(CPU_LOCK)
+        .unwrap_or_else(|e| panic!("{CPU_LOCK}: {e}"));
+    let arg = if exclusive { nix::fcntl::FlockArg::LockExclusive } else { nix::fcntl::FlockArg::LockShared };
+    nix::fcntl::Flock::lock(file, arg).unwrap_or_else(|(_, e)| panic!("flock {CPU_LOCK}: {e}"))
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
