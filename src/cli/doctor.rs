@@ -457,7 +457,7 @@ mod tests {
             namespaces,
             cap_last_cap: 40,
         };
-        (host, HostCaps { landlock_abi, cap_last_cap: 40 })
+        (host, HostCaps { landlock_abi, cap_last_cap: 40, memfd_noexec: true })
     }
 
     fn policy(enforcement: &str, network: &str) -> Policy {

@@ -42,6 +42,7 @@ pub mod plan;
 pub mod proto;
 pub mod pty;
 pub mod sys;
+pub mod view;
 
 use std::path::PathBuf;
 
