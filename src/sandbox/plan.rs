@@ -181,6 +181,8 @@ pub fn build(
     if let Some(n) = policy.limits.file_size {
         rlimits.push(Rlimit { kind: RlimitKind::Fsize, limit: n });
     }
+    let mut seccomp = policy.seccomp.compiled.clone();
+    let memfd_noexec = memfd_plan(policy, ns, host, &mut seccomp, &mut degraded)?;
     let view = ns.mount.then(|| super::view::plan_view(policy, &cwd, ns.pid, policy.limits.tmp_size));
     let plan = LaunchPlan {
         cell_id: req.cell_id.clone(),
@@ -195,10 +197,10 @@ pub fn build(
         proxy_port: matches!(policy.network, Network::Proxy { .. }).then_some(PROXY_PORT),
         hostname: "cellkeep".to_owned(),
         view,
-        memfd_noexec: ns.pid && host.memfd_noexec,
+        memfd_noexec,
         rlimits,
         landlock,
-        seccomp: policy.seccomp.compiled.clone(),
+        seccomp,
         cap_last_cap: host.cap_last_cap,
         tty: policy.tty,
     };
@@ -245,7 +247,36 @@ pub fn check_mechanisms(policy: &Policy, host: &HostCaps) -> Result<Vec<Degradat
     let mut degraded = Vec::new();
     // The cwd only places `{cwd}` rules, which do not matter for the check.
     landlock_plan(policy, Path::new("/"), host, &mut degraded)?;
+    let mut seccomp = CompiledSeccomp::default();
+    memfd_plan(policy, namespaces(policy), host, &mut seccomp, &mut degraded)?;
     Ok(degraded)
+}
+
+/// Executable memfds: `vm.memfd_noexec = 2` in the cell's pid namespace where the kernel has
+/// it (true returned), else seccomp refuses `memfd_create` and a `memfd_noexec` degradation
+/// is reported (the fallback holds, but memfds are gone for the payload).
+fn memfd_plan(
+    policy: &Policy,
+    ns: NsPlan,
+    host: &HostCaps,
+    seccomp: &mut CompiledSeccomp,
+    degraded: &mut Vec<Degradation>,
+) -> Result<bool, SandboxError> {
+    if ns.pid && host.memfd_noexec {
+        return Ok(true);
+    }
+    let filter = crate::policy::seccomp::memfd_create_filter().map_err(|e| SandboxError::Unsupported {
+        provider: policy.name.clone(),
+        mechanism: "seccomp".into(),
+        detail: format!("the memfd_create filter: {e}"),
+    })?;
+    seccomp.filters.push(filter);
+    let why = if ns.pid { "the kernel has no vm.memfd_noexec (Linux < 6.3)" } else { "no pid namespace" };
+    degraded.push(Degradation {
+        mechanism: "memfd_noexec".into(),
+        detail: format!("{why}: memfd_create is refused by seccomp (ENOSYS) instead"),
+    });
+    Ok(false)
 }
 
 /// Why a cwd the caller cannot use is refused: one message whether it is missing, not a

@@ -11,7 +11,8 @@
 //!    write paths writable binds, exec paths the only mounts without `noexec`, every bind
 //!    `nosuid,nodev`; the private tmp (a tmpfs, `noexec` unless `{tmp}` is executable); a
 //!    minimal `/dev` (a tmpfs with the host's null, zero, full, random, urandom and tty nodes
-//!    bound in, a devpts instance of its own for `/dev/ptmx`, `/dev/shm` → `/tmp`); a `/proc`
+//!    bound in, the cell's own terminal under `/dev/pts` and no other, no `/dev/ptmx`,
+//!    `/dev/shm` → `/tmp`); a `/proc`
 //!    of the cell's pid namespace;
 //! 4. `pivot`: `pivot_root(".", ".")` into the new root and the old root detached;
 //! 5. `seal_root`: the root tmpfs remounted read-only.
@@ -51,7 +52,7 @@ pub enum StepKind {
     Symlink { target: PathBuf },
     /// The private tmp.
     Tmp { size: u64, exec: bool },
-    /// The `/dev` tmpfs, with its devpts instance.
+    /// The `/dev` tmpfs, with `/dev/pts` holding only the cell's own terminal (if any).
     Dev,
     /// `/proc` of the cell's pid namespace (`own`), or the host's bound (no pid namespace).
     Proc { own: bool },
@@ -89,7 +90,6 @@ pub fn plan_view(policy: &Policy, cwd: &Path, own_pid_ns: bool, tmp_size: u64) -
         ("/dev/stdin", "/proc/self/fd/0"),
         ("/dev/stdout", "/proc/self/fd/1"),
         ("/dev/stderr", "/proc/self/fd/2"),
-        ("/dev/ptmx", "pts/ptmx"),
         ("/dev/shm", "/tmp"),
     ] {
         steps.push(ViewStep { path: link.into(), kind: StepKind::Symlink { target: target.into() } });
@@ -173,13 +173,42 @@ impl ViewPlan {
                     StepKind::Tmp { size, exec } => {
                         format!("{p}  private tmpfs {size} bytes, {}", if *exec { "exec" } else { "noexec" })
                     }
-                    StepKind::Dev => format!("{p}  tmpfs with the device nodes below, devpts of its own"),
+                    StepKind::Dev => format!("{p}  tmpfs with the device nodes below; /dev/pts: the cell's own terminal only"),
                     StepKind::Proc { own: true } => format!("{p}  proc of the cell's pid namespace"),
                     StepKind::Proc { own: false } => format!("{p}  the host's proc (no pid namespace)"),
                 }
             })
             .collect()
     }
+}
+
+/// The view of `policy` as `policy show` and `doctor` print it: the host part as planned here,
+/// the `{cwd}` paths by their rules (they depend on the caller's workspace).
+pub fn describe_policy(policy: &Policy) -> Vec<String> {
+    let placeholder = Path::new("/{cwd}");
+    let ns = super::plan::namespaces(policy);
+    let mut lines = plan_view(policy, placeholder, ns.pid, policy.limits.tmp_size).describe();
+    let fs = &policy.filesystem;
+    let list = |rules: &[PathRule]| rules.iter().filter_map(|r| expanded(r, placeholder)).collect::<Vec<_>>();
+    let (read, write, exec) = (list(&fs.read), list(&fs.write), list(&fs.exec));
+    let mut cwd_paths: Vec<&PathBuf> =
+        read.iter().chain(&write).chain(&exec).filter(|p| p.starts_with(placeholder)).collect();
+    cwd_paths.sort();
+    cwd_paths.dedup();
+    for p in cwd_paths {
+        let w = write.iter().any(|a| p.starts_with(a));
+        let x = exec.iter().any(|a| p.starts_with(a));
+        let shown = p.to_string_lossy().trim_start_matches('/').to_owned();
+        lines.push(format!(
+            "{shown}  bind {},{},nosuid,nodev (no symlinks followed)",
+            if w { "rw" } else { "ro" },
+            if x { "exec" } else { "noexec" }
+        ));
+    }
+    if !lines.iter().any(|l| l.starts_with("{cwd}  ")) {
+        lines.push("{cwd}  bind ro,noexec,nosuid,nodev (the cell's cwd, always present)".into());
+    }
+    lines
 }
 
 /// A failed step of [`build`]: what, and the errno.
@@ -336,13 +365,26 @@ fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32) -> Result<()
             make_point(&target, true)?;
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
             fail("mounting /dev (tmpfs)", mount(Some("tmpfs"), &target, Some("tmpfs"), flags, Some("mode=0755,size=64k")))?;
-            let pts = target.join("pts");
-            make_point(&pts, true)?;
-            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-            fail(
-                "mounting /dev/pts (devpts)",
-                mount(Some("devpts"), &pts, Some("devpts"), flags, Some("newinstance,ptmxmode=0666,mode=0620")),
-            )
+            make_point(&target.join("pts"), true)?;
+            // The cell's terminal (the pty slave on stdin, from the launcher's devpts), at the
+            // name it has on the host, so ttyname(3) finds it. No other pty, no ptmx.
+            let Ok(name) = nix::unistd::ttyname(std::io::stdin()) else { return Ok(()) };
+            if !name.starts_with("/dev/pts/") || name.components().count() != 4 {
+                return Ok(());
+            }
+            let point = inside(&name);
+            make_point(&point, false)?;
+            // By its name in this namespace's copy of the host's /dev (an fd opened in another
+            // mount namespace cannot be bound), checked to be the very same terminal.
+            use nix::fcntl::OFlag;
+            let node = nix::fcntl::open(name.as_path(), OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, nix::sys::stat::Mode::empty());
+            let node = fail(format!("opening {}", name.display()), node)?;
+            let (ours, theirs) = (nix::sys::stat::fstat(std::io::stdin()), nix::sys::stat::fstat(&node));
+            let same = matches!((ours, theirs), (Ok(a), Ok(b)) if a.st_rdev == b.st_rdev && a.st_dev == b.st_dev && a.st_ino == b.st_ino);
+            if !same {
+                return Err(ViewError { what: format!("{} is not the cell's terminal", name.display()), errno: libc::EXDEV });
+            }
+            bind(&node, &point, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
         }
         StepKind::Proc { own: true } => {
             make_point(&target, true)?;
