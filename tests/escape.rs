@@ -10,18 +10,22 @@
 //! the production location, so the cell sees the same mount view as in production — a socket
 //! under the host's `/tmp` would be hidden by the cell's private `/tmp` and prove nothing).
 //!
-//! # The 45 attempts (test name → what stops it)
+//! # The 53 attempts (test name → what stops it)
+//!
+//! Since issue 13 the first layer for most filesystem attempts is the cell's mount view (only
+//! the policy's grants exist inside): paths outside it answer ENOENT, read-only binds EROFS
+//! (or DAC's EACCES first). Landlock still holds the same rules behind it.
 //!
 //! | # | attempt | stopped by |
 //! |---|---|---|
 //! | 1 | `read_etc_shadow` | DAC: the payload runs as nobody, without capabilities (EACCES) |
-//! | 2 | `read_another_users_home` (a 0644 file in `/home/ck-victim-*`) | Landlock: `/home` is not readable (EACCES) |
-//! | 3 | `write_usr` (also into a 0777 dir under `/usr/local`) | Landlock: `/usr` is read+exec only (EACCES) |
-//! | 4 | `write_etc` (`/etc/ld.so.preload`, a 0777 dir under `/etc`) | Landlock: `/etc` is read only (EACCES) |
-//! | 5 | `write_daemon_state_dir` (policy dir and config made 0777/0666) | Landlock: `/run` is not listed (EACCES) |
-//! | 6 | `write_daemon_socket_dir` (unlink/replace the socket; dir made 0777) | Landlock (EACCES) |
-//! | 7 | `connect_daemon_socket` (shipped socket mode 0660) | DAC on the socket file (EACCES) |
-//! | 8 | `connect_world_connectable_daemon_socket` (socket mode 0666) | the daemon: a peer whose cgroup is under the cell root gets 403 on every request |
+//! | 2 | `read_another_users_home` (a 0644 file in `/home/ck-victim-*`) | mount view: `/home` does not exist inside (ENOENT); Landlock behind it |
+//! | 3 | `write_usr` (also into a 0777 dir under `/usr/local`) | read-only bind (EROFS) or DAC (EACCES); Landlock: `/usr` is read+exec only |
+//! | 4 | `write_etc` (`/etc/ld.so.preload`, a 0777 dir under `/etc`) | read-only bind (EROFS) or DAC (EACCES); Landlock: `/etc` is read only |
+//! | 5 | `write_daemon_state_dir` (policy dir and config made 0777/0666) | mount view: `/run` does not exist inside (ENOENT); Landlock |
+//! | 6 | `write_daemon_socket_dir` (unlink/replace the socket; dir made 0777) | mount view (ENOENT); Landlock |
+//! | 7 | `connect_daemon_socket` (shipped socket mode 0660) | mount view (ENOENT); DAC on the socket file behind it |
+//! | 8 | `connect_world_connectable_daemon_socket` (socket mode 0666) | mount view (ENOENT); behind it the daemon: a peer whose cgroup is under the cell root gets 403 |
 //! | 9 | `tcp_connect_with_network_none` | network namespace without interfaces (ENETUNREACH) |
 //! | 10 | `abstract_unix_socket_of_the_host` | network namespace (ECONNREFUSED) / Landlock scope (EPERM) |
 //! | 11 | `ptrace_a_host_pid` | pid namespace (not visible) + seccomp (EPERM) |
@@ -44,11 +48,11 @@
 //! | 28 | `chmod_setuid_a_file_it_wrote` ({cwd} and {tmp}) | Landlock: no exec outside the exec list (EACCES); nosuid {tmp}; owner is nobody |
 //! | 29 | `load_a_kernel_module` (init_module, finit_module, delete_module, /proc/sys/kernel/modprobe) | seccomp (EPERM); Landlock (EACCES) where modprobe exists |
 //! | 30 | `write_proc_sys` (hostname, drop_caches, core_pattern) | Landlock: /proc is read only (EACCES) |
-//! | 31 | `raise_own_cgroup_limits` (memory/pids/cpu files of its own cgroup) | Landlock: /sys is not listed (EACCES) |
-//! | 32 | `move_out_of_own_cgroup` (cgroup.procs of the parent and the top) | Landlock (EACCES) |
+//! | 31 | `raise_own_cgroup_limits` (memory/pids/cpu files of its own cgroup) | mount view: /sys does not exist inside (ENOENT); Landlock |
+//! | 32 | `move_out_of_own_cgroup` (cgroup.procs of the parent and the top) | mount view (ENOENT); Landlock |
 //! | 33 | `cwd_dotdot_through_the_api` | cwd check on the canonical path: 400 bad_request naming the path |
 //! | 34 | `cwd_symlink_through_the_api` | same |
-//! | 35 | `symlink_in_a_writable_path` ({cwd}/{tmp} links to /etc/shadow and a 0644 secret) | Landlock + DAC (EACCES) |
+//! | 35 | `symlink_in_a_writable_path` ({cwd}/{tmp} links to /etc/shadow and a 0644 secret) | the secret's home is not in the view (ENOENT); /etc/shadow: DAC (EACCES); Landlock |
 //! | 36 | `exhaust_disk_in_private_tmp` | tmpfs `size=` (ENOSPC at 64 MiB) |
 //! | 37 | `exhaust_inodes_in_private_tmp` | the private tmpfs's inode cap (`nr_inodes`, one per 4 KiB of `tmp_size`): ENOSPC |
 //! | 38 | `read_the_daemons_environment` | pid namespace (ENOENT) + pid 1 not dumpable (EACCES) + filtered env |
@@ -62,6 +66,10 @@
 //! | 46–47 | `vsock_and_mptcp_sockets` (also with seccomp preset `none`) | seccomp in every cell: EAFNOSUPPORT / EPROTONOSUPPORT |
 //! | 48 | `host_network_from_an_agent_cell` (port 443 on the host, MSG_FASTOPEN, UDP, autobound listener) | the cell's own network namespace (ECONNREFUSED / ENETUNREACH; nothing arrives) |
 //! | 49 | `abstract_socket_squatting_from_an_agent_cell` | the cell's own network namespace (its abstract names are its own) |
+| 50 | `host_unix_socket_files` (`network = none`; a root 0666 socket under /run, a 0600 socket in a 0700 dir of the cell's uid) | mount view: not inside (ENOENT) |
+| 51 | `another_cells_workspace_socket` (cell A connects to a socket in cell B's workspace) | mount view: other workspaces are not inside (ENOENT) |
+| 52 | `names_and_metadata_outside_every_grant` (stat, lstat, readlink, getxattr, listxattr, access, chdir, O_PATH, inotify; fanotify_init) | mount view (ENOENT); seccomp for fanotify_init (EPERM) |
+| 53 | `exec_past_noexec_mounts` (`ld.so ./bin`, mmap PROT_EXEC, memfd_create + fexecve) | `noexec` {cwd}/{tmp} (EPERM); `vm.memfd_noexec = 2` (EACCES), or seccomp `memfd_create` → ENOSYS + degradation `memfd_noexec` before Linux 6.3 |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
 //! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
@@ -69,6 +77,8 @@
 //! #40 (a `{cwd}/…` rule followed a symlink planted in the workspace to its target).
 //! Issue 14 (an attacker's review of the agent policy) added #45–49: option injection,
 //! vsock and MPTCP sockets, and the host network the agent cells used to share.
+//! Issue 13 (cells that share nothing) added #50–53: host and other cells' UNIX sockets, names
+//! and metadata outside every grant, and exec past the exec rules.
 
 mod common;
 mod harness;
