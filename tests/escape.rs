@@ -66,10 +66,10 @@
 //! | 46–47 | `vsock_and_mptcp_sockets` (also with seccomp preset `none`) | seccomp in every cell: EAFNOSUPPORT / EPROTONOSUPPORT |
 //! | 48 | `host_network_from_an_agent_cell` (port 443 on the host, MSG_FASTOPEN, UDP, autobound listener) | the cell's own network namespace (ECONNREFUSED / ENETUNREACH; nothing arrives) |
 //! | 49 | `abstract_socket_squatting_from_an_agent_cell` | the cell's own network namespace (its abstract names are its own) |
-| 50 | `host_unix_socket_files` (`network = none`; a root 0666 socket under /run, a 0600 socket in a 0700 dir of the cell's uid) | mount view: not inside (ENOENT) |
-| 51 | `another_cells_workspace_socket` (cell A connects to a socket in cell B's workspace) | mount view: other workspaces are not inside (ENOENT) |
-| 52 | `names_and_metadata_outside_every_grant` (stat, lstat, readlink, getxattr, listxattr, access, chdir, O_PATH, inotify; fanotify_init) | mount view (ENOENT); seccomp for fanotify_init (EPERM) |
-| 53 | `exec_past_noexec_mounts` (`ld.so ./bin`, mmap PROT_EXEC, memfd_create + fexecve) | `noexec` {cwd}/{tmp} (EPERM); `vm.memfd_noexec = 2` (EACCES), or seccomp `memfd_create` → ENOSYS + degradation `memfd_noexec` before Linux 6.3 |
+//! | 50 | `host_unix_socket_files` (`network = none`; a root 0666 socket under /run, a 0600 socket in a 0700 dir of the cell's uid) | mount view: not inside (ENOENT) |
+//! | 51 | `another_cells_workspace_socket` (cell A connects to a socket in cell B's workspace) | mount view: other workspaces are not inside (ENOENT) |
+//! | 52 | `names_and_metadata_outside_every_grant` (stat, lstat, readlink, getxattr, listxattr, access, chdir, O_PATH, inotify; fanotify_init) | mount view (ENOENT); seccomp for fanotify_init (EPERM) |
+//! | 53 | `exec_past_noexec_mounts` (`ld.so ./bin`, mmap PROT_EXEC, memfd_create + fexecve) | `noexec` {cwd}/{tmp} (EPERM); `vm.memfd_noexec = 2` (EACCES), or seccomp `memfd_create` → ENOSYS + degradation `memfd_noexec` before Linux 6.3 |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
 //! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
@@ -2111,7 +2111,7 @@ fn listen_at(path: &Path, mode: u32, owner: u32) -> std::os::unix::net::UnixList
 }
 
 const UNIX_CONNECT: &str = "def uc(p):\n    s = socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect(p)\n    \
-    s.sendall(b'hello'); return s.recv(64).decode() or 'connected'\n";
+    s.sendall(b'hello')\n    try:\n        return 'connected, read ' + s.recv(64).decode()\n    except OSError:\n        return 'connected'\n";
 
 // 50. Host UNIX socket files from a `network = none` cell (finding 1): a root-owned 0666 socket
 //     under /run, and a 0600 socket in a 0700 dir owned by the cell's own uid (a session bus,
@@ -2150,6 +2150,16 @@ fn host_unix_socket_files() {
 #[test]
 fn another_cells_workspace_socket() {
     gate!("another_cells_workspace_socket");
+    // Workspaces under /var/tmp (a workdir root of base): under /tmp each cell's private tmp
+    // would hide the other's anyway.
+    let workspace = |name: &str| {
+        let dir = PathBuf::from(format!("/var/tmp/ck-ws-{name}-{}", &uid()[20..]));
+        std::fs::create_dir(&dir).expect("create a workspace");
+        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o700)).expect("chmod 0700");
+        std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).expect("chown workspace");
+        Planted(dir)
+    };
+    let (ws_a, ws_b) = (workspace("a"), workspace("b"));
     let b = Attempt::new();
     let secret = format!("b-secret-{}", uid());
     let b_body = format!(
@@ -2157,9 +2167,17 @@ fn another_cells_workspace_socket() {
          try:\n    c, _ = s.accept(); print('b served', flush=True); c.recv(64); c.sendall(b'{secret}'); c.close()\n\
          except OSError as e:\n    print('b', e, flush=True)"
     );
-    let b_sock = b.w.ws.path().join("b.sock");
+    let b_sock = ws_b.0.join("b.sock");
+    let run_in = |at: &Attempt, ws: &Path, body: &str, args: &[&str]| {
+        let s = script(&at.marker, body);
+        let mut argv = vec![PY, "-c", s.as_str()];
+        argv.extend_from_slice(args);
+        let r = at.w.run_in(&at.policy(""), ws, &argv, &[]);
+        eprintln!("cell output:\n{}", r.output());
+        r
+    };
     let cell_b = std::thread::scope(|s| {
-        let cell_b = s.spawn(|| b.run(&b_body, &[]));
+        let cell_b = s.spawn(|| run_in(&b, &ws_b.0, &b_body, &[]));
         let deadline = Instant::now() + Duration::from_secs(15);
         while !b_sock.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -2167,7 +2185,7 @@ fn another_cells_workspace_socket() {
         assert!(b_sock.exists(), "cell B did not create its socket");
         let a = Attempt::new();
         let body = format!("{UNIX_CONNECT}op('connect to cell B', lambda: uc(sys.argv[1]))\nop('list B workspace', lambda: os.listdir(os.path.dirname(sys.argv[1])))");
-        let r = a.run(&body, &[b_sock.to_str().expect("utf-8")]);
+        let r = run_in(&a, &ws_a.0, &body, &[b_sock.to_str().expect("utf-8")]);
         let (out, ctx) = (r.output(), r.describe());
         // Let B end now (the host can still reach it).
         if let Ok(mut c) = std::os::unix::net::UnixStream::connect(&b_sock) {
