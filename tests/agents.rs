@@ -47,7 +47,8 @@ const ONESHOT_TIMEOUT_MS: u64 = 180_000;
 /// to try, as `op:argument`. It prints one JSON line.
 const PROBE_JS: &str = r#"
 const fs = require('fs'), net = require('net');
-const cmd = process.argv[1] || '';
+// The last argument (after claude/codex's "--"), without gemini's "--prompt=" (command_format).
+const cmd = (process.argv.length > 1 ? process.argv[process.argv.length - 1] : '').replace(/^--prompt=/, '');
 const i = cmd.indexOf(':');
 const op = i < 0 ? cmd : cmd.slice(0, i), arg = i < 0 ? '' : cmd.slice(i + 1);
 const out = (o) => process.stdout.write(JSON.stringify(Object.assign({op, arg}, o)) + '\n');
@@ -120,7 +121,7 @@ fn daemon_with(config: &str) -> Daemon {
     let js = serde_json::to_string(PROBE_JS).expect("json string");
     for agent in AGENTS {
         let text = format!(
-            "extends = \"{agent}\"\n[provider]\nname = \"probe-{agent}\"\ncommand = [\"/usr/bin/node\", \"-e\", {js}]\n"
+            "extends = \"{agent}\"\n[provider]\nname = \"probe-{agent}\"\ncommand = [\"/usr/bin/node\", \"-e\", {js}, \"--\"]\n"
         );
         b = b.policy(&format!("probe-{agent}"), &text);
     }

@@ -411,3 +411,36 @@ fn seal_root() -> Result<(), ViewError> {
     let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     fail("remounting the root read-only", mount(none, "/", none, flags, none))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base_policy() -> Policy {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
+        std::fs::copy(base, dir.path().join("base.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let text = "extends = \"base\"\n[provider]\nname = \"p\"\ncommand = [\"/bin/true\"]\n";
+        std::fs::write(dir.path().join("p.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        crate::policy::load_file(&dir.path().join("p.toml")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn base_view_holds_only_its_grants() {
+        let ws = tempfile::tempdir_in("/var/tmp").unwrap_or_else(|e| panic!("{e}"));
+        let view = plan_view(&base_policy(), ws.path(), true, 1 << 20);
+        let at = |p: &str| view.steps.iter().find(|s| s.path == Path::new(p)).map(|s| s.kind.clone());
+        assert!(matches!(at("/tmp"), Some(StepKind::Tmp { exec: false, .. })), "{view:?}");
+        assert!(matches!(at("/usr"), Some(StepKind::Bind { writable: false, exec: true, .. })), "{view:?}");
+        assert!(matches!(at("/etc"), Some(StepKind::Bind { writable: false, exec: false, .. })), "{view:?}");
+        let cwd = ws.path().to_str().unwrap_or_default();
+        assert!(matches!(at(cwd), Some(StepKind::Bind { writable: true, exec: false, no_follow: true, .. })), "{view:?}");
+        assert!(matches!(at("/dev/null"), Some(StepKind::Device { .. })), "{view:?}");
+        for hidden in ["/home", "/run", "/var", "/root", "/sys", "/srv"] {
+            assert!(!view.steps.iter().any(|s| s.path.starts_with(hidden) && !s.path.starts_with(ws.path())), "{hidden}: {view:?}");
+        }
+        // Parents come before what lies beneath them.
+        let paths: Vec<&PathBuf> = view.steps.iter().map(|s| &s.path).collect();
+        assert!(paths.windows(2).all(|w| w[0] <= w[1]), "{paths:?}");
+    }
+}
