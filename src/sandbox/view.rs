@@ -47,7 +47,7 @@ pub struct ViewStep {
 pub enum StepKind {
     /// A bind of the host's `source` (a directory or a file).
     Bind { source: PathBuf, dir: bool, writable: bool, exec: bool, no_follow: bool },
-    /// A host device node bound in (`nosuid,noexec`, without `nodev`).
+    /// A host device node bound in (without `nodev`).
     Device { source: PathBuf },
     Symlink { target: PathBuf },
     /// The private tmp.
@@ -198,7 +198,7 @@ pub fn describe_policy(policy: &Policy) -> Vec<String> {
     for p in cwd_paths {
         let w = write.iter().any(|a| p.starts_with(a));
         let x = exec.iter().any(|a| p.starts_with(a));
-        let shown = p.to_string_lossy().trim_start_matches('/').to_owned();
+        let shown = p.to_string_lossy().trim_start_matches('/').trim_end_matches('/').to_owned();
         lines.push(format!(
             "{shown}  bind {},{},nosuid,nodev (no symlinks followed)",
             if w { "rw" } else { "ro" },
@@ -344,7 +344,10 @@ fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32) -> Result<()
         }
         StepKind::Device { .. } => {
             make_point(&target, false)?;
-            bind(held()?, &target, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
+            // No remount: a device node can be neither executed nor setuid, so the bind's
+            // flags do not matter (and `nodev` must stay off).
+            let src = format!("/proc/self/fd/{}", held()?.as_raw_fd());
+            fail(format!("binding {}", target.display()), mount(Some(src.as_str()), &target, none, MsFlags::MS_BIND, none))
         }
         StepKind::Symlink { target: to } => {
             if let Some(parent) = target.parent() {
