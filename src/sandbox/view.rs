@@ -10,7 +10,7 @@
 //! 3. `place`: the steps in path order, each under the new root: read paths read-only binds,
 //!    write paths writable binds, exec paths the only mounts without `noexec`, every bind
 //!    `nosuid,nodev`; the private tmp (a tmpfs, `noexec` unless `{tmp}` is executable); a
-//!    minimal `/dev` (a tmpfs with the host's null, zero, full, random, urandom and tty nodes
+//!    minimal `/dev` (a directory of the root with the host's null, zero, full, random, urandom and tty nodes
 //!    bound in, the cell's own terminal under `/dev/pts` and no other, no `/dev/ptmx`,
 //!    `/dev/shm` → `/tmp`); a `/proc`
 //!    of the cell's pid namespace;
@@ -52,7 +52,8 @@ pub enum StepKind {
     Symlink { target: PathBuf },
     /// The private tmp.
     Tmp { size: u64, exec: bool },
-    /// The `/dev` tmpfs, with `/dev/pts` holding only the cell's own terminal (if any).
+    /// `/dev`: a directory of the (read-only) root, with `/dev/pts` holding only the cell's own
+    /// terminal (if any).
     Dev,
     /// `/proc` of the cell's pid namespace (`own`), or the host's bound (no pid namespace).
     Proc { own: bool },
@@ -173,7 +174,7 @@ impl ViewPlan {
                     StepKind::Tmp { size, exec } => {
                         format!("{p}  private tmpfs {size} bytes, {}", if *exec { "exec" } else { "noexec" })
                     }
-                    StepKind::Dev => format!("{p}  tmpfs with the device nodes below; /dev/pts: the cell's own terminal only"),
+                    StepKind::Dev => format!("{p}  read-only, the device nodes below; /dev/pts: the cell's own terminal only"),
                     StepKind::Proc { own: true } => format!("{p}  proc of the cell's pid namespace"),
                     StepKind::Proc { own: false } => format!("{p}  the host's proc (no pid namespace)"),
                 }
@@ -365,9 +366,8 @@ fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32) -> Result<()
             fail("mounting the private tmpfs", mount(Some("tmpfs"), &target, Some("tmpfs"), flags, Some(opts.as_str())))
         }
         StepKind::Dev => {
+            // A directory of the root tmpfs (read-only once sealed): no superblock of its own.
             make_point(&target, true)?;
-            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-            fail("mounting /dev (tmpfs)", mount(Some("tmpfs"), &target, Some("tmpfs"), flags, Some("mode=0755,size=64k")))?;
             make_point(&target.join("pts"), true)?;
             // The cell's terminal (the pty slave on stdin, from the launcher's devpts), at the
             // name it has on the host, so ttyname(3) finds it. No other pty, no ptmx.
