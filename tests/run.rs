@@ -110,7 +110,8 @@ fn filesystem_rules_hold() {
     );
     let r = w.run(&p, &["/bin/sh", "-c", &script]);
     let out = r.output();
-    assert!(out.contains("Permission denied"), "{}", r.describe());
+    // /var/tmp is not in the cell's mount view (issue 13): the path does not exist inside.
+    assert!(out.contains("No such file or directory"), "{}", r.describe());
     assert!(out.contains("read=1"), "{}", r.describe());
     assert!(!out.contains("top secret"), "secret leaked: {}", r.describe());
     assert!(out.contains("write_out=") && !out.contains("write_out=0"), "{}", r.describe());

@@ -111,6 +111,8 @@ struct PolicyReport {
     degraded: Vec<Degradation>,
     /// Not about enforcement, but worth knowing (e.g. the command's binary is not installed).
     notes: Vec<String>,
+    /// What exists inside its cells (the mount view); empty without a mount namespace.
+    view: Vec<String>,
 }
 
 /// `cellkeep doctor [--policies DIR] [--config FILE] [--json]`.
@@ -223,6 +225,7 @@ fn assess(policy: &Policy, host: &Host, caps: &HostCaps) -> PolicyReport {
         missing,
         degraded,
         notes,
+        view: if policy.namespaces.mount { crate::sandbox::view::describe_policy(policy) } else { Vec::new() },
     }
 }
 
@@ -422,6 +425,11 @@ fn print_human(r: &Report) {
         for n in &p.notes {
             println!("      note     {n}");
         }
+        if !p.view.is_empty() {
+            // One line: the paths; `--json` and `policy show` give each one's mount options.
+            let paths: Vec<&str> = p.view.iter().filter_map(|v| v.split("  ").next()).collect();
+            println!("      view     only {}", paths.join(" "));
+        }
     }
     if !r.abstract_policies.is_empty() {
         println!("  (abstract, not assessed: {})", r.abstract_policies.join(", "));
@@ -457,7 +465,7 @@ mod tests {
             namespaces,
             cap_last_cap: 40,
         };
-        (host, HostCaps { landlock_abi, cap_last_cap: 40 })
+        (host, HostCaps { landlock_abi, cap_last_cap: 40, memfd_noexec: true })
     }
 
     fn policy(enforcement: &str, network: &str) -> Policy {

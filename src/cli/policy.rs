@@ -73,10 +73,17 @@ pub(super) fn show(name: &str, dir_arg: Option<PathBuf>, json: bool) -> anyhow::
     let checked = policy::load_checked(&path)?;
     if json {
         let findings: Vec<Finding> = lint::lint(&checked);
-        let out = serde_json::json!({ "policy": checked.policy, "findings": findings });
+        let view = checked.policy.namespaces.mount.then(|| cellkeep_view(&checked.policy));
+        let out = serde_json::json!({ "policy": checked.policy, "findings": findings, "view": view });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{}", policy::show(&checked.policy));
+        if checked.policy.namespaces.mount {
+            println!("\n# The cell's mount view (nothing else of the host exists inside):");
+            for line in cellkeep_view(&checked.policy) {
+                println!("#   {line}");
+            }
+        }
         for f in lint::lint(&checked).iter().filter(|f| f.severity == Severity::Warning) {
             eprintln!("{f}");
         }
@@ -134,4 +141,8 @@ pub(super) fn diff(old: &str, new: &str, dir_arg: Option<PathBuf>, json: bool) -
         print!("{}", diff::render(&d, &old_path, &new_path));
     }
     Ok(0)
+}
+
+fn cellkeep_view(p: &policy::Policy) -> Vec<String> {
+    crate::sandbox::view::describe_policy(p)
 }

@@ -101,6 +101,9 @@ pub const DEFAULT_DENY: &[&str] = &[
     "syslog",
     "uselib",
     "nfsservctl",
+    // Unprivileged fanotify (FAN_REPORT_FID) puts inode marks on any visible path: a cell
+    // would see host activity under the bound /usr or /etc.
+    "fanotify_init",
 ];
 
 /// Every `CLONE_NEW*` flag: `clone` with any of them set is denied by the default preset.
@@ -232,6 +235,15 @@ fn socket_filters() -> Result<Vec<Vec<BpfInsn>>, SeccompError> {
         filters.push(build("socket", rules, Action::Allow, Action::Errno(errno as u32))?);
     }
     Ok(filters)
+}
+
+/// The fallback for kernels without `vm.memfd_noexec` (< 6.3), where every memfd can be made
+/// executable and `fexecve` runs it past every `noexec` mount: `memfd_create` fails with
+/// ENOSYS (the errno of a kernel without it, on which programs fall back to a file in the
+/// `noexec` tmp). Installed after the policy's filters.
+pub fn memfd_create_filter() -> Result<Vec<BpfInsn>, SeccompError> {
+    let rules = unconditional(&["memfd_create".to_owned()])?;
+    build("memfd", rules, Action::Allow, Action::Errno(libc::ENOSYS as u32))
 }
 
 fn action(a: SeccompAction) -> Action {

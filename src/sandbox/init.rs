@@ -33,9 +33,10 @@ use nix::unistd::{Gid, Pid, Uid};
 
 use super::helper::FORWARDED;
 use super::landlock_rules;
-use super::plan::{LaunchPlan, RlimitKind, CELL_TMP};
+use super::plan::{LaunchPlan, RlimitKind, MEMFD_NOEXEC_SYSCTL};
 use super::proto::{Report, Stage};
 use super::sys;
+use super::view;
 
 /// A failed step: the stage, the errno and a human detail.
 struct StepError(Stage, i32, String);
@@ -121,8 +122,8 @@ fn await_proxy_listener(plan: &LaunchPlan, ctl: &OwnedFd) -> Result<(), StepErro
     }
 }
 
-/// Mount recipe: stop propagation to the host → private tmpfs at /tmp (with the cwd bound
-/// back if it lived under the host's /tmp) → a /proc for the new pid namespace.
+/// Mount recipe: stop propagation to the host → the cell's own view ([`view::build`]: only
+/// what the policy grants, pivoted into) → `vm.memfd_noexec = 2` in the cell's pid namespace.
 fn mount_view(plan: &LaunchPlan) -> Result<(), StepError> {
     let none: Option<&str> = None;
     step(
@@ -130,46 +131,14 @@ fn mount_view(plan: &LaunchPlan) -> Result<(), StepError> {
         "making / private (MS_REC|MS_PRIVATE)",
         mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
     )?;
-    if let Some(size) = plan.tmp_size {
-        // The cwd may sit under the host's /tmp: hold it by fd before the tmpfs hides it.
-        let keep = plan.cwd.starts_with(CELL_TMP).then(|| sys::open_no_symlinks(&plan.cwd, true));
-        let keep = match keep {
-            Some(r) => Some(step(Stage::Mounts, "holding the cwd under /tmp", r)?),
-            None => None,
-        };
-        let opts = format!(
-            "size={size},nr_inodes={},mode=0700,uid={},gid={}",
-            tmp_inodes(size),
-            plan.ids.inside_uid,
-            plan.ids.inside_gid
-        );
-        step(
-            Stage::Mounts,
-            "mounting the private tmpfs on /tmp",
-            mount(Some("tmpfs"), CELL_TMP, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str())),
-        )?;
-        if let Some(fd) = keep {
-            step(Stage::Mounts, "creating the cwd mount point", std::fs::create_dir_all(&plan.cwd))?;
-            let src = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-            step(
-                Stage::Mounts,
-                "binding the cwd back under the private /tmp",
-                mount(Some(src.as_str()), &plan.cwd, none, MsFlags::MS_BIND | MsFlags::MS_REC, none),
-            )?;
-        }
+    if let Some(v) = &plan.view {
+        view::build(v, plan.ids.inside_uid, plan.ids.inside_gid)
+            .map_err(|e| StepError(Stage::Mounts, e.errno, e.what))?;
     }
-    if plan.ns.pid {
-        step(
-            Stage::Mounts,
-            "mounting /proc for the new pid namespace",
-            mount(
-                Some("proc"),
-                "/proc",
-                Some("proc"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                none,
-            ),
-        )?;
+    if plan.memfd_noexec {
+        // Per pid namespace, and never lowered by a child namespace: no memfd of this cell can
+        // be made executable (memfd_create + fexecve bypasses every noexec mount).
+        step(Stage::Mounts, "vm.memfd_noexec = 2", std::fs::write(MEMFD_NOEXEC_SYSCTL, b"2"))?;
     }
     Ok(())
 }
@@ -372,11 +341,4 @@ fn payload(plan: &LaunchPlan, go: &OwnedFd) -> Result<std::convert::Infallible, 
     }
     let err = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
     Err(StepError(Stage::Exec, err as i32, format!("execve {}: {err}", Path::new(&plan.exe).display())))
-}
-
-/// Inodes of the private tmpfs: one per 4 KiB of its size (at least 1024). Without a cap the
-/// kernel default (about one per page of RAM) lets a file flood run the cell into its memory
-/// limit (an OOM kill) instead of failing cleanly with ENOSPC.
-fn tmp_inodes(size: u64) -> u64 {
-    (size / 4096).max(1024)
 }

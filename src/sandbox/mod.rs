@@ -44,6 +44,7 @@ pub mod plan;
 pub mod proto;
 pub mod pty;
 pub(crate) mod sys;
+pub mod view;
 
 use std::path::PathBuf;
 

@@ -22,6 +22,8 @@ use super::SandboxError;
 
 /// Where the private tmp appears inside the cell.
 pub const CELL_TMP: &str = "/tmp";
+/// The per-pid-namespace switch that refuses executable memfds (Linux >= 6.3).
+pub const MEMFD_NOEXEC_SYSCTL: &str = "/proc/sys/vm/memfd_noexec";
 /// Landlock ABI that added abstract-socket and signal scoping.
 const LANDLOCK_SCOPE_ABI: i32 = 6;
 /// Landlock ABI that added truncate control.
@@ -34,6 +36,8 @@ pub struct HostCaps {
     pub landlock_abi: i32,
     /// Highest capability number (`/proc/sys/kernel/cap_last_cap`).
     pub cap_last_cap: u32,
+    /// The kernel has `vm.memfd_noexec` (Linux >= 6.3).
+    pub memfd_noexec: bool,
 }
 
 impl HostCaps {
@@ -42,7 +46,8 @@ impl HostCaps {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(63);
-        HostCaps { landlock_abi: super::sys::landlock_abi(), cap_last_cap }
+        let memfd_noexec = Path::new(MEMFD_NOEXEC_SYSCTL).exists();
+        HostCaps { landlock_abi: super::sys::landlock_abi(), cap_last_cap, memfd_noexec }
     }
 }
 
@@ -132,8 +137,11 @@ pub struct LaunchPlan {
     /// to open the listener in the cell's namespace before it starts the payload.
     pub proxy_port: Option<u16>,
     pub hostname: String,
-    /// Size of the private tmpfs mounted at [`CELL_TMP`]; `None` = no private tmp.
-    pub tmp_size: Option<u64>,
+    /// The cell's mount view (with its private tmp at [`CELL_TMP`]); `None` = no mount
+    /// namespace, the host's view.
+    pub view: Option<super::view::ViewPlan>,
+    /// Write 2 to the pid namespace's `vm.memfd_noexec` (the kernel has it, Linux >= 6.3).
+    pub memfd_noexec: bool,
     pub rlimits: Vec<Rlimit>,
     pub landlock: Option<LandlockPlan>,
     pub seccomp: CompiledSeccomp,
@@ -173,6 +181,9 @@ pub fn build(
     if let Some(n) = policy.limits.file_size {
         rlimits.push(Rlimit { kind: RlimitKind::Fsize, limit: n });
     }
+    let mut seccomp = policy.seccomp.compiled.clone();
+    let memfd_noexec = memfd_plan(policy, ns, host, &mut seccomp, &mut degraded)?;
+    let view = ns.mount.then(|| super::view::plan_view(policy, &cwd, ns.pid, policy.limits.tmp_size));
     let plan = LaunchPlan {
         cell_id: req.cell_id.clone(),
         provider,
@@ -185,10 +196,11 @@ pub fn build(
         loopback: matches!(policy.network, Network::Loopback | Network::Proxy { .. }),
         proxy_port: matches!(policy.network, Network::Proxy { .. }).then_some(PROXY_PORT),
         hostname: "cellkeep".to_owned(),
-        tmp_size: ns.mount.then_some(policy.limits.tmp_size),
+        view,
+        memfd_noexec,
         rlimits,
         landlock,
-        seccomp: policy.seccomp.compiled.clone(),
+        seccomp,
         cap_last_cap: host.cap_last_cap,
         tty: policy.tty,
     };
@@ -235,7 +247,36 @@ pub fn check_mechanisms(policy: &Policy, host: &HostCaps) -> Result<Vec<Degradat
     let mut degraded = Vec::new();
     // The cwd only places `{cwd}` rules, which do not matter for the check.
     landlock_plan(policy, Path::new("/"), host, &mut degraded)?;
+    let mut seccomp = CompiledSeccomp::default();
+    memfd_plan(policy, namespaces(policy), host, &mut seccomp, &mut degraded)?;
     Ok(degraded)
+}
+
+/// Executable memfds: `vm.memfd_noexec = 2` in the cell's pid namespace where the kernel has
+/// it (true returned), else seccomp refuses `memfd_create` and a `memfd_noexec` degradation
+/// is reported (the fallback holds, but memfds are gone for the payload).
+fn memfd_plan(
+    policy: &Policy,
+    ns: NsPlan,
+    host: &HostCaps,
+    seccomp: &mut CompiledSeccomp,
+    degraded: &mut Vec<Degradation>,
+) -> Result<bool, SandboxError> {
+    if ns.pid && host.memfd_noexec {
+        return Ok(true);
+    }
+    let filter = crate::policy::seccomp::memfd_create_filter().map_err(|e| SandboxError::Unsupported {
+        provider: policy.name.clone(),
+        mechanism: "seccomp".into(),
+        detail: format!("the memfd_create filter: {e}"),
+    })?;
+    seccomp.filters.push(filter);
+    let why = if ns.pid { "the kernel has no vm.memfd_noexec (Linux < 6.3)" } else { "no pid namespace" };
+    degraded.push(Degradation {
+        mechanism: "memfd_noexec".into(),
+        detail: format!("{why}: memfd_create is refused by seccomp (ENOSYS) instead"),
+    });
+    Ok(false)
 }
 
 /// Why a cwd the caller cannot use is refused: one message whether it is missing, not a
