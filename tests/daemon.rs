@@ -379,3 +379,70 @@ fn concurrent_sessions_no_crossed_replies() {
         t.join().expect("client thread");
     }
 }
+
+/// Bytes of the lossless-follow test (`CELLKEEP_FOLLOW_BYTES`; `scripts/soak.sh` runs 1 GiB).
+fn follow_bytes() -> u64 {
+    std::env::var("CELLKEEP_FOLLOW_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(256 << 20)
+}
+
+/// The deterministic stream the follow test's cell writes (and the test computes itself).
+const FOLLOW_SH: &str = "seq 1 2000000000 2>/dev/null | head -c \"$0\"";
+
+// A follower reading at half its natural speed gets every byte of a large stream (retained on
+// disk, not in the daemon's memory) through `cellkeep logs --raw -f`, while the cell runs at
+// full speed to its end; then the spool file goes with the cell.
+#[test]
+fn a_slow_follower_loses_nothing() {
+    gate!("a_slow_follower_loses_nothing");
+    let n = follow_bytes();
+    let retained = format!("[limits]\noutput_bytes = \"{}M\"\n", n.div_ceil(1 << 20) + 1);
+    let gen = format!("[\"/bin/sh\", \"-c\", {}]", serde_json::to_string(FOLLOW_SH).expect("json"));
+    // Exited cells are listed for a second only: the spool file must outlive the listing while
+    // its follower still reads, and go once both are done.
+    let d = daemon().config("exited_retention_secs = 1.0").provider("gen", &gen, "oneshot", &retained).start();
+    let id = id_of(&d.spawn_with("gen", &[&n.to_string()]));
+    let spool = d.dir.path().join("spool").join(&id);
+    assert!(spool.exists(), "the cell's spool file {}", spool.display());
+    let mut logs = Command::new(BIN)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["logs", "--raw", "-f", &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cellkeep logs");
+    let mut sha = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    let mut out = logs.stdout.take().expect("stdout");
+    let mut hash_in = sha.stdin.take().expect("stdin");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        let t = Instant::now();
+        let k = std::io::Read::read(&mut out, &mut buf).expect("read logs");
+        if k == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut hash_in, &buf[..k]).expect("hash");
+        got += k as u64;
+        // Half speed: as long again as the read and the hashing took.
+        std::thread::sleep(t.elapsed());
+    }
+    drop(hash_in);
+    assert!(logs.wait().expect("logs").success(), "cellkeep logs --raw -f failed (lagged?)");
+    let hash = String::from_utf8(sha.wait_with_output().expect("sha256sum").stdout).expect("utf8");
+    let want = Command::new("/bin/sh")
+        .args(["-c", &format!("{FOLLOW_SH} | sha256sum"), &n.to_string()])
+        .output()
+        .expect("expected stream");
+    assert_eq!(got, n, "bytes");
+    assert_eq!(hash.split_whitespace().next(), String::from_utf8_lossy(&want.stdout).split_whitespace().next(), "checksum");
+    // The spool file goes with the cell.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spool.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!spool.exists(), "spool file left after cleanup");
+}

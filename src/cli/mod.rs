@@ -161,6 +161,11 @@ enum Cmd {
         /// counted together; default: the oldest byte kept).
         #[arg(long, value_name = "BYTES")]
         from: Option<u64>,
+        /// Only the bytes, stdout and stderr in the order written, all to stdout (the daemon's
+        /// `format=raw` stream: no per-chunk JSON). A reader that falls behind what the daemon
+        /// retains fails (exit 1) instead of printing a gap.
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         conn: Conn,
     },

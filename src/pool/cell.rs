@@ -6,7 +6,7 @@
 //! through the shared [`CellEntry`]: the stop request (a `watch`), the session's stdin and reply
 //! queue (behind a FIFO `tokio::sync::Mutex`, so commands run one at a time and in order), and
 //! the exit reason (a `watch` that waiters await). Pumps never block on readers: the spool is
-//! bounded and drops the oldest output.
+//! bounded (a file per cell on disk) and drops the oldest output.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -47,6 +47,8 @@ pub struct Wiring {
     /// One-shot: keep its stdin for the caller to write (`stdin: true`); otherwise it is
     /// closed at once.
     pub keep_stdin: bool,
+    /// Where the cell's output spool file goes (in memory if it cannot be made there).
+    pub spool_dir: std::path::PathBuf,
 }
 
 /// Shared state of one cell.
@@ -204,8 +206,12 @@ pub fn start(
     wiring: Wiring,
     on_end: impl FnOnce(&Arc<CellEntry>, &Outcome) + Send + 'static,
 ) -> Arc<CellEntry> {
-    let Wiring { framer, deadline, tap, keep_stdin } = wiring;
-    let spool = Spool::new(policy.limits.output_bytes as usize);
+    let Wiring { framer, deadline, tap, keep_stdin, spool_dir } = wiring;
+    let cap = policy.limits.output_bytes as usize;
+    let spool = Spool::on_disk(cap, &spool_dir, &cell.id).unwrap_or_else(|e| {
+        tracing::warn!(cell = %cell.id, "output kept in memory: {e}");
+        Spool::new(cap)
+    });
     // A command expects one reply; the few slots only absorb replies that race a command.
     let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE);
     // A tty cell: stdin and stdout are the pty master, and there is no separate stderr.

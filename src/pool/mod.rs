@@ -100,6 +100,13 @@ impl Pool {
         if recovered > 0 {
             tracing::warn!(count = recovered, "cleaned up cells left by a previous daemon");
         }
+        let spool_dir = config.spool_dir.clone();
+        match tokio::task::spawn_blocking(move || crate::session::sweep_spool_dir(&spool_dir)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::warn!(count = n, "removed output spool files left by a previous daemon"),
+            Ok(Err(e)) => tracing::error!("cell output will be kept in memory: {e}"),
+            Err(e) => tracing::error!("sweeping the spool dir: {e}"),
+        }
         let egress = crate::egress::EgressConfig { hosts: config.egress_hosts.clone() };
         let launcher = Launcher::new(root, HostCaps::probe()).with_egress(crate::egress::EgressService::new(egress));
         let pool = Pool {
