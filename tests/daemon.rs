@@ -446,3 +446,52 @@ fn a_slow_follower_loses_nothing() {
     }
     assert!(!spool.exists(), "spool file left after cleanup");
 }
+
+/// Live cells of the many-cells limit-event test (`CELLKEEP_LIVE_CELLS`; default 200, more than
+/// the usual `fs.inotify.max_user_instances` of 128).
+fn live_cells() -> usize {
+    std::env::var("CELLKEEP_LIVE_CELLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+}
+
+/// inotify instances the process holds.
+fn inotify_instances(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:inotify"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+// Limit events with many live cells: the daemon watches every cell's limit files on ONE inotify
+// instance (an instance per cell stops at fs.inotify.max_user_instances), and a pids-limit hit
+// and an OOM kill are still recorded with all those cells alive.
+#[test]
+fn limit_events_arrive_with_many_live_cells() {
+    gate!("limit_events_arrive_with_many_live_cells");
+    let n = live_cells();
+    let d = daemon().max_cells(n + 5).start();
+    let ids: Vec<String> = (0..n).map(|_| id_of(&d.spawn_with("sleep", &["600"]))).collect();
+    assert_eq!(inotify_instances(d.pid()), 1, "one inotify instance for {n} cells");
+    // A pids-limit hit (v1 does not notify pids.events: there a health read records it).
+    let forky = id_of(&d.spawn("forky"));
+    let r = d.send(&forky, "fork 64", 20_000);
+    assert!(r.json()["stdout"].as_str().unwrap_or("").ends_with("BlockingIOError"), "{}", r.text());
+    call(&d.socket, "GET", &format!("/v1/cells/{forky}/health"), None);
+    let info = call(&d.socket, "GET", &format!("/v1/cells/{forky}"), None).json();
+    assert!(info["events"]["pids_max_hits"].as_u64().unwrap_or(0) >= 1, "{info}");
+    // An OOM kill.
+    let hog = id_of(&d.spawn("hog"));
+    let r = d.send(&hog, "alloc 200", 30_000);
+    assert!(r.text().contains("oom_killed"), "{}", r.text());
+    let info = call(&d.socket, "GET", &format!("/v1/cells/{hog}"), None).json();
+    assert!(info["events"]["oom_kills"].as_u64().unwrap_or(0) >= 1, "{info}");
+    assert_eq!(inotify_instances(d.pid()), 1);
+    // Every sleeper is still alive.
+    let list = call(&d.socket, "GET", "/v1/cells", None).json();
+    let running = list.as_array().map_or(0, |a| {
+        a.iter().filter(|c| c["state"] == "running" && ids.contains(&id_of(c))).count()
+    });
+    assert_eq!(running, n, "{list}");
+}

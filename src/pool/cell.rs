@@ -49,6 +49,8 @@ pub struct Wiring {
     pub keep_stdin: bool,
     /// Where the cell's output spool file goes (in memory if it cannot be made there).
     pub spool_dir: std::path::PathBuf,
+    /// The daemon's one inotify instance for limit files (`None`: it could not be made).
+    pub limit_hub: Option<crate::cgroup::watch::WatchHub>,
 }
 
 /// Shared state of one cell.
@@ -206,7 +208,7 @@ pub fn start(
     wiring: Wiring,
     on_end: impl FnOnce(&Arc<CellEntry>, &Outcome) + Send + 'static,
 ) -> Arc<CellEntry> {
-    let Wiring { framer, deadline, tap, keep_stdin, spool_dir } = wiring;
+    let Wiring { framer, deadline, tap, keep_stdin, spool_dir, limit_hub } = wiring;
     let cap = policy.limits.output_bytes as usize;
     let spool = Spool::on_disk(cap, &spool_dir, &cell.id).unwrap_or_else(|e| {
         tracing::warn!(cell = %cell.id, "output kept in memory: {e}");
@@ -246,11 +248,13 @@ pub fn start(
         final_usage: Mutex::new(None),
         egress: cell.egress.clone(),
     });
-    match entry.cgroup.watch_events() {
-        Ok(w) => {
+    let watch = limit_hub.as_ref().map(|hub| entry.cgroup.watch_events(hub));
+    match watch {
+        Some(Ok(w)) => {
             tokio::spawn(watch_limits(entry.clone(), w));
         }
-        Err(e) => tracing::warn!(cell = %entry.id, "limit events will only be seen when read: {e}"),
+        Some(Err(e)) => tracing::warn!(cell = %entry.id, "limit events will only be seen when read: {e}"),
+        None => {}
     }
 
     let out_pump = tokio::spawn(pump(entry.clone(), stdout, Stream::Stdout, framer.map(|f| (f, reply_tx)), tap.clone()));

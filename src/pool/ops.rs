@@ -91,6 +91,7 @@ impl Pool {
             tap: l.tap,
             keep_stdin: l.stdin,
             spool_dir: self.inner.config.spool_dir.clone(),
+            limit_hub: self.inner.limit_hub.clone(),
         };
         let entry = cell::start(cell, l.caller.uid, l.session, policy, range_uid, wiring, on_end);
         slot.commit();
