@@ -202,7 +202,8 @@ async fn main() -> Result<()> {
         Mode::Follow { provider, expect } => {
             let info = c.spawn(&spawn_req(&provider, &args.cwd)).await?;
             let t = Instant::now();
-            let mut s = c.output_raw(&info.id, Some(0), true, None).await?;
+            // Stdout only: what the pipe baseline reads (a killed `yes` says so on stderr).
+            let mut s = c.output_raw(&info.id, Some(0), true, Some(cellkeep::session::Stream::Stdout)).await?;
             let mut bytes = 0u64;
             let mut lagged = false;
             loop {
