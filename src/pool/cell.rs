@@ -21,6 +21,10 @@ use crate::session::{Framer, OutputEvent, Reply, SessionError, Spool, Stream};
 
 use super::types::{CellInfo, CellState};
 
+/// A pump's first read buffer, and the most it grows to.
+const PUMP_MIN: usize = 4 * 1024;
+const PUMP_MAX: usize = 64 * 1024;
+
 /// Replies kept for the command in flight (each up to `MAX_REPLY_BYTES`).
 const REPLY_QUEUE: usize = 4;
 
@@ -356,11 +360,18 @@ async fn pump(
     mut tap: Option<Tap>,
 ) {
     let Some(mut pipe) = pipe else { return };
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small while the cell is quiet (most idle cells print a prompt at most); doubled up to
+    // PUMP_MAX each time a read fills it, so a flood is still read in large chunks.
+    let mut buf = vec![0u8; PUMP_MIN];
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if n == buf.len() && buf.len() < PUMP_MAX {
+                    let grown = buf.len() * 2;
+                    // Appends: the n bytes just read stay where they are.
+                    buf.resize(grown, 0);
+                }
                 let offset = entry.spool.push(stream, &buf[..n]);
                 entry.touch();
                 if let Some(t) = &tap {
