@@ -5,7 +5,8 @@
 #      bare fork/exec, `unshare -mpfiun` and `bwrap --unshare-all --ro-bind / /` (hyperfine -N)
 #   2. session round trip: one short line to a `cat` session, 10 000 times
 #   3. one-shot throughput: `echo` commands from 20 concurrent clients
-#   4. streaming: a cell writing 1 GiB to stdout read through the socket, against a plain pipe
+#   4. streaming: a cell writing 1 GiB to stdout read through the socket (NDJSON, and raw
+#      bytes with the bytes lost), against a plain pipe
 #   5. footprint: daemon RSS with 0, 20 and 1000 idle cells; daemon CPU over 60 s with 20 idle
 #   6. scaling: spawn latency with 1000 live cells against 10
 #   7. egress proxy: a 100 MiB HTTP download by curl in a cell, through the cell's egress proxy
@@ -48,7 +49,10 @@ provider echo '["/bin/echo"]' oneshot
 provider cat '["/bin/cat"]' session '[session]
 framing = "line"'
 line='0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde'
-provider stream "[\"/bin/sh\", \"-c\", \"yes $line | head -c $stream_bytes\"]" oneshot
+# The whole stream is retained (on disk, in the spool dir): a follower that keeps reading
+# loses nothing however far behind the cell it falls. Needs that much free disk.
+provider stream "[\"/bin/sh\", \"-c\", \"yes $line | head -c $stream_bytes\"]" oneshot "[limits]
+output_bytes = \"$((stream_bytes / 1048576 + 1))M\""
 # 7: a file server on the host's loopback (sendfile, so the server is not the bottleneck) and a
 # proxy cell allowed to reach it as bench.test (mapped to 127.0.0.1 by the daemon's egress_hosts).
 head -c "$egress_bytes" /dev/zero > "$work/blob"
@@ -107,6 +111,7 @@ cb throughput echo --clients 20 --seconds "$tput_secs" > "$out/throughput.json"
 
 echo "== 4. streaming ($stream_bytes bytes)"
 cb stream stream > "$out/stream.json"
+cb follow stream --expect "$stream_bytes" > "$out/follow.json"
 cb pipe "yes $line | head -c $stream_bytes" > "$out/pipe.json"
 
 echo "== 7. egress proxy ($egress_bytes bytes, $n_egress runs each, alternating)"

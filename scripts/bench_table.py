@@ -31,6 +31,7 @@ rtt = load("rtt.json")
 tput = load("throughput.json")
 stream = load("stream.json")
 pipe = load("pipe.json")
+follow = load("follow.json")
 fp = load("footprint.json")
 s10 = load("spawn-10.json")
 sbig = load("spawn-big.json")
@@ -53,9 +54,13 @@ rows.append(("one-shot throughput, 20 clients (`echo`)", f"{tput['per_sec']:.0f}
 drop = f", {stream['dropped'] / 1048576:.0f} MiB dropped (lagged)" if stream["dropped"] else ""
 rows.append(("streaming (socket, NDJSON)", f"{stream['mib_per_sec']:.0f} MiB/s{drop}", "",
              f"pipe {pipe['mib_per_sec']:.0f} MiB/s", f"{stream['mib_per_sec'] / pipe['mib_per_sec']:.2f} × pipe", "≥ 0.5 × pipe"))
+rows.append((f"follow a {follow['bytes'] / 1073741824:.2f} GiB stream (socket, raw)",
+             f"{follow['mib_per_sec']:.0f} MiB/s, {follow['lost']} bytes lost", "",
+             f"pipe {pipe['mib_per_sec']:.0f} MiB/s", f"{follow['mib_per_sec'] / pipe['mib_per_sec']:.2f} × pipe",
+             "≥ 0.5 × pipe, 0 bytes lost"))
 rows.append(("daemon RSS: 0 / 20 / %d idle cells" % fp["big"],
              f"{fp['rss0_kib'] / 1024:.1f} / {fp['rss20_kib'] / 1024:.1f} / {fp['rssbig_kib'] / 1024:.1f} MiB", "",
-             "0 cells", f"+{(fp['rssbig_kib'] - fp['rss0_kib']) / fp['big']:.0f} KiB per cell", ""))
+             "0 cells", f"+{(fp['rssbig_kib'] - fp['rss0_kib']) / fp['big']:.0f} KiB per cell", "20 idle: ≤ 15 MiB"))
 cpu = fp["idle_cpu_ticks"] / fp["clk_tck"]
 rows.append((f"daemon CPU over {fp['idle_secs']} s, 20 idle cells", f"{cpu * 1000:.0f} ms", "", "", f"{cpu / fp['idle_secs'] * 100:.3f} % of a CPU", "~0 (no polling)"))
 rows.append((f"spawn (session cell) with {fp['big']} live vs 10", ms(sbig["median_us"]), ms(sbig["p99_us"]),

@@ -6,6 +6,8 @@
 #   SOAK_ROUNDS=3          how many times to run the whole battery
 #   SOAK_COMMANDS=1000     commands per session in the load test (20 sessions; CI runs 200)
 #   SOAK_FLOOD_BYTES=10737418240   the output flood in the abuse test (CI runs 2 GiB)
+#   SOAK_FOLLOW_BYTES=1073741824   the stream a half-speed follower must get whole
+#                                  (tests/daemon.rs a_slow_follower_loses_nothing; CI: 256 MiB)
 #
 # Each round runs tests/{escape,abuse,faults,load}.rs with --nocapture, keeps their output in
 # target/soak/round-N.log, and after the round checks that nothing is left: no cgroup under
@@ -19,11 +21,12 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 ROUNDS=${SOAK_ROUNDS:-3}
 export LOAD_COMMANDS=${SOAK_COMMANDS:-1000}
 export ABUSE_FLOOD_BYTES=${SOAK_FLOOD_BYTES:-10737418240}
+export CELLKEEP_FOLLOW_BYTES=${SOAK_FOLLOW_BYTES:-1073741824}
 export CI=1 # a test that cannot run fails, never skips
 OUT=target/soak
 mkdir -p "$OUT"
 rm -f "$OUT"/round-*.log
-cargo test --locked --no-run --test escape --test abuse --test faults --test load 2>&1 | tail -1
+cargo test --locked --no-run --test escape --test abuse --test faults --test load --test daemon 2>&1 | tail -1
 
 leaks() {
   # Cgroup directories left under test roots, and processes still in them.
@@ -48,6 +51,11 @@ for round in $(seq "$ROUNDS"); do
     echo "$r"
     echo "RESULT $t $r" >>"$log"
   done
+  printf '== round %s: follow\n' "$round"
+  if ! cargo test --locked -q --test daemon -- a_slow_follower_loses_nothing --nocapture >>"$log" 2>&1; then
+    echo "FAILED: a_slow_follower_loses_nothing (round $round; see $log)"
+    failed=1
+  fi
   read -r dirs procs < <(leaks)
   if [ "$dirs" -gt "$dirs0" ] || [ "$procs" -gt "$procs0" ]; then
     echo "LEAK after round $round: $((dirs - dirs0)) test cgroups, $((procs - procs0)) processes in them"

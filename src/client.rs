@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::api::wire::{ErrorBody, OutputLine};
 use crate::pool::{CellHealth, CellInfo, CommandResult, Count, DaemonHealth, ListFilter};
 use crate::pool::{OneshotRequest, SendRequest as SendCommand, SessionRequest, SpawnRequest};
+use crate::session::Stream;
 
 /// The daemon's default socket.
 pub const DEFAULT_SOCKET: &str = "/run/cellkeep/cellkeep.sock";
@@ -226,6 +227,23 @@ impl Client {
         self.stream(Method::GET, &path, None).await
     }
 
+    /// A cell's output as raw bytes (`format=raw`; stdout and stderr in order, or only
+    /// `stream`); with `follow`, live until the cell ends. A reader that fell behind the
+    /// retained window gets an error, never a silently cut stream.
+    pub async fn output_raw(&self, id: &str, from: Option<u64>, follow: bool, stream: Option<Stream>) -> Result<RawStream> {
+        let mut path = format!("/v1/cells/{}/output?follow={follow}&format=raw", seg(id));
+        if let Some(f) = from {
+            path.push_str(&format!("&from={f}"));
+        }
+        match stream {
+            Some(Stream::Stdout) => path.push_str("&stream=stdout"),
+            Some(Stream::Stderr) => path.push_str("&stream=stderr"),
+            None => {}
+        }
+        let body = self.open(Method::GET, &path, None).await?;
+        Ok(RawStream { body, socket: self.socket.clone() })
+    }
+
     /// Run one command in a fresh one-shot cell of `provider`, streamed: a `Started` line,
     /// every byte of output as `Data` lines, then `Exit` with the result. Sets
     /// `req.stream`. Uses a connection of its own.
@@ -250,6 +268,12 @@ impl Client {
 
     /// An NDJSON answer, on a connection of its own (it is held until the stream ends).
     async fn stream(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<OutputStream> {
+        let body = self.open(method, path, body).await?;
+        Ok(OutputStream { body, buf: BytesMut::new(), scanned: 0, socket: self.socket.clone(), done: false })
+    }
+
+    /// A streamed answer's body, on a connection of its own; an error status is decoded.
+    async fn open(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Incoming> {
         let what = format!("{method} {path}");
         let mut sender = self.connect().await?;
         let resp: Response<Incoming> = sender
@@ -265,7 +289,33 @@ impl Client {
                 detail: "empty error".into(),
             }));
         }
-        Ok(OutputStream { body: resp.into_body(), buf: BytesMut::new(), scanned: 0, socket: self.socket.clone(), done: false })
+        Ok(resp.into_body())
+    }
+}
+
+/// The bytes of a raw output stream.
+pub struct RawStream {
+    body: Incoming,
+    socket: PathBuf,
+}
+
+impl RawStream {
+    /// The next bytes; `None` at the end. A gap (the reader fell behind what the daemon
+    /// retains) ends the stream with an error.
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+                Some(Err(source)) => return Err(ClientError::Transport { path: self.socket.clone(), source }),
+                None => return Ok(None),
+            }
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! `/run/cellkeep/cellkeep.sock` (mode 0660), policies from `/etc/cellkeep/policies` when it
 //! exists, else `./policies`; the admin floor from `/etc/cellkeep/floor.toml` when it exists
 //! (key `floor`); at most 20 cells; idle timeout 300 s; termination grace 5 s;
-//! shutdown timeout 30 s; exited cells listed for 300 s; request bodies up to 1 MiB.
+//! shutdown timeout 30 s; exited cells listed for 300 s; request bodies up to 1 MiB; output
+//! spool files in `/var/lib/cellkeep/spool`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +24,9 @@ pub enum ConfigError {
 
 /// Where the admin floor is read from unless the config says otherwise.
 pub const DEFAULT_FLOOR: &str = "/etc/cellkeep/floor.toml";
+
+/// Where cells' output spool files live unless the config says otherwise.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/cellkeep/spool";
 
 /// Effective daemon settings.
 #[derive(Debug, Clone)]
@@ -46,6 +50,9 @@ pub struct Config {
     /// Groups whose members may see and manage every cell, and shut the daemon down.
     pub admin_gids: Vec<u32>,
     pub cgroup_root: String,
+    /// Where each cell's output spool file lives (`spool_dir`; default
+    /// `/var/lib/cellkeep/spool`). Files no live daemon holds are removed at start-up.
+    pub spool_dir: PathBuf,
     pub max_body_bytes: usize,
     /// Connections served at once; more are refused.
     pub max_connections: usize,
@@ -70,6 +77,7 @@ impl Default for Config {
             exited_retention: Duration::from_secs(300),
             admin_gids: Vec::new(),
             cgroup_root: "cellkeep".to_owned(),
+            spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
             max_body_bytes: 1 << 20,
             max_connections: 256,
             egress_hosts: Default::default(),
@@ -93,6 +101,7 @@ struct FileConfig {
     exited_retention_secs: Option<f64>,
     admin_groups: Option<Vec<String>>,
     cgroup_root: Option<String>,
+    spool_dir: Option<PathBuf>,
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
     egress_hosts: Option<std::collections::BTreeMap<String, String>>,
@@ -159,6 +168,9 @@ impl Config {
         }
         if let Some(v) = f.cgroup_root {
             c.cgroup_root = v;
+        }
+        if let Some(v) = f.spool_dir {
+            c.spool_dir = v;
         }
         if let Some(v) = f.max_body_bytes {
             c.max_body_bytes = v;

@@ -391,3 +391,119 @@ fn concurrent_sessions_no_crossed_replies() {
         t.join().expect("client thread");
     }
 }
+
+/// Bytes of the lossless-follow test (`CELLKEEP_FOLLOW_BYTES`; `scripts/soak.sh` runs 1 GiB).
+fn follow_bytes() -> u64 {
+    std::env::var("CELLKEEP_FOLLOW_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(256 << 20)
+}
+
+/// The deterministic stream the follow test's cell writes (and the test computes itself).
+const FOLLOW_SH: &str = "seq 1 2000000000 2>/dev/null | head -c \"$0\"";
+
+// A follower reading at half its natural speed gets every byte of a large stream (retained on
+// disk, not in the daemon's memory) through `cellkeep logs --raw -f`, while the cell runs at
+// full speed to its end; then the spool file goes with the cell.
+#[test]
+fn a_slow_follower_loses_nothing() {
+    gate!("a_slow_follower_loses_nothing");
+    let n = follow_bytes();
+    let retained = format!("[limits]\noutput_bytes = \"{}M\"\n", n.div_ceil(1 << 20) + 1);
+    let gen = format!("[\"/bin/sh\", \"-c\", {}]", serde_json::to_string(FOLLOW_SH).expect("json"));
+    // Exited cells are listed for a second only: the spool file must outlive the listing while
+    // its follower still reads, and go once both are done.
+    let d = daemon().config("exited_retention_secs = 1.0").provider("gen", &gen, "oneshot", &retained).start();
+    let id = id_of(&d.spawn_with("gen", &[&n.to_string()]));
+    let spool = d.dir.path().join("spool").join(&id);
+    assert!(spool.exists(), "the cell's spool file {}", spool.display());
+    let mut logs = Command::new(BIN)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["logs", "--raw", "-f", &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cellkeep logs");
+    let mut sha = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    let mut out = logs.stdout.take().expect("stdout");
+    let mut hash_in = sha.stdin.take().expect("stdin");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        let t = Instant::now();
+        let k = std::io::Read::read(&mut out, &mut buf).expect("read logs");
+        if k == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut hash_in, &buf[..k]).expect("hash");
+        got += k as u64;
+        // Half speed: as long again as the read and the hashing took.
+        std::thread::sleep(t.elapsed());
+    }
+    drop(hash_in);
+    assert!(logs.wait().expect("logs").success(), "cellkeep logs --raw -f failed (lagged?)");
+    let hash = String::from_utf8(sha.wait_with_output().expect("sha256sum").stdout).expect("utf8");
+    let want = Command::new("/bin/sh")
+        .args(["-c", &format!("{FOLLOW_SH} | sha256sum"), &n.to_string()])
+        .output()
+        .expect("expected stream");
+    assert_eq!(got, n, "bytes");
+    assert_eq!(hash.split_whitespace().next(), String::from_utf8_lossy(&want.stdout).split_whitespace().next(), "checksum");
+    // The spool file goes with the cell.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spool.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!spool.exists(), "spool file left after cleanup");
+}
+
+/// Live cells of the many-cells limit-event test (`CELLKEEP_LIVE_CELLS`; default 200, more than
+/// the usual `fs.inotify.max_user_instances` of 128).
+fn live_cells() -> usize {
+    std::env::var("CELLKEEP_LIVE_CELLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+}
+
+/// inotify instances the process holds.
+fn inotify_instances(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:inotify"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+// Limit events with many live cells: the daemon watches every cell's limit files on ONE inotify
+// instance (an instance per cell stops at fs.inotify.max_user_instances), and a pids-limit hit
+// and an OOM kill are still recorded with all those cells alive.
+#[test]
+fn limit_events_arrive_with_many_live_cells() {
+    gate!("limit_events_arrive_with_many_live_cells");
+    let n = live_cells();
+    let d = daemon().max_cells(n + 5).start();
+    let ids: Vec<String> = (0..n).map(|_| id_of(&d.spawn_with("sleep", &["600"]))).collect();
+    assert_eq!(inotify_instances(d.pid()), 1, "one inotify instance for {n} cells");
+    // A pids-limit hit (v1 does not notify pids.events: there a health read records it).
+    let forky = id_of(&d.spawn("forky"));
+    let r = d.send(&forky, "fork 64", 20_000);
+    assert!(r.json()["stdout"].as_str().unwrap_or("").ends_with("BlockingIOError"), "{}", r.text());
+    call(&d.socket, "GET", &format!("/v1/cells/{forky}/health"), None);
+    let info = call(&d.socket, "GET", &format!("/v1/cells/{forky}"), None).json();
+    assert!(info["events"]["pids_max_hits"].as_u64().unwrap_or(0) >= 1, "{info}");
+    // An OOM kill.
+    let hog = id_of(&d.spawn("hog"));
+    let r = d.send(&hog, "alloc 200", 30_000);
+    assert!(r.text().contains("oom_killed"), "{}", r.text());
+    let info = call(&d.socket, "GET", &format!("/v1/cells/{hog}"), None).json();
+    assert!(info["events"]["oom_kills"].as_u64().unwrap_or(0) >= 1, "{info}");
+    assert_eq!(inotify_instances(d.pid()), 1);
+    // Every sleeper is still alive.
+    let list = call(&d.socket, "GET", "/v1/cells", None).json();
+    let running = list.as_array().map_or(0, |a| {
+        a.iter().filter(|c| c["state"] == "running" && ids.contains(&id_of(c))).count()
+    });
+    assert_eq!(running, n, "{list}");
+}

@@ -221,6 +221,31 @@ fn full_disk_under_a_cell() {
     eprintln!("full disk log: {l}");
 }
 
+// 3b. A full disk under the output spool: the daemon's spool_dir is a 1 MiB tmpfs and a cell
+//     prints 3 MiB. Writing the spool fails with ENOSPC: that is logged once, the answer says its
+//     output was cut, the cell ends as it would, and the daemon keeps serving.
+#[test]
+fn full_disk_under_the_spool() {
+    gate!("full_disk_under_the_spool");
+    let fs = Tmpfs::new("1m");
+    let d = Daemon::start(20, &format!("spool_dir = {:?}", fs.path().display().to_string()), &providers());
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/providers/sh/commands",
+        Some(&json!({"command": "head -c 3M /dev/zero | tr '\\0' x; echo done >&2", "cwd": d.cwd()})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["exit"]["reason"], "exited", "{v}");
+    assert_eq!(v["exit"]["code"], 0, "{v}");
+    assert_eq!(v["truncated"], true, "{v}");
+    d.wait_log(&["cannot write cell output to its spool"], Duration::from_secs(5));
+    let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "cat", "cwd": d.cwd()})));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(d.health()["cells_running"].as_u64() >= Some(1));
+}
+
 // 4. The policy dir disappears (renamed away; chmod 000 does not stop root) and SIGHUP asks for
 //    a reload: it is rejected with the reason logged, the old set is kept and spawns work. Put
 //    back, the next SIGHUP reloads.

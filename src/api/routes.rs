@@ -155,6 +155,31 @@ struct OutputQuery {
     /// Keep the stream open for new output until the cell ends.
     #[serde(default)]
     follow: bool,
+    /// `ndjson` (default) or `raw`.
+    #[serde(default)]
+    format: OutputFormat,
+    /// `format=raw` only: just this stream's bytes (default: both, in order).
+    stream: Option<crate::session::Stream>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum OutputFormat {
+    /// [`OutputLine`]s, one per line.
+    #[default]
+    Ndjson,
+    /// Only the bytes (stdout and stderr in the order they were read). The offset of the first
+    /// byte is the `x-cellkeep-offset` header; a gap (`lagged`) ends the body with an error, so
+    /// a cut stream is never taken for a complete one.
+    Raw,
+}
+
+/// A raw output stream ended at a gap: the reader fell behind the retained window.
+#[derive(Debug, thiserror::Error)]
+#[error("{dropped} bytes of output were dropped before this reader got them (at offset {at})")]
+struct Lagged {
+    dropped: u64,
+    at: u64,
 }
 
 /// The cell's output as NDJSON [`OutputLine`]s: what the spool holds from `from`, then (with
@@ -169,15 +194,10 @@ async fn output(
 ) -> ApiResult<Response> {
     let q = query(q)?;
     let sub = s.pool.output(&caller, &path(id)?, q.from)?;
-    // Disarmed when the stream ends (the cell's end, or the last held byte without `follow`);
-    // dropped armed when the reader hangs up first.
-    let guard = HangUp {
-        method: Method::GET,
-        path: uri.path().to_owned(),
-        uid: Some(caller.uid),
-        started: std::time::Instant::now(),
-        what: "mid-stream; the cell goes on",
-    };
+    if q.format == OutputFormat::Raw {
+        return Ok(raw_output(sub, q.follow, q.stream, hang_up(&caller, &uri)));
+    }
+    let guard = hang_up(&caller, &uri);
     let lines = futures_util::stream::unfold((sub, q.follow, guard), |(mut sub, follow, mut guard)| async move {
         if guard.what.is_empty() {
             return None;
@@ -194,6 +214,49 @@ async fn output(
         Some((Ok::<_, Infallible>(Bytes::from(line)), (sub, follow, guard)))
     });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}
+
+/// Disarmed when an output stream ends (the cell's end, or the last held byte without
+/// `follow`); dropped armed when the reader hangs up first.
+fn hang_up(caller: &Caller, uri: &Uri) -> HangUp {
+    HangUp {
+        method: Method::GET,
+        path: uri.path().to_owned(),
+        uid: Some(caller.uid),
+        started: std::time::Instant::now(),
+        what: "mid-stream; the cell goes on",
+    }
+}
+
+/// `format=raw`: the data bytes only; a gap ends the body with an error.
+fn raw_output(sub: Subscription, follow: bool, only: Option<crate::session::Stream>, guard: HangUp) -> Response {
+    let offset = sub.position();
+    let chunks = futures_util::stream::unfold((sub, follow, guard), move |(mut sub, follow, mut guard)| async move {
+        loop {
+            if guard.what.is_empty() {
+                return None;
+            }
+            match next_event(&mut sub, follow).await {
+                Some(OutputEvent::Data { stream, data, .. }) => {
+                    if only.is_none_or(|s| s == stream) {
+                        return Some((Ok(data), (sub, follow, guard)));
+                    }
+                }
+                Some(OutputEvent::Lagged { dropped }) => {
+                    guard.disarm();
+                    let at = sub.position() - dropped;
+                    tracing::info!(dropped, at, "raw output reader fell behind the spool; ending its stream");
+                    return Some((Err(Lagged { dropped, at }), (sub, follow, guard)));
+                }
+                Some(OutputEvent::End) | None => {
+                    guard.disarm();
+                    return None;
+                }
+            }
+        }
+    });
+    ([(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::HeaderName::from_static("x-cellkeep-offset"), offset.to_string())], Body::from_stream(chunks))
+        .into_response()
 }
 
 async fn next_event(sub: &mut Subscription, follow: bool) -> Option<OutputEvent> {

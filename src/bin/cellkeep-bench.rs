@@ -58,6 +58,13 @@ enum Mode {
     },
     /// Read a cell's whole output through the socket (follow) and report the rate.
     Stream { provider: String },
+    /// Follow a cell's whole output as raw bytes (`format=raw`) and report the rate and the
+    /// bytes lost against `expect` (a gap ends the raw stream with an error: counted as lost).
+    Follow {
+        provider: String,
+        #[arg(long)]
+        expect: u64,
+    },
     /// The same bytes through a plain pipe: run `sh -c SCRIPT` and read its stdout.
     Pipe { script: String },
     /// Start `count` idle session cells and leave them running (for footprint and scaling).
@@ -192,6 +199,27 @@ async fn main() -> Result<()> {
             }
             let secs = t.elapsed().as_secs_f64();
             json!({"name": "stream", "bytes": bytes, "dropped": dropped, "secs": secs, "mib_per_sec": bytes as f64 / secs / 1048576.0})
+        }
+        Mode::Follow { provider, expect } => {
+            let info = c.spawn(&spawn_req(&provider, &args.cwd)).await?;
+            let t = Instant::now();
+            // Stdout only: what the pipe baseline reads (a killed `yes` says so on stderr).
+            let mut s = c.output_raw(&info.id, Some(0), true, Some(cellkeep::session::Stream::Stdout)).await?;
+            let mut bytes = 0u64;
+            let mut lagged = false;
+            loop {
+                match s.next().await {
+                    Ok(Some(b)) => bytes += b.len() as u64,
+                    Ok(None) => break,
+                    Err(_) => {
+                        lagged = true;
+                        break;
+                    }
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            json!({"name": "follow", "bytes": bytes, "lost": expect.saturating_sub(bytes), "lagged": lagged,
+                   "secs": secs, "mib_per_sec": bytes as f64 / secs / 1048576.0})
         }
         Mode::Pipe { script } => {
             use tokio::io::AsyncReadExt;

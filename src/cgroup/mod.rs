@@ -442,8 +442,8 @@ impl CellCgroup {
 
     /// Start watching this cell's limit events; [`watch::EventWatch::changed`] wakes when the
     /// kernel reports one.
-    pub fn watch_events(&self) -> Result<watch::EventWatch, CgroupError> {
-        watch::EventWatch::new(&self.event_sources())
+    pub fn watch_events(&self, hub: &watch::WatchHub) -> Result<watch::EventWatch, CgroupError> {
+        watch::EventWatch::new(&self.event_sources(), hub)
     }
 }
 

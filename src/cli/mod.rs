@@ -161,6 +161,11 @@ enum Cmd {
         /// counted together; default: the oldest byte kept).
         #[arg(long, value_name = "BYTES")]
         from: Option<u64>,
+        /// Only the bytes, stdout and stderr in the order written, all to stdout (the daemon's
+        /// `format=raw` stream: no per-chunk JSON). A reader that falls behind what the daemon
+        /// retains fails (exit 1) instead of printing a gap.
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -434,6 +439,15 @@ fn default_socket() -> PathBuf {
     std::env::var_os("CELLKEEP_SOCKET").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(crate::client::DEFAULT_SOCKET))
 }
 
+/// The daemon's runtime workers: one per CPU up to [`MAX_WORKERS`]. The daemon waits on pipes,
+/// sockets and the kernel; past a few workers more threads only add stacks and allocator
+/// arenas to its memory at rest (a big host would otherwise get a worker per core).
+const MAX_WORKERS: usize = 4;
+
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, MAX_WORKERS)
+}
+
 /// The daemon logs at `info` unless `CELLKEEP_LOG` says otherwise; client commands at `warn`.
 /// When stderr is the journal (run by systemd), logs go to journald natively, with their
 /// priority and fields; otherwise as text on stderr.
@@ -492,7 +506,11 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     }
     // Before the runtime starts: this reads and clears LISTEN_* from the environment.
     let activated = crate::systemd::take_activated_listener()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("cellkeep").build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
+        .enable_all()
+        .thread_name("cellkeep")
+        .build()?;
     match rt.block_on(crate::api::run_daemon(config, activated)) {
         Ok(()) => Ok(0),
         // Logged once, through the one log sink (journald under systemd, else stderr).

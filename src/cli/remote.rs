@@ -158,6 +158,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             print_daemon_health(&h);
             Ok(0)
         }
+        Cmd::Logs { id, follow, from, raw: true, .. } => logs_raw(c, &id, follow, from).await,
         Cmd::Logs { id, follow, from, .. } => logs(c, &id, follow, from, json).await,
         Cmd::Cleanup { provider, .. } => {
             let n = c.cleanup(&provider).await?;
@@ -268,6 +269,18 @@ fn print_result(r: &CommandResult, json: bool) -> Outcome {
             reason.exit_code()
         }
     })
+}
+
+/// `logs --raw`: the bytes of both streams, in order, to stdout.
+async fn logs_raw(c: &Client, id: &str, follow: bool, from: Option<u64>) -> Outcome {
+    let mut stream = c.output_raw(id, from, follow, None).await?;
+    let mut out = std::io::stdout().lock();
+    while let Some(bytes) = stream.next().await? {
+        if out.write_all(&bytes).and_then(|_| out.flush()).is_err() {
+            return Ok(0);
+        }
+    }
+    Ok(0)
 }
 
 async fn logs(c: &Client, id: &str, follow: bool, from: Option<u64>, json: bool) -> Outcome {

@@ -6,7 +6,7 @@
 //! through the shared [`CellEntry`]: the stop request (a `watch`), the session's stdin and reply
 //! queue (behind a FIFO `tokio::sync::Mutex`, so commands run one at a time and in order), and
 //! the exit reason (a `watch` that waiters await). Pumps never block on readers: the spool is
-//! bounded and drops the oldest output.
+//! bounded (a file per cell on disk) and drops the oldest output.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,6 +20,10 @@ use crate::sandbox::{Cell, CellInput, CellIo, CellOutput, Degradation, ExitReaso
 use crate::session::{Framer, OutputEvent, Reply, SessionError, Spool, Stream};
 
 use super::types::{CellInfo, CellState};
+
+/// A pump's first read buffer, and the most it grows to.
+const PUMP_MIN: usize = 4 * 1024;
+const PUMP_MAX: usize = 64 * 1024;
 
 /// Replies kept for the command in flight (each up to `MAX_REPLY_BYTES`).
 const REPLY_QUEUE: usize = 4;
@@ -47,6 +51,10 @@ pub struct Wiring {
     /// One-shot: keep its stdin for the caller to write (`stdin: true`); otherwise it is
     /// closed at once.
     pub keep_stdin: bool,
+    /// Where the cell's output spool file goes (in memory if it cannot be made there).
+    pub spool_dir: std::path::PathBuf,
+    /// The daemon's one inotify instance for limit files (`None`: it could not be made).
+    pub limit_hub: Option<crate::cgroup::watch::WatchHub>,
 }
 
 /// Shared state of one cell.
@@ -204,8 +212,12 @@ pub fn start(
     wiring: Wiring,
     on_end: impl FnOnce(&Arc<CellEntry>, &Outcome) + Send + 'static,
 ) -> Arc<CellEntry> {
-    let Wiring { framer, deadline, tap, keep_stdin } = wiring;
-    let spool = Spool::new(policy.limits.output_bytes as usize);
+    let Wiring { framer, deadline, tap, keep_stdin, spool_dir, limit_hub } = wiring;
+    let cap = policy.limits.output_bytes as usize;
+    let spool = Spool::on_disk(cap, &spool_dir, &cell.id).unwrap_or_else(|e| {
+        tracing::warn!(cell = %cell.id, "output kept in memory: {e}");
+        Spool::new(cap)
+    });
     // A command expects one reply; the few slots only absorb replies that race a command.
     let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE);
     // A tty cell: stdin and stdout are the pty master, and there is no separate stderr.
@@ -240,11 +252,13 @@ pub fn start(
         final_usage: Mutex::new(None),
         egress: cell.egress.clone(),
     });
-    match entry.cgroup.watch_events() {
-        Ok(w) => {
+    let watch = limit_hub.as_ref().map(|hub| entry.cgroup.watch_events(hub));
+    match watch {
+        Some(Ok(w)) => {
             tokio::spawn(watch_limits(entry.clone(), w));
         }
-        Err(e) => tracing::warn!(cell = %entry.id, "limit events will only be seen when read: {e}"),
+        Some(Err(e)) => tracing::warn!(cell = %entry.id, "limit events will only be seen when read: {e}"),
+        None => {}
     }
 
     let out_pump = tokio::spawn(pump(entry.clone(), stdout, Stream::Stdout, framer.map(|f| (f, reply_tx)), tap.clone()));
@@ -346,11 +360,18 @@ async fn pump(
     mut tap: Option<Tap>,
 ) {
     let Some(mut pipe) = pipe else { return };
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small while the cell is quiet (most idle cells print a prompt at most); doubled up to
+    // PUMP_MAX each time a read fills it, so a flood is still read in large chunks.
+    let mut buf = vec![0u8; PUMP_MIN];
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if n == buf.len() && buf.len() < PUMP_MAX {
+                    let grown = buf.len() * 2;
+                    // Appends: the n bytes just read stay where they are.
+                    buf.resize(grown, 0);
+                }
                 let offset = entry.spool.push(stream, &buf[..n]);
                 entry.touch();
                 if let Some(t) = &tap {

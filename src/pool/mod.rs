@@ -48,6 +48,8 @@ pub struct Pool {
 struct Inner {
     config: Config,
     launcher: Launcher,
+    /// The one inotify instance every cell's limit files are watched on.
+    limit_hub: Option<crate::cgroup::watch::WatchHub>,
     policies: RwLock<Arc<BTreeMap<String, Arc<Policy>>>>,
     /// Policies the last load (start or reload) could not take, with why.
     rejected: RwLock<Arc<Vec<Rejected>>>,
@@ -100,12 +102,23 @@ impl Pool {
         if recovered > 0 {
             tracing::warn!(count = recovered, "cleaned up cells left by a previous daemon");
         }
+        let spool_dir = config.spool_dir.clone();
+        match tokio::task::spawn_blocking(move || crate::session::sweep_spool_dir(&spool_dir)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::warn!(count = n, "removed output spool files left by a previous daemon"),
+            Ok(Err(e)) => tracing::error!("cell output will be kept in memory: {e}"),
+            Err(e) => tracing::error!("sweeping the spool dir: {e}"),
+        }
+        let limit_hub = crate::cgroup::watch::WatchHub::new()
+            .inspect_err(|e| tracing::error!("limit events will only be seen when read (no inotify instance): {e}"))
+            .ok();
         let egress = crate::egress::EgressConfig { hosts: config.egress_hosts.clone() };
         let launcher = Launcher::new(root, HostCaps::probe()).with_egress(crate::egress::EgressService::new(egress));
         let pool = Pool {
             inner: Arc::new(Inner {
                 config,
                 launcher,
+                limit_hub,
                 policies: RwLock::new(Arc::new(set.policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())),
                 rejected: RwLock::new(Arc::new(set.rejected)),
                 reload_gate: Mutex::new(()),

@@ -85,7 +85,14 @@ impl Pool {
         };
         // The clock starts at launch, as the wall time always did.
         let wiring =
-            cell::Wiring { framer, deadline: limit.map(|d| Instant::now() + d), tap: l.tap, keep_stdin: l.stdin };
+            cell::Wiring {
+            framer,
+            deadline: limit.map(|d| Instant::now() + d),
+            tap: l.tap,
+            keep_stdin: l.stdin,
+            spool_dir: self.inner.config.spool_dir.clone(),
+            limit_hub: self.inner.limit_hub.clone(),
+        };
         let entry = cell::start(cell, l.caller.uid, l.session, policy, range_uid, wiring, on_end);
         slot.commit();
         self.state().cells.insert(entry.id.clone(), entry.clone());

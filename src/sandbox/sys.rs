@@ -476,6 +476,23 @@ pub fn async_fd(fd: std::os::fd::OwnedFd) -> io::Result<tokio::io::unix::AsyncFd
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
 }
 
+/// An inotify instance as tokio's reactor sees it: its one fd (no duplicate), owned by the
+/// `Inotify` inside.
+pub struct InotifyFd(pub nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsFd::as_fd(&self.0).as_raw_fd()
+    }
+}
+
+/// Register an inotify instance with tokio's reactor. The contract of [`async_fd`] holds: the
+/// `Inotify` owns its fd, closes it only when dropped, and the AsyncFd owns the `Inotify`.
+pub fn async_inotify(i: nix::sys::inotify::Inotify) -> io::Result<tokio::io::unix::AsyncFd<InotifyFd>> {
+    // SAFETY: see above; `i` is moved in, so no other owner exists.
+    unsafe { tokio::io::unix::AsyncFd::register(InotifyFd(i)) }.map_err(|e| e.into())
+}
+
 /// Whose rights a filesystem lookup uses: a caller's uid, gid and supplementary groups.
 #[derive(Debug, Clone)]
 pub struct FsIdentity {

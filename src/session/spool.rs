@@ -3,17 +3,26 @@
 //!
 //! Offsets number every byte the cell ever wrote (both streams share one sequence), so a reader
 //! that reconnects asks for `from = last offset + length` and gets exactly what it missed, as
-//! long as the spool still holds it. Writers never wait for readers: when the spool is full the
-//! oldest bytes go, and a reader positioned before the first kept byte gets one
-//! `Lagged { dropped }` event and continues from the oldest kept byte. Memory is bounded by
-//! `cap` plus the chunk a reader is holding.
+//! long as the spool still holds it. The bytes live in a ring ([`super::store`]): by default a
+//! file per cell on disk, so a large retained window costs disk, not daemon memory; in memory
+//! only the stream boundaries are kept. Writers never wait for readers: when the ring is full
+//! the oldest bytes go, and only a reader positioned before the first kept byte gets one
+//! `Lagged { dropped }` event and continues from the oldest kept byte — a reader that keeps up
+//! within the retained window loses nothing.
+//!
+//! Readers copy bytes out of the ring without holding the spool's lock; a writer announces the
+//! bytes it is about to overwrite (it moves `first`) before writing, and a reader checks `first`
+//! again after its copy, so a copy that raced an overwrite is discarded, never delivered.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+
+use super::store::{Ring, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -32,21 +41,11 @@ pub enum OutputEvent {
     End,
 }
 
-struct Chunk {
-    offset: u64,
-    stream: Stream,
-    data: Bytes,
-}
-
-impl Chunk {
-    fn end(&self) -> u64 {
-        self.offset + self.data.len() as u64
-    }
-}
-
 #[derive(Default)]
 struct State {
-    chunks: VecDeque<Chunk>,
+    /// (offset where a run of one stream starts, the stream), oldest first; the first run may
+    /// start before `first` (its older bytes are gone).
+    runs: VecDeque<(u64, Stream)>,
     /// Offset of the first kept byte.
     first: u64,
     /// Offset one past the last byte ever pushed.
@@ -54,10 +53,45 @@ struct State {
     /// Some bytes of this stream were dropped (stdout, stderr).
     dropped: [bool; 2],
     closed: bool,
+    /// The ring could not be written (e.g. the disk is full): reported once.
+    write_failed: bool,
+}
+
+impl State {
+    /// The run holding `pos` (`first <= pos < end`): its stream and where it ends.
+    fn run_at(&self, pos: u64) -> Option<(Stream, u64)> {
+        let i = self.runs.partition_point(|&(start, _)| start <= pos).checked_sub(1)?;
+        let end = self.runs.get(i + 1).map_or(self.end, |&(start, _)| start);
+        Some((self.runs[i].1, end))
+    }
+
+    /// Forget everything before `new_first`, marking the streams that lost bytes.
+    fn drop_before(&mut self, new_first: u64) {
+        if new_first <= self.first {
+            return;
+        }
+        while self.runs.len() >= 2 && self.runs[1].0 <= new_first {
+            if let Some((_, s)) = self.runs.pop_front() {
+                self.dropped[index(s)] = true;
+            }
+        }
+        if let Some(front) = self.runs.front_mut() {
+            if front.0 < new_first {
+                self.dropped[index(front.1)] = true;
+                if new_first >= self.end {
+                    self.runs.clear();
+                } else {
+                    front.0 = new_first;
+                }
+            }
+        }
+        self.first = new_first;
+    }
 }
 
 struct Shared {
-    cap: usize,
+    cap: u64,
+    ring: Ring,
     state: Mutex<State>,
     changed: Notify,
 }
@@ -76,54 +110,78 @@ fn index(stream: Stream) -> usize {
 }
 
 impl Spool {
+    /// A spool whose bytes are kept in memory.
     pub fn new(cap: usize) -> Spool {
-        Spool { shared: Arc::new(Shared { cap, state: Mutex::new(State::default()), changed: Notify::new() }) }
+        Spool::with_ring(cap, Ring::memory())
+    }
+
+    /// A spool kept in the file `<dir>/<name>` (removed when the last clone is dropped).
+    pub fn on_disk(cap: usize, dir: &Path, name: &str) -> Result<Spool, StoreError> {
+        Ok(Spool::with_ring(cap, Ring::file(dir, name)?))
+    }
+
+    fn with_ring(cap: usize, ring: Ring) -> Spool {
+        Spool {
+            shared: Arc::new(Shared { cap: cap as u64, ring, state: Mutex::new(State::default()), changed: Notify::new() }),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Append output; drops the oldest bytes beyond the cap. Never waits. Returns the offset
-    /// of the chunk's first byte.
+    /// Write `data` (at most `cap` bytes) for offsets from `offset` into the ring.
+    fn write_ring(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let cap = self.shared.cap;
+        let pos = offset % cap;
+        let first_part = ((cap - pos) as usize).min(data.len());
+        self.shared.ring.write_at(pos, &data[..first_part])?;
+        if first_part < data.len() {
+            self.shared.ring.write_at(0, &data[first_part..])?;
+        }
+        Ok(())
+    }
+
+    /// Append output; drops the oldest bytes beyond the cap. Never waits for readers. Returns
+    /// the offset of the chunk's first byte.
     pub fn push(&self, stream: Stream, data: &[u8]) -> u64 {
-        let cap = self.shared.cap as u64;
-        let offset;
-        {
-            let mut st = self.state();
-            offset = st.end;
-            if data.is_empty() {
+        let cap = self.shared.cap;
+        let mut st = self.state();
+        let offset = st.end;
+        if data.is_empty() {
+            return offset;
+        }
+        let new_end = offset + data.len() as u64;
+        // Keep only the tail that fits.
+        let keep = (data.len() as u64).min(cap) as usize;
+        let kept_from = new_end - keep as u64;
+        if keep < data.len() {
+            st.dropped[index(stream)] = true;
+        }
+        // Announce what is about to be overwritten before writing it (readers re-check).
+        st.drop_before(new_end.saturating_sub(cap));
+        if keep > 0 {
+            if st.runs.back().is_none_or(|&(_, s)| s != stream) {
+                st.runs.push_back((kept_from, stream));
+            }
+            if let Err(e) = self.write_ring(kept_from, &data[data.len() - keep..]) {
+                if !st.write_failed {
+                    let path = self.shared.ring.path().map(|p| p.display().to_string()).unwrap_or_default();
+                    tracing::error!(spool = %path, "cannot write cell output to its spool; output is being dropped: {e}");
+                }
+                st.write_failed = true;
+                st.end = new_end;
+                st.drop_before(new_end);
+                drop(st);
+                self.shared.changed.notify_waiters();
                 return offset;
             }
-            st.end += data.len() as u64;
-            // Keep only the tail that fits.
-            let keep = (data.len() as u64).min(cap) as usize;
-            if keep > 0 {
-                let start = data.len() - keep;
-                st.chunks.push_back(Chunk { offset: offset + start as u64, stream, data: Bytes::copy_from_slice(&data[start..]) });
-            }
-            if keep < data.len() {
-                st.dropped[index(stream)] = true;
-            }
-            let new_first = st.end.saturating_sub(cap);
-            while let Some(front) = st.chunks.front_mut() {
-                if front.end() <= new_first {
-                    let s = front.stream;
-                    st.dropped[index(s)] = true;
-                    st.chunks.pop_front();
-                } else {
-                    if front.offset < new_first {
-                        let cut = (new_first - front.offset) as usize;
-                        front.data = front.data.slice(cut..);
-                        front.offset = new_first;
-                        let s = front.stream;
-                        st.dropped[index(s)] = true;
-                    }
-                    break;
-                }
-            }
-            st.first = st.first.max(new_first);
         }
+        st.end = new_end;
+        if st.first > st.end {
+            st.first = st.end;
+        }
+        drop(st);
         self.shared.changed.notify_waiters();
         offset
     }
@@ -145,24 +203,38 @@ impl Spool {
         self.state().end
     }
 
+    /// Whether writing to the spool failed (e.g. a full disk): output was dropped.
+    pub fn write_failed(&self) -> bool {
+        self.state().write_failed
+    }
+
     /// Everything still kept of one stream, and whether some of it was dropped.
     pub fn snapshot(&self, stream: Stream) -> (Vec<u8>, bool) {
-        let st = self.state();
+        let mut sub = self.subscribe(None);
         let mut out = Vec::new();
-        for c in st.chunks.iter().filter(|c| c.stream == stream) {
-            out.extend_from_slice(&c.data);
+        let mut lost = false;
+        while let Some(ev) = sub.try_next() {
+            match ev {
+                OutputEvent::Data { stream: s, data, .. } if s == stream => out.extend_from_slice(&data),
+                OutputEvent::Lagged { .. } => lost = true,
+                OutputEvent::Data { .. } => {}
+                OutputEvent::End => break,
+            }
+            if sub.pos >= sub.until {
+                break;
+            }
         }
-        (out, st.dropped[index(stream)])
+        (out, lost || self.state().dropped[index(stream)])
     }
 
     /// A reader starting at `from` (default: the oldest kept byte).
     pub fn subscribe(&self, from: Option<u64>) -> Subscription {
-        let pos = from.unwrap_or_else(|| self.state().first);
-        Subscription { spool: self.clone(), pos, ended: false }
+        let (first, end) = self.kept();
+        Subscription { spool: self.clone(), pos: from.unwrap_or(first), ended: false, until: end }
     }
 }
 
-/// Largest data event a reader gets when several chunks are waiting.
+/// Largest data event a reader gets at once.
 const COALESCE: usize = 256 * 1024;
 
 /// One reader's position in a spool.
@@ -170,6 +242,8 @@ pub struct Subscription {
     spool: Spool,
     pos: u64,
     ended: bool,
+    /// The end of the spool when subscribed (what [`Spool::snapshot`] reads up to).
+    until: u64,
 }
 
 impl Subscription {
@@ -199,46 +273,52 @@ impl Subscription {
 
     /// The next event if one is ready now, without waiting.
     pub fn try_next(&mut self) -> Option<OutputEvent> {
-        if self.ended {
-            return None;
-        }
-        let st = self.spool.state();
-        if self.pos < st.first {
-            let dropped = st.first - self.pos;
-            self.pos = st.first;
-            return Some(OutputEvent::Lagged { dropped });
-        }
-        if self.pos < st.end {
-            // The chunk holding `pos`: chunks are contiguous from `first` to `end`.
-            let i = st.chunks.partition_point(|c| c.end() <= self.pos);
-            if let Some(c) = st.chunks.get(i) {
-                let first = c.data.slice((self.pos - c.offset) as usize..);
-                // A reader that is behind gets the following chunks of the same stream in the
-                // same event (up to COALESCE bytes): fewer, larger events when output is fast.
-                let more = st.chunks.range(i + 1..).take_while(|n| n.stream == c.stream);
-                let mut end = c.end();
-                let mut data = first.clone();
-                let mut merged: Option<bytes::BytesMut> = None;
-                for n in more {
-                    if (end - self.pos) as usize + n.data.len() > COALESCE {
-                        break;
-                    }
-                    merged.get_or_insert_with(|| bytes::BytesMut::from(&first[..])).extend_from_slice(&n.data);
-                    end = n.end();
-                }
-                if let Some(m) = merged {
-                    data = m.freeze();
-                }
-                let ev = OutputEvent::Data { stream: c.stream, offset: self.pos, data };
-                self.pos = end;
-                return Some(ev);
+        loop {
+            if self.ended {
+                return None;
             }
+            let (stream, len) = {
+                let st = self.spool.state();
+                if self.pos < st.first {
+                    let dropped = st.first - self.pos;
+                    self.pos = st.first;
+                    return Some(OutputEvent::Lagged { dropped });
+                }
+                if self.pos >= st.end {
+                    if st.closed {
+                        self.ended = true;
+                        return Some(OutputEvent::End);
+                    }
+                    return None;
+                }
+                // A reader that is behind gets up to COALESCE bytes of one run at once.
+                let (stream, run_end) = st.run_at(self.pos)?;
+                (stream, ((run_end - self.pos) as usize).min(COALESCE))
+            };
+            let mut buf = vec![0u8; len];
+            let cap = self.spool.shared.cap;
+            let pos = self.pos % cap;
+            let first_part = ((cap - pos) as usize).min(len);
+            let read = self.spool.shared.ring.read_at(pos, &mut buf[..first_part]).and_then(|()| {
+                if first_part < len {
+                    self.spool.shared.ring.read_at(0, &mut buf[first_part..])
+                } else {
+                    Ok(())
+                }
+            });
+            // Overwritten while copied (or unreadable): what is gone is reported as lagged.
+            if read.is_err() || self.spool.state().first > self.pos {
+                if read.is_err() {
+                    let mut st = self.spool.state();
+                    let end = st.end;
+                    st.drop_before(end);
+                }
+                continue;
+            }
+            let ev = OutputEvent::Data { stream, offset: self.pos, data: Bytes::from(buf) };
+            self.pos += len as u64;
+            return Some(ev);
         }
-        if st.closed {
-            self.ended = true;
-            return Some(OutputEvent::End);
-        }
-        None
     }
 }
 
@@ -329,5 +409,30 @@ mod tests {
         assert_eq!(sub.next().await, Some(OutputEvent::End));
         assert_eq!(sub.next().await, None);
         t.await.unwrap();
+    }
+
+    /// On disk the ring wraps: a reader that keeps within the window gets every byte in order;
+    /// one that falls behind gets exactly the missing count as `lagged`.
+    #[test]
+    fn an_on_disk_ring_wraps_without_losing_a_keeping_up_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::on_disk(8, dir.path(), "cell").unwrap();
+        let mut quick = s.subscribe(None);
+        let mut slow = s.subscribe(None);
+        let mut got = Vec::new();
+        let all: Vec<u8> = (0..100u8).collect();
+        for chunk in all.chunks(3) {
+            s.push(Stream::Stdout, chunk);
+            for ev in ready(&mut quick) {
+                got.extend_from_slice(data(&ev).2);
+            }
+        }
+        assert_eq!(got, all);
+        let evs = ready(&mut slow);
+        assert_eq!(evs[0], OutputEvent::Lagged { dropped: 92 });
+        assert_eq!(data(&evs[1]), (Stream::Stdout, 92, &all[92..]));
+        assert_eq!(s.snapshot(Stream::Stdout), (all[92..].to_vec(), true));
+        drop((s, quick, slow));
+        assert!(!dir.path().join("cell").exists());
     }
 }

@@ -178,6 +178,10 @@ impl Builder {
         if let Some(mode) = &self.socket_mode {
             config.push_str(&format!("socket_mode = \"{mode}\"\n"));
         }
+        // Output spool files in the state dir (removed with it), unless the test says where.
+        if !self.config.contains("spool_dir") {
+            config.push_str(&format!("spool_dir = {:?}\n", dir.path().join("spool").display().to_string()));
+        }
         config.push_str(&format!(
             "grace_secs = {:?}\nshutdown_timeout_secs = {:?}\n{}",
             self.grace_secs, self.shutdown_timeout_secs, self.config
