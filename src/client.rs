@@ -230,7 +230,13 @@ impl Client {
     /// A cell's output as raw bytes (`format=raw`; stdout and stderr in order, or only
     /// `stream`); with `follow`, live until the cell ends. A reader that fell behind the
     /// retained window gets an error, never a silently cut stream.
-    pub async fn output_raw(&self, id: &str, from: Option<u64>, follow: bool, stream: Option<Stream>) -> Result<RawStream> {
+    pub async fn output_raw(
+        &self,
+        id: &str,
+        from: Option<u64>,
+        follow: bool,
+        stream: Option<Stream>,
+    ) -> Result<RawStream> {
         let mut path = format!("/v1/cells/{}/output?follow={follow}&format=raw", seg(id));
         if let Some(f) = from {
             path.push_str(&format!("&from={f}"));

@@ -218,12 +218,7 @@ fn daemon() -> Daemon {
         .provider("dfork", &py(DFORK), "oneshot", "[limits]\nwall_time = \"60s\"\n")
         // The same without a pid namespace: the grandchild reparents to a host process, and
         // only the cgroup holds it.
-        .provider(
-            "dfork-nopidns",
-            &py(DFORK),
-            "oneshot",
-            "[limits]\nwall_time = \"60s\"\n[namespaces]\npid = false\n",
-        )
+        .provider("dfork-nopidns", &py(DFORK), "oneshot", "[limits]\nwall_time = \"60s\"\n[namespaces]\npid = false\n")
         .start()
 }
 

@@ -404,10 +404,7 @@ fn agents_have_no_network_but_the_proxy() {
         for target in [format!("127.0.0.1:{port}"), "127.0.0.1:443".to_owned(), "1.1.1.1:443".to_owned()] {
             let (v, all) = d.probe(agent, &format!("connect:{target}"), json!({}));
             assert_eq!(v["ok"], false, "{agent} reached {target}: {all}");
-            assert!(
-                matches!(v["code"].as_str(), Some("ECONNREFUSED" | "ENETUNREACH")),
-                "{agent} {target}: {all}"
-            );
+            assert!(matches!(v["code"].as_str(), Some("ECONNREFUSED" | "ENETUNREACH")), "{agent} {target}: {all}");
             eprintln!("{agent}: connect {target} -> {}", v["code"]);
         }
         let (v, all) = d.probe(agent, "env", json!({}));
@@ -654,7 +651,8 @@ fn agents_https_goes_through_the_proxy() {
         }
         let output = cell_output(&d, &id);
         call(&d.socket, "DELETE", &format!("/v1/cells/{id}?force=true"), None);
-        let event = arrived(&info).unwrap_or_else(|| panic!("{agent}: no request to {host} at the proxy: {info}\n{output}"));
+        let event =
+            arrived(&info).unwrap_or_else(|| panic!("{agent}: no request to {host} at the proxy: {info}\n{output}"));
         assert_eq!(event["port"], 443, "{agent}: {event}");
         assert!(event["bytes_up"].as_u64() > Some(0), "{agent}: nothing went through the tunnel: {info}\n{output}");
         let got = hellos.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -33,18 +33,12 @@ fn privileged_root(test: &str) -> Option<TestRoot> {
     let name = format!("cellkeep-test-{}", uuid::Uuid::now_v7().simple());
     match CgroupRoot::open(&name) {
         Ok(root) => {
-            eprintln!(
-                "{test}: cgroup backend: {} ({:?})",
-                root.backend_name(),
-                root.layout()
-            );
+            eprintln!("{test}: cgroup backend: {} ({:?})", root.backend_name(), root.layout());
             Some(TestRoot(root))
         }
-        Err(
-            e @ (CgroupError::NoController { .. }
-            | CgroupError::Unsupported { .. }
-            | CgroupError::Statfs { .. }),
-        ) => skip(format!("cgroups not usable here: {e}")),
+        Err(e @ (CgroupError::NoController { .. } | CgroupError::Unsupported { .. } | CgroupError::Statfs { .. })) => {
+            skip(format!("cgroups not usable here: {e}"))
+        }
         Err(e) => panic!("{test}: CgroupRoot::open failed: {e}"),
     }
 }
@@ -93,10 +87,7 @@ fn spawn_in(cell: &CellCgroup, script: &str) -> Child {
 }
 
 fn read(path: PathBuf) -> String {
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-        .trim()
-        .to_string()
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())).trim().to_string()
 }
 
 /// The directory of the cell that holds `file` (v1: the one of that hierarchy; v2: the only one).
@@ -148,10 +139,7 @@ fn limits_are_written_and_remove_deletes_every_dir() {
             assert_eq!(read(file_of(&cell, "memory.max")), (64 * MIB).to_string());
             assert_eq!(read(file_of(&cell, "memory.high")), (48 * MIB).to_string());
             if cell.paths()[0].join("memory.swap.max").exists() {
-                assert_eq!(
-                    read(file_of(&cell, "memory.swap.max")),
-                    (16 * MIB).to_string()
-                );
+                assert_eq!(read(file_of(&cell, "memory.swap.max")), (16 * MIB).to_string());
             }
             assert_eq!(read(file_of(&cell, "memory.oom.group")), "1");
             assert_eq!(read(file_of(&cell, "cpu.max")), "25000 100000");
@@ -161,22 +149,10 @@ fn limits_are_written_and_remove_deletes_every_dir() {
         }
         Layout::Hybrid | Layout::Legacy => {
             assert!(paths.len() >= 4, "one dir per hierarchy: {paths:?}");
-            assert_eq!(
-                read(file_of(&cell, "memory.limit_in_bytes")),
-                (64 * MIB).to_string()
-            );
-            assert_eq!(
-                read(file_of(&cell, "memory.soft_limit_in_bytes")),
-                (48 * MIB).to_string()
-            );
-            if paths
-                .iter()
-                .any(|p| p.join("memory.memsw.limit_in_bytes").exists())
-            {
-                assert_eq!(
-                    read(file_of(&cell, "memory.memsw.limit_in_bytes")),
-                    (80 * MIB).to_string()
-                );
+            assert_eq!(read(file_of(&cell, "memory.limit_in_bytes")), (64 * MIB).to_string());
+            assert_eq!(read(file_of(&cell, "memory.soft_limit_in_bytes")), (48 * MIB).to_string());
+            if paths.iter().any(|p| p.join("memory.memsw.limit_in_bytes").exists()) {
+                assert_eq!(read(file_of(&cell, "memory.memsw.limit_in_bytes")), (80 * MIB).to_string());
             }
             assert_eq!(read(file_of(&cell, "cpu.cfs_period_us")), "100000");
             assert_eq!(read(file_of(&cell, "cpu.cfs_quota_us")), "25000");
@@ -186,28 +162,13 @@ fn limits_are_written_and_remove_deletes_every_dir() {
         }
     }
     // A second cell with the same id is refused; bad ids never reach the filesystem.
-    assert!(matches!(
-        root.create_cell("limits", &limits),
-        Err(CgroupError::Create { .. })
-    ));
+    assert!(matches!(root.create_cell("limits", &limits), Err(CgroupError::Create { .. })));
     for bad in ["../escape", "a/b", "", ".."] {
-        assert!(
-            matches!(
-                root.create_cell(bad, &limits),
-                Err(CgroupError::InvalidId { .. })
-            ),
-            "{bad}"
-        );
+        assert!(matches!(root.create_cell(bad, &limits), Err(CgroupError::InvalidId { .. })), "{bad}");
     }
     // An invalid limit fails after mkdir: nothing may be left behind.
-    let bad = CellLimits {
-        cpu: Some(-1.0),
-        ..Default::default()
-    };
-    assert!(matches!(
-        root.create_cell("badcpu", &bad),
-        Err(CgroupError::InvalidLimit { .. })
-    ));
+    let bad = CellLimits { cpu: Some(-1.0), ..Default::default() };
+    assert!(matches!(root.create_cell("badcpu", &bad), Err(CgroupError::InvalidLimit { .. })));
     assert_eq!(root.list_cells().unwrap(), vec!["limits".to_string()]);
 
     cell.remove().expect("remove");
@@ -219,24 +180,14 @@ fn memory_limit_oom_kills_and_is_counted() {
     let Some(root) = privileged_root("memory") else {
         return;
     };
-    let limits = CellLimits {
-        memory_max: Some(32 * MIB),
-        memory_swap: Some(0),
-        ..Default::default()
-    };
+    let limits = CellLimits { memory_max: Some(32 * MIB), memory_swap: Some(0), ..Default::default() };
     let cell = root.create_cell("mem", &limits).expect("create_cell");
     // awk doubles a string until the cell's OOM killer fires.
-    let mut child = spawn_in(
-        &cell,
-        r#"exec awk 'BEGIN{s="xxxxxxxxxxxxxxxx"; while (1) s = s s}'"#,
-    );
+    let mut child = spawn_in(&cell, r#"exec awk 'BEGIN{s="xxxxxxxxxxxxxxxx"; while (1) s = s s}'"#);
     let status = child.wait().expect("wait");
     assert_eq!(status.signal(), Some(libc::SIGKILL), "status {status:?}");
     let events = cell.events().expect("events");
-    eprintln!(
-        "memory events: {events:?}, usage: {:?}",
-        cell.usage().unwrap()
-    );
+    eprintln!("memory events: {events:?}, usage: {:?}", cell.usage().unwrap());
     assert!(events.oom_kills >= 1, "{events:?}");
     assert!(events.memory_max_hits >= 1, "{events:?}");
     let paths = cell.paths();
@@ -249,21 +200,11 @@ fn pids_limit_stops_forks_and_is_counted() {
     let Some(root) = privileged_root("pids") else {
         return;
     };
-    let limits = CellLimits {
-        pids: Some(5),
-        ..Default::default()
-    };
+    let limits = CellLimits { pids: Some(5), ..Default::default() };
     let cell = root.create_cell("pids", &limits).expect("create_cell");
-    let mut child = spawn_in(
-        &cell,
-        "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 5 & done 2>/dev/null; wait",
-    );
+    let mut child = spawn_in(&cell, "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 5 & done 2>/dev/null; wait");
     assert!(
-        wait_until(Duration::from_secs(10), || cell
-            .events()
-            .unwrap()
-            .pids_max_hits
-            >= 1),
+        wait_until(Duration::from_secs(10), || cell.events().unwrap().pids_max_hits >= 1),
         "pids.events max never counted: {:?}",
         cell.events()
     );
@@ -287,10 +228,7 @@ fn cpu_limit_holds_a_busy_loop_to_half_a_cpu() {
     };
     // Measures a CPU share: alone, whatever else the suite runs (tests/common, `gate!`).
     let _alone = common::cpu_lock(true);
-    let limits = CellLimits {
-        cpu: Some(0.5),
-        ..Default::default()
-    };
+    let limits = CellLimits { cpu: Some(0.5), ..Default::default() };
     let cell = root.create_cell("cpu", &limits).expect("create_cell");
     let mut child = spawn_in(&cell, "while :; do :; done");
     let before = cell.usage().expect("usage").cpu_usage_usec;
@@ -300,10 +238,7 @@ fn cpu_limit_holds_a_busy_loop_to_half_a_cpu() {
     let wall = start.elapsed();
     let used = (usage.cpu_usage_usec - before) as f64 / wall.as_micros() as f64;
     eprintln!("cpu: {used:.3} of a CPU over {wall:?}; {usage:?}");
-    assert!(
-        (0.4..=0.6).contains(&used),
-        "expected 0.5 ± 0.1 CPU, got {used:.3}"
-    );
+    assert!((0.4..=0.6).contains(&used), "expected 0.5 ± 0.1 CPU, got {used:.3}");
     if let Some(throttled) = usage.cpu_throttled_usec {
         assert!(throttled > 0, "a 50% quota on a busy loop must throttle");
     }
@@ -317,9 +252,7 @@ fn kill_all_reaches_a_setsid_grandchild() {
     let Some(root) = privileged_root("kill_all") else {
         return;
     };
-    let cell = root
-        .create_cell("killall", &CellLimits::default())
-        .expect("create_cell");
+    let cell = root.create_cell("killall", &CellLimits::default()).expect("create_cell");
     // The subshell forks `setsid sleep` into its own session and exits: the grandchild is
     // re-parented away from us, but stays in the cell.
     let mut child = spawn_in(&cell, "(setsid sleep 300 &) ; sleep 300");
@@ -339,9 +272,8 @@ fn kill_all_reaches_a_setsid_grandchild() {
     assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
     for pid in pids {
         // Gone, or a zombie waiting for its (new) parent to reap it.
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map(|s| !s.contains("State:\tZ"))
-            .unwrap_or(false);
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).map(|s| !s.contains("State:\tZ")).unwrap_or(false);
         assert!(!alive, "pid {pid} survived kill_all");
     }
     cell.kill_all().expect("kill_all on an empty cell");
@@ -356,44 +288,21 @@ fn list_open_and_repeat_remove() {
         return;
     };
     assert_eq!(root.list_cells().unwrap(), Vec::<String>::new());
-    let a = root
-        .create_cell("cell-a", &CellLimits::default())
-        .expect("create a");
-    let b = root
-        .create_cell(
-            "cell_b",
-            &CellLimits {
-                pids: Some(3),
-                ..Default::default()
-            },
-        )
-        .expect("create b");
-    assert_eq!(
-        root.list_cells().unwrap(),
-        vec!["cell-a".to_string(), "cell_b".to_string()]
-    );
+    let a = root.create_cell("cell-a", &CellLimits::default()).expect("create a");
+    let b = root.create_cell("cell_b", &CellLimits { pids: Some(3), ..Default::default() }).expect("create b");
+    assert_eq!(root.list_cells().unwrap(), vec!["cell-a".to_string(), "cell_b".to_string()]);
 
     // Restart recovery: re-open by id, kill, remove.
     let mut child = spawn_in(&b, "sleep 300");
     let reopened = root.open_cell("cell_b").expect("open_cell");
     assert_eq!(reopened.paths(), b.paths());
-    assert!(
-        reopened.procs().unwrap().contains(&child.id()),
-        "{:?}",
-        reopened.procs()
-    );
+    assert!(reopened.procs().unwrap().contains(&child.id()), "{:?}", reopened.procs());
     reopened.remove().expect("remove reopened");
     assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
     assert_gone(&b.paths());
     b.remove().expect("remove of an already removed cell is Ok");
-    assert!(matches!(
-        root.open_cell("cell_b"),
-        Err(CgroupError::NotFound { .. })
-    ));
-    assert!(matches!(
-        root.open_cell("../x"),
-        Err(CgroupError::InvalidId { .. })
-    ));
+    assert!(matches!(root.open_cell("cell_b"), Err(CgroupError::NotFound { .. })));
+    assert!(matches!(root.open_cell("../x"), Err(CgroupError::InvalidId { .. })));
     assert_eq!(root.list_cells().unwrap(), vec!["cell-a".to_string()]);
 
     // The root is busy while a cell exists.
@@ -408,9 +317,7 @@ fn usage_of_a_live_child() {
     let Some(root) = privileged_root("usage") else {
         return;
     };
-    let cell = root
-        .create_cell("usage", &CellLimits::default())
-        .expect("create_cell");
+    let cell = root.create_cell("usage", &CellLimits::default()).expect("create_cell");
     let mut child = spawn_in(&cell, "x=$(seq 1 20000); exec sleep 300");
     assert!(wait_until(Duration::from_secs(10), || {
         let u = cell.usage().unwrap();
@@ -418,10 +325,7 @@ fn usage_of_a_live_child() {
     }));
     let usage = cell.usage().unwrap();
     eprintln!("usage: {usage:?}");
-    assert!(
-        usage.memory_current > 0 && usage.pids_current >= 1,
-        "{usage:?}"
-    );
+    assert!(usage.memory_current > 0 && usage.pids_current >= 1, "{usage:?}");
     if let Some(peak) = usage.memory_peak {
         assert!(peak >= usage.memory_current, "{usage:?}");
     }

@@ -314,7 +314,11 @@ fn bad_requests_get_specific_errors() {
         ("10 MB body", vec![b' '; 10 << 20], "bad_request"),
         ("unknown provider", format!(r#"{{"provider":"nope","cwd":"{}"}}"#, d.cwd()).into_bytes(), "unknown_provider"),
         ("cwd outside roots", br#"{"provider":"cat","cwd":"/etc"}"#.to_vec(), "bad_request"),
-        ("cwd escaping by ..", format!(r#"{{"provider":"cat","cwd":"{}/../../etc"}}"#, d.cwd()).into_bytes(), "bad_request"),
+        (
+            "cwd escaping by ..",
+            format!(r#"{{"provider":"cat","cwd":"{}/../../etc"}}"#, d.cwd()).into_bytes(),
+            "bad_request",
+        ),
         ("cwd is a workdir root", br#"{"provider":"cat","cwd":"/tmp"}"#.to_vec(), "bad_request"),
     ];
     for (what, body, code) in cases {
@@ -450,7 +454,11 @@ fn a_slow_follower_loses_nothing() {
         .output()
         .expect("expected stream");
     assert_eq!(got, n, "bytes");
-    assert_eq!(hash.split_whitespace().next(), String::from_utf8_lossy(&want.stdout).split_whitespace().next(), "checksum");
+    assert_eq!(
+        hash.split_whitespace().next(),
+        String::from_utf8_lossy(&want.stdout).split_whitespace().next(),
+        "checksum"
+    );
     // The spool file goes with the cell.
     let deadline = Instant::now() + Duration::from_secs(10);
     while spool.exists() && Instant::now() < deadline {
@@ -502,8 +510,7 @@ fn limit_events_arrive_with_many_live_cells() {
     assert_eq!(inotify_instances(d.pid()), 1);
     // Every sleeper is still alive.
     let list = call(&d.socket, "GET", "/v1/cells", None).json();
-    let running = list.as_array().map_or(0, |a| {
-        a.iter().filter(|c| c["state"] == "running" && ids.contains(&id_of(c))).count()
-    });
+    let running =
+        list.as_array().map_or(0, |a| a.iter().filter(|c| c["state"] == "running" && ids.contains(&id_of(c))).count());
     assert_eq!(running, n, "{list}");
 }

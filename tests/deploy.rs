@@ -37,7 +37,11 @@ fn cellkeep_gid() -> u32 {
 /// `cellkeep ARGS` as `uid` (primary gid = uid), with `groups` as its supplementary groups.
 fn cellkeep_as(uid: u32, groups: &[u32], socket: &Path, args: &[&str]) -> Output {
     let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
-    let groups = if groups.is_empty() { vec!["--clear-groups".to_owned()] } else { vec!["--groups".to_owned(), groups.join(",")] };
+    let groups = if groups.is_empty() {
+        vec!["--clear-groups".to_owned()]
+    } else {
+        vec!["--groups".to_owned(), groups.join(",")]
+    };
     Command::new("setpriv")
         .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string()])
         .args(&groups)
@@ -51,7 +55,12 @@ fn cellkeep_as(uid: u32, groups: &[u32], socket: &Path, args: &[&str]) -> Output
 }
 
 fn text(o: &Output) -> String {
-    format!("exit {:?}\nstdout: {}\nstderr: {}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A directory under /tmp owned by `uid`, mode 0700: a workspace as a user makes one.
@@ -184,7 +193,11 @@ fn cells_start_when_openat2_is_refused() {
         .output()
         .expect("no-openat2 cellkeep run");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("{}\n", w.ws.path().display())), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&format!("{}\n", w.ws.path().display())),
+        "{}",
+        text(&out)
+    );
 
     let d = Daemon::builder().provider("cat", "[\"/bin/cat\"]", "session", "").wrapper(&[NO_OPENAT2]).start();
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).expect("status");
@@ -201,7 +214,12 @@ fn shutdown_kills_a_cell_ignoring_sigterm_after_the_grace() {
     let mut d = Daemon::builder()
         .grace_secs(1.0)
         .shutdown_timeout_secs(20.0)
-        .provider("stubborn", "[\"/bin/sh\", \"-c\", \"trap '' TERM; echo up; while :; do sleep 0.2; done\"]", "session", "")
+        .provider(
+            "stubborn",
+            "[\"/bin/sh\", \"-c\", \"trap '' TERM; echo up; while :; do sleep 0.2; done\"]",
+            "session",
+            "",
+        )
         .start();
     let id = id_of(&d.spawn("stubborn"));
     // Running (spawn answers once the payload is exec'd); let the trap be set.
@@ -261,7 +279,8 @@ fn a_member_of_the_cellkeep_group_uses_the_shipped_providers() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let who = ws.path().join("who");
     let t = Instant::now();
-    while std::fs::read_to_string(&who).map_or(true, |s| s.lines().count() < 2) && t.elapsed() < Duration::from_secs(10) {
+    while std::fs::read_to_string(&who).map_or(true, |s| s.lines().count() < 2) && t.elapsed() < Duration::from_secs(10)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(std::fs::read_to_string(&who).unwrap_or_default(), format!("{MEMBER}\n{MEMBER}\n"));

@@ -127,7 +127,8 @@ fn doctor_columns_fit_long_names_and_show_warnings() {
     let path = dir.path().display().to_string();
     let (_, _, text) = doctor(&["--policies", &path]);
     let column = |name: &str| {
-        let line = text.lines().find(|l| l.starts_with(&format!("  {name} "))).unwrap_or_else(|| panic!("{name}: {text}"));
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("  {name} "))).unwrap_or_else(|| panic!("{name}: {text}"));
         line.len() - line[2 + name.len()..].trim_start().len()
     };
     assert_eq!(column(long), column("echo"), "{text}");

@@ -201,7 +201,10 @@ fn denied_names_ip_literals_and_plain_http_are_refused() {
     assert!(line(&out, "denied name").contains("403"), "{out}");
     let raw = line(&out, "denied raw");
     assert!(raw.starts_with("HTTP/1.1 403 Forbidden"), "{out}");
-    assert!(raw.contains("denied.test") && raw.contains("not allowed for provider net"), "the 403 body must say why: {out}");
+    assert!(
+        raw.contains("denied.test") && raw.contains("not allowed for provider net"),
+        "the 403 body must say why: {out}"
+    );
     let ip = line(&out, "ip literal");
     assert!(ip.starts_with("HTTP/1.1 403") && ip.contains("IP addresses are refused"), "{out}");
     assert!(line(&out, "other port").starts_with("HTTP/1.1 403"), "{out}");

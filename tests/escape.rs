@@ -302,7 +302,13 @@ impl Daemon {
     fn degraded(&self, reply: &Value) -> Vec<String> {
         let id = reply["cell"].as_str().unwrap_or("");
         let info = call(&self.socket, "GET", &format!("/v1/cells/{id}"), None).json();
-        info["degraded"].as_array().into_iter().flatten().filter_map(|d| d["mechanism"].as_str()).map(str::to_owned).collect()
+        info["degraded"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["mechanism"].as_str())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// A one-shot cell of `provider` running `body`; the reply (`stdout`, `stderr`, `exit`).
@@ -1645,8 +1651,9 @@ fn cwd_is_looked_up_with_the_callers_rights() {
         answers.iter().all(|a| a == &answers[0]),
         "ORACLE: the answers differ by what lies behind the link in a root-only directory:\n{answers:#?}"
     );
-    let r = raw(&d.socket, "POST", "/v1/cells", json!({"provider": "open", "cwd": "relative/dir"}).to_string().as_bytes())
-        .expect("request");
+    let r =
+        raw(&d.socket, "POST", "/v1/cells", json!({"provider": "open", "cwd": "relative/dir"}).to_string().as_bytes())
+            .expect("request");
     assert_eq!(r.code(), "bad_request", "a relative cwd was not refused: {}", r.text());
     assert!(r.json()["message"].as_str().unwrap_or("").contains("relative"), "{}", r.text());
     assert!(d.cells_on_disk().is_empty(), "a cell was created: {:?}", d.cells_on_disk());
@@ -1695,13 +1702,7 @@ fn symlink_in_a_writable_path() {
             &format!("the cell listed /home through a symlink in {{{w}}}"),
         );
     }
-    denied(
-        &out,
-        &ctx,
-        "hardlink secret",
-        &["ENOENT"],
-        "the cell hard-linked another user's file into its cwd",
-    );
+    denied(&out, &ctx, "hardlink secret", &["ENOENT"], "the cell hard-linked another user's file into its cwd");
     denied(&out, &ctx, "hardlink shadow", &["EXDEV", "EACCES", "EPERM"], "the cell hard-linked /etc/shadow");
     a.contained();
 }
@@ -1720,11 +1721,13 @@ fn exhaust_disk_in_private_tmp() {
     // there after the cell is gone.
     let fill = format!("/tmp/ck-escape-fill-{}", std::process::id());
     let _ = std::fs::remove_file(&fill);
-    let body = &format!("n = 0; buf = b'x' * (1 << 20)\n\
+    let body = &format!(
+        "n = 0; buf = b'x' * (1 << 20)\n\
         fd = os.open({fill:?}, os.O_CREAT | os.O_WRONLY, 0o600)\n\
         try:\n    while n < (1 << 30):\n        n += os.write(fd, buf)\n    print('fill OK', n)\n\
         except OSError as e:\n    print('fill', ename(e.errno), n)\n\
-        st = os.statvfs('/tmp'); print('size', st.f_blocks * st.f_frsize)");
+        st = os.statvfs('/tmp'); print('size', st.f_blocks * st.f_frsize)"
+    );
     let r = a.run(body, &[]);
     let (out, ctx) = (r.output(), r.describe());
     finished(&out, &ctx);
@@ -2273,9 +2276,27 @@ fn exec_past_noexec_mounts() {
     let (out, ctx) = (r.output(), r.describe());
     finished(&out, &ctx);
     for where_ in ["cwd", "tmp"] {
-        denied(&out, &ctx, &format!("exec {where_}"), &["EACCES"], &format!("the cell ran a binary it wrote in {{{where_}}}"));
-        denied(&out, &ctx, &format!("mmap exec {where_}"), &["EPERM"], &format!("PROT_EXEC mapping of a file in {{{where_}}}"));
-        denied(&out, &ctx, &format!("loader {where_}"), &["FAILED"], &format!("the loader ran a binary from {{{where_}}}"));
+        denied(
+            &out,
+            &ctx,
+            &format!("exec {where_}"),
+            &["EACCES"],
+            &format!("the cell ran a binary it wrote in {{{where_}}}"),
+        );
+        denied(
+            &out,
+            &ctx,
+            &format!("mmap exec {where_}"),
+            &["EPERM"],
+            &format!("PROT_EXEC mapping of a file in {{{where_}}}"),
+        );
+        denied(
+            &out,
+            &ctx,
+            &format!("loader {where_}"),
+            &["FAILED"],
+            &format!("the loader ran a binary from {{{where_}}}"),
+        );
     }
     if Path::new("/proc/sys/vm/memfd_noexec").exists() {
         denied(&out, &ctx, "memfd MFD_EXEC", &["EACCES"], "an executable memfd was created");

@@ -16,10 +16,12 @@ use common::BIN;
 use harness::{Builder, Daemon};
 
 fn daemon() -> Builder {
-    Daemon::builder()
-        .max_cells(10)
-        .provider("sh", "[\"/bin/sh\", \"-c\"]", "oneshot", "")
-        .provider("small", "[\"/bin/sh\", \"-c\"]", "oneshot", "[limits]\noutput_bytes = \"4K\"\n")
+    Daemon::builder().max_cells(10).provider("sh", "[\"/bin/sh\", \"-c\"]", "oneshot", "").provider(
+        "small",
+        "[\"/bin/sh\", \"-c\"]",
+        "oneshot",
+        "[limits]\noutput_bytes = \"4K\"\n",
+    )
 }
 
 fn exec(d: &Daemon, args: &[&str]) -> Command {
@@ -40,12 +42,13 @@ fn exec_streams_output_live() {
     gate!("exec_streams_output_live");
     let d = daemon().start();
     let go = d.ws.path().join("go");
-    let mut child = exec(&d, &["sh", "echo first; echo err-line >&2; while [ ! -e go ]; do sleep 0.05; done; echo late"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cellkeep exec");
+    let mut child =
+        exec(&d, &["sh", "echo first; echo err-line >&2; while [ ! -e go ]; do sleep 0.05; done; echo late"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cellkeep exec");
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -100,7 +103,8 @@ fn exec_carries_100_mib_exactly() {
 fn exec_forwards_stdin_and_exit_status() {
     gate!("exec_forwards_stdin_and_exit_status");
     let d = daemon().start();
-    let mut child = exec(&d, &["sh", "cat; exit 3"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("exec");
+    let mut child =
+        exec(&d, &["sh", "cat; exit 3"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("exec");
     child.stdin.take().expect("stdin").write_all(b"x\n").expect("write");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.stdout, b"x\n");
@@ -114,11 +118,13 @@ fn exec_forwards_stdin_and_exit_status() {
 fn exec_ctrl_c_terminates_the_cell() {
     gate!("exec_ctrl_c_terminates_the_cell");
     let d = daemon().start();
-    let mut child = exec(&d, &["sh", "echo up; sleep 60"]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("exec");
+    let mut child =
+        exec(&d, &["sh", "echo up; sleep 60"]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("exec");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
     assert_eq!(line, "up\n");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).expect("kill");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .expect("kill");
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(143), "{status:?}");
     let cells = call(&d.socket, "GET", "/v1/cells?all=true", None).json();

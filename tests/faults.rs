@@ -118,7 +118,10 @@ fn client_killed_mid_request() {
         d.cells_on_disk().is_empty() && pids.iter().all(|p| !alive(*p))
     });
     eprintln!("mid-request: cell gone {:?} after the client died", t.elapsed());
-    let l = d.wait_log(&["client hung up before the reply; request abandoned", "/v1/providers/sleep/commands"], Duration::from_secs(2));
+    let l = d.wait_log(
+        &["client hung up before the reply; request abandoned", "/v1/providers/sleep/commands"],
+        Duration::from_secs(2),
+    );
     eprintln!("mid-request log: {l}");
     for id in &cells {
         let l = d.wait_log(&["cell ended", id.as_str()], Duration::from_secs(2));
@@ -136,7 +139,10 @@ fn client_killed_mid_request() {
         assert!(s.read(&mut buf).expect("read") > 0);
         drop(s);
     }
-    let l = d.wait_log(&["client hung up mid-stream; the cell goes on", &format!("/v1/cells/{id}/output")], Duration::from_secs(2));
+    let l = d.wait_log(
+        &["client hung up mid-stream; the cell goes on", &format!("/v1/cells/{id}/output")],
+        Duration::from_secs(2),
+    );
     eprintln!("mid-stream log: {l}");
     for i in 0..3 {
         let r = d.send(&id, &format!("after {i}"), 10_000);

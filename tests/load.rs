@@ -268,8 +268,9 @@ fn abandoned_commands_never_cross_replies() {
         if rng.next().is_multiple_of(6) {
             abandoned += 1;
             let delay_ms = rng.next() % 40;
-            let body = serde_json::to_vec(&json!({"command": format!("gone{i} 0.0{delay_ms:02}"), "timeout_ms": 30000}))
-                .expect("json");
+            let body =
+                serde_json::to_vec(&json!({"command": format!("gone{i} 0.0{delay_ms:02}"), "timeout_ms": 30000}))
+                    .expect("json");
             let mut s = UnixStream::connect(&d.socket).expect("connect");
             let head = format!(
                 "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",

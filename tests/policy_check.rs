@@ -398,7 +398,10 @@ fn an_empty_egress_list_warns_only_where_it_is_launched() {
          [network]\nmode = \"proxy\"\negress = []\n",
     );
     let child = "extends = \"parent\"\n[provider]\nname = \"NAME\"\ncommand = [\"/bin/true\"]\n";
-    let filled = write("filled.toml", &format!("{}[network]\negress = [\"api.example.com\"]\n", child.replace("NAME", "filled")));
+    let filled = write(
+        "filled.toml",
+        &format!("{}[network]\negress = [\"api.example.com\"]\n", child.replace("NAME", "filled")),
+    );
     let kept = write("kept.toml", &child.replace("NAME", "kept"));
     assert_eq!(findings(&parent, None), Vec::<String>::new());
     assert_eq!(findings(&filled, None), Vec::<String>::new());
@@ -414,7 +417,10 @@ fn warnings_fail_only_under_strict() {
     let file = "tests/fixtures/policies/lint/write_root.toml";
     let (code, stdout, _) = cli(&["policy", "check", file]);
     assert_eq!(code, 0, "{stdout}");
-    assert!(stdout.contains("write_root.toml:7:10: warning: filesystem.write: \"/\" lets the cell write to the whole host"), "{stdout}");
+    assert!(
+        stdout.contains("write_root.toml:7:10: warning: filesystem.write: \"/\" lets the cell write to the whole host"),
+        "{stdout}"
+    );
     assert!(stdout.ends_with("1 policy OK, 1 warning\n"), "{stdout}");
     let (code, _, stderr) = cli(&["policy", "check", "--strict", file]);
     assert_eq!(code, 1);
@@ -449,7 +455,8 @@ fn check_json_is_machine_readable() {
     assert!(f["file"].as_str().is_some_and(|s| s.ends_with("lint/proxy_learn.toml")), "{f}");
     assert!(f["message"].as_str().is_some_and(|m| m.starts_with("\"learn\" lets the cell reach every name")), "{f}");
 
-    let (code, stdout, _) = cli(&["--json", "policy", "check", "--strict", "tests/fixtures/policies/broken/pids_string.toml"]);
+    let (code, stdout, _) =
+        cli(&["--json", "policy", "check", "--strict", "tests/fixtures/policies/broken/pids_string.toml"]);
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!((v["ok"].as_bool(), v["errors"].as_u64(), v["valid"].as_u64()), (Some(false), Some(1), Some(0)));
@@ -494,7 +501,8 @@ fn a_duplicate_key_is_one_error_naming_it() {
     let path = fixtures().join("broken/duplicate_key.toml");
     let got = findings(&path, None);
     assert_eq!(got.len(), 1, "{got:#?}");
-    assert!(got[0].ends_with("duplicate_key.toml:4:1: duplicate key \"name\": it is already set on line 2; keep one of the two"));
+    assert!(got[0]
+        .ends_with("duplicate_key.toml:4:1: duplicate key \"name\": it is already set on line 2; keep one of the two"));
 }
 
 fn floor_fixture() -> (PathBuf, Floor) {
@@ -556,7 +564,8 @@ fn the_floor_refuses_each_loosening_naming_both_lines() {
             .iter()
             .map(|l| format!("{}:{}", path.display(), l.replace("FLOOR", &floor_path.display().to_string())))
             .collect();
-        let got: Vec<String> = check_paths(std::slice::from_ref(&path), Some(&floor)).errors().map(ToString::to_string).collect();
+        let got: Vec<String> =
+            check_paths(std::slice::from_ref(&path), Some(&floor)).errors().map(ToString::to_string).collect();
         assert_eq!(got, want, "{file}");
         // The daemon's per-policy step agrees.
         let loaded = policy::load_file_within(&path, Some(&floor));
@@ -581,7 +590,8 @@ fn shipped_policies_and_the_floor() {
     let errors: Vec<String> = report.errors().map(ToString::to_string).collect();
     let agent = root().join("policies/agent.toml");
     let text = std::fs::read_to_string(&agent).unwrap_or_else(|e| panic!("{e}"));
-    let line = 1 + text.lines().position(|l| l.starts_with("mode = \"proxy\"")).unwrap_or_else(|| panic!("no proxy mode"));
+    let line =
+        1 + text.lines().position(|l| l.starts_with("mode = \"proxy\"")).unwrap_or_else(|| panic!("no proxy mode"));
     let want = format!(
         "{}:{line}:8: network.mode: \"proxy\" is wider than the admin floor allows: at most \"loopback\" (floor {}:3:8)",
         agent.display(),
@@ -599,7 +609,10 @@ fn shipped_policies_and_the_floor() {
     let config = config.display().to_string();
     let (code, stdout, _) = cli(&["policy", "check", "--config", &config, "policies"]);
     assert_eq!(code, 1);
-    assert!(stdout.contains(&format!("agent.toml:{line}:8: network.mode: \"proxy\" is wider than the admin floor")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("agent.toml:{line}:8: network.mode: \"proxy\" is wider than the admin floor")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -612,9 +625,15 @@ fn a_broken_floor_is_reported_at_its_line() {
     };
     let cases = [
         ("[network]\nmode = \"tcp\"\n", "2:8: \"tcp\" is not one of \"none\", \"loopback\", \"proxy\""),
-        ("[limits]\nmemory_max = \"4Q\"\n", "2:14: \"4Q\" is not a size; write bytes or a number with K, M, G or T (e.g. \"512M\")"),
+        (
+            "[limits]\nmemory_max = \"4Q\"\n",
+            "2:14: \"4Q\" is not a size; write bytes or a number with K, M, G or T (e.g. \"512M\")",
+        ),
         ("[limits]\nmemroy_max = \"4G\"\n", "2:1: unknown section or key \"memroy_max\"; did you mean \"memory_max\"?"),
-        ("[namespaces]\nrequired = [\"usr\"]\n", "2:13: \"usr\" is not a namespace (user, pid, mount, net, ipc, uts, cgroup)"),
+        (
+            "[namespaces]\nrequired = [\"usr\"]\n",
+            "2:13: \"usr\" is not a namespace (user, pid, mount, net, ipc, uts, cgroup)",
+        ),
     ];
     for (text, want) in cases {
         let p = write("floor.toml", text);
@@ -675,7 +694,8 @@ fn dangerous_fixtures_score_higher() {
         ("proxy_learn", "network.egress", 2.5),
     ] {
         let s = score::score(&lint_fixture(name));
-        let f = s.findings.iter().find(|f| f.key == key).unwrap_or_else(|| panic!("{name}: no {key}: {:#?}", s.findings));
+        let f =
+            s.findings.iter().find(|f| f.key == key).unwrap_or_else(|| panic!("{name}: no {key}: {:#?}", s.findings));
         assert_eq!(f.weight, weight, "{name}");
         assert!(s.score >= clean + weight - 0.05, "{name}: {} vs clean {clean}", s.score);
     }
@@ -697,7 +717,8 @@ fn score_cli_prints_a_line_per_finding_and_json() {
     let (code, stdout, _) = cli(&["--json", "policy", "score", "--dir", "policies"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    let names: Vec<&str> = v.as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect()).unwrap_or_default();
+    let names: Vec<&str> =
+        v.as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect()).unwrap_or_default();
     assert_eq!(names.len(), 9, "every launchable shipped policy: {names:?}");
     assert_eq!(v[0]["name"], "cat");
     assert_eq!(v[0]["score"], 0.3);
@@ -736,7 +757,10 @@ fn diff_shows_grants_added_and_removed_and_the_score() {
     let (added, removed) = (&d.changes[0], &d.changes[1]);
     assert_eq!((added.key.as_str(), added.direction), ("filesystem.write", Direction::Loosened));
     assert_eq!(added.added, vec!["\"/\"".to_owned()]);
-    assert_eq!((removed.direction, removed.removed.clone()), (Direction::Tightened, vec!["\"{tmp}\"".to_owned(), "\"/dev/null\"".to_owned()]));
+    assert_eq!(
+        (removed.direction, removed.removed.clone()),
+        (Direction::Tightened, vec!["\"{tmp}\"".to_owned(), "\"/dev/null\"".to_owned()])
+    );
     assert!(d.score_after > d.score_before + 2.0, "{d:?}");
 
     let d = diff::diff(&lint_fixture("clean"), &lint_fixture("proxy_learn"));
@@ -786,7 +810,8 @@ fn reload_with_a_floor_breaking_policy_keeps_the_old_set() {
         .config(&format!("floor = \"{}\"", floor.display()))
         .start();
     let big = d.policy_dir().join("big.toml");
-    let text = "extends = \"base\"\n[provider]\nname = \"big\"\ncommand = [\"/bin/cat\"]\n[limits]\nmemory_max = \"8G\"\n";
+    let text =
+        "extends = \"base\"\n[provider]\nname = \"big\"\ncommand = [\"/bin/cat\"]\n[limits]\nmemory_max = \"8G\"\n";
     std::fs::write(&big, text).unwrap_or_else(|e| panic!("{e}"));
     let hup = || {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), nix::sys::signal::Signal::SIGHUP)

@@ -216,8 +216,11 @@ fn http_layer_errors_are_json() {
         ("bad header", b"GET /v1/health HTTP/1.1\r\nHost x\r\n\r\n".to_vec(), "400"),
         (
             "body over the limit",
-            format!("POST /v1/cells HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n{}", " ".repeat(5000))
-                .into_bytes(),
+            format!(
+                "POST /v1/cells HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n{}",
+                " ".repeat(5000)
+            )
+            .into_bytes(),
             "413",
         ),
         ("header too large", big_header.into_bytes(), "431"),
@@ -244,8 +247,8 @@ fn cli(args: &[&str]) -> std::process::Output {
 #[test]
 fn cli_help_options_and_exit_status() {
     let commands = [
-        "run", "daemon", "doctor", "spawn", "session", "send", "exec", "ps", "get", "kill", "health", "logs", "cleanup",
-        "shutdown",
+        "run", "daemon", "doctor", "spawn", "session", "send", "exec", "ps", "get", "kill", "health", "logs",
+        "cleanup", "shutdown",
     ];
     for c in commands {
         let help = String::from_utf8(cli(&[c, "--help"]).stdout).expect("utf8");
@@ -325,14 +328,16 @@ fn run_removes_the_cgroup_root_it_created() {
 #[test]
 fn abandoned_reply_is_logged_and_kept() {
     gate!("abandoned_reply_is_logged_and_kept");
-    let gated = "[\"/bin/sh\", \"-c\", \"while read -r l; do while [ ! -e go ]; do sleep 0.02; done; echo \\\"$l\\\"; done\"]";
+    let gated =
+        "[\"/bin/sh\", \"-c\", \"while read -r l; do while [ ! -e go ]; do sleep 0.02; done; echo \\\"$l\\\"; done\"]";
     let d = daemon().provider("gated", gated, "session", "").start();
     let id = id_of(&d.spawn("gated"));
     {
         use std::io::Write;
         let body = serde_json::to_vec(&json!({"command": "first", "timeout_ms": 30000})).expect("json");
         let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
-        write!(s, "POST /v1/cells/{id}/commands HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).expect("head");
+        write!(s, "POST /v1/cells/{id}/commands HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len())
+            .expect("head");
         s.write_all(&body).expect("body");
         // Room for the daemon to route the request; the reply cannot come before `go` exists.
         std::thread::sleep(Duration::from_millis(500));

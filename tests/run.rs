@@ -170,7 +170,8 @@ fn seccomp_preset_denies_escape_routes() {
     let r = w.run(&p, &[PY, "-c", script]);
     let out = r.output();
     for name in ["ptrace", "mount", "keyctl", "unshare", "bpf"] {
-        let line = out.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{}", r.describe()));
+        let line =
+            out.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{}", r.describe()));
         assert_eq!(line, format!("{name} -1 {}", libc::EPERM), "{}", r.describe());
     }
     // A deny action of `kill` ends the process with the reason named.
@@ -208,7 +209,11 @@ fn identity_pidns_and_pid1_hardening() {
     // Only the cell's own processes (pid 1, the shell, the pipeline), numbered from 1.
     assert!(pids.contains(&1) && pids.len() <= 10 && pids.iter().all(|p| *p < 50), "pids seen: {pids:?}");
     assert!(out.contains("zombies: 0"), "{}", r.describe());
-    assert!(out.contains("exe-denied") && out.contains("mem-denied") && out.contains("environ-denied"), "{}", r.describe());
+    assert!(
+        out.contains("exe-denied") && out.contains("mem-denied") && out.contains("environ-denied"),
+        "{}",
+        r.describe()
+    );
     // The payload's uid as the host sees it: the file it owns in the workspace.
     std::fs::write(w.ws.path().join("probe"), "").ok();
     let r2 = w.run(&p, &["/bin/sh", "-c", "touch ./by-cell"]);
@@ -316,7 +321,8 @@ fn host_network_mode_is_refused() {
     let w = World::new();
     let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
     let port = listener.local_addr().expect("addr").port();
-    let policy = w.policy("req", "", &format!("[network]\nmode = \"tcp\"\nconnect = [{port}]\n[namespaces]\nnet = false\n"));
+    let policy =
+        w.policy("req", "", &format!("[network]\nmode = \"tcp\"\nconnect = [{port}]\n[namespaces]\nnet = false\n"));
     let r = w.run(&policy, &[PY, "-c", "print('ran')"]);
     assert_ne!(r.code, 0, "{}", r.describe());
     assert!(!r.stdout.contains("ran"), "{}", r.describe());

@@ -45,7 +45,11 @@ impl User {
     /// `program args…` as the member (supplementary group `cellkeep`), in its home, with a
     /// login-like environment; at most `secs` seconds.
     fn run(&self, uid: u32, groups: &str, secs: u32, program: &str, args: &[&str]) -> Output {
-        let groups = if groups.is_empty() { vec!["--clear-groups".to_owned()] } else { vec!["--groups".to_owned(), groups.to_owned()] };
+        let groups = if groups.is_empty() {
+            vec!["--clear-groups".to_owned()]
+        } else {
+            vec!["--groups".to_owned(), groups.to_owned()]
+        };
         Command::new("setpriv")
             .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string()])
             .args(&groups)
@@ -83,7 +87,8 @@ fn the_readme_tour_runs_verbatim_for_a_member_of_the_cellkeep_group() {
         .flatten()
         .map(|g| g.gid.as_raw().to_string())
         .expect("group cellkeep (scripts/install.sh and scripts/test.sh create it)");
-    let d = Daemon::builder().shipped_policies().socket_mode(Some("0660")).config("socket_group = \"cellkeep\"").start();
+    let d =
+        Daemon::builder().shipped_policies().socket_mode(Some("0660")).config("socket_group = \"cellkeep\"").start();
     // A home under /home, as on a build host (the VM's read-only root has none to give: /tmp,
     // also a workdir root of the shipped policies, stands in).
     let home = tempfile::Builder::new()

@@ -54,7 +54,9 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(h.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(format!("content-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(
+        format!("content-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+    );
     out.extend_from_slice(&body);
     Some(out)
 }
@@ -118,8 +120,9 @@ mod tests {
 
     #[test]
     fn empty_errors_get_a_json_body() {
-        let out = rewrite(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
-            .expect("rewritten");
+        let out =
+            rewrite(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+                .expect("rewritten");
         let text = String::from_utf8(out).expect("utf8");
         let (head, body) = text.split_once("\r\n\r\n").expect("head");
         assert!(head.starts_with("HTTP/1.1 431 "));

@@ -23,11 +23,23 @@ pub struct HttpError {
 
 impl HttpError {
     pub fn bad_request(message: impl Into<String>) -> HttpError {
-        HttpError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into(), result: None, logged: false }
+        HttpError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+            result: None,
+            logged: false,
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> HttpError {
-        HttpError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into(), result: None, logged: false }
+        HttpError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+            result: None,
+            logged: false,
+        }
     }
 }
 

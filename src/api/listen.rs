@@ -178,7 +178,11 @@ pub async fn serve(
                 // permissions let its uid do (Landlock has no right for connect(2) to a socket).
                 c.in_cell = peer_in_cell(c.pid, pidfd.as_ref(), |pid| pool.cell_holds_pid(pid));
                 if c.in_cell {
-                    tracing::warn!(pid = c.pid, uid = c.uid, "connection from inside a cell; every request will be refused");
+                    tracing::warn!(
+                        pid = c.pid,
+                        uid = c.uid,
+                        "connection from inside a cell; every request will be refused"
+                    );
                 }
                 c
             }

@@ -255,7 +255,13 @@ fn raw_output(sub: Subscription, follow: bool, only: Option<crate::session::Stre
             }
         }
     });
-    ([(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::HeaderName::from_static("x-cellkeep-offset"), offset.to_string())], Body::from_stream(chunks))
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::HeaderName::from_static("x-cellkeep-offset"), offset.to_string()),
+        ],
+        Body::from_stream(chunks),
+    )
         .into_response()
 }
 

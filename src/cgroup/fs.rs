@@ -14,10 +14,7 @@ const POLL: Duration = Duration::from_millis(5);
 
 /// Reads a whole cgroupfs file (`path` is the kernel file).
 pub fn read(path: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })
 }
 
 /// Reads an optional file: `Ok(None)` when the kernel does not provide it (e.g. `memory.peak`
@@ -26,10 +23,7 @@ pub fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CgroupError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(CgroupError::Read { path: path.to_path_buf(), source }),
     }
 }
 
@@ -52,9 +46,9 @@ pub fn read_u64(path: &Path) -> Result<u64, CgroupError> {
 pub fn read_u64_optional(path: &Path) -> Result<Option<u64>, CgroupError> {
     match read_optional(path)? {
         None => Ok(None),
-        Some(text) => parse::number(&text)
-            .map(Some)
-            .ok_or_else(|| parse_error(path, &text, "expected an unsigned number")),
+        Some(text) => {
+            parse::number(&text).map(Some).ok_or_else(|| parse_error(path, &text, "expected an unsigned number"))
+        }
     }
 }
 
@@ -70,11 +64,7 @@ pub fn read_pids(path: &Path) -> Result<Vec<u32>, CgroupError> {
 }
 
 pub fn parse_error(path: &Path, content: &str, reason: &'static str) -> CgroupError {
-    CgroupError::Parse {
-        path: path.to_path_buf(),
-        content: content.trim().to_string(),
-        reason,
-    }
+    CgroupError::Parse { path: path.to_path_buf(), content: content.trim().to_string(), reason }
 }
 
 /// `mkdir` of a cgroup directory; `Ok(false)` if it already existed.
@@ -82,19 +72,13 @@ pub fn mkdir(path: &Path) -> Result<bool, CgroupError> {
     match std::fs::create_dir(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(CgroupError::Create {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(CgroupError::Create { path: path.to_path_buf(), source }),
     }
 }
 
 /// `mkdir` that must create a new directory (a cell id already in use is an error).
 pub fn mkdir_new(path: &Path) -> Result<(), CgroupError> {
-    std::fs::create_dir(path).map_err(|source| CgroupError::Create {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::create_dir(path).map_err(|source| CgroupError::Create { path: path.to_path_buf(), source })
 }
 
 /// `rmdir` of a cgroup directory, retrying briefly on `EBUSY`; a missing directory is `Ok`.
@@ -106,18 +90,11 @@ pub fn rmdir(path: &Path) -> Result<(), CgroupError> {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 if Instant::now() >= deadline {
-                    return Err(CgroupError::Busy {
-                        path: path.to_path_buf(),
-                    });
+                    return Err(CgroupError::Busy { path: path.to_path_buf() });
                 }
                 sleep(POLL);
             }
-            Err(source) => {
-                return Err(CgroupError::Remove {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(CgroupError::Remove { path: path.to_path_buf(), source }),
         }
     }
 }
@@ -127,13 +104,8 @@ pub fn rmdir_if_empty(path: &Path) -> Result<(), CgroupError> {
     match std::fs::remove_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(CgroupError::Busy {
-            path: path.to_path_buf(),
-        }),
-        Err(source) => Err(CgroupError::Remove {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(CgroupError::Busy { path: path.to_path_buf() }),
+        Err(source) => Err(CgroupError::Remove { path: path.to_path_buf(), source }),
     }
 }
 
@@ -142,19 +114,11 @@ pub fn list_dirs(path: &Path) -> Result<Vec<String>, CgroupError> {
     let entries = match std::fs::read_dir(path) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(CgroupError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(CgroupError::Read { path: path.to_path_buf(), source }),
     };
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| CgroupError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let entry = entry.map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })?;
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
         if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
             names.push(name.to_string());

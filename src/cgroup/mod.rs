@@ -33,39 +33,19 @@ pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("writing {value:?} to {path}: {source}")]
-    Write {
-        path: PathBuf,
-        value: String,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, value: String, source: std::io::Error },
     #[error("creating cgroup {path}: {source}")]
-    Create {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Create { path: PathBuf, source: std::io::Error },
     #[error("removing cgroup {path}: {source}")]
-    Remove {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Remove { path: PathBuf, source: std::io::Error },
     #[error("watching {path} for limit events: {source}")]
-    Watch {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Watch { path: PathBuf, source: std::io::Error },
     #[error("cgroup {path} is still busy")]
     Busy { path: PathBuf },
     #[error("cannot parse {path} ({reason}): {content:?}")]
-    Parse {
-        path: PathBuf,
-        content: String,
-        reason: &'static str,
-    },
+    Parse { path: PathBuf, content: String, reason: &'static str },
     #[error("statfs {path}: {source}")]
     Statfs { path: PathBuf, source: Errno },
     #[error("cgroup controller {controller:?} is not available to this process")]
@@ -75,21 +55,13 @@ pub enum CgroupError {
     #[error("invalid cell id {id:?}: expected 1-64 characters of [A-Za-z0-9_-]")]
     InvalidId { id: String },
     #[error("invalid limit {what} = {value}: {reason}")]
-    InvalidLimit {
-        what: &'static str,
-        value: String,
-        reason: &'static str,
-    },
+    InvalidLimit { what: &'static str, value: String, reason: &'static str },
     #[error("no cell cgroup {id:?} under {root}")]
     NotFound { id: String, root: PathBuf },
     #[error("sending SIGKILL to pid {pid}: {source}")]
     Kill { pid: u32, source: Errno },
     #[error("cell cgroup {path} still has processes {pids:?} after {timeout:?}")]
-    KillTimeout {
-        path: PathBuf,
-        pids: Vec<u32>,
-        timeout: Duration,
-    },
+    KillTimeout { path: PathBuf, pids: Vec<u32>, timeout: Duration },
 }
 
 /// How cgroups are mounted on this host.
@@ -107,23 +79,15 @@ pub enum Layout {
 /// Tells the layouts apart: `statfs(2)` magic of `/sys/fs/cgroup`, then `/proc/self/mountinfo`.
 pub fn detect_layout() -> Result<Layout, CgroupError> {
     // statfs(2) on /sys/fs/cgroup: CGROUP2_SUPER_MAGIC means a pure unified hierarchy.
-    let stat = nix::sys::statfs::statfs(CGROUP_MOUNT).map_err(|source| CgroupError::Statfs {
-        path: PathBuf::from(CGROUP_MOUNT),
-        source,
-    })?;
+    let stat = nix::sys::statfs::statfs(CGROUP_MOUNT)
+        .map_err(|source| CgroupError::Statfs { path: PathBuf::from(CGROUP_MOUNT), source })?;
     if stat.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
         return Ok(Layout::Unified);
     }
     let mounts = read_mountinfo()?;
     let under_root = |m: &&parse::Mount| m.mount_point.starts_with(CGROUP_MOUNT);
-    let has_v1 = mounts
-        .iter()
-        .filter(under_root)
-        .any(|m| m.fs_type == "cgroup");
-    let has_v2 = mounts
-        .iter()
-        .filter(under_root)
-        .any(|m| m.fs_type == "cgroup2");
+    let has_v1 = mounts.iter().filter(under_root).any(|m| m.fs_type == "cgroup");
+    let has_v2 = mounts.iter().filter(under_root).any(|m| m.fs_type == "cgroup2");
     match (has_v1, has_v2) {
         (true, true) => Ok(Layout::Hybrid),
         (true, false) => Ok(Layout::Legacy),
@@ -135,16 +99,12 @@ pub fn detect_layout() -> Result<Layout, CgroupError> {
 
 /// Reads and parses `/proc/self/mountinfo`.
 fn read_mountinfo() -> Result<Vec<parse::Mount>, CgroupError> {
-    Ok(parse::mountinfo(&fs::read(Path::new(
-        "/proc/self/mountinfo",
-    ))?))
+    Ok(parse::mountinfo(&fs::read(Path::new("/proc/self/mountinfo"))?))
 }
 
 /// Reads and parses `/proc/self/cgroup`.
 fn read_proc_cgroup() -> Result<Vec<parse::ProcCgroup>, CgroupError> {
-    Ok(parse::proc_cgroup(&fs::read(Path::new(
-        "/proc/self/cgroup",
-    ))?))
+    Ok(parse::proc_cgroup(&fs::read(Path::new("/proc/self/cgroup"))?))
 }
 
 /// Resource limits of one cell. `None` leaves the kernel default (unlimited).
@@ -170,19 +130,13 @@ impl CellLimits {
     /// non-finite fractions and on quotas below the kernel's 1 ms minimum.
     fn cpu_quota_us(&self) -> Result<Option<u64>, CgroupError> {
         let Some(cpu) = self.cpu else { return Ok(None) };
-        let invalid = |reason| CgroupError::InvalidLimit {
-            what: "cpu",
-            value: cpu.to_string(),
-            reason,
-        };
+        let invalid = |reason| CgroupError::InvalidLimit { what: "cpu", value: cpu.to_string(), reason };
         if !cpu.is_finite() || cpu <= 0.0 {
             return Err(invalid("must be a positive number of CPUs"));
         }
         let quota = (cpu * CPU_PERIOD_US as f64).round();
         if quota < 1000.0 {
-            return Err(invalid(
-                "below the kernel minimum of 0.01 CPU (1 ms per 100 ms)",
-            ));
+            return Err(invalid("below the kernel minimum of 0.01 CPU (1 ms per 100 ms)"));
         }
         if quota > (u32::MAX as f64) {
             return Err(invalid("too large"));
@@ -217,10 +171,7 @@ pub struct Events {
 
 /// Checks that a cell id is safe as a directory name: `[A-Za-z0-9_-]{1,64}`.
 pub fn validate_id(id: &str) -> Result<(), CgroupError> {
-    let ok = (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let ok = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -285,11 +236,7 @@ impl CgroupRoot {
             RootBackend::V1(r) => CellBackend::V1(r.create_cell(id, limits)?),
             RootBackend::V2(r) => CellBackend::V2(r.create_cell(id, limits)?),
         };
-        Ok(CellCgroup {
-            id: id.to_string(),
-            layout: self.layout,
-            backend,
-        })
+        Ok(CellCgroup { id: id.to_string(), layout: self.layout, backend })
     }
 
     /// Whether process `pid` lives in one of cellkeep's cells (beneath this root). The daemon
@@ -323,19 +270,12 @@ impl CgroupRoot {
             RootBackend::V1(r) => CellBackend::V1(r.open_cell(id)),
             RootBackend::V2(r) => CellBackend::V2(r.open_cell(id)),
         };
-        let cell = CellCgroup {
-            id: id.to_string(),
-            layout: self.layout,
-            backend,
-        };
+        let cell = CellCgroup { id: id.to_string(), layout: self.layout, backend };
         if cell.paths().iter().any(|p| p.is_dir()) {
             Ok(cell)
         } else {
             let root = self.paths().into_iter().next().unwrap_or_default();
-            Err(CgroupError::NotFound {
-                id: id.to_string(),
-                root,
-            })
+            Err(CgroupError::NotFound { id: id.to_string(), root })
         }
     }
 
@@ -478,31 +418,19 @@ mod tests {
             assert!(validate_id(ok).is_ok(), "{ok}");
         }
         for bad in ["", "..", ".", "a/b", "a b", "é", &"x".repeat(65), "a.b"] {
-            assert!(
-                matches!(validate_id(bad), Err(CgroupError::InvalidId { .. })),
-                "{bad:?}"
-            );
+            assert!(matches!(validate_id(bad), Err(CgroupError::InvalidId { .. })), "{bad:?}");
         }
     }
 
     #[test]
     fn cpu_quota_rounds_and_rejects_nonsense() {
-        let q = |cpu| {
-            CellLimits {
-                cpu: Some(cpu),
-                ..Default::default()
-            }
-            .cpu_quota_us()
-        };
+        let q = |cpu| CellLimits { cpu: Some(cpu), ..Default::default() }.cpu_quota_us();
         assert_eq!(q(0.5).unwrap(), Some(50_000));
         assert_eq!(q(2.0).unwrap(), Some(200_000));
         assert_eq!(q(0.333333).unwrap(), Some(33_333));
         assert_eq!(CellLimits::default().cpu_quota_us().unwrap(), None);
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 0.001] {
-            assert!(
-                matches!(q(bad), Err(CgroupError::InvalidLimit { what: "cpu", .. })),
-                "{bad}"
-            );
+            assert!(matches!(q(bad), Err(CgroupError::InvalidLimit { what: "cpu", .. })), "{bad}");
         }
     }
 

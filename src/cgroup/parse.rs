@@ -31,12 +31,7 @@ pub fn number(content: &str) -> Option<u64> {
 
 /// Pids listed one per line (`cgroup.procs`); blank lines skipped, malformed lines are `Err(line)`.
 pub fn pids(content: &str) -> Result<Vec<u32>, String> {
-    content
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| l.parse().map_err(|_| l.to_string()))
-        .collect()
+    content.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| l.parse().map_err(|_| l.to_string())).collect()
 }
 
 /// One line of `/proc/self/cgroup`: `hierarchy-id:controller-list:path`.
@@ -55,18 +50,9 @@ pub fn proc_cgroup(content: &str) -> Vec<ProcCgroup> {
         .filter_map(|line| {
             let mut it = line.splitn(3, ':');
             let hierarchy_id = it.next()?.parse().ok()?;
-            let controllers = it
-                .next()?
-                .split(',')
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-                .collect();
+            let controllers = it.next()?.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect();
             let path = it.next()?.to_string();
-            Some(ProcCgroup {
-                hierarchy_id,
-                controllers,
-                path,
-            })
+            Some(ProcCgroup { hierarchy_id, controllers, path })
         })
         .collect()
 }
@@ -81,10 +67,7 @@ pub fn v1_own_path<'a>(entries: &'a [ProcCgroup], controller: &str) -> Option<&'
 
 /// The cgroup2 path of this process (the `0::/path` line).
 pub fn v2_own_path(entries: &[ProcCgroup]) -> Option<&str> {
-    entries
-        .iter()
-        .find(|e| e.hierarchy_id == 0 && e.controllers.is_empty())
-        .map(|e| e.path.as_str())
+    entries.iter().find(|e| e.hierarchy_id == 0 && e.controllers.is_empty()).map(|e| e.path.as_str())
 }
 
 /// The fields of a `/proc/self/mountinfo` line that matter here.
@@ -104,12 +87,7 @@ pub fn mountinfo_line(line: &str) -> Option<Mount> {
     let mut right = right.split(' ');
     let fs_type = right.next()?.to_string();
     let _source = right.next()?;
-    let super_options = right
-        .next()
-        .unwrap_or("")
-        .split(',')
-        .map(str::to_string)
-        .collect();
+    let super_options = right.next().unwrap_or("").split(',').map(str::to_string).collect();
     Some(Mount {
         root: unescape_octal(left.get(3)?),
         mount_point: PathBuf::from(unescape_octal(left.get(4)?)),
@@ -136,9 +114,8 @@ pub fn v1_mount<'a>(mounts: &'a [Mount], controller: &str, own_path: &str) -> Op
 
 /// The cgroup2 mount that contains `own_path`, preferring `prefer` (e.g. `/sys/fs/cgroup`).
 pub fn v2_mount<'a>(mounts: &'a [Mount], own_path: &str, prefer: &Path) -> Option<&'a Mount> {
-    let mut candidates = mounts
-        .iter()
-        .filter(|m| m.fs_type == "cgroup2" && relative_to_root(&m.root, own_path).is_some());
+    let mut candidates =
+        mounts.iter().filter(|m| m.fs_type == "cgroup2" && relative_to_root(&m.root, own_path).is_some());
     let first = candidates.clone().next();
     candidates.find(|m| m.mount_point == prefer).or(first)
 }
@@ -156,11 +133,7 @@ pub fn relative_to_root<'a>(root: &str, own_path: &'a str) -> Option<&'a str> {
 /// Directory of the cgroup at `own_path` given the mount showing its hierarchy.
 pub fn cgroup_dir(mount: &Mount, own_path: &str) -> Option<PathBuf> {
     let rel = relative_to_root(&mount.root, own_path)?;
-    Some(if rel.is_empty() {
-        mount.mount_point.clone()
-    } else {
-        mount.mount_point.join(rel)
-    })
+    Some(if rel.is_empty() { mount.mount_point.clone() } else { mount.mount_point.join(rel) })
 }
 
 /// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
@@ -169,9 +142,7 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let oct = bytes
-            .get(i + 1..i + 4)
-            .filter(|o| o.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let oct = bytes.get(i + 1..i + 4).filter(|o| o.iter().all(|b| (b'0'..=b'7').contains(b)));
         match oct {
             Some(o) if bytes[i] == b'\\' => {
                 let v = o.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
@@ -262,21 +233,12 @@ mod tests {
             cgroup_dir(mem, "/process_api/031ab").unwrap(),
             PathBuf::from("/sys/fs/cgroup/memory/process_api/031ab")
         );
-        assert_eq!(
-            v1_mount(&m, "cpu", "/").unwrap().mount_point,
-            PathBuf::from("/sys/fs/cgroup/cpu")
-        );
-        assert_eq!(
-            v1_mount(&m, "cpuacct", "/").unwrap().mount_point,
-            PathBuf::from("/sys/fs/cgroup/cpuacct")
-        );
+        assert_eq!(v1_mount(&m, "cpu", "/").unwrap().mount_point, PathBuf::from("/sys/fs/cgroup/cpu"));
+        assert_eq!(v1_mount(&m, "cpuacct", "/").unwrap().mount_point, PathBuf::from("/sys/fs/cgroup/cpuacct"));
         assert!(v1_mount(&m, "systemd", "/").is_none());
         let v2 = v2_mount(&m, "/", Path::new("/sys/fs/cgroup")).unwrap();
         assert_eq!(v2.mount_point, PathBuf::from("/sys/fs/cgroup/unified"));
-        assert_eq!(
-            cgroup_dir(v2, "/").unwrap(),
-            PathBuf::from("/sys/fs/cgroup/unified")
-        );
+        assert_eq!(cgroup_dir(v2, "/").unwrap(), PathBuf::from("/sys/fs/cgroup/unified"));
     }
 
     #[test]
@@ -293,10 +255,7 @@ mod tests {
         let only_sub: Vec<Mount> = m.iter().filter(|x| x.root != "/").cloned().collect();
         assert!(v1_mount(&only_sub, "memory", "/other").is_none());
         let sub = v1_mount(&only_sub, "memory", "/docker/abc/x").unwrap();
-        assert_eq!(
-            cgroup_dir(sub, "/docker/abc/x").unwrap(),
-            PathBuf::from("/sys/fs/cgroup/memory/x")
-        );
+        assert_eq!(cgroup_dir(sub, "/docker/abc/x").unwrap(), PathBuf::from("/sys/fs/cgroup/memory/x"));
     }
 
     #[test]

@@ -23,13 +23,7 @@ impl Dirs {
     /// Distinct directories, in a stable order (memory first, freezer last).
     fn unique(&self) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = Vec::with_capacity(5);
-        for d in [
-            &self.memory,
-            &self.cpu,
-            &self.cpuacct,
-            &self.pids,
-            &self.freezer,
-        ] {
+        for d in [&self.memory, &self.cpu, &self.cpuacct, &self.pids, &self.freezer] {
             if !out.contains(d) {
                 out.push(d.clone());
             }
@@ -59,14 +53,8 @@ pub(super) fn below(path: &str, root: &str) -> bool {
 }
 
 /// The directory of this process's cgroup in the hierarchy carrying `controller`.
-fn own_dir(
-    entries: &[parse::ProcCgroup],
-    mounts: &[parse::Mount],
-    controller: &str,
-) -> Result<PathBuf, CgroupError> {
-    let missing = || CgroupError::NoController {
-        controller: controller.to_string(),
-    };
+fn own_dir(entries: &[parse::ProcCgroup], mounts: &[parse::Mount], controller: &str) -> Result<PathBuf, CgroupError> {
+    let missing = || CgroupError::NoController { controller: controller.to_string() };
     let own = parse::v1_own_path(entries, controller).ok_or_else(missing)?;
     let mount = parse::v1_mount(mounts, controller, own).ok_or_else(missing)?;
     parse::cgroup_dir(mount, own).ok_or_else(missing)
@@ -129,9 +117,7 @@ impl Root {
 
     /// `mkdir <root>/<id>` in each hierarchy, then writes the limits; undoes the mkdirs on error.
     pub fn create_cell(&self, id: &str, limits: &CellLimits) -> Result<Cell, CgroupError> {
-        let cell = Cell {
-            dirs: self.dirs.join(id),
-        };
+        let cell = Cell { dirs: self.dirs.join(id) };
         let mut created = Vec::new();
         let result = (|| {
             for dir in cell.dirs.unique() {
@@ -159,9 +145,7 @@ impl Root {
     }
 
     pub fn open_cell(&self, id: &str) -> Cell {
-        Cell {
-            dirs: self.dirs.join(id),
-        }
+        Cell { dirs: self.dirs.join(id) }
     }
 
     /// `rmdir` of the root in every hierarchy; the first failure (e.g. `Busy`) is returned.
@@ -225,10 +209,7 @@ impl Cell {
 
     /// Writes `memory.limit_in_bytes` (before memsw, which must stay >= it).
     fn set_memory_limit(&self, max: u64) -> Result<(), CgroupError> {
-        fs::write(
-            &file(&self.dirs.memory, "memory.limit_in_bytes"),
-            &max.to_string(),
-        )
+        fs::write(&file(&self.dirs.memory, "memory.limit_in_bytes"), &max.to_string())
     }
 
     /// Writes `memory.memsw.limit_in_bytes` = max + swap, if the kernel accounts swap (the file
@@ -239,34 +220,23 @@ impl Cell {
             tracing::debug!(path = %path.display(), "no swap accounting; memory_swap not applied");
             return Ok(());
         }
-        let total = max
-            .checked_add(swap)
-            .ok_or_else(|| CgroupError::InvalidLimit {
-                what: "memory_swap",
-                value: swap.to_string(),
-                reason: "memory_max + memory_swap overflows",
-            })?;
+        let total = max.checked_add(swap).ok_or_else(|| CgroupError::InvalidLimit {
+            what: "memory_swap",
+            value: swap.to_string(),
+            reason: "memory_max + memory_swap overflows",
+        })?;
         fs::write(&path, &total.to_string())
     }
 
     /// Writes `memory.soft_limit_in_bytes` (v1's closest match to `memory.high`).
     fn set_memory_soft_limit(&self, high: u64) -> Result<(), CgroupError> {
-        fs::write(
-            &file(&self.dirs.memory, "memory.soft_limit_in_bytes"),
-            &high.to_string(),
-        )
+        fs::write(&file(&self.dirs.memory, "memory.soft_limit_in_bytes"), &high.to_string())
     }
 
     /// Writes `cpu.cfs_period_us` (100 ms), then `cpu.cfs_quota_us`.
     fn set_cpu_quota(&self, quota_us: u64) -> Result<(), CgroupError> {
-        fs::write(
-            &file(&self.dirs.cpu, "cpu.cfs_period_us"),
-            &super::CPU_PERIOD_US.to_string(),
-        )?;
-        fs::write(
-            &file(&self.dirs.cpu, "cpu.cfs_quota_us"),
-            &quota_us.to_string(),
-        )
+        fs::write(&file(&self.dirs.cpu, "cpu.cfs_period_us"), &super::CPU_PERIOD_US.to_string())?;
+        fs::write(&file(&self.dirs.cpu, "cpu.cfs_quota_us"), &quota_us.to_string())
     }
 
     /// Writes `pids.max`.
@@ -297,14 +267,9 @@ impl Cell {
     /// Reads `memory.usage_in_bytes`, `memory.max_usage_in_bytes`, `cpuacct.usage`,
     /// `pids.current` and `cpu.stat` (`throttled_time`).
     pub fn usage(&self) -> Result<Usage, CgroupError> {
-        let (mem, cpu, acct, pids) = (
-            &self.dirs.memory,
-            &self.dirs.cpu,
-            &self.dirs.cpuacct,
-            &self.dirs.pids,
-        );
-        let throttled_ns = fs::read_optional(&file(cpu, "cpu.stat"))?
-            .and_then(|s| parse::flat_keyed(&s, "throttled_time"));
+        let (mem, cpu, acct, pids) = (&self.dirs.memory, &self.dirs.cpu, &self.dirs.cpuacct, &self.dirs.pids);
+        let throttled_ns =
+            fs::read_optional(&file(cpu, "cpu.stat"))?.and_then(|s| parse::flat_keyed(&s, "throttled_time"));
         Ok(Usage {
             memory_current: fs::read_u64(&file(mem, "memory.usage_in_bytes"))?,
             memory_peak: fs::read_u64_optional(&file(mem, "memory.max_usage_in_bytes"))?,
@@ -343,11 +308,7 @@ impl Cell {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(CgroupError::KillTimeout {
-                    path: self.dirs.freezer.clone(),
-                    pids,
-                    timeout: KILL_TIMEOUT,
-                });
+                return Err(CgroupError::KillTimeout { path: self.dirs.freezer.clone(), pids, timeout: KILL_TIMEOUT });
             }
             let frozen = self.freeze()?;
             let result = self.procs().and_then(|pids| sigkill_all(&pids));
@@ -369,9 +330,7 @@ impl Cell {
             return Ok(false);
         }
         fs::write(&state, "FROZEN")?;
-        fs::poll_until(Duration::from_secs(1), || {
-            Ok(fs::read(&state)?.trim() == "FROZEN")
-        })?;
+        fs::poll_until(Duration::from_secs(1), || Ok(fs::read(&state)?.trim() == "FROZEN"))?;
         Ok(true)
     }
 

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::fs::{self, file};
-use super::{
-    parse, sigkill_all, CellLimits, CgroupError, Events, Usage, CGROUP_MOUNT, KILL_TIMEOUT,
-};
+use super::{parse, sigkill_all, CellLimits, CgroupError, Events, Usage, CGROUP_MOUNT, KILL_TIMEOUT};
 
 /// Controllers every cell needs.
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
@@ -47,11 +45,10 @@ impl Root {
             _ => own,
         };
         let mounts = super::read_mountinfo()?;
-        let own_dir = parse::v2_mount(&mounts, own, Path::new(CGROUP_MOUNT))
-            .and_then(|m| parse::cgroup_dir(m, own))
-            .ok_or_else(|| CgroupError::Unsupported {
-                reason: format!("no cgroup2 mount shows this process's cgroup {own}"),
-            })?;
+        let own_dir =
+            parse::v2_mount(&mounts, own, Path::new(CGROUP_MOUNT)).and_then(|m| parse::cgroup_dir(m, own)).ok_or_else(
+                || CgroupError::Unsupported { reason: format!("no cgroup2 mount shows this process's cgroup {own}") },
+            )?;
         check_controllers(&own_dir)?;
         enable_controllers_in_own(&own_dir, own == "/")?;
         let dir = own_dir.join(name);
@@ -72,9 +69,7 @@ impl Root {
 
     /// `mkdir <root>/<id>`, then writes the limits; removes the directory on error.
     pub fn create_cell(&self, id: &str, limits: &CellLimits) -> Result<Cell, CgroupError> {
-        let cell = Cell {
-            dir: self.dir.join(id),
-        };
+        let cell = Cell { dir: self.dir.join(id) };
         fs::mkdir_new(&cell.dir)?;
         if let Err(e) = cell.apply_limits(limits) {
             if let Err(cleanup) = fs::rmdir(&cell.dir) {
@@ -99,9 +94,7 @@ impl Root {
     }
 
     pub fn open_cell(&self, id: &str) -> Cell {
-        Cell {
-            dir: self.dir.join(id),
-        }
+        Cell { dir: self.dir.join(id) }
     }
 
     pub fn remove_if_empty(&self) -> Result<(), CgroupError> {
@@ -112,13 +105,9 @@ impl Root {
 /// Reads `cgroup.controllers` of `dir`; NoController names the first needed one missing.
 fn check_controllers(dir: &Path) -> Result<(), CgroupError> {
     let available = fs::read(&file(dir, "cgroup.controllers"))?;
-    let missing = CONTROLLERS
-        .iter()
-        .find(|c| !available.split_whitespace().any(|a| a == **c));
+    let missing = CONTROLLERS.iter().find(|c| !available.split_whitespace().any(|a| a == **c));
     match missing {
-        Some(c) => Err(CgroupError::NoController {
-            controller: c.to_string(),
-        }),
+        Some(c) => Err(CgroupError::NoController { controller: c.to_string() }),
         None => Ok(()),
     }
 }
@@ -127,11 +116,8 @@ fn check_controllers(dir: &Path) -> Result<(), CgroupError> {
 fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
     let path = file(dir, "cgroup.subtree_control");
     let enabled = fs::read(&path)?;
-    let missing: Vec<String> = CONTROLLERS
-        .iter()
-        .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
-        .map(|c| format!("+{c}"))
-        .collect();
+    let missing: Vec<String> =
+        CONTROLLERS.iter().filter(|c| !enabled.split_whitespace().any(|e| e == **c)).map(|c| format!("+{c}")).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -143,15 +129,10 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
 /// (`cgroup.procs` there) and retries once.
 fn enable_controllers_in_own(own_dir: &Path, is_root: bool) -> Result<(), CgroupError> {
     match enable_controllers(own_dir) {
-        Err(CgroupError::Write { source, .. })
-            if !is_root && source.raw_os_error() == Some(libc::EBUSY) =>
-        {
+        Err(CgroupError::Write { source, .. }) if !is_root && source.raw_os_error() == Some(libc::EBUSY) => {
             let leaf = own_dir.join(SUPERVISOR_LEAF);
             fs::mkdir(&leaf)?;
-            fs::write(
-                &file(&leaf, "cgroup.procs"),
-                &std::process::id().to_string(),
-            )?;
+            fs::write(&file(&leaf, "cgroup.procs"), &std::process::id().to_string())?;
             enable_controllers(own_dir)
         }
         other => other,
@@ -183,10 +164,7 @@ impl Cell {
         }
         if let Some(quota) = limits.cpu_quota_us()? {
             // cpu.max: "<quota> <period>" in microseconds.
-            fs::write(
-                &file(&self.dir, "cpu.max"),
-                &format!("{quota} {}", super::CPU_PERIOD_US),
-            )?;
+            fs::write(&file(&self.dir, "cpu.max"), &format!("{quota} {}", super::CPU_PERIOD_US))?;
         }
         if let Some(pids) = limits.pids {
             fs::write(&file(&self.dir, "pids.max"), &pids.to_string())?;
@@ -273,9 +251,7 @@ impl Cell {
                 return Ok(());
             }
             fs::write(&freeze, "1")?;
-            fs::poll_until(Duration::from_secs(1), || {
-                Ok(parse::flat_keyed(&fs::read(&events)?, "frozen") == Some(1))
-            })?;
+            fs::poll_until(Duration::from_secs(1), || Ok(parse::flat_keyed(&fs::read(&events)?, "frozen") == Some(1)))?;
             let killed = self.procs().and_then(|pids| sigkill_all(&pids));
             fs::write(&freeze, "0")?;
             killed?;

@@ -88,7 +88,13 @@ impl WatchHub {
         let notify = Arc::new(Notify::new());
         let mut watch = HubWatch { hub: self.inner.clone(), id, wds: Vec::new(), notify: notify.clone() };
         for path in paths {
-            let wd = self.inner.inotify.get_ref().0.add_watch(path.as_path(), AddWatchFlags::IN_MODIFY).map_err(|e| watch_err(path, e))?;
+            let wd = self
+                .inner
+                .inotify
+                .get_ref()
+                .0
+                .add_watch(path.as_path(), AddWatchFlags::IN_MODIFY)
+                .map_err(|e| watch_err(path, e))?;
             self.inner.subs().entry(wd).or_default().push((id, notify.clone()));
             watch.wds.push(wd);
         }

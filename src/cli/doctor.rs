@@ -198,7 +198,8 @@ fn assess(policy: &Policy, host: &Host, caps: &HostCaps) -> PolicyReport {
     let mut notes = Vec::new();
     let hidden = policy.command.first().and_then(|b| crate::policy::lint::hidden_by_cell_mounts(policy, Path::new(b)));
     if let (Some(bin), Some(mount)) = (policy.command.first(), hidden) {
-        let detail = format!("command {bin} is under {mount}, which every cell mounts privately: launches fail with ENOENT");
+        let detail =
+            format!("command {bin} is under {mount}, which every cell mounts privately: launches fail with ENOENT");
         missing.push(lack("command", &detail));
     } else if let Some(bin) = policy.command.first() {
         if !is_executable(Path::new(bin)) {

@@ -20,11 +20,17 @@ use crate::session::Stream;
 const STDIN_CHUNK: usize = 256 * 1024;
 
 /// Run `req` streamed; the exit status.
-pub(super) async fn run(c: &Client, provider: &str, mut req: OneshotRequest, interactive: bool) -> Result<i32, ClientError> {
+pub(super) async fn run(
+    c: &Client,
+    provider: &str,
+    mut req: OneshotRequest,
+    interactive: bool,
+) -> Result<i32, ClientError> {
     req.stdin = interactive || !std::io::stdin().is_terminal();
     let mut stream = c.exec_stream(provider, &req).await?;
     let sig = |k| signal(k).ok();
-    let (mut int, mut term, mut hup) = (sig(SignalKind::interrupt()), sig(SignalKind::terminate()), sig(SignalKind::hangup()));
+    let (mut int, mut term, mut hup) =
+        (sig(SignalKind::interrupt()), sig(SignalKind::terminate()), sig(SignalKind::hangup()));
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     let mut cell: Option<String> = None;
     let mut stops = 0u32;

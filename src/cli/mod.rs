@@ -377,8 +377,9 @@ pub fn main() -> i32 {
         }
     };
     let client = cli.cmd.conn().is_some();
-    let checked = offered("--socket", cli.socket.is_none() || client || matches!(cli.cmd, Cmd::Daemon(_)))
-        .and(offered("--json", !cli.json || client || matches!(cli.cmd, Cmd::Run(_) | Cmd::Doctor(_) | Cmd::Policy(_))));
+    let checked = offered("--socket", cli.socket.is_none() || client || matches!(cli.cmd, Cmd::Daemon(_))).and(
+        offered("--json", !cli.json || client || matches!(cli.cmd, Cmd::Run(_) | Cmd::Doctor(_) | Cmd::Policy(_))),
+    );
     if let Err(m) = checked {
         eprintln!("cellkeep: error: bad_request: {m}");
         return 1;
@@ -436,7 +437,9 @@ fn policy_main(cmd: PolicyCmd, json: bool) -> i32 {
 
 /// $CELLKEEP_SOCKET, else the daemon's default socket.
 fn default_socket() -> PathBuf {
-    std::env::var_os("CELLKEEP_SOCKET").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(crate::client::DEFAULT_SOCKET))
+    std::env::var_os("CELLKEEP_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(crate::client::DEFAULT_SOCKET))
 }
 
 /// The daemon's runtime workers: one per CPU up to [`MAX_WORKERS`]. The daemon waits on pipes,

@@ -31,8 +31,11 @@ fn dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 /// A NAME in `dir`, or a path to a file when NAME ends in `.toml` or contains `/`.
 fn resolve(dir: &Path, name: &str) -> Result<PathBuf, PolicyError> {
-    let path =
-        if name.ends_with(".toml") || name.contains('/') { PathBuf::from(name) } else { dir.join(format!("{name}.toml")) };
+    let path = if name.ends_with(".toml") || name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        dir.join(format!("{name}.toml"))
+    };
     if path.is_file() {
         return Ok(path);
     }

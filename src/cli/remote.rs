@@ -202,8 +202,7 @@ fn cwd(dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
 }
 
 fn env(a: &EnvArgs) -> Result<BTreeMap<String, String>, Failure> {
-    let mut env: BTreeMap<String, String> =
-        if a.clean_env { BTreeMap::new() } else { std::env::vars().collect() };
+    let mut env: BTreeMap<String, String> = if a.clean_env { BTreeMap::new() } else { std::env::vars().collect() };
     for kv in &a.set {
         let (k, v) = kv
             .split_once('=')

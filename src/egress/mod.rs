@@ -97,7 +97,13 @@ impl EgressService {
 
     /// Serve `listener` (already bound in the cell's network namespace) for one cell until
     /// [`CellEgress::stop`]. Must be called inside a tokio runtime.
-    pub fn serve(&self, listener: tokio::net::TcpListener, cell: &str, provider: &str, egress: Egress) -> Arc<CellEgress> {
+    pub fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        cell: &str,
+        provider: &str,
+        egress: Egress,
+    ) -> Arc<CellEgress> {
         let state = Arc::new(CellEgress {
             cell: cell.to_owned(),
             provider: provider.to_owned(),

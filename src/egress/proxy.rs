@@ -69,8 +69,15 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
             return refuse(&mut client, &refusal).await;
         }
     };
-    let mut event =
-        EgressEvent { at_ms: now_ms(), name: host.clone(), port, allowed: false, detail: None, bytes_up: 0, bytes_down: 0 };
+    let mut event = EgressEvent {
+        at_ms: now_ms(),
+        name: host.clone(),
+        port,
+        allowed: false,
+        detail: None,
+        bytes_up: 0,
+        bytes_down: 0,
+    };
     let upstream = match open(state, config, &host, port).await {
         Ok(u) => u,
         Err(refusal) => {
@@ -207,17 +214,15 @@ async fn open(state: &CellEgress, config: &EgressConfig, host: &str, port: u16) 
             Err(_) => last = Some(format!("{addr}: timed out")),
         }
     }
-    Err(Refusal::Upstream(format!(
-        "cellkeep egress proxy: connecting to {host}:{port}: {}",
-        last.unwrap_or_default()
-    )))
+    Err(Refusal::Upstream(format!("cellkeep egress proxy: connecting to {host}:{port}: {}", last.unwrap_or_default())))
 }
 
 /// Not loopback, unspecified, link-local (169.254/16, fe80::/10: cloud metadata) or multicast.
 fn is_public(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_multicast()
-            || v4.is_broadcast()),
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast())
+        }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));

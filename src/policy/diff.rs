@@ -267,7 +267,10 @@ mod tests {
         assert_eq!(direction("seccomp.default_action", Some(&s("allow")), Some(&s("kill"))), Direction::Tightened);
         assert_eq!(direction("seccomp.deny_action", Some(&s("kill")), Some(&s("errno"))), Direction::Loosened);
         assert_eq!(direction("enforcement.mode", Some(&s("required")), Some(&s("best_effort"))), Direction::Loosened);
-        assert_eq!(direction("namespaces.pid", Some(&Value::Boolean(true)), Some(&Value::Boolean(false))), Direction::Loosened);
+        assert_eq!(
+            direction("namespaces.pid", Some(&Value::Boolean(true)), Some(&Value::Boolean(false))),
+            Direction::Loosened
+        );
         assert_eq!(direction("limits.memory_max", Some(&s("1G")), None), Direction::Loosened);
         assert_eq!(direction("provider.mode", Some(&s("oneshot")), Some(&s("session"))), Direction::Changed);
     }
@@ -276,7 +279,10 @@ mod tests {
     fn seccomp_deny_grows_tighter() {
         let list = |v: &[&str]| Value::Array(v.iter().map(|s| Value::String((*s).to_owned())).collect());
         let c = change("seccomp.deny", Some(&list(&[])), Some(&list(&["mkdir"])));
-        assert_eq!((c.len(), c[0].direction, c[0].added.clone()), (1, Direction::Tightened, vec!["\"mkdir\"".to_owned()]));
+        assert_eq!(
+            (c.len(), c[0].direction, c[0].added.clone()),
+            (1, Direction::Tightened, vec!["\"mkdir\"".to_owned()])
+        );
         let c = change("seccomp.deny", Some(&list(&["mkdir"])), Some(&list(&[])));
         assert_eq!(c[0].direction, Direction::Loosened);
     }

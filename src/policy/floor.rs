@@ -212,7 +212,10 @@ impl Floor {
         }
         for n in raw.namespaces.required.iter().flat_map(|l| l.get_ref()) {
             if !NAMESPACES.contains(&n.get_ref().as_str()) {
-                return Err(invalid(n.span(), format!("\"{}\" is not a namespace ({})", n.get_ref(), NAMESPACES.join(", "))));
+                return Err(invalid(
+                    n.span(),
+                    format!("\"{}\" is not a namespace ({})", n.get_ref(), NAMESPACES.join(", ")),
+                ));
             }
         }
         let root_maps_to = match &raw.identity.root_maps_to {
@@ -322,7 +325,11 @@ impl Floor {
         let Some(never) = &self.raw.seccomp.never_allow else { return };
         for name in raw.seccomp.allow.iter().flat_map(|l| l.get_ref()) {
             if let Some(f) = never.get_ref().iter().find(|n| n.get_ref() == name.get_ref()) {
-                let msg = format!("\"{}\" may not be allowed: the admin floor forbids it {}", name.get_ref(), self.cite(&f.span()));
+                let msg = format!(
+                    "\"{}\" may not be allowed: the admin floor forbids it {}",
+                    name.get_ref(),
+                    self.cite(&f.span())
+                );
                 out.push(src.diag(&name.span(), "seccomp.allow", msg));
             }
         }

@@ -52,7 +52,10 @@ pub fn rewrite(key: &str, message: &str) -> String {
     let Some((found, expected)) = rest.split_once(", expected ") else { return message.to_owned() };
     let (want, example) = expectation(leaf, expected, found);
     if want == "a section" {
-        return format!("expected a section: write [{leaf}] on a line of its own, its keys below it (found {})", found_words(found));
+        return format!(
+            "expected a section: write [{leaf}] on a line of its own, its keys below it (found {})",
+            found_words(found)
+        );
     }
     format!("expected {want}, e.g. {leaf} = {example} (found {})", found_words(found))
 }

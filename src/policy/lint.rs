@@ -83,8 +83,7 @@ fn sensitive() -> Vec<(PathBuf, &'static str)> {
 pub fn lint(c: &Checked) -> Vec<Finding> {
     let mut l = Linter { c, out: Vec::new() };
     let fs = &c.raw.filesystem;
-    for (list, key) in [(&fs.read, "filesystem.read"), (&fs.write, "filesystem.write"), (&fs.exec, "filesystem.exec")]
-    {
+    for (list, key) in [(&fs.read, "filesystem.read"), (&fs.write, "filesystem.write"), (&fs.exec, "filesystem.exec")] {
         for item in items(list) {
             l.path(&item, key);
         }
@@ -159,7 +158,9 @@ impl Linter<'_> {
             let msg = format!("\"{text}\" is not installed on this host yet ({script} creates {prefix}); check again after installing");
             self.note(item.span(), key, msg);
         } else if DISTRO_ALTERNATES.iter().any(|a| within(path, Path::new(a))) {
-            let msg = format!("\"{text}\" does not exist on this host (kept for other distributions; the cell skips it here)");
+            let msg = format!(
+                "\"{text}\" does not exist on this host (kept for other distributions; the cell skips it here)"
+            );
             self.note(item.span(), key, msg);
         } else {
             self.warn(item.span(), key, format!("\"{text}\" does not exist on this host: {consequence}"));
@@ -212,7 +213,8 @@ impl Linter<'_> {
     }
 
     fn workdir(&mut self) {
-        let broad_roots: Vec<PathBuf> = sensitive().into_iter().map(|(p, _)| p).filter(|p| p != Path::new("/home")).collect();
+        let broad_roots: Vec<PathBuf> =
+            sensitive().into_iter().map(|(p, _)| p).filter(|p| p != Path::new("/home")).collect();
         for root in items(&self.c.raw.workdir.roots) {
             let path = Path::new(root.get_ref().trim_end_matches('/'));
             let path = if path.as_os_str().is_empty() { Path::new("/") } else { path };
@@ -290,10 +292,8 @@ fn broad(path: &Path, key: &str) -> Option<String> {
         _ => {
             let right = if key == "filesystem.write" { "write to" } else { "run programs from" };
             let is_user_home = path.parent() == Some(Path::new("/home"));
-            let candidates: Vec<(PathBuf, &str)> = sensitive()
-                .into_iter()
-                .filter(|(s, _)| key == "filesystem.write" || s != Path::new("/usr"))
-                .collect();
+            let candidates: Vec<(PathBuf, &str)> =
+                sensitive().into_iter().filter(|(s, _)| key == "filesystem.write" || s != Path::new("/usr")).collect();
             // The grant covers a sensitive directory, or (except for `/` and `/home`, whose
             // subdirectories are ordinary grants) lies inside one: `/etc/sudoers`.
             let covers = candidates.iter().find(|(s, _)| within(s, path));

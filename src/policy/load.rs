@@ -324,6 +324,8 @@ mod tests {
         );
         let c = load_chain(&dir.path().join("c.toml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.diagnostics.len(), 1);
-        assert!(c.diagnostics[0].to_string().contains("c.toml:1:11: extends: no policy named \"nope\" in this directory"));
+        assert!(c.diagnostics[0]
+            .to_string()
+            .contains("c.toml:1:11: extends: no policy named \"nope\" in this directory"));
     }
 }

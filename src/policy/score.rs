@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::lint::socket_dir;
 use super::egress::Egress;
+use super::lint::socket_dir;
 use super::model::{Enforcement, Inside, Network, PathRule, Policy};
 use super::seccomp::DEFAULT_DENY;
 
@@ -104,7 +104,11 @@ pub fn score(p: &Policy) -> Score {
         add("identity.inside", 0.2, "appears as root inside its user namespace".to_owned());
     }
     if p.enforcement == Enforcement::BestEffort {
-        add("enforcement.mode", 1.0, "best_effort: runs with weaker isolation where the kernel lacks a mechanism".to_owned());
+        add(
+            "enforcement.mode",
+            1.0,
+            "best_effort: runs with weaker isolation where the kernel lacks a mechanism".to_owned(),
+        );
     }
     let total: f64 = f.iter().map(|e| e.weight).sum();
     let score = (total.min(10.0) * 10.0).round() / 10.0;
@@ -143,7 +147,11 @@ fn filesystem(p: &Policy, add: &mut impl FnMut(&str, f64, String)) {
     let writable_exec = p.filesystem.exec.iter().any(|e| matches!(e, PathRule::Cwd(_) | PathRule::Tmp(_)))
         && p.filesystem.write.iter().any(|w| matches!(w, PathRule::Cwd(_) | PathRule::Tmp(_)));
     if writable_exec {
-        add("filesystem.exec", 0.5, "may run programs it wrote itself ({cwd} or {tmp} is writable and executable)".to_owned());
+        add(
+            "filesystem.exec",
+            0.5,
+            "may run programs it wrote itself ({cwd} or {tmp} is writable and executable)".to_owned(),
+        );
     }
 }
 

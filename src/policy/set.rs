@@ -75,7 +75,11 @@ pub fn load_set(dir: &Path, floor_file: &Path) -> PolicySet {
     let files = match toml_files(dir) {
         Ok(f) => f,
         Err(d) => {
-            set.rejected.push(Rejected { name: "*".to_owned(), file: dir.to_path_buf(), problems: vec![d.to_string()] });
+            set.rejected.push(Rejected {
+                name: "*".to_owned(),
+                file: dir.to_path_buf(),
+                problems: vec![d.to_string()],
+            });
             return set;
         }
     };
@@ -110,14 +114,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let ok = "[provider]\nname = \"ok\"\ncommand = [\"/bin/true\"]\n[workdir]\nroots = [\"/tmp\"]\n";
         write(dir.path(), "ok.toml", ok);
-        let missing = "[provider]\nname = \"gone\"\ncommand = [\"/bin/true\"]\n[workdir]\nroots = [\"/no/such/root\"]\n";
+        let missing =
+            "[provider]\nname = \"gone\"\ncommand = [\"/bin/true\"]\n[workdir]\nroots = [\"/no/such/root\"]\n";
         write(dir.path(), "gone.toml", missing);
         write(dir.path(), "broken.toml", "[provider\n");
         let set = load_set(dir.path(), Path::new("/no/floor"));
         assert_eq!(set.providers(), vec!["ok"]);
         let names: Vec<&str> = set.rejected.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, vec!["broken", "gone"]);
-        assert!(set.rejected[1].problems[0].contains("workdir.roots: \"/no/such/root\" cannot be resolved"), "{:?}", set.rejected);
+        assert!(
+            set.rejected[1].problems[0].contains("workdir.roots: \"/no/such/root\" cannot be resolved"),
+            "{:?}",
+            set.rejected
+        );
         let lines = set.rejected_summary();
         assert!(lines[0].starts_with("broken ("), "{lines:?}");
     }

@@ -8,9 +8,9 @@ use std::path::{Component, Path, PathBuf};
 
 use toml::Spanned;
 
+use super::egress::Egress;
 use super::ids::{resolve_group, resolve_user};
 use super::load::{Loaded, Sources};
-use super::egress::Egress;
 use super::model::*;
 use super::raw::{Opt, OptList, RawFile, Scalar};
 use super::seccomp::{self, SeccompSpec};
@@ -399,7 +399,11 @@ impl Checker<'_> {
         let v = raw.provider.command_format.as_ref()?;
         let f = v.get_ref();
         if f.matches("{}").count() != 1 || f.starts_with("{}") {
-            self.at(v, "provider.command_format", "must contain \"{}\" once, after a fixed prefix such as \"--prompt={}\"");
+            self.at(
+                v,
+                "provider.command_format",
+                "must contain \"{}\" once, after a fixed prefix such as \"--prompt={}\"",
+            );
             return None;
         }
         if after.is_some() {
@@ -638,7 +642,9 @@ mod tests {
 
     #[test]
     fn proxy_network_and_egress() {
-        let p = check(&format!("{HEAD}[network]\nmode = \"proxy\"\negress = [\"api.anthropic.com\", \"*.openai.com:8443\"]\n"));
+        let p = check(&format!(
+            "{HEAD}[network]\nmode = \"proxy\"\negress = [\"api.anthropic.com\", \"*.openai.com:8443\"]\n"
+        ));
         let p = p.unwrap_or_else(|d| panic!("{d:?}"));
         let Network::Proxy { egress: Egress::Allow(rules) } = &p.network else { panic!("{:?}", p.network) };
         let shown: Vec<String> = rules.iter().map(ToString::to_string).collect();

@@ -261,7 +261,8 @@ pub fn start(
         None => {}
     }
 
-    let out_pump = tokio::spawn(pump(entry.clone(), stdout, Stream::Stdout, framer.map(|f| (f, reply_tx)), tap.clone()));
+    let out_pump =
+        tokio::spawn(pump(entry.clone(), stdout, Stream::Stdout, framer.map(|f| (f, reply_tx)), tap.clone()));
     let err_pump = tokio::spawn(pump(entry.clone(), stderr, Stream::Stderr, None, tap));
     let drained = entry.clone();
     tokio::spawn(async move {

@@ -164,8 +164,7 @@ impl Pool {
 
     /// Root and members of an admin group see and manage every cell.
     pub fn is_admin(&self, caller: &Caller) -> bool {
-        caller.uid == 0
-            || self.inner.config.admin_gids.iter().any(|g| *g == caller.gid || caller.groups.contains(g))
+        caller.uid == 0 || self.inner.config.admin_gids.iter().any(|g| *g == caller.gid || caller.groups.contains(g))
     }
 
     /// The provider's policy, if `caller` may use it.
@@ -235,9 +234,9 @@ impl Pool {
     fn allocate_range_uid(&self, policy: &Policy) -> Result<Option<u32>, PoolError> {
         let RunAs::Range { start, count } = policy.identity.run_as else { return Ok(None) };
         let mut st = self.state();
-        let uid = (start..start.saturating_add(count)).find(|u| !st.range_uids.contains(u)).ok_or_else(|| {
-            PoolError::ProcessLimit { limit: count as usize, running: st.range_uids.len() }
-        })?;
+        let uid = (start..start.saturating_add(count))
+            .find(|u| !st.range_uids.contains(u))
+            .ok_or_else(|| PoolError::ProcessLimit { limit: count as usize, running: st.range_uids.len() })?;
         st.range_uids.insert(uid);
         Ok(Some(uid))
     }

@@ -74,7 +74,12 @@ impl Pool {
 
     /// Run one command and answer with its kept output and how it ended. A timeout or a limit
     /// hit is an error (`timeout`, `resource_limit`) that still carries the result.
-    pub async fn oneshot(&self, caller: &Caller, provider: &str, req: OneshotRequest) -> Result<CommandResult, PoolError> {
+    pub async fn oneshot(
+        &self,
+        caller: &Caller,
+        provider: &str,
+        req: OneshotRequest,
+    ) -> Result<CommandResult, PoolError> {
         let started = Instant::now();
         let (entry, timeout) = self.start_oneshot(caller, provider, req, None).await?;
         let _busy = Busy::new(&entry);
@@ -92,7 +97,12 @@ impl Pool {
 
     /// Start one command whose output is streamed whole (no cap: the process waits for the
     /// reader).
-    pub async fn oneshot_stream(&self, caller: &Caller, provider: &str, req: OneshotRequest) -> Result<StreamedRun, PoolError> {
+    pub async fn oneshot_stream(
+        &self,
+        caller: &Caller,
+        provider: &str,
+        req: OneshotRequest,
+    ) -> Result<StreamedRun, PoolError> {
         let started = Instant::now();
         let (tap, output) = mpsc::channel(STREAM_QUEUE);
         let (entry, timeout) = self.start_oneshot(caller, provider, req, Some(tap)).await?;
@@ -101,7 +111,12 @@ impl Pool {
 
     /// Wait for the end; fill in the exit reason, duration, usage and events; the error a
     /// buffered answer reports, if any.
-    async fn complete(entry: &CellEntry, result: &mut CommandResult, timeout: Duration, started: Instant) -> Option<PoolError> {
+    async fn complete(
+        entry: &CellEntry,
+        result: &mut CommandResult,
+        timeout: Duration,
+        started: Instant,
+    ) -> Option<PoolError> {
         let reason = entry.ended().await;
         result.exit = Some(reason.clone());
         result.duration_ms = started.elapsed().as_millis() as u64;

@@ -15,7 +15,9 @@ use crate::sandbox::{ExitReason, LaunchRequest, StdioMode, Stop};
 use crate::session::{Framer, OutputEvent, Stream, Subscription};
 
 use super::cell::{self, CellEntry};
-use super::{Caller, CellHealth, CellInfo, CommandResult, Count, DaemonHealth, LimitsView, ListFilter, Pool, PoolError};
+use super::{
+    Caller, CellHealth, CellInfo, CommandResult, Count, DaemonHealth, LimitsView, ListFilter, Pool, PoolError,
+};
 use super::{SendRequest, SessionRequest, SpawnRequest, DEFAULT_COMMAND_TIMEOUT, MAX_REPLY_BYTES};
 
 /// What a launch needs besides the policy.
@@ -84,8 +86,7 @@ impl Pool {
             pool.inner.reaper_wake.notify_one();
         };
         // The clock starts at launch, as the wall time always did.
-        let wiring =
-            cell::Wiring {
+        let wiring = cell::Wiring {
             framer,
             deadline: limit.map(|d| Instant::now() + d),
             tap: l.tap,
@@ -192,12 +193,19 @@ impl Pool {
                 }
             }
         });
-        answered.await.unwrap_or_else(|_| Err(PoolError::Internal(format!("cell {id}: the command's task ended without an answer"))))
+        answered.await.unwrap_or_else(|_| {
+            Err(PoolError::Internal(format!("cell {id}: the command's task ended without an answer")))
+        })
     }
 
     /// One command's turn on a session: wait for the session (earlier commands finish first),
     /// drop replies nobody asked for, write the line, wait for its reply.
-    async fn exchange(&self, entry: &Arc<CellEntry>, command: String, timeout: Duration) -> Result<CommandResult, PoolError> {
+    async fn exchange(
+        &self,
+        entry: &Arc<CellEntry>,
+        command: String,
+        timeout: Duration,
+    ) -> Result<CommandResult, PoolError> {
         let id = entry.id.as_str();
         let started = Instant::now();
         let _busy = Busy::new(entry);
@@ -382,14 +390,12 @@ impl Pool {
             let running = mine.iter().filter(|e| e.exit_reason().is_none()).count();
             (running, mine.len() - running)
         };
-        let (total, available) = tokio::task::spawn_blocking(|| {
-            match sysinfo::System::new() {
-                Ok(mut sys) => {
-                    sys.refresh_memory();
-                    (sys.total_memory(), sys.available_memory())
-                }
-                Err(_) => (0, 0),
+        let (total, available) = tokio::task::spawn_blocking(|| match sysinfo::System::new() {
+            Ok(mut sys) => {
+                sys.refresh_memory();
+                (sys.total_memory(), sys.available_memory())
             }
+            Err(_) => (0, 0),
         })
         .await
         .unwrap_or((0, 0));
@@ -434,7 +440,10 @@ impl Pool {
         }
         let all = futures_util::future::join_all(live.iter().map(|e| e.ended()));
         if tokio::time::timeout(timeout, all).await.is_err() {
-            tracing::warn!(timeout_s = timeout.as_secs_f64(), "cells still alive at the shutdown timeout: removing their cgroups");
+            tracing::warn!(
+                timeout_s = timeout.as_secs_f64(),
+                "cells still alive at the shutdown timeout: removing their cgroups"
+            );
             for e in &live {
                 let cg = e.cgroup.clone();
                 let _ = tokio::task::spawn_blocking(move || cg.remove()).await;

@@ -309,7 +309,8 @@ fn payload(plan: &LaunchPlan, go: &OwnedFd) -> Result<std::convert::Infallible, 
     // By fd, through no symlink: the cwd was checked symlink-free inside the workdir roots, and
     // whoever can write there (another cell) must not redirect it since.
     let cwd = plan.cwd.display();
-    let dir = step(Stage::Cwd, &format!("opening {cwd} (no symlinks followed)"), sys::open_no_symlinks(&plan.cwd, true))?;
+    let dir =
+        step(Stage::Cwd, &format!("opening {cwd} (no symlinks followed)"), sys::open_no_symlinks(&plan.cwd, true))?;
     step(Stage::Cwd, &format!("fchdir to {cwd}"), nix::unistd::fchdir(&dir))?;
     drop(dir);
     for r in &plan.rlimits {

@@ -22,8 +22,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetError, Scope, ABI,
+    Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetError, Scope, ABI,
 };
 
 use super::plan::LandlockPlan;
@@ -34,9 +34,7 @@ pub enum LandlockError {
     Ruleset(#[from] RulesetError),
     #[error("landlock rule for {path}: {source}")]
     Path { path: String, source: std::io::Error },
-    #[error(
-        "landlock rule for {path}: a symlink in its path (under the cwd, rules are not carried through symlinks)"
-    )]
+    #[error("landlock rule for {path}: a symlink in its path (under the cwd, rules are not carried through symlinks)")]
     Symlink { path: String },
 }
 

@@ -392,7 +392,11 @@ impl Cell {
 
     /// Like [`Cell::wait`], but `stop` may end the cell early: gracefully (SIGTERM through the
     /// helper, then the whole cgroup killed after the grace period) or at once.
-    pub async fn run_to_end(mut self, deadline: Option<Instant>, stop: impl std::future::Future<Output = Stop>) -> Outcome {
+    pub async fn run_to_end(
+        mut self,
+        deadline: Option<Instant>,
+        stop: impl std::future::Future<Output = Stop>,
+    ) -> Outcome {
         let deadline = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -430,12 +434,13 @@ impl Cell {
     /// the pid namespace with it) and the helper.
     pub async fn kill_all(&self) {
         let cg = self.cgroup.clone();
-        let killed = tokio::task::spawn_blocking(move || cg.kill_all().map(|()| cg.paths().iter().all(|p| p.exists())))
-            .await;
+        let killed =
+            tokio::task::spawn_blocking(move || cg.kill_all().map(|()| cg.paths().iter().all(|p| p.exists()))).await;
         if !matches!(killed, Ok(Ok(true))) {
             tracing::warn!(cell = %self.id, "the cell's cgroup is gone or would not empty; killing its processes by pid");
             for pid in [self.payload_pid, self.helper_pid()].into_iter().flatten() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             }
         }
     }
@@ -462,17 +467,17 @@ impl Cell {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         let cg = self.cgroup.clone();
-        let (usage, events) = tokio::task::spawn_blocking(move || {
-            (cg.usage().unwrap_or_default(), cg.events().unwrap_or_default())
-        })
-        .await
-        .unwrap_or_default();
+        let (usage, events) =
+            tokio::task::spawn_blocking(move || (cg.usage().unwrap_or_default(), cg.events().unwrap_or_default()))
+                .await
+                .unwrap_or_default();
         remove_cgroup(self.cgroup.clone()).await;
 
         let (code, signal) = payload_exit.unwrap_or_else(|| helper_status(status));
         let mut reason = forced.unwrap_or_else(|| classify(code, signal, &events));
         if let (ExitReason::SeccompViolation { syscall }, Some(pid)) = (&mut reason, self.payload_pid) {
-            *syscall = tokio::task::spawn_blocking(move || super::audit::seccomp_kill_syscall(pid)).await.ok().flatten();
+            *syscall =
+                tokio::task::spawn_blocking(move || super::audit::seccomp_kill_syscall(pid)).await.ok().flatten();
         }
         Outcome {
             cell: self.id,

@@ -51,16 +51,20 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use launch::{Cell, CellInput, CellIo, CellOutput, Launcher, Outcome, StdioMode, Stop};
-pub use pty::TermSpec;
 pub use plan::{Degradation, HostCaps, LaunchRequest};
 pub use proto::Stage;
+pub use pty::TermSpec;
 
 /// Why a cell ended: exactly one per run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum ExitReason {
-    Exited { code: i32 },
-    Signaled { signal: i32 },
+    Exited {
+        code: i32,
+    },
+    Signaled {
+        signal: i32,
+    },
     /// The kernel's OOM killer ended it at the memory limit.
     OomKilled,
     /// The pids limit was hit (forks failed) during the run.
@@ -71,9 +75,15 @@ pub enum ExitReason {
     /// The wall-clock limit passed; the cell was killed.
     TimedOut,
     /// A syscall the seccomp policy kills on.
-    SeccompViolation { syscall: Option<String> },
+    SeccompViolation {
+        syscall: Option<String>,
+    },
     /// A setup step failed; the command never ran.
-    SetupFailed { stage: String, errno: i32, detail: String },
+    SetupFailed {
+        stage: String,
+        errno: i32,
+        detail: String,
+    },
     /// Ended on request (terminate / shutdown).
     Terminated,
     /// Reaped after its idle timeout.
@@ -157,9 +167,7 @@ impl SandboxError {
             SandboxError::Binary { .. }
             | SandboxError::NoCommand { .. }
             | SandboxError::Abstract { .. }
-            | SandboxError::OptionArgument { .. } => {
-                "resolve".into()
-            }
+            | SandboxError::OptionArgument { .. } => "resolve".into(),
             SandboxError::HostRoot { .. } => "identity".into(),
             SandboxError::Unsupported { mechanism, .. } => mechanism.clone(),
             SandboxError::Cgroup { .. } => "cgroup".into(),

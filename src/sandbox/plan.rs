@@ -407,9 +407,8 @@ pub fn proxy_env(port: u16) -> Vec<(&'static str, String)> {
 /// An argv[0] with a `/` is taken as a path; a bare name is looked up in the cell's PATH.
 fn resolve_binary(provider: &str, name: &str, env: &[String]) -> Result<PathBuf, SandboxError> {
     use std::os::unix::fs::PermissionsExt;
-    let is_exec = |p: &Path| {
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    };
+    let is_exec =
+        |p: &Path| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
     let found = if name.contains('/') {
         let p = PathBuf::from(name);
         (p.is_absolute() && is_exec(&p)).then_some(p)
@@ -443,11 +442,7 @@ fn landlock_plan(
             degraded.push(Degradation { mechanism: mechanism.to_owned(), detail });
             Ok(())
         } else {
-            Err(SandboxError::Unsupported {
-                provider: policy.name.clone(),
-                mechanism: mechanism.to_owned(),
-                detail,
-            })
+            Err(SandboxError::Unsupported { provider: policy.name.clone(), mechanism: mechanism.to_owned(), detail })
         }
     };
     let abi = host.landlock_abi;
@@ -506,7 +501,10 @@ mod tests {
         assert!(matches!(caller_argv(&plain, &args(&["--version"])), Err(SandboxError::OptionArgument { .. })));
         assert!(matches!(caller_argv(&plain, &args(&["ok", "-x"])), Err(SandboxError::OptionArgument { .. })));
         let after = policy("command_after = \"--\"", "");
-        assert_eq!(caller_argv(&after, &args(&["--version"])).ok(), Some(args(&["/bin/echo", "-n", "--", "--version"])));
+        assert_eq!(
+            caller_argv(&after, &args(&["--version"])).ok(),
+            Some(args(&["/bin/echo", "-n", "--", "--version"]))
+        );
         assert_eq!(caller_argv(&after, &[]).ok(), Some(args(&["/bin/echo", "-n"])));
         let format = policy("command_format = \"--prompt={}\"", "");
         assert_eq!(caller_argv(&format, &args(&["-v {}"])).ok(), Some(args(&["/bin/echo", "-n", "--prompt=-v {}"])));
@@ -514,7 +512,10 @@ mod tests {
 
     #[test]
     fn proxy_cells_get_the_proxy_variables_last() {
-        let p = policy("", "[environment]\npass = [\"HTTPS_PROXY\"]\n[network]\nmode = \"proxy\"\negress = [\"a.example\"]\n");
+        let p = policy(
+            "",
+            "[environment]\npass = [\"HTTPS_PROXY\"]\n[network]\nmode = \"proxy\"\negress = [\"a.example\"]\n",
+        );
         let req = LaunchRequest {
             cell_id: "c".into(),
             args: Vec::new(),
@@ -607,7 +608,8 @@ mod tests {
     /// over them and expands `{cwd}` and `{tmp}`; nothing else leaks.
     #[test]
     fn build_env_passes_only_listed_variables_and_expands_set() {
-        let p = policy("", "[environment]\npass = [\"TERM\", \"PATH\", \"LANG\"]\n[environment.set]\nWS = \"{cwd}/x\"\n");
+        let p =
+            policy("", "[environment]\npass = [\"TERM\", \"PATH\", \"LANG\"]\n[environment.set]\nWS = \"{cwd}/x\"\n");
         let env = build_env(&p, &request(1000, 1000), Path::new("/home/u/ws"));
         assert!(env.contains(&"TERM=xterm".to_owned()), "{env:?}");
         assert!(env.contains(&"PATH=/usr/local/bin:/usr/bin:/bin".to_owned()), "set wins over pass: {env:?}");

@@ -109,10 +109,7 @@ fn ensure_single_threaded() -> nix::Result<()> {
 /// single-threaded (checked at runtime, [`ensure_single_threaded`]), which is what lets the
 /// child allocate — no other thread's locks can have been copied in a held state. Callers are
 /// the helper, a fresh single-threaded process; in the tokio daemon it always fails.
-pub(crate) fn clone_into_namespaces(
-    flags: CloneFlags,
-    child: Box<dyn FnMut() -> isize + '_>,
-) -> nix::Result<Pid> {
+pub(crate) fn clone_into_namespaces(flags: CloneFlags, child: Box<dyn FnMut() -> isize + '_>) -> nix::Result<Pid> {
     ensure_single_threaded()?;
     // 1 MiB is far more than the init recipe needs (no recursion, small frames).
     let mut stack = vec![0u8; 1 << 20];
@@ -162,9 +159,7 @@ pub fn drop_bounding_set(cap_last_cap: u32) -> io::Result<()> {
 /// so nothing the helper inherited by accident reaches the payload.
 pub fn cloexec_from(from: u32) -> io::Result<()> {
     // SAFETY: close_range(first, last, flags) only changes this process's fd table.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_close_range, from, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint)
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -235,7 +230,11 @@ pub fn landlock_abi() -> i32 {
             LANDLOCK_CREATE_RULESET_VERSION,
         )
     };
-    if v < 0 { 0 } else { v as i32 }
+    if v < 0 {
+        0
+    } else {
+        v as i32
+    }
 }
 
 /// Bring the loopback interface up in the current network namespace:
@@ -272,10 +271,8 @@ pub fn loopback_up() -> io::Result<()> {
 /// Install one classic-BPF seccomp program with `seccomp(SECCOMP_SET_MODE_FILTER)` through
 /// seccompiler (which needs no_new_privs set beforehand and does not allocate).
 pub fn install_seccomp(program: &[crate::policy::seccomp::BpfInsn]) -> io::Result<()> {
-    let prog: Vec<seccompiler::sock_filter> = program
-        .iter()
-        .map(|i| seccompiler::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k })
-        .collect();
+    let prog: Vec<seccompiler::sock_filter> =
+        program.iter().map(|i| seccompiler::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
     seccompiler::apply_filter(&prog).map_err(|e| match e {
         seccompiler::Error::Seccomp(io) => io,
         other => io::Error::other(other.to_string()),
@@ -413,19 +410,17 @@ pub fn pidfd_alive(pidfd: &impl AsFd) -> io::Result<bool> {
     // (NULL info) and sends nothing (signal 0: permission and existence check only); the fd is
     // borrowed, so open.
     let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_fd().as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_fd().as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
     };
     if rc == 0 {
         return Ok(true);
     }
     let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(err) }
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
 }
 
 /// The first socket systemd passed this process (socket activation), as a listening

@@ -46,17 +46,32 @@ pub struct ViewStep {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum StepKind {
     /// A bind of the host's `source` (a directory or a file).
-    Bind { source: PathBuf, dir: bool, writable: bool, exec: bool, no_follow: bool },
+    Bind {
+        source: PathBuf,
+        dir: bool,
+        writable: bool,
+        exec: bool,
+        no_follow: bool,
+    },
     /// A host device node bound in (without `nodev`).
-    Device { source: PathBuf },
-    Symlink { target: PathBuf },
+    Device {
+        source: PathBuf,
+    },
+    Symlink {
+        target: PathBuf,
+    },
     /// The private tmp.
-    Tmp { size: u64, exec: bool },
+    Tmp {
+        size: u64,
+        exec: bool,
+    },
     /// `/dev`: a directory of the (read-only) root, with `/dev/pts` holding only the cell's own
     /// terminal (if any).
     Dev,
     /// `/proc` of the cell's pid namespace (`own`), or the host's bound (no pid namespace).
-    Proc { own: bool },
+    Proc {
+        own: bool,
+    },
 }
 
 /// The whole view, in mount order (parents before what lies beneath them).
@@ -174,7 +189,9 @@ impl ViewPlan {
                     StepKind::Tmp { size, exec } => {
                         format!("{p}  private tmpfs {size} bytes, {}", if *exec { "exec" } else { "noexec" })
                     }
-                    StepKind::Dev => format!("{p}  read-only, the device nodes below; /dev/pts: the cell's own terminal only"),
+                    StepKind::Dev => {
+                        format!("{p}  read-only, the device nodes below; /dev/pts: the cell's own terminal only")
+                    }
                     StepKind::Proc { own: true } => format!("{p}  proc of the cell's pid namespace"),
                     StepKind::Proc { own: false } => format!("{p}  the host's proc (no pid namespace)"),
                 }
@@ -251,10 +268,11 @@ fn hold_sources(view: &ViewPlan) -> Result<Vec<Option<OwnedFd>>, ViewError> {
     view.steps
         .iter()
         .map(|s| match &s.kind {
-            StepKind::Bind { source, dir, no_follow: true, .. } => {
-                fail(format!("opening {} (no symlinks followed)", source.display()), super::sys::open_no_symlinks(source, *dir))
-                    .map(Some)
-            }
+            StepKind::Bind { source, dir, no_follow: true, .. } => fail(
+                format!("opening {} (no symlinks followed)", source.display()),
+                super::sys::open_no_symlinks(source, *dir),
+            )
+            .map(Some),
             StepKind::Bind { source, .. } | StepKind::Device { source } => fail(
                 format!("opening {}", source.display()),
                 nix::fcntl::open(source.as_path(), OFlag::O_PATH | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()),
@@ -320,7 +338,9 @@ fn bind(fd: &OwnedFd, target: &Path, flags: MsFlags) -> Result<(), ViewError> {
     // Not recursive where the kernel allows it (nothing mounted beneath comes along); a source
     // with locked mounts beneath it can only be bound whole.
     match mount(Some(src.as_str()), target, none, MsFlags::MS_BIND, none) {
-        Err(Errno::EINVAL) => fail(&what, mount(Some(src.as_str()), target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none))?,
+        Err(Errno::EINVAL) => {
+            fail(&what, mount(Some(src.as_str()), target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none))?
+        }
         other => fail(&what, other)?,
     }
     let flags = flags | kept_flags(target) | MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
@@ -348,7 +368,10 @@ fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32) -> Result<()
             // No remount: a device node can be neither executed nor setuid, so the bind's
             // flags do not matter (and `nodev` must stay off).
             let src = format!("/proc/self/fd/{}", held()?.as_raw_fd());
-            fail(format!("binding {}", target.display()), mount(Some(src.as_str()), &target, none, MsFlags::MS_BIND, none))
+            fail(
+                format!("binding {}", target.display()),
+                mount(Some(src.as_str()), &target, none, MsFlags::MS_BIND, none),
+            )
         }
         StepKind::Symlink { target: to } => {
             if let Some(parent) = target.parent() {
@@ -380,12 +403,19 @@ fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32) -> Result<()
             // By its name in this namespace's copy of the host's /dev (an fd opened in another
             // mount namespace cannot be bound), checked to be the very same terminal.
             use nix::fcntl::OFlag;
-            let node = nix::fcntl::open(name.as_path(), OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, nix::sys::stat::Mode::empty());
+            let node = nix::fcntl::open(
+                name.as_path(),
+                OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                nix::sys::stat::Mode::empty(),
+            );
             let node = fail(format!("opening {}", name.display()), node)?;
             let (ours, theirs) = (nix::sys::stat::fstat(std::io::stdin()), nix::sys::stat::fstat(&node));
             let same = matches!((ours, theirs), (Ok(a), Ok(b)) if a.st_rdev == b.st_rdev && a.st_dev == b.st_dev && a.st_ino == b.st_ino);
             if !same {
-                return Err(ViewError { what: format!("{} is not the cell's terminal", name.display()), errno: libc::EXDEV });
+                return Err(ViewError {
+                    what: format!("{} is not the cell's terminal", name.display()),
+                    errno: libc::EXDEV,
+                });
             }
             bind(&node, &point, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
         }
@@ -437,10 +467,16 @@ mod tests {
         assert!(matches!(at("/usr"), Some(StepKind::Bind { writable: false, exec: true, .. })), "{view:?}");
         assert!(matches!(at("/etc"), Some(StepKind::Bind { writable: false, exec: false, .. })), "{view:?}");
         let cwd = ws.path().to_str().unwrap_or_default();
-        assert!(matches!(at(cwd), Some(StepKind::Bind { writable: true, exec: false, no_follow: true, .. })), "{view:?}");
+        assert!(
+            matches!(at(cwd), Some(StepKind::Bind { writable: true, exec: false, no_follow: true, .. })),
+            "{view:?}"
+        );
         assert!(matches!(at("/dev/null"), Some(StepKind::Device { .. })), "{view:?}");
         for hidden in ["/home", "/run", "/var", "/root", "/sys", "/srv"] {
-            assert!(!view.steps.iter().any(|s| s.path.starts_with(hidden) && !s.path.starts_with(ws.path())), "{hidden}: {view:?}");
+            assert!(
+                !view.steps.iter().any(|s| s.path.starts_with(hidden) && !s.path.starts_with(ws.path())),
+                "{hidden}: {view:?}"
+            );
         }
         // Parents come before what lies beneath them.
         let paths: Vec<&PathBuf> = view.steps.iter().map(|s| &s.path).collect();

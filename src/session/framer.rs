@@ -51,9 +51,10 @@ impl Framer {
         let rule = match policy {
             SessionPolicy::Line => Rule::Line,
             SessionPolicy::Sentinel { line } => Rule::Sentinel(line.as_bytes().to_vec()),
-            SessionPolicy::Regex { pattern } => Rule::Regex(Regex::new(pattern).map_err(|e| {
-                SessionError::BadPattern { pattern: pattern.clone(), message: e.to_string() }
-            })?),
+            SessionPolicy::Regex { pattern } => Rule::Regex(
+                Regex::new(pattern)
+                    .map_err(|e| SessionError::BadPattern { pattern: pattern.clone(), message: e.to_string() })?,
+            ),
             SessionPolicy::JsonField { field, equals } => {
                 Rule::JsonField { path: field.split('.').map(str::to_owned).collect(), equals: equals.clone() }
             }
@@ -256,7 +257,10 @@ mod tests {
         let mut f = Framer::new(&p, 1024).unwrap();
         let input: &[&[u8]] =
             &[b"{\"msg\":{\"type\":\"delta\"}}\nnot json\n", b"{\"msg\":{\"type\":\"result\"},\"n\":1}\n"];
-        assert_eq!(bodies(&mut f, input), ["{\"msg\":{\"type\":\"delta\"}}\nnot json\n{\"msg\":{\"type\":\"result\"},\"n\":1}\n"]);
+        assert_eq!(
+            bodies(&mut f, input),
+            ["{\"msg\":{\"type\":\"delta\"}}\nnot json\n{\"msg\":{\"type\":\"result\"},\"n\":1}\n"]
+        );
         let p = SessionPolicy::JsonField { field: "done".into(), equals: "true".into() };
         let mut f = Framer::new(&p, 1024).unwrap();
         assert_eq!(bodies(&mut f, &[b"{\"done\":false}\n{\"done\":true}\n"]).len(), 1);

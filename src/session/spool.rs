@@ -34,9 +34,15 @@ pub enum Stream {
 /// What a subscription yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputEvent {
-    Data { stream: Stream, offset: u64, data: Bytes },
+    Data {
+        stream: Stream,
+        offset: u64,
+        data: Bytes,
+    },
     /// `dropped` bytes were no longer in the spool when this reader got to them.
-    Lagged { dropped: u64 },
+    Lagged {
+        dropped: u64,
+    },
     /// The cell's output is complete.
     End,
 }
@@ -122,7 +128,12 @@ impl Spool {
 
     fn with_ring(cap: usize, ring: Ring) -> Spool {
         Spool {
-            shared: Arc::new(Shared { cap: cap as u64, ring, state: Mutex::new(State::default()), changed: Notify::new() }),
+            shared: Arc::new(Shared {
+                cap: cap as u64,
+                ring,
+                state: Mutex::new(State::default()),
+                changed: Notify::new(),
+            }),
         }
     }
 

@@ -96,9 +96,8 @@ impl World {
 
     /// Write `policies/<name>.toml` = `extends = "base"` + `[provider]` + `body`.
     pub fn policy(&self, name: &str, provider_extra: &str, body: &str) -> PathBuf {
-        let text = format!(
-            "extends = \"base\"\n\n[provider]\nname = \"{name}\"\ncommand = []\n{provider_extra}\n\n{body}\n"
-        );
+        let text =
+            format!("extends = \"base\"\n\n[provider]\nname = \"{name}\"\ncommand = []\n{provider_extra}\n\n{body}\n");
         let path = self.policies.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write policy");
         path
