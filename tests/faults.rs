@@ -154,6 +154,9 @@ fn client_killed_mid_request() {
     let fds_after = d.settle_fds(fds_before + 2, Duration::from_secs(5));
     eprintln!("mid-request: daemon fds before {fds_before}, after {fds_after}");
     assert!(fds_after <= fds_before + 2, "fd leak: {fds_before} → {fds_after}");
+    // The retained output of the two ended cells (still listed) is held open, nothing more.
+    let listed = call(&d.socket, "GET", "/v1/cells?all=true", None).json().as_array().map_or(0, Vec::len);
+    assert!(d.spool_fds() <= listed, "spool fds {} for {listed} listed cells", d.spool_fds());
     assert_eq!(d.health()["cells_running"], 0);
 }
 

@@ -327,7 +327,20 @@ impl Daemon {
 
     /// Open fds of the daemon process.
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+        self.fd_targets().iter().filter(|t| !is_spool(t)).count()
+    }
+
+    /// The daemon's open retained-output spool files: held by design, one per listed cell
+    /// (ended cells included, until they are forgotten), so [`Daemon::fd_count`] leaves them out.
+    pub fn spool_fds(&self) -> usize {
+        self.fd_targets().iter().filter(|t| is_spool(t)).count()
+    }
+
+    fn fd_targets(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) else { return Vec::new() };
+        dir.filter_map(|e| e.ok())
+            .map(|e| std::fs::read_link(e.path()).map(|t| t.display().to_string()).unwrap_or_default())
+            .collect()
     }
 
     /// Wait until the daemon's fd count is at most `target` (up to `within`); the last count.
@@ -465,4 +478,9 @@ pub fn host_has_process(needle: &str) -> bool {
         .filter(|e| e.file_name().to_string_lossy() != me)
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .any(|c| String::from_utf8_lossy(&c).contains(needle))
+}
+
+/// A spool file of the daemon's (under a `spool` directory).
+fn is_spool(target: &str) -> bool {
+    target.contains("/spool/")
 }
