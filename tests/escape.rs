@@ -2260,7 +2260,7 @@ fn exec_past_noexec_mounts() {
         \x20   print('loader ' + where, 'OK' if rc.returncode == 0 else 'FAILED', rc.returncode, rc.stderr.decode()[-120:].replace('\\n', ' '), flush=True)\n\
         elf = open('/usr/bin/true', 'rb').read()\n\
         sc('memfd MFD_EXEC', 319, b'x', 0x10)\n\
-        m = sc('memfd', 319, b'x', 0)\n\
+        m = sc('memfd plain', 319, b'x', 0)\n\
         if m >= 0:\n\
         \x20   os.write(m, elf)\n\
         \x20   op('fchmod memfd +x', lambda: os.fchmod(m, 0o755))\n\
@@ -2302,7 +2302,7 @@ fn exec_past_noexec_mounts() {
         denied(&out, &ctx, "memfd MFD_EXEC", &["EACCES"], "an executable memfd was created");
         denied(&out, &ctx, "memfd fexecve", &["EACCES"], "a memfd was executed");
     } else {
-        denied(&out, &ctx, "memfd", &["ENOSYS"], "memfd_create worked on a kernel without memfd_noexec");
+        denied(&out, &ctx, "memfd plain", &["ENOSYS"], "memfd_create worked on a kernel without memfd_noexec");
         let degraded = r.outcome["degraded"].to_string();
         assert!(degraded.contains("memfd_noexec"), "no memfd_noexec degradation reported: {degraded}\n{ctx}");
     }
