@@ -266,7 +266,17 @@ do_uninstall() {
     systemctl daemon-reload
     say done "systemctl daemon-reload"
   fi
-  # Host state: /run/cellkeep and the group, only if an install created them.
+  # The service's state: the cells' output spool (systemd's StateDirectory=cellkeep/spool,
+  # transient files of ended cells; the service is stopped, so none is in use), then the
+  # /var/lib/cellkeep systemd created for it, if nothing else is in there.
+  local state=$destdir/var/lib/cellkeep
+  if [[ -d $state/spool ]]; then
+    rm -rf "$state/spool" && say removed "/var/lib/cellkeep/spool/"
+  fi
+  if [[ -d $state ]]; then
+    rmdir "$state" 2>/dev/null && say removed "/var/lib/cellkeep/" || say kept "/var/lib/cellkeep (not empty)"
+  fi
+    # Host state: /run/cellkeep and the group, only if an install created them.
   if grep -qxF "rundir $rundir" "$saved"; then
     rmdir "$rundir" 2>/dev/null && say removed "$rundir" || say kept "$rundir (not empty)"
   fi
