@@ -295,28 +295,24 @@ fn run_removes_the_cgroup_root_it_created() {
     let w = common::World::new();
     let policy = w.policy("t", "", "");
     let name = format!("ck-h16-{}", std::process::id());
-    let out = Command::new(BIN)
-        .args(["run", "--cgroup-root", &name, "--policy"])
-        .arg(&policy)
-        .arg("--cwd")
-        .arg(w.ws.path())
-        .args(["--", "/bin/true"])
-        .output()
-        .expect("cellkeep run");
+    let run = || {
+        Command::new(BIN)
+            .args(["run", "--cgroup-root", &name, "--policy"])
+            .arg(&policy)
+            .arg("--cwd")
+            .arg(w.ws.path())
+            .args(["--", "/bin/true"])
+            .output()
+            .expect("cellkeep run")
+    };
+    let out = run();
     assert!(out.status.success(), "{out:?}");
     let left = Command::new("find").args(["/sys/fs/cgroup", "-name", &name, "-type", "d"]).output().expect("find");
     let left = String::from_utf8_lossy(&left.stdout).into_owned();
     assert!(left.trim().is_empty(), "cgroup root left behind:\n{left}");
     // One that existed before the run stays.
     let root = cellkeep::cgroup::CgroupRoot::open(&name).expect("open root");
-    let out = Command::new(BIN)
-        .args(["run", "--cgroup-root", &name, "--policy"])
-        .arg(&policy)
-        .arg("--cwd")
-        .arg(w.ws.path())
-        .args(["--", "/bin/true"])
-        .output()
-        .expect("cellkeep run");
+    let out = run();
     assert!(out.status.success(), "{out:?}");
     assert!(root.paths().iter().all(|p| p.exists()), "a root the run did not create was removed");
     root.remove_if_empty().expect("remove root");
