@@ -160,6 +160,54 @@ fn client_killed_mid_request() {
     assert_eq!(d.health()["cells_running"], 0);
 }
 
+// 2b. Clients that hang up while their one-shot is still being launched (cgroup made, helper
+//     starting): the launch is not cancelled halfway. Each request that reached the daemon
+//     ends as a complete cell (it runs, ends and is removed) — no cgroup dir, process or slot
+//     is left owned by nobody. Hang-ups are spread over the launch's duration, 0 to 40 ms
+//     after the request (on a slow machine the later ones simply land after the launch).
+//     Then 40 sessions started and ended: an ended session, still listed, holds no pipe.
+#[test]
+fn client_gone_mid_launch_leaks_nothing() {
+    gate!("client_gone_mid_launch_leaks_nothing");
+    let d = Daemon::start(40, "", &providers());
+    let fds_before = d.fd_count();
+    let body = json!({"command": "0", "cwd": d.cwd()}).to_string();
+    for delay_ms in 0..40u64 {
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+        write!(
+            s,
+            "POST /v1/providers/sleep/commands HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("request");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        drop(s);
+    }
+    wait_until("every launched cell to end and its cgroup to go", Duration::from_secs(60), || {
+        d.cells_on_disk().is_empty() && d.health()["cells_running"] == 0
+    });
+    // Every hang-up the daemon saw is a request abandoned, and each of their cells ended.
+    let cells = call(&d.socket, "GET", "/v1/cells?all=true", None).json();
+    let cells = cells.as_array().expect("cell list");
+    eprintln!("mid-launch: {} cells were launched for 40 abandoned requests, all ended", cells.len());
+    for c in cells {
+        assert!(!c["exit"].is_null(), "a cell of an abandoned request never ended: {c}");
+    }
+    let fds_mid = d.settle_fds(fds_before + 2, Duration::from_secs(5));
+    assert!(fds_mid <= fds_before + 2, "fd leak after the abandoned launches: {fds_before} → {fds_mid}");
+    // The slots came back: the cap (40) admits 40 live sessions again.
+    let ids: Vec<String> = (0..40).map(|_| id_of(&d.spawn("cat"))).collect();
+    for id in &ids {
+        assert_eq!(call(&d.socket, "DELETE", &format!("/v1/cells/{id}"), None).status, 200);
+    }
+    wait_until("the sessions' cgroups to go", Duration::from_secs(20), || d.cells_on_disk().is_empty());
+    let listed = call(&d.socket, "GET", "/v1/cells?all=true", None).json().as_array().map_or(0, Vec::len);
+    let fds_after = d.settle_fds(fds_before + 2, Duration::from_secs(5));
+    assert!(fds_after <= fds_before + 2, "fd leak after 40 ended sessions: {fds_before} → {fds_after}");
+    assert!(d.spool_fds() <= listed, "spool fds {} for {listed} listed cells", d.spool_fds());
+}
+
 /// A small tmpfs mounted for the test (lazily unmounted on drop).
 struct Tmpfs(tempfile::TempDir);
 

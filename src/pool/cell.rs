@@ -287,9 +287,14 @@ pub fn start(
         *supervised.final_usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.usage);
         tracing::info!(cell = %outcome.cell, provider = %outcome.provider, reason = %outcome.reason, "cell ended");
         supervised.exit.send_replace(Some((outcome.reason.clone(), Instant::now())));
-        // An ended cell's stdin pipe is of no use; the entry stays listed for a while.
+        // An ended cell's stdin (a one-shot's, or a session's with its reply queue) is of no
+        // use, and the entry stays listed for a while: close them now, not when it is forgotten.
+        // (A session command still holding the FIFO lock finishes first; later ones see None.)
         let closing = supervised.clone();
-        tokio::spawn(async move { drop(closing.stdin.lock().await.take()) });
+        tokio::spawn(async move {
+            drop(closing.stdin.lock().await.take());
+            drop(closing.io.lock().await.take());
+        });
         on_end(&supervised, &outcome);
     });
     entry

@@ -59,7 +59,7 @@ impl Pool {
         }
         let timeout = Self::command_timeout(&policy, req.timeout_ms);
         let l = Launch {
-            caller,
+            caller: caller.clone(),
             cwd: req.cwd,
             env: req.env,
             args: vec![req.command],

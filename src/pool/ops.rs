@@ -20,9 +20,9 @@ use super::{
 };
 use super::{SendRequest, SessionRequest, SpawnRequest, DEFAULT_COMMAND_TIMEOUT, MAX_REPLY_BYTES};
 
-/// What a launch needs besides the policy.
-pub(super) struct Launch<'a> {
-    pub caller: &'a Caller,
+/// What a launch needs besides the policy (owned: the launch runs in a task of its own).
+pub(super) struct Launch {
+    pub caller: Caller,
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
     pub args: Vec<String>,
@@ -41,7 +41,20 @@ pub(super) fn is_resource_limit(reason: &ExitReason) -> bool {
 
 impl Pool {
     /// Reserve a slot, launch, register; the slot is released when the cell's cgroup is gone.
-    pub(super) async fn launch(&self, policy: Arc<Policy>, l: Launch<'_>) -> Result<Arc<CellEntry>, PoolError> {
+    ///
+    /// Not cancelled with its caller: a client that hangs up mid-request drops the request's
+    /// future, and a launch dropped halfway would leave what it had made so far (a cgroup, a
+    /// helper, an id lease) owned by nobody. So the launch runs in a task of its own and always
+    /// ends in one of its two complete states: registered (the cell runs and ends like any
+    /// other; a one-shot keeps its output for `get`/`logs`) or failed and torn down.
+    pub(super) async fn launch(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
+        let pool = self.clone();
+        tokio::spawn(async move { pool.launch_whole(policy, l).await })
+            .await
+            .map_err(|e| PoolError::Internal(format!("the launch task failed: {e}")))?
+    }
+
+    async fn launch_whole(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let slot = self.reserve_slot(l.wait_for_slot).await?;
         let range_uid = self.allocate_range_uid(&policy)?;
@@ -114,7 +127,7 @@ impl Pool {
             }
         }
         let l = Launch {
-            caller,
+            caller: caller.clone(),
             cwd: req.cwd,
             env: req.env,
             args: req.args,
@@ -144,7 +157,7 @@ impl Pool {
             return Ok(entry.info());
         }
         let l = Launch {
-            caller,
+            caller: caller.clone(),
             cwd: req.cwd,
             env: req.env,
             args: Vec::new(),
