@@ -11,6 +11,11 @@
 #   6. scaling: spawn latency with 1000 live cells against 10
 #   7. egress proxy: a 100 MiB HTTP download by curl in a cell, through the cell's egress proxy
 #      (CONNECT tunnel), against the same curl download direct on the host's loopback
+#   8. spawn cost against an earlier build: `cellkeep run /bin/true` of this build against the
+#      same of BENCH_BEFORE (a git revision; default b89634d, main before the isolation issue
+#      13 added the mount view and the per-cell identity), each with its own shipped base
+#      policy (hyperfine, alternating). The old build is made once and cached in
+#      target/bench-before/<rev>. BENCH_BEFORE=none skips the row.
 # Prints one markdown table and writes it to target/bench.md (raw JSON: target/bench/).
 # Benchmarks are not tests: nothing fails on a timing.
 #   env: BENCH_QUICK=1 for a short smoke run (small counts; figures not meaningful)
@@ -31,6 +36,16 @@ egress_bytes=104857600; n_egress=7
 if [[ $quick == 1 ]]; then n_spawn=20; n_rtt=500; tput_secs=2; idle_secs=3; big=50; stream_bytes=67108864; egress_bytes=16777216; n_egress=3; fi
 
 cargo build --release --locked -q --bins
+before_rev=${BENCH_BEFORE:-b89634d}
+if [[ $before_rev != none ]]; then
+  before=$PWD/target/bench-before/$before_rev
+  if [[ ! -x $before/target/release/cellkeep ]]; then
+    echo "== building $before_rev for row 8 (once; cached in $before)"
+    rm -rf "$before" && mkdir -p "$before/src"
+    git archive "$before_rev" | tar -x -C "$before/src"
+    (cd "$before/src" && CARGO_TARGET_DIR=$before/target cargo build --release --locked -q --bin cellkeep)
+  fi
+fi
 bin=$PWD/target/release/cellkeep
 bench=$PWD/target/release/cellkeep-bench
 out=$PWD/target/bench
@@ -102,6 +117,17 @@ hyperfine -N -w 10 -r "$n_spawn" --export-json "$out/spawn.json" \
   -n 'cellkeep run' "env CELLKEEP_CGROUP_ROOT=cellkeep-bench-run $bin run --policy $pol/true.toml --cwd $ws" \
   >/dev/null
 cb oneshot true --n "$n_spawn" > "$out/socket-spawn.json"
+
+if [[ $before_rev != none ]]; then
+  echo "== 8. spawn cost: this build against $before_rev (hyperfine, $n_spawn runs each)"
+  polb=$work/policies-before && mkdir "$polb"
+  cp "$before/src/policies/base.toml" "$polb/" && cp "$pol/true.toml" "$polb/"
+  hyperfine -N -w 10 -r "$n_spawn" --export-json "$out/spawn-before.json" \
+    -n before "env CELLKEEP_CGROUP_ROOT=cellkeep-bench-before $before/target/release/cellkeep run --policy $polb/true.toml --cwd $ws" \
+    -n after "env CELLKEEP_CGROUP_ROOT=cellkeep-bench-run $bin run --policy $pol/true.toml --cwd $ws" \
+    >/dev/null
+  echo "$before_rev" > "$out/spawn-before.rev"
+fi
 
 echo "== 2. session round trip ($n_rtt)"
 cb rtt cat --n "$n_rtt" > "$out/rtt.json"

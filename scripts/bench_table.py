@@ -47,6 +47,13 @@ for name, (med, p99) in [("`cellkeep run`", spawn["cellkeep run"]), ("daemon soc
         f"{med / bw:.2f} × bwrap; unshare + {(med - un) / 1000:.2f} ms",
         "≤ 0.5 × bwrap; ≤ unshare + 1.5 ms",
     ))
+if (d / "spawn-before.json").exists():
+    hb = {r["command"]: r["times"] for r in load("spawn-before.json")["results"]}
+    b, a = statistics.median(hb["before"]) * 1e6, statistics.median(hb["after"]) * 1e6
+    rev = (d / "spawn-before.rev").read_text().strip()
+    rows.append((f"spawn /bin/true, `cellkeep run`: this build vs {rev} (before the isolation issue)",
+                 ms(a), ms(pct(hb["after"], 0.99) * 1e6), f"{rev}: {ms(b)}",
+                 f"{(a - b) / 1000:+.2f} ms ({a / b:.2f} ×)", "≤ +1 ms (issue 13)"))
 rows.append(("session round trip (`cat`, one line)", f"{rtt['median_us']:.0f} µs", f"{rtt['p99_us']:.0f} µs",
              "Python manager ~110 ms", f"{110000 / rtt['median_us']:.0f} × faster", "median ≤ 200 µs"))
 rows.append(("one-shot throughput, 20 clients (`echo`)", f"{tput['per_sec']:.0f} /s", f"p99 {ms(tput['p99_us'])}",

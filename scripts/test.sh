@@ -2,7 +2,8 @@
 # The whole test suite (the README's test command; .ci/run calls exactly this).
 #   0. lint: cargo clippy (with the [lints] table), warnings are errors; cargo fmt --check;
 #      cargo doc with warnings as errors; the shipped policies pass `policy check --strict`
-#   1. host: unit tests + privileged integration tests on this host's cgroups (v1 on hybrid hosts)
+#   1. host: unit tests + privileged integration tests on this host's cgroups (v1 on hybrid hosts),
+#      in parallel under cargo-nextest when it is installed
 #   2. VM:   the same integration test binaries on real cgroup v2, in a QEMU VM, on two kernels
 #            (scripts/vm-test.sh; skip with CELLKEEP_SKIP_VM=1 on a laptop — never in CI)
 # Privileged tests need root. With CI set, a test that cannot run fails instead of skipping.
@@ -28,8 +29,22 @@ step "docs: cargo doc, warnings (broken or private intra-doc links) are errors"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -q
 step "policies: cellkeep policy check --strict (shipped policies, CI admin floor)"
 cargo run --locked -q --bin cellkeep -- policy check --strict --floor tests/fixtures/floor/shipped-floor.toml policies
-step "host: cargo test (unit + privileged integration, in parallel; the tests that measure a CPU share run alone: gate!(.., measures_cpu) in tests/common)"
-cargo test --locked
+step "host: unit + privileged integration tests, every test of every binary in parallel"
+# cargo-nextest runs each test in its own process, all binaries at once (4 at a time: most tests
+# wait on cells, not on the CPU); the tests that measure a CPU share still run alone (they take
+# the suite-wide lock exclusively: gate!(.., measures_cpu) in tests/common). Without nextest (a
+# laptop), cargo test runs the same tests, one binary after another.
+t_host=$SECONDS
+cargo test --locked --no-run -q
+t_run=$SECONDS
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast --test-threads "${CELLKEEP_TEST_THREADS:-4}"
+  cargo test --locked --doc -q
+else
+  echo "note: cargo-nextest is not installed (cargo install cargo-nextest); running cargo test"
+  cargo test --locked
+fi
+echo "host tests: $((SECONDS - t_run)) s to run (+ $((t_run - t_host)) s to build)"
 host_s=$((SECONDS - t0))
 
 if [[ ${CELLKEEP_SKIP_VM:-0} == 1 && -z ${CI:-} ]]; then
@@ -37,16 +52,23 @@ if [[ ${CELLKEEP_SKIP_VM:-0} == 1 && -z ${CI:-} ]]; then
 else
   step "VM: the privileged suite on real cgroup v2 (scripts/vm-test.sh)"
   t1=$SECONDS
-  # Every test binary but abuse and load: those exercise the daemon's scheduling, not the cgroup
-  # backend, and take 6–8 min each per kernel under TCG emulation (run them there by hand:
-  # scripts/vm-test.sh -- --test abuse --test load).
+  # The integration tests against the release build of cellkeep (the build install.sh ships;
+  # --release bind-mounts it over the debug one the tests name: ~3x cheaper per process under
+  # TCG emulation), two tests at a time (the guest has 2 vCPUs, 2 GiB).
+  # Every test binary but abuse, load, exec and agents: those exercise the daemon's scheduling
+  # and the agent CLIs (Node), not the cgroup backend or the kernel's sandbox features, and take
+  # 5-8 min each per kernel under TCG (run them there by hand:
+  # scripts/vm-test.sh --release -- --test agents). The kernel-dependent parts of the agent
+  # policies (mount view, Landlock ABI, seccomp, netns, proxy) are what escape, run and egress
+  # prove on both kernels.
   # The lossless-follow test streams 32 MiB there instead of 256 (the property is the daemon's,
   # not the cgroup backend's; under TCG every byte costs ~50x); the many-cells limit-event test
   # keeps its 200 cells (past fs.inotify.max_user_instances: the v2 watch is what it proves).
-  CELLKEEP_FOLLOW_BYTES=$((32 << 20)) scripts/vm-test.sh -- --lib --test cgroup --test run --test daemon --test tty --test escape \
-    --test faults --test agents --test doctor --test systemd --test policy_check \
+  CELLKEEP_FOLLOW_BYTES=$((32 << 20)) VMTEST_MEM=${VMTEST_MEM:-2G} scripts/vm-test.sh --release -- \
+    --lib --test cgroup --test run --test daemon --test tty --test escape \
+    --test faults --test doctor --test systemd --test policy_check \
     --test deploy --test tour --test promises --test egress \
-    -- --test-threads=1 --show-output
+    -- --test-threads=2 --show-output
   echo "VM suite: $((SECONDS - t1)) s"
 fi
 echo "host suite: ${host_s} s; total: $((SECONDS - t0)) s"
