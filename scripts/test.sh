@@ -68,7 +68,7 @@ else
     --lib --test cgroup --test run --test daemon --test tty --test escape \
     --test faults --test doctor --test systemd --test policy_check \
     --test deploy --test tour --test promises --test egress \
-    -- --test-threads=2 --show-output
+    -- --test-threads=2 --show-output -Z unstable-options --report-time
   echo "VM suite: $((SECONDS - t1)) s"
 fi
 echo "host suite: ${host_s} s; total: $((SECONDS - t0)) s"

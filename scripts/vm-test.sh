@@ -138,7 +138,9 @@ CARGO_TARGET_DIR=$VMTEST_DIR/vmprobe-target cargo build -q --offline --locked \
 
 # ---- 3. the script the guest runs: every binary in turn, a failure does not stop the rest
 {
-  echo 'export VMTEST_GUEST=1 CELLKEEP_EXPECT_CGROUP=v2'
+  # RUSTC_BOOTSTRAP lets the stable test harness take `-Z unstable-options --report-time`
+  # (per-test durations; scripts/test.sh passes it)
+  echo 'export VMTEST_GUEST=1 CELLKEEP_EXPECT_CGROUP=v2 RUSTC_BOOTSTRAP=1'
   echo 'echo "== vm: [$VMTEST_SUITE] kernel $(uname -r), booted in $(cut -d" " -f1 /proc/uptime) s; /sys/fs/cgroup: $(stat -f -c %T /sys/fs/cgroup) [$(cat /sys/fs/cgroup/cgroup.subtree_control)]; LSMs: $(cat /sys/kernel/security/lsm 2>/dev/null); CI=${CI-<unset>}"'
   [[ -x $PROBE ]] && printf 'echo "== vm: $(%q)"\n' "$PROBE"   # landlock ABI, seccomp, cgroup2 magic
   while read -r debug release; do   # --release: the tests' CARGO_BIN_EXE_* paths run the release build
