@@ -1,4 +1,6 @@
-//! Errors as HTTP answers: a status and the JSON body `{code, message}` with a stable code.
+//! Errors as HTTP answers: a status and the JSON body [`ErrorBody`] with a stable
+//! [`ErrorCode`]. Every pool error maps to exactly one code here ([`code_of`], an exhaustive
+//! match); the code decides the status ([`ErrorCode::status`]).
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
@@ -6,68 +8,89 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::pool::PoolError;
+use crate::sandbox::SandboxError;
+use crate::session::SessionError;
 
-use super::wire::ErrorBody;
+use super::wire::{CommandResult, ErrorBody, ErrorCode};
 
 /// One failed request.
 #[derive(Debug)]
 pub struct HttpError {
+    /// The code's own status, except for the two routing answers under `bad_request` (405 a
+    /// method the path does not take, 413 a body over the limit).
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// The command's result that comes with the error, if any (see [`ErrorBody::result`]).
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<CommandResult>>,
     /// Already logged where it happened (a rejected reload): not logged again as an answer.
     pub logged: bool,
 }
 
 impl HttpError {
+    /// An answer with `code` and its status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> HttpError {
+        HttpError { status: code.status(), code, message: message.into(), result: None, logged: false }
+    }
+
     pub fn bad_request(message: impl Into<String>) -> HttpError {
-        HttpError {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_request",
-            message: message.into(),
-            result: None,
-            logged: false,
-        }
+        HttpError::new(ErrorCode::BadRequest, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> HttpError {
-        HttpError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message: message.into(),
-            result: None,
-            logged: false,
-        }
+        HttpError::new(ErrorCode::NotFound, message)
     }
 }
 
-/// The HTTP status of each wire code.
-pub fn status_of(code: &str) -> StatusCode {
-    match code {
-        "process_limit" => StatusCode::TOO_MANY_REQUESTS,
-        "timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "resource_limit" | "exited" | "already_ended" => StatusCode::CONFLICT,
-        "not_found" | "unknown_provider" => StatusCode::NOT_FOUND,
-        "forbidden" => StatusCode::FORBIDDEN,
-        "bad_request" => StatusCode::BAD_REQUEST,
-        "policy" | "setup_failed" => StatusCode::UNPROCESSABLE_ENTITY,
-        "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+/// The wire code of a pool error.
+pub fn code_of(e: &PoolError) -> ErrorCode {
+    match e {
+        PoolError::ProcessLimit { .. } => ErrorCode::ProcessLimit,
+        PoolError::Timeout { .. } => ErrorCode::Timeout,
+        PoolError::ResourceLimit { .. } => ErrorCode::ResourceLimit,
+        PoolError::Ended { .. } => ErrorCode::Exited,
+        PoolError::NotFound { .. } => ErrorCode::NotFound,
+        PoolError::AlreadyEnded { .. } => ErrorCode::AlreadyEnded,
+        PoolError::WithResult { error, .. } => code_of(error),
+        PoolError::Forbidden { .. } => ErrorCode::Forbidden,
+        PoolError::UnknownProvider { .. } => ErrorCode::UnknownProvider,
+        PoolError::BadRequest(_) | PoolError::NotSession { .. } => ErrorCode::BadRequest,
+        PoolError::Sandbox(e) => match e {
+            SandboxError::Cwd { .. }
+            | SandboxError::Binary { .. }
+            | SandboxError::NoCommand { .. }
+            | SandboxError::OptionArgument { .. } => ErrorCode::BadRequest,
+            SandboxError::Unsupported { .. } | SandboxError::HostRoot { .. } | SandboxError::Abstract { .. } => {
+                ErrorCode::Policy
+            }
+            // The request could not be carried out in the cell (e.g. the payload's identity
+            // cannot enter the cwd, or exec of the binary failed there).
+            SandboxError::Setup { .. } => ErrorCode::SetupFailed,
+            SandboxError::Cgroup { .. }
+            | SandboxError::Spawn { .. }
+            | SandboxError::HelperDied { .. }
+            | SandboxError::Pty { .. } => ErrorCode::Internal,
+        },
+        PoolError::Session(e) => match e {
+            SessionError::BadPattern { .. } => ErrorCode::Policy,
+            SessionError::ReplyTooLarge { .. } => ErrorCode::ResourceLimit,
+        },
+        PoolError::ReloadRejected { .. } => ErrorCode::Policy,
+        PoolError::ShuttingDown => ErrorCode::ShuttingDown,
+        PoolError::Internal(_) => ErrorCode::Internal,
     }
 }
 
 impl From<PoolError> for HttpError {
     fn from(e: PoolError) -> Self {
-        let code = e.code();
+        let code = code_of(&e);
         let message = e.to_string();
         let logged = matches!(e, PoolError::ReloadRejected { .. });
         let result = match e {
-            PoolError::WithResult { result, .. } => serde_json::to_value(result).ok(),
+            PoolError::WithResult { result, .. } => Some(Box::new(CommandResult::from(*result))),
             _ => None,
         };
-        HttpError { status: status_of(code), code, message, result, logged }
+        HttpError { status: code.status(), code, message, result, logged }
     }
 }
 
@@ -75,13 +98,7 @@ impl From<BytesRejection> for HttpError {
     fn from(e: BytesRejection) -> Self {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            HttpError {
-                status,
-                code: "bad_request",
-                message: format!("request body too large: {}", e.body_text()),
-                result: None,
-                logged: false,
-            }
+            HttpError { status, ..HttpError::bad_request(format!("request body too large: {}", e.body_text())) }
         } else {
             HttpError::bad_request(e.body_text())
         }
@@ -107,15 +124,25 @@ impl IntoResponse for HttpError {
         // the client asked for or got wrong (its timeout, a bad request, an unknown cell) at
         // INFO.
         let status = self.status.as_u16();
-        match self.code {
-            _ if self.logged => {}
-            "internal" => tracing::error!(code = self.code, status, "{}", self.message),
-            "resource_limit" | "process_limit" | "setup_failed" | "forbidden" | "shutting_down" => {
-                tracing::warn!(code = self.code, status, "{}", self.message)
+        let code = self.code.as_str();
+        if !self.logged {
+            match self.code {
+                ErrorCode::Internal => tracing::error!(code, status, "{}", self.message),
+                ErrorCode::ResourceLimit
+                | ErrorCode::ProcessLimit
+                | ErrorCode::SetupFailed
+                | ErrorCode::Forbidden
+                | ErrorCode::ShuttingDown => tracing::warn!(code, status, "{}", self.message),
+                ErrorCode::Timeout
+                | ErrorCode::Exited
+                | ErrorCode::AlreadyEnded
+                | ErrorCode::NotFound
+                | ErrorCode::UnknownProvider
+                | ErrorCode::BadRequest
+                | ErrorCode::Policy => tracing::info!(code, status, "{}", self.message),
             }
-            _ => tracing::info!(code = self.code, status, "{}", self.message),
         }
-        let body = ErrorBody { code: self.code.to_owned(), message: self.message, result: self.result };
+        let body = ErrorBody { code: self.code, message: self.message, result: self.result };
         (self.status, Json(body)).into_response()
     }
 }

@@ -10,11 +10,8 @@ use std::path::PathBuf;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::api::wire::OutputLine;
+use crate::api::wire::{ExitReason, OneshotRequest, OutputLine, Stream};
 use crate::client::{Client, ClientError};
-use crate::pool::OneshotRequest;
-use crate::sandbox::ExitReason;
-use crate::session::Stream;
 
 /// Bytes read from our stdin per `POST /v1/cells/{id}/stdin` (well under the body limit).
 const STDIN_CHUNK: usize = 256 * 1024;
