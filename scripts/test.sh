@@ -2,7 +2,9 @@
 # The whole test suite (the README's test command; .ci/run calls exactly this).
 #   0. lint: cargo clippy (with the [lints] table), warnings are errors; cargo fmt --check;
 #      cargo doc with warnings as errors; the shipped policies pass `policy check --strict`
-#   1. host: unit tests + privileged integration tests on this host's cgroups (v1 on hybrid hosts)
+#   1. host: unit tests + privileged integration tests on this host's cgroups (v1 on hybrid hosts),
+#      then schemathesis over the generated OpenAPI document against a live daemon (no 5xx;
+#      scripts/schemathesis.sh: CI fails without it, elsewhere it is skipped with the reason)
 #   2. VM:   the same integration test binaries on real cgroup v2, in a QEMU VM, on two kernels
 #            (scripts/vm-test.sh; skip with CELLKEEP_SKIP_VM=1 on a laptop — never in CI)
 # Privileged tests need root. With CI set, a test that cannot run fails instead of skipping.
@@ -30,6 +32,8 @@ step "policies: cellkeep policy check --strict (shipped policies, CI admin floor
 cargo run --locked -q --bin cellkeep -- policy check --strict --floor tests/fixtures/floor/shipped-floor.toml policies
 step "host: cargo test (unit + privileged integration, in parallel; the tests that measure a CPU share run alone: gate!(.., measures_cpu) in tests/common)"
 cargo test --locked
+step "API: schemathesis over the generated OpenAPI document, 0 server errors (scripts/schemathesis.sh)"
+scripts/schemathesis.sh
 host_s=$((SECONDS - t0))
 
 if [[ ${CELLKEEP_SKIP_VM:-0} == 1 && -z ${CI:-} ]]; then
