@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::api::wire::{CellHealth, CellInfo, CellState, CommandResult, DaemonHealth, ExitReason, ListFilter};
+use crate::api::wire::{
+    CellHealth, CellInfo, CellState, CommandResult, DaemonHealth, ErrorCode, ExitReason, ListFilter,
+};
 use crate::api::wire::{OneshotRequest, OutputLine, SendRequest, SessionRequest, SpawnRequest, Stream};
 use crate::client::{Client, ClientError};
 
@@ -44,7 +46,7 @@ pub(super) fn main(cmd: Cmd, socket: &Path, json: bool) -> i32 {
         Err(f) => {
             let (code, message) = match f {
                 Failure::Client(e) => (e.code().to_owned(), e.to_string()),
-                Failure::Usage(m) => ("bad_request".to_owned(), m),
+                Failure::Usage(m) => (ErrorCode::BadRequest.as_str().to_owned(), m),
                 Failure::Truncated(cell) => (
                     "output_truncated".to_owned(),
                     format!("cell {cell}: output beyond the policy's output_bytes was cut; `cellkeep exec` without --json streams it whole"),
