@@ -231,7 +231,8 @@ struct Lagged {
 #[utoipa::path(get, path = "/v1/cells/{id}/output", tag = "cells",
     params(("id" = String, Path, description = "Cell id"), OutputQuery),
     responses((status = 200, description = "NDJSON OutputLine events, or (format=raw) only the bytes, the first one's offset in x-cellkeep-offset",
-                content((OutputLine = "application/x-ndjson"), (RawBytes = "application/octet-stream"))),
+                content((OutputLine = "application/x-ndjson"), (RawBytes = "application/octet-stream")),
+                headers(("x-cellkeep-offset" = u64, description = "format=raw: the offset of the first byte"))),
               (status = "default", description = "An error", body = ErrorBody)))]
 async fn output(
     State(s): State<AppState>,
