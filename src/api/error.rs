@@ -13,24 +13,29 @@ use crate::session::SessionError;
 
 use super::wire::{CommandResult, ErrorBody, ErrorCode};
 
-/// One failed request.
+/// One failed request. Built only here, so its status is its code's ([`ErrorCode::status`]),
+/// except for the two HTTP-level answers under `bad_request`: 405 (a method the path does not
+/// take, [`HttpError::method_not_allowed`]) and 413 (a body over the limit).
 #[derive(Debug)]
 pub struct HttpError {
-    /// The code's own status, except for the two routing answers under `bad_request` (405 a
-    /// method the path does not take, 413 a body over the limit).
-    pub status: StatusCode,
-    pub code: ErrorCode,
-    pub message: String,
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
     /// The command's result that comes with the error, if any (see [`ErrorBody::result`]).
-    pub result: Option<Box<CommandResult>>,
+    result: Option<Box<CommandResult>>,
     /// Already logged where it happened (a rejected reload): not logged again as an answer.
-    pub logged: bool,
+    logged: bool,
 }
 
 impl HttpError {
     /// An answer with `code` and its status.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> HttpError {
         HttpError { status: code.status(), code, message: message.into(), result: None, logged: false }
+    }
+
+    /// 405 `bad_request`: the path exists but does not take this method.
+    pub fn method_not_allowed(message: impl Into<String>) -> HttpError {
+        HttpError { status: StatusCode::METHOD_NOT_ALLOWED, ..HttpError::bad_request(message) }
     }
 
     pub fn bad_request(message: impl Into<String>) -> HttpError {
@@ -144,5 +149,47 @@ impl IntoResponse for HttpError {
         }
         let body = ErrorBody { code: self.code, message: self.message, result: self.result };
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: HttpError) -> (u16, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status().as_u16();
+        let body =
+            futures_util::FutureExt::now_or_never(axum::body::to_bytes(resp.into_body(), 1 << 20)).unwrap().unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// Pool errors answer with their code's status and body; a one-shot's timeout carries its
+    /// result under the inner error's code.
+    #[test]
+    fn pool_errors_answer_with_their_code() {
+        let cases: Vec<(PoolError, u16, &str)> = vec![
+            (PoolError::ProcessLimit { limit: 2, running: 2 }, 429, "process_limit"),
+            (PoolError::NotFound { id: "x".into() }, 404, "not_found"),
+            (PoolError::NotSession { cell: "c".into(), provider: "p".into() }, 400, "bad_request"),
+            (PoolError::ReloadRejected { dir: "/p".into(), rejected: Vec::new() }, 422, "policy"),
+            (PoolError::Session(SessionError::ReplyTooLarge { limit: 1 }), 409, "resource_limit"),
+            (PoolError::ShuttingDown, 503, "shutting_down"),
+            (PoolError::Internal("boom".into()), 500, "internal"),
+        ];
+        for (e, status, code) in cases {
+            let (s, body) = answer(e.into());
+            assert_eq!((s, body["code"].as_str().unwrap()), (status, code), "{body}");
+            assert!(body.get("result").is_none());
+        }
+        let timeout = PoolError::WithResult {
+            error: Box::new(PoolError::Timeout { cell: "c".into(), timeout_ms: 5 }),
+            result: Box::new(crate::pool::CommandResult::new("c", b"part", b"")),
+        };
+        let (s, body) = answer(timeout.into());
+        assert_eq!((s, body["code"].as_str().unwrap()), (504, "timeout"));
+        assert_eq!(body["result"]["stdout"], "part");
+        let (s, body) = answer(HttpError::method_not_allowed("no"));
+        assert_eq!((s, body["code"].as_str().unwrap()), (405, "bad_request"));
     }
 }

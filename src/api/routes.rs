@@ -440,10 +440,7 @@ async fn no_route(method: Method, uri: Uri) -> HttpError {
 }
 
 async fn no_method(method: Method, uri: Uri) -> HttpError {
-    HttpError {
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        ..HttpError::bad_request(format!("{} does not accept {method}", uri.path()))
-    }
+    HttpError::method_not_allowed(format!("{} does not accept {method}", uri.path()))
 }
 
 /// Requests from a process inside a cell are refused, all of them (see `listen::serve`).
