@@ -9,7 +9,7 @@
 #   FUZZ_SANITIZER=address|none   (default: address, falling back to none if it cannot build;
 #                       none runs ~4x faster: the targets are safe Rust, so the long runs use it)
 # Builds always have debug assertions on (-a): integer overflow panics instead of wrapping.
-#   SCHEMA_EXAMPLES=200 schemathesis --max-examples per operation; SKIP_SCHEMATHESIS=1 to skip
+#   SCHEMA_EXAMPLES=200 scripts/schemathesis.sh --max-examples per operation; SKIP_SCHEMATHESIS=1 to skip
 #   SKIP_FUZZ=1         only the schemathesis part
 #
 # Toolchain: no nightly can be downloaded here. cargo-fuzz needs -Z flags, so the stable
@@ -86,87 +86,8 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
 fi
 
 # --- schemathesis against the live daemon --------------------------------------------
+# The suite's own run (scripts/schemathesis.sh), with more examples per operation.
 if [ "${SKIP_SCHEMATHESIS:-0}" != 1 ]; then
-  VENV=$ROOT/target/fuzz-venv
-  [ -x "$VENV/bin/schemathesis" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q schemathesis; }
-  cargo build -q --bin cellkeep
-  work=$(mktemp -d /tmp/ck-schema-XXXXXX)
-  chmod 755 "$work"
-  mkdir -p "$work/policies" "$work/ws"
-  cp policies/base.toml "$work/policies/"
-  for p in echo:'["/bin/echo"]':oneshot cat:'["/bin/cat"]':session; do
-    IFS=: read -r name cmd mode <<<"$p"
-    printf 'extends = "base"\n[provider]\nname = "%s"\ncommand = %s\nmode = "%s"\n[limits]\nwall_time = "5s"\nidle_timeout = "5s"\n' \
-      "$name" "$cmd" "$mode" >"$work/policies/$name.toml"
-  done
-  printf 'socket_mode = "0666"\ngrace_secs = 1.0\nshutdown_timeout_secs = 5.0\n' >"$work/cellkeep.toml"
-  sock=$work/cellkeep.sock
-  cg=ck-schema-$$
-  CELLKEEP_LOG=cellkeep=debug target/debug/cellkeep daemon --config "$work/cellkeep.toml" --socket "$sock" --policies "$work/policies" \
-    --cgroup-root "$cg" --max-cells 8 >"$work/daemon.log" 2>&1 &
-  dpid=$!
-  for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
-  # schemathesis speaks TCP; a tiny loopback TCP -> Unix socket forwarder.
-  port=$("$VENV/bin/python" -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-  "$VENV/bin/python" - "$port" "$sock" <<'PY' &
-import asyncio, sys
-port, path = int(sys.argv[1]), sys.argv[2]
-async def pipe(r, w):
-    try:
-        while (b := await r.read(65536)):
-            w.write(b); await w.drain()
-    except Exception:
-        pass
-    finally:
-        w.close()
-async def handle(cr, cw):
-    try:
-        ur, uw = await asyncio.open_unix_connection(path)
-    except OSError:
-        cw.close(); return
-    await asyncio.gather(pipe(cr, uw), pipe(ur, cw))
-async def main():
-    srv = await asyncio.start_server(handle, "127.0.0.1", port)
-    async with srv: await srv.serve_forever()
-asyncio.run(main())
-PY
-  fpid=$!
-  sleep 0.5
-  cleanup() { kill "$fpid" 2>/dev/null || true; kill "$dpid" 2>/dev/null || true; wait "$dpid" 2>/dev/null || true; }
-  trap cleanup EXIT
-  # A live session cell, so the {id} and {name} operations reach real state in pass 2.
-  chown 65534:65534 "$work/ws"
-  cell=$("$VENV/bin/python" - "$sock" "$work/ws" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-body = json.dumps({"cwd": sys.argv[2]}).encode()
-s.sendall(b"POST /v1/providers/cat/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-          b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-data = b""
-while (b := s.recv(65536)): data += b
-print(json.loads(data.split(b"\r\n\r\n", 1)[1])["id"])
-PY
-) || { echo "could not start a session cell:"; tail -5 "$work/daemon.log"; cell=none; }
-  echo "session cell for pass 2: $cell"
-  printf '[parameters]\n"path.id" = "%s"\n"path.name" = "cat"\n' "$cell" >"$work/pass2.toml"
-  : >"$work/pass1.toml"
-  # POST /v1/shutdown is excluded: it stops the daemon (by design), ending the run.
-  # Pass 1: every parameter generated. Pass 2: real cell id and provider name in the paths.
-  rc=0
-  for pass in 1 2; do
-    (cd "$work" && "$VENV/bin/schemathesis" --config-file "$work/pass$pass.toml" run "http://127.0.0.1:$port/v1/openapi.json" \
-      --url "http://127.0.0.1:$port" \
-      -c not_a_server_error --exclude-path /v1/shutdown -n "${SCHEMA_EXAMPLES:-200}" --workers 2 \
-      --request-timeout 30 --continue-on-failure --suppress-health-check all \
-      --report junit,ndjson --report-dir "$work/report$pass" >"$work/schemathesis$pass.log" 2>&1) || rc=$?
-    sed -n '/SUMMARY/,$p' "$work/schemathesis$pass.log"
-  done
-  echo "schemathesis: rc=$rc logs=$work/schemathesis{1,2}.log reports=$work/report{1,2} daemon log=$work/daemon.log"
-  plain() { sed 's/\x1b\[[0-9;]*m//g' "$work/daemon.log"; }
-  echo "requests answered (daemon log): $(plain | grep -c ' request method=' || true)"
-  echo "by status: $(plain | grep -oE ' status=[0-9]+' | sort | uniq -c | tr '\n' ' ')"
-  echo "5xx answers in daemon log: $(plain | grep -cE ' status=5[0-9][0-9]' || true)"
-  plain | grep -E ' status=5[0-9][0-9]' | head -20 || true
-  kill -0 "$dpid" 2>/dev/null && echo "daemon still running after the run" || echo "DAEMON DIED during the run"
+  SCHEMA_EXAMPLES=${SCHEMA_EXAMPLES:-200} scripts/schemathesis.sh || log "schemathesis: FAILED"
 fi
 [ "${SKIP_FUZZ:-0}" = 1 ] || printf '%s\n' "${summary[@]}"

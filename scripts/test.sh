@@ -3,7 +3,9 @@
 #   0. lint: cargo clippy (with the [lints] table), warnings are errors; cargo fmt --check;
 #      cargo doc with warnings as errors; the shipped policies pass `policy check --strict`
 #   1. host: unit tests + privileged integration tests on this host's cgroups (v1 on hybrid hosts),
-#      in parallel under cargo-nextest when it is installed
+#      in parallel under cargo-nextest when it is installed,
+#      then schemathesis over the generated OpenAPI document against a live daemon (no 5xx;
+#      scripts/schemathesis.sh: CI fails without it, elsewhere it is skipped with the reason)
 #   2. VM:   the same integration test binaries on real cgroup v2, in a QEMU VM, on two kernels
 #            (scripts/vm-test.sh; skip with CELLKEEP_SKIP_VM=1 on a laptop — never in CI)
 # Privileged tests need root. With CI set, a test that cannot run fails instead of skipping.
@@ -45,6 +47,8 @@ else
   cargo test --locked
 fi
 echo "host tests: $((SECONDS - t_run)) s to run (+ $((t_run - t_host)) s to build)"
+step "API: schemathesis over the generated OpenAPI document, 0 server errors (scripts/schemathesis.sh)"
+scripts/schemathesis.sh
 host_s=$((SECONDS - t0))
 
 if [[ ${CELLKEEP_SKIP_VM:-0} == 1 && -z ${CI:-} ]]; then

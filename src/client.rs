@@ -4,7 +4,8 @@
 //! crate is needed for one socket). Ordinary calls reuse one keep-alive connection, opened on
 //! first use and re-opened when the daemon closed it; an output stream takes a connection of
 //! its own, because it holds it until the stream ends. Every API error arrives as
-//! [`ClientError::Api`] with the daemon's stable `code`.
+//! [`ClientError::Api`] with the daemon's stable `code`. Requests and answers are the API's
+//! own wire types ([`crate::api::wire`]), the ones the daemon serialises and documents.
 
 use std::path::{Path, PathBuf};
 
@@ -17,10 +18,11 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::wire::{ErrorBody, OutputLine};
-use crate::pool::{CellHealth, CellInfo, CommandResult, Count, DaemonHealth, ListFilter};
-use crate::pool::{OneshotRequest, SendRequest as SendCommand, SessionRequest, SpawnRequest};
-use crate::session::Stream;
+use crate::api::wire::Stream;
+use crate::api::wire::{CellHealth, CellInfo, CommandResult, Count, DaemonHealth, ErrorBody, ErrorCode, ListFilter};
+use crate::api::wire::{
+    OneshotRequest, OutputLine, Reloaded, SendRequest as SendCommand, SessionRequest, SpawnRequest,
+};
 
 /// The daemon's default socket.
 pub const DEFAULT_SOCKET: &str = "/run/cellkeep/cellkeep.sock";
@@ -33,7 +35,7 @@ pub enum ClientError {
     Transport { path: PathBuf, source: hyper::Error },
     /// The daemon answered with an error.
     #[error("{message}")]
-    Api { status: u16, code: String, message: String, result: Option<Box<CommandResult>> },
+    Api { status: u16, code: ErrorCode, message: String, result: Option<Box<CommandResult>> },
     #[error("unexpected answer to {what} (HTTP {status}): {detail}")]
     Protocol { what: String, status: u16, detail: String },
 }
@@ -41,21 +43,12 @@ pub enum ClientError {
 impl ClientError {
     /// A stable machine code: the daemon's for API errors, `unavailable` when the daemon cannot
     /// be reached, `protocol` for an answer the client cannot read.
-    pub fn code(&self) -> &str {
+    pub fn code(&self) -> &'static str {
         match self {
-            ClientError::Api { code, .. } => code,
+            ClientError::Api { code, .. } => code.as_str(),
             ClientError::Connect { .. } | ClientError::Transport { .. } => "unavailable",
             ClientError::Protocol { .. } => "protocol",
         }
-    }
-
-    /// The error as the daemon's wire body (what `--json` prints).
-    pub fn body(&self) -> ErrorBody {
-        let result = match self {
-            ClientError::Api { result, .. } => result.as_ref().and_then(|r| serde_json::to_value(r).ok()),
-            _ => None,
-        };
-        ErrorBody { code: self.code().to_owned(), message: self.to_string(), result }
     }
 }
 
@@ -213,7 +206,7 @@ impl Client {
 
     /// Reload the daemon's policies and wait for the verdict (root or an admin group): the
     /// providers now served, or a `policy` error naming every file that cannot load.
-    pub async fn reload(&self) -> Result<crate::pool::Reloaded> {
+    pub async fn reload(&self) -> Result<Reloaded> {
         self.call(Method::POST, "/v1/reload", None::<&()>).await
     }
 
@@ -335,12 +328,7 @@ fn decode<T: DeserializeOwned>(what: &str, status: StatusCode, bytes: &[u8]) -> 
         });
     }
     match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(e) => Err(ClientError::Api {
-            status: status.as_u16(),
-            code: e.code,
-            message: e.message,
-            result: e.result.and_then(|r| serde_json::from_value(r).ok()),
-        }),
+        Ok(e) => Err(ClientError::Api { status: status.as_u16(), code: e.code, message: e.message, result: e.result }),
         Err(_) => Err(ClientError::Protocol {
             what: what.to_owned(),
             status: status.as_u16(),

@@ -9,12 +9,11 @@
 //! |---|---|
 //! | `main.rs` | mode choice: the hidden cell helper (`__cell-helper`) vs the CLI |
 //! | [`cli`] | clap subcommands (`run`, `policy check/show/score/diff`, `daemon`, `doctor`, the client commands) |
-//! | [`error`] | the top-level error and its stable codes |
 //! | [`policy`] | TOML → validated [`policy::Policy`]; seccomp rules → BPF at load time; a directory as a set that leaves out (and reports) files that cannot load; review tools: warnings (`lint`), the admin floor (`floor`), the exposure score (`score`), `diff` |
 //! | [`cgroup`] | cell cgroups: layout detection, v1 (hybrid/legacy) and v2 (unified) backends, limits, usage and events, kill, remove |
 //! | [`config`] | daemon settings: embedded defaults, optional TOML file, flags |
 //! | [`pool`] | the single owner of pool state: cap, deadlines, termination, exit reasons |
-//! | [`api`] | HTTP/JSON over the Unix socket: routes, wire errors, peer credentials, authorisation |
+//! | [`api`] | HTTP/JSON over the Unix socket: the wire contract (`api::wire`: every request, answer and error code; the generated OpenAPI document), routes, peer credentials |
 //! | [`client`] | typed client over the socket, shared by the CLI and the tests |
 //! | [`session`] | reply framing (line, sentinel, regex, JSON field) and the bounded output spool with live fan-out |
 //! | [`systemd`] | optional systemd integration: `sd_notify` readiness, socket activation, journald detection |
@@ -37,7 +36,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod egress;
-pub mod error;
 pub mod policy;
 pub mod pool;
 pub mod sandbox;

@@ -514,3 +514,90 @@ fn limit_events_arrive_with_many_live_cells() {
         list.as_array().map_or(0, |a| a.iter().filter(|c| c["state"] == "running" && ids.contains(&id_of(c))).count());
     assert_eq!(running, n, "{list}");
 }
+
+/// `value` has every property `schema` (a component of the generated document, `allOf`
+/// parts merged) requires, and no property it does not name.
+fn conforms(doc: &Value, schema: &str, value: &Value) {
+    fn collect(doc: &Value, s: &Value, props: &mut Vec<String>, required: &mut Vec<String>) {
+        if let Some(r) = s["$ref"].as_str() {
+            let name = r.rsplit('/').next().unwrap();
+            return collect(doc, &doc["components"]["schemas"][name], props, required);
+        }
+        for part in s["allOf"].as_array().into_iter().flatten() {
+            collect(doc, part, props, required);
+        }
+        props.extend(s["properties"].as_object().into_iter().flatten().map(|(k, _)| k.clone()));
+        required.extend(s["required"].as_array().into_iter().flatten().map(|r| r.as_str().unwrap().to_owned()));
+    }
+    let (mut props, mut required) = (Vec::new(), Vec::new());
+    collect(doc, &json!({ "$ref": format!("#/components/schemas/{schema}") }), &mut props, &mut required);
+    assert!(!props.is_empty(), "{schema}: no properties in the document");
+    let obj = value.as_object().unwrap_or_else(|| panic!("{schema}: not an object: {value}"));
+    for r in &required {
+        assert!(obj.contains_key(r), "{schema}: required {r} missing from the live answer {value}");
+    }
+    for k in obj.keys() {
+        assert!(props.contains(k), "{schema}: the live answer has {k}, which the document does not name");
+    }
+}
+
+// The generated OpenAPI document and the router agree: every documented method and path is
+// answered by its handler (not the router's fallbacks), every other method on a documented
+// path is 405, and live answers have exactly the documented schemas' properties.
+#[test]
+fn openapi_matches_the_router() {
+    gate!("openapi_matches_the_router");
+    let d = daemon().start();
+    let r = call(&d.socket, "GET", "/v1/openapi.json", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = r.json();
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 12, "{paths:?}");
+    let fallback = |r: &common::http::Response| {
+        r.status == 405 || (r.status == 404 && r.json()["message"].as_str().unwrap_or("").starts_with("no route"))
+    };
+    let mut operations = 0;
+    for (path, item) in paths {
+        let concrete = path.replace("{id}", "no-such-cell").replace("{name}", "no-such-provider");
+        let documented: Vec<String> = item.as_object().unwrap().keys().map(|m| m.to_uppercase()).collect();
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            // Shutdown stops the daemon: it is called last, below.
+            if path == "/v1/shutdown" && method == "POST" {
+                continue;
+            }
+            let r = raw(&d.socket, method, &concrete, b"{}").unwrap();
+            if documented.iter().any(|m| m == method) {
+                operations += 1;
+                assert!(!fallback(&r), "{method} {path} is documented but not routed: {} {}", r.status, r.text());
+            } else {
+                assert_eq!(r.status, 405, "{method} {path} is not documented but answered: {}", r.text());
+            }
+            assert!(r.status < 500, "{method} {concrete}: {} {}", r.status, r.text());
+        }
+    }
+    assert!(operations >= 13, "{operations}");
+    let r = call(&d.socket, "GET", "/v1/no/such/route", None);
+    assert!(fallback(&r), "{}", r.text());
+    conforms(&doc, "ErrorBody", &r.json());
+
+    // Live answers against their schemas.
+    conforms(&doc, "DaemonHealth", &call(&d.socket, "GET", "/v1/health", None).json());
+    let cell = d.spawn("cat");
+    conforms(&doc, "CellInfo", &cell);
+    let id = id_of(&cell);
+    conforms(&doc, "CellInfo", &call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json());
+    conforms(&doc, "CellHealth", &call(&d.socket, "GET", &format!("/v1/cells/{id}/health"), None).json());
+    let reply = call(&d.socket, "POST", &format!("/v1/cells/{id}/commands"), Some(&json!({"command": "hi"})));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    conforms(&doc, "CommandResult", &reply.json());
+    for c in call(&d.socket, "GET", "/v1/cells?all=true", None).json().as_array().unwrap() {
+        conforms(&doc, "CellInfo", c);
+    }
+    let run = call(&d.socket, "POST", "/v1/providers/echo/commands", Some(&json!({"command": "x", "cwd": d.cwd()})));
+    conforms(&doc, "CommandResult", &run.json());
+    conforms(&doc, "CellInfo", &call(&d.socket, "DELETE", &format!("/v1/cells/{id}"), None).json());
+    conforms(&doc, "Reloaded", &call(&d.socket, "POST", "/v1/reload", None).json());
+    let r = call(&d.socket, "POST", "/v1/shutdown", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    conforms(&doc, "Count", &r.json());
+}

@@ -13,7 +13,7 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::wire::ErrorBody;
+use super::wire::{ErrorBody, ErrorCode};
 
 /// A connection stream whose empty HTTP error answers are rewritten with a JSON body.
 pub struct JsonErrors<S> {
@@ -47,8 +47,8 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
         431 => "request header section too large".to_owned(),
         s => format!("the HTTP request was refused ({status_line}; status {s})"),
     };
-    let code = if status < 500 { "bad_request" } else { "internal" };
-    let body = serde_json::to_vec(&ErrorBody { code: code.to_owned(), message, result: None }).ok()?;
+    let code = if status < 500 { ErrorCode::BadRequest } else { ErrorCode::Internal };
+    let body = serde_json::to_vec(&ErrorBody { code, message, result: None }).ok()?;
     let mut out = format!("HTTP/1.1 {status_line}\r\n").into_bytes();
     for h in headers.iter().filter(|h| !h.eq_ignore_ascii_case("content-length: 0")) {
         out.extend_from_slice(h.as_bytes());

@@ -1,12 +1,20 @@
 //! The daemon's API: HTTP/1.1 + JSON over a local Unix socket, under `/v1` — the convention of
 //! Firecracker, Docker and Podman, so `curl --unix-socket` and Python's `httpx` just work.
 //!
+//! - [`wire`]: the wire contract — every request, answer and NDJSON output line, and the
+//!   [`wire::ErrorCode`] enum with each code's HTTP status. The only types the API encodes or
+//!   decodes; the pool's, sandbox's, cgroup's and session's types convert into them. Shared
+//!   with the typed client ([`crate::client`]) and the CLI.
+//! - [`routes`]: the axum router; every handler decodes, calls the pool with the caller and
+//!   converts the answer into its wire type. Each handler carries its OpenAPI operation
+//!   (utoipa), and routes are mounted only from those annotations (`utoipa_axum::routes!`):
+//!   the document served at `/v1/openapi.json` ([`routes::openapi`]) is generated with the
+//!   router, from the same list, never written by hand.
+//! - [`error`]: a failed request as an answer: every pool error mapped to one
+//!   [`wire::ErrorCode`] (an exhaustive match), the JSON body [`wire::ErrorBody`].
+//! - [`edge`]: the same JSON body for the errors hyper answers by itself (400, 414, 431).
 //! - [`listen`]: bind the socket (mode, group, stale-socket handling), accept with
 //!   `SO_PEERCRED`, serve connections with hyper, bound and drain them.
-//! - [`routes`]: the axum router; every handler decodes, then calls the pool with the caller.
-//! - [`error`]: wire errors `{code, message}` with their HTTP statuses.
-//! - [`edge`]: the same JSON body for the errors hyper answers by itself (400, 414, 431).
-//! - [`wire`]: the error body and NDJSON output lines, shared with the client.
 //!
 //! [`run_daemon`] is the whole daemon: pool start (with restart recovery), socket, signals
 //! (SIGTERM/SIGINT: shutdown; SIGHUP: policy reload), and the shutdown sequence — stop

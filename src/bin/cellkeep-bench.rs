@@ -14,8 +14,8 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use cellkeep::api::wire::OutputLine;
+use cellkeep::api::wire::{OneshotRequest, SendRequest, SpawnRequest};
 use cellkeep::client::Client;
-use cellkeep::pool::{OneshotRequest, SendRequest, SpawnRequest};
 
 #[derive(Parser)]
 struct Args {
@@ -84,7 +84,7 @@ fn stats(name: &str, mut us: Vec<f64>) -> serde_json::Value {
 fn spawn_req(provider: &str, cwd: &Path) -> SpawnRequest {
     SpawnRequest {
         provider: provider.to_owned(),
-        cwd: cwd.to_owned(),
+        cwd: cwd.to_string_lossy().into_owned(),
         session: None,
         env: BTreeMap::new(),
         args: Vec::new(),
@@ -95,7 +95,7 @@ fn spawn_req(provider: &str, cwd: &Path) -> SpawnRequest {
 fn oneshot_req(cwd: &Path, command: &str) -> OneshotRequest {
     OneshotRequest {
         command: command.to_owned(),
-        cwd: cwd.to_owned(),
+        cwd: cwd.to_string_lossy().into_owned(),
         env: BTreeMap::new(),
         timeout_ms: None,
         wait_for_slot_ms: Some(60_000),
@@ -204,7 +204,7 @@ async fn main() -> Result<()> {
             let info = c.spawn(&spawn_req(&provider, &args.cwd)).await?;
             let t = Instant::now();
             // Stdout only: what the pipe baseline reads (a killed `yes` says so on stderr).
-            let mut s = c.output_raw(&info.id, Some(0), true, Some(cellkeep::session::Stream::Stdout)).await?;
+            let mut s = c.output_raw(&info.id, Some(0), true, Some(cellkeep::api::wire::Stream::Stdout)).await?;
             let mut bytes = 0u64;
             let mut lagged = false;
             loop {

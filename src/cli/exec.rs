@@ -10,11 +10,8 @@ use std::path::PathBuf;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::api::wire::OutputLine;
+use crate::api::wire::{ErrorCode, ExitReason, OneshotRequest, OutputLine, Stream};
 use crate::client::{Client, ClientError};
-use crate::pool::OneshotRequest;
-use crate::sandbox::ExitReason;
-use crate::session::Stream;
 
 /// Bytes read from our stdin per `POST /v1/cells/{id}/stdin` (well under the body limit).
 const STDIN_CHUNK: usize = 256 * 1024;
@@ -94,10 +91,9 @@ fn stop(c: &Client, cell: Option<&str>, nth: u32) {
     let Some(id) = cell else { return };
     let (socket, id) = (c.socket().to_path_buf(), id.to_owned());
     tokio::spawn(async move {
-        if let Err(e) = Client::new(socket).terminate(&id, nth > 1).await {
-            if e.code() != "already_ended" {
-                eprintln!("cellkeep: terminating cell {id}: {e}");
-            }
+        match Client::new(socket).terminate(&id, nth > 1).await {
+            Ok(_) | Err(ClientError::Api { code: ErrorCode::AlreadyEnded, .. }) => {}
+            Err(e) => eprintln!("cellkeep: terminating cell {id}: {e}"),
         }
     });
 }

@@ -8,12 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::api::wire::OutputLine;
+use crate::api::wire::{
+    CellHealth, CellInfo, CellState, CommandResult, DaemonHealth, ErrorCode, ExitReason, ListFilter,
+};
+use crate::api::wire::{OneshotRequest, OutputLine, SendRequest, SessionRequest, SpawnRequest, Stream};
 use crate::client::{Client, ClientError};
-use crate::pool::{CellHealth, CellInfo, CellState, CommandResult, DaemonHealth, ListFilter};
-use crate::pool::{OneshotRequest, SendRequest, SessionRequest, SpawnRequest};
-use crate::sandbox::ExitReason;
-use crate::session::Stream;
 
 use super::{Cmd, EnvArgs};
 
@@ -47,15 +46,15 @@ pub(super) fn main(cmd: Cmd, socket: &Path, json: bool) -> i32 {
         Err(f) => {
             let (code, message) = match f {
                 Failure::Client(e) => (e.code().to_owned(), e.to_string()),
-                Failure::Usage(m) => ("bad_request".to_owned(), m),
+                Failure::Usage(m) => (ErrorCode::BadRequest.as_str().to_owned(), m),
                 Failure::Truncated(cell) => (
                     "output_truncated".to_owned(),
                     format!("cell {cell}: output beyond the policy's output_bytes was cut; `cellkeep exec` without --json streams it whole"),
                 ),
             };
             if json {
-                let body = crate::api::wire::ErrorBody { code, message, result: None };
-                eprintln!("{}", serde_json::to_string(&body).unwrap_or_default());
+                // The daemon's error shape, with the client's own codes too (`unavailable`, ...).
+                eprintln!("{}", serde_json::json!({ "code": code, "message": message }));
             } else {
                 eprintln!("cellkeep: error: {code}: {message}");
             }
@@ -191,14 +190,18 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
 }
 
 /// The working directory sent to the daemon: absolute, as the caller sees it (the daemon
-/// canonicalises it and checks it against the policy's roots).
-fn cwd(dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
+/// canonicalises it and checks it against the policy's roots). JSON carries text: a path that
+/// is not UTF-8 is refused here.
+fn cwd(dir: Option<PathBuf>) -> Result<String, Failure> {
     let here = std::env::current_dir().map_err(|e| Failure::Usage(format!("current directory: {e}")))?;
-    Ok(match dir {
+    let path = match dir {
         Some(d) if d.is_absolute() => d,
         Some(d) => here.join(d),
         None => here,
-    })
+    };
+    path.into_os_string()
+        .into_string()
+        .map_err(|p| Failure::Usage(format!("working directory {p:?} is not UTF-8; the API carries paths as text")))
 }
 
 fn env(a: &EnvArgs) -> Result<BTreeMap<String, String>, Failure> {

@@ -1,5 +1,5 @@
-//! Pool errors, each mapped to a stable wire code (`code()`) and naming the cell, provider,
-//! path or limit involved.
+//! Pool errors, each naming the cell, provider, path or limit involved (the API maps each to
+//! its wire code: `api::error::code_of`).
 
 use crate::sandbox::{ExitReason, SandboxError};
 
@@ -40,40 +40,4 @@ pub enum PoolError {
     ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-impl PoolError {
-    /// The stable wire code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            PoolError::ProcessLimit { .. } => "process_limit",
-            PoolError::Timeout { .. } => "timeout",
-            PoolError::ResourceLimit { .. } => "resource_limit",
-            PoolError::Ended { .. } => "exited",
-            PoolError::NotFound { .. } => "not_found",
-            PoolError::AlreadyEnded { .. } => "already_ended",
-            PoolError::WithResult { error, .. } => error.code(),
-            PoolError::Forbidden { .. } => "forbidden",
-            PoolError::UnknownProvider { .. } => "unknown_provider",
-            PoolError::BadRequest(_) | PoolError::NotSession { .. } => "bad_request",
-            PoolError::Sandbox(e) => match e {
-                SandboxError::Cwd { .. }
-                | SandboxError::Binary { .. }
-                | SandboxError::NoCommand { .. }
-                | SandboxError::OptionArgument { .. } => "bad_request",
-                SandboxError::Unsupported { .. } | SandboxError::HostRoot { .. } | SandboxError::Abstract { .. } => {
-                    "policy"
-                }
-                // The request could not be carried out in the cell (e.g. the payload's
-                // identity cannot enter the cwd, or exec of the binary failed there).
-                SandboxError::Setup { .. } => "setup_failed",
-                _ => "internal",
-            },
-            PoolError::Session(crate::session::SessionError::BadPattern { .. }) => "policy",
-            PoolError::Session(crate::session::SessionError::ReplyTooLarge { .. }) => "resource_limit",
-            PoolError::ReloadRejected { .. } => "policy",
-            PoolError::ShuttingDown => "shutting_down",
-            PoolError::Internal(_) => "internal",
-        }
-    }
 }

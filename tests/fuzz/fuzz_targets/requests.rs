@@ -7,7 +7,7 @@
 #![no_main]
 
 use cellkeep::api::wire::OutputLine;
-use cellkeep::pool::{ListFilter, OneshotRequest, SendRequest, SessionRequest, SpawnRequest};
+use cellkeep::api::wire::{ListFilter, OneshotRequest, SendRequest, SessionRequest, SpawnRequest};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
