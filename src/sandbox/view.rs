@@ -252,12 +252,24 @@ fn tmp_inodes(size: u64) -> u64 {
 }
 
 /// Build the view in the calling process's (pid 1's) mount namespace and pivot into it.
-/// `uid`/`gid`: the cell's ids inside, owners of the private tmp.
-pub fn build(view: &ViewPlan, uid: u32, gid: u32) -> Result<(), ViewError> {
+/// `uid`/`gid`: the cell's ids inside, owners of the private tmp. `workspace`: the cwd and its
+/// idmapped mount (detached, made by the helper with its flags set): attached with
+/// `move_mount` in place of the cwd's plain bind.
+pub fn build(view: &ViewPlan, uid: u32, gid: u32, workspace: Option<(&Path, &OwnedFd)>) -> Result<(), ViewError> {
     let sources = hold_sources(view)?;
     new_root(uid, gid)?;
     for (step, fd) in view.steps.iter().zip(&sources) {
-        place(step, fd.as_ref(), uid, gid)?;
+        match workspace {
+            Some((cwd, mnt)) if step.path == cwd && matches!(step.kind, StepKind::Bind { dir: true, .. }) => {
+                let target = inside(&step.path);
+                make_point(&target, true)?;
+                io_fail(
+                    format!("attaching the idmapped workspace at {}", step.path.display()),
+                    super::sys::move_mount_to(mnt, &target),
+                )?;
+            }
+            _ => place(step, fd.as_ref(), uid, gid)?,
+        }
     }
     pivot()?;
     seal_root()
