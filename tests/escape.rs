@@ -2429,7 +2429,8 @@ fn concurrent_daemon_cells_never_share_a_host_uid() {
     let q = |s: &str| serde_json::to_string(s).expect("json string");
     let marker = format!("ck-escape-{}", uid());
     let session = script(&marker, SESSION_LOOP);
-    let d = daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
+    let d =
+        daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
     open_up(Path::new(&d.cwd()));
     let start = || {
         let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "own", "cwd": d.cwd()})));
@@ -2480,7 +2481,8 @@ fn nobody_cannot_kill_a_cell() {
     let q = |s: &str| serde_json::to_string(s).expect("json string");
     let marker = format!("ck-escape-{}", uid());
     let session = script(&marker, SESSION_LOOP);
-    let d = daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
+    let d =
+        daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
     open_up(Path::new(&d.cwd()));
     let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "own", "cwd": d.cwd()})));
     assert_eq!(r.status, 201, "spawn own: {}", r.text());
@@ -2554,7 +2556,8 @@ impl Drop for Workspace {
 }
 
 /// What a cell writing into its workspace reports, and where it ran.
-const WRITE_IN_WS: &str = "op('write', lambda: write('made-by-cell', 'x'))\nop('mkdir', lambda: os.mkdir('dir-by-cell'))\n\
+const WRITE_IN_WS: &str =
+    "op('write', lambda: write('made-by-cell', 'x'))\nop('mkdir', lambda: os.mkdir('dir-by-cell'))\n\
     op('owner inside', lambda: os.stat('.').st_uid)\n";
 
 fn run_in_ws(a: &Attempt, policy: &Path, ws: &Path, body: &str) -> Run {

@@ -11,15 +11,21 @@
 //! launcher, which forwards them) → the idmapped workspace, when the plan has one
 //! ([`idmapped_workspace`]: a detached clone of the cwd's mount, `open_tree`, idmapped with a
 //! user namespace mapping the workspace's owner to the cell's host ids, `mount_setattr`; pid 1
-//! attaches it, `move_mount`; where it cannot be made, the policy's fallback, reported) →
-//! `clone` pid 1 of the cell into the new namespaces *with the cell's host uid/gid as the
-//! effective ids* (`setresuid(-1, C, -1)`, real and saved ids stay root), so the new user
-//! namespace is owned by the cell's uid and the kernel charges its budgets (pending signals,
-//! inotify instances: ucounts) to that uid, never to root; euid 0 is taken back and the owner
-//! checked with `NS_GET_OWNER_UID` → write pid 1's uid/gid maps from here, the parent user
-//! namespace (the only side allowed to map an arbitrary unprivileged id) → release it →
-//! forward signals until it exits, then exit with its status. Every step that fails ends the
-//! launch with its stage (fail closed).
+//! attaches it, `move_mount`; where it cannot be made, the policy's fallback, reported) → the
+//! cell's user namespace ([`make_userns`]): a holder child cloned with `CLONE_NEWUSER` while
+//! the helper's *effective* uid/gid are the cell's host ids (`setresuid(-1, C, -1)`; real and
+//! saved ids stay root, so euid 0 is taken back right after), so the namespace is owned by the
+//! cell's uid and the kernel charges its budgets (pending signals, inotify instances, user
+//! namespaces: ucounts) to that uid, never to root; its uid/gid maps written from here as root
+//! (the only side allowed to map an arbitrary unprivileged id), its owner checked with
+//! `NS_GET_OWNER_UID` → `setns` into it → `clone` pid 1 into the other new namespaces (owned
+//! by the cell's user namespace) → release it → forward signals until it exits, then exit with
+//! its status. Every step that fails ends the launch with its stage (fail closed).
+//!
+//! pid 1's own credentials stay those the helper had (host uid 0, unmapped inside, with every
+//! capability of the cell's namespace and none outside it), as before: `/proc/sys` files such
+//! as `vm.memfd_noexec` check for the global root euid. Its privilege drop then makes the
+//! payload's and its own real, effective, saved and filesystem ids the cell's.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;

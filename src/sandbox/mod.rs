@@ -8,7 +8,9 @@
 //!   │ socket, attaches it to the cgroup, then sends the plan (the helper is blocked on it)
 //!   ▼
 //! helper (single-threaded, host namespaces)                  helper.rs
-//!   │ clone(NEWUSER|NEWPID|NEWNS|NEWNET|NEWIPC|NEWUTS|NEWCGROUP per plan), writes id maps
+//!   │ idmapped workspace (open_tree + mount_setattr); the cell's user namespace, created with
+//!   │ the cell's host uid as effective uid (ids.rs: one leased per cell), mapped, joined;
+//!   │ clone(NEWPID|NEWNS|NEWNET|NEWIPC|NEWUTS|NEWCGROUP per plan)
 //!   ▼
 //! pid 1 of the cell: mounts, lo, hostname; reaps; forwards  init.rs
 //!   (proxy cells: waits while the launcher opens the proxy listener in its netns)  netns.rs

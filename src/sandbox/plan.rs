@@ -399,6 +399,40 @@ fn choose_ids(policy: &Policy, req: &LaunchRequest) -> Result<Ids, SandboxError>
     Ok(Ids { outside_uid: uid, outside_gid: gid, inside_uid, inside_gid })
 }
 
+/// `(major, minor)` of the running kernel (`(0, 0)` when unreadable).
+pub fn kernel_release() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Can the kernel idmap a mount of the filesystem holding `path`? A prediction from the
+/// filesystem's type and the kernel release, for `cellkeep doctor`; a launch finds out by
+/// trying (and takes the policy's fallback, reported, when it cannot).
+pub fn idmap_prediction(path: &Path) -> Result<(), String> {
+    let st = nix::sys::statfs::statfs(path).map_err(|e| format!("statfs: {e}"))?;
+    let kind = st.filesystem_type().0 as i64;
+    let (name, since) = match kind {
+        0xEF53 => ("ext4", (5, 12)),
+        0x5846_5342 => ("xfs", (5, 12)),
+        0x9123_683E => ("btrfs", (5, 15)),
+        0x0102_1994 => ("tmpfs", (6, 3)),
+        0x794C_7630 => return Err("overlayfs cannot be idmapped".into()),
+        0x0102_1997 => return Err("9p cannot be idmapped".into()),
+        0x6969 => return Err("NFS cannot be idmapped".into()),
+        0x8584_58F6 => return Err("ramfs cannot be idmapped".into()),
+        other => return Err(format!("filesystem type {other:#x}: not known to support idmapped mounts")),
+    };
+    let kernel = kernel_release();
+    if kernel < since {
+        return Err(format!(
+            "{name} is idmappable from Linux {}.{}; this is {}.{}",
+            since.0, since.1, kernel.0, kernel.1
+        ));
+    }
+    Ok(())
+}
+
 /// Does this launch need a host id of the cell's own (leased by the launcher)?
 pub fn needs_own_id(policy: &Policy, caller_uid: u32) -> Option<Option<(u32, u32)>> {
     match policy.identity.run_as {
