@@ -9,10 +9,10 @@
 //!
 //! Sequence: read the [`LaunchPlan`] from fd 3 → `setsid` (terminal signals reach only the
 //! launcher, which forwards them) → the idmapped workspace, when the plan has one
-//! ([`idmapped_workspace`]: a detached clone of the cwd's mount, `open_tree`, idmapped with a
+//! (`idmapped_workspace`: a detached clone of the cwd's mount, `open_tree`, idmapped with a
 //! user namespace mapping the workspace's owner to the cell's host ids, `mount_setattr`; pid 1
 //! attaches it, `move_mount`; where it cannot be made, the policy's fallback, reported) → the
-//! cell's user namespace ([`make_userns`]): a holder child cloned with `CLONE_NEWUSER` while
+//! cell's user namespace (`make_userns`): a holder child cloned with `CLONE_NEWUSER` while
 //! the helper's *effective* uid/gid are the cell's host ids (`setresuid(-1, C, -1)`; real and
 //! saved ids stay root, so euid 0 is taken back right after), so the namespace is owned by the
 //! cell's uid and the kernel charges its budgets (pending signals, inotify instances, user
