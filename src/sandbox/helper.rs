@@ -29,6 +29,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -40,6 +41,7 @@ use super::init;
 use super::plan::{IdmapFallback, IdmapPlan, LaunchPlan};
 use super::proto::{Report, Stage};
 use super::sys;
+use super::view::StepKind;
 
 /// Signals the helper passes on to the cell (SIGKILL cannot be caught: the launcher kills the
 /// whole cgroup for that).
@@ -157,7 +159,7 @@ fn run(plan: &mut LaunchPlan, ctl: &OwnedFd) -> i32 {
     let child = {
         let sync_w_in_child = &mut sync_w;
         let sync_r = &sync_r;
-        let workspace = workspace.as_ref();
+        let workspace = workspace.as_slice();
         sys::clone_into_namespaces(
             clone_flags(plan),
             Box::new(move || {
@@ -245,13 +247,14 @@ fn make_userns(creator_uid: u32, creator_gid: u32, maps: &(String, String)) -> R
     })
 }
 
-/// The plan's idmapped workspace as a detached mount for pid 1 to attach, or `None` (no idmap
+/// The plan's idmapped workspace as detached mounts (by path inside) for pid 1 to attach, or
+/// none (no idmap
 /// planned, or the policy's fallback taken: reported as the degradation `workspace_idmap`,
 /// and with `fallback_owner` the plan's ids become the owner's). `Err`: the launch fails.
-fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Option<OwnedFd>, (Stage, i32, String)> {
-    let Some(idm) = plan.idmap.clone() else { return Ok(None) };
+fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Vec<(PathBuf, OwnedFd)>, (Stage, i32, String)> {
+    let Some(idm) = plan.idmap.clone() else { return Ok(Vec::new()) };
     let (errno, why) = match try_idmap(plan, &idm) {
-        Ok(mnt) => return Ok(Some(mnt)),
+        Ok(mounts) => return Ok(mounts),
         Err(e) => e,
     };
     let cwd = plan.cwd.display().to_string();
@@ -270,7 +273,7 @@ fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Option<Own
             }
             (ids.outside_uid, ids.outside_gid) = (idm.owner_uid, idm.owner_gid);
             Report::Degraded { mechanism: "workspace_idmap".into(), detail }.send(ctl);
-            Ok(None)
+            Ok(Vec::new())
         }
         IdmapFallback::Cell => {
             let detail = format!(
@@ -279,23 +282,45 @@ fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Option<Own
                 plan.ids.outside_uid
             );
             Report::Degraded { mechanism: "workspace_idmap".into(), detail }.send(ctl);
-            Ok(None)
+            Ok(Vec::new())
         }
     }
 }
 
-/// The cwd's mount, cloned detached and idmapped: `owner_uid` ↔ the cell's host uid (and the
-/// gids alike), `nosuid,nodev`, read-only and `noexec` unless the policy grants them.
-fn try_idmap(plan: &LaunchPlan, idm: &IdmapPlan) -> Result<OwnedFd, (i32, String)> {
-    let io = |what: &str, e: std::io::Error| (e.raw_os_error().unwrap_or(0), format!("{what}: {e}"));
-    let dir = sys::open_no_symlinks(&plan.cwd, true).map_err(|e| (e as i32, format!("opening the cwd: {e}")))?;
-    let mnt = sys::open_tree_clone(&dir).map_err(|e| io("open_tree(OPEN_TREE_CLONE)", e))?;
+/// The workspace's binds (the view's steps under the cwd: the cwd itself and any `{cwd}/…`
+/// rule), each cloned detached from its source (opened through no symlink) and idmapped with
+/// one user namespace mapping `owner_uid` ↔ the cell's host uid (and the gids alike), with the
+/// step's flags: `nosuid,nodev`, read-only and `noexec` unless the policy grants them.
+fn try_idmap(plan: &LaunchPlan, idm: &IdmapPlan) -> Result<Vec<(PathBuf, OwnedFd)>, (i32, String)> {
+    let io = |what: String, e: std::io::Error| (e.raw_os_error().unwrap_or(0), format!("{what}: {e}"));
+    let steps: Vec<_> = plan
+        .view
+        .iter()
+        .flat_map(|v| &v.steps)
+        .filter_map(|s| match &s.kind {
+            StepKind::Bind { source, dir, writable, exec, no_follow: true } => {
+                Some((&s.path, source, *dir, *writable, *exec))
+            }
+            _ => None,
+        })
+        .collect();
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
     let ids = &plan.ids;
     let maps =
         (format!("{} {} 1\n", idm.owner_uid, ids.outside_uid), format!("{} {} 1\n", idm.owner_gid, ids.outside_gid));
     let userns = make_userns(ids.outside_uid, ids.outside_gid, &maps).map_err(|(_, errno, detail)| (errno, detail))?;
-    sys::idmap_mount(&mnt, &userns, !idm.writable, !idm.exec).map_err(|e| io("mount_setattr(MOUNT_ATTR_IDMAP)", e))?;
-    Ok(mnt)
+    let mut mounts = Vec::with_capacity(steps.len());
+    for (path, source, dir, writable, exec) in steps {
+        let shown = source.display();
+        let fd = sys::open_no_symlinks(source, dir).map_err(|e| (e as i32, format!("opening {shown}: {e}")))?;
+        let mnt = sys::open_tree_clone(&fd).map_err(|e| io(format!("open_tree(OPEN_TREE_CLONE) of {shown}"), e))?;
+        sys::idmap_mount(&mnt, &userns, !writable, !exec)
+            .map_err(|e| io(format!("mount_setattr(MOUNT_ATTR_IDMAP) of {shown}"), e))?;
+        mounts.push((path.clone(), mnt));
+    }
+    Ok(mounts)
 }
 
 /// Forward signals to pid 1 until it exits; return its exit code (128 + signal if killed).

@@ -67,7 +67,7 @@ impl ErrnoOf for caps::errors::CapsError {
 }
 
 /// pid 1 of the cell. Returns the exit code of pid 1 (the helper passes it on).
-pub fn pid1(plan: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd, workspace: Option<&OwnedFd>) -> i32 {
+pub fn pid1(plan: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd, workspace: &[(std::path::PathBuf, OwnedFd)]) -> i32 {
     // Wait until the helper has written the id maps (1 byte), or died (EOF).
     let mut byte = [0u8; 1];
     if !matches!(nix::unistd::read(sync_r, &mut byte), Ok(1)) {
@@ -84,7 +84,7 @@ pub fn pid1(plan: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd, workspace: Optio
 
 /// Mounts, loopback and hostname, done by pid 1 with the capabilities it holds over the new
 /// namespaces.
-fn prepare_view(plan: &LaunchPlan, workspace: Option<&OwnedFd>) -> Result<(), StepError> {
+fn prepare_view(plan: &LaunchPlan, workspace: &[(std::path::PathBuf, OwnedFd)]) -> Result<(), StepError> {
     if plan.ns.user {
         // Files pid 1 creates (mount points in the private tmp) must belong to a mapped id;
         // setfsuid/setfsgid change only the filesystem ids and keep CAP_SYS_ADMIN.
@@ -124,7 +124,7 @@ fn await_proxy_listener(plan: &LaunchPlan, ctl: &OwnedFd) -> Result<(), StepErro
 
 /// Mount recipe: stop propagation to the host → the cell's own view ([`view::build`]: only
 /// what the policy grants, pivoted into) → `vm.memfd_noexec = 2` in the cell's pid namespace.
-fn mount_view(plan: &LaunchPlan, workspace: Option<&OwnedFd>) -> Result<(), StepError> {
+fn mount_view(plan: &LaunchPlan, workspace: &[(std::path::PathBuf, OwnedFd)]) -> Result<(), StepError> {
     let none: Option<&str> = None;
     step(
         Stage::Mounts,
@@ -132,7 +132,6 @@ fn mount_view(plan: &LaunchPlan, workspace: Option<&OwnedFd>) -> Result<(), Step
         mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
     )?;
     if let Some(v) = &plan.view {
-        let workspace = workspace.map(|fd| (plan.cwd.as_path(), fd));
         view::build(v, plan.ids.inside_uid, plan.ids.inside_gid, workspace)
             .map_err(|e| StepError(Stage::Mounts, e.errno, e.what))?;
     }

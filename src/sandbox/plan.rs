@@ -154,17 +154,15 @@ pub struct LaunchPlan {
     pub tty: bool,
 }
 
-/// The idmapped workspace: the helper clones the cwd's mount (`open_tree`), idmaps it with a
-/// user namespace mapping the owner to the cell's host ids (`owner_uid cell_uid 1`), and pid 1
-/// moves it to the cwd inside (see [`super::helper`]).
+/// The idmapped workspace: the helper clones the mounts of the view's binds under the cwd
+/// (`open_tree`), idmaps them with a user namespace mapping the owner to the cell's host ids
+/// (`owner_uid cell_uid 1`), and pid 1 moves them into place (see [`super::helper`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdmapPlan {
     /// The workspace's owner on the host (its files appear as the cell's; what the cell
     /// creates belongs to it).
     pub owner_uid: u32,
     pub owner_gid: u32,
-    pub writable: bool,
-    pub exec: bool,
     /// What to do when the mount cannot be idmapped.
     pub fallback: IdmapFallback,
 }
@@ -491,14 +489,7 @@ fn idmap_plan(
             }),
         };
     }
-    let covered = |rules: &[PathRule]| rules.iter().any(|r| cwd.starts_with(rule_path(r, cwd)));
-    Ok(Some(IdmapPlan {
-        owner_uid,
-        owner_gid,
-        writable: covered(&policy.filesystem.write),
-        exec: covered(&policy.filesystem.exec),
-        fallback,
-    }))
+    Ok(Some(IdmapPlan { owner_uid, owner_gid, fallback }))
 }
 
 fn expand(value: &str, cwd: &Path) -> String {
