@@ -202,3 +202,27 @@ impl Config {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cell_id_range` is read and validated: a range holding root or overlapping systemd's
+    /// DynamicUser ids is refused, naming the key.
+    #[test]
+    fn cell_id_range_is_validated() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            Config::load(&path)
+        };
+        let c = load("cell_id_range = [1800000000, 1000]\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.cell_id_range, crate::sandbox::IdRange { start: 1_800_000_000, count: 1000 });
+        assert_eq!(Config::default().cell_id_range, crate::sandbox::ids::DEFAULT_ID_RANGE);
+        for bad in ["[0, 10]", "[61000, 1000]", "[65530, 10]", "[1, 0]"] {
+            let e = load(&format!("cell_id_range = {bad}\n")).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("cell_id_range"), "{bad}: {e}");
+        }
+    }
+}
