@@ -74,7 +74,7 @@
 //! | 55 | `inotify_instances_are_not_charged_to_root` (20 instances held in a cell) | same: root's free instances do not fall |
 //! | 56 | `concurrent_daemon_cells_never_share_a_host_uid` | a host uid per cell, leased from the daemon's `cell_id_range` (flock under /run/cellkeep/ids) |
 //! | 57 | `concurrent_runs_never_share_a_host_uid` (two `cellkeep run`s) | same lease, across processes |
-//! | 58 | `nobody_cannot_kill_a_cell` (`setpriv --reuid 65534 kill -KILL`, read its environ) | the payload's uid is its own (EPERM) |
+//! | 58 | `nobody_cannot_kill_a_cell` (`setpriv --reuid 65534 kill -KILL`, read its environ) | the payload's uid is its own (EPERM); the payload's and pid 1's real/effective/saved/fs ids are all the cell's |
 //! | 59 | `files_a_cell_creates_belong_to_the_workspaces_owner` (a workspace of 4321) | idmapped workspace (owner ↔ cell); else `fallback_owner`, reported |
 //! | 60 | `workspace_idmap_fallback_is_reported` (ramfs; tmpfs before 6.3) | `workspace_idmap`: `fallback_owner`, `fallback_cell` (degradation `workspace_idmap`), `required` (setup_failed at mounts) |
 //!
@@ -2488,6 +2488,21 @@ fn nobody_cannot_kill_a_cell() {
     assert_eq!(r.status, 201, "spawn own: {}", r.text());
     let v = r.json();
     let (id, pid) = (v["id"].as_str().expect("an id").to_owned(), v["pid"].as_u64().expect("a pid"));
+    // The payload and its pid 1 (its parent, seen from the host) run with the cell's host ids
+    // as real, effective, saved and filesystem ids alike.
+    let out = d.exec(&id, HOST_UID);
+    let host_uid = host_uid_of(&out, &out);
+    let status = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |text: &str, name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    let payload = status(&pid.to_string());
+    let pid1 = field(&payload, "PPid:").expect("PPid");
+    let all = vec![host_uid.to_string(); 4].join(" ");
+    for (who, text) in [("payload", payload.clone()), ("pid 1", status(&pid1))] {
+        assert_eq!(field(&text, "Uid:"), Some(all.clone()), "{who}'s uids are not all the cell's {host_uid}");
+        assert_eq!(field(&text, "Gid:"), Some(all.clone()), "{who}'s gids are not all the cell's {host_uid}");
+    }
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "kill", "-KILL", &pid.to_string()])
         .output()
