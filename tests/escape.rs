@@ -2114,7 +2114,7 @@ const UNIX_CONNECT: &str = "def uc(p):\n    s = socket.socket(socket.AF_UNIX); s
     s.sendall(b'hello')\n    try:\n        return 'connected, read ' + s.recv(64).decode()\n    except OSError:\n        return 'connected'\n";
 
 // 50. Host UNIX socket files from a `network = none` cell (finding 1): a root-owned 0666 socket
-//     under /run, and a 0600 socket in a 0700 dir owned by the cell's own uid (a session bus,
+//     under /run, and a 0600 socket in a 0700 dir owned by nobody, the uid cells shared (a session bus,
 //     ssh-agent or gpg-agent). Landlock below ABI 9 does not mediate connect(2); the mount view
 //     does: neither path exists inside (ENOENT).
 #[test]
