@@ -24,7 +24,8 @@
 # Idempotent: a second run changes nothing that is already in place. Files under /etc are
 # config: an edited one is never overwritten (the new version lands beside it as *.new) and is
 # kept by --uninstall. --uninstall removes exactly what the manifest lists: files still as
-# installed, directories it created (if empty), /run/cellkeep if it created it, and the group if
+# installed, directories it created (if empty), /run/cellkeep/ids (cells' id leases),
+# /run/cellkeep if it created it, and the group if
 # it created it and no user is a member (a group in use is kept, with a message).
 #
 # Options:
@@ -275,6 +276,11 @@ do_uninstall() {
   fi
   if [[ -d $state ]]; then
     rmdir "$state" 2>/dev/null && say removed "/var/lib/cellkeep/" || say kept "/var/lib/cellkeep (not empty)"
+  fi
+  # The cells' host-id lease files (/run/cellkeep/ids, made by the daemon and `cellkeep run`;
+  # the service is stopped, so no lease is held).
+  if [[ -d $rundir/ids ]]; then
+    rm -rf "$rundir/ids" && say removed "$rundir/ids/"
   fi
     # Host state: /run/cellkeep and the group, only if an install created them.
   if grep -qxF "rundir $rundir" "$saved"; then

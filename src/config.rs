@@ -5,7 +5,8 @@
 //! exists, else `./policies`; the admin floor from `/etc/cellkeep/floor.toml` when it exists
 //! (key `floor`); at most 20 cells; idle timeout 300 s; termination grace 5 s;
 //! shutdown timeout 30 s; exited cells listed for 300 s; request bodies up to 1 MiB; output
-//! spool files in `/var/lib/cellkeep/spool`.
+//! spool files in `/var/lib/cellkeep/spool`; cells' own host ids from `cell_id_range`
+//! (default `[1900000000, 65536]`, see `crate::sandbox::ids`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,6 +60,10 @@ pub struct Config {
     /// `egress_hosts = {"fake.test" = "127.0.0.1"}`: names the egress proxy resolves to these
     /// addresses itself, for tests (may be loopback; the host's resolver files are never edited).
     pub egress_hosts: std::collections::BTreeMap<String, std::net::IpAddr>,
+    /// `cell_id_range = [start, count]`: the host uids/gids cells of root callers (and of no
+    /// other range) get one each of. Validated: no 0, no overflow ids, clear of systemd's
+    /// DynamicUser range and of `/etc/subuid`/`/etc/subgid`.
+    pub cell_id_range: crate::sandbox::IdRange,
 }
 
 impl Default for Config {
@@ -81,6 +86,7 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             max_connections: 256,
             egress_hosts: Default::default(),
+            cell_id_range: crate::sandbox::ids::DEFAULT_ID_RANGE,
         }
     }
 }
@@ -105,6 +111,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
     egress_hosts: Option<std::collections::BTreeMap<String, String>>,
+    cell_id_range: Option<[u32; 2]>,
 }
 
 fn gid_of(path: &Path, group: &str) -> Result<u32, ConfigError> {
@@ -178,6 +185,13 @@ impl Config {
         if let Some(v) = f.max_connections {
             c.max_connections = v;
         }
+        if let Some([start, count]) = f.cell_id_range {
+            let range = crate::sandbox::IdRange { start, count };
+            range
+                .validate()
+                .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: format!("cell_id_range: {e}") })?;
+            c.cell_id_range = range;
+        }
         for (name, addr) in f.egress_hosts.unwrap_or_default() {
             let ip = addr.parse().map_err(|_| ConfigError::Parse {
                 path: path.to_owned(),
@@ -186,5 +200,29 @@ impl Config {
             c.egress_hosts.insert(crate::policy::egress::normalize(&name), ip);
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cell_id_range` is read and validated: a range holding root or overlapping systemd's
+    /// DynamicUser ids is refused, naming the key.
+    #[test]
+    fn cell_id_range_is_validated() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            Config::load(&path)
+        };
+        let c = load("cell_id_range = [1800000000, 1000]\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.cell_id_range, crate::sandbox::IdRange { start: 1_800_000_000, count: 1000 });
+        assert_eq!(Config::default().cell_id_range, crate::sandbox::ids::DEFAULT_ID_RANGE);
+        for bad in ["[0, 10]", "[61000, 1000]", "[65530, 10]", "[1, 0]"] {
+            let e = load(&format!("cell_id_range = {bad}\n")).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("cell_id_range"), "{bad}: {e}");
+        }
     }
 }

@@ -100,7 +100,8 @@ fn agents_ready(test: &str) -> bool {
 }
 
 /// A daemon (tests/harness) with a copy of the shipped policies plus the probes, a cgroup root
-/// of its own, a workspace owned by the cell's uid (a root caller runs as nobody) and fake API
+/// of its own, a workspace owned by nobody (a root caller's cell runs under a host uid of its own
+/// and sees it through an idmapped mount, or, where it cannot be idmapped, runs as its owner) and fake API
 /// keys in its own environment ([`daemon_secrets`]).
 fn daemon() -> Daemon {
     daemon_with("")

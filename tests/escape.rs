@@ -10,7 +10,7 @@
 //! the production location, so the cell sees the same mount view as in production — a socket
 //! under the host's `/tmp` would be hidden by the cell's private `/tmp` and prove nothing).
 //!
-//! # The 53 attempts (test name → what stops it)
+//! # The 60 attempts (test name → what stops it)
 //!
 //! Since issue 13 the first layer for most filesystem attempts is the cell's mount view (only
 //! the policy's grants exist inside): paths outside it answer ENOENT, read-only binds EROFS
@@ -18,7 +18,7 @@
 //!
 //! | # | attempt | stopped by |
 //! |---|---|---|
-//! | 1 | `read_etc_shadow` | DAC: the payload runs as nobody, without capabilities (EACCES) |
+//! | 1 | `read_etc_shadow` | DAC: the payload runs as a host uid of its own, without capabilities (EACCES) |
 //! | 2 | `read_another_users_home` (a 0644 file in `/home/ck-victim-*`) | mount view: `/home` does not exist inside (ENOENT); Landlock behind it |
 //! | 3 | `write_usr` (also into a 0777 dir under `/usr/local`) | read-only bind (EROFS) or DAC (EACCES); Landlock: `/usr` is read+exec only |
 //! | 4 | `write_etc` (`/etc/ld.so.preload`, a 0777 dir under `/etc`) | read-only bind (EROFS) or DAC (EACCES); Landlock: `/etc` is read only |
@@ -44,7 +44,7 @@
 //! | 24 | `userfaultfd_handles` | seccomp (EPERM) + Landlock on /dev/userfaultfd |
 //! | 25 | `tiocsti_on_the_callers_terminal` (`cellkeep run` on a pty) | the payload gets a pty of its own, never the caller's; seccomp (EPERM) |
 //! | 26 | `tiocsti_on_the_cells_own_tty` (`tty = true` provider) | seccomp (EPERM), the request compared as 32 bits, as the kernel reads it |
-//! | 27 | `run_a_setuid_binary` (a setuid-root copy of id, passwd) | no_new_privs (euid stays 65534) |
+//! | 27 | `run_a_setuid_binary` (a setuid-root copy of id, passwd) | no_new_privs (euid stays the cell's own) |
 //! | 28 | `chmod_setuid_a_file_it_wrote` ({cwd} and {tmp}) | Landlock: no exec outside the exec list (EACCES); nosuid {tmp}; owner is nobody |
 //! | 29 | `load_a_kernel_module` (init_module, finit_module, delete_module, /proc/sys/kernel/modprobe) | seccomp (EPERM); Landlock (EACCES) where modprobe exists |
 //! | 30 | `write_proc_sys` (hostname, drop_caches, core_pattern) | Landlock: /proc is read only (EACCES) |
@@ -70,6 +70,13 @@
 //! | 51 | `another_cells_workspace_socket` (cell A connects to a socket in cell B's workspace) | mount view: other workspaces are not inside (ENOENT) |
 //! | 52 | `names_and_metadata_outside_every_grant` (stat, lstat, readlink, getxattr, listxattr, access, chdir, O_PATH, inotify; fanotify_init) | mount view (ENOENT); seccomp for fanotify_init (EPERM) |
 //! | 53 | `exec_past_noexec_mounts` (`ld.so ./bin`, mmap PROT_EXEC, memfd_create + fexecve) | `noexec` {cwd}/{tmp} (EPERM); `vm.memfd_noexec = 2` (EACCES), or seccomp `memfd_create` → ENOSYS + degradation `memfd_noexec` before Linux 6.3 |
+//! | 54 | `pending_signals_are_not_charged_to_root` (300 queued in a cell; root queues 100 under RLIMIT_SIGPENDING 250) | the cell's user namespace is created by its own host uid: ucounts charged there, not to root |
+//! | 55 | `inotify_instances_are_not_charged_to_root` (20 instances held in a cell) | same: root's free instances do not fall |
+//! | 56 | `concurrent_daemon_cells_never_share_a_host_uid` | a host uid per cell, leased from the daemon's `cell_id_range` (flock under /run/cellkeep/ids) |
+//! | 57 | `concurrent_runs_never_share_a_host_uid` (two `cellkeep run`s) | same lease, across processes |
+//! | 58 | `nobody_cannot_kill_a_cell` (`setpriv --reuid 65534 kill -KILL`, read its environ) | the payload's uid is its own (EPERM); the payload's and pid 1's real/effective/saved/fs ids are all the cell's |
+//! | 59 | `files_a_cell_creates_belong_to_the_workspaces_owner` (a workspace of 4321) | idmapped workspace (owner ↔ cell); else `fallback_owner`, reported |
+//! | 60 | `workspace_idmap_fallback_is_reported` (ramfs; tmpfs before 6.3) | `workspace_idmap`: `fallback_owner`, `fallback_cell` (degradation `workspace_idmap`), `required` (setup_failed at mounts) |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
 //! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
@@ -1378,18 +1385,20 @@ fn run_a_setuid_binary() {
         p = subprocess.run([sys.argv[1], '-u'], capture_output=True, text=True)\n\
         print('suid euid', p.stdout.strip())\n\
         p = subprocess.run(['/usr/bin/passwd', '-S', 'root'], capture_output=True, text=True)\n\
+        print('self uid', os.getuid())\n\
         print('passwd', 'OK' if p.returncode == 0 else 'denied', p.returncode, (p.stdout + p.stderr).strip()[:200])\n\
         print('nnp', [l.split()[1] for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0])";
     let r = a.run(body, &[suid.0.to_str().expect("utf-8")]);
     let (out, ctx) = (r.output(), r.describe());
     finished(&out, &ctx);
     let id = line_of(&out, "suid id");
-    assert!(id.starts_with("uid=65534"), "the setuid binary did not run as expected: {id}\n{ctx}");
+    let own = line_of(&out, "self uid");
+    assert!(id.starts_with(&format!("uid={own}")), "the setuid binary did not run as expected: {id}\n{ctx}");
     assert!(
         !id.contains("euid=") && !id.contains("egid="),
         "ESCAPE: the setuid-root binary raised privileges: {id}\n{ctx}"
     );
-    assert_eq!(line_of(&out, "suid euid"), "65534", "ESCAPE: euid after exec of a setuid-root binary\n{ctx}");
+    assert_eq!(line_of(&out, "suid euid"), own, "ESCAPE: euid after exec of a setuid-root binary\n{ctx}");
     denied(&out, &ctx, "passwd", &["denied"], "passwd -S root worked (it ran with root's privileges)");
     assert_eq!(line_of(&out, "nnp"), "1", "no_new_privs is not set\n{ctx}");
     a.contained();
@@ -2105,7 +2114,7 @@ const UNIX_CONNECT: &str = "def uc(p):\n    s = socket.socket(socket.AF_UNIX); s
     s.sendall(b'hello')\n    try:\n        return 'connected, read ' + s.recv(64).decode()\n    except OSError:\n        return 'connected'\n";
 
 // 50. Host UNIX socket files from a `network = none` cell (finding 1): a root-owned 0666 socket
-//     under /run, and a 0600 socket in a 0700 dir owned by the cell's own uid (a session bus,
+//     under /run, and a 0600 socket in a 0700 dir owned by nobody, the uid cells shared (a session bus,
 //     ssh-agent or gpg-agent). Landlock below ABI 9 does not mediate connect(2); the mount view
 //     does: neither path exists inside (ENOENT).
 #[test]
@@ -2307,4 +2316,343 @@ fn exec_past_noexec_mounts() {
         assert!(degraded.contains("memfd_noexec"), "no memfd_noexec degradation reported: {degraded}\n{ctx}");
     }
     a.contained();
+}
+
+// ------------------------------------------------------------------------------------------
+// 54–60: a host identity per cell (issue 13, findings 4 and 5; acceptance 3)
+// ------------------------------------------------------------------------------------------
+
+/// The payload's host uid, as its `/proc/self/uid_map` says (`inside outside count`).
+const HOST_UID: &str = "op('host uid', lambda: int(open('/proc/self/uid_map').read().split()[1]))\n";
+
+/// The `host uid` a cell printed.
+fn host_uid_of(out: &str, ctx: &str) -> u32 {
+    let line = line_of(out, "host uid");
+    line.strip_prefix("OK ").and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("no host uid: {line}\n{ctx}"))
+}
+
+/// A payload that holds a kernel budget: it runs `body`, writes `ready` (what `body` left in
+/// `n`) into its workspace, and waits (up to 60 s) for the host to create `done` there.
+fn holding(body: &str) -> String {
+    format!(
+        "import time\n{body}\nwrite('ready', str(n))\nt = time.time()\n\
+         while not os.path.exists('done') and time.time() - t < 60:\n    time.sleep(0.05)\nprint('held', n, flush=True)"
+    )
+}
+
+/// Run `body` ([`holding`]) in a `cellkeep run` cell; once it is ready, call `during` with what
+/// it held, then let it end. `(run, held, during's answer)`.
+fn while_a_cell_holds<T: Send>(a: &Attempt, body: &str, during: impl FnOnce() -> T + Send) -> (Run, i64, T) {
+    let ws = a.w.ws.path().to_owned();
+    let script = holding(body);
+    std::thread::scope(|s| {
+        let cell = s.spawn(|| a.run(&script, &[]));
+        let ready = ws.join("ready");
+        let t = Instant::now();
+        while std::fs::read_to_string(&ready).map_or(true, |s| s.is_empty()) && t.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let held: i64 = std::fs::read_to_string(&ready).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(-1);
+        let answer = during();
+        std::fs::write(ws.join("done"), b"").expect("tell the cell to end");
+        (cell.join().expect("the cell's thread"), held, answer)
+    })
+}
+
+/// A Python script run as host root (the test process's own identity), its stdout.
+fn as_host_root(script: &str) -> String {
+    let out = Command::new(PY).args(["-c", script]).output().expect("python3 as root");
+    assert!(out.status.success(), "host script failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+// 54. Pending signals charged to host root (finding 4): the cell blocks SIGRTMIN and queues
+//     300 to itself. Pending signals count against the receiver's user in every user namespace
+//     up to the host (ucounts): with the cell's user namespace created by root, host root
+//     queued 0 of 100 under an RLIMIT_SIGPENDING of 250. The cell's namespace is created by its
+//     own host uid now: root's budget is untouched.
+#[test]
+fn pending_signals_are_not_charged_to_root() {
+    gate!("pending_signals_are_not_charged_to_root");
+    let a = Attempt::new();
+    let body = "import signal\nsig = signal.SIGRTMIN\nsignal.pthread_sigmask(signal.SIG_BLOCK, [sig])\n\
+        n = 0\nfor i in range(300):\n    if libc.sigqueue(os.getpid(), sig, ctypes.c_void_p(i)) != 0:\n        break\n    n += 1";
+    let root_queues = "import ctypes, os, resource, signal\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+        resource.setrlimit(resource.RLIMIT_SIGPENDING, (250, 250))\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])\n\
+        print(sum(1 for i in range(100) if libc.sigqueue(os.getpid(), signal.SIGRTMIN, ctypes.c_void_p(i)) == 0))";
+    let (r, held, queued) = while_a_cell_holds(&a, body, || as_host_root(root_queues));
+    let (out, ctx) = (r.output(), r.describe());
+    finished(&out, &ctx);
+    assert_eq!(held, 300, "the cell could not queue its 300 signals\n{ctx}");
+    assert_eq!(queued, "100", "ESCAPE: host root queued {queued} of 100 signals while a cell held 300 pending\n{ctx}");
+    a.contained();
+}
+
+// 55. inotify instances charged to host root (finding 4): a cell holding 20 inotify instances
+//     took 20 of host root's 128 (max_user_instances). Root's free instances are counted by
+//     trying (opened and closed at once), before and while the cell holds its 20.
+#[test]
+fn inotify_instances_are_not_charged_to_root() {
+    gate!("inotify_instances_are_not_charged_to_root");
+    let count = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nfds = []\n\
+        while len(fds) < 100000:\n    fd = libc.inotify_init1(0)\n    if fd < 0:\n        break\n    fds.append(fd)\n\
+        [os.close(fd) for fd in fds]\nprint(len(fds))";
+    let before: i64 = as_host_root(count).parse().expect("a count");
+    let a = Attempt::new();
+    let body = "fds = [libc.inotify_init1(0) for _ in range(20)]\nn = sum(1 for fd in fds if fd >= 0)";
+    let (r, held, during) = while_a_cell_holds(&a, body, || as_host_root(count));
+    let during: i64 = during.parse().expect("a count");
+    let (out, ctx) = (r.output(), r.describe());
+    finished(&out, &ctx);
+    assert_eq!(held, 20, "the cell could not create its 20 inotify instances\n{ctx}");
+    assert!(
+        before - during < 10,
+        "ESCAPE: host root's free inotify instances fell from {before} to {during} while a cell held 20\n{ctx}"
+    );
+    a.contained();
+}
+
+/// The policy text of a cell that keeps its own host id even where its workspace cannot be
+/// idmapped (so the identity tests hold on every kernel and filesystem).
+const OWN_ID: &str = "[identity]\nworkspace_idmap = \"fallback_cell\"";
+
+/// Let the cell's own uid search and read its workspace without an idmap (`fallback_cell`).
+fn open_up(dir: &Path) {
+    std::fs::set_permissions(dir, PermissionsExt::from_mode(0o755)).expect("chmod 0755 workspace");
+}
+
+// 56. Shared identity through the daemon (finding 5): every root-called cell ran as host uid
+//     65534. Two concurrent cells get two host uids of their own, neither an account's.
+#[test]
+fn concurrent_daemon_cells_never_share_a_host_uid() {
+    gate!("concurrent_daemon_cells_never_share_a_host_uid");
+    let q = |s: &str| serde_json::to_string(s).expect("json string");
+    let marker = format!("ck-escape-{}", uid());
+    let session = script(&marker, SESSION_LOOP);
+    let d =
+        daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
+    open_up(Path::new(&d.cwd()));
+    let start = || {
+        let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "own", "cwd": d.cwd()})));
+        assert_eq!(r.status, 201, "spawn own: {}", r.text());
+        r.json()["id"].as_str().expect("an id").to_owned()
+    };
+    let (a, b) = (start(), start());
+    let (out_a, out_b) = (d.exec(&a, HOST_UID), d.exec(&b, HOST_UID));
+    let (ua, ub) = (host_uid_of(&out_a, &out_a), host_uid_of(&out_b, &out_b));
+    assert_ne!(ua, ub, "ESCAPE: two concurrent cells share host uid {ua}");
+    for u in [ua, ub] {
+        assert!(u != 0 && u != NOBODY, "a cell runs as host uid {u}");
+        assert!(nix::unistd::User::from_uid(u.into()).ok().flatten().is_none(), "a cell runs as an account's uid {u}");
+    }
+    d.assert_contained();
+}
+
+// 57. Shared identity between concurrent one-shot `cellkeep run`s (finding 5): their id used
+//     to be derived from the process id (collisions); now each leases one under
+//     /run/cellkeep/ids.
+#[test]
+fn concurrent_runs_never_share_a_host_uid() {
+    gate!("concurrent_runs_never_share_a_host_uid");
+    let (a, b) = (Attempt::new(), Attempt::new());
+    open_up(a.w.ws.path());
+    open_up(b.w.ws.path());
+    let body = format!("{HOST_UID}import time\ntime.sleep(1.5)");
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.run_with(&a.w.policy("t", "", OWN_ID), &body, &[]));
+        let tb = s.spawn(|| b.run_with(&b.w.policy("t", "", OWN_ID), &body, &[]));
+        (ta.join().expect("run a"), tb.join().expect("run b"))
+    });
+    let (ua, ub) = (host_uid_of(&ra.output(), &ra.describe()), host_uid_of(&rb.output(), &rb.describe()));
+    assert_ne!(ua, ub, "ESCAPE: two concurrent `cellkeep run` cells share host uid {ua}");
+    for u in [ua, ub] {
+        assert!(u != 0 && u != NOBODY, "a cell runs as host uid {u}");
+    }
+    a.contained();
+    b.contained();
+}
+
+// 58. A host process running as nobody kills a cell (finding 5): `kill -KILL` of the payload
+//     by `setpriv --reuid 65534` ended the cell `signaled 9`. The payload's uid is its own now:
+//     EPERM, and the cell lives on.
+#[test]
+fn nobody_cannot_kill_a_cell() {
+    gate!("nobody_cannot_kill_a_cell");
+    let q = |s: &str| serde_json::to_string(s).expect("json string");
+    let marker = format!("ck-escape-{}", uid());
+    let session = script(&marker, SESSION_LOOP);
+    let d =
+        daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
+    open_up(Path::new(&d.cwd()));
+    let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "own", "cwd": d.cwd()})));
+    assert_eq!(r.status, 201, "spawn own: {}", r.text());
+    let v = r.json();
+    let (id, pid) = (v["id"].as_str().expect("an id").to_owned(), v["pid"].as_u64().expect("a pid"));
+    // The payload and its pid 1 (its parent, seen from the host) run with the cell's host ids
+    // as real, effective, saved and filesystem ids alike.
+    let out = d.exec(&id, HOST_UID);
+    let host_uid = host_uid_of(&out, &out);
+    let status = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |text: &str, name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    let payload = status(&pid.to_string());
+    let pid1 = field(&payload, "PPid:").expect("PPid");
+    let all = vec![host_uid.to_string(); 4].join(" ");
+    for (who, text) in [("payload", payload.clone()), ("pid 1", status(&pid1))] {
+        assert_eq!(field(&text, "Uid:"), Some(all.clone()), "{who}'s uids are not all the cell's {host_uid}");
+        assert_eq!(field(&text, "Gid:"), Some(all.clone()), "{who}'s gids are not all the cell's {host_uid}");
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "kill", "-KILL", &pid.to_string()])
+        .output()
+        .expect("setpriv kill");
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "ESCAPE: a host process running as nobody killed the cell's payload {pid}");
+    assert!(said.contains("not permitted"), "kill as nobody failed otherwise: {said}");
+    assert_eq!(d.exec(&id, "print('alive')"), "alive\n", "the cell was hurt");
+    let cmdline = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat", &format!("/proc/{pid}/environ")])
+        .output()
+        .expect("setpriv cat");
+    assert!(!cmdline.status.success(), "ESCAPE: nobody read the cell payload's environment");
+    d.assert_contained();
+}
+
+/// Does the kernel idmap mounts of the filesystem holding `path`? (ext4, xfs, btrfs from
+/// Linux 5.12/5.15; tmpfs from 6.3; not ramfs, overlayfs, 9p.)
+fn idmap_expected(path: &Path) -> bool {
+    let kind = nix::sys::statfs::statfs(path).expect("statfs").filesystem_type().0 as i64;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    match kind {
+        0xEF53 | 0x5846_5342 => version >= (5, 12),
+        0x9123_683E => version >= (5, 15),
+        0x0102_1994 => version >= (6, 3),
+        _ => false,
+    }
+}
+
+/// A directory `ws` owned by 4321:4321 (mode 0700) under a fresh mount of `fstype` (or plain
+/// under /var/tmp for `None`), removed on drop.
+struct Workspace {
+    top: PathBuf,
+    ws: PathBuf,
+    mounted: bool,
+}
+
+const OWNER: u32 = 4321;
+
+impl Workspace {
+    fn new(fstype: Option<&str>) -> Workspace {
+        let top = PathBuf::from(format!("/var/tmp/ck-idmap-{}", &uid()[20..]));
+        std::fs::create_dir(&top).expect("create the workspace's parent");
+        let mounted = fstype.is_some();
+        if let Some(t) = fstype {
+            nix::mount::mount(Some(t), &top, Some(t), nix::mount::MsFlags::empty(), Some("mode=0755"))
+                .unwrap_or_else(|e| panic!("mount {t}: {e}"));
+        }
+        let ws = top.join("ws");
+        std::fs::create_dir(&ws).expect("create the workspace");
+        std::fs::set_permissions(&ws, PermissionsExt::from_mode(0o700)).expect("chmod 0700");
+        std::os::unix::fs::chown(&ws, Some(OWNER), Some(OWNER)).expect("chown the workspace");
+        Workspace { top, ws, mounted }
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = nix::mount::umount2(&self.top, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.top);
+    }
+}
+
+/// What a cell writing into its workspace reports, and where it ran.
+const WRITE_IN_WS: &str =
+    "op('write', lambda: write('made-by-cell', 'x'))\nop('mkdir', lambda: os.mkdir('dir-by-cell'))\n\
+    op('owner inside', lambda: os.stat('.').st_uid)\n";
+
+fn run_in_ws(a: &Attempt, policy: &Path, ws: &Path, body: &str) -> Run {
+    let s = script(&a.marker, &format!("{HOST_UID}{body}"));
+    let r = a.w.run_in(policy, ws, &[PY, "-c", &s], &[]);
+    eprintln!("cell output:\n{}", r.output());
+    r
+}
+
+fn degraded_by_idmap(r: &Run) -> bool {
+    r.outcome["degraded"].as_array().into_iter().flatten().any(|d| d["mechanism"] == "workspace_idmap")
+}
+
+// 59. Acceptance 3: what a cell creates in its workspace belongs on the host to the
+//     workspace's owner (4321), while the cell runs under a host uid of its own: the workspace
+//     is an idmapped mount (owner ↔ cell). Where the filesystem cannot idmap, base's
+//     `fallback_owner` runs the cell as the owner and reports `workspace_idmap`.
+#[test]
+fn files_a_cell_creates_belong_to_the_workspaces_owner() {
+    gate!("files_a_cell_creates_belong_to_the_workspaces_owner");
+    let w = Workspace::new(None);
+    let a = Attempt::new();
+    let r = run_in_ws(&a, &a.policy(""), &w.ws, WRITE_IN_WS);
+    let (out, ctx) = (r.output(), r.describe());
+    finished(&out, &ctx);
+    denied(&out, &ctx, "write", &["OK"], "(the cell could not write its workspace)");
+    for name in ["made-by-cell", "dir-by-cell"] {
+        let meta = std::fs::metadata(w.ws.join(name)).expect("the cell's file");
+        assert_eq!((meta.uid(), meta.gid()), (OWNER, OWNER), "{name} belongs to {}:{}\n{ctx}", meta.uid(), meta.gid());
+    }
+    let host_uid = host_uid_of(&out, &ctx);
+    if idmap_expected(&w.ws) {
+        assert!(!degraded_by_idmap(&r), "idmap degraded on a filesystem that has it\n{ctx}");
+        assert_ne!(host_uid, OWNER, "ESCAPE: the cell ran as the workspace's owner, not an id of its own\n{ctx}");
+        assert_eq!(line_of(&out, "owner inside"), format!("OK {host_uid}"), "the owner appears as the cell\n{ctx}");
+    } else {
+        assert!(degraded_by_idmap(&r), "no workspace_idmap degradation reported\n{ctx}");
+        assert_eq!(host_uid, OWNER, "fallback_owner: the cell runs as the owner\n{ctx}");
+    }
+    a.contained();
+}
+
+// 60. Where the workspace cannot be idmapped (ramfs never; tmpfs before Linux 6.3), the
+//     policy's `workspace_idmap` decides and the launch says so: `fallback_owner` (base) runs
+//     the cell as the owner, `fallback_cell` keeps the cell's id (the 0700 workspace is then
+//     closed to it), `required` fails the launch at stage mounts — each reported.
+#[test]
+fn workspace_idmap_fallback_is_reported() {
+    gate!("workspace_idmap_fallback_is_reported");
+    for fstype in ["ramfs", "tmpfs"] {
+        let w = Workspace::new(Some(fstype));
+        let a = Attempt::new();
+        let r = run_in_ws(&a, &a.policy(""), &w.ws, WRITE_IN_WS);
+        let (out, ctx) = (r.output(), r.describe());
+        finished(&out, &ctx);
+        let meta = std::fs::metadata(w.ws.join("made-by-cell")).expect("the cell's file");
+        assert_eq!(meta.uid(), OWNER, "{fstype}: the file belongs to {}\n{ctx}", meta.uid());
+        let host_uid = host_uid_of(&out, &ctx);
+        if idmap_expected(&w.ws) {
+            assert!(!degraded_by_idmap(&r), "{fstype}: idmap degraded where the kernel has it\n{ctx}");
+            assert_ne!(host_uid, OWNER, "{fstype}: the cell ran as the owner\n{ctx}");
+            continue;
+        }
+        assert!(degraded_by_idmap(&r), "{fstype}: no workspace_idmap degradation reported\n{ctx}");
+        assert_eq!(host_uid, OWNER, "{fstype}: fallback_owner runs the cell as the owner\n{ctx}");
+
+        let cell = a.w.policy("cell", "", "[identity]\nworkspace_idmap = \"fallback_cell\"");
+        open_up(&w.ws);
+        let r = a.w.run_in(&cell, &w.ws, &[PY, "-c", &script(&a.marker, HOST_UID)], &[]);
+        let (out, ctx) = (r.output(), r.describe());
+        assert!(degraded_by_idmap(&r), "{fstype}: fallback_cell: no workspace_idmap degradation\n{ctx}");
+        let own = host_uid_of(&out, &ctx);
+        assert!(own != OWNER && own != NOBODY && own != 0, "{fstype}: fallback_cell ran as {own}\n{ctx}");
+
+        let required = a.w.policy("req", "", "[identity]\nworkspace_idmap = \"required\"");
+        let r = a.w.run_in(&required, &w.ws, &[PY, "-c", "print('ran')"], &[]);
+        let ctx = r.describe();
+        assert_eq!(r.reason(), "setup_failed", "{fstype}: required: the cell ran without its idmap\n{ctx}");
+        assert_eq!(r.outcome["stage"], "mounts", "{fstype}: required: stage\n{ctx}");
+        assert!(!r.stdout.contains("ran\n"), "{fstype}: required: the payload ran\n{ctx}");
+        a.contained();
+    }
 }

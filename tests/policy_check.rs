@@ -195,7 +195,8 @@ fn shipped_policies_are_valid() {
     // Inherited from base.
     assert_eq!(echo.limits.memory_max, Some(512 << 20));
     assert_eq!(echo.identity.run_as, RunAs::Caller);
-    assert_eq!(echo.identity.root_maps_to.uid, 65534);
+    assert_eq!(echo.identity.root_maps_to, None, "root callers get a host uid of the cell's own");
+    assert_eq!(echo.identity.workspace_idmap, cellkeep::policy::WorkspaceIdmap::FallbackOwner);
     assert_eq!(echo.env.set.get("HOME").map(String::as_str), Some("{tmp}"));
     // Roots every stock host has (issue 15, finding 1: /work was not, and the daemon died).
     for root in &echo.workdir.roots {

@@ -63,6 +63,10 @@ struct Host {
     seccomp: Check,
     namespaces: BTreeMap<&'static str, Check>,
     cap_last_cap: u32,
+    /// The daemon's `cell_id_range` (root callers' cells each lease one id of it).
+    cell_ids: Check,
+    /// Idmapped mounts (`mount_setattr(MOUNT_ATTR_IDMAP)`, Linux >= 5.12) for the workspace.
+    idmap: Check,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,7 +124,7 @@ pub(super) fn run(policies: Option<PathBuf>, config: Option<PathBuf>, json: bool
     let daemon = daemon_config(config)?;
     let policy_dir = policies.unwrap_or(daemon.policy_dir);
     let policy_dir = std::fs::canonicalize(&policy_dir).unwrap_or(policy_dir);
-    let report = diagnose(policy_dir, &daemon.floor);
+    let report = diagnose(policy_dir, &daemon.floor, daemon.cell_id_range);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -138,8 +142,28 @@ pub(super) fn daemon_config(config: Option<PathBuf>) -> anyhow::Result<Config> {
     })
 }
 
-fn diagnose(policy_dir: PathBuf, floor: &Path) -> Report {
+fn diagnose(policy_dir: PathBuf, floor: &Path, ids: crate::sandbox::IdRange) -> Report {
     let caps = HostCaps::probe();
+    let cell_ids = match ids.validate() {
+        Ok(()) => Check {
+            available: true,
+            detail: format!(
+                "{}–{} ({} ids; leased under {})",
+                ids.start,
+                ids.end(),
+                ids.count,
+                crate::sandbox::ids::ID_LOCK_DIR
+            ),
+        },
+        Err(e) => Check { available: false, detail: e.to_string() },
+    };
+    let idmap = match plan::kernel_release() {
+        v if v >= (5, 12) => Check {
+            available: true,
+            detail: "Linux >= 5.12 (ext4, xfs; btrfs >= 5.15; tmpfs >= 6.3; not overlayfs, 9p, NFS)".into(),
+        },
+        _ => Check { available: false, detail: "Linux < 5.12: workspaces take the policy's fallback".into() },
+    };
     let host = Host {
         kernel: read_trim("/proc/sys/kernel/osrelease").unwrap_or_default(),
         cgroup: probe_cgroup(),
@@ -147,6 +171,8 @@ fn diagnose(policy_dir: PathBuf, floor: &Path) -> Report {
         seccomp: probe_seccomp(),
         namespaces: NAMESPACES.iter().map(|(key, ns, max)| (*key, probe_namespace(ns, max))).collect(),
         cap_last_cap: caps.cap_last_cap,
+        cell_ids,
+        idmap,
     };
     // The same set the daemon would serve: files that cannot load are left out, by name.
     let set = crate::policy::set::load_set(&policy_dir, floor);
@@ -196,6 +222,7 @@ fn assess(policy: &Policy, host: &Host, caps: &HostCaps) -> PolicyReport {
         missing.push(lack("seccomp", &host.seccomp.detail));
     }
     let mut notes = Vec::new();
+    workspace_idmap(policy, &mut degraded, &mut notes);
     let hidden = policy.command.first().and_then(|b| crate::policy::lint::hidden_by_cell_mounts(policy, Path::new(b)));
     if let (Some(bin), Some(mount)) = (policy.command.first(), hidden) {
         let detail =
@@ -227,6 +254,35 @@ fn assess(policy: &Policy, host: &Host, caps: &HostCaps) -> PolicyReport {
         degraded,
         notes,
         view: if policy.namespaces.mount { crate::sandbox::view::describe_policy(policy) } else { Vec::new() },
+    }
+}
+
+/// A policy whose root callers' cells run under an id of their own sees its workspace through
+/// an idmapped mount: for each workdir root whose filesystem (as predicted from its type and
+/// the kernel) cannot be idmapped, the policy's fallback is a degradation, `required` a note
+/// (launches in workspaces there fail; elsewhere they work).
+fn workspace_idmap(policy: &Policy, degraded: &mut Vec<Degradation>, notes: &mut Vec<String>) {
+    use crate::policy::WorkspaceIdmap;
+    let ns = plan::namespaces(policy);
+    if plan::needs_own_id(policy, 0).is_none() || !ns.user || !ns.mount {
+        return;
+    }
+    for root in &policy.workdir.roots {
+        let Err(why) = plan::idmap_prediction(root) else { continue };
+        let at = format!("workspaces under {}: {why}", root.display());
+        match policy.identity.workspace_idmap {
+            WorkspaceIdmap::Required => {
+                notes.push(format!("{at}; workspace_idmap = \"required\": launches there fail"))
+            }
+            WorkspaceIdmap::FallbackOwner => degraded.push(lack(
+                "workspace_idmap",
+                &format!("{at}: cells there run as the workspace's owner (fallback_owner)"),
+            )),
+            WorkspaceIdmap::FallbackCell => degraded.push(lack(
+                "workspace_idmap",
+                &format!("{at}: the workspace is bound as it is, cells write as their own id (fallback_cell)"),
+            )),
+        }
     }
 }
 
@@ -408,6 +464,8 @@ fn print_human(r: &Report) {
     for (name, c) in &h.namespaces {
         println!("  {:<12}  {} {}", format!("{name} ns"), mark(c.available), c.detail);
     }
+    println!("  cell ids      {} {}", mark(h.cell_ids.available), h.cell_ids.detail);
+    println!("  idmap mounts  {} {}", mark(h.idmap.available), h.idmap.detail);
     println!("\npolicies in {}", r.policy_dir.display());
     let width = r.policies.iter().map(|p| p.name.chars().count()).max().unwrap_or(0).max(16);
     for p in &r.policies {
@@ -465,6 +523,8 @@ mod tests {
             seccomp: yes(),
             namespaces,
             cap_last_cap: 40,
+            cell_ids: yes(),
+            idmap: yes(),
         };
         (host, HostCaps { landlock_abi, cap_last_cap: 40, memfd_noexec: true })
     }

@@ -143,7 +143,8 @@ pub struct Floor {
     memory_max: Option<u64>,
     cpu: Option<f64>,
     wall_time: Option<std::time::Duration>,
-    root_maps_to: Option<u32>,
+    /// `Some(None)`: the floor says `"cell"`.
+    root_maps_to: Option<Option<u32>>,
 }
 
 /// A numeric limit of the floor: its value and where the floor sets it.
@@ -220,7 +221,8 @@ impl Floor {
         }
         let root_maps_to = match &raw.identity.root_maps_to {
             None => None,
-            Some(v) => Some(super::ids::resolve_user(v.get_ref()).map_err(|m| invalid(v.span(), m))?.uid),
+            Some(v) if matches!(v.get_ref(), Scalar::Str(s) if s == "cell") => Some(None),
+            Some(v) => Some(Some(super::ids::resolve_user(v.get_ref()).map_err(|m| invalid(v.span(), m))?.uid)),
         };
         Ok(Floor { path: path.to_path_buf(), text, raw, memory_max, cpu, wall_time, root_maps_to })
     }
@@ -351,7 +353,13 @@ impl Floor {
             }
         }
         if let (Some(f), Some(uid)) = (&self.raw.identity.root_maps_to, self.root_maps_to) {
-            if p.identity.root_maps_to.uid != uid {
+            // A cell id of its own (`"cell"`) meets any floor: it is shared with nothing.
+            let meets = match (p.identity.root_maps_to, uid) {
+                (None, _) => true,
+                (Some(u), Some(want)) => u.uid == want,
+                (Some(_), None) => false,
+            };
+            if !meets {
                 let msg = format!("the admin floor maps root callers to {} only {}", f.get_ref(), self.cite(&f.span()));
                 let span = raw.identity.root_maps_to.as_ref().map(Spanned::span);
                 out.push(match span {

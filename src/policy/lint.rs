@@ -7,7 +7,8 @@
 //! not exist on this host, paths hidden by the cell's own private `/tmp`, a `command` that
 //! does not exist, is not executable or sits outside every `exec` path, `network.egress` =
 //! `"learn"` (every name) or an empty list (nothing to reach through the proxy), workdir roots
-//! that put system directories under `{cwd}`, and seccomp allowlists that re-enable calls the
+//! that put system directories under `{cwd}`, identity settings that share a host uid or do
+//! nothing (notes), and seccomp allowlists that re-enable calls the
 //! default preset denies.
 //!
 //! Two kinds of missing path are notes, not warnings (they never fail `--strict`): paths
@@ -90,6 +91,7 @@ pub fn lint(c: &Checked) -> Vec<Finding> {
     }
     l.command();
     l.workdir();
+    l.identity();
     l.network();
     l.seccomp();
     l.out.sort_by(|a, b| (&a.diag.file, a.diag.line, a.diag.col).cmp(&(&b.diag.file, b.diag.line, b.diag.col)));
@@ -226,6 +228,32 @@ impl Linter<'_> {
                 );
                 self.warn(root.span(), "workdir.roots", msg);
             }
+        }
+    }
+
+    /// Notes: a fixed `root_maps_to` account (every root-called cell shares it: any process of
+    /// that uid can signal them, and they spend one budget), and a `workspace_idmap` that no
+    /// cell of the policy uses (its cells never run under an id of their own).
+    fn identity(&mut self) {
+        let (id, raw) = (&self.c.policy.identity, &self.c.raw.identity);
+        if let (Some(u), Some(v)) = (id.root_maps_to, &raw.root_maps_to) {
+            let msg = format!(
+                "every root-called cell runs as host uid {}, shared with that account and with each other \
+                 (any process of that uid can signal them; they spend one kernel budget); \"cell\" gives each \
+                 cell a uid of its own",
+                u.uid
+            );
+            self.note(v.span(), "identity.root_maps_to", msg);
+        }
+        let own_id = matches!(id.run_as, super::RunAs::Range { .. })
+            || (matches!(id.run_as, super::RunAs::Caller) && id.root_maps_to.is_none());
+        if let (false, Some(v)) =
+            (own_id && self.c.policy.namespaces.user && self.c.policy.namespaces.mount, &raw.workspace_idmap)
+        {
+            let msg = "has no effect: no cell of this policy runs under an id of its own with a user and a mount \
+                       namespace (root_maps_to = \"cell\" or run_as = \"range\")"
+                .to_owned();
+            self.note(v.span(), "identity.workspace_idmap", msg);
         }
     }
 

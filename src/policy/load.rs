@@ -222,7 +222,7 @@ macro_rules! inherit {
 pub fn merge(mut child: RawFile, parent: RawFile) -> RawFile {
     inherit!(child.provider, parent.provider; description, command, command_after, command_format, mode, tty);
     inherit!(child.access, parent.access; uids, groups);
-    inherit!(child.identity, parent.identity; run_as, root_maps_to, uid_range, inside);
+    inherit!(child.identity, parent.identity; run_as, root_maps_to, uid_range, inside, workspace_idmap);
     inherit!(child.environment, parent.environment; pass);
     if let Some(parent_set) = parent.environment.set {
         let set = child.environment.set.get_or_insert_with(Default::default);

@@ -31,9 +31,10 @@
 //! | `access.uids` | uids allowed to use the provider | `[]` (root only) |
 //! | `access.groups` | group names (from /etc/group) or gids | `[]` |
 //! | `identity.run_as` | `"caller"` \| `"range"` \| user name \| uid (never 0) | `"caller"` |
-//! | `identity.root_maps_to` | user name or uid used when the caller is root (never 0) | `"nobody"` |
+//! | `identity.root_maps_to` | when the caller is root: `"cell"` (a host uid/gid of the cell's own from the daemon's `cell_id_range`), or a user name or uid (never 0) | `"cell"` |
 //! | `identity.uid_range` | `[start, count]`, for `run_as = "range"`; must not contain 0 | none |
 //! | `identity.inside` | `"same"` \| `"root"` (root inside the user namespace only) | `"same"` |
+//! | `identity.workspace_idmap` | a cell with an id of its own sees its workspace idmapped (owner ↔ cell); where that cannot be done: `"fallback_owner"` (run as the owner) \| `"fallback_cell"` (keep the id, bind as it is) \| `"required"` (fail) | `"fallback_owner"` |
 //! | `environment.pass` | variable names copied from the caller | `[]` |
 //! | `environment.set` | table `NAME = "value"`; `{cwd}`, `{tmp}` expanded | `{}` |
 //! | `workdir.roots` | absolute existing directories; the caller's cwd must be beneath one | `[]` |

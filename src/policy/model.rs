@@ -80,10 +80,44 @@ pub struct Access {
 #[derive(Debug, Clone, Serialize)]
 pub struct Identity {
     pub run_as: RunAs,
-    /// When `run_as = caller` and the caller is root, run as this account instead.
-    pub root_maps_to: UserId,
+    /// When `run_as = caller` and the caller is root: `None` (`"cell"`, the default) = a host
+    /// uid/gid of the cell's own from the daemon's id range; `Some` = this fixed account.
+    pub root_maps_to: Option<UserId>,
     /// How the payload sees itself inside a user namespace.
     pub inside: Inside,
+    /// How the workspace appears inside when the cell runs under an id of its own.
+    pub workspace_idmap: WorkspaceIdmap,
+}
+
+/// The workspace of a cell with an id of its own (a root caller's, or `run_as = "range"`) is
+/// bound through an idmapped mount: its owner's files appear as the cell's, and what the cell
+/// creates belongs to the owner on the host. Where the kernel or the filesystem cannot idmap
+/// (Linux < 5.12; tmpfs < 6.3; 9p, overlayfs, NFS, …), or the owner is root, this decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceIdmap {
+    /// No idmap, no launch (stage `mounts`).
+    Required,
+    /// The cell runs as the workspace's owner instead of an id of its own (reported as the
+    /// degradation `workspace_idmap`); refused when the owner is root, or not the caller
+    /// (a non-root caller never takes on another user's identity).
+    FallbackOwner,
+    /// The cell keeps its own id and the workspace is bound as it is (reported as the
+    /// degradation `workspace_idmap`): it writes only where its id may, and what it creates
+    /// belongs to its id on the host.
+    FallbackCell,
+}
+
+impl WorkspaceIdmap {
+    pub const NAMES: [&'static str; 3] = ["fallback_owner", "required", "fallback_cell"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkspaceIdmap::Required => "required",
+            WorkspaceIdmap::FallbackOwner => "fallback_owner",
+            WorkspaceIdmap::FallbackCell => "fallback_cell",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

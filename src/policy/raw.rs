@@ -77,6 +77,7 @@ pub struct RawIdentity {
     pub root_maps_to: Opt<Scalar>,
     pub uid_range: OptList<i64>,
     pub inside: Opt<String>,
+    pub workspace_idmap: Opt<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -92,7 +92,14 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
             vec![kv("run_as", s("range")), kv("uid_range", ints(&[*start, *count]))]
         }
     };
-    identity.push(kv("root_maps_to", Value::Integer(p.identity.root_maps_to.uid.into())));
+    identity.push(kv(
+        "root_maps_to",
+        match p.identity.root_maps_to {
+            None => s("cell"),
+            Some(u) => Value::Integer(u.uid.into()),
+        },
+    ));
+    identity.push(kv("workspace_idmap", s(p.identity.workspace_idmap.name())));
     identity.push(kv("inside", s(if p.identity.inside == Inside::Root { "root" } else { "same" })));
 
     let env_set = p.env.set.iter().map(|(k, v)| (key(k), s(v))).collect();

@@ -201,11 +201,18 @@ impl Checker<'_> {
     fn identity_rest(&mut self, raw: &RawFile, ns: &Namespaces) -> Identity {
         let id = &raw.identity;
         let root_maps_to = match &id.root_maps_to {
-            None => resolve_user(&Scalar::Str("nobody".into())).unwrap_or(NOBODY),
-            Some(v) => resolve_user(v.get_ref()).unwrap_or_else(|msg| {
+            None => None,
+            Some(v) if matches!(v.get_ref(), Scalar::Str(s) if s == "cell") => None,
+            Some(v) => Some(resolve_user(v.get_ref()).unwrap_or_else(|msg| {
                 self.at(v, "identity.root_maps_to", msg);
                 NOBODY
-            }),
+            })),
+        };
+        let workspace_idmap = match self.choose(&id.workspace_idmap, "identity.workspace_idmap", &WorkspaceIdmap::NAMES)
+        {
+            "required" => WorkspaceIdmap::Required,
+            "fallback_cell" => WorkspaceIdmap::FallbackCell,
+            _ => WorkspaceIdmap::FallbackOwner,
         };
         let inside = match self.choose(&id.inside, "identity.inside", &["same", "root"]) {
             "root" => Inside::Root,
@@ -214,7 +221,7 @@ impl Checker<'_> {
         if let (Inside::Root, false, Some(v)) = (inside, ns.user, &id.inside) {
             self.at(v, "identity.inside", "\"root\" needs a user namespace (namespaces.user = false)");
         }
-        Identity { run_as: RunAs::Caller, root_maps_to, inside }
+        Identity { run_as: RunAs::Caller, root_maps_to, inside, workspace_idmap }
     }
 
     fn uid_range(&mut self, v: &OptList<i64>) -> Option<(u32, u32)> {

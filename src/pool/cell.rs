@@ -68,7 +68,6 @@ pub struct CellEntry {
     pub started: Instant,
     pub cgroup: Arc<CellCgroup>,
     pub payload_pid: Option<u32>,
-    pub range_uid: Option<u32>,
     pub degraded: Vec<Degradation>,
     pub spool: Spool,
     pub io: tokio::sync::Mutex<Option<SessionIo>>,
@@ -208,7 +207,6 @@ pub fn start(
     owner_uid: u32,
     session: bool,
     policy: Arc<Policy>,
-    range_uid: Option<u32>,
     wiring: Wiring,
     on_end: impl FnOnce(&Arc<CellEntry>, &Outcome) + Send + 'static,
 ) -> Arc<CellEntry> {
@@ -237,7 +235,6 @@ pub fn start(
         started: cell.started,
         cgroup: cell.cgroup.clone(),
         payload_pid: cell.payload_pid,
-        range_uid,
         degraded: cell.degraded.clone(),
         spool,
         io: tokio::sync::Mutex::new(io),

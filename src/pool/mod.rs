@@ -15,7 +15,7 @@ mod ops;
 mod reaper;
 pub mod types;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use crate::cgroup::CgroupRoot;
 use crate::config::Config;
 use crate::policy::set::Rejected;
-use crate::policy::{Policy, RunAs};
+use crate::policy::Policy;
 use crate::sandbox::{HostCaps, Launcher};
 
 pub use error::PoolError;
@@ -73,8 +73,6 @@ struct State {
     used_slots: usize,
     /// (provider, uid) → the live session cell.
     sessions: HashMap<(String, u32), String>,
-    /// Per-cell uids handed out from policies' `range`.
-    range_uids: HashSet<u32>,
 }
 
 impl Pool {
@@ -113,7 +111,9 @@ impl Pool {
             .inspect_err(|e| tracing::error!("limit events will only be seen when read (no inotify instance): {e}"))
             .ok();
         let egress = crate::egress::EgressConfig { hosts: config.egress_hosts.clone() };
-        let launcher = Launcher::new(root, HostCaps::probe()).with_egress(crate::egress::EgressService::new(egress));
+        let ids = crate::sandbox::IdAllocator { range: config.cell_id_range, ..Default::default() };
+        let launcher =
+            Launcher::new(root, HostCaps::probe()).with_egress(crate::egress::EgressService::new(egress)).with_ids(ids);
         let pool = Pool {
             inner: Arc::new(Inner {
                 config,
@@ -228,17 +228,6 @@ impl Pool {
         st.used_slots = st.used_slots.saturating_sub(1);
         drop(st);
         self.inner.slot_freed.notify_waiters();
-    }
-
-    /// A free uid of a `range` policy.
-    fn allocate_range_uid(&self, policy: &Policy) -> Result<Option<u32>, PoolError> {
-        let RunAs::Range { start, count } = policy.identity.run_as else { return Ok(None) };
-        let mut st = self.state();
-        let uid = (start..start.saturating_add(count))
-            .find(|u| !st.range_uids.contains(u))
-            .ok_or_else(|| PoolError::ProcessLimit { limit: count as usize, running: st.range_uids.len() })?;
-        st.range_uids.insert(uid);
-        Ok(Some(uid))
     }
 
     /// Policies the last load (start, or a rejected reload) left out, with why.

@@ -57,7 +57,6 @@ impl Pool {
     async fn launch_whole(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let slot = self.reserve_slot(l.wait_for_slot).await?;
-        let range_uid = self.allocate_range_uid(&policy)?;
         let req = LaunchRequest {
             cell_id: uuid::Uuid::now_v7().simple().to_string(),
             args: l.args,
@@ -66,30 +65,19 @@ impl Pool {
             caller_gid: l.caller.gid,
             caller_groups: l.caller.groups.clone(),
             caller_env: l.env,
-            range_uid,
+            range_uid: None,
         };
         let stdio = if l.session || l.stdin { StdioMode::Piped } else { StdioMode::NullInPiped };
         let limit = [policy.limits.wall_time, l.timeout].into_iter().flatten().min();
         let launched = self.inner.launcher.launch(&policy, req, stdio).await;
-        let free_uid = |pool: &Pool| {
-            if let Some(uid) = range_uid {
-                pool.state().range_uids.remove(&uid);
-            }
-        };
         let cell = match launched {
             Ok(c) => c,
-            Err(e) => {
-                free_uid(self);
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         };
         let pool = self.clone();
         let on_end = move |entry: &Arc<CellEntry>, _: &crate::sandbox::Outcome| {
             {
                 let mut st = pool.state();
-                if let Some(uid) = entry.range_uid {
-                    st.range_uids.remove(&uid);
-                }
                 let key = (entry.provider.clone(), entry.owner_uid);
                 if st.sessions.get(&key) == Some(&entry.id) {
                     st.sessions.remove(&key);
@@ -107,7 +95,7 @@ impl Pool {
             spool_dir: self.inner.config.spool_dir.clone(),
             limit_hub: self.inner.limit_hub.clone(),
         };
-        let entry = cell::start(cell, l.caller.uid, l.session, policy, range_uid, wiring, on_end);
+        let entry = cell::start(cell, l.caller.uid, l.session, policy, wiring, on_end);
         slot.commit();
         self.state().cells.insert(entry.id.clone(), entry.clone());
         self.inner.reaper_wake.notify_one();

@@ -8,13 +8,28 @@
 //! code; it costs one extra `execve`.
 //!
 //! Sequence: read the [`LaunchPlan`] from fd 3 → `setsid` (terminal signals reach only the
-//! launcher, which forwards them) → `clone` pid 1 of the cell into the new namespaces → write
-//! its uid/gid maps from here, the parent user namespace (the only side allowed to map an
-//! arbitrary unprivileged id) → release it → forward signals until it exits, then exit with
-//! its status.
+//! launcher, which forwards them) → the idmapped workspace, when the plan has one
+//! (`idmapped_workspace`: a detached clone of the cwd's mount, `open_tree`, idmapped with a
+//! user namespace mapping the workspace's owner to the cell's host ids, `mount_setattr`; pid 1
+//! attaches it, `move_mount`; where it cannot be made, the policy's fallback, reported) → the
+//! cell's user namespace (`make_userns`): a holder child cloned with `CLONE_NEWUSER` while
+//! the helper's *effective* uid/gid are the cell's host ids (`setresuid(-1, C, -1)`; real and
+//! saved ids stay root, so euid 0 is taken back right after), so the namespace is owned by the
+//! cell's uid and the kernel charges its budgets (pending signals, inotify instances, user
+//! namespaces: ucounts) to that uid, never to root; its uid/gid maps written from here as root
+//! (the only side allowed to map an arbitrary unprivileged id), its owner checked with
+//! `NS_GET_OWNER_UID` → `setns` into it → `clone` pid 1 into the other new namespaces (owned
+//! by the cell's user namespace) → release it → forward signals until it exits, then exit with
+//! its status. Every step that fails ends the launch with its stage (fail closed).
+//!
+//! pid 1's own credentials stay those the helper had (host uid 0, unmapped inside, with every
+//! capability of the cell's namespace and none outside it), as before: `/proc/sys` files such
+//! as `vm.memfd_noexec` check for the global root euid. Its privilege drop then makes the
+//! payload's and its own real, effective, saved and filesystem ids the cell's.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -23,9 +38,10 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::init;
-use super::plan::LaunchPlan;
+use super::plan::{IdmapFallback, IdmapPlan, LaunchPlan};
 use super::proto::{Report, Stage};
 use super::sys;
+use super::view::StepKind;
 
 /// Signals the helper passes on to the cell (SIGKILL cannot be caught: the launcher kills the
 /// whole cgroup for that).
@@ -51,7 +67,7 @@ pub fn main() -> ! {
         }
     };
     let code = match read_plan(&ctl) {
-        Ok(plan) => run(&plan, &ctl),
+        Ok(mut plan) => run(&mut plan, &ctl),
         Err(detail) => {
             Report::SetupFailed { stage: Stage::Plan, errno: 0, detail }.send(&ctl);
             125
@@ -68,11 +84,11 @@ fn read_plan(ctl: &OwnedFd) -> Result<LaunchPlan, String> {
     serde_json::from_str(&line).map_err(|e| format!("malformed launch plan: {e}"))
 }
 
+/// pid 1's namespaces (its user namespace is made first and joined: see [`make_userns`]).
 fn clone_flags(plan: &LaunchPlan) -> CloneFlags {
     let ns = &plan.ns;
     let mut flags = CloneFlags::empty();
     for (on, flag) in [
-        (ns.user, CloneFlags::CLONE_NEWUSER),
         (ns.pid, CloneFlags::CLONE_NEWPID),
         (ns.mount, CloneFlags::CLONE_NEWNS),
         (ns.net, CloneFlags::CLONE_NEWNET),
@@ -88,7 +104,7 @@ fn clone_flags(plan: &LaunchPlan) -> CloneFlags {
 }
 
 /// The helper's recipe; returns its exit code (pid 1's, or 125 for a setup failure here).
-fn run(plan: &LaunchPlan, ctl: &OwnedFd) -> i32 {
+fn run(plan: &mut LaunchPlan, ctl: &OwnedFd) -> i32 {
     // Not a process-group leader (spawned by the launcher), so setsid cannot fail; if it does
     // the only cost is that terminal signals also reach us directly.
     let _ = nix::unistd::setsid();
@@ -111,54 +127,200 @@ fn run(plan: &LaunchPlan, ctl: &OwnedFd) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(Stage::Init, e, "sync pipe"),
     };
+    let workspace = match idmapped_workspace(plan, ctl) {
+        Ok(w) => w,
+        Err((stage, errno, detail)) => {
+            Report::SetupFailed { stage, errno, detail }.send(ctl);
+            return 125;
+        }
+    };
+    let plan = &*plan;
+    if plan.ns.user {
+        // The cell's user namespace, made by a holder process running with the cell's
+        // effective ids (so the cell's uid owns it and is charged for it), mapped from here;
+        // then the helper joins it, and pid 1 is cloned into the other namespaces from inside.
+        let ids = &plan.ids;
+        let maps = (
+            format!("{} {} 1\n", ids.inside_uid, ids.outside_uid),
+            format!("{} {} 1\n", ids.inside_gid, ids.outside_gid),
+        );
+        let joined = make_userns(ids.outside_uid, ids.outside_gid, &maps).and_then(|ns| {
+            check_userns_owner(&ns, ids.outside_uid)?;
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWUSER)
+                .map_err(|e| (Stage::Namespaces, e as i32, format!("joining the cell's user namespace: {e}")))
+        });
+        if let Err((stage, errno, detail)) = joined {
+            Report::SetupFailed { stage, errno, detail }.send(ctl);
+            return 125;
+        }
+    }
 
     let mut sync_w = Some(sync_w);
     let child = {
         let sync_w_in_child = &mut sync_w;
         let sync_r = &sync_r;
+        let workspace = workspace.as_slice();
         sys::clone_into_namespaces(
             clone_flags(plan),
             Box::new(move || {
                 // In pid 1: close our copy of the write end so a dead helper reads as EOF.
                 sync_w_in_child.take();
-                init::pid1(plan, sync_r, ctl) as isize
+                init::pid1(plan, sync_r, ctl, workspace) as isize
             }),
         )
     };
+    drop(workspace);
     let pid1 = match child {
         Ok(pid) => pid,
         Err(e) => return fail(Stage::Namespaces, e, "clone into new namespaces"),
     };
     drop(sync_r);
-
-    if plan.ns.user {
-        if let Err(e) = write_id_maps(pid1, plan) {
-            let _ = kill(pid1, Signal::SIGKILL);
-            let _ = waitpid(pid1, None);
-            Report::SetupFailed {
-                stage: Stage::IdMap,
-                errno: e.raw_os_error().unwrap_or(0),
-                detail: format!("writing uid/gid maps of pid {pid1}: {e}"),
-            }
-            .send(ctl);
-            return 125;
-        }
-    }
-    // Release pid 1: the maps are in place.
+    // Release pid 1: its user namespace is mapped.
     if let Some(w) = sync_w.take() {
         let _ = nix::unistd::write(&w, &[1u8]);
     }
     forward_until_exit(pid1, &sigfd)
 }
 
-/// `/proc/PID/uid_map` and `gid_map`: one line each, `inside outside 1`. Written by the
-/// helper, which holds CAP_SETUID/CAP_SETGID in the parent user namespace, so the child's
-/// `setgroups` stays allowed (it needs it to drop supplementary groups).
-fn write_id_maps(pid: Pid, plan: &LaunchPlan) -> std::io::Result<()> {
-    let ids = &plan.ids;
-    std::fs::write(format!("/proc/{pid}/uid_map"), format!("{} {} 1\n", ids.inside_uid, ids.outside_uid))?;
-    std::fs::write(format!("/proc/{pid}/gid_map"), format!("{} {} 1\n", ids.inside_gid, ids.outside_gid))?;
+/// The kernel's word that a user namespace belongs to the cell's uid (so its budgets are
+/// charged there): `NS_GET_OWNER_UID`.
+fn check_userns_owner(ns: &OwnedFd, uid: u32) -> Result<(), (Stage, i32, String)> {
+    let owner = sys::userns_owner_uid(ns).map_err(|e| {
+        (
+            Stage::Namespaces,
+            e.raw_os_error().unwrap_or(0),
+            format!("NS_GET_OWNER_UID of the cell's user namespace: {e}"),
+        )
+    })?;
+    if owner != uid {
+        let detail = format!("the cell's user namespace belongs to uid {owner}, not the cell's {uid}");
+        return Err((Stage::Namespaces, libc::EPERM, detail));
+    }
     Ok(())
+}
+
+/// A new user namespace with the uid/gid map lines `maps`, created with `creator_uid` and
+/// `creator_gid` as the effective ids (its owner, charged for it), returned as an `ns/user`
+/// fd. A short-lived holder child is cloned into it (`CLONE_NEWUSER`), its maps written from
+/// here as root (CAP_SETUID/CAP_SETGID in the parent namespace: any unprivileged id may be
+/// mapped, and `setgroups` stays allowed inside), its namespace opened; then it exits.
+fn make_userns(creator_uid: u32, creator_gid: u32, maps: &(String, String)) -> Result<OwnedFd, (Stage, i32, String)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| (Stage::Namespaces, e as i32, format!("pipe: {e}")))?;
+    let mut w = Some(w);
+    let cloned = {
+        let w_in_child = &mut w;
+        let r = &r;
+        sys::with_effective_ids(creator_uid, creator_gid, move || {
+            sys::clone_into_namespaces(
+                CloneFlags::CLONE_NEWUSER,
+                Box::new(move || {
+                    // The holder: wait for the helper's end of the pipe to close, then exit.
+                    w_in_child.take();
+                    let mut byte = [0u8; 1];
+                    let _ = nix::unistd::read(r, &mut byte);
+                    0
+                }),
+            )
+        })
+    };
+    let holder = match cloned {
+        Ok(Ok(pid)) => pid,
+        Ok(Err(e)) => {
+            return Err((Stage::Namespaces, e as i32, format!("clone(CLONE_NEWUSER) as uid {creator_uid}: {e}")))
+        }
+        // Fail closed: the helper gives up (a holder cloned before a failed restore reads EOF
+        // when the helper exits).
+        Err(e) => return Err((Stage::Namespaces, e.errno as i32, format!("creating a user namespace: {e}"))),
+    };
+    let made = (|| {
+        std::fs::write(format!("/proc/{holder}/uid_map"), &maps.0)?;
+        std::fs::write(format!("/proc/{holder}/gid_map"), &maps.1)?;
+        std::fs::File::open(format!("/proc/{holder}/ns/user")).map(OwnedFd::from)
+    })();
+    drop(w);
+    let _ = waitpid(holder, None);
+    made.map_err(|e| {
+        let detail =
+            format!("mapping the user namespace of holder {holder} ({} / {}): {e}", maps.0.trim(), maps.1.trim());
+        (Stage::IdMap, e.raw_os_error().unwrap_or(0), detail)
+    })
+}
+
+/// The plan's idmapped workspace as detached mounts (by path inside) for pid 1 to attach, or
+/// none (no idmap
+/// planned, or the policy's fallback taken: reported as the degradation `workspace_idmap`,
+/// and with `fallback_owner` the plan's ids become the owner's). `Err`: the launch fails.
+fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Vec<(PathBuf, OwnedFd)>, (Stage, i32, String)> {
+    let Some(idm) = plan.idmap.clone() else { return Ok(Vec::new()) };
+    let (errno, why) = match try_idmap(plan, &idm) {
+        Ok(mounts) => return Ok(mounts),
+        Err(e) => e,
+    };
+    let cwd = plan.cwd.display().to_string();
+    plan.idmap = None;
+    match idm.fallback {
+        IdmapFallback::Required => Err((Stage::Mounts, errno, format!("idmapping the workspace {cwd}: {why}"))),
+        IdmapFallback::Owner => {
+            let ids = &mut plan.ids;
+            let detail = format!(
+                "the workspace {cwd} cannot be idmapped ({why}): the cell runs as its owner {}:{} instead of its own \
+                 host id {}",
+                idm.owner_uid, idm.owner_gid, ids.outside_uid
+            );
+            if ids.inside_uid == ids.outside_uid {
+                (ids.inside_uid, ids.inside_gid) = (idm.owner_uid, idm.owner_gid);
+            }
+            (ids.outside_uid, ids.outside_gid) = (idm.owner_uid, idm.owner_gid);
+            Report::Degraded { mechanism: "workspace_idmap".into(), detail }.send(ctl);
+            Ok(Vec::new())
+        }
+        IdmapFallback::Cell => {
+            let detail = format!(
+                "the workspace {cwd} cannot be idmapped ({why}): bound as it is; the cell writes as its own host \
+                 uid {}",
+                plan.ids.outside_uid
+            );
+            Report::Degraded { mechanism: "workspace_idmap".into(), detail }.send(ctl);
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// The workspace's binds (the view's steps under the cwd: the cwd itself and any `{cwd}/…`
+/// rule), each cloned detached from its source (opened through no symlink) and idmapped with
+/// one user namespace mapping `owner_uid` ↔ the cell's host uid (and the gids alike), with the
+/// step's flags: `nosuid,nodev`, read-only and `noexec` unless the policy grants them.
+fn try_idmap(plan: &LaunchPlan, idm: &IdmapPlan) -> Result<Vec<(PathBuf, OwnedFd)>, (i32, String)> {
+    let io = |what: String, e: std::io::Error| (e.raw_os_error().unwrap_or(0), format!("{what}: {e}"));
+    let steps: Vec<_> = plan
+        .view
+        .iter()
+        .flat_map(|v| &v.steps)
+        .filter_map(|s| match &s.kind {
+            StepKind::Bind { source, dir, writable, exec, no_follow: true } => {
+                Some((&s.path, source, *dir, *writable, *exec))
+            }
+            _ => None,
+        })
+        .collect();
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = &plan.ids;
+    let maps =
+        (format!("{} {} 1\n", idm.owner_uid, ids.outside_uid), format!("{} {} 1\n", idm.owner_gid, ids.outside_gid));
+    let userns = make_userns(ids.outside_uid, ids.outside_gid, &maps).map_err(|(_, errno, detail)| (errno, detail))?;
+    let mut mounts = Vec::with_capacity(steps.len());
+    for (path, source, dir, writable, exec) in steps {
+        let shown = source.display();
+        let fd = sys::open_no_symlinks(source, dir).map_err(|e| (e as i32, format!("opening {shown}: {e}")))?;
+        let mnt = sys::open_tree_clone(&fd).map_err(|e| io(format!("open_tree(OPEN_TREE_CLONE) of {shown}"), e))?;
+        sys::idmap_mount(&mnt, &userns, !writable, !exec)
+            .map_err(|e| io(format!("mount_setattr(MOUNT_ATTR_IDMAP) of {shown}"), e))?;
+        mounts.push((path.clone(), mnt));
+    }
+    Ok(mounts)
 }
 
 /// Forward signals to pid 1 until it exits; return its exit code (128 + signal if killed).

@@ -67,13 +67,13 @@ impl ErrnoOf for caps::errors::CapsError {
 }
 
 /// pid 1 of the cell. Returns the exit code of pid 1 (the helper passes it on).
-pub fn pid1(plan: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd) -> i32 {
+pub fn pid1(plan: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd, workspace: &[(std::path::PathBuf, OwnedFd)]) -> i32 {
     // Wait until the helper has written the id maps (1 byte), or died (EOF).
     let mut byte = [0u8; 1];
     if !matches!(nix::unistd::read(sync_r, &mut byte), Ok(1)) {
         return 125;
     }
-    match prepare_view(plan).and_then(|()| await_proxy_listener(plan, ctl)) {
+    match prepare_view(plan, workspace).and_then(|()| await_proxy_listener(plan, ctl)) {
         Ok(()) => supervise(plan, ctl),
         Err(StepError(stage, errno, detail)) => {
             Report::SetupFailed { stage, errno, detail }.send(ctl);
@@ -84,7 +84,7 @@ pub fn pid1(plan: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd) -> i32 {
 
 /// Mounts, loopback and hostname, done by pid 1 with the capabilities it holds over the new
 /// namespaces.
-fn prepare_view(plan: &LaunchPlan) -> Result<(), StepError> {
+fn prepare_view(plan: &LaunchPlan, workspace: &[(std::path::PathBuf, OwnedFd)]) -> Result<(), StepError> {
     if plan.ns.user {
         // Files pid 1 creates (mount points in the private tmp) must belong to a mapped id;
         // setfsuid/setfsgid change only the filesystem ids and keep CAP_SYS_ADMIN.
@@ -92,7 +92,7 @@ fn prepare_view(plan: &LaunchPlan) -> Result<(), StepError> {
         nix::unistd::setfsuid(Uid::from_raw(plan.ids.inside_uid));
     }
     if plan.ns.mount {
-        mount_view(plan)?;
+        mount_view(plan, workspace)?;
     }
     if plan.loopback {
         step(Stage::Network, "bringing lo up", sys::loopback_up())?;
@@ -124,7 +124,7 @@ fn await_proxy_listener(plan: &LaunchPlan, ctl: &OwnedFd) -> Result<(), StepErro
 
 /// Mount recipe: stop propagation to the host → the cell's own view ([`view::build`]: only
 /// what the policy grants, pivoted into) → `vm.memfd_noexec = 2` in the cell's pid namespace.
-fn mount_view(plan: &LaunchPlan) -> Result<(), StepError> {
+fn mount_view(plan: &LaunchPlan, workspace: &[(std::path::PathBuf, OwnedFd)]) -> Result<(), StepError> {
     let none: Option<&str> = None;
     step(
         Stage::Mounts,
@@ -132,7 +132,7 @@ fn mount_view(plan: &LaunchPlan) -> Result<(), StepError> {
         mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
     )?;
     if let Some(v) = &plan.view {
-        view::build(v, plan.ids.inside_uid, plan.ids.inside_gid)
+        view::build(v, plan.ids.inside_uid, plan.ids.inside_gid, workspace)
             .map_err(|e| StepError(Stage::Mounts, e.errno, e.what))?;
     }
     if plan.memfd_noexec {

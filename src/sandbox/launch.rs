@@ -76,6 +76,8 @@ pub struct Launcher {
     helper_exe: PathBuf,
     /// Serves the egress proxy of `proxy` cells.
     egress: EgressService,
+    /// Leases cells' own host ids.
+    ids: super::ids::IdAllocator,
 }
 
 /// A request to end a cell before it ends by itself.
@@ -120,6 +122,11 @@ pub struct Cell {
     egress_plan: Option<super::netns::EgressPlan>,
     reports: Lines<BufReader<UnixStream>>,
     backend: &'static str,
+    /// The cell's host uid (the helper may report the workspace owner's instead: see
+    /// [`plan::IdmapFallback::Owner`]).
+    pub host_uid: u32,
+    /// The lease on the cell's own host id; dropped only after the cgroup is removed.
+    id_lease: Option<super::ids::IdLease>,
 }
 
 fn limits_of(policy: &Policy) -> CellLimits {
@@ -135,7 +142,19 @@ fn limits_of(policy: &Policy) -> CellLimits {
 
 impl Launcher {
     pub fn new(root: CgroupRoot, host: HostCaps) -> Launcher {
-        Launcher { root, host, helper_exe: PathBuf::from("/proc/self/exe"), egress: EgressService::default() }
+        Launcher {
+            root,
+            host,
+            helper_exe: PathBuf::from("/proc/self/exe"),
+            egress: EgressService::default(),
+            ids: super::ids::IdAllocator::default(),
+        }
+    }
+
+    /// Lease cells' own host ids from this allocator (the daemon's `cell_id_range`).
+    pub fn with_ids(mut self, ids: super::ids::IdAllocator) -> Launcher {
+        self.ids = ids;
+        self
     }
 
     /// Use this egress proxy service (its settings: the daemon's `egress_hosts`).
@@ -158,11 +177,32 @@ impl Launcher {
 
     /// Launch one cell and return once the command exec'd (or the setup failed, in which case
     /// everything created is already removed).
-    pub async fn launch(&self, policy: &Policy, req: LaunchRequest, stdio: StdioMode) -> Result<Cell, SandboxError> {
+    pub async fn launch(
+        &self,
+        policy: &Policy,
+        mut req: LaunchRequest,
+        stdio: StdioMode,
+    ) -> Result<Cell, SandboxError> {
         if policy.command.is_empty() && req.args.is_empty() {
             return Err(SandboxError::NoCommand { provider: policy.name.clone() });
         }
+        // The cell's own host id, held (flock) until its cgroup is gone: `Cell::finish` and
+        // `Cell::discard` drop it after removing the cgroup, the error paths below after theirs.
+        let lease = match plan::needs_own_id(policy, req.caller_uid) {
+            None => None,
+            Some(range) => {
+                let range = range.map(|(start, count)| super::ids::IdRange { start, count });
+                let ids = self.ids.clone();
+                let lease = tokio::task::spawn_blocking(move || ids.allocate(range))
+                    .await
+                    .map_err(|e| SandboxError::HelperDied { cell: req.cell_id.clone(), detail: e.to_string() })?
+                    .map_err(|source| SandboxError::Ids { provider: policy.name.clone(), source })?;
+                Some(lease)
+            }
+        };
+        req.range_uid = lease.as_ref().map(|l| l.uid());
         let (mut plan, degraded) = plan::build(policy, &req, &self.host)?;
+        let host_uid = plan.ids.outside_uid;
         let cell = req.cell_id.clone();
         let like = match &stdio {
             StdioMode::Terminal(spec) => Some(spec),
@@ -215,6 +255,8 @@ impl Launcher {
                     },
                     reports,
                     backend: self.root.backend_name(),
+                    host_uid,
+                    id_lease: lease,
                 };
                 match started.await_exec().await {
                     Ok(()) => Ok(started),
@@ -471,7 +513,14 @@ impl Cell {
             tokio::task::spawn_blocking(move || (cg.usage().unwrap_or_default(), cg.events().unwrap_or_default()))
                 .await
                 .unwrap_or_default();
-        remove_cgroup(self.cgroup.clone()).await;
+        if remove_cgroup(self.cgroup.clone()).await.is_some() {
+            // Processes of the cell may still run under its id: never hand it out again from
+            // this launcher (the lock stays held until the process exits).
+            if let Some(lease) = self.id_lease.take() {
+                tracing::warn!(cell = %self.id, uid = lease.uid(), "the cell's cgroup was not removed; its host id stays leased");
+                std::mem::forget(lease);
+            }
+        }
 
         let (code, signal) = payload_exit.unwrap_or_else(|| helper_status(status));
         let mut reason = forced.unwrap_or_else(|| classify(code, signal, &events));

@@ -8,7 +8,9 @@
 //!   │ socket, attaches it to the cgroup, then sends the plan (the helper is blocked on it)
 //!   ▼
 //! helper (single-threaded, host namespaces)                  helper.rs
-//!   │ clone(NEWUSER|NEWPID|NEWNS|NEWNET|NEWIPC|NEWUTS|NEWCGROUP per plan), writes id maps
+//!   │ idmapped workspace (open_tree + mount_setattr); the cell's user namespace, created with
+//!   │ the cell's host uid as effective uid (ids.rs: one leased per cell), mapped, joined;
+//!   │ clone(NEWPID|NEWNS|NEWNET|NEWIPC|NEWUTS|NEWCGROUP per plan)
 //!   ▼
 //! pid 1 of the cell: mounts, lo, hostname; reaps; forwards  init.rs
 //!   (proxy cells: waits while the launcher opens the proxy listener in its netns)  netns.rs
@@ -36,6 +38,7 @@
 
 pub mod audit;
 pub mod helper;
+pub mod ids;
 pub mod init;
 pub mod landlock_rules;
 pub mod launch;
@@ -50,6 +53,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use ids::{IdAllocator, IdRange};
 pub use launch::{Cell, CellInput, CellIo, CellOutput, Launcher, Outcome, StdioMode, Stop};
 pub use plan::{Degradation, HostCaps, LaunchRequest};
 pub use proto::Stage;
@@ -155,6 +159,8 @@ pub enum SandboxError {
     Setup { cell: String, stage: Stage, errno: i32, detail: String },
     #[error("cell {cell}: the cell helper ended before the command started ({detail})")]
     HelperDied { cell: String, detail: String },
+    #[error("provider {provider}: leasing a host id for the cell: {source}")]
+    Ids { provider: String, source: ids::IdError },
     #[error("provider {provider}, cell {cell}: opening a pseudo-terminal (/dev/ptmx): {source}")]
     Pty { provider: String, cell: String, source: std::io::Error },
 }
@@ -168,7 +174,7 @@ impl SandboxError {
             | SandboxError::NoCommand { .. }
             | SandboxError::Abstract { .. }
             | SandboxError::OptionArgument { .. } => "resolve".into(),
-            SandboxError::HostRoot { .. } => "identity".into(),
+            SandboxError::HostRoot { .. } | SandboxError::Ids { .. } => "identity".into(),
             SandboxError::Unsupported { mechanism, .. } => mechanism.clone(),
             SandboxError::Cgroup { .. } => "cgroup".into(),
             SandboxError::Spawn { .. } | SandboxError::HelperDied { .. } => "helper".into(),

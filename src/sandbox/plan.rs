@@ -16,7 +16,7 @@ pub use super::sys::FsIdentity;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::seccomp::CompiledSeccomp;
-use crate::policy::{Enforcement, Inside, Network, PathRule, Policy, RunAs, PROXY_PORT};
+use crate::policy::{Enforcement, Inside, Network, PathRule, Policy, RunAs, WorkspaceIdmap, PROXY_PORT};
 
 use super::SandboxError;
 
@@ -65,7 +65,8 @@ pub struct LaunchRequest {
     pub caller_groups: Vec<u32>,
     /// The caller's environment; only names on the policy's pass-list are used.
     pub caller_env: BTreeMap<String, String>,
-    /// For `run_as = "range"`: the uid the pool allocated to this cell.
+    /// The cell's own host uid (= gid), leased by the launcher ([`super::ids`]) for a root
+    /// caller's cell (`root_maps_to = "cell"`) and for `run_as = "range"`.
     pub range_uid: Option<u32>,
 }
 
@@ -146,9 +147,36 @@ pub struct LaunchPlan {
     pub landlock: Option<LandlockPlan>,
     pub seccomp: CompiledSeccomp,
     pub cap_last_cap: u32,
+    /// The workspace (cwd) bound through an idmapped mount (a cell with an id of its own).
+    pub idmap: Option<IdmapPlan>,
     /// stdin/stdout/stderr are a pty slave: the payload makes it its controlling terminal.
     /// From the policy's `tty`; the launcher clears it when it passes its own stdio through.
     pub tty: bool,
+}
+
+/// The idmapped workspace: the helper clones the mounts of the view's binds under the cwd
+/// (`open_tree`), idmaps them with a user namespace mapping the owner to the cell's host ids
+/// (`owner_uid cell_uid 1`), and pid 1 moves them into place (see [`super::helper`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdmapPlan {
+    /// The workspace's owner on the host (its files appear as the cell's; what the cell
+    /// creates belongs to it).
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    /// What to do when the mount cannot be idmapped.
+    pub fallback: IdmapFallback,
+}
+
+/// The policy's `workspace_idmap`, resolved for this launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum IdmapFallback {
+    /// Fail the launch.
+    Required,
+    /// Run as the owner (checked here: not root, and the caller is root or the owner).
+    Owner,
+    /// Keep the cell's id; bind the workspace as it is.
+    Cell,
 }
 
 /// Resolve a request against a policy. Touches the filesystem only to canonicalise the cwd
@@ -163,6 +191,7 @@ pub fn build(
     let who = FsIdentity { uid: req.caller_uid, gid: req.caller_gid, groups: req.caller_groups.clone() };
     let cwd = resolve_cwd(policy, &req.cwd, &who)?;
     let ids = choose_ids(policy, req)?;
+    let idmap = idmap_plan(policy, req, &cwd, &ids, &mut degraded)?;
     let env = build_env(policy, req, &cwd);
 
     let mut argv = caller_argv(policy, &req.args)?;
@@ -202,6 +231,7 @@ pub fn build(
         landlock,
         seccomp,
         cap_last_cap: host.cap_last_cap,
+        idmap,
         tty: policy.tty,
     };
     Ok((plan, degraded))
@@ -335,19 +365,25 @@ pub fn resolve_cwd(policy: &Policy, cwd: &Path, who: &FsIdentity) -> Result<Path
 }
 
 fn choose_ids(policy: &Policy, req: &LaunchRequest) -> Result<Ids, SandboxError> {
+    let own = || {
+        req.range_uid.ok_or_else(|| SandboxError::Unsupported {
+            provider: policy.name.clone(),
+            mechanism: "identity".into(),
+            detail: "no host id was leased for the cell (internal: the launcher leases one)".into(),
+        })
+    };
     let (uid, gid) = match &policy.identity.run_as {
-        RunAs::Caller if req.caller_uid == 0 => {
-            let u = policy.identity.root_maps_to;
-            (u.uid, u.gid)
-        }
+        RunAs::Caller if req.caller_uid == 0 => match policy.identity.root_maps_to {
+            Some(u) => (u.uid, u.gid),
+            None => {
+                let uid = own()?;
+                (uid, uid)
+            }
+        },
         RunAs::Caller => (req.caller_uid, req.caller_gid),
         RunAs::User(u) => (u.uid, u.gid),
-        RunAs::Range { start, count } => {
-            let uid = match req.range_uid {
-                Some(uid) => uid,
-                // No allocator (the one-shot `cellkeep run`): derive from the process id.
-                None => start + std::process::id() % count.max(&1),
-            };
+        RunAs::Range { .. } => {
+            let uid = own()?;
             (uid, uid)
         }
     };
@@ -359,6 +395,101 @@ fn choose_ids(policy: &Policy, req: &LaunchRequest) -> Result<Ids, SandboxError>
         _ => (uid, gid),
     };
     Ok(Ids { outside_uid: uid, outside_gid: gid, inside_uid, inside_gid })
+}
+
+/// `(major, minor)` of the running kernel (`(0, 0)` when unreadable).
+pub fn kernel_release() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Can the kernel idmap a mount of the filesystem holding `path`? A prediction from the
+/// filesystem's type and the kernel release, for `cellkeep doctor`; a launch finds out by
+/// trying (and takes the policy's fallback, reported, when it cannot).
+pub fn idmap_prediction(path: &Path) -> Result<(), String> {
+    let st = nix::sys::statfs::statfs(path).map_err(|e| format!("statfs: {e}"))?;
+    let kind = st.filesystem_type().0 as i64;
+    let (name, since) = match kind {
+        0xEF53 => ("ext4", (5, 12)),
+        0x5846_5342 => ("xfs", (5, 12)),
+        0x9123_683E => ("btrfs", (5, 15)),
+        0x0102_1994 => ("tmpfs", (6, 3)),
+        0x794C_7630 => return Err("overlayfs cannot be idmapped".into()),
+        0x0102_1997 => return Err("9p cannot be idmapped".into()),
+        0x6969 => return Err("NFS cannot be idmapped".into()),
+        0x8584_58F6 => return Err("ramfs cannot be idmapped".into()),
+        other => return Err(format!("filesystem type {other:#x}: not known to support idmapped mounts")),
+    };
+    let kernel = kernel_release();
+    if kernel < since {
+        return Err(format!(
+            "{name} is idmappable from Linux {}.{}; this is {}.{}",
+            since.0, since.1, kernel.0, kernel.1
+        ));
+    }
+    Ok(())
+}
+
+/// Does this launch need a host id of the cell's own (leased by the launcher)?
+pub fn needs_own_id(policy: &Policy, caller_uid: u32) -> Option<Option<(u32, u32)>> {
+    match policy.identity.run_as {
+        RunAs::Caller if caller_uid == 0 && policy.identity.root_maps_to.is_none() => Some(None),
+        RunAs::Range { start, count } => Some(Some((start, count))),
+        _ => None,
+    }
+}
+
+/// The idmapped workspace of a cell running under an id of its own (never for a caller's own
+/// or a fixed account's id: those are the identity the workspace is used with). The owner's
+/// ids appear as the cell's; an owner of 0 (uid or gid) is never mapped (the cell would create
+/// root's files on the host): that workspace counts as one that cannot be idmapped.
+fn idmap_plan(
+    policy: &Policy,
+    req: &LaunchRequest,
+    cwd: &Path,
+    ids: &Ids,
+    degraded: &mut Vec<Degradation>,
+) -> Result<Option<IdmapPlan>, SandboxError> {
+    use std::os::unix::fs::MetadataExt;
+    if needs_own_id(policy, req.caller_uid).is_none() || !policy.namespaces.mount || !policy.namespaces.user {
+        return Ok(None);
+    }
+    let meta = std::fs::metadata(cwd).map_err(|e| SandboxError::Cwd {
+        provider: policy.name.clone(),
+        path: cwd.to_owned(),
+        reason: format!("cannot read its owner: {e}"),
+    })?;
+    let (owner_uid, owner_gid) = (meta.uid(), meta.gid());
+    // Only a root caller may have the cell act as another user's files' owner.
+    let owner_allowed = owner_uid != 0 && owner_gid != 0 && (req.caller_uid == 0 || req.caller_uid == owner_uid);
+    let fallback = match policy.identity.workspace_idmap {
+        WorkspaceIdmap::Required => IdmapFallback::Required,
+        WorkspaceIdmap::FallbackOwner if owner_allowed => IdmapFallback::Owner,
+        WorkspaceIdmap::FallbackOwner => IdmapFallback::Required,
+        WorkspaceIdmap::FallbackCell => IdmapFallback::Cell,
+    };
+    if !owner_allowed {
+        let why = format!(
+            "the workspace {} belongs to {owner_uid}:{owner_gid}, which a cell of this caller may not take on",
+            cwd.display()
+        );
+        return match fallback {
+            IdmapFallback::Cell => {
+                degraded.push(Degradation {
+                    mechanism: "workspace_idmap".into(),
+                    detail: format!("{why}: bound as it is; the cell writes as host uid {}", ids.outside_uid),
+                });
+                Ok(None)
+            }
+            _ => Err(SandboxError::Unsupported {
+                provider: policy.name.clone(),
+                mechanism: "workspace_idmap".into(),
+                detail: why,
+            }),
+        };
+    }
+    Ok(Some(IdmapPlan { owner_uid, owner_gid, fallback }))
 }
 
 fn expand(value: &str, cwd: &Path) -> String {
@@ -579,15 +710,25 @@ mod tests {
         assert!(refused(Path::new("/etc")).contains("outside the allowed roots"));
     }
 
-    /// Host root is never the identity: a root caller maps to `root_maps_to`, `run_as` a user
-    /// or a range picks that, `inside = "root"` only changes the uid inside the namespace.
+    /// Host root is never the identity: a root caller gets the cell's own leased id (or a
+    /// fixed `root_maps_to` account), `run_as` a user or a range picks that, `inside = "root"`
+    /// only changes the uid inside the namespace; without a lease nothing runs.
     #[test]
     fn choose_ids_never_runs_as_host_root() {
         let caller = policy("", "");
         let ids = choose_ids(&caller, &request(1000, 1001)).unwrap();
         assert_eq!((ids.outside_uid, ids.outside_gid, ids.inside_uid, ids.inside_gid), (1000, 1001, 1000, 1001));
-        let ids = choose_ids(&caller, &request(0, 0)).unwrap();
-        assert_eq!((ids.outside_uid, ids.outside_gid), (65534, 65534), "root maps to nobody");
+        let mut root = request(0, 0);
+        assert!(choose_ids(&caller, &root).is_err(), "a root caller without a leased id must not run");
+        root.range_uid = Some(1_900_000_007);
+        let ids = choose_ids(&caller, &root).unwrap();
+        assert_eq!((ids.outside_uid, ids.outside_gid), (1_900_000_007, 1_900_000_007), "a root caller's own id");
+        assert_eq!(needs_own_id(&caller, 0), Some(None));
+        assert_eq!(needs_own_id(&caller, 1000), None);
+        let legacy = policy("", "[identity]\nroot_maps_to = \"nobody\"\n");
+        let ids = choose_ids(&legacy, &request(0, 0)).unwrap();
+        assert_eq!((ids.outside_uid, ids.outside_gid), (65534, 65534), "a fixed root_maps_to account");
+        assert_eq!(needs_own_id(&legacy, 0), None);
         let fixed = policy("", "[identity]\nrun_as = 4242\n");
         let ids = choose_ids(&fixed, &request(1000, 1000)).unwrap();
         assert_eq!(ids.outside_uid, 4242);
@@ -596,9 +737,9 @@ mod tests {
         req.range_uid = Some(200003);
         let ids = choose_ids(&range, &req).unwrap();
         assert_eq!((ids.outside_uid, ids.outside_gid), (200003, 200003));
+        assert_eq!(needs_own_id(&range, 1000), Some(Some((200000, 10))));
         req.range_uid = None;
-        let ids = choose_ids(&range, &req).unwrap();
-        assert!((200000..200010).contains(&ids.outside_uid), "{}", ids.outside_uid);
+        assert!(choose_ids(&range, &req).is_err(), "no id derived from the pid any more");
         let inside_root = policy("", "[identity]\ninside = \"root\"\n");
         let ids = choose_ids(&inside_root, &request(1000, 1000)).unwrap();
         assert_eq!((ids.outside_uid, ids.inside_uid, ids.inside_gid), (1000, 0, 0));

@@ -122,6 +122,153 @@ pub(crate) fn clone_into_namespaces(flags: CloneFlags, child: Box<dyn FnMut() ->
     unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
 }
 
+/// Which step of [`with_effective_ids`] failed, and how.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} (uid {uid}, gid {gid}): {errno}")]
+pub struct EffectiveIdsError {
+    pub step: &'static str,
+    pub uid: u32,
+    pub gid: u32,
+    pub errno: nix::Error,
+}
+
+fn set_res(nr: libc::c_long, effective: u32) -> nix::Result<()> {
+    let keep = u32::MAX; // (uid_t) -1: leave the real and saved ids as they are
+                         // SAFETY: setresuid(2)/setresgid(2) take three ids by value and touch no memory of ours;
+                         // the raw syscall changes the calling thread's credentials only, which is the whole
+                         // process here (the caller checked it is single-threaded).
+    let rc = unsafe { libc::syscall(nr, keep, effective, keep) };
+    nix::errno::Errno::result(rc).map(drop)
+}
+
+/// Run `f` with the effective (and with it the filesystem) uid and gid set to `uid`/`gid`,
+/// the real and saved ids left root, then take back euid/egid 0 (allowed: the saved uid is
+/// 0). A user namespace created inside `f` is owned by `uid` and the kernel charges its
+/// budgets (pending signals, inotify instances, user namespaces: ucounts) to `uid`, not root.
+/// Effective capabilities are cleared while the euid is not 0 and restored from the
+/// permitted set after.
+///
+/// Sound and correct only in a single-threaded process (the raw syscalls change one
+/// thread's credentials): refuses with EDEADLK otherwise. An error from the restore means the
+/// caller is left with the cell's effective ids and must give up (the helper does).
+pub(crate) fn with_effective_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> Result<T, EffectiveIdsError> {
+    let err = |step, errno| EffectiveIdsError { step, uid, gid, errno };
+    ensure_single_threaded().map_err(|e| err("checking the process is single-threaded", e))?;
+    set_res(libc::SYS_setresgid, gid).map_err(|e| err("setresgid(-1, gid, -1)", e))?;
+    if let Err(e) = set_res(libc::SYS_setresuid, uid) {
+        let _ = set_res(libc::SYS_setresgid, 0);
+        return Err(err("setresuid(-1, uid, -1)", e));
+    }
+    if nix::unistd::geteuid().as_raw() != uid || nix::unistd::getegid().as_raw() != gid {
+        return Err(err("checking the effective ids", nix::Error::EPERM));
+    }
+    let out = f();
+    set_res(libc::SYS_setresuid, 0).map_err(|e| err("restoring euid 0", e))?;
+    set_res(libc::SYS_setresgid, 0).map_err(|e| err("restoring egid 0", e))?;
+    if !nix::unistd::geteuid().is_root() || nix::unistd::getegid().as_raw() != 0 {
+        return Err(err("checking euid/egid 0 are back", nix::Error::EPERM));
+    }
+    Ok(out)
+}
+
+/// The uid owning a user namespace (`ioctl(NS_GET_OWNER_UID)` on an `ns/user` fd): the
+/// creator's effective uid, as seen from the caller's user namespace.
+pub fn userns_owner_uid(ns: &impl AsFd) -> io::Result<u32> {
+    let mut uid: libc::uid_t = 0;
+    // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which points to a live
+    // local of that type; the fd is borrowed for the call.
+    if unsafe { libc::ioctl(ns.as_fd().as_raw_fd(), libc::NS_GET_OWNER_UID, &mut uid) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(uid)
+}
+
+/// `struct mount_attr` of `mount_setattr(2)` (`MOUNT_ATTR_SIZE_VER0`).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const MOUNT_ATTR_IDMAP: u64 = 0x10_0000;
+
+/// A detached copy of the mount at `dir` (an fd of the directory, `O_PATH` is enough):
+/// `open_tree(dir, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)`, not recursive
+/// (nothing mounted beneath comes along). Linux >= 5.2.
+pub fn open_tree_clone(dir: &impl AsFd) -> io::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: open_tree(2) reads the NUL-terminated path (a static empty C string) and
+    // returns a new fd or -1; the dir fd is borrowed for the call.
+    let raw = unsafe { libc::syscall(libc::SYS_open_tree, dir.as_fd().as_raw_fd(), c"".as_ptr(), flags) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a non-negative return is a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// Idmap a detached mount (from [`open_tree_clone`]) with the mapping of `userns` (an
+/// `ns/user` fd), and set `nosuid,nodev` (+ `ro`, `noexec` when asked):
+/// `mount_setattr(fd, "", AT_EMPTY_PATH, {MOUNT_ATTR_IDMAP | …, userns_fd})`. Linux >= 5.12,
+/// and only on filesystems that support it (ext4, xfs, btrfs, tmpfs >= 6.3, …): EINVAL
+/// otherwise.
+pub fn idmap_mount(mnt: &impl AsFd, userns: &impl AsFd, read_only: bool, no_exec: bool) -> io::Result<()> {
+    let mut set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    if read_only {
+        set |= MOUNT_ATTR_RDONLY;
+    }
+    if no_exec {
+        set |= MOUNT_ATTR_NOEXEC;
+    }
+    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: userns.as_fd().as_raw_fd() as u64 };
+    // SAFETY: mount_setattr(2) reads `size` bytes of `struct mount_attr` through the pointer
+    // (a live local of exactly that layout and size) and the empty C path; fds are borrowed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attach a detached mount at `target` (in the caller's mount namespace):
+/// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`.
+pub fn move_mount_to(mnt: &impl AsFd, target: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: move_mount(2) reads the two NUL-terminated paths (an empty static one and
+    // `target`, alive for the call); the fd is borrowed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Fork the current process. Returns `Some(pid)` in the parent, `None` in the child.
 ///
 /// Sound to call from anywhere: it refuses (EDEADLK) unless the calling process is

@@ -252,12 +252,25 @@ fn tmp_inodes(size: u64) -> u64 {
 }
 
 /// Build the view in the calling process's (pid 1's) mount namespace and pivot into it.
-/// `uid`/`gid`: the cell's ids inside, owners of the private tmp.
-pub fn build(view: &ViewPlan, uid: u32, gid: u32) -> Result<(), ViewError> {
+/// `uid`/`gid`: the cell's ids inside, owners of the private tmp. `idmapped`: the workspace's
+/// binds (the cwd and the rules beneath it) as idmapped detached mounts made by the helper with
+/// their flags set, by path: attached with `move_mount` in place of those plain binds.
+pub fn build(view: &ViewPlan, uid: u32, gid: u32, idmapped: &[(PathBuf, OwnedFd)]) -> Result<(), ViewError> {
     let sources = hold_sources(view)?;
     new_root(uid, gid)?;
     for (step, fd) in view.steps.iter().zip(&sources) {
-        place(step, fd.as_ref(), uid, gid)?;
+        let mnt = idmapped.iter().find(|(p, _)| p == &step.path).map(|(_, m)| m);
+        match (mnt, &step.kind) {
+            (Some(mnt), StepKind::Bind { dir, .. }) => {
+                let target = inside(&step.path);
+                make_point(&target, *dir)?;
+                io_fail(
+                    format!("attaching the idmapped workspace at {}", step.path.display()),
+                    super::sys::move_mount_to(mnt, &target),
+                )?;
+            }
+            _ => place(step, fd.as_ref(), uid, gid)?,
+        }
     }
     pivot()?;
     seal_root()

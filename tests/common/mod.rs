@@ -75,7 +75,9 @@ pub fn privileged(test: &str) -> bool {
     }
 }
 
-/// A test's world: a workspace dir under /tmp owned by the cell's uid, a policy dir holding a
+/// A test's world: a workspace dir under /tmp owned by nobody (the cell, running under a host
+/// uid of its own, sees it as its own through an idmapped mount; where the filesystem cannot be
+/// idmapped, base's `fallback_owner` runs it as nobody), a policy dir holding a
 /// copy of the shipped base policy, and a cgroup root of its own (removed on drop).
 pub struct World {
     pub ws: tempfile::TempDir,

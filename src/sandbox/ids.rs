@@ -1,0 +1,237 @@
+//! Host identities for cells: one uid/gid of its own per cell, from a configured range.
+//!
+//! Like systemd's `DynamicUser` and podman's subordinate ids, a cell that would otherwise share
+//! a host identity with other cells (a root caller's cell, a `run_as = "range"` cell) gets an id
+//! that no account and no other live cell uses:
+//!
+//! * an id is skipped when an account or a group has it (`getpwuid`/`getgrgid`);
+//! * an id is taken by an exclusive `flock` on `/run/cellkeep/ids/<uid>` ([`ID_LOCK_DIR`]),
+//!   held by the launcher (the daemon or a `cellkeep run`) for the cell's whole life and
+//!   released once its cgroup is gone ([`IdLease`] is dropped after the cgroup's removal). The
+//!   lock is the kernel's, so it holds across processes (the daemon and concurrent `cellkeep
+//!   run`s) and is released by the kernel if the launcher dies.
+//!
+//! The gid is the uid (no group of that number exists: checked above).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// Where the per-id lock files live.
+pub const ID_LOCK_DIR: &str = "/run/cellkeep/ids";
+/// The default range of cell ids: above systemd's container range (524288–1879048191) and
+/// below its foreign range (2147352576–), clear of `/etc/subuid` ranges as `useradd` allocates
+/// them (100000 upward, 65536 per user) and of systemd's `DynamicUser` range (61184–65519).
+pub const DEFAULT_ID_RANGE: IdRange = IdRange { start: 1_900_000_000, count: 65536 };
+
+/// systemd's `DynamicUser` ids; never used for cells.
+const SYSTEMD_DYNAMIC: (u32, u32) = (61184, 65519);
+
+/// `count` ids from `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub start: u32,
+    pub count: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdError {
+    #[error("cell id range [{start}, {count}]: {reason}")]
+    Range { start: u32, count: u32, reason: String },
+    #[error("cell id lock directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("cell id lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("no free cell id in [{start}, {count}]: every id is an account's or a live cell's")]
+    Exhausted { start: u32, count: u32 },
+}
+
+impl IdRange {
+    /// The last id of the range.
+    pub fn end(&self) -> u32 {
+        self.start.saturating_add(self.count.saturating_sub(1))
+    }
+
+    /// Refuse a range that is empty, wraps, holds 0, the overflow ids (65534, 65535), -1, or
+    /// overlaps systemd's `DynamicUser` range or a subordinate range of `/etc/subuid` or
+    /// `/etc/subgid`.
+    pub fn validate(&self) -> Result<(), IdError> {
+        self.validate_against(&subordinate_ranges())
+    }
+
+    fn validate_against(&self, subordinate: &[(String, u32, u32)]) -> Result<(), IdError> {
+        let refuse = |reason: String| Err(IdError::Range { start: self.start, count: self.count, reason });
+        if self.count == 0 {
+            return refuse("the range is empty".into());
+        }
+        let Some(last) = self.start.checked_add(self.count - 1) else {
+            return refuse("the range runs past the largest uid".into());
+        };
+        if last == u32::MAX {
+            return refuse("the range holds uid 4294967295 ((uid_t) -1)".into());
+        }
+        let overlaps = |a: u32, b: u32| self.start <= b && a <= last;
+        if self.start == 0 {
+            return refuse("the range holds uid 0 (root)".into());
+        }
+        if overlaps(65534, 65535) {
+            return refuse("the range holds the overflow ids 65534/65535 (nobody)".into());
+        }
+        if overlaps(SYSTEMD_DYNAMIC.0, SYSTEMD_DYNAMIC.1) {
+            return refuse(format!(
+                "the range overlaps systemd's DynamicUser ids {}–{}",
+                SYSTEMD_DYNAMIC.0, SYSTEMD_DYNAMIC.1
+            ));
+        }
+        for (file, start, count) in subordinate {
+            if *count > 0 && overlaps(*start, start.saturating_add(count - 1)) {
+                return refuse(format!("the range overlaps the subordinate range {start}:{count} of {file}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `(file, start, count)` of every line of `/etc/subuid` and `/etc/subgid`.
+fn subordinate_ranges() -> Vec<(String, u32, u32)> {
+    let mut out = Vec::new();
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines() {
+            let mut f = line.trim().split(':').skip(1);
+            if let (Some(Ok(start)), Some(Ok(count))) = (f.next().map(str::parse), f.next().map(str::parse)) {
+                out.push((file.to_owned(), start, count));
+            }
+        }
+    }
+    out
+}
+
+/// One cell's host id, held until dropped (the lock file's `flock`).
+#[derive(Debug)]
+pub struct IdLease {
+    uid: u32,
+    _lock: Flock<File>,
+}
+
+impl IdLease {
+    /// The cell's host uid (and gid).
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+}
+
+/// Where leases are taken: a range and a lock directory.
+#[derive(Debug, Clone)]
+pub struct IdAllocator {
+    pub range: IdRange,
+    pub dir: PathBuf,
+}
+
+impl Default for IdAllocator {
+    fn default() -> Self {
+        IdAllocator { range: DEFAULT_ID_RANGE, dir: PathBuf::from(ID_LOCK_DIR) }
+    }
+}
+
+fn is_account(uid: u32) -> bool {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid));
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(uid));
+    // A lookup that fails (not "not found") counts as taken: fail closed.
+    !matches!((user, group), (Ok(None), Ok(None)))
+}
+
+impl IdAllocator {
+    /// Take a free id of `range` (the allocator's own range when `None`). Starts at an offset
+    /// derived from the process id and the clock, so concurrent launchers rarely contend for
+    /// the same first id; a held lock (`EWOULDBLOCK`) moves on to the next.
+    pub fn allocate(&self, range: Option<IdRange>) -> Result<IdLease, IdError> {
+        let range = range.unwrap_or(self.range);
+        if range.count == 0 {
+            return Err(IdError::Exhausted { start: range.start, count: 0 });
+        }
+        ensure_dir(&self.dir)?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos());
+        let seed = std::process::id().wrapping_mul(2654435761).wrapping_add(nanos.unwrap_or(0));
+        let first = seed % range.count;
+        for i in 0..range.count {
+            let uid = range.start + (first + i) % range.count;
+            if uid == 0 || is_account(uid) {
+                continue;
+            }
+            if let Some(lease) = self.try_take(uid)? {
+                return Ok(lease);
+            }
+        }
+        Err(IdError::Exhausted { start: range.start, count: range.count })
+    }
+
+    fn try_take(&self, uid: u32) -> Result<Option<IdLease>, IdError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(uid.to_string());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| IdError::Lock { path: path.clone(), source })?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(IdLease { uid, _lock: lock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(IdError::Lock { path, source: e.into() }),
+        }
+    }
+}
+
+/// The lock directory: created 0700 (root's), and refused unless it is a real directory owned
+/// by us and closed to others (another user could otherwise hold every id's lock).
+fn ensure_dir(dir: &Path) -> Result<(), IdError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let fail = |source| IdError::Dir { path: dir.to_owned(), source };
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(fail)?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+        return Err(fail(std::io::Error::other("not a directory of ours closed to others")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_clear_of_root_overflow_systemd_and_subordinate_ids() {
+        let ok = |start, count| IdRange { start, count }.validate_against(&[("/etc/subuid".into(), 100000, 65536)]);
+        assert!(ok(DEFAULT_ID_RANGE.start, DEFAULT_ID_RANGE.count).is_ok());
+        assert!(ok(200_000, 1000).is_ok());
+        for (start, count) in
+            [(0, 10), (1, 0), (65000, 1000), (61000, 200), (150000, 10), (u32::MAX - 5, 6), (u32::MAX, 2)]
+        {
+            assert!(ok(start, count).is_err(), "[{start}, {count}] accepted");
+        }
+    }
+
+    #[test]
+    fn a_held_id_is_never_handed_out_twice() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // account lookups and a lock dir of our own work as anyone, but keep it simple
+        }
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let a = IdAllocator { range: IdRange { start: 1_900_100_000, count: 3 }, dir: dir.path().join("ids") };
+        let leases: Vec<IdLease> = (0..3).map(|_| a.allocate(None).unwrap_or_else(|e| panic!("{e}"))).collect();
+        let mut uids: Vec<u32> = leases.iter().map(IdLease::uid).collect();
+        uids.sort();
+        assert_eq!(uids, vec![1_900_100_000, 1_900_100_001, 1_900_100_002]);
+        assert!(matches!(a.allocate(None), Err(IdError::Exhausted { .. })));
+        drop(leases);
+        assert!(a.allocate(None).is_ok(), "a released id is free again");
+    }
+}
