@@ -2266,7 +2266,7 @@ fn exec_past_noexec_mounts() {
         \x20   fd = os.open(path, os.O_RDONLY)\n\
         \x20   op('mmap exec ' + where, lambda: mmap.mmap(fd, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC) and 'mapped')\n\
         \x20   rc = subprocess.run(['/lib64/ld-linux-x86-64.so.2', path], capture_output=True)\n\
-        \x20   print('loader ' + where, 'OK' if rc.returncode == 0 else 'FAILED', rc.returncode, rc.stderr.decode()[-120:].replace('\\n', ' '), flush=True)\n\
+        \x20   print('loader ' + where, 'OK' if rc.returncode == 0 else 'REFUSED', rc.returncode, rc.stderr.decode()[-120:].replace('\\n', ' '), flush=True)\n\
         elf = open('/usr/bin/true', 'rb').read()\n\
         sc('memfd MFD_EXEC', 319, b'x', 0x10)\n\
         m = sc('memfd plain', 319, b'x', 0)\n\
@@ -2303,7 +2303,7 @@ fn exec_past_noexec_mounts() {
             &out,
             &ctx,
             &format!("loader {where_}"),
-            &["FAILED"],
+            &["REFUSED"],
             &format!("the loader ran a binary from {{{where_}}}"),
         );
     }

@@ -71,7 +71,11 @@ pub fn code_of(e: &PoolError) -> ErrorCode {
             // The request could not be carried out in the cell (e.g. the payload's identity
             // cannot enter the cwd, or exec of the binary failed there).
             SandboxError::Setup { .. } => ErrorCode::SetupFailed,
-            SandboxError::Cgroup { .. }
+            // Every id of the cell id range is an account's or a live cell's: a capacity limit,
+            // like a full pool (the range is a daemon setting, validated at start).
+            SandboxError::Ids { source: crate::sandbox::ids::IdError::Exhausted { .. }, .. } => ErrorCode::ProcessLimit,
+            SandboxError::Ids { .. }
+            | SandboxError::Cgroup { .. }
             | SandboxError::Spawn { .. }
             | SandboxError::HelperDied { .. }
             | SandboxError::Pty { .. } => ErrorCode::Internal,

@@ -474,8 +474,13 @@ fn idmap_plan(
             "the workspace {} belongs to {owner_uid}:{owner_gid}, which a cell of this caller may not take on",
             cwd.display()
         );
-        return match fallback {
-            IdmapFallback::Cell => {
+        // Not the owner's identity, then, but still the cell's own: `fallback_owner` degrades
+        // to binding the workspace as it is (a root-owned workspace stays root's: the cell can
+        // read it and write only what its mode lets anyone write), reported; only `required`
+        // refuses. Refusing here would turn away the plainest use — root running a cell in a
+        // directory of root's — that ran before per-cell ids, as nobody.
+        return match policy.identity.workspace_idmap {
+            WorkspaceIdmap::FallbackCell | WorkspaceIdmap::FallbackOwner => {
                 degraded.push(Degradation {
                     mechanism: "workspace_idmap".into(),
                     detail: format!("{why}: bound as it is; the cell writes as host uid {}", ids.outside_uid),
