@@ -14,7 +14,7 @@
 #   8. spawn cost against an earlier build: `cellkeep run /bin/true` of this build against the
 #      same of BENCH_BEFORE (a git revision; default b89634d, main before the isolation issue
 #      13 added the mount view and the per-cell identity), each with its own shipped base
-#      policy (hyperfine, alternating). The old build is made once and cached in
+#      policy (alternating runs, timed around each process). The old build is made once and cached in
 #      target/bench-before/<rev>. BENCH_BEFORE=none skips the row.
 # Prints one markdown table and writes it to target/bench.md (raw JSON: target/bench/).
 # Benchmarks are not tests: nothing fails on a timing.
@@ -119,13 +119,25 @@ hyperfine -N -w 10 -r "$n_spawn" --export-json "$out/spawn.json" \
 cb oneshot true --n "$n_spawn" > "$out/socket-spawn.json"
 
 if [[ $before_rev != none ]]; then
-  echo "== 8. spawn cost: this build against $before_rev (hyperfine, $n_spawn runs each)"
+  echo "== 8. spawn cost: this build against $before_rev ($n_spawn alternating runs each)"
   polb=$work/policies-before && mkdir "$polb"
   cp "$before/src/policies/base.toml" "$polb/" && cp "$pol/true.toml" "$polb/"
-  hyperfine -N -w 10 -r "$n_spawn" --export-json "$out/spawn-before.json" \
-    -n before "env CELLKEEP_CGROUP_ROOT=cellkeep-bench-before $before/target/release/cellkeep run --policy $polb/true.toml --cwd $ws" \
-    -n after "env CELLKEEP_CGROUP_ROOT=cellkeep-bench-run $bin run --policy $pol/true.toml --cwd $ws" \
-    >/dev/null
+  # Alternating runs (before, after, before, ...), so drift in the machine's load hits both.
+  python3 - "$n_spawn" "$out/spawn-before.json" \
+    "$before/target/release/cellkeep run --policy $polb/true.toml --cwd $ws" \
+    "$bin run --policy $pol/true.toml --cwd $ws" <<'PY'
+import json, os, shlex, subprocess, sys, time
+n, out, cmds = int(sys.argv[1]), sys.argv[2], {"before": sys.argv[3], "after": sys.argv[4]}
+env = dict(os.environ, CELLKEEP_CGROUP_ROOT="cellkeep-bench-before")
+times = {k: [] for k in cmds}
+for i in range(n + 10):
+    for name, cmd in cmds.items():
+        t = time.perf_counter()
+        subprocess.run(shlex.split(cmd), env=env, check=True, stdout=subprocess.DEVNULL)
+        if i >= 10:  # warm-up
+            times[name].append(time.perf_counter() - t)
+json.dump({"results": [{"command": k, "times": v} for k, v in times.items()]}, open(out, "w"))
+PY
   echo "$before_rev" > "$out/spawn-before.rev"
 fi
 

@@ -73,7 +73,21 @@ fn doctor_reports_the_host_and_every_shipped_policy() {
         assert!(p["missing"].is_array() && p["degraded"].is_array() && p["notes"].is_array(), "{p}");
         assert_eq!(status == "fail", !p["missing"].as_array().is_some_and(|m| m.is_empty()), "{p}");
         if abi >= 6 {
-            assert_eq!(status, "full", "on Landlock ABI {abi} every shipped policy is enforceable in full: {p}");
+            // In full, but for workdir roots on a filesystem that cannot be idmapped (the test
+            // VM's are overlayfs on 9p): those are told as such, with the fallback taken.
+            let other: Vec<_> = p["degraded"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| {
+                    d["mechanism"] != "workspace_idmap"
+                        || !d["detail"].as_str().unwrap_or("").contains("cannot be idmapped")
+                })
+                .collect();
+            assert!(
+                other.is_empty() && status != "fail",
+                "on Landlock ABI {abi} every shipped policy is enforceable in full: {p}"
+            );
         }
     }
     let all_launch = policies.iter().all(|p| p["status"] != "fail");

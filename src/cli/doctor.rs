@@ -529,12 +529,15 @@ mod tests {
         (host, HostCaps { landlock_abi, cap_last_cap: 40, memfd_noexec: true })
     }
 
+    /// A policy of `base` (with a fixed account for root callers: no idmapped workspace, so
+    /// the verdicts do not depend on the filesystems of this machine's workdir roots).
     fn policy(enforcement: &str, network: &str) -> Policy {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/base.toml");
         std::fs::copy(base, dir.path().join("base.toml")).expect("copy base");
         let text = format!(
-            "extends = \"base\"\n[provider]\nname = \"p\"\ncommand = []\n[network]\n{network}\n[enforcement]\nmode = \"{enforcement}\"\n"
+            "extends = \"base\"\n[provider]\nname = \"p\"\ncommand = []\n[network]\n{network}\n[enforcement]\nmode = \"{enforcement}\"\n\
+             [identity]\nroot_maps_to = \"nobody\"\n"
         );
         std::fs::write(dir.path().join("p.toml"), text).expect("write");
         crate::policy::load_file(&dir.path().join("p.toml")).expect("valid policy")
