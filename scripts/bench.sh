@@ -9,8 +9,13 @@
 #      bytes with the bytes lost), against a plain pipe
 #   5. footprint: daemon RSS with 0, 20 and 1000 idle cells; daemon CPU over 60 s with 20 idle
 #   6. scaling: spawn latency with 1000 live cells against 10
-#   7. egress proxy: a 100 MiB HTTP download by curl in a cell, through the cell's egress proxy
-#      (CONNECT tunnel), against the same curl download direct on the host's loopback
+#   7. egress proxy: a 100 MiB HTTP download by curl in a proxy cell, through the cell's egress
+#      proxy (CONNECT tunnel) from a server on the host's loopback, against the same curl in the
+#      same cell downloading the same file directly from a server on the cell's own loopback
+#      (started in the cell's network namespace with nsenter): alternating, in one cell, so the
+#      two differ only by the proxy (cgroup limits, seccomp, Landlock and the namespace's TCP
+#      settings apply to both). The same download by curl on the host is recorded for context,
+#      and the pair is run again at 100 MB/s (curl --limit-rate on both: a fast network link).
 #   8. spawn cost against an earlier build: `cellkeep run /bin/true` of this build against the
 #      same of BENCH_BEFORE (a git revision; default b89634d, main before the isolation issue
 #      13 added the mount view and the per-cell identity), each with its own shipped base
@@ -19,24 +24,28 @@
 # Prints one markdown table and writes it to target/bench.md (raw JSON: target/bench/).
 # Benchmarks are not tests: nothing fails on a timing.
 #   env: BENCH_QUICK=1 for a short smoke run (small counts; figures not meaningful)
+#        BENCH_ONLY=7 runs row 7 alone (prints its line of the table; for iterating on the proxy)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 [[ $(id -u) == 0 ]] || { echo "bench.sh must run as root" >&2; exit 1; }
 
 need=()
-command -v hyperfine >/dev/null || need+=(hyperfine)
-command -v bwrap >/dev/null || need+=(bubblewrap)
+[[ -n ${BENCH_ONLY:-} ]] || command -v hyperfine >/dev/null || need+=(hyperfine)
+[[ -n ${BENCH_ONLY:-} ]] || command -v bwrap >/dev/null || need+=(bubblewrap)
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 quick=${BENCH_QUICK:-0}
+only=${BENCH_ONLY:-}
+[[ -z $only || $only == 7 ]] || { echo "BENCH_ONLY: only 7 is supported" >&2; exit 1; }
 n_spawn=300; n_rtt=10000; tput_secs=10; idle_secs=60; big=1000; stream_bytes=1073741824
-egress_bytes=104857600; n_egress=7
-if [[ $quick == 1 ]]; then n_spawn=20; n_rtt=500; tput_secs=2; idle_secs=3; big=50; stream_bytes=67108864; egress_bytes=16777216; n_egress=3; fi
+egress_bytes=104857600; n_egress=15; n_egress_rate=5
+if [[ $quick == 1 ]]; then n_spawn=20; n_rtt=500; tput_secs=2; idle_secs=3; big=50; stream_bytes=67108864; egress_bytes=16777216; n_egress=3; n_egress_rate=1; fi
 
 cargo build --release --locked -q --bins
 before_rev=${BENCH_BEFORE:-b89634d}
+[[ -z $only ]] || before_rev=none
 if [[ $before_rev != none ]]; then
   before=$PWD/target/bench-before/$before_rev
   if [[ ! -x $before/target/release/cellkeep ]]; then
@@ -68,10 +77,13 @@ line='0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde'
 # loses nothing however far behind the cell it falls. Needs that much free disk.
 provider stream "[\"/bin/sh\", \"-c\", \"yes $line | head -c $stream_bytes\"]" oneshot "[limits]
 output_bytes = \"$((stream_bytes / 1048576 + 1))M\""
-# 7: a file server on the host's loopback (sendfile, so the server is not the bottleneck) and a
-# proxy cell allowed to reach it as bench.test (mapped to 127.0.0.1 by the daemon's egress_hosts).
+# 7: a file server (sendfile, so the server is not the bottleneck) on the host's loopback, reached
+# through the proxy as bench.test (mapped to 127.0.0.1 by the daemon's egress_hosts), and the same
+# server started again in the cell's network namespace for the direct downloads. The cell waits
+# for that server's port in its cwd, then alternates direct and proxied downloads (curl's own
+# time_total: the cell's start is not in it; CONNECT, the proxy's lookup and connect are).
 head -c "$egress_bytes" /dev/zero > "$work/blob"
-python3 -c '
+blob_py='
 import socket, os, sys, threading
 path = sys.argv[1]; size = os.path.getsize(path)
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -83,11 +95,24 @@ def serve(c):
     c.close()
 while True:
     c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-' "$work/blob" > "$work/blob.port" &
+'
+python3 -c "$blob_py" "$work/blob" > "$work/blob.port" &
 blob_server=$!
+cell_server=
 for _ in $(seq 100); do [[ -s $work/blob.port ]] && break; sleep 0.05; done
 bport=$(cat "$work/blob.port")
-provider egress '["/usr/bin/curl", "-sS", "-o", "/dev/null", "-p", "-w", "%{time_total}"]' oneshot "[network]
+# Then the same at 100 MB/s (curl --limit-rate: a fast network link instead of loopback).
+egress_sh='while [ ! -s egress.port ]; do sleep 0.05; done; p=$(cat egress.port)
+get() { r=$1; shift; [ "$r" = 0 ] || set -- --limit-rate "$r" "$@"; /usr/bin/curl -sS -o /dev/null "$@"; }
+i=0; while [ $i -lt $0 ]; do i=$((i + 1))
+  get 0 --noproxy "*" -w "direct %{time_total}\n" http://127.0.0.1:$p/
+  get 0 -p -x http://127.0.0.1:3128 -w "proxy %{time_total}\n" http://bench.test:'"$bport"'/
+done
+i=0; while [ $i -lt '"$n_egress_rate"' ]; do i=$((i + 1))
+  get 100M --noproxy "*" -w "direct_rate %{time_total}\n" http://127.0.0.1:$p/
+  get 100M -p -x http://127.0.0.1:3128 -w "proxy_rate %{time_total}\n" http://bench.test:'"$bport"'/
+done'
+provider egress "[\"/bin/sh\", \"-c\", $(python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$egress_sh")]" oneshot "[network]
 mode = \"proxy\"
 egress = [\"bench.test:$bport\"]"
 echo 'egress_hosts = { "bench.test" = "127.0.0.1" }' > "$work/cellkeep.toml"
@@ -99,7 +124,7 @@ CELLKEEP_LOG=warn "$bin" daemon --config "$work/cellkeep.toml" --socket "$sock" 
 daemon=$!
 cleanup() {
   kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
-  kill "$blob_server" 2>/dev/null || true
+  kill "$blob_server" $cell_server 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -109,6 +134,7 @@ cb() { "$bench" --socket "$sock" --cwd "$ws" "$@"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$daemon/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$daemon/stat"; }
 
+if [[ -z $only ]]; then
 echo "== 1. spawn (hyperfine, $n_spawn runs each)"
 hyperfine -N -w 10 -r "$n_spawn" --export-json "$out/spawn.json" \
   -n bare '/bin/true' \
@@ -151,16 +177,40 @@ echo "== 4. streaming ($stream_bytes bytes)"
 cb stream stream > "$out/stream.json"
 cb follow stream --expect "$stream_bytes" > "$out/follow.json"
 cb pipe "yes $line | head -c $stream_bytes" > "$out/pipe.json"
+fi
 
-echo "== 7. egress proxy ($egress_bytes bytes, $n_egress runs each, alternating)"
-direct=(); proxied=()
-for _ in $(seq "$n_egress"); do
-  direct+=("$(curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$bport/")")
-  proxied+=("$(curl -sS --unix-socket "$sock" http://cellkeep/v1/providers/egress/commands \
-    -d "{\"command\": \"http://bench.test:$bport/\", \"cwd\": \"$ws\", \"timeout_ms\": 120000}" |
-    python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["stdout"].strip() or "nan", end="")')")
+echo "== 7. egress proxy ($egress_bytes bytes, $n_egress runs each, alternating, in one cell)"
+host=()
+for _ in $(seq "$n_egress"); do host+=("$(curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$bport/")"); done
+curl -sS --unix-socket "$sock" http://cellkeep/v1/providers/egress/commands \
+  -d "{\"command\": \"$n_egress\", \"cwd\": \"$ws\", \"timeout_ms\": 300000}" > "$work/egress.out" &
+egress_req=$!
+cell_pid=
+for _ in $(seq 200); do
+  cell_pid=$(pgrep -n -f '^/bin/sh -c while \[ ! -s egress.port \]' || true)
+  [[ -n $cell_pid ]] && break; sleep 0.05
 done
-echo "{\"bytes\": $egress_bytes, \"direct_s\": [$(IFS=,; echo "${direct[*]}")], \"proxy_s\": [$(IFS=,; echo "${proxied[*]}")]}" > "$out/egress.json"
+[[ -n $cell_pid ]] || { echo "row 7: the cell did not start" >&2; exit 1; }
+nsenter -t "$cell_pid" -n python3 -c "$blob_py" "$work/blob" > "$work/cell-blob.port" &
+cell_server=$!
+for _ in $(seq 100); do [[ -s $work/cell-blob.port ]] && break; sleep 0.05; done
+cp "$work/cell-blob.port" "$ws/egress.port"
+wait "$egress_req"
+kill "$cell_server" 2>/dev/null || true
+python3 - "$work/egress.out" "$egress_bytes" "$(uptime)" "${host[*]}" > "$out/egress.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+runs = [line.split() for line in r["stdout"].splitlines()]
+series = lambda k: [float(t) for name, t in runs if name == k]
+print(json.dumps({"bytes": int(sys.argv[2]), "direct_s": series("direct"), "proxy_s": series("proxy"),
+                  "direct_rate_s": series("direct_rate"), "proxy_rate_s": series("proxy_rate"),
+                  "host_direct_s": [float(t) for t in sys.argv[4].split()], "uptime": sys.argv[3].strip()}))
+PY
+
+if [[ -n $only ]]; then
+  python3 scripts/bench_table.py --only egress "$out"
+  exit 0
+fi
 
 echo "== 5/6. footprint and scaling"
 rss0=$(rss_kib)
