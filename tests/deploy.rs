@@ -206,6 +206,61 @@ fn cells_start_when_openat2_is_refused() {
     assert_eq!(d.send(&id, "no openat2", 10_000).json()["stdout"], "no openat2");
 }
 
+/// `setpriv` keeping only the capabilities of the shipped unit's `CapabilityBoundingSet=` (read
+/// from systemd/cellkeep.service), as systemd starts the daemon: no CAP_SYS_PTRACE among them.
+fn unit_bounding_set() -> Vec<String> {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/cellkeep.service")).unwrap();
+    let line = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).expect("CapabilityBoundingSet=");
+    let keep: Vec<String> =
+        line.split_whitespace().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())).collect();
+    assert!(!keep.iter().any(|c| c == "+sys_ptrace"), "the unit grants CAP_SYS_PTRACE: {line}");
+    vec!["setpriv".into(), format!("--bounding-set=-all,{}", keep.join(",")), "--".into()]
+}
+
+// Cells start under the unit's capability bounding set (found by the systemd lane: the helper
+// switches its effective uid to the cell's to create the user namespace, which made it — and
+// the namespace holder it cloned — non-dumpable, so writing the holder's uid_map needed
+// CAP_SYS_PTRACE: every launch failed at stage id_map, EACCES). Root's cells (an id of their
+// own, idmapped workspace) and a member's (as the member) through the daemon; `cellkeep run`.
+#[test]
+fn cells_start_under_the_units_capability_bounding_set() {
+    gate!("cells_start_under_the_units_capability_bounding_set");
+    let wrap = unit_bounding_set();
+    let w = World::new();
+    let p = w.policy("t", "", "");
+    let out = Command::new(&wrap[0])
+        .args(&wrap[1..])
+        .args([BIN, "run", "--json", "--policy"])
+        .arg(&p)
+        .arg("--cwd")
+        .arg(w.ws.path())
+        .args(["--", "/bin/echo", "bounded"])
+        .env("CELLKEEP_CGROUP_ROOT", &w.cgroup_root)
+        .output()
+        .expect("setpriv cellkeep run");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("bounded\n"), "{}", text(&out));
+
+    let wrapper: Vec<&str> = wrap.iter().map(String::as_str).collect();
+    let d = Daemon::builder().shipped_policies().wrapper(&wrapper).start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).expect("status");
+    let bnd = status.lines().find_map(|l| l.strip_prefix("CapBnd:\t")).expect("CapBnd");
+    let bnd = u64::from_str_radix(bnd, 16).expect("CapBnd hex");
+    assert_eq!(
+        bnd & (1 << 19),
+        0, // CAP_SYS_PTRACE
+        "the daemon still has CAP_SYS_PTRACE in its bounding set"
+    );
+    let ws = own_workspace(MEMBER);
+    let cwd = ws.path().display().to_string();
+    let o = cellkeep_as(0, &[], &d.socket, &["exec", "echo", "as root", "--cwd", &cwd]);
+    assert_eq!(o.status.code(), Some(0), "root's cell under the unit's bounding set: {}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "as root", "{}", text(&o));
+    let o = cellkeep_as(MEMBER, &[cellkeep_gid()], &d.socket, &["exec", "echo", "as a member", "--cwd", &cwd]);
+    assert_eq!(o.status.code(), Some(0), "a member's cell under the unit's bounding set: {}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "as a member", "{}", text(&o));
+}
+
 // Finding 3 (exit): a cell that ignores SIGTERM costs the grace at shutdown (then SIGKILL), not
 // the shutdown timeout. Before: the grace was the shutdown timeout (here 20 s).
 #[test]

@@ -205,25 +205,52 @@ fn check_userns_owner(ns: &OwnedFd, uid: u32) -> Result<(), (Stage, i32, String)
 /// here as root (CAP_SETUID/CAP_SETGID in the parent namespace: any unprivileged id may be
 /// mapped, and `setgroups` stays allowed inside), its namespace opened; then it exits.
 fn make_userns(creator_uid: u32, creator_gid: u32, maps: &(String, String)) -> Result<OwnedFd, (Stage, i32, String)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| (Stage::Namespaces, e as i32, format!("pipe: {e}")))?;
-    let mut w = Some(w);
+    use std::os::fd::AsRawFd;
+    // A socket pair, not a pipe: the holder sends its own `ns/user` fd back (SCM_RIGHTS). The
+    // helper cannot open /proc/<holder>/ns/user itself without CAP_SYS_PTRACE — the holder's
+    // effective uid is the cell's, not ours — and systemd's unit does not grant that
+    // capability (found by the systemd lane: every launch failed at stage id_map, EACCES).
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| (Stage::Namespaces, e as i32, format!("socketpair: {e}")))?;
+    let mut ours = Some(ours);
     let cloned = {
-        let w_in_child = &mut w;
-        let r = &r;
+        let ours_in_child = &mut ours;
+        let theirs = &theirs;
         sys::with_effective_ids(creator_uid, creator_gid, move || {
             sys::clone_into_namespaces(
                 CloneFlags::CLONE_NEWUSER,
                 Box::new(move || {
-                    // The holder: wait for the helper's end of the pipe to close, then exit.
-                    w_in_child.take();
+                    // The holder: send its user namespace, wait for the helper's end to
+                    // close, then exit.
+                    ours_in_child.take();
+                    let Ok(ns) = std::fs::File::open("/proc/self/ns/user") else { return 1 };
+                    let fds = [ns.as_raw_fd()];
+                    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+                    let iov = [std::io::IoSlice::new(b"n")];
+                    if nix::sys::socket::sendmsg::<()>(
+                        theirs.as_raw_fd(),
+                        &iov,
+                        &cmsg,
+                        nix::sys::socket::MsgFlags::empty(),
+                        None,
+                    )
+                    .is_err()
+                    {
+                        return 1;
+                    }
                     let mut byte = [0u8; 1];
-                    let _ = nix::unistd::read(r, &mut byte);
+                    let _ = nix::unistd::read(theirs, &mut byte);
                     0
                 }),
             )
         })
     };
+    drop(theirs);
     let holder = match cloned {
         Ok(Ok(pid)) => pid,
         Ok(Err(e)) => {
@@ -233,17 +260,20 @@ fn make_userns(creator_uid: u32, creator_gid: u32, maps: &(String, String)) -> R
         // when the helper exits).
         Err(e) => return Err((Stage::Namespaces, e.errno as i32, format!("creating a user namespace: {e}"))),
     };
+    let Some(ours) = ours else {
+        return Err((Stage::Namespaces, 0, "the helper's end of the holder's socket is gone".into()));
+    };
     let made = (|| {
-        std::fs::write(format!("/proc/{holder}/uid_map"), &maps.0)?;
-        std::fs::write(format!("/proc/{holder}/gid_map"), &maps.1)?;
-        std::fs::File::open(format!("/proc/{holder}/ns/user")).map(OwnedFd::from)
+        std::fs::write(format!("/proc/{holder}/uid_map"), &maps.0).map_err(|e| format!("writing uid_map: {e}"))?;
+        std::fs::write(format!("/proc/{holder}/gid_map"), &maps.1).map_err(|e| format!("writing gid_map: {e}"))?;
+        sys::receive_fd(&ours).map_err(|e| format!("receiving its ns/user: {e}"))
     })();
-    drop(w);
+    drop(ours);
     let _ = waitpid(holder, None);
     made.map_err(|e| {
         let detail =
             format!("mapping the user namespace of holder {holder} ({} / {}): {e}", maps.0.trim(), maps.1.trim());
-        (Stage::IdMap, e.raw_os_error().unwrap_or(0), detail)
+        (Stage::IdMap, 0, detail)
     })
 }
 

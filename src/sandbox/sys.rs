@@ -168,7 +168,35 @@ pub(crate) fn with_effective_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -
     if !nix::unistd::geteuid().is_root() || nix::unistd::getegid().as_raw() != 0 {
         return Err(err("checking euid/egid 0 are back", nix::Error::EPERM));
     }
+    // A change of the effective uid made the process non-dumpable (fs.suid_dumpable): back as
+    // it was, so its /proc files stay readable to its root parent without CAP_SYS_PTRACE
+    // (which systemd's unit does not grant). Children cloned inside `f` stay non-dumpable:
+    // their /proc files belong to root, not to the cell's uid.
+    nix::sys::prctl::set_dumpable(true).map_err(|e| err("prctl(PR_SET_DUMPABLE, 1) as root again", e))?;
     Ok(out)
+}
+
+/// One fd sent over `sock` with SCM_RIGHTS (and one byte of data).
+pub(crate) fn receive_fd(sock: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for cmsg in msg.cmsgs()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: SCM_RIGHTS installed this fd in our table just now (close-on-exec);
+                // nothing else knows its number, so this is its only owner.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(std::io::Error::other("no fd arrived (the holder ended first)"))
 }
 
 /// The uid owning a user namespace (`ioctl(NS_GET_OWNER_UID)` on an `ns/user` fd): the
