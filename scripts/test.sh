@@ -38,6 +38,8 @@ step "host: unit + privileged integration tests, every test of every binary in p
 # the CPU-share tests take the suite-wide lock exclusively: gate!(.., measures_cpu)).
 t_host=$SECONDS
 cargo test --locked --no-run -q
+# The release build the VM suite runs (scripts/vm-test.sh --release; install.sh ships it too).
+if [[ ${CELLKEEP_SKIP_VM:-0} != 1 || -n ${CI:-} ]]; then cargo build --release --locked -q --bins; fi
 t_run=$SECONDS
 if cargo nextest --version >/dev/null 2>&1; then
   # The tests that measure a CPU share (named cpu_limit_*) run after the rest, one at a time,
@@ -54,7 +56,7 @@ else
   echo "note: cargo-nextest is not installed (cargo install cargo-nextest); running cargo test"
   cargo test --locked
 fi
-echo "host tests: $((SECONDS - t_run)) s to run (+ $((t_run - t_host)) s to build)"
+echo "host tests: $((SECONDS - t_run)) s to run (+ $((t_run - t_host)) s to build them and the release binary)"
 step "API: schemathesis over the generated OpenAPI document, 0 server errors (scripts/schemathesis.sh)"
 scripts/schemathesis.sh
 host_s=$((SECONDS - t0))
