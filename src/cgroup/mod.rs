@@ -347,6 +347,23 @@ impl CellCgroup {
         dispatch!(self, c => c.attach(pid))
     }
 
+    /// Files through which the cell's first process moves itself in, instead of being moved by
+    /// [`Self::attach`] (v1 only; `None` on v2, where the launcher attaches it).
+    ///
+    /// Why: moving another process (`cgroup.procs` with its pid) takes the global
+    /// `cgroup_threadgroup_rwsem` for writing, and on a host without `favordynmods` that waits
+    /// for an RCU grace period (`percpu_down_write` → `rcu_sync_enter` → `synchronize_rcu`):
+    /// 9 ms of a 22 ms launch on this host, the largest single cost in the profile. The kernel
+    /// skips that lock when a thread moves itself through v1's `tasks` file (pid `0`, not a
+    /// thread-group move: `cgroup_procs_write_start`); for a single-threaded process that moves
+    /// the whole process, and everything it forks afterwards starts inside.
+    pub fn self_join_files(&self) -> Option<Vec<PathBuf>> {
+        match &self.backend {
+            CellBackend::V1(c) => Some(c.tasks_files()),
+            CellBackend::V2(_) => None,
+        }
+    }
+
     /// Pids in the cell (`cgroup.procs`), sorted; empty once the cell is removed.
     pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
         dispatch!(self, c => c.procs())

@@ -252,6 +252,12 @@ impl Cell {
         Ok(())
     }
 
+    /// The `tasks` file of every hierarchy: where a single-threaded process moves *itself* by
+    /// writing `0` (see [`super::CellCgroup::self_join_files`]).
+    pub fn tasks_files(&self) -> Vec<PathBuf> {
+        self.dirs.unique().iter().map(|d| file(d, "tasks")).collect()
+    }
+
     /// Union of `cgroup.procs` over the hierarchies; hierarchies whose directory is gone count
     /// as empty.
     pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {

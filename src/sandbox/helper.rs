@@ -7,7 +7,9 @@
 //! never starts a thread may fork and run ordinary Rust, so the whole recipe is plain, testable
 //! code; it costs one extra `execve`.
 //!
-//! Sequence: read the [`LaunchPlan`] from fd 3 → `setsid` (terminal signals reach only the
+//! Sequence: read the [`LaunchPlan`] from fd 3 → on v1, move itself into the cell's cgroup
+//! (`0` into each hierarchy's `tasks`: the one cgroup move that needs no RCU grace period; see
+//! `CellCgroup::self_join_files`) → `setsid` (terminal signals reach only the
 //! launcher, which forwards them) → the idmapped workspace, when the plan has one
 //! (`idmapped_workspace`: a detached clone of the cwd's mount, `open_tree`, idmapped with a
 //! user namespace mapping the workspace's owner to the cell's host ids, `mount_setattr`; pid 1
@@ -67,13 +69,33 @@ pub fn main() -> ! {
         }
     };
     let code = match read_plan(&ctl) {
-        Ok(mut plan) => run(&mut plan, &ctl),
+        Ok(mut plan) => match join_cgroup(&plan) {
+            Ok(()) => run(&mut plan, &ctl),
+            Err(detail) => {
+                Report::SetupFailed { stage: Stage::Cgroup, errno: 0, detail }.send(&ctl);
+                125
+            }
+        },
         Err(detail) => {
             Report::SetupFailed { stage: Stage::Plan, errno: 0, detail }.send(&ctl);
             125
         }
     };
     std::process::exit(code)
+}
+
+/// v1: move this (single-threaded) process into the cell by writing `0` to each hierarchy's
+/// `tasks` file, before it forks anything (see `CellCgroup::self_join_files` for why the
+/// launcher does not move it). Fails closed: a cell outside its cgroup never starts.
+fn join_cgroup(plan: &LaunchPlan) -> Result<(), String> {
+    if plan.join_cgroup.is_empty() {
+        return Ok(());
+    }
+    sys::ensure_single_threaded().map_err(|e| format!("joining the cell's cgroup: {e}"))?;
+    for tasks in &plan.join_cgroup {
+        std::fs::write(tasks, b"0").map_err(|e| format!("joining the cell's cgroup ({}): {e}", tasks.display()))?;
+    }
+    Ok(())
 }
 
 fn read_plan(ctl: &OwnedFd) -> Result<LaunchPlan, String> {

@@ -220,10 +220,6 @@ impl Launcher {
             (None, None)
         };
         let plan_proxy_port = plan.proxy_port;
-        let line = serde_json::to_vec(&plan).map_err(|e| SandboxError::HelperDied {
-            cell: cell.clone(),
-            detail: format!("encoding the launch plan: {e}"),
-        })?;
 
         let root = self.root.clone();
         let (id, limits) = (cell.clone(), limits_of(policy));
@@ -232,8 +228,17 @@ impl Launcher {
             .map_err(|e| SandboxError::HelperDied { cell: cell.clone(), detail: e.to_string() })?
             .map_err(|source| SandboxError::Cgroup { cell: cell.clone(), source })?;
         let cgroup = Arc::new(cgroup);
+        plan.join_cgroup = cgroup.self_join_files().unwrap_or_default();
+        let line = match serde_json::to_vec(&plan) {
+            Ok(line) => line,
+            Err(e) => {
+                remove_cgroup(cgroup).await;
+                return Err(SandboxError::HelperDied { cell, detail: format!("encoding the launch plan: {e}") });
+            }
+        };
+        let self_joins = !plan.join_cgroup.is_empty();
 
-        match self.start_helper(&cell, &cgroup, stdio, slave, line).await {
+        match self.start_helper(&cell, &cgroup, stdio, slave, line, self_joins).await {
             Ok((child, reports)) => {
                 let mut started = Cell {
                     id: cell,
@@ -274,8 +279,9 @@ impl Launcher {
     }
 
     /// Spawn the helper with fd 3 = our control socket's peer (and stdin/stdout/stderr = the
-    /// pty slave when there is one), put it into the cell's cgroup, then release it by sending
-    /// the plan (it reads the plan before doing anything).
+    /// pty slave when there is one), put it into the cell's cgroup (v2; on v1 it moves itself
+    /// in, `self_joins`), then release it by sending the plan (it reads the plan before doing
+    /// anything).
     async fn start_helper(
         &self,
         cell: &str,
@@ -283,6 +289,7 @@ impl Launcher {
         stdio: StdioMode,
         pty_slave: Option<OwnedFd>,
         mut plan_line: Vec<u8>,
+        self_joins: bool,
     ) -> Result<(Child, Lines<BufReader<UnixStream>>), SandboxError> {
         use std::os::fd::AsRawFd;
         let spawn_err = |source| SandboxError::Spawn { cell: cell.to_owned(), exe: self.helper_exe.clone(), source };
@@ -308,7 +315,8 @@ impl Launcher {
         }
         let mut child = spawn_inheriting(&mut cmd, theirs).map_err(spawn_err)?;
         let pid = child.id().unwrap_or(0);
-        if let Err(source) = cgroup.attach(pid) {
+        // On v1 the helper moves itself in (the plan's `join_cgroup`) before it forks anything.
+        if let Err(source) = if self_joins { Ok(()) } else { cgroup.attach(pid) } {
             let _ = child.kill().await;
             return Err(SandboxError::Cgroup { cell: cell.to_owned(), source });
         }

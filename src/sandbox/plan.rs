@@ -149,6 +149,11 @@ pub struct LaunchPlan {
     pub cap_last_cap: u32,
     /// The workspace (cwd) bound through an idmapped mount (a cell with an id of its own).
     pub idmap: Option<IdmapPlan>,
+    /// v1: the cell's `tasks` files; the helper writes `0` to each before anything else, moving
+    /// itself into the cell (see `CellCgroup::self_join_files`). Empty: the launcher has
+    /// attached it (v2). Set by the launcher once the cgroup exists.
+    #[serde(default)]
+    pub join_cgroup: Vec<PathBuf>,
     /// stdin/stdout/stderr are a pty slave: the payload makes it its controlling terminal.
     /// From the policy's `tty`; the launcher clears it when it passes its own stdio through.
     pub tty: bool,
@@ -232,6 +237,7 @@ pub fn build(
         seccomp,
         cap_last_cap: host.cap_last_cap,
         idmap,
+        join_cgroup: Vec::new(),
         tty: policy.tty,
     };
     Ok((plan, degraded))

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Plan,
+    /// The helper moving itself into the cell's cgroup (v1).
+    Cgroup,
     Namespaces,
     IdMap,
     Mounts,

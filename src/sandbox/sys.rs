@@ -96,7 +96,7 @@ fn thread_count() -> io::Result<usize> {
 /// answer still holds when the syscall runs. EDEADLK ("resource deadlock would occur": a lock
 /// held by another thread would be copied held into the child) otherwise, and when
 /// `/proc/self/task` cannot be read (fail closed).
-fn ensure_single_threaded() -> nix::Result<()> {
+pub fn ensure_single_threaded() -> nix::Result<()> {
     match thread_count() {
         Ok(1) => Ok(()),
         _ => Err(nix::errno::Errno::EDEADLK),
