@@ -68,6 +68,15 @@ pub struct CellIo {
     pub stderr: Option<CellOutput>,
 }
 
+/// What [`Launcher::prepare`] makes for a launch besides its cgroup.
+struct Prepared {
+    plan: plan::LaunchPlan,
+    degraded: Vec<Degradation>,
+    lease: Option<super::ids::IdLease>,
+    pty: Option<PtyMaster>,
+    slave: Option<OwnedFd>,
+}
+
 /// Starts cells. Cheap to share (`Arc` inside).
 #[derive(Debug, Clone)]
 pub struct Launcher {
@@ -177,57 +186,32 @@ impl Launcher {
 
     /// Launch one cell and return once the command exec'd (or the setup failed, in which case
     /// everything created is already removed).
-    pub async fn launch(
-        &self,
-        policy: &Policy,
-        mut req: LaunchRequest,
-        stdio: StdioMode,
-    ) -> Result<Cell, SandboxError> {
+    pub async fn launch(&self, policy: &Policy, req: LaunchRequest, stdio: StdioMode) -> Result<Cell, SandboxError> {
         if policy.command.is_empty() && req.args.is_empty() {
             return Err(SandboxError::NoCommand { provider: policy.name.clone() });
         }
-        // The cell's own host id, held (flock) until its cgroup is gone: `Cell::finish` and
-        // `Cell::discard` drop it after removing the cgroup, the error paths below after theirs.
-        let lease = match plan::needs_own_id(policy, req.caller_uid) {
-            None => None,
-            Some(range) => {
-                let range = range.map(|(start, count)| super::ids::IdRange { start, count });
-                let ids = self.ids.clone();
-                let lease = tokio::task::spawn_blocking(move || ids.allocate(range))
-                    .await
-                    .map_err(|e| SandboxError::HelperDied { cell: req.cell_id.clone(), detail: e.to_string() })?
-                    .map_err(|source| SandboxError::Ids { provider: policy.name.clone(), source })?;
-                Some(lease)
-            }
-        };
-        req.range_uid = lease.as_ref().map(|l| l.uid());
-        let (mut plan, degraded) = plan::build(policy, &req, &self.host)?;
-        let host_uid = plan.ids.outside_uid;
         let cell = req.cell_id.clone();
-        let like = match &stdio {
-            StdioMode::Terminal(spec) => Some(spec),
-            _ => None,
-        };
-        plan.tty = like.is_some() || (plan.tty && !matches!(stdio, StdioMode::Inherit));
-        let (pty, slave) = if plan.tty {
-            let (master, slave) = pty::open(like).map_err(|source| SandboxError::Pty {
-                provider: policy.name.clone(),
-                cell: cell.clone(),
-                source,
-            })?;
-            (Some(master), Some(slave))
-        } else {
-            (None, None)
-        };
-        let plan_proxy_port = plan.proxy_port;
-
+        // The cgroup and the cell's own host id are made at once, on two blocking threads
+        // (the id's account lookups go through NSS, ~1 ms; the cgroup is a few mkdirs and
+        // writes): neither waits for the other.
         let root = self.root.clone();
         let (id, limits) = (cell.clone(), limits_of(policy));
-        let cgroup = tokio::task::spawn_blocking(move || root.create_cell(&id, &limits))
+        let cgroup = tokio::task::spawn_blocking(move || root.create_cell(&id, &limits));
+        let prepared = self.prepare(policy, req, &stdio).await;
+        let cgroup = cgroup
             .await
-            .map_err(|e| SandboxError::HelperDied { cell: cell.clone(), detail: e.to_string() })?
-            .map_err(|source| SandboxError::Cgroup { cell: cell.clone(), source })?;
-        let cgroup = Arc::new(cgroup);
+            .map_err(|e| SandboxError::HelperDied { cell: cell.clone(), detail: e.to_string() })
+            .and_then(|made| made.map_err(|source| SandboxError::Cgroup { cell: cell.clone(), source }));
+        let (cgroup, Prepared { mut plan, degraded, lease, pty, slave }) = match (cgroup, prepared) {
+            (Ok(cgroup), Ok(prepared)) => (Arc::new(cgroup), prepared),
+            (Ok(cgroup), Err(e)) => {
+                remove_cgroup(Arc::new(cgroup)).await;
+                return Err(e);
+            }
+            (Err(e), _) => return Err(e),
+        };
+        let host_uid = plan.ids.outside_uid;
+        let plan_proxy_port = plan.proxy_port;
         plan.join_cgroup = cgroup.self_join_files().unwrap_or_default();
         let line = match serde_json::to_vec(&plan) {
             Ok(line) => line,
@@ -276,6 +260,47 @@ impl Launcher {
                 Err(e)
             }
         }
+    }
+
+    /// Everything of a launch but its cgroup: the cell's own host id, held (flock) until its
+    /// cgroup is gone (`Cell::finish` and `Cell::discard` drop it after removing the cgroup,
+    /// `launch`'s error paths after theirs), the plan, and the pty when the cell has one.
+    async fn prepare(
+        &self,
+        policy: &Policy,
+        mut req: LaunchRequest,
+        stdio: &StdioMode,
+    ) -> Result<Prepared, SandboxError> {
+        let lease = match plan::needs_own_id(policy, req.caller_uid) {
+            None => None,
+            Some(range) => {
+                let range = range.map(|(start, count)| super::ids::IdRange { start, count });
+                let ids = self.ids.clone();
+                let lease = tokio::task::spawn_blocking(move || ids.allocate(range))
+                    .await
+                    .map_err(|e| SandboxError::HelperDied { cell: req.cell_id.clone(), detail: e.to_string() })?
+                    .map_err(|source| SandboxError::Ids { provider: policy.name.clone(), source })?;
+                Some(lease)
+            }
+        };
+        req.range_uid = lease.as_ref().map(|l| l.uid());
+        let (mut plan, degraded) = plan::build(policy, &req, &self.host)?;
+        let like = match stdio {
+            StdioMode::Terminal(spec) => Some(spec),
+            _ => None,
+        };
+        plan.tty = like.is_some() || (plan.tty && !matches!(stdio, StdioMode::Inherit));
+        let (pty, slave) = if plan.tty {
+            let (master, slave) = pty::open(like).map_err(|source| SandboxError::Pty {
+                provider: policy.name.clone(),
+                cell: req.cell_id.clone(),
+                source,
+            })?;
+            (Some(master), Some(slave))
+        } else {
+            (None, None)
+        };
+        Ok(Prepared { plan, degraded, lease, pty, slave })
     }
 
     /// Spawn the helper with fd 3 = our control socket's peer (and stdin/stdout/stderr = the
