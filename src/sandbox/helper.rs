@@ -149,24 +149,42 @@ fn run(plan: &mut LaunchPlan, ctl: &OwnedFd) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(Stage::Init, e, "sync pipe"),
     };
+    // The cell's user namespace, made by a holder process running with the cell's effective
+    // ids (so the cell's uid owns it and is charged for it), started before the idmapped
+    // workspace and mapped after it; then the helper joins it, and pid 1 is cloned into the
+    // other namespaces from inside.
+    let holder = match plan.ns.user.then(|| Holder::start(plan.ids.outside_uid, plan.ids.outside_gid)) {
+        None => None,
+        Some(Ok(h)) => Some(h),
+        Some(Err((stage, errno, detail))) => {
+            Report::SetupFailed { stage, errno, detail }.send(ctl);
+            return 125;
+        }
+    };
     let workspace = match idmapped_workspace(plan, ctl) {
         Ok(w) => w,
         Err((stage, errno, detail)) => {
+            holder.map(Holder::abandon);
             Report::SetupFailed { stage, errno, detail }.send(ctl);
             return 125;
         }
     };
     let plan = &*plan;
-    if plan.ns.user {
-        // The cell's user namespace, made by a holder process running with the cell's
-        // effective ids (so the cell's uid owns it and is charged for it), mapped from here;
-        // then the helper joins it, and pid 1 is cloned into the other namespaces from inside.
+    if let Some(holder) = holder {
         let ids = &plan.ids;
         let maps = (
             format!("{} {} 1\n", ids.inside_uid, ids.outside_uid),
             format!("{} {} 1\n", ids.inside_gid, ids.outside_gid),
         );
-        let joined = make_userns(ids.outside_uid, ids.outside_gid, &maps).and_then(|ns| {
+        // The idmap's `fallback_owner` may have made the cell's host ids the workspace
+        // owner's: then the namespace must be theirs.
+        let holder = if holder.creator == (ids.outside_uid, ids.outside_gid) {
+            Ok(holder)
+        } else {
+            holder.abandon();
+            Holder::start(ids.outside_uid, ids.outside_gid)
+        };
+        let joined = holder.and_then(|h| h.finish(&maps)).and_then(|ns| {
             check_userns_owner(&ns, ids.outside_uid)?;
             nix::sched::setns(&ns, CloneFlags::CLONE_NEWUSER)
                 .map_err(|e| (Stage::Namespaces, e as i32, format!("joining the cell's user namespace: {e}")))
@@ -227,76 +245,104 @@ fn check_userns_owner(ns: &OwnedFd, uid: u32) -> Result<(), (Stage, i32, String)
 /// here as root (CAP_SETUID/CAP_SETGID in the parent namespace: any unprivileged id may be
 /// mapped, and `setgroups` stays allowed inside), its namespace opened; then it exits.
 fn make_userns(creator_uid: u32, creator_gid: u32, maps: &(String, String)) -> Result<OwnedFd, (Stage, i32, String)> {
-    use std::os::fd::AsRawFd;
-    // A socket pair, not a pipe: the holder sends its own `ns/user` fd back (SCM_RIGHTS). The
-    // helper cannot open /proc/<holder>/ns/user itself without CAP_SYS_PTRACE — the holder's
-    // effective uid is the cell's, not ours — and systemd's unit does not grant that
-    // capability (found by the systemd lane: every launch failed at stage id_map, EACCES).
-    let (ours, theirs) = nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::Stream,
-        None,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| (Stage::Namespaces, e as i32, format!("socketpair: {e}")))?;
-    let mut ours = Some(ours);
-    let cloned = {
-        let ours_in_child = &mut ours;
-        let theirs = &theirs;
-        sys::with_effective_ids(creator_uid, creator_gid, move || {
-            sys::clone_into_namespaces(
-                CloneFlags::CLONE_NEWUSER,
-                Box::new(move || {
-                    // The holder: send its user namespace, wait for the helper's end to
-                    // close, then exit.
-                    ours_in_child.take();
-                    let Ok(ns) = std::fs::File::open("/proc/self/ns/user") else { return 1 };
-                    let fds = [ns.as_raw_fd()];
-                    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-                    let iov = [std::io::IoSlice::new(b"n")];
-                    if nix::sys::socket::sendmsg::<()>(
-                        theirs.as_raw_fd(),
-                        &iov,
-                        &cmsg,
-                        nix::sys::socket::MsgFlags::empty(),
-                        None,
-                    )
-                    .is_err()
-                    {
-                        return 1;
-                    }
-                    let mut byte = [0u8; 1];
-                    let _ = nix::unistd::read(theirs, &mut byte);
-                    0
-                }),
-            )
+    Holder::start(creator_uid, creator_gid)?.finish(maps)
+}
+
+/// A holder cloned into a new user namespace, not mapped yet: [`make_userns`] in two halves,
+/// so the helper can start the cell's holder before it makes the idmapped workspace (with a
+/// holder of its own) and map it after — the two clones overlap instead of queueing.
+struct Holder {
+    pid: nix::unistd::Pid,
+    ours: OwnedFd,
+    creator: (u32, u32),
+}
+
+impl Holder {
+    fn start(creator_uid: u32, creator_gid: u32) -> Result<Holder, (Stage, i32, String)> {
+        use std::os::fd::AsRawFd;
+        // A socket pair, not a pipe: the holder sends its own `ns/user` fd back (SCM_RIGHTS). The
+        // helper cannot open /proc/<holder>/ns/user itself without CAP_SYS_PTRACE — the holder's
+        // effective uid is the cell's, not ours — and systemd's unit does not grant that
+        // capability (found by the systemd lane: every launch failed at stage id_map, EACCES).
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| (Stage::Namespaces, e as i32, format!("socketpair: {e}")))?;
+        let mut ours = Some(ours);
+        let cloned = {
+            let ours_in_child = &mut ours;
+            let theirs = &theirs;
+            sys::with_effective_ids(creator_uid, creator_gid, move || {
+                sys::clone_into_namespaces(
+                    CloneFlags::CLONE_NEWUSER,
+                    Box::new(move || {
+                        // The holder: send its user namespace, wait for the helper's end to
+                        // close, then exit.
+                        ours_in_child.take();
+                        let Ok(ns) = std::fs::File::open("/proc/self/ns/user") else { return 1 };
+                        let fds = [ns.as_raw_fd()];
+                        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+                        let iov = [std::io::IoSlice::new(b"n")];
+                        if nix::sys::socket::sendmsg::<()>(
+                            theirs.as_raw_fd(),
+                            &iov,
+                            &cmsg,
+                            nix::sys::socket::MsgFlags::empty(),
+                            None,
+                        )
+                        .is_err()
+                        {
+                            return 1;
+                        }
+                        let mut byte = [0u8; 1];
+                        let _ = nix::unistd::read(theirs, &mut byte);
+                        0
+                    }),
+                )
+            })
+        };
+        drop(theirs);
+        let holder = match cloned {
+            Ok(Ok(pid)) => pid,
+            Ok(Err(e)) => {
+                return Err((Stage::Namespaces, e as i32, format!("clone(CLONE_NEWUSER) as uid {creator_uid}: {e}")))
+            }
+            // Fail closed: the helper gives up (a holder cloned before a failed restore reads EOF
+            // when the helper exits).
+            Err(e) => return Err((Stage::Namespaces, e.errno as i32, format!("creating a user namespace: {e}"))),
+        };
+        let Some(ours) = ours else {
+            return Err((Stage::Namespaces, 0, "the helper's end of the holder's socket is gone".into()));
+        };
+        Ok(Holder { pid: holder, ours, creator: (creator_uid, creator_gid) })
+    }
+
+    /// Write the holder's maps, take its namespace, let it exit and reap it.
+    fn finish(self, maps: &(String, String)) -> Result<OwnedFd, (Stage, i32, String)> {
+        let Holder { pid: holder, ours, .. } = self;
+        let made = (|| {
+            std::fs::write(format!("/proc/{holder}/uid_map"), &maps.0).map_err(|e| format!("writing uid_map: {e}"))?;
+            std::fs::write(format!("/proc/{holder}/gid_map"), &maps.1).map_err(|e| format!("writing gid_map: {e}"))?;
+            sys::receive_fd(&ours).map_err(|e| format!("receiving its ns/user: {e}"))
+        })();
+        drop(ours);
+        let _ = waitpid(holder, None);
+        made.map_err(|e| {
+            let detail =
+                format!("mapping the user namespace of holder {holder} ({} / {}): {e}", maps.0.trim(), maps.1.trim());
+            (Stage::IdMap, 0, detail)
         })
-    };
-    drop(theirs);
-    let holder = match cloned {
-        Ok(Ok(pid)) => pid,
-        Ok(Err(e)) => {
-            return Err((Stage::Namespaces, e as i32, format!("clone(CLONE_NEWUSER) as uid {creator_uid}: {e}")))
-        }
-        // Fail closed: the helper gives up (a holder cloned before a failed restore reads EOF
-        // when the helper exits).
-        Err(e) => return Err((Stage::Namespaces, e.errno as i32, format!("creating a user namespace: {e}"))),
-    };
-    let Some(ours) = ours else {
-        return Err((Stage::Namespaces, 0, "the helper's end of the holder's socket is gone".into()));
-    };
-    let made = (|| {
-        std::fs::write(format!("/proc/{holder}/uid_map"), &maps.0).map_err(|e| format!("writing uid_map: {e}"))?;
-        std::fs::write(format!("/proc/{holder}/gid_map"), &maps.1).map_err(|e| format!("writing gid_map: {e}"))?;
-        sys::receive_fd(&ours).map_err(|e| format!("receiving its ns/user: {e}"))
-    })();
-    drop(ours);
-    let _ = waitpid(holder, None);
-    made.map_err(|e| {
-        let detail =
-            format!("mapping the user namespace of holder {holder} ({} / {}): {e}", maps.0.trim(), maps.1.trim());
-        (Stage::IdMap, 0, detail)
-    })
+    }
+
+    /// Let an unused holder go: it reads end of file and exits; reaped here.
+    fn abandon(self) {
+        let Holder { pid, ours, .. } = self;
+        drop(ours);
+        let _ = waitpid(pid, None);
+    }
 }
 
 /// The plan's idmapped workspace as detached mounts (by path inside) for pid 1 to attach, or

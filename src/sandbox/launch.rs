@@ -68,15 +68,6 @@ pub struct CellIo {
     pub stderr: Option<CellOutput>,
 }
 
-/// What [`Launcher::prepare`] makes for a launch besides its cgroup.
-struct Prepared {
-    plan: plan::LaunchPlan,
-    degraded: Vec<Degradation>,
-    lease: Option<super::ids::IdLease>,
-    pty: Option<PtyMaster>,
-    slave: Option<OwnedFd>,
-}
-
 /// Starts cells. Cheap to share (`Arc` inside).
 #[derive(Debug, Clone)]
 pub struct Launcher {
@@ -186,23 +177,42 @@ impl Launcher {
 
     /// Launch one cell and return once the command exec'd (or the setup failed, in which case
     /// everything created is already removed).
+    ///
+    /// The helper is spawned first and waits for its plan; meanwhile the cell's cgroup and its
+    /// own host id (NSS account lookups, ~1 ms) are made on two blocking threads and the plan
+    /// is built, so the helper's exec and start-up (~1.5 ms for a large binary) overlap them.
     pub async fn launch(&self, policy: &Policy, req: LaunchRequest, stdio: StdioMode) -> Result<Cell, SandboxError> {
         if policy.command.is_empty() && req.args.is_empty() {
             return Err(SandboxError::NoCommand { provider: policy.name.clone() });
         }
         let cell = req.cell_id.clone();
-        // The cgroup and the cell's own host id are made at once, on two blocking threads
-        // (the id's account lookups go through NSS, ~1 ms; the cgroup is a few mkdirs and
-        // writes): neither waits for the other.
+        let like = match &stdio {
+            StdioMode::Terminal(spec) => Some(spec),
+            _ => None,
+        };
+        let tty = like.is_some() || (policy.tty && !matches!(stdio, StdioMode::Inherit));
+        let (pty, slave) = if tty {
+            let (master, slave) = pty::open(like).map_err(|source| SandboxError::Pty {
+                provider: policy.name.clone(),
+                cell: cell.clone(),
+                source,
+            })?;
+            (Some(master), Some(slave))
+        } else {
+            (None, None)
+        };
+        // From here on, an error drops `child`, which kills it (`kill_on_drop`).
+        let (mut child, ours) = self.spawn_helper(&cell, stdio, slave)?;
+
         let root = self.root.clone();
         let (id, limits) = (cell.clone(), limits_of(policy));
         let cgroup = tokio::task::spawn_blocking(move || root.create_cell(&id, &limits));
-        let prepared = self.prepare(policy, req, &stdio).await;
+        let prepared = self.prepare(policy, req, tty).await;
         let cgroup = cgroup
             .await
             .map_err(|e| SandboxError::HelperDied { cell: cell.clone(), detail: e.to_string() })
             .and_then(|made| made.map_err(|source| SandboxError::Cgroup { cell: cell.clone(), source }));
-        let (cgroup, Prepared { mut plan, degraded, lease, pty, slave }) = match (cgroup, prepared) {
+        let (cgroup, (mut plan, degraded, lease)) = match (cgroup, prepared) {
             (Ok(cgroup), Ok(prepared)) => (Arc::new(cgroup), prepared),
             (Ok(cgroup), Err(e)) => {
                 remove_cgroup(Arc::new(cgroup)).await;
@@ -213,64 +223,59 @@ impl Launcher {
         let host_uid = plan.ids.outside_uid;
         let plan_proxy_port = plan.proxy_port;
         plan.join_cgroup = cgroup.self_join_files().unwrap_or_default();
-        let line = match serde_json::to_vec(&plan) {
-            Ok(line) => line,
+        let released = match serde_json::to_vec(&plan) {
+            Ok(line) => self.release_helper(&cell, &mut child, &cgroup, ours, line).await,
             Err(e) => {
-                remove_cgroup(cgroup).await;
-                return Err(SandboxError::HelperDied { cell, detail: format!("encoding the launch plan: {e}") });
+                Err(SandboxError::HelperDied { cell: cell.clone(), detail: format!("encoding the launch plan: {e}") })
             }
         };
-        let self_joins = !plan.join_cgroup.is_empty();
-
-        match self.start_helper(&cell, &cgroup, stdio, slave, line, self_joins).await {
-            Ok((child, reports)) => {
-                let mut started = Cell {
-                    id: cell,
-                    provider: policy.name.clone(),
-                    cgroup,
-                    child,
-                    degraded,
-                    started: Instant::now(),
-                    payload_pid: None,
-                    pty,
-                    egress: None,
-                    egress_plan: match (&policy.network, plan_proxy_port) {
-                        (Network::Proxy { egress }, Some(port)) => Some(super::netns::EgressPlan {
-                            service: self.egress.clone(),
-                            egress: egress.clone(),
-                            port,
-                        }),
-                        _ => None,
-                    },
-                    reports,
-                    backend: self.root.backend_name(),
-                    host_uid,
-                    id_lease: lease,
-                };
-                match started.await_exec().await {
-                    Ok(()) => Ok(started),
-                    Err(e) => {
-                        started.discard().await;
-                        Err(e)
-                    }
-                }
-            }
+        let reports = match released {
+            Ok(reports) => reports,
             Err(e) => {
+                drop(child);
                 remove_cgroup(cgroup).await;
+                return Err(e);
+            }
+        };
+        let mut started = Cell {
+            id: cell,
+            provider: policy.name.clone(),
+            cgroup,
+            child,
+            degraded,
+            started: Instant::now(),
+            payload_pid: None,
+            pty,
+            egress: None,
+            egress_plan: match (&policy.network, plan_proxy_port) {
+                (Network::Proxy { egress }, Some(port)) => {
+                    Some(super::netns::EgressPlan { service: self.egress.clone(), egress: egress.clone(), port })
+                }
+                _ => None,
+            },
+            reports,
+            backend: self.root.backend_name(),
+            host_uid,
+            id_lease: lease,
+        };
+        match started.await_exec().await {
+            Ok(()) => Ok(started),
+            Err(e) => {
+                started.discard().await;
                 Err(e)
             }
         }
     }
 
-    /// Everything of a launch but its cgroup: the cell's own host id, held (flock) until its
-    /// cgroup is gone (`Cell::finish` and `Cell::discard` drop it after removing the cgroup,
-    /// `launch`'s error paths after theirs), the plan, and the pty when the cell has one.
+    /// The cell's own host id, held (flock) until its cgroup is gone (`Cell::finish` and
+    /// `Cell::discard` drop it after removing the cgroup, `launch`'s error paths after theirs),
+    /// and the plan.
     async fn prepare(
         &self,
         policy: &Policy,
         mut req: LaunchRequest,
-        stdio: &StdioMode,
-    ) -> Result<Prepared, SandboxError> {
+        tty: bool,
+    ) -> Result<(plan::LaunchPlan, Vec<Degradation>, Option<super::ids::IdLease>), SandboxError> {
         let lease = match plan::needs_own_id(policy, req.caller_uid) {
             None => None,
             Some(range) => {
@@ -285,37 +290,19 @@ impl Launcher {
         };
         req.range_uid = lease.as_ref().map(|l| l.uid());
         let (mut plan, degraded) = plan::build(policy, &req, &self.host)?;
-        let like = match stdio {
-            StdioMode::Terminal(spec) => Some(spec),
-            _ => None,
-        };
-        plan.tty = like.is_some() || (plan.tty && !matches!(stdio, StdioMode::Inherit));
-        let (pty, slave) = if plan.tty {
-            let (master, slave) = pty::open(like).map_err(|source| SandboxError::Pty {
-                provider: policy.name.clone(),
-                cell: req.cell_id.clone(),
-                source,
-            })?;
-            (Some(master), Some(slave))
-        } else {
-            (None, None)
-        };
-        Ok(Prepared { plan, degraded, lease, pty, slave })
+        plan.tty = tty;
+        Ok((plan, degraded, lease))
     }
 
     /// Spawn the helper with fd 3 = our control socket's peer (and stdin/stdout/stderr = the
-    /// pty slave when there is one), put it into the cell's cgroup (v2; on v1 it moves itself
-    /// in, `self_joins`), then release it by sending the plan (it reads the plan before doing
-    /// anything).
-    async fn start_helper(
+    /// pty slave when there is one). It does nothing until [`Self::release_helper`] sends it
+    /// the plan.
+    fn spawn_helper(
         &self,
         cell: &str,
-        cgroup: &CellCgroup,
         stdio: StdioMode,
         pty_slave: Option<OwnedFd>,
-        mut plan_line: Vec<u8>,
-        self_joins: bool,
-    ) -> Result<(Child, Lines<BufReader<UnixStream>>), SandboxError> {
+    ) -> Result<(Child, std::os::unix::net::UnixStream), SandboxError> {
         use std::os::fd::AsRawFd;
         let spawn_err = |source| SandboxError::Spawn { cell: cell.to_owned(), exe: self.helper_exe.clone(), source };
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
@@ -338,19 +325,30 @@ impl Launcher {
                 cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             }
         }
-        let mut child = spawn_inheriting(&mut cmd, theirs).map_err(spawn_err)?;
-        let pid = child.id().unwrap_or(0);
-        // On v1 the helper moves itself in (the plan's `join_cgroup`) before it forks anything.
-        if let Err(source) = if self_joins { Ok(()) } else { cgroup.attach(pid) } {
-            let _ = child.kill().await;
-            return Err(SandboxError::Cgroup { cell: cell.to_owned(), source });
+        let child = spawn_inheriting(&mut cmd, theirs).map_err(spawn_err)?;
+        Ok((child, ours))
+    }
+
+    /// Put the helper into the cell's cgroup (v2; on v1 the plan's `join_cgroup` has it move
+    /// itself in before it forks anything), then release it by sending the plan.
+    async fn release_helper(
+        &self,
+        cell: &str,
+        child: &mut Child,
+        cgroup: &CellCgroup,
+        ours: std::os::unix::net::UnixStream,
+        mut plan_line: Vec<u8>,
+    ) -> Result<Lines<BufReader<UnixStream>>, SandboxError> {
+        let spawn_err = |source| SandboxError::Spawn { cell: cell.to_owned(), exe: self.helper_exe.clone(), source };
+        if cgroup.self_join_files().is_none() {
+            let pid = child.id().unwrap_or(0);
+            cgroup.attach(pid).map_err(|source| SandboxError::Cgroup { cell: cell.to_owned(), source })?;
         }
         ours.set_nonblocking(true).map_err(spawn_err)?;
         let ours = UnixStream::from_std(ours).map_err(spawn_err)?;
         plan_line.push(b'\n');
         let (read_half, write_half) = ours.into_split();
         let written = async {
-            write_half.writable().await?;
             let mut rest = &plan_line[..];
             while !rest.is_empty() {
                 write_half.writable().await?;
@@ -363,12 +361,9 @@ impl Launcher {
             Ok::<(), std::io::Error>(())
         }
         .await;
-        if let Err(source) = written {
-            let _ = child.kill().await;
-            return Err(spawn_err(source));
-        }
+        written.map_err(spawn_err)?;
         let stream = read_half.reunite(write_half).map_err(|e| spawn_err(std::io::Error::other(e.to_string())))?;
-        Ok((child, BufReader::new(stream).lines()))
+        Ok(BufReader::new(stream).lines())
     }
 }
 
