@@ -385,11 +385,28 @@ impl CellCgroup {
 
     /// [`Self::kill_all`], then `rmdir` (retried briefly on `EBUSY`). A missing directory is `Ok`.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        if !self.paths().iter().any(|p| p.exists()) {
+        // The usual case first: the cell's processes have exited and been reaped, so `rmdir`
+        // alone removes it (the kernel refuses, EBUSY, while any task is attached: nothing is
+        // removed under a live process). Listing `cgroup.procs` first would build a v1
+        // pidlist per hierarchy that a kernel worker must tear down after the rmdir.
+        if self.rmdir_if_empty()? {
             return Ok(());
         }
         self.kill_all()?;
         dispatch!(self, c => c.rmdir())
+    }
+
+    /// One `rmdir` of each directory (last created first), no retries: true once all are
+    /// gone (or were), false at the first still in use (EBUSY).
+    fn rmdir_if_empty(&self) -> Result<bool, CgroupError> {
+        for dir in self.paths().iter().rev() {
+            match fs::rmdir_if_empty(dir) {
+                Ok(()) => {}
+                Err(CgroupError::Busy { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 
     /// The kernel files that signal limit events of this cell (see [`watch`]).
