@@ -246,6 +246,55 @@ fn health_of_a_live_cell() {
     assert_eq!(g["cells_running"], 1);
 }
 
+/// `Name:` and `PPid:` of a process (`/proc/<pid>/status`).
+fn name_and_parent(pid: u32) -> (String, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field =
+        |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_owned()).unwrap_or_default();
+    (field("Name:"), field("PPid:").parse().unwrap_or(0))
+}
+
+/// The cell's helper: the payload's parent (pid 1) is the helper's child.
+fn helper_of(d: &Daemon, id: &str) -> u32 {
+    let info = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json();
+    let payload = info["pid"].as_u64().unwrap_or_else(|| panic!("no payload pid in {info}")) as u32;
+    let pid1 = name_and_parent(payload).1;
+    name_and_parent(pid1).1
+}
+
+// Cell helpers are forked from the daemon's zygote (no exec of the daemon's binary per cell)
+// and are the daemon's own children; the zygote keeps nothing of the daemon's but stdio and
+// its socket; without it (killed), helpers are spawned again and cells still start.
+#[test]
+fn helpers_are_forked_from_the_zygote() {
+    gate!("helpers_are_forked_from_the_zygote");
+    let d = daemon().start();
+    let id = id_of(&d.spawn("cat"));
+    let helper = helper_of(&d, &id);
+    assert_eq!(name_and_parent(helper), ("cellkeep-helper".to_owned(), d.pid()), "helper {helper}");
+    assert_eq!(d.send(&id, "hello", 10_000).json()["stdout"], "hello");
+    let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", d.pid(), d.pid())).unwrap_or_default();
+    let zygote = children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| name_and_parent(*p).0 == "cellkeep-zygote")
+        .unwrap_or_else(|| panic!("no zygote among the daemon's children {children}"));
+    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{zygote}/fd"))
+        .expect("zygote fds")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    fds.sort();
+    assert_eq!(fds, vec![0, 1, 2, 3], "the zygote holds stdio and its socket only");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(zygote as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the zygote");
+    let id = id_of(&d.spawn("cat"));
+    assert_eq!(d.send(&id, "again", 10_000).json()["stdout"], "again");
+    let helper = helper_of(&d, &id);
+    assert_eq!(name_and_parent(helper).1, d.pid(), "a spawned helper is the daemon's child too");
+    assert!(!Path::new(&format!("/proc/{zygote}")).exists(), "the dead zygote was reaped");
+}
+
 // 9. A reader disconnects mid-stream; the cell goes on; a new reader gets the missed output.
 #[test]
 fn stream_survives_a_disconnect() {

@@ -11,6 +11,10 @@ use crate::sandbox::{HostCaps, LaunchRequest, Launcher, StdioMode};
 use super::{term, RunArgs};
 
 pub(super) fn run(args: RunArgs, json: bool) -> anyhow::Result<i32> {
+    // Before the runtime's threads: the helper is forked from it, not spawned.
+    if let Err(e) = crate::sandbox::zygote::start() {
+        tracing::debug!("no zygote ({e}): the helper is spawned");
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let policy = policy::load_launchable(&args.policy)?;
     let root = CgroupRoot::open(&args.cgroup_root)?;

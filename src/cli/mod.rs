@@ -509,6 +509,10 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     }
     // Before the runtime starts: this reads and clears LISTEN_* from the environment.
     let activated = crate::systemd::take_activated_listener()?;
+    // Before the runtime's threads: cell helpers are forked from it, not spawned.
+    if let Err(e) = crate::sandbox::zygote::start() {
+        tracing::warn!("no zygote ({e}): cell helpers are spawned");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())
         .enable_all()

@@ -1,11 +1,13 @@
-//! The cell helper: a fresh, single-threaded re-exec of the cellkeep binary
-//! (`cellkeep __cell-helper`), already placed in the cell's cgroup by the launcher.
+//! The cell helper: a fresh, single-threaded process — forked from the zygote
+//! ([`super::zygote`]), or where there is none a re-exec of the cellkeep binary
+//! (`cellkeep __cell-helper`) — that the launcher places in the cell's cgroup (v2) or that
+//! moves itself in (v1).
 //!
 //! Why a helper process instead of a `pre_exec` closure in the daemon: after `fork` in a
 //! multi-threaded process only async-signal-safe calls are allowed, and the setup (namespaces,
 //! id maps, mounts, Landlock) needs allocation, files and error values. A fresh process that
 //! never starts a thread may fork and run ordinary Rust, so the whole recipe is plain, testable
-//! code; it costs one extra `execve`.
+//! code; it costs one fork from the zygote (or one extra `execve` without it).
 //!
 //! Sequence: read the [`LaunchPlan`] from fd 3 → on v1, move itself into the cell's cgroup
 //! (`0` into each hierarchy's `tasks`: the one cgroup move that needs no RCU grace period; see
@@ -68,6 +70,12 @@ pub fn main() -> ! {
             std::process::exit(125);
         }
     };
+    run_with_ctl(ctl)
+}
+
+/// The helper with its control socket: from `main` (a spawned helper) or from the zygote (a
+/// forked one, see [`super::zygote`]); never returns.
+pub fn run_with_ctl(ctl: OwnedFd) -> ! {
     let code = match read_plan(&ctl) {
         Ok(mut plan) => match join_cgroup(&plan) {
             Ok(()) => run(&mut plan, &ctl),
@@ -164,7 +172,9 @@ fn run(plan: &mut LaunchPlan, ctl: &OwnedFd) -> i32 {
     let workspace = match idmapped_workspace(plan, ctl) {
         Ok(w) => w,
         Err((stage, errno, detail)) => {
-            holder.map(Holder::abandon);
+            if let Some(h) = holder {
+                h.abandon();
+            }
             Report::SetupFailed { stage, errno, detail }.send(ctl);
             return 125;
         }

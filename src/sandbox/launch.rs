@@ -68,6 +68,16 @@ pub struct CellIo {
     pub stderr: Option<CellOutput>,
 }
 
+impl std::fmt::Debug for CellIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CellIo")
+            .field("stdin", &self.stdin.is_some())
+            .field("stdout", &self.stdout.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .finish()
+    }
+}
+
 /// Starts cells. Cheap to share (`Arc` inside).
 #[derive(Debug, Clone)]
 pub struct Launcher {
@@ -109,7 +119,10 @@ pub struct Cell {
     pub id: String,
     pub provider: String,
     pub cgroup: Arc<CellCgroup>,
-    pub child: Child,
+    child: HelperProc,
+    /// The launcher's ends of the helper's stdio (pipes), until [`Cell::take_io`] (in a mutex
+    /// only so that `&Cell` is `Send`: the boxed streams are not `Sync`).
+    io: std::sync::Mutex<CellIo>,
     pub degraded: Vec<Degradation>,
     pub started: Instant,
     /// The payload's pid as the host sees it (known once it exec'd).
@@ -202,7 +215,7 @@ impl Launcher {
             (None, None)
         };
         // From here on, an error drops `child`, which kills it (`kill_on_drop`).
-        let (mut child, ours) = self.spawn_helper(&cell, stdio, slave)?;
+        let (mut child, io, ours) = self.spawn_helper(&cell, stdio, slave)?;
 
         let root = self.root.clone();
         let (id, limits) = (cell.clone(), limits_of(policy));
@@ -242,6 +255,7 @@ impl Launcher {
             provider: policy.name.clone(),
             cgroup,
             child,
+            io: std::sync::Mutex::new(io),
             degraded,
             started: Instant::now(),
             payload_pid: None,
@@ -294,18 +308,29 @@ impl Launcher {
         Ok((plan, degraded, lease))
     }
 
-    /// Spawn the helper with fd 3 = our control socket's peer (and stdin/stdout/stderr = the
-    /// pty slave when there is one). It does nothing until [`Self::release_helper`] sends it
-    /// the plan.
+    /// Start the helper with fd 3 = our control socket's peer (and stdin/stdout/stderr = the
+    /// pty slave when there is one): forked by the zygote where this process has one, else
+    /// spawned. It does nothing until [`Self::release_helper`] sends it the plan.
     fn spawn_helper(
         &self,
         cell: &str,
         stdio: StdioMode,
         pty_slave: Option<OwnedFd>,
-    ) -> Result<(Child, std::os::unix::net::UnixStream), SandboxError> {
+    ) -> Result<(HelperProc, CellIo, std::os::unix::net::UnixStream), SandboxError> {
         use std::os::fd::AsRawFd;
         let spawn_err = |source| SandboxError::Spawn { cell: cell.to_owned(), exe: self.helper_exe.clone(), source };
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
+        if let Some(zygote) = super::zygote::get() {
+            match fork_helper(
+                zygote,
+                &stdio,
+                pty_slave.as_ref(),
+                &OwnedFd::from(theirs.try_clone().map_err(spawn_err)?),
+            ) {
+                Ok((forked, io)) => return Ok((HelperProc::Forked(forked), io, ours)),
+                Err(e) => tracing::warn!(cell, error = %e, "the zygote could not fork a helper; spawning it"),
+            }
+        }
         let their_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.helper_exe);
         cmd.arg(crate::HELPER_ARG).arg(their_fd.to_string()).env_clear().kill_on_drop(true);
@@ -325,8 +350,13 @@ impl Launcher {
                 cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             }
         }
-        let child = spawn_inheriting(&mut cmd, theirs).map_err(spawn_err)?;
-        Ok((child, ours))
+        let mut child = spawn_inheriting(&mut cmd, theirs).map_err(spawn_err)?;
+        let io = CellIo {
+            stdin: child.stdin.take().map(|s| Box::new(s) as CellInput),
+            stdout: child.stdout.take().map(|s| Box::new(s) as CellOutput),
+            stderr: child.stderr.take().map(|s| Box::new(s) as CellOutput),
+        };
+        Ok((HelperProc::Spawned(child), io, ours))
     }
 
     /// Put the helper into the cell's cgroup (v2; on v1 the plan's `join_cgroup` has it move
@@ -334,7 +364,7 @@ impl Launcher {
     async fn release_helper(
         &self,
         cell: &str,
-        child: &mut Child,
+        child: &mut HelperProc,
         cgroup: &CellCgroup,
         ours: std::os::unix::net::UnixStream,
         mut plan_line: Vec<u8>,
@@ -365,6 +395,72 @@ impl Launcher {
         let stream = read_half.reunite(write_half).map_err(|e| spawn_err(std::io::Error::other(e.to_string())))?;
         Ok(BufReader::new(stream).lines())
     }
+}
+
+/// The helper process: forked by the zygote, or spawned (no zygote, or it failed). Dropped
+/// before it was reaped, it is killed (and reaped in the background).
+#[derive(Debug)]
+enum HelperProc {
+    Spawned(Child),
+    Forked(super::zygote::Forked),
+}
+
+impl HelperProc {
+    /// Its pid, until it is reaped.
+    fn id(&self) -> Option<u32> {
+        match self {
+            HelperProc::Spawned(c) => c.id(),
+            HelperProc::Forked(f) => f.id(),
+        }
+    }
+
+    /// Wait for it to exit, and reap it.
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            HelperProc::Spawned(c) => c.wait().await,
+            HelperProc::Forked(f) => f.wait().await,
+        }
+    }
+}
+
+/// Ask the zygote for a helper with `ctl` as its fd 3 and stdio as `stdio` asks: the pty
+/// slave, the launcher's own stdio, or pipes whose other ends are returned.
+fn fork_helper(
+    zygote: &super::zygote::Zygote,
+    stdio: &StdioMode,
+    slave: Option<&OwnedFd>,
+    ctl: &OwnedFd,
+) -> std::io::Result<(super::zygote::Forked, CellIo)> {
+    use std::os::fd::AsFd;
+    let pipe = || -> std::io::Result<(OwnedFd, OwnedFd)> { Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?) };
+    let reader = |fd: OwnedFd| -> std::io::Result<CellOutput> {
+        Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?))
+    };
+    let mut io = CellIo { stdin: None, stdout: None, stderr: None };
+    let theirs: [OwnedFd; 3] = match (slave, stdio) {
+        (Some(slave), _) => [slave.try_clone()?, slave.try_clone()?, slave.try_clone()?],
+        (None, StdioMode::Inherit | StdioMode::Terminal(_)) => [
+            std::io::stdin().as_fd().try_clone_to_owned()?,
+            std::io::stdout().as_fd().try_clone_to_owned()?,
+            std::io::stderr().as_fd().try_clone_to_owned()?,
+        ],
+        (None, StdioMode::Piped | StdioMode::NullInPiped) => {
+            let stdin = if matches!(stdio, StdioMode::Piped) {
+                let (r, w) = pipe()?;
+                io.stdin = Some(Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(w)?));
+                r
+            } else {
+                OwnedFd::from(std::fs::File::open("/dev/null")?)
+            };
+            let ((out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?);
+            io.stdout = Some(reader(out_r)?);
+            io.stderr = Some(reader(err_r)?);
+            [stdin, out_w, err_w]
+        }
+    };
+    // Our copies of the helper's ends close here: only the helper holds them from now on.
+    let forked = zygote.fork_helper([&theirs[0], &theirs[1], &theirs[2]], ctl)?;
+    Ok((forked, io))
 }
 
 async fn remove_cgroup(cgroup: Arc<CellCgroup>) -> Option<crate::cgroup::CgroupError> {
@@ -441,11 +537,10 @@ impl Cell {
                 let (reader, writer) = master.split();
                 CellIo { stdin: Some(Box::new(writer)), stdout: Some(Box::new(reader)), stderr: None }
             }
-            None => CellIo {
-                stdin: self.child.stdin.take().map(|s| Box::new(s) as CellInput),
-                stdout: self.child.stdout.take().map(|s| Box::new(s) as CellOutput),
-                stderr: self.child.stderr.take().map(|s| Box::new(s) as CellOutput),
-            },
+            None => {
+                let io = self.io.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+                CellIo { stdin: io.stdin.take(), stdout: io.stdout.take(), stderr: io.stderr.take() }
+            }
         }
     }
 

@@ -48,6 +48,7 @@ pub mod proto;
 pub mod pty;
 pub(crate) mod sys;
 pub mod view;
+pub mod zygote;
 
 use std::path::PathBuf;
 

@@ -179,24 +179,145 @@ pub(crate) fn with_effective_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -
 /// One fd sent over `sock` with SCM_RIGHTS (and one byte of data).
 pub(crate) fn receive_fd(sock: &OwnedFd) -> std::io::Result<OwnedFd> {
     let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (_, mut fds) = receive_fds::<1>(sock, &mut byte)?;
+    fds.pop().ok_or_else(|| std::io::Error::other("no fd arrived (the holder ended first)"))
+}
+
+/// One message of at most `buf.len()` bytes and `N` fds (SCM_RIGHTS, installed close-on-exec)
+/// from `sock`: the byte count (0 = end of stream) and the fds, owned.
+pub(crate) fn receive_fds<const N: usize>(sock: &impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; N]);
     let msg = nix::sys::socket::recvmsg::<()>(
-        sock.as_raw_fd(),
+        sock.as_fd().as_raw_fd(),
         &mut iov,
         Some(&mut space),
         nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
+    let mut owned = Vec::with_capacity(N);
     for cmsg in msg.cmsgs()? {
         if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: SCM_RIGHTS installed this fd in our table just now (close-on-exec);
-                // nothing else knows its number, so this is its only owner.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
+            // SAFETY: SCM_RIGHTS installed these fds in our table just now (close-on-exec);
+            // nothing else knows their numbers, so this is their only owner.
+            owned.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
-    Err(std::io::Error::other("no fd arrived (the holder ended first)"))
+    Ok((msg.bytes, owned))
+}
+
+/// Send `data` and `fds` (SCM_RIGHTS) as one message on `sock`.
+pub(crate) fn send_fds(sock: &impl AsFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let iov = [std::io::IoSlice::new(data)];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(fds)];
+    let cmsgs: &[nix::sys::socket::ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &iov,
+        cmsgs,
+        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// The zygote's fork: `clone3(CLONE_PARENT | CLONE_PIDFD)`, so the new process is a child of
+/// the zygote's *parent* (the launcher, which reaps it and gets its status as with a spawned
+/// one) and the zygote gets a pidfd for it. `Some((pid, pidfd))` in the zygote, `None` in the
+/// child. The child's exit signal is the zygote's own (SIGCHLD: it was forked); clone3
+/// requires `exit_signal = 0` with CLONE_PARENT.
+///
+/// Sound to call from anywhere: refuses (EDEADLK) unless the process is single-threaded, so
+/// the child — a copy of the address space, like a fork's — may run arbitrary code. (As
+/// after the helper's `clone`s, libc's fork handlers do not run; the zygote holds no lock.)
+pub(crate) fn clone_parent_pidfd() -> nix::Result<Option<(Pid, OwnedFd)>> {
+    ensure_single_threaded()?;
+    let mut pidfd: libc::c_int = -1;
+    // struct clone_args (linux/sched.h), the first 64 bytes (CLONE_ARGS_SIZE_VER0): flags,
+    // pidfd (a pointer to an int the kernel fills), child_tid, parent_tid, exit_signal,
+    // stack, stack_size, tls.
+    let mut args = [0u64; 8];
+    args[0] = (libc::CLONE_PARENT | libc::CLONE_PIDFD) as u64;
+    args[1] = std::ptr::addr_of_mut!(pidfd) as u64;
+    // SAFETY: clone3(args, size) reads `size` bytes of `args` (ours, 64, alive for the call)
+    // and writes the pidfd to `pidfd` (ours). No CLONE_VM and stack = 0: the child runs on a
+    // copy of this address space from the syscall's return, as after fork(2); sound because
+    // the process is single-threaded (checked above, no other thread can have started since).
+    let rc = unsafe { libc::syscall(libc::SYS_clone3, args.as_mut_ptr(), std::mem::size_of_val(&args)) };
+    match nix::errno::Errno::result(rc)? {
+        0 => Ok(None),
+        pid => {
+            let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::EOVERFLOW)?;
+            // SAFETY: CLONE_PIDFD installed this fd (close-on-exec) in our table for the new
+            // process; nothing else owns it.
+            Ok(Some((Pid::from_raw(pid), unsafe { OwnedFd::from_raw_fd(pidfd) })))
+        }
+    }
+}
+
+/// Make `fds` this process's fds 0, 1, 2, … (in order, without close-on-exec) and close every
+/// other fd (`close_range(len, ~0)`). For a process forked from the zygote, whose fd table
+/// is the zygote's plus what it received.
+pub(crate) fn install_fds(fds: Vec<OwnedFd>) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    // First above every target, so a dup2 onto 0..len never closes a source still needed.
+    let high: Vec<OwnedFd> = fds
+        .iter()
+        .map(|fd| {
+            fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(fds.len() as RawFd + 3)).map(|raw| {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new fd; this is its only owner.
+                unsafe { OwnedFd::from_raw_fd(raw) }
+            })
+        })
+        .collect::<nix::Result<_>>()?;
+    drop(fds);
+    for (target, fd) in high.iter().enumerate() {
+        // SAFETY: dup2(old, new) only changes the fd table: `new` (0..len) now refers to the
+        // file of `old`, without FD_CLOEXEC; whatever `new` named before is closed, and no
+        // OwnedFd of ours names a number below len (the sources were moved above it).
+        if unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) } < 0 {
+            return Err(nix::errno::Errno::last());
+        }
+    }
+    let keep = high.len() as libc::c_uint;
+    // The copies above `len` are closed by close_range below; forget them first so their
+    // OwnedFds do not close the numbers again later.
+    high.into_iter().for_each(|fd| {
+        let _ = fd.into_raw_fd();
+    });
+    // SAFETY: close_range(first, last, flags = 0) closes fds of our table only; no OwnedFd of
+    // this process names one of them any more (the callers own nothing else at this point).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, keep, libc::c_uint::MAX, 0) };
+    nix::errno::Errno::result(rc).map(drop)
+}
+
+/// Own fd `n`, a socket that [`install_fds`] just placed there (so nothing else owns it),
+/// close-on-exec again.
+pub(crate) fn own_installed_fd(n: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: take_helper_fd's contract: nothing else in this process owns `n` — install_fds
+    // put it there by dup2 and no OwnedFd names it.
+    unsafe { take_helper_fd(n) }
+}
+
+/// `pidfd_send_signal(pidfd, SIGKILL)`; ESRCH (already reaped) is fine.
+pub(crate) fn pidfd_kill(pidfd: &impl AsFd) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal(fd, SIGKILL, info = NULL, flags = 0) reads no user memory;
+    // the fd is borrowed, so open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_fd().as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// The uid owning a user namespace (`ioctl(NS_GET_OWNER_UID)` on an `ns/user` fd): the
