@@ -111,7 +111,7 @@ impl Pool {
             .inspect_err(|e| tracing::error!("limit events will only be seen when read (no inotify instance): {e}"))
             .ok();
         let egress = crate::egress::EgressConfig { hosts: config.egress_hosts.clone() };
-        let ids = crate::sandbox::IdAllocator { range: config.cell_id_range, ..Default::default() };
+        let ids = crate::sandbox::IdAllocator::new(config.cell_id_range, crate::sandbox::ids::ID_LOCK_DIR.into());
         let launcher =
             Launcher::new(root, HostCaps::probe()).with_egress(crate::egress::EgressService::new(egress)).with_ids(ids);
         let pool = Pool {

@@ -11,10 +11,16 @@
 //!   lock is the kernel's, so it holds across processes (the daemon and concurrent `cellkeep
 //!   run`s) and is released by the kernel if the launcher dies.
 //!
+//! * an id a lease of the same allocator released is offered first to its next launch, its
+//!   account check trusted for a minute ([`ACCOUNT_CHECK_TTL`]); its previous cell is gone
+//!   by then (the lease outlives the cgroup).
+//!
 //! The gid is the uid (no group of that number exists: checked above).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -108,11 +114,15 @@ fn subordinate_ranges() -> Vec<(String, u32, u32)> {
     out
 }
 
-/// One cell's host id, held until dropped (the lock file's `flock`).
+/// One cell's host id, held until dropped (the lock file's `flock`). Dropped, it is offered
+/// first to the next launch of the same allocator (see [`IdAllocator`]).
 #[derive(Debug)]
 pub struct IdLease {
     uid: u32,
-    _lock: Flock<File>,
+    lock: Option<Flock<File>>,
+    /// When NSS last said no account or group has this id.
+    checked: Instant,
+    recent: Option<Arc<Recent>>,
 }
 
 impl IdLease {
@@ -122,16 +132,60 @@ impl IdLease {
     }
 }
 
+impl Drop for IdLease {
+    fn drop(&mut self) {
+        // Unlock first, then offer the id for reuse.
+        drop(self.lock.take());
+        if let Some(recent) = &self.recent {
+            recent.push(self.uid, self.checked);
+        }
+    }
+}
+
+/// Ids this allocator's leases released, newest last, with the time of their account check.
+#[derive(Debug, Default)]
+struct Recent {
+    ids: Mutex<Vec<(u32, Instant)>>,
+    /// Account checks made (NSS lookups), for tests.
+    checks: std::sync::atomic::AtomicUsize,
+}
+
+/// How many released ids are remembered for reuse.
+const RECENT_MAX: usize = 256;
+
+impl Recent {
+    fn push(&self, uid: u32, checked: Instant) {
+        let mut ids = self.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ids.len() >= RECENT_MAX {
+            ids.remove(0);
+        }
+        ids.push((uid, checked));
+    }
+
+    fn pop(&self) -> Option<(u32, Instant)> {
+        self.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()
+    }
+}
+
 /// Where leases are taken: a range and a lock directory.
+///
+/// A released id is offered first to the next launch (newest first), its account check
+/// trusted for [`ACCOUNT_CHECK_TTL`] from when it was made: in the daemon, most launches then
+/// take an id without asking NSS (~1 ms with nss-systemd's userdb probes), and the lock
+/// still decides who holds it. Past that age, or for a fresh id, NSS is asked again.
 #[derive(Debug, Clone)]
 pub struct IdAllocator {
     pub range: IdRange,
     pub dir: PathBuf,
+    recent: Arc<Recent>,
 }
+
+/// How long a "no account has this id" answer is trusted for an id released and reused.
+pub const ACCOUNT_CHECK_TTL: Duration = Duration::from_secs(60);
 
 impl Default for IdAllocator {
     fn default() -> Self {
-        IdAllocator { range: DEFAULT_ID_RANGE, dir: PathBuf::from(ID_LOCK_DIR) }
+        IdAllocator::new(DEFAULT_ID_RANGE, PathBuf::from(ID_LOCK_DIR))
     }
 }
 
@@ -143,31 +197,51 @@ fn is_account(uid: u32) -> bool {
 }
 
 impl IdAllocator {
-    /// Take a free id of `range` (the allocator's own range when `None`). Starts at an offset
-    /// derived from the process id and the clock, so concurrent launchers rarely contend for
-    /// the same first id; a held lock (`EWOULDBLOCK`) moves on to the next.
+    pub fn new(range: IdRange, dir: PathBuf) -> IdAllocator {
+        IdAllocator { range, dir, recent: Arc::default() }
+    }
+
+    /// Take a free id of `range` (the allocator's own range when `None`): a recently released
+    /// one whose account check is younger than [`ACCOUNT_CHECK_TTL`] if its lock is free, else
+    /// a scan that starts at an offset derived from the process id and the clock, so
+    /// concurrent launchers rarely contend for the same first id; a held lock
+    /// (`EWOULDBLOCK`) moves on to the next.
     pub fn allocate(&self, range: Option<IdRange>) -> Result<IdLease, IdError> {
         let range = range.unwrap_or(self.range);
         if range.count == 0 {
             return Err(IdError::Exhausted { start: range.start, count: 0 });
         }
         ensure_dir(&self.dir)?;
+        while let Some((uid, checked)) = self.recent.pop() {
+            let fresh = checked.elapsed() < ACCOUNT_CHECK_TTL;
+            if !fresh || uid < range.start || uid > range.end() {
+                continue; // forgotten: a later scan may find it again, checked anew
+            }
+            if let Some(lease) = self.try_take(uid, checked)? {
+                return Ok(lease);
+            }
+        }
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos());
         let seed = std::process::id().wrapping_mul(2654435761).wrapping_add(nanos.unwrap_or(0));
         let first = seed % range.count;
         for i in 0..range.count {
             let uid = range.start + (first + i) % range.count;
-            if uid == 0 || is_account(uid) {
+            if uid == 0 || self.is_account(uid) {
                 continue;
             }
-            if let Some(lease) = self.try_take(uid)? {
+            if let Some(lease) = self.try_take(uid, Instant::now())? {
                 return Ok(lease);
             }
         }
         Err(IdError::Exhausted { start: range.start, count: range.count })
     }
 
-    fn try_take(&self, uid: u32) -> Result<Option<IdLease>, IdError> {
+    fn is_account(&self, uid: u32) -> bool {
+        self.recent.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        is_account(uid)
+    }
+
+    fn try_take(&self, uid: u32, checked: Instant) -> Result<Option<IdLease>, IdError> {
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join(uid.to_string());
         let file = std::fs::OpenOptions::new()
@@ -179,7 +253,7 @@ impl IdAllocator {
             .open(&path)
             .map_err(|source| IdError::Lock { path: path.clone(), source })?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Some(IdLease { uid, _lock: lock })),
+            Ok(lock) => Ok(Some(IdLease { uid, lock: Some(lock), checked, recent: Some(self.recent.clone()) })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, e)) => Err(IdError::Lock { path, source: e.into() }),
         }
@@ -225,7 +299,7 @@ mod tests {
             return; // account lookups and a lock dir of our own work as anyone, but keep it simple
         }
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let a = IdAllocator { range: IdRange { start: 1_900_100_000, count: 3 }, dir: dir.path().join("ids") };
+        let a = IdAllocator::new(IdRange { start: 1_900_100_000, count: 3 }, dir.path().join("ids"));
         let leases: Vec<IdLease> = (0..3).map(|_| a.allocate(None).unwrap_or_else(|e| panic!("{e}"))).collect();
         let mut uids: Vec<u32> = leases.iter().map(IdLease::uid).collect();
         uids.sort();
@@ -233,5 +307,35 @@ mod tests {
         assert!(matches!(a.allocate(None), Err(IdError::Exhausted { .. })));
         drop(leases);
         assert!(a.allocate(None).is_ok(), "a released id is free again");
+    }
+
+    #[test]
+    fn a_released_id_is_reused_without_asking_nss_again() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let a = IdAllocator::new(IdRange { start: 1_900_200_000, count: 1000 }, dir.path().join("ids"));
+        let checks = || a.recent.checks.load(std::sync::atomic::Ordering::Relaxed);
+        let first = a.allocate(None).unwrap_or_else(|e| panic!("{e}"));
+        let (uid, after_first) = (first.uid(), checks());
+        assert!(after_first >= 1);
+        drop(first);
+        let again = a.allocate(None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((again.uid(), checks()), (uid, after_first), "the released id, no new NSS lookup");
+        // Held elsewhere (another launcher's lock): the next free one, checked.
+        let held = again;
+        let other = a.allocate(None).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(other.uid(), held.uid());
+        assert!(checks() > after_first);
+        // A check older than the TTL is not trusted: the id is forgotten, a fresh one checked.
+        drop(other);
+        let stale = Instant::now().checked_sub(ACCOUNT_CHECK_TTL + Duration::from_secs(1));
+        if let Some(stale) = stale {
+            a.recent.ids.lock().unwrap_or_else(|e| panic!("{e}")).iter_mut().for_each(|e| e.1 = stale);
+            let before = checks();
+            let _fresh = a.allocate(None).unwrap_or_else(|e| panic!("{e}"));
+            assert!(checks() > before, "a stale verdict is checked again");
+        }
     }
 }
