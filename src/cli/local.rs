@@ -15,6 +15,13 @@ pub(super) fn run(args: RunArgs, json: bool) -> anyhow::Result<i32> {
     if let Err(e) = crate::sandbox::zygote::start() {
         tracing::debug!("no zygote ({e}): the helper is spawned");
     }
+    let result = run_in_runtime(args, json);
+    // The zygote ends (and is reaped) before we do, on every path.
+    crate::sandbox::zygote::stop();
+    result
+}
+
+fn run_in_runtime(args: RunArgs, json: bool) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let policy = policy::load_launchable(&args.policy)?;
     let root = CgroupRoot::open(&args.cgroup_root)?;

@@ -518,7 +518,9 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         .enable_all()
         .thread_name("cellkeep")
         .build()?;
-    match rt.block_on(crate::api::run_daemon(config, activated)) {
+    let ended = rt.block_on(crate::api::run_daemon(config, activated));
+    crate::sandbox::zygote::stop();
+    match ended {
         Ok(()) => Ok(0),
         // Logged once, through the one log sink (journald under systemd, else stderr).
         Err(e) => {

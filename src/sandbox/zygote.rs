@@ -61,6 +61,21 @@ pub fn get() -> Option<&'static Zygote> {
     ZYGOTE.get()
 }
 
+/// End this process's zygote, if any, and reap it: the launcher calls this before it exits,
+/// so the zygote (which the kernel would kill moments later: `PR_SET_PDEATHSIG`) never
+/// outlives it. Helpers forked since are not affected.
+pub fn stop() {
+    let Some(z) = ZYGOTE.get() else { return };
+    if z.gone.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    if let Ok(sock) = z.sock.lock() {
+        // End of stream for the zygote's recvmsg: it exits.
+        let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+    let _ = nix::sys::wait::waitpid(z.pid, None);
+}
+
 /// The zygote's loop; never returns.
 fn serve(sock: OwnedFd) -> ! {
     let parent = nix::unistd::getppid();
