@@ -10,18 +10,10 @@ use crate::sandbox::{HostCaps, LaunchRequest, Launcher, StdioMode};
 
 use super::{term, RunArgs};
 
+/// One cell, so no zygote: the helper is spawned, and its exec and start-up overlap the
+/// launcher's own work on the cell (its id, cgroup and plan); a zygote would add a fork at
+/// start and a reap at exit to this path and save nothing on it.
 pub(super) fn run(args: RunArgs, json: bool) -> anyhow::Result<i32> {
-    // Before the runtime's threads: the helper is forked from it, not spawned.
-    if let Err(e) = crate::sandbox::zygote::start() {
-        tracing::debug!("no zygote ({e}): the helper is spawned");
-    }
-    let result = run_in_runtime(args, json);
-    // The zygote ends (and is reaped) before we do, on every path.
-    crate::sandbox::zygote::stop();
-    result
-}
-
-fn run_in_runtime(args: RunArgs, json: bool) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let policy = policy::load_launchable(&args.policy)?;
     let root = CgroupRoot::open(&args.cgroup_root)?;

@@ -1,7 +1,8 @@
-//! The zygote: a single-threaded copy of cellkeep, forked by `cellkeep daemon` and
-//! `cellkeep run` before their runtime (or any thread) exists, from which cell helpers are
-//! forked instead of spawned: no `execve`, no loader, no relocations of a large binary and no
-//! Rust start-up per cell (~1–1.5 ms of a launch on this host; issue 18).
+//! The zygote: a single-threaded copy of `cellkeep daemon`, forked before its runtime (or any
+//! thread) exists, from which cell helpers are forked instead of spawned: no `execve`, no
+//! loader, no relocations of a large binary and no Rust start-up per cell (~1–1.5 ms of CPU
+//! a launch on this host; issue 18). `cellkeep run` starts one cell and has none: there the
+//! helper's exec overlaps the launcher's own work, and a zygote would only add a fork.
 //!
 //! Protocol, over a `SOCK_SEQPACKET` socket pair: the launcher sends one message per helper,
 //! one byte and four fds (SCM_RIGHTS): the helper's stdin, stdout, stderr and its control
