@@ -18,12 +18,12 @@
 //! | [`session`] | reply framing (line, sentinel, regex, JSON field) and the bounded output spool with live fan-out |
 //! | [`systemd`] | optional systemd integration: `sd_notify` readiness, socket activation, journald detection |
 //! | [`egress`] | the egress proxy: per-cell HTTP `CONNECT` listener in the cell's netns, allowlist by name, events |
-//! | [`sandbox`] | launch plan, launcher, the helper, pid 1 and the payload recipe, cells' own host ids (`ids`), pseudo-terminals (`pty`); `sys` holds all `unsafe` |
+//! | [`sandbox`] | launch plan, launcher, the daemon's zygote (`zygote`), the helper, pid 1 and the payload recipe, cells' own host ids (`ids`), pseudo-terminals (`pty`); `sys` holds all `unsafe` |
 //!
 //! # Process model
 //!
 //! ```text
-//! launcher (tokio) ──spawn /proc/self/exe __cell-helper, fd 3 = control──▶ helper (in the cell cgroup)
+//! launcher (tokio) ──zygote fork (daemon) or spawn /proc/self/exe __cell-helper, fd 3 = control──▶ helper (in the cell cgroup)
 //!   helper ──clone(new namespaces), write id maps──▶ pid 1 of the cell ──fork──▶ payload ──execve
 //! ```
 //! The launcher never runs Rust logic between fork and exec; the helper is a fresh

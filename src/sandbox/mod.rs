@@ -3,14 +3,18 @@
 //! Process model (see `lib.rs`, "Layout"):
 //!
 //! ```text
+//! zygote (the daemon's, forked before its runtime)         zygote.rs
+//!   │ clone3(CLONE_PARENT | CLONE_PIDFD) per cell: the helper is the daemon's child
+//!   ▼
 //! launcher (async, in the daemon or `cellkeep run`)        launch.rs
-//!   │ creates + limits the cgroup, spawns `/proc/self/exe __cell-helper` with fd 3 = control
-//!   │ socket, attaches it to the cgroup, then sends the plan (the helper is blocked on it)
+//!   │ starts the helper with fd 3 = control socket (from the zygote; `cellkeep run` spawns
+//!   │ `/proc/self/exe __cell-helper`); meanwhile creates + limits the cgroup, leases the
+//!   │ cell's host id (ids.rs), builds the plan; attaches the helper (v2), sends the plan
 //!   ▼
 //! helper (single-threaded, host namespaces)                  helper.rs
-//!   │ idmapped workspace (open_tree + mount_setattr); the cell's user namespace, created with
-//!   │ the cell's host uid as effective uid (ids.rs: one leased per cell), mapped, joined;
-//!   │ clone(NEWPID|NEWNS|NEWNET|NEWIPC|NEWUTS|NEWCGROUP per plan)
+//!   │ v1: moves itself into the cell's cgroup; the cell's user namespace holder started with
+//!   │ the cell's host uid as effective uid; idmapped workspace (open_tree + mount_setattr);
+//!   │ the cell's namespace mapped, joined; clone(NEWPID|NEWNS|NEWNET|NEWIPC|NEWUTS|NEWCGROUP)
 //!   ▼
 //! pid 1 of the cell: mounts, lo, hostname; reaps; forwards  init.rs
 //!   (proxy cells: waits while the launcher opens the proxy listener in its netns)  netns.rs
@@ -18,11 +22,14 @@
 //! payload: rlimits → caps → ids → no_new_privs → landlock → seccomp → execve
 //! ```
 //!
-//! No Rust code runs between fork and exec in the multi-threaded launcher: it spawns the helper
+//! No Rust code runs between fork and exec in the multi-threaded launcher: the daemon's helpers
+//! are forked by its zygote, a copy made before any thread existed, which receives their stdio
+//! and control socket over a socket pair ([`zygote`]); otherwise the launcher spawns the helper
 //! without `pre_exec`, and the helper inherits its control socket because the launcher clears
 //! that fd's close-on-exec flag for one spawn. Only the launcher spawns, under `SPAWN_LOCK`,
-//! with CLOEXEC cleared (see [`launch`]). The helper is a fresh process, so its recipe is
-//! ordinary Rust. The launch plan is resolved and checked before anything is created ([`plan::build`]);
+//! with CLOEXEC cleared (see [`launch`]). The helper is single-threaded either way, so its
+//! recipe is ordinary Rust. The launch plan is resolved and checked ([`plan::build`]) while the helper starts and the
+//! cgroup is made; a request it refuses ends both (the helper killed, the cgroup removed);
 //! seccomp BPF was compiled when the policy was loaded. With `[provider] tty = true` the
 //! launcher opens a pseudo-terminal first ([`pty`]) and the payload makes its slave the
 //! controlling terminal right after `setsid`. Setup failures come back as
