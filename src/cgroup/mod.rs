@@ -364,6 +364,22 @@ impl CellCgroup {
         }
     }
 
+    /// v2: the cell's directory opened (`O_RDONLY | O_DIRECTORY`), for starting a process
+    /// inside it (`clone3(CLONE_INTO_CGROUP)`); `None` on v1, which has no such clone.
+    pub fn open_dir_v2(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        match &self.backend {
+            CellBackend::V1(_) => None,
+            CellBackend::V2(c) => c.paths().first().map(|dir| {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(dir)
+                    .map(std::os::fd::OwnedFd::from)
+            }),
+        }
+    }
+
     /// Pids in the cell (`cgroup.procs`), sorted; empty once the cell is removed.
     pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
         dispatch!(self, c => c.procs())

@@ -125,18 +125,36 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
 }
 
 /// Enables the controllers in this process's own cgroup. A non-root cgroup holding processes
-/// cannot delegate (EBUSY), so this process moves into the leaf `own/supervisor`
-/// (`cgroup.procs` there) and retries once.
+/// cannot delegate (EBUSY), so this process and its children (the daemon's zygote, forked
+/// before this runs; found by the systemd lane: with the zygote left behind in the unit's
+/// cgroup the retry failed with EBUSY again) move into the leaf `own/supervisor`
+/// (`cgroup.procs` there) and it retries once. Other processes of the cgroup are not ours and
+/// stay where they are.
 fn enable_controllers_in_own(own_dir: &Path, is_root: bool) -> Result<(), CgroupError> {
     match enable_controllers(own_dir) {
         Err(CgroupError::Write { source, .. }) if !is_root && source.raw_os_error() == Some(libc::EBUSY) => {
             let leaf = own_dir.join(SUPERVISOR_LEAF);
             fs::mkdir(&leaf)?;
-            fs::write(&file(&leaf, "cgroup.procs"), &std::process::id().to_string())?;
+            let procs = file(&leaf, "cgroup.procs");
+            fs::write(&procs, &std::process::id().to_string())?;
+            for child in own_children() {
+                // A child that exited meanwhile (ESRCH) is fine; the retry below tells.
+                let _ = fs::write(&procs, &child.to_string());
+            }
             enable_controllers(own_dir)
         }
         other => other,
     }
+}
+
+/// This process's children (`/proc/self/task/*/children`).
+fn own_children() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
 }
 
 /// One cell: `<root>/<id>`.

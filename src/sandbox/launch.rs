@@ -214,21 +214,49 @@ impl Launcher {
         } else {
             (None, None)
         };
-        // From here on, an error drops `child`, which kills it (`kill_on_drop`).
-        let (mut child, io, ours) = self.spawn_helper(&cell, stdio, slave)?;
-
         let root = self.root.clone();
         let (id, limits) = (cell.clone(), limits_of(policy));
-        let cgroup = tokio::task::spawn_blocking(move || root.create_cell(&id, &limits));
+        let make_cgroup = move || root.create_cell(&id, &limits);
+        let made = |joined: Result<Result<CellCgroup, crate::cgroup::CgroupError>, tokio::task::JoinError>| {
+            joined
+                .map_err(|e| SandboxError::HelperDied { cell: cell.clone(), detail: e.to_string() })
+                .and_then(|made| made.map_err(|source| SandboxError::Cgroup { cell: cell.clone(), source }))
+        };
+        // v2 with a zygote: the helper is forked straight into the cell's cgroup
+        // (CLONE_INTO_CGROUP; no attach afterwards, whose global lock waits for an RCU grace
+        // period), so the cgroup comes first. Otherwise the helper starts first and the
+        // cgroup is made while it does.
+        let mut making = None;
+        let early = if self.root.backend_name() == "v2" && super::zygote::get().is_some() {
+            Some(Arc::new(made(tokio::task::spawn_blocking(make_cgroup).await)?))
+        } else {
+            making = Some(make_cgroup);
+            None
+        };
+        let into = early.as_ref().and_then(|cg| cg.open_dir_v2()).and_then(Result::ok);
+        // From here on, an error drops `child`, which kills it (`kill_on_drop`).
+        let (mut child, io, ours) = match self.spawn_helper(&cell, stdio, slave, into.as_ref()) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                if let Some(cg) = early {
+                    remove_cgroup(cg).await;
+                }
+                return Err(e);
+            }
+        };
+        drop(into);
+        let making = making.map(tokio::task::spawn_blocking);
         let prepared = self.prepare(policy, req, tty).await;
-        let cgroup = cgroup
-            .await
-            .map_err(|e| SandboxError::HelperDied { cell: cell.clone(), detail: e.to_string() })
-            .and_then(|made| made.map_err(|source| SandboxError::Cgroup { cell: cell.clone(), source }));
+        let cgroup = match (early, making) {
+            (Some(cg), _) => Ok(cg),
+            (None, Some(task)) => made(task.await).map(Arc::new),
+            (None, None) => Err(SandboxError::HelperDied { cell: cell.clone(), detail: "no cgroup made".into() }),
+        };
         let (cgroup, (mut plan, degraded, lease)) = match (cgroup, prepared) {
-            (Ok(cgroup), Ok(prepared)) => (Arc::new(cgroup), prepared),
+            (Ok(cgroup), Ok(prepared)) => (cgroup, prepared),
             (Ok(cgroup), Err(e)) => {
-                remove_cgroup(Arc::new(cgroup)).await;
+                drop(child);
+                remove_cgroup(cgroup).await;
                 return Err(e);
             }
             (Err(e), _) => return Err(e),
@@ -316,17 +344,14 @@ impl Launcher {
         cell: &str,
         stdio: StdioMode,
         pty_slave: Option<OwnedFd>,
+        into_cgroup: Option<&OwnedFd>,
     ) -> Result<(HelperProc, CellIo, std::os::unix::net::UnixStream), SandboxError> {
         use std::os::fd::AsRawFd;
         let spawn_err = |source| SandboxError::Spawn { cell: cell.to_owned(), exe: self.helper_exe.clone(), source };
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
         if let Some(zygote) = super::zygote::get() {
-            match fork_helper(
-                zygote,
-                &stdio,
-                pty_slave.as_ref(),
-                &OwnedFd::from(theirs.try_clone().map_err(spawn_err)?),
-            ) {
+            let ctl = OwnedFd::from(theirs.try_clone().map_err(spawn_err)?);
+            match fork_helper(zygote, &stdio, pty_slave.as_ref(), &ctl, into_cgroup) {
                 Ok((forked, io)) => return Ok((HelperProc::Forked(forked), io, ours)),
                 Err(e) => tracing::warn!(cell, error = %e, "the zygote could not fork a helper; spawning it"),
             }
@@ -359,8 +384,9 @@ impl Launcher {
         Ok((HelperProc::Spawned(child), io, ours))
     }
 
-    /// Put the helper into the cell's cgroup (v2; on v1 the plan's `join_cgroup` has it move
-    /// itself in before it forks anything), then release it by sending the plan.
+    /// Put the helper into the cell's cgroup (a spawned helper on v2; on v1 the plan's
+    /// `join_cgroup` has it move itself in before it forks anything, and a helper the zygote
+    /// forked on v2 started inside), then release it by sending the plan.
     async fn release_helper(
         &self,
         cell: &str,
@@ -370,7 +396,8 @@ impl Launcher {
         mut plan_line: Vec<u8>,
     ) -> Result<Lines<BufReader<UnixStream>>, SandboxError> {
         let spawn_err = |source| SandboxError::Spawn { cell: cell.to_owned(), exe: self.helper_exe.clone(), source };
-        if cgroup.self_join_files().is_none() {
+        let inside = matches!(child, HelperProc::Forked(f) if f.in_cgroup());
+        if cgroup.self_join_files().is_none() && !inside {
             let pid = child.id().unwrap_or(0);
             cgroup.attach(pid).map_err(|source| SandboxError::Cgroup { cell: cell.to_owned(), source })?;
         }
@@ -430,6 +457,7 @@ fn fork_helper(
     stdio: &StdioMode,
     slave: Option<&OwnedFd>,
     ctl: &OwnedFd,
+    into_cgroup: Option<&OwnedFd>,
 ) -> std::io::Result<(super::zygote::Forked, CellIo)> {
     use std::os::fd::AsFd;
     let pipe = || -> std::io::Result<(OwnedFd, OwnedFd)> { Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?) };
@@ -459,7 +487,7 @@ fn fork_helper(
         }
     };
     // Our copies of the helper's ends close here: only the helper holds them from now on.
-    let forked = zygote.fork_helper([&theirs[0], &theirs[1], &theirs[2]], ctl)?;
+    let forked = zygote.fork_helper([&theirs[0], &theirs[1], &theirs[2]], ctl, into_cgroup)?;
     Ok((forked, io))
 }
 

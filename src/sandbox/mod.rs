@@ -9,7 +9,8 @@
 //! launcher (async, in the daemon or `cellkeep run`)        launch.rs
 //!   │ starts the helper with fd 3 = control socket (from the zygote; `cellkeep run` spawns
 //!   │ `/proc/self/exe __cell-helper`); meanwhile creates + limits the cgroup, leases the
-//!   │ cell's host id (ids.rs), builds the plan; attaches the helper (v2), sends the plan
+//!   │ cell's host id (ids.rs), builds the plan; v2: the zygote forks the helper into the
+//!   │ cgroup (CLONE_INTO_CGROUP; the cgroup made first), a spawned one is attached; sends the plan
 //!   ▼
 //! helper (single-threaded, host namespaces)                  helper.rs
 //!   │ v1: moves itself into the cell's cgroup; the cell's user namespace holder started with

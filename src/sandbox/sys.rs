@@ -250,19 +250,28 @@ pub(crate) fn send_fds(sock: &impl AsFd, data: &[u8], fds: &[RawFd]) -> std::io:
 /// Sound to call from anywhere: refuses (EDEADLK) unless the process is single-threaded, so
 /// the child — a copy of the address space, like a fork's — may run arbitrary code. (As
 /// after the helper's `clone`s, libc's fork handlers do not run; the zygote holds no lock.)
-pub(crate) fn clone_parent_pidfd() -> nix::Result<Option<(Pid, OwnedFd)>> {
+///
+/// `cgroup`: a cgroup v2 directory fd; the child then starts in that cgroup
+/// (`CLONE_INTO_CGROUP`, Linux 5.7): no move afterwards, so none of the global lock a move of
+/// another process takes (see `CellCgroup::self_join_files`).
+pub(crate) fn clone_parent_pidfd(cgroup: Option<&OwnedFd>) -> nix::Result<Option<(Pid, OwnedFd)>> {
     ensure_single_threaded()?;
     let mut pidfd: libc::c_int = -1;
-    // struct clone_args (linux/sched.h), the first 64 bytes (CLONE_ARGS_SIZE_VER0): flags,
-    // pidfd (a pointer to an int the kernel fills), child_tid, parent_tid, exit_signal,
-    // stack, stack_size, tls.
-    let mut args = [0u64; 8];
+    // struct clone_args (linux/sched.h), CLONE_ARGS_SIZE_VER2 = 88 bytes: flags, pidfd (a
+    // pointer to an int the kernel fills), child_tid, parent_tid, exit_signal, stack,
+    // stack_size, tls, set_tid, set_tid_size, cgroup.
+    let mut args = [0u64; 11];
     args[0] = (libc::CLONE_PARENT | libc::CLONE_PIDFD) as u64;
     args[1] = std::ptr::addr_of_mut!(pidfd) as u64;
-    // SAFETY: clone3(args, size) reads `size` bytes of `args` (ours, 64, alive for the call)
-    // and writes the pidfd to `pidfd` (ours). No CLONE_VM and stack = 0: the child runs on a
-    // copy of this address space from the syscall's return, as after fork(2); sound because
-    // the process is single-threaded (checked above, no other thread can have started since).
+    if let Some(dir) = cgroup {
+        args[0] |= CLONE_INTO_CGROUP;
+        args[10] = u64::try_from(dir.as_raw_fd()).map_err(|_| nix::errno::Errno::EBADF)?;
+    }
+    // SAFETY: clone3(args, size) reads `size` bytes of `args` (ours, 88, alive for the call)
+    // and writes the pidfd to `pidfd` (ours); the cgroup fd, when given, is borrowed (open).
+    // No CLONE_VM and stack = 0: the child runs on a copy of this address space from the
+    // syscall's return, as after fork(2); sound because the process is single-threaded
+    // (checked above, no other thread can have started since).
     let rc = unsafe { libc::syscall(libc::SYS_clone3, args.as_mut_ptr(), std::mem::size_of_val(&args)) };
     match nix::errno::Errno::result(rc)? {
         0 => Ok(None),
@@ -274,6 +283,9 @@ pub(crate) fn clone_parent_pidfd() -> nix::Result<Option<(Pid, OwnedFd)>> {
         }
     }
 }
+
+/// `CLONE_INTO_CGROUP` (linux/sched.h; not in every libc crate version).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Make `fds` this process's fds 0, 1, 2, … (in order, without close-on-exec) and close every
 /// other fd (`close_range(len, ~0)`). For a process forked from the zygote, whose fd table

@@ -6,7 +6,9 @@
 //!
 //! Protocol, over a `SOCK_SEQPACKET` socket pair: the launcher sends one message per helper,
 //! one byte and four fds (SCM_RIGHTS): the helper's stdin, stdout, stderr and its control
-//! socket. The zygote forks with `clone3(CLONE_PARENT | CLONE_PIDFD)` — the helper is the
+//! socket, and on cgroup v2 a fifth, the cell's cgroup directory, which the helper is
+//! started in (`CLONE_INTO_CGROUP`: no attach by pid afterwards, whose global lock waits for
+//! an RCU grace period). The zygote forks with `clone3(CLONE_PARENT | CLONE_PIDFD)` — the helper is the
 //! *launcher's* child, so the launcher reaps it and reads its status as it would a spawned
 //! one — and answers with the helper's pid (4 bytes) and its pidfd. In the helper the four
 //! fds become 0–3 and every other fd is closed; the environment is empty (the zygote cleared
@@ -57,6 +59,9 @@ pub fn start() -> Result<(), String> {
     }
 }
 
+/// Request byte: the fifth fd is the cgroup v2 directory to start the helper in.
+const INTO_CGROUP: u8 = 2;
+
 /// This process's zygote, if [`start`] made one.
 pub fn get() -> Option<&'static Zygote> {
     ZYGOTE.get()
@@ -103,14 +108,17 @@ fn serve(sock: OwnedFd) -> ! {
     };
     loop {
         let mut byte = [0u8; 1];
-        let fds = match sys::receive_fds::<4>(&sock, &mut byte) {
+        let mut fds = match sys::receive_fds::<5>(&sock, &mut byte) {
             Ok((0, _)) => std::process::exit(0),
-            Ok((_, fds)) if fds.len() == 4 => fds,
+            Ok((_, fds)) if fds.len() == 4 + usize::from(byte[0] == INTO_CGROUP) => fds,
             Ok(_) => continue, // a malformed request: its fds are closed here
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(_) => std::process::exit(1),
         };
-        match sys::clone_parent_pidfd() {
+        let cgroup = if byte[0] == INTO_CGROUP { fds.pop() } else { None };
+        let cloned = sys::clone_parent_pidfd(cgroup.as_ref());
+        drop(cgroup);
+        match cloned {
             Ok(None) => {
                 drop(sock);
                 if sys::install_fds(fds).is_err() {
@@ -150,6 +158,8 @@ pub struct Forked {
     pid: u32,
     pidfd: Option<AsyncFd<OwnedFd>>,
     status: Option<ExitStatus>,
+    /// Started in the cell's cgroup (`CLONE_INTO_CGROUP`): nothing to attach.
+    in_cgroup: bool,
 }
 
 impl std::fmt::Debug for Forked {
@@ -159,14 +169,20 @@ impl std::fmt::Debug for Forked {
 }
 
 impl Zygote {
-    /// A helper forked with `stdio` as its fds 0–2 and `ctl` as 3. Blocks for the fork
-    /// (~0.2 ms); `Err`: the zygote is gone (from now on for good), spawn instead.
-    pub fn fork_helper(&self, stdio: [&OwnedFd; 3], ctl: &OwnedFd) -> std::io::Result<Forked> {
+    /// A helper forked with `stdio` as its fds 0–2 and `ctl` as 3, started in the cgroup v2
+    /// directory `cgroup` when given (`CLONE_INTO_CGROUP`). Blocks for the fork (~0.2 ms);
+    /// `Err`: the zygote is gone (from now on for good), spawn instead.
+    pub fn fork_helper(
+        &self,
+        stdio: [&OwnedFd; 3],
+        ctl: &OwnedFd,
+        cgroup: Option<&OwnedFd>,
+    ) -> std::io::Result<Forked> {
         use std::sync::atomic::Ordering;
         if self.gone.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("the zygote is gone"));
         }
-        let forked = self.request(stdio, ctl);
+        let forked = self.request(stdio, ctl, cgroup);
         if forked.is_err() && !self.gone.swap(true, Ordering::Relaxed) {
             // Dead (or confused): make sure it is gone, and reap it (it is our child).
             let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
@@ -175,17 +191,19 @@ impl Zygote {
         forked
     }
 
-    fn request(&self, stdio: [&OwnedFd; 3], ctl: &OwnedFd) -> std::io::Result<Forked> {
+    fn request(&self, stdio: [&OwnedFd; 3], ctl: &OwnedFd, cgroup: Option<&OwnedFd>) -> std::io::Result<Forked> {
         let sock = self.sock.lock().map_err(|_| std::io::Error::other("zygote lock poisoned"))?;
-        let fds = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd(), ctl.as_raw_fd()];
-        sys::send_fds(&*sock, &[1], &fds)?;
+        let mut fds = vec![stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd(), ctl.as_raw_fd()];
+        fds.extend(cgroup.map(|c| c.as_raw_fd()));
+        sys::send_fds(&*sock, &[if cgroup.is_some() { INTO_CGROUP } else { 1 }], &fds)?;
         let mut pid = [0u8; 4];
         let (n, mut got) = sys::receive_fds::<1>(&*sock, &mut pid)?;
         drop(sock);
         let pid = i32::from_ne_bytes(pid);
         match (n, got.pop()) {
             (4, Some(pidfd)) if pid > 0 => {
-                Ok(Forked { pid: pid as u32, pidfd: Some(sys::async_fd(pidfd)?), status: None })
+                let in_cgroup = cgroup.is_some();
+                Ok(Forked { pid: pid as u32, pidfd: Some(sys::async_fd(pidfd)?), status: None, in_cgroup })
             }
             (4, _) if pid < 0 => Err(std::io::Error::from_raw_os_error(-pid)),
             _ => Err(std::io::Error::other("the zygote is gone")),
@@ -216,6 +234,11 @@ impl Forked {
                 None => ready.clear_ready(),
             }
         }
+    }
+
+    /// Whether it was started in its cell's cgroup (`CLONE_INTO_CGROUP`).
+    pub fn in_cgroup(&self) -> bool {
+        self.in_cgroup
     }
 
     /// SIGKILL (no-op once reaped).
