@@ -295,6 +295,37 @@ fn helpers_are_forked_from_the_zygote() {
     assert!(!Path::new(&format!("/proc/{zygote}")).exists(), "the dead zygote was reaped");
 }
 
+/// The daemon's zygote (its child named `cellkeep-zygote`).
+fn zygote_of(d: &Daemon) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", d.pid(), d.pid())).unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| name_and_parent(*p).0 == "cellkeep-zygote")
+        .unwrap_or_else(|| panic!("no zygote among the daemon's children {children}"))
+}
+
+// A zygote that stops answering (here: stopped) costs one launch its 5 s timeout, then it is
+// killed and reaped, and helpers are spawned: the launch still succeeds, and later ones do not
+// ask it again.
+#[test]
+fn a_wedged_zygote_is_replaced_by_spawning() {
+    gate!("a_wedged_zygote_is_replaced_by_spawning");
+    let d = daemon().start();
+    let zygote = zygote_of(&d);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(zygote as i32), nix::sys::signal::Signal::SIGSTOP)
+        .expect("stop the zygote");
+    let t = Instant::now();
+    let id = id_of(&d.spawn("cat"));
+    assert_eq!(d.send(&id, "late", 10_000).json()["stdout"], "late");
+    assert!(t.elapsed() >= Duration::from_secs(4), "the first launch waited for the zygote's answer");
+    assert!(!Path::new(&format!("/proc/{zygote}")).exists(), "the wedged zygote was killed and reaped");
+    let id = id_of(&d.spawn("cat"));
+    assert_eq!(d.send(&id, "prompt", 10_000).json()["stdout"], "prompt");
+    let helper = helper_of(&d, &id);
+    assert_ne!(name_and_parent(helper).0, "cellkeep-helper", "later helpers are spawned, not forked");
+}
+
 // 9. A reader disconnects mid-stream; the cell goes on; a new reader gets the missed output.
 #[test]
 fn stream_survives_a_disconnect() {

@@ -49,6 +49,13 @@ pub fn start() -> Result<(), String> {
     match sys::fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
         Some(pid) => {
             drop(theirs);
+            // A zygote that stops answering (stopped, wedged) costs a launch 5 s, once: the
+            // error marks it gone and helpers are spawned from then on.
+            let _ = nix::sys::socket::setsockopt(
+                &ours,
+                nix::sys::socket::sockopt::ReceiveTimeout,
+                &nix::sys::time::TimeVal::new(5, 0),
+            );
             let _ = ZYGOTE.set(Zygote { sock: Mutex::new(ours), pid, gone: false.into() });
             Ok(())
         }
@@ -111,7 +118,12 @@ fn serve(sock: OwnedFd) -> ! {
         let mut fds = match sys::receive_fds::<5>(&sock, &mut byte) {
             Ok((0, _)) => std::process::exit(0),
             Ok((_, fds)) if fds.len() == 4 + usize::from(byte[0] == INTO_CGROUP) => fds,
-            Ok(_) => continue, // a malformed request: its fds are closed here
+            Ok(_) => {
+                // A malformed request (or fds lost to our fd limit: MSG_CTRUNC): its fds are
+                // closed here, and the launcher gets an error, not silence.
+                let _ = sys::send_fds(&sock, &(-libc::EINVAL).to_ne_bytes(), &[]);
+                continue;
+            }
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(_) => std::process::exit(1),
         };
