@@ -227,7 +227,7 @@ impl Launcher {
         // period), so the cgroup comes first. Otherwise the helper starts first and the
         // cgroup is made while it does.
         let mut making = None;
-        let early = if self.root.backend_name() == "v2" && super::zygote::get().is_some() {
+        let early = if self.root.layout() == crate::cgroup::Layout::Unified && super::zygote::get().is_some() {
             Some(Arc::new(made(tokio::task::spawn_blocking(make_cgroup).await)?))
         } else {
             making = Some(make_cgroup);
