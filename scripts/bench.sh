@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks side by side (root). Every figure is reported as a ratio against a baseline run in
 # the same invocation, because this machine's absolute timings drift from run to run.
-#   1. spawn: a fully sandboxed /bin/true via `cellkeep run` and via the daemon socket, against
-#      bare fork/exec, `unshare -mpfiun` and `bwrap --unshare-all --ro-bind / /` (hyperfine -N)
+#   1. spawn: a fully sandboxed /bin/true via `cellkeep run` and via the daemon socket (a cell
+#      built per request, and a pre-built one: `[pool] prewarm`), against bare fork/exec,
+#      `unshare -mpfiun` and `bwrap --unshare-all --ro-bind / /` (hyperfine -N)
 #   2. session round trip: one short line to a `cat` session, 10 000 times
 #   3. one-shot throughput: `echo` commands from 20 concurrent clients
 #   4. streaming: a cell writing 1 GiB to stdout read through the socket (NDJSON, and raw
@@ -69,6 +70,8 @@ provider() { # name command mode [extra toml]
   printf 'extends = "base"\n[provider]\nname = "%s"\ncommand = %s\nmode = "%s"\n%s\n' "$1" "$2" "$3" "${4:-}" > "$pol/$1.toml"
 }
 provider true '["/bin/true"]' oneshot
+provider truewarm '["/bin/true"]' oneshot '[pool]
+prewarm = 2'
 provider echo '["/bin/echo"]' oneshot
 provider cat '["/bin/cat"]' session '[session]
 framing = "line"'
@@ -143,6 +146,9 @@ hyperfine -N -w 10 -r "$n_spawn" --export-json "$out/spawn.json" \
   -n 'cellkeep run' "env CELLKEEP_CGROUP_ROOT=cellkeep-bench-run $bin run --policy $pol/true.toml --cwd $ws" \
   >/dev/null
 cb oneshot true --n "$n_spawn" > "$out/socket-spawn.json"
+# The same with pre-built cells ([pool] prewarm = 2), 30 ms apart (outside the timing) so the
+# refill keeps up: what a request costs when a cell is waiting for it.
+cb oneshot truewarm --n "$n_spawn" --gap-ms 30 > "$out/warm-spawn.json"
 
 if [[ $before_rev != none ]]; then
   echo "== 8. spawn cost: this build against $before_rev ($n_spawn alternating runs each)"

@@ -90,6 +90,14 @@ for name, (med, p99) in [("`cellkeep run`", spawn["cellkeep run"]), ("daemon soc
         f"{med / bw:.2f} × bwrap; unshare + {(med - un) / 1000:.2f} ms",
         "≤ 0.5 × bwrap; ≤ unshare + 1.5 ms",
     ))
+if (d / "warm-spawn.json").exists():
+    warm = load("warm-spawn.json")
+    bare = spawn["bare"][0]
+    rows.append((
+        f"spawn /bin/true, pre-built cell (`prewarm`; daemon socket, one-shot; {warm['served_warm']}/{warm['n']} served warm)",
+        ms(warm["median_us"]), ms(warm["p99_us"]), f"bare exec {ms(bare)}",
+        f"{warm['median_us'] / bare:.1f} × bare exec; {warm['median_us'] / bw:.2f} × bwrap", "≤ 1.5 × bare exec",
+    ))
 if (d / "spawn-before.json").exists():
     hb = {r["command"]: r["times"] for r in load("spawn-before.json")["results"]}
     b, a = statistics.median(hb["before"]) * 1e6, statistics.median(hb["after"]) * 1e6

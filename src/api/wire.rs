@@ -483,6 +483,12 @@ pub struct DaemonHealth {
     pub landlock_abi: i32,
     /// Providers the caller may use.
     pub providers: Vec<String>,
+    /// Pre-built cells waiting for a request (`[pool] prewarm`; they count against the cap).
+    #[serde(default)]
+    pub cells_warm: usize,
+    /// Launches served by a pre-built cell since the daemon started.
+    #[serde(default)]
+    pub warm_served: u64,
     /// How many policy files the last load (start or reload) left out.
     #[serde(default)]
     pub policies_rejected: usize,
@@ -725,6 +731,8 @@ impl From<crate::pool::DaemonHealth> for DaemonHealth {
             cgroup_backend: h.cgroup_backend,
             landlock_abi: h.landlock_abi,
             providers: h.providers,
+            cells_warm: h.cells_warm,
+            warm_served: h.warm_served,
             policies_rejected: h.policies_rejected,
             rejected_policies: h.rejected_policies.map(|v| v.into_iter().map(Into::into).collect()),
             host_memory_total: h.host_memory_total,
@@ -919,6 +927,8 @@ mod tests {
             cgroup_backend: "v2".into(),
             landlock_abi: 6,
             providers: vec!["p".into()],
+            cells_warm: 7,
+            warm_served: 8,
             policies_rejected: 1,
             rejected_policies: rejected,
             host_memory_total: 5,

@@ -35,6 +35,9 @@ enum Mode {
         provider: String,
         #[arg(long, default_value_t = 200)]
         n: usize,
+        /// Pause between commands, outside the timing (lets a provider's pre-built cells refill).
+        #[arg(long, default_value_t = 0)]
+        gap_ms: u64,
     },
     /// Latency of spawning a session cell (then force-killed, outside the timing).
     Spawn {
@@ -109,9 +112,11 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let c = Client::new(&args.socket);
     let out = match args.mode {
-        Mode::Oneshot { provider, n } => {
+        Mode::Oneshot { provider, n, gap_ms } => {
             let mut us = Vec::with_capacity(n);
+            let served_before = c.health().await?.warm_served;
             for i in 0..n {
+                tokio::time::sleep(std::time::Duration::from_millis(gap_ms)).await;
                 let t = Instant::now();
                 let r = c.exec(&provider, &oneshot_req(&args.cwd, &format!("x{i}"))).await?;
                 us.push(t.elapsed().as_secs_f64() * 1e6);
@@ -119,7 +124,9 @@ async fn main() -> Result<()> {
                     bail!("one-shot {provider} failed: {r:?}");
                 }
             }
-            stats("oneshot", us)
+            let mut out = stats("oneshot", us);
+            out["served_warm"] = json!(c.health().await?.warm_served - served_before);
+            out
         }
         Mode::Spawn { provider, n } => {
             let mut us = Vec::with_capacity(n);

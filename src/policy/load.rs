@@ -239,6 +239,7 @@ pub fn merge(mut child: RawFile, parent: RawFile) -> RawFile {
     inherit!(child.seccomp, parent.seccomp; preset, default_action, deny, deny_action, allow);
     inherit!(child.session, parent.session; framing, sentinel, pattern, field, equals);
     inherit!(child.enforcement, parent.enforcement; mode);
+    inherit!(child.pool, parent.pool; prewarm);
     child
 }
 

@@ -57,6 +57,7 @@
 //! | `session.framing` | `"line"` \| `"sentinel"` \| `"regex"` \| `"json_field"` | `"line"` |
 //! | `session.sentinel` / `pattern` / `field` + `equals` | for framing sentinel / regex / json_field | — |
 //! | `enforcement.mode` | `"required"` \| `"best_effort"` | `"required"` |
+//! | `pool.prewarm` | cells the daemon keeps built and waiting (0–64; counted against the cap) | `0` |
 //!
 //! Sizes: bytes as an integer, or digits with `K`, `M`, `G`, `T` (binary): `"512M"`.
 //! Durations: seconds as a number, or digits with `ms`, `s`, `m`, `h`: `"10m"`.

@@ -51,6 +51,8 @@ pub struct Policy {
     pub enforcement: Enforcement,
     /// Session framing (used by the daemon for `mode = "session"`).
     pub session: SessionPolicy,
+    /// Cells the daemon keeps built and waiting for this provider (`[pool] prewarm`).
+    pub prewarm: u32,
 }
 
 impl Policy {

@@ -47,6 +47,8 @@ pub struct RawFile {
     pub session: RawSession,
     #[serde(default)]
     pub enforcement: RawEnforcement,
+    #[serde(default)]
+    pub pool: RawPool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -159,6 +161,12 @@ pub struct RawSession {
     pub pattern: Opt<String>,
     pub field: Opt<String>,
     pub equals: Opt<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub prewarm: Opt<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -186,6 +186,7 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
         ("seccomp", seccomp),
         ("session", session),
         ("enforcement", enforcement),
+        ("pool", vec![kv("prewarm", Value::Integer(p.prewarm.into()))]),
     ]
 }
 

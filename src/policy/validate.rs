@@ -21,6 +21,8 @@ use super::Diagnostic;
 pub const DEFAULT_OUTPUT_BYTES: u64 = 8 << 20;
 /// Default size of the private tmp (`limits.tmp_size`).
 pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
+/// Most cells a policy may keep pre-built (`[pool] prewarm`); the daemon's cap bounds them too.
+pub const MAX_PREWARM: u32 = 64;
 /// The message for the keys of the removed host-network mode.
 const REMOVED_TCP: &str = "mode \"tcp\" (the host's network, TCP ports filtered by Landlock) was removed: every cell \
     has its own network namespace; to reach the outside use mode = \"proxy\" with egress = [names…]";
@@ -114,6 +116,7 @@ impl Checker<'_> {
                 _ => Enforcement::Required,
             },
             session: self.session(&raw),
+            prewarm: self.prewarm(&raw),
             namespaces,
         }
     }
@@ -302,6 +305,18 @@ impl Checker<'_> {
             Err(msg) => self.at(v, key, msg),
         }
         None
+    }
+
+    /// `[pool] prewarm`: 0 (the default) to [`MAX_PREWARM`].
+    fn prewarm(&mut self, raw: &RawFile) -> u32 {
+        let Some(v) = raw.pool.prewarm.as_ref() else { return 0 };
+        match u32::try_from(*v.get_ref()) {
+            Ok(n) if n <= MAX_PREWARM => n,
+            _ => {
+                self.at(v, "pool.prewarm", format!("{} must be from 0 to {MAX_PREWARM}", v.get_ref()));
+                0
+            }
+        }
     }
 
     fn count(&mut self, v: &Opt<i64>, key: &str) -> Option<u64> {

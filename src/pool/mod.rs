@@ -14,6 +14,7 @@ mod oneshot;
 mod ops;
 mod reaper;
 pub mod types;
+mod warm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +65,8 @@ struct Inner {
     session_gate: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
     started: Instant,
+    /// Launches served by a pre-built cell.
+    warm_served: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -73,6 +76,10 @@ struct State {
     used_slots: usize,
     /// (provider, uid) → the live session cell.
     sessions: HashMap<(String, u32), String>,
+    /// Pre-built cells waiting for a request (each holds a slot).
+    warm: Vec<warm::Warm>,
+    /// Pre-built cells being built, by provider (each holds a slot).
+    warming: HashMap<String, usize>,
 }
 
 impl Pool {
@@ -128,8 +135,10 @@ impl Pool {
                 session_gate: tokio::sync::Mutex::new(()),
                 shutting_down: AtomicBool::new(false),
                 started: Instant::now(),
+                warm_served: Default::default(),
             }),
         };
+        pool.refill_all();
         tokio::spawn(reaper::run(Arc::downgrade(&pool.inner), pool.inner.reaper_wake.clone()));
         tracing::info!(
             providers = pool.policies().len(),
@@ -205,7 +214,7 @@ impl Pool {
                 return Err(PoolError::ShuttingDown);
             }
             let freed = self.inner.slot_freed.notified();
-            {
+            let make_room = {
                 let mut st = self.state();
                 let limit = self.inner.config.max_cells;
                 if st.used_slots < limit {
@@ -213,10 +222,18 @@ impl Pool {
                     return Ok(SlotGuard { pool: Some(self.clone()) });
                 }
                 let running = st.used_slots;
+                // A pre-built cell gives up its slot to a launch that needs one.
+                let room = !st.warm.is_empty();
                 match until {
+                    _ if room => {}
                     Some(t) if Instant::now() < t => {}
                     _ => return Err(PoolError::ProcessLimit { limit, running }),
                 }
+                room
+            };
+            if make_room {
+                self.make_room().await;
+                continue;
             }
             let Some(t) = until else { continue };
             let _ = tokio::time::timeout_at(t.into(), freed).await;
@@ -254,6 +271,14 @@ impl Pool {
         *self.inner.policies.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(set.policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect());
         *self.inner.rejected.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Vec::new());
+        // Pre-built cells were built for the old policies: retire them all, build anew.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let pool = self.clone();
+            rt.spawn(async move {
+                pool.retire_warm(|_| true).await;
+                pool.refill_all();
+            });
+        }
         Ok(Reloaded { providers })
     }
 }

@@ -56,7 +56,6 @@ impl Pool {
 
     async fn launch_whole(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
-        let slot = self.reserve_slot(l.wait_for_slot).await?;
         let req = LaunchRequest {
             cell_id: uuid::Uuid::now_v7().simple().to_string(),
             args: l.args,
@@ -67,12 +66,15 @@ impl Pool {
             caller_env: l.env,
             range_uid: None,
         };
-        let stdio = if l.session || l.stdin { StdioMode::Piped } else { StdioMode::NullInPiped };
+        let stdin = l.session || l.stdin;
         let limit = [policy.limits.wall_time, l.timeout].into_iter().flatten().min();
-        let launched = self.inner.launcher.launch(&policy, req, stdio).await;
-        let cell = match launched {
-            Ok(c) => c,
-            Err(e) => return Err(e.into()),
+        let (cell, slot) = match self.launch_warm(&policy, &req, stdin).await? {
+            Some(warm) => warm,
+            None => {
+                let slot = self.reserve_slot(l.wait_for_slot).await?;
+                let stdio = if stdin { StdioMode::Piped } else { StdioMode::NullInPiped };
+                (self.inner.launcher.launch(&policy, req, stdio).await?, slot)
+            }
         };
         let pool = self.clone();
         let on_end = move |entry: &Arc<CellEntry>, _: &crate::sandbox::Outcome| {
@@ -100,6 +102,49 @@ impl Pool {
         self.state().cells.insert(entry.id.clone(), entry.clone());
         self.inner.reaper_wake.notify_one();
         Ok(entry)
+    }
+
+    /// The launch by a pre-built cell, if the provider keeps them and one fits (with the slot
+    /// it held); `None`: launch cold. A request the policy refuses is refused here as a cold
+    /// launch would refuse it.
+    async fn launch_warm(
+        &self,
+        policy: &Arc<Policy>,
+        req: &LaunchRequest,
+        stdin: bool,
+    ) -> Result<Option<(crate::sandbox::Cell, super::SlotGuard)>, PoolError> {
+        use crate::sandbox::Activation;
+        if policy.prewarm == 0 {
+            return Ok(None);
+        }
+        let Some(warm) = self.take_warm(policy, stdin) else {
+            self.refill(&policy.name);
+            return Ok(None);
+        };
+        let super::warm::Warm { policy: built_for, cell } = warm;
+        let activated = self.inner.launcher.activate(cell, policy, req.clone()).await;
+        match activated {
+            Ok(cell) => {
+                self.inner.warm_served.fetch_add(1, Ordering::Relaxed);
+                self.refill(&policy.name);
+                Ok(Some((cell, super::SlotGuard { pool: Some(self.clone()) })))
+            }
+            Err(Activation::Refused(e, cell)) => {
+                self.put_back(super::warm::Warm { policy: built_for, cell });
+                Err(e.into())
+            }
+            Err(Activation::Unfit(why, cell)) => {
+                tracing::debug!(provider = %policy.name, "launching cold: {why}");
+                self.put_back(super::warm::Warm { policy: built_for, cell });
+                Ok(None)
+            }
+            Err(Activation::Failed(e)) => {
+                tracing::warn!(provider = %policy.name, "a pre-built cell failed its request, launching cold: {e}");
+                self.release_slot();
+                self.refill(&policy.name);
+                Ok(None)
+            }
+        }
     }
 
     pub async fn spawn(&self, caller: &Caller, req: SpawnRequest) -> Result<CellInfo, PoolError> {
@@ -417,6 +462,8 @@ impl Pool {
                 .filter(|p| p.is_launchable() && self.provider(caller, &p.name).is_ok())
                 .map(|p| p.name.clone())
                 .collect(),
+            cells_warm: self.warm_count(),
+            warm_served: self.inner.warm_served.load(Ordering::Relaxed),
             policies_rejected: self.rejected_policies().len(),
             rejected_policies: admin.then(|| self.rejected_policies().as_ref().clone()),
             host_memory_total: total,
@@ -429,6 +476,7 @@ impl Pool {
     pub async fn shutdown(&self) -> Count {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.slot_freed.notify_waiters();
+        self.retire_all_warm(self.inner.config.shutdown_timeout).await;
         let live: Vec<Arc<CellEntry>> =
             self.state().cells.values().filter(|e| e.exit_reason().is_none()).cloned().collect();
         // As documented: SIGTERM, the cells' grace period, then SIGKILL of the whole cgroup —

@@ -13,7 +13,8 @@ pub(super) async fn run(pool: Weak<Inner>, wake_on: Arc<tokio::sync::Notify>) {
     loop {
         let wake = wake_on.notified();
         let Some(inner) = pool.upgrade() else { return };
-        let next = sweep(&inner);
+        let warm_next = super::Pool { inner: inner.clone() }.expire_warm(Instant::now());
+        let next = [sweep(&inner), warm_next].into_iter().flatten().min();
         drop(inner);
         match next {
             Some(at) => {

@@ -229,6 +229,12 @@ pub struct DaemonHealth {
     pub landlock_abi: i32,
     /// Providers the caller may use.
     pub providers: Vec<String>,
+    /// Pre-built cells waiting for a request (`[pool] prewarm`; they count against the cap).
+    #[serde(default)]
+    pub cells_warm: usize,
+    /// Launches served by a pre-built cell since the daemon started.
+    #[serde(default)]
+    pub warm_served: u64,
     /// How many policy files the last load (start or reload) left out.
     #[serde(default)]
     pub policies_rejected: usize,

@@ -32,7 +32,7 @@
 //! payload's and its own real, effective, saved and filesystem ids the cell's.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
@@ -157,6 +157,15 @@ fn run(plan: &mut LaunchPlan, ctl: &OwnedFd) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(Stage::Init, e, "sync pipe"),
     };
+    if plan.warm {
+        return match run_warm(plan, ctl, sync_r, sync_w) {
+            Ok(pid1) => forward_until_exit(pid1, &sigfd),
+            Err((stage, errno, detail)) => {
+                Report::SetupFailed { stage, errno, detail }.send(ctl);
+                125
+            }
+        };
+    }
     // The cell's user namespace, made by a holder process running with the cell's effective
     // ids (so the cell's uid owns it and is charged for it), started before the idmapped
     // workspace and mapped after it; then the helper joins it, and pid 1 is cloned into the
@@ -230,6 +239,165 @@ fn run(plan: &mut LaunchPlan, ctl: &OwnedFd) -> i32 {
         let _ = nix::unistd::write(&w, &[1u8]);
     }
     forward_until_exit(pid1, &sigfd)
+}
+
+/// A cell built before its request (`plan.warm`, `[pool] prewarm`), up to the request; then
+/// the request; returns pid 1 running it (the helper then forwards signals as for any cell).
+///
+/// The helper stays outside the cell's user namespace until the request, because the
+/// idmapped workspace must be made there (root in the initial namespace: `open_tree`,
+/// `mount_setattr`), and only the request names the workspace. So pid 1 is cloned by a
+/// short-lived intermediate that joins the user namespace, with `CLONE_PARENT` (pid 1 is the
+/// helper's child, as in a cell started cold), and the helper joins the namespace itself once
+/// the request is handed over. Order on the control socket: pid 1 reads the proxy byte, then
+/// tells the helper (one byte on `hand`) it is built; only then does the helper report
+/// [`Report::Warm`] and read the request, so they never read it at the same time.
+fn run_warm(plan: &LaunchPlan, ctl: &OwnedFd, sync_r: OwnedFd, sync_w: OwnedFd) -> Result<Pid, (Stage, i32, String)> {
+    use std::io::Write;
+    let init_err = |what: &str, e: nix::Error| (Stage::Init, e as i32, format!("{what}: {e}"));
+    let (hand, hand_pid1) = stream_pair().map_err(|e| init_err("socketpair", e))?;
+    let userns = match plan.ns.user {
+        false => None,
+        true => {
+            let ids = &plan.ids;
+            let maps = (
+                format!("{} {} 1\n", ids.inside_uid, ids.outside_uid),
+                format!("{} {} 1\n", ids.inside_gid, ids.outside_gid),
+            );
+            let ns = make_userns(ids.outside_uid, ids.outside_gid, &maps)?;
+            check_userns_owner(&ns, ids.outside_uid)?;
+            Some(ns)
+        }
+    };
+    let (pid_r, pid_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| init_err("pipe", e))?;
+    let intermediate = match sys::fork_single_threaded() {
+        Err(e) => return Err(init_err("fork", e)),
+        Ok(None) => {
+            drop((hand, pid_r, sync_w));
+            let joined = userns.as_ref().map_or(Ok(()), |ns| nix::sched::setns(ns, CloneFlags::CLONE_NEWUSER));
+            let cloned = joined.and_then(|()| {
+                let (sync_r, hand_pid1) = (&sync_r, &hand_pid1);
+                sys::clone_into_namespaces(
+                    clone_flags(plan) | CloneFlags::CLONE_PARENT,
+                    Box::new(move || init::pid1_warm(plan, sync_r, ctl, hand_pid1) as isize),
+                )
+            });
+            let code = match cloned {
+                Ok(pid1) => nix::unistd::write(&pid_w, &pid1.as_raw().to_ne_bytes()).map_or(1, |_| 0),
+                Err(e) => nix::unistd::write(&pid_w, &(-(e as i32)).to_ne_bytes()).map_or(1, |_| 1),
+            };
+            std::process::exit(code);
+        }
+        Ok(Some(pid)) => pid,
+    };
+    drop((pid_w, sync_r, hand_pid1));
+    let mut word = [0u8; 4];
+    let got = nix::unistd::read(&pid_r, &mut word);
+    let _ = waitpid(intermediate, None);
+    let pid1 = match (got, i32::from_ne_bytes(word)) {
+        (Ok(4), n) if n > 0 => Pid::from_raw(n),
+        (Ok(4), n) => {
+            let e = nix::Error::from_raw(-n);
+            return Err((Stage::Namespaces, -n, format!("clone into new namespaces: {e}")));
+        }
+        _ => return Err((Stage::Namespaces, 0, "the process cloning pid 1 ended without a word".into())),
+    };
+    let kill_pid1 = |err: (Stage, i32, String)| {
+        let _ = kill(pid1, Signal::SIGKILL);
+        let _ = waitpid(pid1, None);
+        err
+    };
+    // Release pid 1 (its user namespace is mapped) and wait until it is built (or ended: it
+    // reported why itself).
+    let _ = nix::unistd::write(&sync_w, &[1u8]);
+    drop(sync_w);
+    let mut byte = [0u8; 1];
+    if !matches!(nix::unistd::read(&hand, &mut byte), Ok(1)) {
+        let _ = waitpid(pid1, None);
+        return Err((Stage::Init, 0, "pid 1 of the pre-built cell ended before it was built".into()));
+    }
+    Report::Warm.send(ctl);
+    let mut req = read_plan(ctl).map_err(|detail| kill_pid1((Stage::Plan, 0, detail)))?;
+    if req.ids != plan.ids || req.warm {
+        return Err(kill_pid1((Stage::Plan, 0, "the request does not fit the pre-built cell".into())));
+    }
+    let workspace = request_binds(plan, &mut req, ctl).map_err(kill_pid1)?;
+    use std::os::fd::AsRawFd;
+    let fds: Vec<_> = workspace.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    let handoff = init::Handoff { plan: req, workspace: workspace.iter().map(|(p, _)| p.clone()).collect() };
+    serde_json::to_vec(&handoff)
+        .map_err(std::io::Error::other)
+        .and_then(|mut line| {
+            line.push(b'\n');
+            sys::send_fds(&hand, b"r", &fds)?;
+            std::fs::File::from(hand.try_clone()?).write_all(&line)
+        })
+        .map_err(|e| {
+            kill_pid1((Stage::Plan, e.raw_os_error().unwrap_or(0), format!("handing over the request: {e}")))
+        })?;
+    drop((workspace, hand));
+    // From here on as a cell started cold: the helper inside the cell's user namespace.
+    if let Some(ns) = userns {
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| kill_pid1((Stage::Namespaces, e as i32, format!("joining the cell's user namespace: {e}"))))?;
+    }
+    Ok(pid1)
+}
+
+/// The binds a pre-built cell's request adds to its view (the cwd and its `{cwd}/…` rules),
+/// as detached mounts made here, outside the cell, for pid 1 to attach: the workspace
+/// idmapped where the plan says so ([`idmapped_workspace`]), any other bind a plain clone
+/// with its flags. pid 1 cannot bind them from host paths itself: its new root, mounted
+/// before the request, covers its view of `/tmp`.
+fn request_binds(
+    warm: &LaunchPlan,
+    req: &mut LaunchPlan,
+    ctl: &OwnedFd,
+) -> Result<Vec<(PathBuf, OwnedFd)>, (Stage, i32, String)> {
+    let mut mounts = idmapped_workspace(req, ctl)?;
+    if req.ids != warm.ids {
+        let detail = "the workspace cannot be idmapped, and a pre-built cell cannot take on its owner's ids".into();
+        return Err((Stage::Mounts, 0, detail));
+    }
+    let (Some(base), Some(full)) = (&warm.view, &req.view) else { return Ok(mounts) };
+    for step in super::view::added_steps(base, full) {
+        let StepKind::Bind { source, dir, writable, exec, no_follow } = &step.kind else { continue };
+        if mounts.iter().any(|(p, _)| p == &step.path) {
+            continue;
+        }
+        let shown = source.display();
+        let err = |what: &str, e: std::io::Error| {
+            (Stage::Mounts, e.raw_os_error().unwrap_or(0), format!("{what} {shown}: {e}"))
+        };
+        let fd = if *no_follow {
+            sys::open_no_symlinks(source, *dir).map_err(|e| err("opening (no symlinks followed)", e.into()))?
+        } else {
+            nix::fcntl::open(
+                source.as_path(),
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| err("opening", e.into()))?
+        };
+        let mnt = sys::open_tree_clone(&fd).map_err(|e| err("open_tree(OPEN_TREE_CLONE) of", e))?;
+        sys::set_mount_attrs(&mnt, None, !writable, !exec).map_err(|e| err("mount_setattr of", e))?;
+        mounts.push((step.path.clone(), mnt));
+    }
+    if mounts.len() > init::MAX_HANDOFF_FDS {
+        let detail =
+            format!("{} binds under the cwd; a pre-built cell takes at most {}", mounts.len(), init::MAX_HANDOFF_FDS);
+        return Err((Stage::Mounts, libc::E2BIG, detail));
+    }
+    Ok(mounts)
+}
+
+fn stream_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
 }
 
 /// The kernel's word that a user namespace belongs to the cell's uid (so its budgets are
@@ -424,7 +592,7 @@ fn try_idmap(plan: &LaunchPlan, idm: &IdmapPlan) -> Result<Vec<(PathBuf, OwnedFd
         let shown = source.display();
         let fd = sys::open_no_symlinks(source, dir).map_err(|e| (e as i32, format!("opening {shown}: {e}")))?;
         let mnt = sys::open_tree_clone(&fd).map_err(|e| io(format!("open_tree(OPEN_TREE_CLONE) of {shown}"), e))?;
-        sys::idmap_mount(&mnt, &userns, !writable, !exec)
+        sys::set_mount_attrs(&mnt, Some(userns.as_fd()), !writable, !exec)
             .map_err(|e| io(format!("mount_setattr(MOUNT_ATTR_IDMAP) of {shown}"), e))?;
         mounts.push((path.clone(), mnt));
     }

@@ -85,15 +85,23 @@ pub fn pid1(plan: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd, workspace: &[(st
 /// Mounts, loopback and hostname, done by pid 1 with the capabilities it holds over the new
 /// namespaces.
 fn prepare_view(plan: &LaunchPlan, workspace: &[(std::path::PathBuf, OwnedFd)]) -> Result<(), StepError> {
-    if plan.ns.user {
-        // Files pid 1 creates (mount points in the private tmp) must belong to a mapped id;
-        // setfsuid/setfsgid change only the filesystem ids and keep CAP_SYS_ADMIN.
-        nix::unistd::setfsgid(Gid::from_raw(plan.ids.inside_gid));
-        nix::unistd::setfsuid(Uid::from_raw(plan.ids.inside_uid));
-    }
+    set_fs_ids(plan);
     if plan.ns.mount {
         mount_view(plan, workspace)?;
     }
+    network_and_name(plan)
+}
+
+/// Files pid 1 creates (mount points in the private tmp) must belong to a mapped id;
+/// setfsuid/setfsgid change only the filesystem ids and keep CAP_SYS_ADMIN.
+fn set_fs_ids(plan: &LaunchPlan) {
+    if plan.ns.user {
+        nix::unistd::setfsgid(Gid::from_raw(plan.ids.inside_gid));
+        nix::unistd::setfsuid(Uid::from_raw(plan.ids.inside_uid));
+    }
+}
+
+fn network_and_name(plan: &LaunchPlan) -> Result<(), StepError> {
     if plan.loopback {
         step(Stage::Network, "bringing lo up", sys::loopback_up())?;
     }
@@ -101,6 +109,90 @@ fn prepare_view(plan: &LaunchPlan, workspace: &[(std::path::PathBuf, OwnedFd)]) 
         step(Stage::Hostname, "sethostname", nix::unistd::sethostname(&plan.hostname))?;
     }
     Ok(())
+}
+
+/// pid 1 of a cell built before its request (`[pool] prewarm`): the same recipe as [`pid1`],
+/// cut where the request is needed. Before it: the namespaces, `lo`, the hostname, the proxy
+/// listener and the host part of the view (not pivoted: the cwd's binds are still to come;
+/// `/` a slave meanwhile, so host mounts made later still appear and none of ours leaves).
+/// Then one byte on `hand` tells the helper it is ready, and the helper hands over the
+/// request: its plan and the idmapped workspace (fds), which the helper makes outside the
+/// cell's user namespace. The rest of the view, the pivot and the payload follow as in a cell
+/// started cold. A cell takes exactly one request: there is no loop here.
+pub fn pid1_warm(warm: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd, hand: &OwnedFd) -> i32 {
+    let mut byte = [0u8; 1];
+    if !matches!(nix::unistd::read(sync_r, &mut byte), Ok(1)) {
+        return 125;
+    }
+    let built = prepare_base(warm)
+        .and_then(|()| await_proxy_listener(warm, ctl))
+        .and_then(|()| step(Stage::Init, "telling the helper the cell is built", nix::unistd::write(hand, &[1u8])))
+        .and_then(|_| receive_request(hand))
+        .and_then(|(plan, workspace)| {
+            if plan.ns.mount {
+                make_root_private()?;
+                if let (Some(full), Some(base)) = (&plan.view, &warm.view) {
+                    view::finish(full, base, plan.ids.inside_uid, plan.ids.inside_gid, &workspace)
+                        .map_err(|e| StepError(Stage::Mounts, e.errno, e.what))?;
+                }
+                memfd_noexec(&plan)?;
+            }
+            Ok(plan)
+        });
+    match built {
+        Ok(plan) => supervise(&plan, ctl),
+        Err(StepError(stage, errno, detail)) => {
+            Report::SetupFailed { stage, errno, detail }.send(ctl);
+            125
+        }
+    }
+}
+
+/// The part of [`prepare_view`] a pre-built cell does before its request.
+fn prepare_base(warm: &LaunchPlan) -> Result<(), StepError> {
+    set_fs_ids(warm);
+    if warm.ns.mount {
+        let none: Option<&str> = None;
+        let slave = mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none);
+        step(Stage::Mounts, "making / a slave (MS_REC|MS_SLAVE)", slave)?;
+        if let Some(base) = &warm.view {
+            view::build_base(base, warm.ids.inside_uid, warm.ids.inside_gid)
+                .map_err(|e| StepError(Stage::Mounts, e.errno, e.what))?;
+        }
+    }
+    network_and_name(warm)
+}
+
+/// The request, as the helper hands it over: one byte carrying the workspace's mounts
+/// (SCM_RIGHTS), then one JSON line ([`Handoff`]).
+fn receive_request(hand: &OwnedFd) -> Result<(LaunchPlan, Vec<(std::path::PathBuf, OwnedFd)>), StepError> {
+    use std::io::{BufRead, Read};
+    let mut byte = [0u8; 1];
+    let (n, fds) = step(Stage::Plan, "receiving the request", sys::receive_fds::<MAX_HANDOFF_FDS>(hand, &mut byte))?;
+    if n == 0 {
+        return Err(StepError(Stage::Plan, 0, "the helper closed the hand-off socket".into()));
+    }
+    let file = std::fs::File::from(step(Stage::Plan, "dup", hand.try_clone())?);
+    let mut line = String::new();
+    step(Stage::Plan, "reading the request", std::io::BufReader::new(file).take(16 << 20).read_line(&mut line))?;
+    let handoff: Handoff = serde_json::from_str(&line)
+        .map_err(|e| StepError(Stage::Plan, 0, format!("malformed request hand-off: {e}")))?;
+    if handoff.workspace.len() != fds.len() {
+        let detail = format!("{} workspace mounts named, {} received", handoff.workspace.len(), fds.len());
+        return Err(StepError(Stage::Plan, 0, detail));
+    }
+    Ok((handoff.plan, handoff.workspace.into_iter().zip(fds).collect()))
+}
+
+/// Most workspace mounts one hand-off carries (the cwd and its `{cwd}/…` rules).
+pub const MAX_HANDOFF_FDS: usize = 64;
+
+/// The request of a pre-built cell, from its helper to its pid 1.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Handoff {
+    pub plan: LaunchPlan,
+    /// Where each fd sent with the hand-off goes (in order).
+    pub workspace: Vec<std::path::PathBuf>,
 }
 
 /// `proxy` policies: tell the launcher that `lo` is up, and wait until it has opened the egress
@@ -125,16 +217,22 @@ fn await_proxy_listener(plan: &LaunchPlan, ctl: &OwnedFd) -> Result<(), StepErro
 /// Mount recipe: stop propagation to the host → the cell's own view ([`view::build`]: only
 /// what the policy grants, pivoted into) → `vm.memfd_noexec = 2` in the cell's pid namespace.
 fn mount_view(plan: &LaunchPlan, workspace: &[(std::path::PathBuf, OwnedFd)]) -> Result<(), StepError> {
-    let none: Option<&str> = None;
-    step(
-        Stage::Mounts,
-        "making / private (MS_REC|MS_PRIVATE)",
-        mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
-    )?;
+    make_root_private()?;
     if let Some(v) = &plan.view {
         view::build(v, plan.ids.inside_uid, plan.ids.inside_gid, workspace)
             .map_err(|e| StepError(Stage::Mounts, e.errno, e.what))?;
     }
+    memfd_noexec(plan)
+}
+
+/// Stop propagation to and from the host, before the view is built.
+fn make_root_private() -> Result<(), StepError> {
+    let none: Option<&str> = None;
+    let private = mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none);
+    step(Stage::Mounts, "making / private (MS_REC|MS_PRIVATE)", private)
+}
+
+fn memfd_noexec(plan: &LaunchPlan) -> Result<(), StepError> {
     if plan.memfd_noexec {
         // Per pid namespace, and never lowered by a child namespace: no memfd of this cell can
         // be made executable (memfd_create + fexecve bypasses every noexec mount).

@@ -99,6 +99,21 @@ pub enum Stop {
     Kill { reason: ExitReason },
 }
 
+/// What a launch builds: a cell for a request, or one that waits for its request (built ahead).
+pub(super) enum Want {
+    Request(LaunchRequest),
+    Warm { cell_id: String },
+}
+
+impl Want {
+    fn cell_id(&self) -> &str {
+        match self {
+            Want::Request(req) => &req.cell_id,
+            Want::Warm { cell_id } => cell_id,
+        }
+    }
+}
+
 /// The end of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
@@ -133,13 +148,13 @@ pub struct Cell {
     pub egress: Option<Arc<CellEgress>>,
     /// What the proxy will need once pid 1 reports [`Report::NetnsReady`].
     egress_plan: Option<super::netns::EgressPlan>,
-    reports: Lines<BufReader<UnixStream>>,
+    pub(super) reports: Lines<BufReader<UnixStream>>,
     backend: &'static str,
     /// The cell's host uid (the helper may report the workspace owner's instead: see
     /// [`plan::IdmapFallback::Owner`]).
     pub host_uid: u32,
     /// The lease on the cell's own host id; dropped only after the cgroup is removed.
-    id_lease: Option<super::ids::IdLease>,
+    pub(super) id_lease: Option<super::ids::IdLease>,
 }
 
 fn limits_of(policy: &Policy) -> CellLimits {
@@ -198,7 +213,26 @@ impl Launcher {
         if policy.command.is_empty() && req.args.is_empty() {
             return Err(SandboxError::NoCommand { provider: policy.name.clone() });
         }
-        let cell = req.cell_id.clone();
+        let (mut started, _) = self.start(policy, Want::Request(req), stdio).await?;
+        match started.await_stage(false).await {
+            Ok(()) => Ok(started),
+            Err(e) => {
+                started.discard().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything of a launch up to the plan sent: the pty, the cgroup, the id lease, the
+    /// helper started and released. Returns the cell (its helper now building it) and, for a
+    /// cell built ahead, its plan. On an error everything made is removed.
+    pub(super) async fn start(
+        &self,
+        policy: &Policy,
+        want: Want,
+        stdio: StdioMode,
+    ) -> Result<(Cell, Option<plan::LaunchPlan>), SandboxError> {
+        let cell = want.cell_id().to_owned();
         let like = match &stdio {
             StdioMode::Terminal(spec) => Some(spec),
             _ => None,
@@ -246,7 +280,7 @@ impl Launcher {
         };
         drop(into);
         let making = making.map(tokio::task::spawn_blocking);
-        let prepared = self.prepare(policy, req, tty).await;
+        let prepared = self.prepare(policy, want, tty).await;
         let cgroup = match (early, making) {
             (Some(cg), _) => Ok(cg),
             (None, Some(task)) => made(task.await).map(Arc::new),
@@ -264,6 +298,7 @@ impl Launcher {
         let host_uid = plan.ids.outside_uid;
         let plan_proxy_port = plan.proxy_port;
         plan.join_cgroup = cgroup.self_join_files().unwrap_or_default();
+        let warm_plan = plan.warm.then(|| plan.clone());
         let released = match serde_json::to_vec(&plan) {
             Ok(line) => self.release_helper(&cell, &mut child, &cgroup, ours, line).await,
             Err(e) => {
@@ -278,7 +313,7 @@ impl Launcher {
                 return Err(e);
             }
         };
-        let mut started = Cell {
+        let started = Cell {
             id: cell,
             provider: policy.name.clone(),
             cgroup,
@@ -300,13 +335,7 @@ impl Launcher {
             host_uid,
             id_lease: lease,
         };
-        match started.await_exec().await {
-            Ok(()) => Ok(started),
-            Err(e) => {
-                started.discard().await;
-                Err(e)
-            }
-        }
+        Ok((started, warm_plan))
     }
 
     /// The cell's own host id, held (flock) until its cgroup is gone (`Cell::finish` and
@@ -315,23 +344,33 @@ impl Launcher {
     async fn prepare(
         &self,
         policy: &Policy,
-        mut req: LaunchRequest,
+        want: Want,
         tty: bool,
     ) -> Result<(plan::LaunchPlan, Vec<Degradation>, Option<super::ids::IdLease>), SandboxError> {
-        let lease = match plan::needs_own_id(policy, req.caller_uid) {
+        let caller_uid = match &want {
+            Want::Request(req) => req.caller_uid,
+            Want::Warm { .. } => 0,
+        };
+        let lease = match plan::needs_own_id(policy, caller_uid) {
             None => None,
             Some(range) => {
                 let range = range.map(|(start, count)| super::ids::IdRange { start, count });
                 let ids = self.ids.clone();
                 let lease = tokio::task::spawn_blocking(move || ids.allocate(range))
                     .await
-                    .map_err(|e| SandboxError::HelperDied { cell: req.cell_id.clone(), detail: e.to_string() })?
+                    .map_err(|e| SandboxError::HelperDied { cell: want.cell_id().to_owned(), detail: e.to_string() })?
                     .map_err(|source| SandboxError::Ids { provider: policy.name.clone(), source })?;
                 Some(lease)
             }
         };
-        req.range_uid = lease.as_ref().map(|l| l.uid());
-        let (mut plan, degraded) = plan::build(policy, &req, &self.host)?;
+        let range_uid = lease.as_ref().map(|l| l.uid());
+        let (mut plan, degraded) = match want {
+            Want::Request(mut req) => {
+                req.range_uid = range_uid;
+                plan::build(policy, &req, &self.host)?
+            }
+            Want::Warm { cell_id } => (plan::build_warm(policy, &cell_id, range_uid, &self.host)?, Vec::new()),
+        };
         plan.tty = tty;
         Ok((plan, degraded, lease))
     }
@@ -496,10 +535,13 @@ async fn remove_cgroup(cgroup: Arc<CellCgroup>) -> Option<crate::cgroup::CgroupE
 }
 
 impl Cell {
-    /// Read reports until the payload exec'd or a setup step failed.
-    async fn await_exec(&mut self) -> Result<(), SandboxError> {
+    /// Read reports until the payload exec'd (`warm`: until the cell built ahead is ready for
+    /// its request) or a setup step failed.
+    pub(super) async fn await_stage(&mut self, warm: bool) -> Result<(), SandboxError> {
         loop {
             match self.next_report().await {
+                Some(Report::Warm) if warm => return Ok(()),
+                Some(Report::Warm) => continue,
                 Some(Report::Exec) => {
                     // helper → pid 1 → payload: right after exec, pid 1 has exactly one child.
                     let pid1 = self.child.id().map(super::audit::children).and_then(|c| c.first().copied());
@@ -548,7 +590,7 @@ impl Cell {
     }
 
     /// Kill everything and remove the cgroup (a launch that failed half-way).
-    async fn discard(self) {
+    pub(super) async fn discard(self) {
         let Cell { cgroup, mut child, egress, .. } = self;
         if let Some(e) = egress {
             e.stop();

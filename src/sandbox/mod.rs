@@ -56,6 +56,7 @@ pub mod proto;
 pub mod pty;
 pub(crate) mod sys;
 pub mod view;
+pub mod warm;
 pub mod zygote;
 
 use std::path::PathBuf;
@@ -67,6 +68,7 @@ pub use launch::{Cell, CellInput, CellIo, CellOutput, Launcher, Outcome, StdioMo
 pub use plan::{Degradation, HostCaps, LaunchRequest};
 pub use proto::Stage;
 pub use pty::TermSpec;
+pub use warm::{Activation, WarmCell};
 
 /// Why a cell ended: exactly one per run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -157,6 +157,10 @@ pub struct LaunchPlan {
     /// stdin/stdout/stderr are a pty slave: the payload makes it its controlling terminal.
     /// From the policy's `tty`; the launcher clears it when it passes its own stdio through.
     pub tty: bool,
+    /// A cell built before its request ([`build_warm`]): the helper and pid 1 build it up to
+    /// the request, report [`super::proto::Report::Warm`] and wait for the request's plan.
+    #[serde(default)]
+    pub warm: bool,
 }
 
 /// The idmapped workspace: the helper clones the mounts of the view's binds under the cwd
@@ -206,7 +210,6 @@ pub fn build(
     let exe = resolve_binary(&provider, &argv[0], &env)?;
     argv[0] = exe.to_string_lossy().into_owned();
 
-    let ns = namespaces(policy);
     let landlock = landlock_plan(policy, &cwd, host, &mut degraded)?;
     let mut rlimits = vec![Rlimit { kind: RlimitKind::Core, limit: 0 }];
     if let Some(n) = policy.limits.open_files {
@@ -215,32 +218,99 @@ pub fn build(
     if let Some(n) = policy.limits.file_size {
         rlimits.push(Rlimit { kind: RlimitKind::Fsize, limit: n });
     }
+    let mut plan = cell_part(policy, &req.cell_id, ids, host, Some(&cwd), &mut degraded)?;
+    plan.exe = exe;
+    plan.argv = argv;
+    plan.env = env;
+    plan.cwd = cwd;
+    plan.rlimits = rlimits;
+    plan.landlock = landlock;
+    plan.idmap = idmap;
+    Ok((plan, degraded))
+}
+
+/// The part of a plan that does not depend on the request (the cell: ids, namespaces, the
+/// view of `cwd`, or without one its host part, seccomp); the request's fields empty.
+fn cell_part(
+    policy: &Policy,
+    cell_id: &str,
+    ids: Ids,
+    host: &HostCaps,
+    cwd: Option<&Path>,
+    degraded: &mut Vec<Degradation>,
+) -> Result<LaunchPlan, SandboxError> {
+    let ns = namespaces(policy);
     let mut seccomp = policy.seccomp.compiled.clone();
-    let memfd_noexec = memfd_plan(policy, ns, host, &mut seccomp, &mut degraded)?;
-    let view = ns.mount.then(|| super::view::plan_view(policy, &cwd, ns.pid, policy.limits.tmp_size));
-    let plan = LaunchPlan {
-        cell_id: req.cell_id.clone(),
-        provider,
-        exe,
-        argv,
-        env,
-        cwd,
+    let memfd_noexec = memfd_plan(policy, ns, host, &mut seccomp, degraded)?;
+    Ok(LaunchPlan {
+        cell_id: cell_id.to_owned(),
+        provider: policy.name.clone(),
+        exe: PathBuf::new(),
+        argv: Vec::new(),
+        env: Vec::new(),
+        cwd: cwd.map_or_else(|| PathBuf::from("/"), Path::to_owned),
         ids,
         ns,
         loopback: matches!(policy.network, Network::Loopback | Network::Proxy { .. }),
         proxy_port: matches!(policy.network, Network::Proxy { .. }).then_some(PROXY_PORT),
         hostname: "cellkeep".to_owned(),
-        view,
+        view: ns.mount.then(|| super::view::plan_view(policy, cwd, ns.pid, policy.limits.tmp_size)),
         memfd_noexec,
-        rlimits,
-        landlock,
+        rlimits: Vec::new(),
+        landlock: None,
         seccomp,
         cap_last_cap: host.cap_last_cap,
-        idmap,
+        idmap: None,
         join_cgroup: Vec::new(),
         tty: policy.tty,
+        warm: cwd.is_none(),
+    })
+}
+
+/// The plan of a cell built before its request (`[pool] prewarm`): the cell's part only, for
+/// a root caller (a request from a caller who would get other ids does not fit it). The
+/// request's own plan ([`build`], with the same `range_uid`) follows at the request and must
+/// [`fits`] this one.
+pub fn build_warm(
+    policy: &Policy,
+    cell_id: &str,
+    range_uid: Option<u32>,
+    host: &HostCaps,
+) -> Result<LaunchPlan, SandboxError> {
+    let req = LaunchRequest {
+        cell_id: cell_id.to_owned(),
+        args: Vec::new(),
+        cwd: PathBuf::from("/"),
+        caller_uid: 0,
+        caller_gid: 0,
+        caller_groups: Vec::new(),
+        caller_env: BTreeMap::new(),
+        range_uid,
     };
-    Ok((plan, degraded))
+    let ids = choose_ids(policy, &req)?;
+    cell_part(policy, cell_id, ids, host, None, &mut Vec::new())
+}
+
+/// Can the cell built from `warm` run the request planned as `req`? Everything the cell made
+/// before the request must be what the request would have made. `Err`: what differs.
+pub fn fits(warm: &LaunchPlan, req: &LaunchPlan) -> Result<(), String> {
+    let same = [
+        (warm.ids == req.ids, "identity"),
+        (warm.ns == req.ns, "namespaces"),
+        (warm.loopback == req.loopback && warm.proxy_port == req.proxy_port, "network"),
+        (warm.hostname == req.hostname, "hostname"),
+        (warm.memfd_noexec == req.memfd_noexec, "memfd_noexec"),
+        (warm.cap_last_cap == req.cap_last_cap, "capabilities"),
+        (warm.tty == req.tty, "terminal"),
+    ];
+    if let Some((_, what)) = same.iter().find(|(ok, _)| !ok) {
+        return Err(format!("the request's {what} differs from the pre-built cell's"));
+    }
+    match (&warm.view, &req.view) {
+        (None, None) => Ok(()),
+        (Some(base), Some(full)) => super::view::fits(base, full),
+        _ => Err("the request's mount view differs from the pre-built cell's".into()),
+    }
 }
 
 /// The payload's argv: the policy's fixed command, then its `command_after` token (if any),

@@ -52,6 +52,9 @@ pub enum Report {
     /// socket, for the launcher to open the egress proxy's listener in that namespace and
     /// write one byte (`proxy` policies only).
     NetnsReady,
+    /// A cell built before its request (`warm` plan) is ready: its helper waits for the
+    /// request's plan on the control socket.
+    Warm,
     /// The payload exec'd: the command is running.
     Exec,
     /// The payload ended (as seen by the cell's pid 1).

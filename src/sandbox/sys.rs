@@ -17,7 +17,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
@@ -396,20 +396,29 @@ pub fn open_tree_clone(dir: &impl AsFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
 }
 
-/// Idmap a detached mount (from [`open_tree_clone`]) with the mapping of `userns` (an
-/// `ns/user` fd), and set `nosuid,nodev` (+ `ro`, `noexec` when asked):
-/// `mount_setattr(fd, "", AT_EMPTY_PATH, {MOUNT_ATTR_IDMAP | …, userns_fd})`. Linux >= 5.12,
-/// and only on filesystems that support it (ext4, xfs, btrfs, tmpfs >= 6.3, …): EINVAL
-/// otherwise.
-pub fn idmap_mount(mnt: &impl AsFd, userns: &impl AsFd, read_only: bool, no_exec: bool) -> io::Result<()> {
-    let mut set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+/// Set `nosuid,nodev` (+ `ro`, `noexec` when asked) on a detached mount (from
+/// [`open_tree_clone`]), and idmap it with the mapping of `idmap` (an `ns/user` fd) if given:
+/// `mount_setattr(fd, "", AT_EMPTY_PATH, {[MOUNT_ATTR_IDMAP |] …, userns_fd})`. Idmapping needs
+/// Linux >= 5.12 and a filesystem that supports it (ext4, xfs, btrfs, tmpfs >= 6.3, …):
+/// EINVAL otherwise.
+pub fn set_mount_attrs(
+    mnt: &impl AsFd,
+    idmap: Option<BorrowedFd<'_>>,
+    read_only: bool,
+    no_exec: bool,
+) -> io::Result<()> {
+    let mut set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    if idmap.is_some() {
+        set |= MOUNT_ATTR_IDMAP;
+    }
     if read_only {
         set |= MOUNT_ATTR_RDONLY;
     }
     if no_exec {
         set |= MOUNT_ATTR_NOEXEC;
     }
-    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: userns.as_fd().as_raw_fd() as u64 };
+    let userns_fd = idmap.map_or(0, |fd| fd.as_raw_fd() as u64);
+    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd };
     // SAFETY: mount_setattr(2) reads `size` bytes of `struct mount_attr` through the pointer
     // (a live local of exactly that layout and size) and the empty C path; fds are borrowed.
     let rc = unsafe {

@@ -80,6 +80,13 @@ pub struct ViewPlan {
     pub steps: Vec<ViewStep>,
 }
 
+fn absolute(rule: &PathRule) -> Option<PathBuf> {
+    match rule {
+        PathRule::Absolute(p) => Some(p.clone()),
+        _ => None,
+    }
+}
+
 fn expanded(rule: &PathRule, cwd: &Path) -> Option<PathBuf> {
     match rule {
         PathRule::Absolute(p) => Some(p.clone()),
@@ -89,10 +96,13 @@ fn expanded(rule: &PathRule, cwd: &Path) -> Option<PathBuf> {
 }
 
 /// The view `policy` grants a cell working in `cwd` (canonical). Host paths that do not exist
-/// are left out (as Landlock skips them).
-pub fn plan_view(policy: &Policy, cwd: &Path, own_pid_ns: bool, tmp_size: u64) -> ViewPlan {
+/// are left out (as Landlock skips them). `None`: the part that does not depend on the cwd,
+/// for a cell built before its request (`{cwd}` rules and the cwd itself left out).
+pub fn plan_view(policy: &Policy, cwd: Option<&Path>, own_pid_ns: bool, tmp_size: u64) -> ViewPlan {
     let fs = &policy.filesystem;
-    let list = |rules: &[PathRule]| rules.iter().filter_map(|r| expanded(r, cwd)).collect::<Vec<_>>();
+    let list = |rules: &[PathRule]| {
+        rules.iter().filter_map(|r| cwd.and_then(|c| expanded(r, c)).or_else(|| absolute(r))).collect::<Vec<_>>()
+    };
     let (read, write, exec) = (list(&fs.read), list(&fs.write), list(&fs.exec));
     let covered = |set: &[PathBuf], p: &Path| set.iter().any(|a| p.starts_with(a));
     let tmp_exec = fs.exec.iter().any(|r| matches!(r, PathRule::Tmp(rest) if rest.as_os_str().is_empty()));
@@ -111,7 +121,7 @@ pub fn plan_view(policy: &Policy, cwd: &Path, own_pid_ns: bool, tmp_size: u64) -
         steps.push(ViewStep { path: link.into(), kind: StepKind::Symlink { target: target.into() } });
     }
     let mut candidates: Vec<PathBuf> = read.iter().chain(&write).chain(&exec).cloned().collect();
-    candidates.push(cwd.to_owned());
+    candidates.extend(cwd.map(Path::to_owned));
     candidates.sort();
     candidates.dedup();
     let special = ["/dev/pts", "/dev/shm", "/dev/ptmx", "/dev/fd"];
@@ -125,7 +135,7 @@ pub fn plan_view(policy: &Policy, cwd: &Path, own_pid_ns: bool, tmp_size: u64) -
             devices.push(p.clone());
             continue;
         }
-        let under_cwd = p.starts_with(cwd);
+        let under_cwd = cwd.is_some_and(|c| p.starts_with(c));
         if p.starts_with(NEW_ROOT) && !under_cwd {
             continue; // hidden by the private tmp
         }
@@ -205,7 +215,7 @@ impl ViewPlan {
 pub fn describe_policy(policy: &Policy) -> Vec<String> {
     let placeholder = Path::new("/{cwd}");
     let ns = super::plan::namespaces(policy);
-    let mut lines = plan_view(policy, placeholder, ns.pid, policy.limits.tmp_size).describe();
+    let mut lines = plan_view(policy, Some(placeholder), ns.pid, policy.limits.tmp_size).describe();
     let fs = &policy.filesystem;
     let list = |rules: &[PathRule]| rules.iter().filter_map(|r| expanded(r, placeholder)).collect::<Vec<_>>();
     let (read, write, exec) = (list(&fs.read), list(&fs.write), list(&fs.exec));
@@ -256,9 +266,67 @@ fn tmp_inodes(size: u64) -> u64 {
 /// binds (the cwd and the rules beneath it) as idmapped detached mounts made by the helper with
 /// their flags set, by path: attached with `move_mount` in place of those plain binds.
 pub fn build(view: &ViewPlan, uid: u32, gid: u32, idmapped: &[(PathBuf, OwnedFd)]) -> Result<(), ViewError> {
-    let sources = hold_sources(view)?;
+    let sources = hold_sources(&view.steps, idmapped)?;
     new_root(uid, gid)?;
-    for (step, fd) in view.steps.iter().zip(&sources) {
+    place_all(&view.steps, &sources, uid, gid, idmapped)?;
+    pivot()?;
+    seal_root()
+}
+
+/// A cell built before its request: the new root and the steps of `base` (the view without
+/// the cwd, [`plan_view`] with `None`), not pivoted yet; [`finish`] adds the rest.
+pub fn build_base(base: &ViewPlan, uid: u32, gid: u32) -> Result<(), ViewError> {
+    let sources = hold_sources(&base.steps, &[])?;
+    new_root(uid, gid)?;
+    place_all(&base.steps, &sources, uid, gid, &[])
+}
+
+/// At the request: the steps of `full` that `base` lacks (the cwd and what depends on it),
+/// then the pivot and the seal, as [`build`] ends. [`fits`] said they can go on top. Their
+/// binds come as detached mounts (`mounts`, by path) made by the helper outside the cell: the
+/// host paths are out of pid 1's reach by now (the new root covers `/tmp`).
+pub fn finish(
+    full: &ViewPlan,
+    base: &ViewPlan,
+    uid: u32,
+    gid: u32,
+    mounts: &[(PathBuf, OwnedFd)],
+) -> Result<(), ViewError> {
+    let extra = added_steps(base, full);
+    let sources = hold_sources(&extra, mounts)?;
+    place_all(&extra, &sources, uid, gid, mounts)?;
+    pivot()?;
+    seal_root()
+}
+
+/// Can a cell whose view was built from `base` take a request whose view is `full`? Every
+/// step of `base` must be in `full`, and none of the rest may lie above one of them (it would
+/// be mounted over it, out of order). `Err`: why not (the request is launched cold).
+pub fn fits(base: &ViewPlan, full: &ViewPlan) -> Result<(), String> {
+    if let Some(s) = base.steps.iter().find(|s| !full.steps.contains(s)) {
+        return Err(format!("{} is mounted differently for this cwd", s.path.display()));
+    }
+    for e in added_steps(base, full) {
+        if let Some(b) = base.steps.iter().find(|b| b.path.starts_with(&e.path)) {
+            return Err(format!("{} would cover {}", e.path.display(), b.path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// The steps of `full` a cell built with `base` has not made.
+pub fn added_steps(base: &ViewPlan, full: &ViewPlan) -> Vec<ViewStep> {
+    full.steps.iter().filter(|s| !base.steps.contains(s)).cloned().collect()
+}
+
+fn place_all(
+    steps: &[ViewStep],
+    sources: &[Option<OwnedFd>],
+    uid: u32,
+    gid: u32,
+    idmapped: &[(PathBuf, OwnedFd)],
+) -> Result<(), ViewError> {
+    for (step, fd) in steps.iter().zip(sources) {
         let mnt = idmapped.iter().find(|(p, _)| p == &step.path).map(|(_, m)| m);
         match (mnt, &step.kind) {
             (Some(mnt), StepKind::Bind { dir, .. }) => {
@@ -272,15 +340,17 @@ pub fn build(view: &ViewPlan, uid: u32, gid: u32, idmapped: &[(PathBuf, OwnedFd)
             _ => place(step, fd.as_ref(), uid, gid)?,
         }
     }
-    pivot()?;
-    seal_root()
+    Ok(())
 }
 
-fn hold_sources(view: &ViewPlan) -> Result<Vec<Option<OwnedFd>>, ViewError> {
+/// An `O_PATH` fd of each step's source (none for steps without one, or with a detached mount
+/// in `mounted`).
+fn hold_sources(steps: &[ViewStep], mounted: &[(PathBuf, OwnedFd)]) -> Result<Vec<Option<OwnedFd>>, ViewError> {
     use nix::fcntl::OFlag;
-    view.steps
+    steps
         .iter()
         .map(|s| match &s.kind {
+            _ if mounted.iter().any(|(p, _)| p == &s.path) => Ok(None),
             StepKind::Bind { source, dir, no_follow: true, .. } => fail(
                 format!("opening {} (no symlinks followed)", source.display()),
                 super::sys::open_no_symlinks(source, *dir),
@@ -474,7 +544,7 @@ mod tests {
     #[test]
     fn base_view_holds_only_its_grants() {
         let ws = tempfile::tempdir_in("/var/tmp").unwrap_or_else(|e| panic!("{e}"));
-        let view = plan_view(&base_policy(), ws.path(), true, 1 << 20);
+        let view = plan_view(&base_policy(), Some(ws.path()), true, 1 << 20);
         let at = |p: &str| view.steps.iter().find(|s| s.path == Path::new(p)).map(|s| s.kind.clone());
         assert!(matches!(at("/tmp"), Some(StepKind::Tmp { exec: false, .. })), "{view:?}");
         assert!(matches!(at("/usr"), Some(StepKind::Bind { writable: false, exec: true, .. })), "{view:?}");
