@@ -18,7 +18,7 @@
 //! | [`session`] | reply framing (line, sentinel, regex, JSON field) and the bounded output spool with live fan-out |
 //! | [`systemd`] | optional systemd integration: `sd_notify` readiness, socket activation, journald detection |
 //! | [`egress`] | the egress proxy: per-cell HTTP `CONNECT` listener in the cell's netns, allowlist by name, events |
-//! | [`sandbox`] | launch plan, launcher, the daemon's zygote (`zygote`), the helper, pid 1 and the payload recipe, cells' own host ids (`ids`), pseudo-terminals (`pty`); `sys` holds all `unsafe` |
+//! | [`sandbox`] | launch plan, launcher, the daemon's zygote (`zygote`), cells built before their request (`warm`), the helper, pid 1 and the payload recipe, cells' own host ids (`ids`), pseudo-terminals (`pty`); `sys` holds all `unsafe` |
 //!
 //! # Process model
 //!

@@ -17,8 +17,14 @@ use serde_json::{json, Value};
 
 const SH: &str = "[\"/bin/sh\", \"-c\"]";
 
+/// `sh` with `prewarm` pre-built cells, and `cold` (the same without). Where the workspace
+/// cannot be idmapped (the VM's overlay root) the cells keep their own id and bind it as it is
+/// (`fallback_cell`), so a pre-built cell can take the request there too (with the default
+/// `fallback_owner` a cell would run as the workspace's owner: not the identity it was built
+/// with, so such a request runs cold).
 fn daemon(prewarm: u32, extra: &str) -> Builder {
-    Daemon::builder().max_cells(20).provider("sh", SH, "oneshot", &format!("[pool]\nprewarm = {prewarm}\n{extra}"))
+    let sh = |n: u32| format!("[identity]\nworkspace_idmap = \"fallback_cell\"\n[pool]\nprewarm = {n}\n{extra}");
+    Daemon::builder().max_cells(20).provider("sh", SH, "oneshot", &sh(prewarm)).provider("cold", SH, "oneshot", &sh(0))
 }
 
 /// Wait until `health` satisfies `ok` (the refill runs in the background).
@@ -71,11 +77,16 @@ fn a_prewarmed_cell_is_given_exactly_one_payload() {
     }
     let h = d.health();
     assert!(h["warm_served"].as_u64().unwrap() >= 6, "every run was served by a pre-built cell: {h}");
-    // What the payload wrote in the workspace is there, owned like the workspace.
+    // What the payload wrote in the workspace is there, owned as a cold cell's file is (the
+    // workspace's owner where it is idmapped).
+    let v = run(&d, "cold", "echo made > cold.txt");
+    assert_eq!(v["exit"]["code"], 0, "{v}");
     use std::os::unix::fs::MetadataExt;
-    let made = std::path::Path::new(&d.cwd()).join("here.txt");
-    let (file, ws) = (std::fs::metadata(&made).unwrap(), std::fs::metadata(d.cwd()).unwrap());
-    assert_eq!((file.uid(), file.gid()), (ws.uid(), ws.gid()), "idmapped like a cold cell's workspace");
+    let owner = |name: &str| {
+        let m = std::fs::metadata(std::path::Path::new(&d.cwd()).join(name)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("here.txt"), owner("cold.txt"), "written as a cold cell writes");
 }
 
 // Sessions too: a session provider's pre-built cell has a stdin pipe and answers commands.

@@ -8,8 +8,8 @@
 //! does not exist, is not executable or sits outside every `exec` path, `network.egress` =
 //! `"learn"` (every name) or an empty list (nothing to reach through the proxy), workdir roots
 //! that put system directories under `{cwd}`, identity settings that share a host uid or do
-//! nothing (notes), and seccomp allowlists that re-enable calls the
-//! default preset denies.
+//! nothing (notes), seccomp allowlists that re-enable calls the default preset denies, and
+//! pre-built cells that only root's requests can use (a note).
 //!
 //! Two kinds of missing path are notes, not warnings (they never fail `--strict`): paths
 //! under an install prefix that a shipped script creates ([`INSTALL_PREFIXES`]), and paths
@@ -94,6 +94,7 @@ pub fn lint(c: &Checked) -> Vec<Finding> {
     l.identity();
     l.network();
     l.seccomp();
+    l.prewarm();
     l.out.sort_by(|a, b| (&a.diag.file, a.diag.line, a.diag.col).cmp(&(&b.diag.file, b.diag.line, b.diag.col)));
     l.out
 }
@@ -254,6 +255,19 @@ impl Linter<'_> {
                        namespace (root_maps_to = \"cell\" or run_as = \"range\")"
                 .to_owned();
             self.note(v.span(), "identity.workspace_idmap", msg);
+        }
+    }
+
+    /// Pre-built cells are built for root's requests: under `run_as = "caller"` another
+    /// caller's cell runs as that caller's uid, so only root's launches can use them.
+    fn prewarm(&mut self) {
+        let Some(v) = &self.c.raw.pool.prewarm else { return };
+        if self.c.policy.prewarm > 0 && matches!(self.c.policy.identity.run_as, super::RunAs::Caller) {
+            let msg = "pre-built cells are built for root's requests: with run_as = \"caller\", a request from \
+                       another uid runs as that uid in a cell built for it (use run_as = \"range\" or a fixed \
+                       account for cells any caller's request fits)"
+                .to_owned();
+            self.note(v.span(), "pool.prewarm", msg);
         }
     }
 

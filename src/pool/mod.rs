@@ -1,6 +1,7 @@
 //! The pool: the single owner of the daemon's cells — the cap, authorisation, provider
 //! sessions, commands (session: `ops.rs`; one-shot, buffered or streamed: `oneshot.rs`),
-//! termination, health, idle reaping, restart recovery and shutdown.
+//! termination, health, idle reaping, restart recovery and shutdown; pre-built cells
+//! (`[pool] prewarm`: `warm.rs`).
 //!
 //! State lives in one `std::sync::Mutex<State>` held only for map updates (never across an
 //! await); each cell is driven by its own tasks (`cell.rs`); one reaper task (`reaper.rs`)

@@ -565,4 +565,21 @@ mod tests {
         let paths: Vec<&PathBuf> = view.steps.iter().map(|s| &s.path).collect();
         assert!(paths.windows(2).all(|w| w[0] <= w[1]), "{paths:?}");
     }
+
+    // A pre-built cell's view (no cwd) takes a workspace's binds on top; a cwd that would be
+    // mounted over one of its binds, or that changes how one is bound, does not fit.
+    #[test]
+    fn a_prebuilt_view_fits_a_workspace_only_on_top_of_it() {
+        let policy = base_policy();
+        let base = plan_view(&policy, None, true, 1 << 20);
+        assert!(!base.steps.is_empty());
+        let ws = tempfile::tempdir_in("/var/tmp").unwrap_or_else(|e| panic!("{e}"));
+        let full = plan_view(&policy, Some(ws.path()), true, 1 << 20);
+        assert_eq!(fits(&base, &full), Ok(()));
+        let added = added_steps(&base, &full);
+        assert!(added.iter().all(|s| s.path.starts_with(ws.path())), "{added:?}");
+        // The cwd /usr would cover the view's /usr bind (and binds beneath it).
+        let over = plan_view(&policy, Some(Path::new("/usr")), true, 1 << 20);
+        assert!(fits(&base, &over).is_err(), "{over:?}");
+    }
 }

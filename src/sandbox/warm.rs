@@ -90,6 +90,17 @@ impl Launcher {
         if let Err(why) = plan::fits(&warm.plan, &plan) {
             return Err(Activation::Unfit(why, warm));
         }
+        // A workspace that cannot be idmapped makes a `fallback_owner` cell run as the
+        // workspace's owner: not the identity this cell was built with. Predicted from the
+        // filesystem (a wrong guess fails the activation, and the request runs cold anyway).
+        if let Some(idm) = &plan.idmap {
+            if idm.fallback == plan::IdmapFallback::Owner {
+                if let Err(why) = plan::idmap_prediction(&plan.cwd) {
+                    let why = format!("the workspace cannot be idmapped ({why}): its cell runs as its owner");
+                    return Err(Activation::Unfit(why, warm));
+                }
+            }
+        }
         let WarmCell { mut cell, .. } = warm;
         let sent = match serde_json::to_vec(&plan) {
             Ok(mut line) => {
