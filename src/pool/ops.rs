@@ -87,6 +87,7 @@ impl Pool {
             }
             pool.release_slot();
             pool.inner.reaper_wake.notify_one();
+            pool.trim_heap_soon();
         };
         // The clock starts at launch, as the wall time always did.
         let wiring = cell::Wiring {
@@ -118,6 +119,7 @@ impl Pool {
             return Ok(None);
         }
         let Some(warm) = self.take_warm(policy, stdin) else {
+            tracing::info!(provider = %policy.name, stdin, "no pre-built cell waiting, launching cold");
             self.refill(&policy.name);
             return Ok(None);
         };
@@ -134,7 +136,7 @@ impl Pool {
                 Err(e.into())
             }
             Err(Activation::Unfit(why, cell)) => {
-                tracing::debug!(provider = %policy.name, "launching cold: {why}");
+                tracing::info!(provider = %policy.name, "a pre-built cell does not fit this request, launching cold: {why}");
                 self.put_back(super::warm::Warm { policy: built_for, cell });
                 Ok(None)
             }
