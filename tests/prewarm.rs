@@ -17,13 +17,15 @@ use serde_json::{json, Value};
 
 const SH: &str = "[\"/bin/sh\", \"-c\"]";
 
+const FIT_ANYWHERE: &str = "[identity]\nworkspace_idmap = \"fallback_cell\"\n";
+
 /// `sh` with `prewarm` pre-built cells, and `cold` (the same without). Where the workspace
 /// cannot be idmapped (the VM's overlay root) the cells keep their own id and bind it as it is
 /// (`fallback_cell`), so a pre-built cell can take the request there too (with the default
 /// `fallback_owner` a cell would run as the workspace's owner: not the identity it was built
 /// with, so such a request runs cold).
 fn daemon(prewarm: u32, extra: &str) -> Builder {
-    let sh = |n: u32| format!("[identity]\nworkspace_idmap = \"fallback_cell\"\n[pool]\nprewarm = {n}\n{extra}");
+    let sh = |n: u32| format!("{FIT_ANYWHERE}[pool]\nprewarm = {n}\n{extra}");
     Daemon::builder().max_cells(20).provider("sh", SH, "oneshot", &sh(prewarm)).provider("cold", SH, "oneshot", &sh(0))
 }
 
@@ -100,8 +102,10 @@ fn a_prewarmed_cell_is_given_exactly_one_payload() {
 #[test]
 fn a_prewarmed_session_answers_commands() {
     gate!("a_prewarmed_session_answers_commands");
-    let d =
-        Daemon::builder().max_cells(20).provider("cat", "[\"/bin/cat\"]", "session", "[pool]\nprewarm = 1\n").start();
+    let d = Daemon::builder()
+        .max_cells(20)
+        .provider("cat", "[\"/bin/cat\"]", "session", &format!("{FIT_ANYWHERE}[pool]\nprewarm = 1\n"))
+        .start();
     settle(&d, "one cell pre-built", |h| warm(h) == 1);
     let before = warm_ids(&d);
     let id = id_of(&d.spawn("cat"));
