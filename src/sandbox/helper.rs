@@ -274,7 +274,7 @@ fn run_warm(plan: &LaunchPlan, ctl: &OwnedFd, sync_r: OwnedFd, sync_w: OwnedFd) 
         Err(e) => return Err(init_err("fork", e)),
         Ok(None) => {
             drop((hand, pid_r, sync_w));
-            let joined = userns.as_ref().map_or(Ok(()), |ns| nix::sched::setns(ns, CloneFlags::CLONE_NEWUSER));
+            let joined = userns.map_or(Ok(()), |ns| nix::sched::setns(&ns, CloneFlags::CLONE_NEWUSER));
             let cloned = joined.and_then(|()| {
                 let (sync_r, hand_pid1) = (&sync_r, &hand_pid1);
                 sys::clone_into_namespaces(
@@ -442,13 +442,7 @@ impl Holder {
         // helper cannot open /proc/<holder>/ns/user itself without CAP_SYS_PTRACE — the holder's
         // effective uid is the cell's, not ours — and systemd's unit does not grant that
         // capability (found by the systemd lane: every launch failed at stage id_map, EACCES).
-        let (ours, theirs) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| (Stage::Namespaces, e as i32, format!("socketpair: {e}")))?;
+        let (ours, theirs) = stream_pair().map_err(|e| (Stage::Namespaces, e as i32, format!("socketpair: {e}")))?;
         let mut ours = Some(ours);
         let cloned = {
             let ours_in_child = &mut ours;

@@ -113,8 +113,8 @@ fn network_and_name(plan: &LaunchPlan) -> Result<(), StepError> {
 
 /// pid 1 of a cell built before its request (`[pool] prewarm`): the same recipe as [`pid1`],
 /// cut where the request is needed. Before it: the namespaces, `lo`, the hostname, the proxy
-/// listener and the host part of the view (not pivoted: the cwd's binds are still to come;
-/// `/` a slave meanwhile, so host mounts made later still appear and none of ours leaves).
+/// listener and the host part of the view, pivoted into (`/` a slave while it is built, so
+/// none of our mounts leaves; made private at the request).
 /// Then one byte on `hand` tells the helper it is ready, and the helper hands over the
 /// request: its plan and the idmapped workspace (fds), which the helper makes outside the
 /// cell's user namespace. The rest of the view, the pivot and the payload follow as in a cell

@@ -268,23 +268,26 @@ fn tmp_inodes(size: u64) -> u64 {
 pub fn build(view: &ViewPlan, uid: u32, gid: u32, idmapped: &[(PathBuf, OwnedFd)]) -> Result<(), ViewError> {
     let sources = hold_sources(&view.steps, idmapped)?;
     new_root(uid, gid)?;
-    place_all(&view.steps, &sources, uid, gid, idmapped)?;
+    place_all(&view.steps, &sources, uid, gid, idmapped, Path::new(NEW_ROOT))?;
     pivot()?;
     seal_root()
 }
 
-/// A cell built before its request: the new root and the steps of `base` (the view without
-/// the cwd, [`plan_view`] with `None`), not pivoted yet; [`finish`] adds the rest.
+/// A cell built before its request: the new root with the steps of `base` (the view without
+/// the cwd, [`plan_view`] with `None`), pivoted into — the host's tree is detached here, off
+/// the request's path (its unmount waits for an RCU grace period) — and left writable;
+/// [`finish`] adds the rest and seals it.
 pub fn build_base(base: &ViewPlan, uid: u32, gid: u32) -> Result<(), ViewError> {
     let sources = hold_sources(&base.steps, &[])?;
     new_root(uid, gid)?;
-    place_all(&base.steps, &sources, uid, gid, &[])
+    place_all(&base.steps, &sources, uid, gid, &[], Path::new(NEW_ROOT))?;
+    pivot()
 }
 
-/// At the request: the steps of `full` that `base` lacks (the cwd and what depends on it),
-/// then the pivot and the seal, as [`build`] ends. [`fits`] said they can go on top. Their
-/// binds come as detached mounts (`mounts`, by path) made by the helper outside the cell: the
-/// host paths are out of pid 1's reach by now (the new root covers `/tmp`).
+/// At the request, in the pivoted root: the steps of `full` that `base` lacks (the cwd and
+/// what depends on it), then the seal, as [`build`] ends. [`fits`] said they can go on top.
+/// Their binds come as detached mounts (`mounts`, by path) made by the helper outside the
+/// cell: the host's paths are out of pid 1's reach by now.
 pub fn finish(
     full: &ViewPlan,
     base: &ViewPlan,
@@ -293,9 +296,13 @@ pub fn finish(
     mounts: &[(PathBuf, OwnedFd)],
 ) -> Result<(), ViewError> {
     let extra = added_steps(base, full);
-    let sources = hold_sources(&extra, mounts)?;
-    place_all(&extra, &sources, uid, gid, mounts)?;
-    pivot()?;
+    if let Some(s) = extra.iter().find(|s| {
+        matches!(s.kind, StepKind::Bind { .. } | StepKind::Device { .. }) && !mounts.iter().any(|(p, _)| p == &s.path)
+    }) {
+        return Err(ViewError { what: format!("no mount handed over for {}", s.path.display()), errno: libc::ENOENT });
+    }
+    let sources: Vec<Option<OwnedFd>> = extra.iter().map(|_| None).collect();
+    place_all(&extra, &sources, uid, gid, mounts, Path::new("/"))?;
     seal_root()
 }
 
@@ -319,25 +326,27 @@ pub fn added_steps(base: &ViewPlan, full: &ViewPlan) -> Vec<ViewStep> {
     full.steps.iter().filter(|s| !base.steps.contains(s)).cloned().collect()
 }
 
+/// Place `steps` under `root` (the new root before the pivot, `/` after it).
 fn place_all(
     steps: &[ViewStep],
     sources: &[Option<OwnedFd>],
     uid: u32,
     gid: u32,
     idmapped: &[(PathBuf, OwnedFd)],
+    root: &Path,
 ) -> Result<(), ViewError> {
     for (step, fd) in steps.iter().zip(sources) {
         let mnt = idmapped.iter().find(|(p, _)| p == &step.path).map(|(_, m)| m);
         match (mnt, &step.kind) {
             (Some(mnt), StepKind::Bind { dir, .. }) => {
-                let target = inside(&step.path);
+                let target = under(root, &step.path);
                 make_point(&target, *dir)?;
                 io_fail(
                     format!("attaching the idmapped workspace at {}", step.path.display()),
                     super::sys::move_mount_to(mnt, &target),
                 )?;
             }
-            _ => place(step, fd.as_ref(), uid, gid)?,
+            _ => place(step, fd.as_ref(), uid, gid, root)?,
         }
     }
     Ok(())
@@ -374,8 +383,9 @@ fn new_root(uid: u32, gid: u32) -> Result<(), ViewError> {
     )
 }
 
-fn inside(path: &Path) -> PathBuf {
-    Path::new(NEW_ROOT).join(path.strip_prefix("/").unwrap_or(path))
+/// `path` of the cell's view, under `root`.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
 fn make_point(target: &Path, dir: bool) -> Result<(), ViewError> {
@@ -430,9 +440,9 @@ fn bind(fd: &OwnedFd, target: &Path, flags: MsFlags) -> Result<(), ViewError> {
     fail(format!("remounting {} ({flags:?})", target.display()), mount(none, target, none, flags, none))
 }
 
-fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32) -> Result<(), ViewError> {
+fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32, root: &Path) -> Result<(), ViewError> {
     let none: Option<&str> = None;
-    let target = inside(&step.path);
+    let target = under(root, &step.path);
     let held = || fd.ok_or_else(|| ViewError { what: format!("no source held for {}", step.path.display()), errno: 0 });
     match &step.kind {
         StepKind::Bind { dir, writable, exec, .. } => {
@@ -481,7 +491,7 @@ fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32) -> Result<()
             if !name.starts_with("/dev/pts/") || name.components().count() != 4 {
                 return Ok(());
             }
-            let point = inside(&name);
+            let point = under(root, &name);
             make_point(&point, false)?;
             // By its name in this namespace's copy of the host's /dev (an fd opened in another
             // mount namespace cannot be bound), checked to be the very same terminal.
