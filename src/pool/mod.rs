@@ -38,8 +38,6 @@ use cell::CellEntry;
 
 /// Default per-command timeout when neither the request nor the policy sets one.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long after a cell ended the daemon trims its heap (see `Pool::trim_heap_soon`).
-const TRIM_AFTER: Duration = Duration::from_secs(2);
 /// Largest session reply kept in memory.
 pub const MAX_REPLY_BYTES: usize = 16 << 20;
 
@@ -70,8 +68,6 @@ struct Inner {
     started: Instant,
     /// Launches served by a pre-built cell.
     warm_served: std::sync::atomic::AtomicU64,
-    /// A heap trim is scheduled ([`Pool::trim_heap_soon`]).
-    trim_pending: AtomicBool,
 }
 
 #[derive(Default)]
@@ -141,7 +137,6 @@ impl Pool {
                 shutting_down: AtomicBool::new(false),
                 started: Instant::now(),
                 warm_served: Default::default(),
-                trim_pending: AtomicBool::new(false),
             }),
         };
         pool.refill_all();
@@ -244,23 +239,6 @@ impl Pool {
             let Some(t) = until else { continue };
             let _ = tokio::time::timeout_at(t.into(), freed).await;
         }
-    }
-
-    /// Cells ended: give the heap's free memory back to the kernel once the pool has been
-    /// quiet for a moment (at most one trim per [`TRIM_AFTER`]), so the buffers of a burst do
-    /// not stay in the daemon's RSS.
-    fn trim_heap_soon(&self) {
-        if self.inner.trim_pending.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let inner = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            tokio::time::sleep(TRIM_AFTER).await;
-            if let Some(inner) = inner.upgrade() {
-                inner.trim_pending.store(false, Ordering::SeqCst);
-                let _ = tokio::task::spawn_blocking(crate::sandbox::release_free_heap).await;
-            }
-        });
     }
 
     fn release_slot(&self) {

@@ -87,7 +87,6 @@ impl Pool {
             }
             pool.release_slot();
             pool.inner.reaper_wake.notify_one();
-            pool.trim_heap_soon();
         };
         // The clock starts at launch, as the wall time always did.
         let wiring = cell::Wiring {

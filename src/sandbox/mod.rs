@@ -73,7 +73,6 @@ pub use launch::{Cell, CellInput, CellIo, CellOutput, Launcher, Outcome, StdioMo
 pub use plan::{Degradation, HostCaps, LaunchRequest};
 pub use proto::Stage;
 pub use pty::TermSpec;
-pub(crate) use sys::release_free_heap;
 pub use warm::{Activation, WarmCell};
 
 /// Why a cell ended: exactly one per run.

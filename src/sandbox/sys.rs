@@ -460,18 +460,6 @@ pub fn move_mount_to(mnt: &impl AsFd, target: &std::path::Path) -> io::Result<()
     Ok(())
 }
 
-/// Give the heap's free memory back to the kernel: `malloc_trim(0)` (glibc: every arena, the
-/// free pages inside each heap with `MADV_DONTNEED`, not only its top). The daemon calls it
-/// when cells have ended and the pool is quiet, so buffers of a burst (streams, launches) do
-/// not stay in its RSS.
-pub fn release_free_heap() {
-    // SAFETY: malloc_trim(3) takes a byte count by value and only walks glibc's own arenas
-    // under their locks; it is thread-safe and touches no memory of ours.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Fork the current process. Returns `Some(pid)` in the parent, `None` in the child.
 ///
 /// Sound to call from anywhere: it refuses (EDEADLK) unless the calling process is
