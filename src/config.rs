@@ -48,6 +48,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How long exited cells stay listed with their exit reason.
     pub exited_retention: Duration,
+    /// How many exited cells stay listed at most (the oldest go first): each holds its output
+    /// spool (a file and an fd) and its record, so a busy daemon's retention is bounded by
+    /// count as well as by time.
+    pub exited_retention_max: usize,
     /// Groups whose members may see and manage every cell, and shut the daemon down.
     pub admin_gids: Vec<u32>,
     pub cgroup_root: String,
@@ -80,6 +84,7 @@ impl Default for Config {
             grace: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             exited_retention: Duration::from_secs(300),
+            exited_retention_max: 1000,
             admin_gids: Vec::new(),
             cgroup_root: "cellkeep".to_owned(),
             spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
@@ -105,6 +110,7 @@ struct FileConfig {
     grace_secs: Option<f64>,
     shutdown_timeout_secs: Option<f64>,
     exited_retention_secs: Option<f64>,
+    exited_retention_max: Option<usize>,
     admin_groups: Option<Vec<String>>,
     cgroup_root: Option<String>,
     spool_dir: Option<PathBuf>,
@@ -169,6 +175,9 @@ impl Config {
         }
         if let Some(v) = f.exited_retention_secs {
             c.exited_retention = secs(path, "exited_retention_secs", v)?;
+        }
+        if let Some(v) = f.exited_retention_max {
+            c.exited_retention_max = v;
         }
         if let Some(groups) = f.admin_groups {
             c.admin_gids = groups.iter().map(|g| gid_of(path, g)).collect::<Result<_, _>>()?;

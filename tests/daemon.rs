@@ -103,6 +103,37 @@ fn oneshot_echo_is_literal() {
     assert_eq!(v["stdout"], format!("{evil}\n"), "{v}");
 }
 
+// Exited cells stay listed for `exited_retention_secs`, and at most `exited_retention_max`
+// of them (each holds its output spool, a file and an fd): a busy daemon's retention is
+// bounded by count, the oldest going first. Before the bound, 300 s of one-shots at a few
+// hundred a second kept tens of thousands of records and spool fds.
+#[test]
+fn exited_cells_are_retained_up_to_a_count() {
+    gate!("exited_cells_are_retained_up_to_a_count");
+    let d = daemon().config("exited_retention_max = 3").start();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let body = json!({"command": format!("run {i}"), "cwd": d.cwd()});
+        let r = call(&d.socket, "POST", "/v1/providers/echo/commands", Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text());
+        ids.push(r.json()["cell"].as_str().unwrap().to_owned());
+    }
+    let listed = || -> Vec<String> {
+        let v = call(&d.socket, "GET", "/v1/cells?all=true", None).json();
+        v.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while listed().len() > 3 || d.spool_fds() > 3 {
+        assert!(Instant::now() < until, "listed {:?}, {} spool fds", listed(), d.spool_fds());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kept = listed();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(ids[5..].iter().all(|id| kept.contains(id)), "the newest stay: {kept:?} of {ids:?}");
+    let r = call(&d.socket, "GET", &format!("/v1/cells/{}", ids[0]), None);
+    assert_eq!(r.status, 404, "the oldest is forgotten: {}", r.text());
+}
+
 /// How many commands the command-count tests send: `n`, or a share of it under
 /// `CELLKEEP_COMMAND_SHARE` (a fraction; the VM suite sends a quarter — what it proves there
 /// is the cgroup v2 backend, while ordering and framing are the daemon's and run in full on

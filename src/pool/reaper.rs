@@ -25,15 +25,24 @@ pub(super) async fn run(pool: Weak<Inner>, wake_on: Arc<tokio::sync::Notify>) {
     }
 }
 
-/// Stop idle cells, forget exited ones past retention; return the next deadline.
+/// Stop idle cells, forget exited ones past retention (by age, then by count); return the
+/// next deadline.
 fn sweep(inner: &Inner) -> Option<Instant> {
     let now = Instant::now();
     let mut next: Option<Instant> = None;
     let mut soonest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
     let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
     let retention = inner.config.exited_retention;
+    // Past the count bound, the oldest exited cells go first, whatever their age.
+    let mut exited: Vec<Instant> = st.cells.values().filter_map(|e| e.exited_at()).collect();
+    let max = inner.config.exited_retention_max;
+    let oldest_kept = (exited.len() > max).then(|| {
+        exited.sort_unstable();
+        exited[exited.len() - max.max(1)]
+    });
     st.cells.retain(|_, e| match e.exited_at() {
         Some(at) if now.duration_since(at) >= retention => false,
+        Some(at) if max == 0 || oldest_kept.is_some_and(|keep| at < keep) => false,
         Some(at) => {
             soonest(at + retention);
             true
