@@ -139,6 +139,16 @@ fn daemon(server: &Server) -> Daemon {
             &format!("[network]\nmode = \"proxy\"\negress = [\"fake.test:{}\"]\n", server.port),
         )
         .provider("learn", &py, "oneshot", "[network]\nmode = \"proxy\"\negress = \"learn\"\n")
+        .provider(
+            "warmnet",
+            &py,
+            "oneshot",
+            &format!(
+                "[network]\nmode = \"proxy\"\negress = [\"fake.test:{}\"]\n[pool]\nprewarm = 1\n\
+                 [identity]\nworkspace_idmap = \"fallback_cell\"\n",
+                server.port
+            ),
+        )
         .start();
     server.trust_in(d.ws.path());
     d
@@ -181,6 +191,26 @@ fn allowed_name_reaches_the_https_server() {
     assert!(ev["bytes_up"].as_u64() > Some(100) && ev["bytes_down"].as_u64() > Some(100), "{info}");
     let log = d.wait_log(&["egress allowed", "fake.test"], Duration::from_secs(5));
     assert!(log.contains("provider=net") || log.contains("\"provider\":\"net\""), "{log}");
+}
+
+// A pre-built proxy cell (`[pool] prewarm`): its proxy listener was opened while it was
+// built, and the request's payload reaches the allowed name through it, logged as any cell's.
+#[test]
+fn a_prebuilt_proxy_cell_reaches_the_https_server() {
+    gate!("a_prebuilt_proxy_cell_reaches_the_https_server");
+    let server = Server::start();
+    let d = daemon(&server);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while d.health()["cells_warm"].as_u64() != Some(1) {
+        assert!(std::time::Instant::now() < until, "no pre-built cell: {}", d.health());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = server.port;
+    let (out, info) = run(&d, "warmnet", &format!("result('get', get('https://fake.test:{port}/hello.txt'))"));
+    assert_eq!(line(&out, "get"), "OK hello from fake.test", "{out}");
+    assert_eq!(d.health()["warm_served"].as_u64(), Some(1), "served by the pre-built cell");
+    let events = info["egress"].as_array().cloned().unwrap_or_default();
+    assert!(events.iter().any(|e| e["name"] == "fake.test" && e["allowed"] == true), "{info}");
 }
 
 #[test]

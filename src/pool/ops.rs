@@ -20,6 +20,10 @@ use super::{
 };
 use super::{SendRequest, SessionRequest, SpawnRequest, DEFAULT_COMMAND_TIMEOUT, MAX_REPLY_BYTES};
 
+/// How long after a one-shot served by a pre-built cell ended its replacement is started
+/// (the answer goes out first).
+const REFILL_AFTER_END: Duration = Duration::from_millis(5);
+
 /// What a launch needs besides the policy (owned: the launch runs in a task of its own).
 pub(super) struct Launch {
     pub caller: Caller,
@@ -68,16 +72,30 @@ impl Pool {
         };
         let stdin = l.session || l.stdin;
         let limit = [policy.limits.wall_time, l.timeout].into_iter().flatten().min();
-        let (cell, slot) = match self.launch_warm(&policy, &req, stdin).await? {
-            Some(warm) => warm,
+        let (cell, slot, warm) = match self.launch_warm(&policy, &req, stdin).await? {
+            Some((cell, slot)) => (cell, slot, true),
             None => {
                 let slot = self.reserve_slot(l.wait_for_slot).await?;
                 let stdio = if stdin { StdioMode::Piped } else { StdioMode::NullInPiped };
-                (self.inner.launcher.launch(&policy, req, stdio).await?, slot)
+                (self.inner.launcher.launch(&policy, req, stdio).await?, slot, false)
             }
         };
+        let provider = policy.name.clone();
         let pool = self.clone();
+        let refill = (warm && !l.session).then(|| provider.clone());
         let on_end = move |entry: &Arc<CellEntry>, _: &crate::sandbox::Outcome| {
+            if let Some(provider) = refill.clone() {
+                // A one-shot served by a pre-built cell: replace it once the cell is gone and
+                // its answer on its way, so the build (forks, namespaces, mounts: a few ms of
+                // CPU) does not compete with the command it was built for (measured on 2
+                // cores: 6.7–7.1 ms a one-shot with the refill started at once, 5.4–5.9 ms
+                // started after).
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(REFILL_AFTER_END).await;
+                    pool.refill(&provider);
+                });
+            }
             {
                 let mut st = pool.state();
                 let key = (entry.provider.clone(), entry.owner_uid);
@@ -101,6 +119,10 @@ impl Pool {
         slot.commit();
         self.state().cells.insert(entry.id.clone(), entry.clone());
         self.inner.reaper_wake.notify_one();
+        if warm && l.session {
+            // A session lives on: replace the pre-built cell it took now.
+            self.refill(&provider);
+        }
         Ok(entry)
     }
 
@@ -127,7 +149,6 @@ impl Pool {
         match activated {
             Ok(cell) => {
                 self.inner.warm_served.fetch_add(1, Ordering::Relaxed);
-                self.refill(&policy.name);
                 Ok(Some((cell, super::SlotGuard { pool: Some(self.clone()) })))
             }
             Err(Activation::Refused(e, cell)) => {
