@@ -72,8 +72,8 @@ else
   # printed. What runs there is what depends on the kernel or on the cgroup v2 backend:
   #  - on both kernels (6.12: Landlock ABI 6, idmapped tmpfs, memfd_noexec; 6.1: ABI 2, none of
   #    those): the sandbox itself — lib, cgroup, run, escape, egress, doctor, tty;
-  #  - on 6.12 only: the daemon on the v2 backend — daemon, faults, promises, deploy, systemd
-  #    (what they prove of v2 does not change between the two kernels).
+  #  - on 6.12 only: the daemon on the v2 backend — daemon, faults, promises, deploy, systemd,
+  #    prewarm (what they prove of v2 does not change between the two kernels).
   # The rest runs on the host only: abuse, load and exec (the daemon's scheduling), agents (the
   # Node CLIs: ~5 min per kernel under TCG; the kernel-dependent parts of the agent policies
   # are what escape, run and egress prove on both kernels), tour (the README's walk-through),
@@ -92,7 +92,7 @@ else
   vm_rc=0   # both runs, whatever the first gives; the first failure's status is the suite's
   vm --kernel both -- --lib --test cgroup --test run --test escape --test egress --test doctor --test tty \
     -- "${harness[@]}" --skip proxy_holds_200_connections_from_20_cells || vm_rc=$?
-  vm --kernel bookworm-backports -- --test daemon --test faults --test promises --test deploy --test systemd \
+  vm --kernel bookworm-backports -- --test daemon --test faults --test promises --test deploy --test systemd --test prewarm \
     -- "${harness[@]}" || { rc=$?; ((vm_rc)) || vm_rc=$rc; }
   echo "VM suite: $((SECONDS - t1)) s"
   ((vm_rc == 0)) || exit "$vm_rc"
