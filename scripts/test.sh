@@ -80,9 +80,9 @@ else
   # policy_check (policy files), and the proxy's 200-connection load test. Run any of them
   # there by hand, e.g. scripts/vm-test.sh --release -- --test agents.
   # Sizes there (the properties are the daemon's, proven in full on the host; under TCG every
-  # byte and command costs ~20-50x): the lossless-follow test streams 32 MiB instead of 256;
+  # byte and command costs ~20-50x): the lossless-follow test streams 32 MiB instead of 1 GiB;
   # the command-count tests send a quarter of their commands; the many-cells limit-event test
-  # keeps 40 cells live instead of 200 (it asserts one inotify instance for all of them, which
+  # keeps 40 cells live instead of 1000 (it asserts one inotify instance for all of them, which
   # is what proves the v2 watch does not grow with the cells).
   vm() {
     CELLKEEP_FOLLOW_BYTES=$((32 << 20)) CELLKEEP_COMMAND_SHARE=0.25 CELLKEEP_LIVE_CELLS=40 \

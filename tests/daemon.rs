@@ -519,7 +519,7 @@ fn concurrent_sessions_no_crossed_replies() {
 
 /// Bytes of the lossless-follow test (`CELLKEEP_FOLLOW_BYTES`; `scripts/soak.sh` runs 1 GiB).
 fn follow_bytes() -> u64 {
-    std::env::var("CELLKEEP_FOLLOW_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(256 << 20)
+    std::env::var("CELLKEEP_FOLLOW_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30)
 }
 
 /// The deterministic stream the follow test's cell writes (and the test computes itself).
@@ -588,10 +588,10 @@ fn a_slow_follower_loses_nothing() {
     assert!(!spool.exists(), "spool file left after cleanup");
 }
 
-/// Live cells of the many-cells limit-event test (`CELLKEEP_LIVE_CELLS`; default 200, more than
-/// the usual `fs.inotify.max_user_instances` of 128).
+/// Live cells of the many-cells limit-event test (`CELLKEEP_LIVE_CELLS`; default 1000, far more
+/// than the usual `fs.inotify.max_user_instances` of 128).
 fn live_cells() -> usize {
-    std::env::var("CELLKEEP_LIVE_CELLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+    std::env::var("CELLKEEP_LIVE_CELLS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
 }
 
 /// inotify instances the process holds.
