@@ -235,6 +235,11 @@ fn shutdown_leaves_no_prewarmed_cell() {
     for pid in helpers {
         assert!(!harness::alive(u64::from(pid)), "process {pid} survived shutdown");
     }
+    // Stopped while its cells are still being built: those are retired too.
+    let mut d = daemon(5, "").start();
+    let status = d.stop().expect("daemon status");
+    assert!(status.success(), "{status:?}");
+    assert!(d.cell_dirs().is_empty(), "cgroups left by cells being built: {:?}", d.cell_dirs());
 }
 
 /// The pids whose parent is `pid` (every thread's `children` list).

@@ -59,15 +59,18 @@ impl Pool {
             let stdin = policy.mode == Mode::Session;
             let built = self.inner.launcher.prewarm(&policy, id, stdin).await;
             let current = self.policies().get(provider).is_some_and(|p| Arc::ptr_eq(p, &policy));
+            // Kept only if its policy still serves and the pool is not shutting down, checked
+            // under the state lock (shutdown sets its flag before it takes the lock to retire
+            // the pre-built cells, so a cell is either seen by it or never added). A cell not
+            // kept is retired before it stops counting as being built: shutdown waits for that
+            // count, so nothing of it is left when the daemon exits.
             let keep = {
                 let mut st = self.state();
-                if let Some(n) = st.warming.get_mut(provider) {
-                    *n = n.saturating_sub(1);
-                }
                 match built {
                     Ok(cell) if current && !self.inner.shutting_down.load(Ordering::SeqCst) => {
                         tracing::debug!(cell = cell.id(), provider, "pre-built a cell");
                         st.warm.push(Warm { policy: policy.clone(), cell });
+                        Self::built_one(&mut st, provider);
                         None
                     }
                     Ok(cell) => Some(Ok(cell)),
@@ -78,15 +81,24 @@ impl Pool {
                 None => self.inner.reaper_wake.notify_one(),
                 Some(Ok(stale)) => {
                     stale.retire().await;
+                    Self::built_one(&mut self.state(), provider);
                     self.release_slot();
                     return;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(provider, "could not pre-build a cell: {e}");
+                    Self::built_one(&mut self.state(), provider);
                     self.release_slot();
                     return;
                 }
             }
+        }
+    }
+
+    /// One build of `provider` is over (kept, retired or failed).
+    fn built_one(st: &mut super::State, provider: &str) {
+        if let Some(n) = st.warming.get_mut(provider) {
+            *n = n.saturating_sub(1);
         }
     }
 
