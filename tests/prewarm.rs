@@ -53,6 +53,19 @@ fn run(d: &Daemon, provider: &str, script: &str) -> Value {
     r.json()
 }
 
+/// Wait until `n` pre-built cells are on disk and none of `old` is left (up to 20 s).
+fn replaced(d: &Daemon, old: &BTreeSet<String>, n: usize) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = warm_ids(d);
+        if now.len() == n && now.is_disjoint(old) {
+            return;
+        }
+        assert!(Instant::now() < until, "pre-built cells {old:?} never replaced: {now:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The cgroups of cells that are not running a command: the pre-built ones.
 fn warm_ids(d: &Daemon) -> BTreeSet<String> {
     d.cells_on_disk().into_iter().collect()
@@ -184,15 +197,7 @@ fn the_reaper_retires_prewarmed_cells() {
     settle(&d, "one cell pre-built", |h| warm(h) == 1);
     let first = warm_ids(&d);
     assert_eq!(first.len(), 1, "{first:?}");
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = warm_ids(&d);
-        if now.len() == 1 && now.is_disjoint(&first) {
-            break;
-        }
-        assert!(Instant::now() < until, "the pre-built cell {first:?} was never replaced: {now:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    replaced(&d, &first, 1);
 }
 
 // A reload that changes the policy retires the pre-built cells built for the old one; the
@@ -208,15 +213,7 @@ fn a_reload_retires_prewarmed_cells() {
     std::fs::write(&path, text).unwrap();
     let r = call(&d.socket, "POST", "/v1/reload", None);
     assert_eq!(r.status, 200, "{}", r.text());
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = warm_ids(&d);
-        if now.len() == 2 && now.is_disjoint(&old) {
-            break;
-        }
-        assert!(Instant::now() < until, "old pre-built cells {old:?} still there: {now:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    replaced(&d, &old, 2);
     let v = run(&d, "sh", "echo $WHICH");
     assert_eq!(v["stdout"], "new\n", "{v}");
 }
