@@ -244,9 +244,9 @@ fn run(plan: &mut LaunchPlan, ctl: &OwnedFd) -> i32 {
 /// A cell built before its request (`plan.warm`, `[pool] prewarm`), up to the request; then
 /// the request; returns pid 1 running it (the helper then forwards signals as for any cell).
 ///
-/// The helper stays outside the cell's user namespace until the request, because the
-/// idmapped workspace must be made there (root in the initial namespace: `open_tree`,
-/// `mount_setattr`), and only the request names the workspace. So pid 1 is cloned by a
+/// The helper stays outside the cell's user namespace until the request, because the cwd's
+/// binds must be made there (root in the initial namespace, which still sees the host's tree:
+/// `open_tree`, `mount_setattr` with an idmap), and only the request names the cwd. So pid 1 is cloned by a
 /// short-lived intermediate that joins the user namespace, with `CLONE_PARENT` (pid 1 is the
 /// helper's child, as in a cell started cold), and the helper joins the namespace itself once
 /// the request is handed over. Order on the control socket: pid 1 reads the proxy byte, then
@@ -347,8 +347,8 @@ fn run_warm(plan: &LaunchPlan, ctl: &OwnedFd, sync_r: OwnedFd, sync_w: OwnedFd) 
 /// The binds a pre-built cell's request adds to its view (the cwd and its `{cwd}/…` rules),
 /// as detached mounts made here, outside the cell, for pid 1 to attach: the workspace
 /// idmapped where the plan says so ([`idmapped_workspace`]), any other bind a plain clone
-/// with its flags. pid 1 cannot bind them from host paths itself: its new root, mounted
-/// before the request, covers its view of `/tmp`.
+/// with its flags. pid 1 cannot bind them from host paths itself: it pivoted into its view
+/// before the request, and the host's tree is gone from its mount namespace.
 fn request_binds(
     warm: &LaunchPlan,
     req: &mut LaunchPlan,

@@ -116,9 +116,10 @@ fn network_and_name(plan: &LaunchPlan) -> Result<(), StepError> {
 /// listener and the host part of the view, pivoted into (`/` a slave while it is built, so
 /// none of our mounts leaves; made private at the request).
 /// Then one byte on `hand` tells the helper it is ready, and the helper hands over the
-/// request: its plan and the idmapped workspace (fds), which the helper makes outside the
-/// cell's user namespace. The rest of the view, the pivot and the payload follow as in a cell
-/// started cold. A cell takes exactly one request: there is no loop here.
+/// request: its plan and the cwd's binds as detached mounts (fds; idmapped where planned),
+/// which the helper makes outside the cell. pid 1 attaches them, seals the root, and starts
+/// the payload as in a cell started cold. A cell takes exactly one request: there is no loop
+/// here.
 pub fn pid1_warm(warm: &LaunchPlan, sync_r: &OwnedFd, ctl: &OwnedFd, hand: &OwnedFd) -> i32 {
     let mut byte = [0u8; 1];
     if !matches!(nix::unistd::read(sync_r, &mut byte), Ok(1)) {

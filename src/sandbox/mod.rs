@@ -40,7 +40,8 @@
 //! A cell can also be built before its request (`[pool] prewarm`, [`warm`]): the same recipe,
 //! cut where the request is needed — the helper stays outside the cell's user namespace until
 //! then (pid 1 is cloned by an intermediate with `CLONE_PARENT`) to make the cwd's binds as
-//! detached mounts; pid 1 builds the rest of its view and waits ([`init::pid1_warm`]).
+//! detached mounts; pid 1 builds and pivots into the rest of its view and waits
+//! ([`init::pid1_warm`]).
 //!
 //! Every cell has its own network namespace. For `network.mode = "proxy"` pid 1 reports
 //! `NetnsReady` once `lo` is up and waits; the launcher opens the egress proxy's listener inside

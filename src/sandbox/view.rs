@@ -80,13 +80,6 @@ pub struct ViewPlan {
     pub steps: Vec<ViewStep>,
 }
 
-fn absolute(rule: &PathRule) -> Option<PathBuf> {
-    match rule {
-        PathRule::Absolute(p) => Some(p.clone()),
-        _ => None,
-    }
-}
-
 fn expanded(rule: &PathRule, cwd: &Path) -> Option<PathBuf> {
     match rule {
         PathRule::Absolute(p) => Some(p.clone()),
@@ -101,7 +94,14 @@ fn expanded(rule: &PathRule, cwd: &Path) -> Option<PathBuf> {
 pub fn plan_view(policy: &Policy, cwd: Option<&Path>, own_pid_ns: bool, tmp_size: u64) -> ViewPlan {
     let fs = &policy.filesystem;
     let list = |rules: &[PathRule]| {
-        rules.iter().filter_map(|r| cwd.and_then(|c| expanded(r, c)).or_else(|| absolute(r))).collect::<Vec<_>>()
+        rules
+            .iter()
+            .filter_map(|r| match (r, cwd) {
+                (_, Some(c)) => expanded(r, c),
+                (PathRule::Absolute(p), None) => Some(p.clone()),
+                (_, None) => None,
+            })
+            .collect::<Vec<_>>()
     };
     let (read, write, exec) = (list(&fs.read), list(&fs.write), list(&fs.exec));
     let covered = |set: &[PathBuf], p: &Path| set.iter().any(|a| p.starts_with(a));
@@ -266,10 +266,7 @@ fn tmp_inodes(size: u64) -> u64 {
 /// binds (the cwd and the rules beneath it) as idmapped detached mounts made by the helper with
 /// their flags set, by path: attached with `move_mount` in place of those plain binds.
 pub fn build(view: &ViewPlan, uid: u32, gid: u32, idmapped: &[(PathBuf, OwnedFd)]) -> Result<(), ViewError> {
-    let sources = hold_sources(&view.steps, idmapped)?;
-    new_root(uid, gid)?;
-    place_all(&view.steps, &sources, uid, gid, idmapped, Path::new(NEW_ROOT))?;
-    pivot()?;
+    assemble(&view.steps, uid, gid, idmapped)?;
     seal_root()
 }
 
@@ -278,9 +275,14 @@ pub fn build(view: &ViewPlan, uid: u32, gid: u32, idmapped: &[(PathBuf, OwnedFd)
 /// the request's path (its unmount waits for an RCU grace period) — and left writable;
 /// [`finish`] adds the rest and seals it.
 pub fn build_base(base: &ViewPlan, uid: u32, gid: u32) -> Result<(), ViewError> {
-    let sources = hold_sources(&base.steps, &[])?;
+    assemble(&base.steps, uid, gid, &[])
+}
+
+/// The sources held, a new root with `steps` placed in it, pivoted into (not sealed).
+fn assemble(steps: &[ViewStep], uid: u32, gid: u32, idmapped: &[(PathBuf, OwnedFd)]) -> Result<(), ViewError> {
+    let sources = hold_sources(steps, idmapped)?;
     new_root(uid, gid)?;
-    place_all(&base.steps, &sources, uid, gid, &[], Path::new(NEW_ROOT))?;
+    place_all(steps, &sources, uid, gid, idmapped, Path::new(NEW_ROOT))?;
     pivot()
 }
 
