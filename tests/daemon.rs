@@ -134,6 +134,23 @@ fn exited_cells_are_retained_up_to_a_count() {
     assert_eq!(r.status, 404, "the oldest is forgotten: {}", r.text());
 }
 
+// The cap counts cells that hold kernel resources: once `DELETE` (or a one-shot's answer) has
+// returned, the cell's slot is free for the caller's next launch. Before, the end was
+// announced before the slot was released, and a client at the cap could get process_limit.
+#[test]
+fn a_slot_is_free_when_the_end_is_answered() {
+    gate!("a_slot_is_free_when_the_end_is_answered");
+    let d = daemon().max_cells(1).start();
+    for i in 0..40 {
+        let id = id_of(&d.spawn("cat"));
+        let r = call(&d.socket, "DELETE", &format!("/v1/cells/{id}?force=true"), None);
+        assert_eq!(r.status, 200, "round {i}: {}", r.text());
+        let body = json!({"command": format!("run {i}"), "cwd": d.cwd()});
+        let r = call(&d.socket, "POST", "/v1/providers/echo/commands", Some(&body));
+        assert_eq!(r.status, 200, "round {i}: the slot of the deleted cell: {}", r.text());
+    }
+}
+
 /// How many commands the command-count tests send: `n`, or a share of it under
 /// `CELLKEEP_COMMAND_SHARE` (a fraction; the VM suite sends a quarter — what it proves there
 /// is the cgroup v2 backend, while ordering and framing are the daemon's and run in full on

@@ -283,6 +283,10 @@ pub fn start(
         supervised.record_events(outcome.events);
         *supervised.final_usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.usage);
         tracing::info!(cell = %outcome.cell, provider = %outcome.provider, reason = %outcome.reason, "cell ended");
+        // The pool's part first (the slot released, the session forgotten), then the end is
+        // announced: whoever waited for it (a `DELETE`, a one-shot's answer) may launch again
+        // at once and find the slot free.
+        on_end(&supervised, &outcome);
         supervised.exit.send_replace(Some((outcome.reason.clone(), Instant::now())));
         // An ended cell's stdin (a one-shot's, or a session's with its reply queue) is of no
         // use, and the entry stays listed for a while: close them now, not when it is forgotten.
@@ -292,7 +296,6 @@ pub fn start(
             drop(closing.stdin.lock().await.take());
             drop(closing.io.lock().await.take());
         });
-        on_end(&supervised, &outcome);
     });
     entry
 }

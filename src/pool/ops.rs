@@ -104,7 +104,13 @@ impl Pool {
                 }
             }
             pool.release_slot();
-            pool.inner.reaper_wake.notify_one();
+            // The reaper plans the retention of the exited cell once its end is recorded
+            // (just after this returns).
+            let (wake, ended) = (pool.inner.reaper_wake.clone(), entry.clone());
+            tokio::spawn(async move {
+                ended.ended().await;
+                wake.notify_one();
+            });
         };
         // The clock starts at launch, as the wall time always did.
         let wiring = cell::Wiring {
