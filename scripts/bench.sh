@@ -37,6 +37,10 @@ if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The shipped base policy grants the "cellkeep" group (scripts/install.sh creates it; a policy
+# naming a missing group is invalid).
+getent group cellkeep >/dev/null || groupadd --system cellkeep
+
 quick=${BENCH_QUICK:-0}
 only=${BENCH_ONLY:-}
 [[ -z $only || $only == 7 ]] || { echo "BENCH_ONLY: only 7 is supported" >&2; exit 1; }

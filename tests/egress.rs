@@ -8,7 +8,7 @@
 //! | `allowed_name_reaches_the_https_server` | an allowed name gets through (TLS verified end to end); the decision is in the cell's `egress` events with its byte counts, and in the log |
 //! | `denied_names_ip_literals_and_plain_http_are_refused` | a name not listed → 403 with a body naming it; an IP literal → 403 even for the server's own address; another port of an allowed name → 403; plain `http://` → 405 |
 //! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
-//! | `learn_mode_allows_and_reports` | `egress = "learn"`: any name passes and is reported; the daemon logs the draft list |
+//! | `learn_mode_allows_and_reports` | `egress = "learn"`: any name passes and is reported; the daemon logs the draft list; the host's own services stay out of reach (loopback, and the host's outside address as an IP literal, plain or IPv4-mapped) |
 //! | `proxy_holds_200_connections_from_20_cells` | load: 20 cells × 10 concurrent HTTPS downloads, no error |
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
@@ -172,6 +172,15 @@ fn run(d: &Daemon, provider: &str, body: &str) -> (String, Value) {
     (out, info)
 }
 
+/// The host's address on its default route (or loopback when it has none).
+fn outside_address() -> String {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".to_owned())
+}
+
 /// The rest of the line that starts with `label `.
 fn line<'a>(out: &'a str, label: &str) -> &'a str {
     out.lines().find_map(|l| l.strip_prefix(label).and_then(|r| r.strip_prefix(' '))).unwrap_or("<no result line>")
@@ -257,12 +266,7 @@ fn ignoring_the_proxy_reaches_nothing() {
     let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
     let uport = udp.local_addr().expect("addr").port();
     udp.set_nonblocking(true).expect("nonblocking");
-    // The host's address on its default route (or loopback when it has none).
-    let outside = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|_| "127.0.0.1".to_owned());
+    let outside = outside_address();
     let body = format!(
         "def tcp(host, port):\n    try:\n        socket.create_connection((host, port), timeout=3); return 'OK'\n    except OSError as e: return 'ERR %s' % e.errno\n\
          def udp(host, port):\n    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    try:\n        u.sendto(b'cell', (host, port)); return 'SENT'\n    except OSError as e: return 'ERR %s' % e.errno\n\
@@ -303,16 +307,33 @@ fn learn_mode_allows_and_reports() {
     let server = Server::start();
     let d = daemon(&server);
     let port = server.port;
+    // A host service listening on every address: learning must not reach it through the
+    // host's own outside address either (an IP literal is a name like any other in learn mode).
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").expect("tcp listener");
+    let hport = host_service.local_addr().expect("addr").port();
+    host_service.set_nonblocking(true).expect("nonblocking");
+    let outside = outside_address();
     let body = format!(
         "result('fake', get('https://fake.test:{port}/hello.txt'))\n\
          result('learn', get('https://learn.test:{port}/hello.txt'))\n\
-         result('localhost', connect('localhost:{port}'))"
+         result('localhost', connect('localhost:{port}'))\n\
+         result('own address', connect('{outside}:{hport}'))\n\
+         result('own address v6', connect('[::ffff:{outside}]:{hport}'))"
     );
     let (out, info) = run(&d, "learn", &body);
     assert_eq!(line(&out, "fake"), "OK hello from fake.test", "{out}");
     assert_eq!(line(&out, "learn"), "OK hello from fake.test", "{out}");
-    // Learning allows names, never the host's own loopback services.
+    // Learning allows names, never the host's own services: loopback, nor the host's own
+    // addresses (the test VM has no outside address: there it is loopback again).
     assert!(line(&out, "localhost").starts_with("HTTP/1.1 403"), "{out}");
+    for label in ["own address", "own address v6"] {
+        let reply = line(&out, label);
+        assert!(reply.starts_with("HTTP/1.1 403") && reply.contains(&outside), "{label} ({outside}): {out}");
+    }
+    assert!(host_service.accept().is_err(), "a connection through the proxy reached the host's own service");
+    if outside == "127.0.0.1" {
+        eprintln!("no default route on this host: 'own address' was its loopback address");
+    }
     let allowed: Vec<&str> = info["egress"]
         .as_array()
         .into_iter()

@@ -197,18 +197,30 @@ async fn open(state: &CellEgress, config: &EgressConfig, host: &str, port: u16) 
             .collect(),
     };
     // The host's own services and cloud metadata stay out of reach, whatever a name resolves
-    // to; only a test mapping or an address the policy lists literally may point there.
+    // to (and in learn mode, whatever address is asked for): loopback, link-local and the
+    // addresses of the host's own interfaces. Only a test mapping or an address the policy
+    // lists literally may point there.
     let trusted = mapped.is_some() || listed_literal;
-    let usable: Vec<SocketAddr> = addrs.into_iter().filter(|a| trusted || is_public(a.ip())).collect();
+    let own = if trusted { Vec::new() } else { host_addresses() };
+    let usable: Vec<SocketAddr> =
+        addrs.into_iter().filter(|a| trusted || (is_public(a.ip()) && !own.contains(&canonical(a.ip())))).collect();
     if usable.is_empty() {
         return Err(Refusal::Denied(format!(
             "cellkeep egress proxy: {host} resolves only to loopback, link-local, unspecified or multicast \
-             addresses, which cells may not reach"
+             addresses or to this host's own addresses, which cells may not reach"
         )));
     }
     let mut last = None;
     for addr in usable {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            // A connection whose two ends share an address stayed on this host (an address added
+            // since the list above was read): refused like the rest.
+            Ok(Ok(s)) if !trusted && is_local_connection(&s) => {
+                return Err(Refusal::Denied(format!(
+                    "cellkeep egress proxy: {host} ({}) is an address of this host, which cells may not reach",
+                    addr.ip()
+                )))
+            }
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(e)) => last = Some(format!("{addr}: {e}")),
             Err(_) => last = Some(format!("{addr}: timed out")),
@@ -229,6 +241,39 @@ fn is_public(ip: IpAddr) -> bool {
             }
             !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80)
         }
+    }
+}
+
+/// Every address on the host's interfaces (the daemon's network namespace), read at each
+/// decision so an address added at run time counts; empty if they cannot be read (the
+/// post-connect check in [`open`] still applies).
+fn host_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| canonical(IpAddr::V6(v6.ip())))
+            }
+        })
+        .collect()
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is (one form to compare).
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whether a connection's two ends share an address: the kernel routed it to this host.
+fn is_local_connection(s: &TcpStream) -> bool {
+    match (s.local_addr(), s.peer_addr()) {
+        (Ok(l), Ok(p)) => canonical(l.ip()) == canonical(p.ip()),
+        _ => false,
     }
 }
 
