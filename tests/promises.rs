@@ -345,3 +345,90 @@ fn abandoned_reply_is_logged_and_kept() {
     let out = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?from=0"), None).text();
     assert!(out.contains("\"first\\n") || out.contains("first\\nsecond"), "{out}");
 }
+
+// A session whose program closes its stdout can never answer again: the command ends at its
+// own timeout (504), not at the policy's wall time, and the session is ended, not reused. (A
+// guard: here the cell's pid 1 keeps a copy of the pipe, so the daemon sees no end of file and
+// this passed before the end-of-file path was bounded by the command's timeout too.)
+#[test]
+fn a_session_that_closes_stdout_ends_at_the_command_timeout() {
+    gate!("a_session_that_closes_stdout_ends_at_the_command_timeout");
+    let closer =
+        "[\"/bin/sh\", \"-c\", \"while read -r l; do [ \\\"$l\\\" = close ] && exec >&-; echo \\\"$l\\\"; done\"]";
+    let d = daemon().provider("closer", closer, "session", "[limits]\nwall_time = \"30s\"\n").start();
+    let id = id_of(&d.spawn("closer"));
+    assert_eq!(d.send(&id, "hi", 10_000).json()["stdout"], "hi");
+    let t = Instant::now();
+    let r = d.send(&id, "close", 1000);
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(took < Duration::from_secs(10), "answered after {took:?}, not at the command's 1 s timeout");
+    let next = d.send(&id, "again", 1000);
+    assert_eq!(next.status, 409, "the broken session must not take commands: {}", next.text());
+}
+
+// A command that timed out takes its session with it before the next command is written: its
+// late output can never be framed as the next command's reply (the reply is echoed 0–25 ms
+// after the timeout, while the kill is under way; 25 rounds).
+#[test]
+fn a_timed_out_commands_reply_never_reaches_the_next() {
+    gate!("a_timed_out_commands_reply_never_reaches_the_next");
+    let late = "[\"/bin/sh\", \"-c\", \"while read -r l; do sleep 0.3; echo \\\"$l\\\"; done\"]";
+    let d = daemon().provider("late", late, "session", "").start();
+    for round in 0..25u64 {
+        let id = id_of(&d.spawn("late"));
+        let (sock, first) = (d.socket.clone(), id.clone());
+        let a = std::thread::spawn(move || {
+            call(
+                &sock,
+                "POST",
+                &format!("/v1/cells/{first}/commands"),
+                Some(&json!({"command": "A", "timeout_ms": 275 + round})),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let b = d.send(&id, "B", 5000);
+        let a = a.join().expect("thread");
+        assert_eq!(a.status, 504, "round {round}: {}", a.text());
+        assert_ne!(
+            b.json()["stdout"],
+            "A",
+            "round {round}: the timed-out command's reply reached the next: {}",
+            b.text()
+        );
+        assert_eq!(b.status, 409, "round {round}: {}", b.text());
+    }
+}
+
+// `DELETE ?force=true` while a graceful stop waits out its grace period kills at once.
+#[test]
+fn force_cuts_a_graceful_stop_short() {
+    gate!("force_cuts_a_graceful_stop_short");
+    let stubborn = "[\"/bin/sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.05; done\"]";
+    let d = daemon().grace_secs(20.0).provider("stubborn", stubborn, "session", "").start();
+    let id = id_of(&d.spawn("stubborn"));
+    let (sock, cell) = (d.socket.clone(), id.clone());
+    let t = Instant::now();
+    let graceful = std::thread::spawn(move || call(&sock, "DELETE", &format!("/v1/cells/{cell}"), None));
+    std::thread::sleep(Duration::from_millis(500));
+    let forced = call(&d.socket, "DELETE", &format!("/v1/cells/{id}?force=true"), None);
+    let graceful = graceful.join().expect("thread");
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(8), "the forced stop waited for the 20 s grace: {took:?}");
+    assert!(forced.status == 200 || forced.status == 409, "{}", forced.text());
+    assert_eq!(graceful.status, 200, "{}", graceful.text());
+}
+
+// A zero timeout is a client error, not a command (and a session) ended before it started.
+#[test]
+fn zero_timeout_is_refused() {
+    gate!("zero_timeout_is_refused");
+    let d = daemon().start();
+    let r = sh(&d, "echo hi", 0);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("timeout_ms"), "{}", r.text());
+    let id = id_of(&d.spawn("cat"));
+    let r = d.send(&id, "hi", 0);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(d.send(&id, "hi", 5000).json()["stdout"], "hi", "the session survives a refused command");
+}

@@ -152,13 +152,14 @@ impl CellEntry {
 
     /// Ask the supervisor to end the cell (the first request wins).
     pub fn request_stop(&self, stop: Stop) {
-        self.stop.send_if_modified(|cur| {
-            if cur.is_none() {
+        // The first request wins, except that a kill overrides a graceful stop still in its
+        // grace period (`DELETE`, then `DELETE ?force=true`: the second does not wait).
+        self.stop.send_if_modified(|cur| match (cur.as_ref(), &stop) {
+            (None, _) | (Some(Stop::Graceful { .. }), Stop::Kill { .. }) => {
                 *cur = Some(stop);
                 true
-            } else {
-                false
             }
+            _ => false,
         });
     }
 
@@ -272,6 +273,7 @@ pub fn start(
     let supervised = entry.clone();
     tokio::spawn(async move {
         let mut stop_rx = supervised.stop.subscribe();
+        let mut kill_rx = supervised.stop.subscribe();
         let stop = async move {
             let requested = stop_rx.wait_for(|s| s.is_some()).await.map(|s| s.clone());
             match requested {
@@ -279,7 +281,13 @@ pub fn start(
                 Err(_) => std::future::pending().await,
             }
         };
-        let outcome = cell.run_to_end(deadline, stop).await;
+        let kill = async move {
+            match kill_rx.wait_for(|s| matches!(s, Some(Stop::Kill { .. }))).await.map(|s| s.clone()) {
+                Ok(Some(Stop::Kill { reason })) => reason,
+                _ => std::future::pending().await,
+            }
+        };
+        let outcome = cell.run_to_end(deadline, stop, kill).await;
         supervised.record_events(outcome.events);
         *supervised.final_usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.usage);
         tracing::info!(cell = %outcome.cell, provider = %outcome.provider, reason = %outcome.reason, "cell ended");

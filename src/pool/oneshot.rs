@@ -57,7 +57,7 @@ impl Pool {
         if policy.mode != Mode::Oneshot {
             return Err(PoolError::BadRequest(format!("provider {provider} is a session provider; use a session")));
         }
-        let timeout = Self::command_timeout(&policy, req.timeout_ms);
+        let timeout = Self::command_timeout(&policy, req.timeout_ms)?;
         let l = Launch {
             caller: caller.clone(),
             cwd: req.cwd,

@@ -233,8 +233,15 @@ impl Pool {
         Ok(entry.info())
     }
 
-    pub(super) fn command_timeout(policy: &Policy, asked: Option<u64>) -> Duration {
-        asked.map(Duration::from_millis).or(policy.limits.wall_time).unwrap_or(DEFAULT_COMMAND_TIMEOUT)
+    /// A command's timeout: the one asked for, else the policy's wall time, else the default.
+    /// Zero is refused (it would end the command, and a session with it, before it started).
+    pub(super) fn command_timeout(policy: &Policy, asked: Option<u64>) -> Result<Duration, PoolError> {
+        if asked == Some(0) {
+            return Err(PoolError::BadRequest(
+                "timeout_ms must be at least 1 (leave it out for the policy's wall time or the default)".into(),
+            ));
+        }
+        Ok(asked.map(Duration::from_millis).or(policy.limits.wall_time).unwrap_or(DEFAULT_COMMAND_TIMEOUT))
     }
 
     /// Send one command to a session: written to stdin as one line, answered by exactly one
@@ -253,7 +260,7 @@ impl Pool {
         if req.command.contains('\n') {
             return Err(PoolError::BadRequest("a session command is one line: it must not contain a newline".into()));
         }
-        let timeout = Self::command_timeout(&entry.policy, req.timeout_ms);
+        let timeout = Self::command_timeout(&entry.policy, req.timeout_ms)?;
         let (answer, answered) = tokio::sync::oneshot::channel();
         let pool = self.clone();
         tokio::spawn(async move {
@@ -283,8 +290,8 @@ impl Pool {
         let id = entry.id.as_str();
         let started = Instant::now();
         let _busy = Busy::new(entry);
-        let mut io = entry.io.lock().await;
-        let Some(io) = io.as_mut() else {
+        let mut session = entry.io.lock().await;
+        let Some(io) = session.as_mut() else {
             return Err(self.ended_error(entry).await);
         };
         if let Some(reason) = entry.exit_reason() {
@@ -305,13 +312,30 @@ impl Pool {
                 None => Err(None),
             }
         };
+        let timed_out = || PoolError::Timeout { cell: id.to_owned(), timeout_ms: timeout.as_millis() as u64 };
         let reply = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(Some(e))) => return Err(e),
-            Ok(Err(None)) => return Err(self.ended_error(entry).await),
+            Ok(Err(None)) => {
+                // stdin or stdout closed: this session can never answer again. Nobody may
+                // write to it any more (the next command gets its end, not a stray reply),
+                // and it ends within this command's time, killed if it lingers.
+                *session = None;
+                let left = timeout.saturating_sub(started.elapsed());
+                return match tokio::time::timeout(left, self.ended_error(entry)).await {
+                    Ok(e) => Err(e),
+                    Err(_) => {
+                        entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
+                        Err(timed_out())
+                    }
+                };
+            }
             Err(_) => {
+                // The session is taken away before the lock is released: output the dying
+                // process still writes cannot be framed as the next command's reply.
+                *session = None;
                 entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
-                return Err(PoolError::Timeout { cell: id.to_owned(), timeout_ms: timeout.as_millis() as u64 });
+                return Err(timed_out());
             }
         };
         entry.touch();

@@ -622,15 +622,17 @@ impl Cell {
     /// Wait for the cell to end (killing it at `deadline`), classify the end, read its usage
     /// and remove its cgroup.
     pub async fn wait(self, deadline: Option<Instant>) -> Outcome {
-        self.run_to_end(deadline, std::future::pending()).await
+        self.run_to_end(deadline, std::future::pending(), std::future::pending()).await
     }
 
     /// Like [`Cell::wait`], but `stop` may end the cell early: gracefully (SIGTERM through the
-    /// helper, then the whole cgroup killed after the grace period) or at once.
+    /// helper, then the whole cgroup killed after the grace period) or at once. `kill` cuts a
+    /// grace period short (a forced stop asked for while a graceful one waits), with its reason.
     pub async fn run_to_end(
         mut self,
         deadline: Option<Instant>,
         stop: impl std::future::Future<Output = Stop>,
+        kill: impl std::future::Future<Output = ExitReason>,
     ) -> Outcome {
         let deadline = async {
             match deadline {
@@ -653,10 +655,17 @@ impl Cell {
                     if let Some(pid) = self.helper_pid() {
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
                     }
-                    if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
-                        self.kill_all().await;
+                    tokio::select! {
+                        _ = self.child.wait() => Some(reason),
+                        _ = tokio::time::sleep(grace) => {
+                            self.kill_all().await;
+                            Some(reason)
+                        }
+                        forced = kill => {
+                            self.kill_all().await;
+                            Some(forced)
+                        }
                     }
-                    Some(reason)
                 }
             },
         };
