@@ -8,7 +8,7 @@
 //! | `allowed_name_reaches_the_https_server` | an allowed name gets through (TLS verified end to end); the decision is in the cell's `egress` events with its byte counts, and in the log |
 //! | `denied_names_ip_literals_and_plain_http_are_refused` | a name not listed → 403 with a body naming it; an IP literal → 403 even for the server's own address; another port of an allowed name → 403; plain `http://` → 405 |
 //! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
-//! | `learn_mode_allows_and_reports` | `egress = "learn"`: any name passes and is reported; the daemon logs the draft list; the host's own services stay out of reach (loopback, and the host's outside address as an IP literal, plain or IPv4-mapped) |
+//! | `learn_mode_allows_and_reports` | `egress = "learn"`: any name passes and is reported; the daemon logs the draft list; the host's own services stay out of reach (loopback, and the host's outside address as an IP literal, plain or IPv4-mapped), and so do numeric names, cloud metadata, private networks and NAT64-wrapped loopback |
 //! | `proxy_holds_200_connections_from_20_cells` | load: 20 cells × 10 concurrent HTTPS downloads, no error |
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
@@ -318,7 +318,11 @@ fn learn_mode_allows_and_reports() {
          result('learn', get('https://learn.test:{port}/hello.txt'))\n\
          result('localhost', connect('localhost:{port}'))\n\
          result('own address', connect('{outside}:{hport}'))\n\
-         result('own address v6', connect('[::ffff:{outside}]:{hport}'))"
+         result('own address v6', connect('[::ffff:{outside}]:{hport}'))\n\
+         result('numeric name', connect('2130706433:443'))\n\
+         result('metadata', connect('100.100.100.200:80'))\n\
+         result('private', connect('10.0.0.1:443'))\n\
+         result('nat64 loopback', connect('[64:ff9b::7f00:1]:443'))"
     );
     let (out, info) = run(&d, "learn", &body);
     assert_eq!(line(&out, "fake"), "OK hello from fake.test", "{out}");
@@ -331,6 +335,13 @@ fn learn_mode_allows_and_reports() {
         assert!(reply.starts_with("HTTP/1.1 403") && reply.contains(&outside), "{label} ({outside}): {out}");
     }
     assert!(host_service.accept().is_err(), "a connection through the proxy reached the host's own service");
+    // Nor what a name must not mean: the C resolver's numeric spelling of 127.0.0.1 is not a
+    // name (400); cloud metadata, a private network while learning, and loopback inside a
+    // NAT64 address are refused at once (403), never tried.
+    assert!(line(&out, "numeric name").starts_with("HTTP/1.1 400"), "{out}");
+    for label in ["metadata", "private", "nat64 loopback"] {
+        assert!(line(&out, label).starts_with("HTTP/1.1 403"), "{label}: {out}");
+    }
     if outside == "127.0.0.1" {
         eprintln!("no default route on this host: 'own address' was its loopback address");
     }

@@ -10,8 +10,8 @@
 //! The proxy speaks HTTP `CONNECT` (HTTPS and any TLS protocol tunnelled the same way; plain
 //! `http://` forwarding is refused with 405). It resolves names itself (the cell has no DNS),
 //! refuses IP literals unless the policy lists that address, never connects to loopback,
-//! link-local (cloud metadata), unspecified or multicast addresses (a name that resolves there
-//! is refused: the host's own services stay out of reach), answers a refusal with `403` and a
+//! link-local, cloud metadata, reserved or multicast addresses nor to the host's own addresses
+//! (and, while learning, to private networks: see `proxy::may_reach`), answers a refusal with `403` and a
 //! body that names the rule, and records every decision — cell, provider, name, port, bytes
 //! each way, allowed or denied — in the daemon's log and in the cell's `egress` events.
 //!
@@ -24,6 +24,12 @@
 //! | `mod.rs` | the service, per-cell state and its events |
 //! | [`proxy`] | one client connection: request head, decision, resolve, tunnel |
 //! | [`splice`] | the tunnel's zero-copy byte pump (`splice(2)` through a pipe) |
+//!
+//! Bounds, so that one cell cannot wear the daemon down: at most 64 connections per cell at
+//! once, a request head of 16 KiB read in 30 s, names that are DNS names or IP addresses (the
+//! C resolver's numeric forms such as `2130706433` are refused), client text clipped to 200
+//! characters in the log and events, 1000 events and 1000 learned names kept per cell, name
+//! lookups (blocking `getaddrinfo`) at most 8 per cell and 32 in the daemon.
 
 pub mod proxy;
 pub mod splice;
@@ -40,8 +46,12 @@ use crate::policy::egress::Egress;
 
 /// Events kept per cell (the oldest are dropped beyond this; the log has them all).
 const MAX_EVENTS: usize = 1000;
-/// Client connections served at once per cell; more wait for a free slot.
-const MAX_CONNECTIONS_PER_CELL: usize = 512;
+/// Client connections served at once per cell; more wait for a free slot. Each holds two
+/// sockets and two pipes in the daemon, outside the cell's limits: 64 is ample for an agent
+/// (the load test runs 10 per cell) and bounds what one cell can pin.
+const MAX_CONNECTIONS_PER_CELL: usize = 64;
+/// Distinct destinations kept for the learned draft list (each at most 253 + 6 bytes).
+const MAX_LEARNED: usize = 1000;
 
 /// Daemon-wide settings of the proxy.
 #[derive(Debug, Clone, Default)]
@@ -83,6 +93,8 @@ pub struct CellEgress {
     events: Mutex<VecDeque<EgressEvent>>,
     /// Every `name:port` contacted in `learn` mode (also allowed ones in list mode).
     contacted: Mutex<BTreeSet<String>>,
+    /// Name lookups of this cell running at once (see `proxy::resolve`).
+    lookups: Arc<tokio::sync::Semaphore>,
     stop: CancellationToken,
 }
 
@@ -110,6 +122,7 @@ impl EgressService {
             egress,
             events: Mutex::new(VecDeque::new()),
             contacted: Mutex::new(BTreeSet::new()),
+            lookups: Arc::new(tokio::sync::Semaphore::new(proxy::MAX_LOOKUPS_PER_CELL)),
             stop: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(listener, state.clone(), self.config.clone()));
@@ -193,7 +206,13 @@ impl CellEgress {
             } else {
                 format!("{}:{}", event.name, event.port)
             };
-            self.contacted.lock().unwrap_or_else(|e| e.into_inner()).insert(entry);
+            let mut contacted = self.contacted.lock().unwrap_or_else(|e| e.into_inner());
+            if contacted.len() < MAX_LEARNED {
+                contacted.insert(entry);
+            } else if !contacted.contains(&entry) {
+                tracing::warn!(cell = %self.cell, provider = %self.provider,
+                    "egress: more than {MAX_LEARNED} distinct destinations; {entry} is not kept in the learned list");
+            }
         }
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if events.len() >= MAX_EVENTS {

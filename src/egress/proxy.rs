@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{now_ms, CellEgress, EgressConfig, EgressEvent};
-use crate::policy::egress::{is_ip_literal, normalize, Egress};
+use crate::policy::egress::{is_dns_name, is_ip_literal, normalize, Egress};
 
 /// Longest request head accepted (request line + headers).
 const MAX_HEAD: usize = 16 << 10;
@@ -87,6 +87,10 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         }
     };
     event.allowed = true;
+    tracing::info!(cell = %state.cell, provider = %state.provider, name = %host, port, "egress tunnel open");
+    // Recorded when the tunnel ends, or, if the cell ends first and this task is dropped,
+    // then, with the reason (a tunnel held open to the end still appears in the events).
+    let mut pending = Pending { state, event: Some(event) };
     let mut upstream = upstream;
     let _ = upstream.set_nodelay(true);
     let established = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
@@ -96,8 +100,7 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         (Ok(()), false) => upstream.write_all(&rest).await,
     };
     if let Err(e) = forwarded {
-        event.detail = Some(format!("client gone: {e}"));
-        state.record(event);
+        pending.finish(|event| event.detail = Some(format!("client gone: {e}")));
         return;
     }
     let copied = match super::splice::relay(&client, &upstream).await {
@@ -107,14 +110,44 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         }
         other => other,
     };
-    match copied {
+    pending.finish(|event| match copied {
         Ok((up, down)) => {
             event.bytes_up = up + rest.len() as u64;
             event.bytes_down = down;
         }
         Err(e) => event.detail = Some(format!("tunnel ended: {e}")),
+    });
+}
+
+/// An allowed tunnel's event, recorded exactly once: by [`Pending::finish`], or on drop.
+struct Pending<'a> {
+    state: &'a CellEgress,
+    event: Option<EgressEvent>,
+}
+
+impl Pending<'_> {
+    fn finish(&mut self, complete: impl FnOnce(&mut EgressEvent)) {
+        if let Some(mut event) = self.event.take() {
+            complete(&mut event);
+            self.state.record(event);
+        }
     }
-    state.record(event);
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.finish(|event| event.detail = Some("tunnel cut: the cell ended".into()));
+    }
+}
+
+/// At most 200 characters of client-supplied text, control characters escaped, for the log,
+/// the cell's events and refusal bodies.
+pub(super) fn clip(text: &str) -> String {
+    let mut out: String = text.chars().take(200).flat_map(char::escape_default).collect();
+    if text.chars().nth(200).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Read until the blank line that ends the head; the head and any bytes after it.
@@ -126,8 +159,10 @@ async fn read_head(client: &mut TcpStream) -> Result<Vec<u8>, Refusal> {
         if n == 0 {
             return Err(Refusal::BadRequest("connection closed before the request head ended".into()));
         }
+        // Only the new bytes (and the 3 before them) can complete the blank line.
+        let from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
             return Ok(buf);
         }
         if buf.len() > MAX_HEAD {
@@ -144,18 +179,24 @@ fn parse_connect(buf: &[u8]) -> Result<(String, u16, Vec<u8>), Refusal> {
     let mut parts = line.split(' ');
     let (method, target, version) = (parts.next(), parts.next(), parts.next());
     let (Some(method), Some(target), Some(version)) = (method, target, version) else {
-        return Err(Refusal::BadRequest(format!("malformed request line {line:?}")));
+        return Err(Refusal::BadRequest(format!("malformed request line \"{}\"", clip(line))));
     };
     if !version.starts_with("HTTP/1.") {
-        return Err(Refusal::BadRequest(format!("unsupported protocol {version:?}")));
+        return Err(Refusal::BadRequest(format!("unsupported protocol \"{}\"", clip(version))));
     }
     if method != "CONNECT" {
         return Err(Refusal::NotConnect(format!(
-            "cellkeep egress proxy: only CONNECT (HTTPS) is served, not {method} {target}; use an https:// URL"
+            "cellkeep egress proxy: only CONNECT (HTTPS) is served, not {} {}; use an https:// URL",
+            clip(method),
+            clip(target)
         )));
     }
-    let (host, port) = split_host_port(target)
-        .ok_or_else(|| Refusal::BadRequest(format!("CONNECT target {target:?} is not host:port")))?;
+    let (host, port) = split_host_port(target).ok_or_else(|| {
+        Refusal::BadRequest(format!(
+            "CONNECT target {:?} is not host:port (a DNS name or an IP address, and a port 1-65535)",
+            clip(target)
+        ))
+    })?;
     Ok((host, port, buf[end..].to_vec()))
 }
 
@@ -169,7 +210,14 @@ fn split_host_port(target: &str) -> Option<(String, u16)> {
     };
     let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
     let host = normalize(host);
-    (!host.is_empty()).then_some((host, port))
+    is_host(&host).then_some((host, port))
+}
+
+/// An IP address, or a DNS name whose last label is not all digits: the C resolver would read
+/// `2130706433` or `0x7f.1` as addresses (127.0.0.1) that no rule or check here sees as such.
+fn is_host(host: &str) -> bool {
+    is_ip_literal(host)
+        || (is_dns_name(host) && host.rsplit('.').next().is_some_and(|tld| !tld.bytes().all(|b| b.is_ascii_digit())))
 }
 
 /// Decide, resolve and connect.
@@ -187,14 +235,14 @@ async fn open(state: &CellEgress, config: &EgressConfig, host: &str, port: u16) 
     }
     let mapped = config.hosts.get(host).copied();
     let listed_literal = matches!(state.egress, Egress::Allow(_)) && is_ip_literal(host);
+    let learning = matches!(state.egress, Egress::Learn);
     let addrs: Vec<SocketAddr> = match (mapped, host.parse::<IpAddr>()) {
         (Some(ip), _) => vec![SocketAddr::new(ip, port)],
         (None, Ok(ip)) => vec![SocketAddr::new(ip, port)],
-        (None, Err(_)) => tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((host, port)))
+        (None, Err(_)) => tokio::time::timeout(CONNECT_TIMEOUT, resolve(state, host, port))
             .await
             .map_err(|_| Refusal::Upstream(format!("cellkeep egress proxy: resolving {host} timed out")))?
-            .map_err(|e| Refusal::Upstream(format!("cellkeep egress proxy: resolving {host}: {e}")))?
-            .collect(),
+            .map_err(|e| Refusal::Upstream(format!("cellkeep egress proxy: resolving {host}: {e}")))?,
     };
     // The host's own services and cloud metadata stay out of reach, whatever a name resolves
     // to (and in learn mode, whatever address is asked for): loopback, link-local and the
@@ -202,12 +250,15 @@ async fn open(state: &CellEgress, config: &EgressConfig, host: &str, port: u16) 
     // lists literally may point there.
     let trusted = mapped.is_some() || listed_literal;
     let own = if trusted { Vec::new() } else { host_addresses() };
-    let usable: Vec<SocketAddr> =
-        addrs.into_iter().filter(|a| trusted || (is_public(a.ip()) && !own.contains(&canonical(a.ip())))).collect();
+    let usable: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|a| trusted || (may_reach(a.ip(), learning) && !own.contains(&canonical(a.ip()))))
+        .collect();
     if usable.is_empty() {
         return Err(Refusal::Denied(format!(
-            "cellkeep egress proxy: {host} resolves only to loopback, link-local, unspecified or multicast \
-             addresses or to this host's own addresses, which cells may not reach"
+            "cellkeep egress proxy: {host} resolves only to addresses cells may not reach (loopback, \
+             link-local, cloud metadata, reserved, this host's own{})",
+            if learning { ", or a private network while learning" } else { "" }
         )));
     }
     let mut last = None;
@@ -229,17 +280,77 @@ async fn open(state: &CellEgress, config: &EgressConfig, host: &str, port: u16) 
     Err(Refusal::Upstream(format!("cellkeep egress proxy: connecting to {host}:{port}: {}", last.unwrap_or_default())))
 }
 
-/// Not loopback, unspecified, link-local (169.254/16, fe80::/10: cloud metadata) or multicast.
-fn is_public(ip: IpAddr) -> bool {
+/// Name lookups running at once in the whole daemon. `getaddrinfo` blocks a thread of the
+/// runtime's blocking pool (shared with the daemon's own work) and cannot be cancelled: a
+/// lookup holds its permit until its thread is done, so a cell asking for names whose servers
+/// never answer occupies at most this many threads, never the pool.
+const MAX_LOOKUPS: usize = 32;
+/// Of those, at most this many for one cell (the rest of its requests wait their turn).
+pub(super) const MAX_LOOKUPS_PER_CELL: usize = 8;
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LOOKUPS);
+
+/// Resolve `host` with the system resolver, within the daemon's and the cell's lookup limits.
+async fn resolve(state: &CellEgress, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    let closed = |_| std::io::Error::other("the proxy is shutting down");
+    let cell = state.lookups.clone().acquire_owned().await.map_err(closed)?;
+    let daemon = LOOKUPS.acquire().await.map_err(closed)?;
+    let host = host.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let _held = (cell, daemon);
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).map(Iterator::collect)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Whether a cell may be connected to `ip` (a name resolved by the proxy, or an address
+/// asked for in learn mode). Never: loopback, unspecified, link-local (169.254/16, fe80::/10),
+/// multicast, broadcast, 0/8, 240/4, site-local fec0::/10, the cloud metadata and platform
+/// addresses outside link-local (100.100.100.200, 168.63.129.16, fd00:ec2::254); an IPv4
+/// address inside an IPv6 one (mapped, compatible, NAT64 64:ff9b::/96, 6to4 2002::/16) is
+/// judged as that IPv4 address. While learning also never a private network (10/8,
+/// 172.16/12, 192.168/16, 100.64/10, 198.18/15, fc00::/7): a listed name may resolve into the
+/// operator's own network (an internal API gateway); "any name" may not.
+fn may_reach(ip: IpAddr, learning: bool) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast())
+            let [a, b, _, _] = v4.octets();
+            let never = v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || a == 0
+                || a >= 240
+                || v4 == std::net::Ipv4Addr::new(100, 100, 100, 200)
+                || v4 == std::net::Ipv4Addr::new(168, 63, 129, 16);
+            let private = v4.is_private() || (a == 100 && (64..128).contains(&b)) || (a == 198 && (b & 0xfe) == 18);
+            !(never || (learning && private))
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            let seg = v6.segments();
+            let o = v6.octets();
+            let embedded = if let Some(v4) = v6.to_ipv4_mapped() {
+                Some(v4)
+            } else if seg[..6] == [0; 6] || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                // IPv4-compatible ::a.b.c.d (not :: or ::1, judged below) and NAT64.
+                (seg[6] != 0 || seg[7] > 1).then(|| std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+            } else if seg[0] == 0x2002 {
+                Some(std::net::Ipv4Addr::new(o[2], o[3], o[4], o[5]))
+            } else {
+                None
+            };
+            if let Some(v4) = embedded {
+                return may_reach(IpAddr::V4(v4), learning);
             }
-            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80)
+            let never = v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] & 0xffc0) == 0xfec0
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+            let private = (seg[0] & 0xfe00) == 0xfc00;
+            !(never || (learning && private))
         }
     }
 }
@@ -311,11 +422,49 @@ mod tests {
 
     #[test]
     fn special_addresses() {
-        for ip in ["127.0.0.1", "0.0.0.0", "169.254.169.254", "::1", "fe80::1", "::ffff:127.0.0.1", "224.0.0.1"] {
-            assert!(!is_public(ip.parse().unwrap_or_else(|e| panic!("{e}"))), "{ip}");
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap_or_else(|e| panic!("{t}: {e}"));
+        for t in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "169.254.169.254",
+            "100.100.100.200",
+            "168.63.129.16",
+            "240.0.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fec0::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::1",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(!may_reach(ip(t), false), "{t} (list)");
+            assert!(!may_reach(ip(t), true), "{t} (learn)");
         }
-        for ip in ["93.184.216.34", "10.1.2.3", "2606:4700::1111"] {
-            assert!(is_public(ip.parse().unwrap_or_else(|e| panic!("{e}"))), "{ip}");
+        for t in ["10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "198.18.0.1", "fd12::1", "::ffff:10.0.0.1"] {
+            assert!(may_reach(ip(t), false), "{t}: a listed name may resolve into the operator's network");
+            assert!(!may_reach(ip(t), true), "{t}: not while learning");
         }
+        for t in ["93.184.216.34", "2606:4700::1111", "64:ff9b::5db8:d822", "::ffff:93.184.216.34"] {
+            assert!(may_reach(ip(t), true), "{t}");
+        }
+    }
+
+    #[test]
+    fn targets_are_names_or_addresses() {
+        for bad in ["2130706433:443", "0x7f.1:443", "127.1:443", "a..b:443", "a\rb:443", "x y:443", "1.2.3.4.5:443"] {
+            assert_eq!(split_host_port(bad), None, "{bad:?}");
+        }
+        assert_eq!(split_host_port("api.example.com:443"), Some(("api.example.com".into(), 443)));
+        assert_eq!(split_host_port("1.2.3.4:443"), Some(("1.2.3.4".into(), 443)));
+        let long = "a".repeat(5000);
+        assert!(clip(&long).chars().count() <= 201);
+        assert_eq!(clip("a\r\nb"), "a\\r\\nb");
     }
 }

@@ -60,7 +60,7 @@ pub fn is_ip_literal(host: &str) -> bool {
 
 /// A DNS name: dot-separated labels of letters, digits, `-` and `_`, 1-63 bytes each, at most
 /// 253 bytes in all.
-fn is_dns_name(host: &str) -> bool {
+pub fn is_dns_name(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|l| {
