@@ -432,3 +432,65 @@ fn zero_timeout_is_refused() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(d.send(&id, "hi", 5000).json()["stdout"], "hi", "the session survives a refused command");
 }
+
+// Launches under way when shutdown begins are waited for and stopped with the rest: the
+// daemon exits with no cell's cgroup (and so no process) left (10 rounds of 8 launches with
+// the shutdown right behind them).
+#[test]
+fn shutdown_stops_launches_under_way() {
+    gate!("shutdown_stops_launches_under_way");
+    for round in 0..10 {
+        let mut d = daemon().start();
+        let launches: Vec<_> = (0..8)
+            .map(|_| {
+                let (sock, cwd) = (d.socket.clone(), d.cwd());
+                std::thread::spawn(move || {
+                    common::http::raw(
+                        &sock,
+                        "POST",
+                        "/v1/cells",
+                        json!({"provider": "cat", "cwd": cwd}).to_string().as_bytes(),
+                    )
+                    .map(|r| r.status)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(2 + round));
+        let _ = common::http::raw(&d.socket, "POST", "/v1/shutdown", b"");
+        for l in launches {
+            let _ = l.join();
+        }
+        d.stop();
+        assert_eq!(d.cell_dirs(), Vec::<std::path::PathBuf>::new(), "round {round}: cells left after shutdown");
+    }
+}
+
+// A client that leaves while its session is being started leaves one session, which the next
+// request gets: not a second one holding another slot.
+#[test]
+fn a_session_start_abandoned_mid_launch_is_kept_once() {
+    gate!("a_session_start_abandoned_mid_launch_is_kept_once");
+    let d = daemon().start();
+    let body = json!({"cwd": d.cwd()}).to_string();
+    for _ in 0..5 {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+        write!(s, "POST /v1/providers/cat/session HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .expect("request");
+        drop(s);
+    }
+    let r = call(&d.socket, "POST", "/v1/providers/cat/session", Some(&json!({"cwd": d.cwd()})));
+    assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    let id = id_of(&r.json());
+    std::thread::sleep(Duration::from_millis(500));
+    let live: Vec<Value> = call(&d.socket, "GET", "/v1/cells", None)
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c["provider"] == "cat")
+        .collect();
+    assert_eq!(live.len(), 1, "one session, not one per abandoned start: {live:?}");
+    assert_eq!(live[0]["id"], id.as_str(), "{live:?}");
+}

@@ -65,6 +65,9 @@ struct Inner {
     /// Serialises "get or start" of provider sessions.
     session_gate: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
+    /// Launches under way (a slot reserved or a pre-built cell taken, not yet registered or
+    /// failed): shutdown waits for them, so none registers a cell after it looked.
+    launching: tokio::sync::watch::Sender<usize>,
     started: Instant,
     /// Launches served by a pre-built cell.
     warm_served: std::sync::atomic::AtomicU64,
@@ -135,6 +138,7 @@ impl Pool {
                 reaper_wake: Arc::new(Notify::new()),
                 session_gate: tokio::sync::Mutex::new(()),
                 shutting_down: AtomicBool::new(false),
+                launching: tokio::sync::watch::Sender::new(0),
                 started: Instant::now(),
                 warm_served: Default::default(),
             }),

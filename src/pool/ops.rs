@@ -59,6 +59,13 @@ impl Pool {
     }
 
     async fn launch_whole(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
+        self.inner.launching.send_modify(|n| *n += 1);
+        let result = self.launch_counted(policy, l).await;
+        self.inner.launching.send_modify(|n| *n -= 1);
+        result
+    }
+
+    async fn launch_counted(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let req = LaunchRequest {
             cell_id: uuid::Uuid::now_v7().simple().to_string(),
@@ -123,7 +130,15 @@ impl Pool {
         };
         let entry = cell::start(cell, l.caller.uid, l.session, policy, wiring, on_end);
         slot.commit();
-        self.state().cells.insert(entry.id.clone(), entry.clone());
+        {
+            // Registered with its session in one step: a client that left mid-launch leaves a
+            // session the next request finds, not a second one.
+            let mut st = self.state();
+            st.cells.insert(entry.id.clone(), entry.clone());
+            if l.session {
+                st.sessions.insert((provider.clone(), l.caller.uid), entry.id.clone());
+            }
+        }
         self.inner.reaper_wake.notify_one();
         if warm && l.session {
             // A session lives on: replace the pre-built cell it took now.
@@ -208,13 +223,9 @@ impl Pool {
         if policy.mode != Mode::Session {
             return Err(PoolError::BadRequest(format!("provider {provider} is one-shot, not a session provider")));
         }
-        let _gate = self.inner.session_gate.lock().await;
         let key = (provider.to_owned(), caller.uid);
-        let live = {
-            let st = self.state();
-            st.sessions.get(&key).and_then(|id| st.cells.get(id)).filter(|e| e.exit_reason().is_none()).cloned()
-        };
-        if let Some(entry) = live {
+        // A live session is handed out without waiting behind another caller's launch.
+        if let Some(entry) = self.live_session(&key) {
             return Ok(entry.info());
         }
         let l = Launch {
@@ -228,9 +239,25 @@ impl Pool {
             stdin: false,
             tap: None,
         };
-        let entry = self.launch(policy, l).await?;
-        self.state().sessions.insert(key, entry.id.clone());
-        Ok(entry.info())
+        // Get-or-start runs in a task of its own, holding the gate until the new session is
+        // registered (by the launch itself, see `launch_counted`): a caller that leaves
+        // mid-launch neither lets a second session start nor leaves the first unregistered.
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let _gate = pool.inner.session_gate.lock().await;
+            if let Some(entry) = pool.live_session(&key) {
+                return Ok(entry.info());
+            }
+            Ok(pool.launch_whole(policy, l).await?.info())
+        })
+        .await
+        .map_err(|e| PoolError::Internal(format!("the session's launch task failed: {e}")))?
+    }
+
+    /// The live session of (provider, uid), if any.
+    fn live_session(&self, key: &(String, u32)) -> Option<Arc<CellEntry>> {
+        let st = self.state();
+        st.sessions.get(key).and_then(|id| st.cells.get(id)).filter(|e| e.exit_reason().is_none()).cloned()
     }
 
     /// A command's timeout: the one asked for, else the policy's wall time, else the default.
@@ -529,6 +556,11 @@ impl Pool {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.slot_freed.notify_waiters();
         self.retire_all_warm(self.inner.config.shutdown_timeout).await;
+        // Launches under way register (or fail) first, so their cells are stopped below too.
+        let mut launching = self.inner.launching.subscribe();
+        if tokio::time::timeout(self.inner.config.shutdown_timeout, launching.wait_for(|n| *n == 0)).await.is_err() {
+            tracing::warn!("launches still under way at the shutdown timeout");
+        }
         let live: Vec<Arc<CellEntry>> =
             self.state().cells.values().filter(|e| e.exit_reason().is_none()).cloned().collect();
         // As documented: SIGTERM, the cells' grace period, then SIGKILL of the whole cgroup —
