@@ -1958,13 +1958,19 @@ op('vsock socket', lambda: mk(40, 0))\n\
 op('vsock listen', lambda: mk(40, 0, (0xFFFFFFFF, 40000 + os.getpid() % 20000)))\n\
 op('mptcp socket v4', lambda: mk(socket.AF_INET, 262))\n\
 op('mptcp socket v6', lambda: mk(socket.AF_INET6, 262))\n\
-op('tcp socket', lambda: mk(socket.AF_INET, 0))";
+op('tcp socket', lambda: mk(socket.AF_INET, 0))\n\
+op('alg socket', lambda: socket.socket(38, socket.SOCK_SEQPACKET, 0))\n\
+op('sctp socket', lambda: mk(socket.AF_INET, 132))\n\
+op('crypto netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 21))\n\
+op('route netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))";
 
 // 46. (issue 14, finding 3) AF_VSOCK is not namespaced: a cell could bind and listen on a vsock
 //     port host-wide (the host then got EADDRINUSE). seccomp refuses socket(AF_VSOCK) in every
 //     cell, whatever the policy's seccomp preset, with EAFNOSUPPORT.
 // 47. (issue 14, finding 1, MPTCP part) an IPPROTO_MPTCP socket slipped past Landlock's TCP
-//     rules; seccomp refuses it everywhere with EPROTONOSUPPORT (plain TCP still works).
+//     rules; seccomp refuses it everywhere with EPROTONOSUPPORT (plain TCP still works). So are
+//     the socket families and protocols no agent needs (AF_ALG, SCTP, crypto_user netlink:
+//     kernel modules loaded on demand, found by a review): socket(2) takes an allow list.
 #[test]
 fn vsock_and_mptcp_sockets() {
     gate!("vsock_and_mptcp_sockets");
@@ -1978,6 +1984,12 @@ fn vsock_and_mptcp_sockets() {
         denied(&out, &ctx, "mptcp socket v4", &["EPROTONOSUPPORT"], "a cell opened an MPTCP socket");
         denied(&out, &ctx, "mptcp socket v6", &["EPROTONOSUPPORT"], "a cell opened an MPTCP socket");
         assert_eq!(result_of(&out, "tcp socket"), "OK", "plain TCP sockets must still work\n{ctx}");
+        // The rest of the kernel's socket surface no agent needs (modules loaded on demand):
+        // refused with the errnos of a kernel without them; route netlink (getifaddrs) works.
+        denied(&out, &ctx, "alg socket", &["EAFNOSUPPORT"], "a cell opened an AF_ALG socket");
+        denied(&out, &ctx, "sctp socket", &["EPROTONOSUPPORT"], "a cell opened an SCTP socket");
+        denied(&out, &ctx, "crypto netlink", &["EPROTONOSUPPORT"], "a cell opened a crypto_user netlink socket");
+        assert_eq!(result_of(&out, "route netlink"), "OK", "route netlink must still work\n{ctx}");
     }
     a.contained();
 }

@@ -15,11 +15,15 @@
 //! 4. **clone3 → ENOSYS** (preset `default`): clone3 passes its flags in memory where BPF
 //!    cannot read them, so it is refused with ENOSYS, the one errno on which glibc falls back
 //!    to `clone` (which filter 3 can inspect).
-//! 5. **socket families** (every policy, whatever its preset): `socket(AF_VSOCK, …)` fails
-//!    with EAFNOSUPPORT (vsock is not namespaced: a cell could bind host-wide vsock ports) and
-//!    `socket(…, …, IPPROTO_MPTCP)` with EPROTONOSUPPORT (MPTCP sockets slip past Landlock's
-//!    TCP rules). Those are the errnos of a kernel without the feature, so programs that try
-//!    MPTCP first fall back to TCP. Installed last so these errnos win.
+//! 5. **socket families** (every policy, whatever its preset): an allow list. `socket(2)` in
+//!    a domain other than AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK fails with EAFNOSUPPORT
+//!    (AF_VSOCK is not namespaced: a cell could bind host-wide vsock ports; the rare families
+//!    are modules the kernel would load on demand), and a protocol other than the domain's
+//!    default, TCP, UDP, ICMP (INET) or route, sock_diag, uevent, generic (NETLINK) fails with
+//!    EPROTONOSUPPORT (MPTCP sockets slip past Landlock's TCP rules; SCTP, DCCP, UDP-Lite or
+//!    crypto_user are kernel surface no agent needs). Those are the errnos of a kernel
+//!    without the feature, so programs that try MPTCP first fall back to TCP. Installed last
+//!    so these errnos win.
 //!
 //! The filters are built for the architecture cellkeep is compiled for (x86_64 or aarch64:
 //! syscall numbers from `syscalls::Sysno`, the native table; `AUDIT_ARCH` to match); the x32
@@ -122,12 +126,31 @@ const CLONE_NEW_FLAGS: &[u64] = &[
 /// `ioctl` requests that inject input into or reprogram the controlling terminal.
 const DENIED_IOCTLS: &[u64] = &[0x5412 /* TIOCSTI */, 0x541C /* TIOCLINUX */];
 
-/// `socket(2)` domains refused in every cell (argument 0).
-const DENIED_SOCKET_DOMAINS: &[u64] = &[libc::AF_VSOCK as u64];
-/// `socket(2)` protocols refused in every cell (argument 2). `IPPROTO_MPTCP` (262) is not in
-/// every libc release, so it is spelled out.
+/// `socket(2)` domains a cell may use (argument 0); every other fails with EAFNOSUPPORT:
+/// AF_VSOCK (not namespaced), and the rarely used families whose modules the kernel would
+/// load on demand (AF_ALG, AF_TIPC, AF_RDS, AF_KEY, …: kernel attack surface no agent needs).
+const ALLOWED_SOCKET_DOMAINS: &[u64] =
+    &[libc::AF_UNIX as u64, libc::AF_INET as u64, libc::AF_INET6 as u64, libc::AF_NETLINK as u64];
+/// `IPPROTO_MPTCP` (262) is not in every libc release, so it is spelled out.
+#[cfg(test)]
 const IPPROTO_MPTCP: u64 = 262;
-const DENIED_SOCKET_PROTOCOLS: &[u64] = &[IPPROTO_MPTCP];
+/// Per domain, the `socket(2)` protocols (argument 2) a cell may ask for; any other fails
+/// with EPROTONOSUPPORT: MPTCP (it slips past Landlock's TCP rules), SCTP, DCCP, UDP-Lite,
+/// L2TP, crypto_user netlink, … (a protocol number is what names the module the kernel would
+/// load). 0 is each domain's default (TCP, UDP, NETLINK_ROUTE).
+const ALLOWED_SOCKET_PROTOCOLS: &[(u64, &[u64])] = &[
+    (libc::AF_INET as u64, &[0, libc::IPPROTO_TCP as u64, libc::IPPROTO_UDP as u64, libc::IPPROTO_ICMP as u64]),
+    (libc::AF_INET6 as u64, &[0, libc::IPPROTO_TCP as u64, libc::IPPROTO_UDP as u64, libc::IPPROTO_ICMPV6 as u64]),
+    (
+        libc::AF_NETLINK as u64,
+        &[
+            libc::NETLINK_ROUTE as u64,
+            libc::NETLINK_SOCK_DIAG as u64,
+            libc::NETLINK_KOBJECT_UEVENT as u64,
+            libc::NETLINK_GENERIC as u64,
+        ],
+    ),
+];
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
@@ -226,15 +249,27 @@ pub fn compile(spec: &SeccompSpec<'_>) -> Result<CompiledSeccomp, SeccompError> 
 /// Filter 5 of the module doc: vsock sockets and MPTCP, refused in every cell. Both are `int`
 /// arguments to the kernel, so only their low 32 bits are compared.
 fn socket_filters() -> Result<Vec<Vec<BpfInsn>>, SeccompError> {
-    let mut filters = Vec::new();
-    for (arg, values, errno) in
-        [(0, DENIED_SOCKET_DOMAINS, libc::EAFNOSUPPORT), (2, DENIED_SOCKET_PROTOCOLS, libc::EPROTONOSUPPORT)]
-    {
-        let mut rules = BTreeMap::new();
-        add_arg_rules(&mut rules, "socket", arg, values, false, ArgLen::Dword, &[])?;
-        filters.push(build("socket", rules, Action::Allow, Action::Errno(errno as u32))?);
+    let compile_err = |source| SeccompError::Compile { filter: "socket", source };
+    let cond = |arg, op, v| SeccompCondition::new(arg, ArgLen::Dword, op, v).map_err(compile_err);
+    let nr = syscall_nr("socket").ok_or_else(|| SeccompError::UnknownSyscall { name: "socket".to_owned() })?;
+    // A domain that is none of the allowed ones (one rule: domain ≠ a ∧ domain ≠ b ∧ …).
+    let other_domain =
+        ALLOWED_SOCKET_DOMAINS.iter().map(|&d| cond(0, SeccompCmpOp::Ne, d)).collect::<Result<Vec<_>, _>>()?;
+    let domains = BTreeMap::from([(nr, vec![SeccompRule::new(other_domain).map_err(compile_err)?])]);
+    // An allowed domain with a protocol not allowed for it (one rule per domain).
+    let mut protocol_rules = Vec::new();
+    for (domain, protocols) in ALLOWED_SOCKET_PROTOCOLS {
+        let mut conds = vec![cond(0, SeccompCmpOp::Eq, *domain)?];
+        for &p in *protocols {
+            conds.push(cond(2, SeccompCmpOp::Ne, p)?);
+        }
+        protocol_rules.push(SeccompRule::new(conds).map_err(compile_err)?);
     }
-    Ok(filters)
+    let protocols = BTreeMap::from([(nr, protocol_rules)]);
+    Ok(vec![
+        build("socket", domains, Action::Allow, Action::Errno(libc::EAFNOSUPPORT as u32))?,
+        build("socket", protocols, Action::Allow, Action::Errno(libc::EPROTONOSUPPORT as u32))?,
+    ])
 }
 
 /// The fallback for kernels without `vm.memfd_noexec` (< 6.3), where every memfd can be made
@@ -426,8 +461,9 @@ mod tests {
         std::thread::spawn(|| ()).join().unwrap_or_else(|_| panic!("thread"));
         // vsock and MPTCP sockets: the errnos of a kernel without them; TCP and UNIX still work.
         let sock = |domain, protocol| {
+            let kind = if domain == libc::AF_NETLINK { libc::SOCK_RAW } else { libc::SOCK_STREAM };
             // SAFETY: (test) socket(2) with integer arguments; a returned fd is closed at once.
-            let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM, protocol) };
+            let fd = unsafe { libc::socket(domain, kind, protocol) };
             let errno = std::io::Error::last_os_error().raw_os_error();
             if fd >= 0 {
                 // SAFETY: (test) `fd` is the fresh fd socket(2) just returned, owned by nothing.
@@ -440,7 +476,13 @@ mod tests {
         assert_eq!(sock(libc::AF_INET, IPPROTO_MPTCP as i32), Some(libc::EPROTONOSUPPORT));
         assert_eq!(sock(libc::AF_INET6, IPPROTO_MPTCP as i32), Some(libc::EPROTONOSUPPORT));
         assert_eq!(sock(libc::AF_INET, 0), None);
+        assert_eq!(sock(libc::AF_INET6, libc::IPPROTO_TCP), None);
         assert_eq!(sock(libc::AF_UNIX, 0), None);
+        assert_eq!(sock(libc::AF_NETLINK, libc::NETLINK_ROUTE), None);
+        assert_eq!(sock(libc::AF_ALG, 0), Some(libc::EAFNOSUPPORT));
+        assert_eq!(sock(libc::AF_PACKET, 0), Some(libc::EAFNOSUPPORT));
+        assert_eq!(sock(libc::AF_INET, libc::IPPROTO_SCTP), Some(libc::EPROTONOSUPPORT));
+        assert_eq!(sock(libc::AF_NETLINK, 21 /* NETLINK_CRYPTO */), Some(libc::EPROTONOSUPPORT));
         println!("probe ok");
     }
 }
