@@ -494,3 +494,36 @@ fn a_session_start_abandoned_mid_launch_is_kept_once() {
     assert_eq!(live.len(), 1, "one session, not one per abandoned start: {live:?}");
     assert_eq!(live[0]["id"], id.as_str(), "{live:?}");
 }
+
+// Health polled while a cell ends answers 200 (running, then its final usage) or the ended
+// cell's code, never a 500 in the moment between the cgroup's removal and the recorded end
+// (20 rounds, health polled in a loop across a DELETE).
+#[test]
+fn health_during_a_cells_end_is_never_an_error() {
+    gate!("health_during_a_cells_end_is_never_an_error");
+    let d = daemon().start();
+    for round in 0..20 {
+        let id = id_of(&d.spawn("cat"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let poller = {
+            let (sock, id, stop) = (d.socket.clone(), id.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = call(&sock, "GET", &format!("/v1/cells/{id}/health"), None);
+                    if r.status >= 500 {
+                        bad.push(r.text());
+                    }
+                }
+                bad
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let del = call(&d.socket, "DELETE", &format!("/v1/cells/{id}?force=true"), None);
+        assert_eq!(del.status, 200, "{}", del.text());
+        std::thread::sleep(Duration::from_millis(20));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let bad = poller.join().expect("poller");
+        assert!(bad.is_empty(), "round {round}: health answered a server error while the cell ended: {bad:?}");
+    }
+}

@@ -43,6 +43,9 @@ pub(super) fn is_resource_limit(reason: &ExitReason) -> bool {
     matches!(reason, ExitReason::OomKilled | ExitReason::PidsLimited | ExitReason::FileSizeLimited)
 }
 
+/// How long a health request waits for a cell whose cgroup is gone to record its end.
+const CGROUP_GONE_GRACE: Duration = Duration::from_secs(2);
+
 impl Pool {
     /// Reserve a slot, launch, register; the slot is released when the cell's cgroup is gone.
     ///
@@ -449,11 +452,16 @@ impl Pool {
     pub async fn cell_health(&self, caller: &Caller, id: &str) -> Result<CellHealth, PoolError> {
         let entry = self.cell(caller, id)?;
         let cg = entry.cgroup.clone();
-        let running = entry.exit_reason().is_none();
+        let mut running = entry.exit_reason().is_none();
         if running && !cg.paths().iter().all(|p| p.exists()) {
-            return Err(PoolError::Internal(format!(
-                "cell {id}: its cgroup is gone (removed behind the daemon's back); the cell is being ended"
-            )));
+            // A cell's own end removes its cgroup just before the end is recorded: answer from
+            // the end. Still running after that is a cgroup removed behind the daemon's back.
+            if tokio::time::timeout(CGROUP_GONE_GRACE, entry.ended()).await.is_err() {
+                return Err(PoolError::Internal(format!(
+                    "cell {id}: its cgroup is gone (removed behind the daemon's back); the cell is being ended"
+                )));
+            }
+            running = false;
         }
         let last = entry.final_usage().unwrap_or_default();
         let (usage, events, open_fds) = tokio::task::spawn_blocking(move || {
