@@ -527,3 +527,27 @@ fn health_during_a_cells_end_is_never_an_error() {
         assert!(bad.is_empty(), "round {round}: health answered a server error while the cell ended: {bad:?}");
     }
 }
+
+// A one-shot waiting for a slot (`wait_for_slot_ms`) whose client leaves is not run when the
+// slot frees up: it neither takes the slot nor runs a command nobody reads.
+#[test]
+fn a_command_whose_client_left_while_waiting_for_a_slot_is_not_run() {
+    gate!("a_command_whose_client_left_while_waiting_for_a_slot_is_not_run");
+    let d = daemon().max_cells(1).start();
+    let held = id_of(&d.spawn("cat"));
+    {
+        use std::io::Write;
+        let body = json!({"command": "touch ran", "cwd": d.cwd(), "wait_for_slot_ms": 30000}).to_string();
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+        write!(s, "POST /v1/providers/sh/commands HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .expect("request");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let del = call(&d.socket, "DELETE", &format!("/v1/cells/{held}"), None);
+    assert_eq!(del.status, 200, "{}", del.text());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!d.ws.path().join("ran").exists(), "the abandoned command ran once a slot freed up");
+    let r = sh(&d, "echo mine", 10_000);
+    assert_eq!(r.status, 200, "the slot must be free for the next caller: {}", r.text());
+}

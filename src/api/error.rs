@@ -86,6 +86,8 @@ pub fn code_of(e: &PoolError) -> ErrorCode {
         },
         PoolError::ReloadRejected { .. } => ErrorCode::Policy,
         PoolError::ShuttingDown => ErrorCode::ShuttingDown,
+        // Nobody reads it: the client is gone.
+        PoolError::ClientGone => ErrorCode::BadRequest,
         PoolError::Internal(_) => ErrorCode::Internal,
     }
 }

@@ -38,6 +38,9 @@ pub enum PoolError {
     ReloadRejected { dir: String, rejected: Vec<crate::policy::set::Rejected> },
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// The client left while its launch waited for a slot (`wait_for_slot_ms`); not launched.
+    #[error("the client left while waiting for a slot; nothing was launched")]
+    ClientGone,
     #[error("internal error: {0}")]
     Internal(String),
 }

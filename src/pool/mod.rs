@@ -212,7 +212,13 @@ impl Pool {
     }
 
     /// Reserve a slot, waiting up to `wait` for one to free up.
-    async fn reserve_slot(&self, wait: Option<Duration>) -> Result<SlotGuard, PoolError> {
+    /// Waiting ends early when `left` is cancelled (the client that asked has gone: a command
+    /// nobody waits for must not take the slot when one frees up).
+    async fn reserve_slot(
+        &self,
+        wait: Option<Duration>,
+        left: &tokio_util::sync::CancellationToken,
+    ) -> Result<SlotGuard, PoolError> {
         let until = wait.map(|w| Instant::now() + w);
         loop {
             if self.inner.shutting_down.load(Ordering::SeqCst) {
@@ -241,7 +247,10 @@ impl Pool {
                 continue;
             }
             let Some(t) = until else { continue };
-            let _ = tokio::time::timeout_at(t.into(), freed).await;
+            tokio::select! {
+                _ = tokio::time::timeout_at(t.into(), freed) => {}
+                _ = left.cancelled() => return Err(PoolError::ClientGone),
+            }
         }
     }
 

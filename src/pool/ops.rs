@@ -54,21 +54,36 @@ impl Pool {
     /// helper, an id lease) owned by nobody. So the launch runs in a task of its own and always
     /// ends in one of its two complete states: registered (the cell runs and ends like any
     /// other; a one-shot keeps its output for `get`/`logs`) or failed and torn down.
+    ///
+    /// Only the wait for a slot (`wait_for_slot_ms`) ends with the caller: a command whose
+    /// client left before it got a slot is not run.
     pub(super) async fn launch(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
         let pool = self.clone();
-        tokio::spawn(async move { pool.launch_whole(policy, l).await })
+        let left = tokio_util::sync::CancellationToken::new();
+        let _caller = left.clone().drop_guard();
+        tokio::spawn(async move { pool.launch_whole(policy, l, &left).await })
             .await
             .map_err(|e| PoolError::Internal(format!("the launch task failed: {e}")))?
     }
 
-    async fn launch_whole(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
+    async fn launch_whole(
+        &self,
+        policy: Arc<Policy>,
+        l: Launch,
+        left: &tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<CellEntry>, PoolError> {
         self.inner.launching.send_modify(|n| *n += 1);
-        let result = self.launch_counted(policy, l).await;
+        let result = self.launch_counted(policy, l, left).await;
         self.inner.launching.send_modify(|n| *n -= 1);
         result
     }
 
-    async fn launch_counted(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
+    async fn launch_counted(
+        &self,
+        policy: Arc<Policy>,
+        l: Launch,
+        left: &tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<CellEntry>, PoolError> {
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let req = LaunchRequest {
             cell_id: uuid::Uuid::now_v7().simple().to_string(),
@@ -85,7 +100,7 @@ impl Pool {
         let (cell, slot, warm) = match self.launch_warm(&policy, &req, stdin).await? {
             Some((cell, slot)) => (cell, slot, true),
             None => {
-                let slot = self.reserve_slot(l.wait_for_slot).await?;
+                let slot = self.reserve_slot(l.wait_for_slot, left).await?;
                 let stdio = if stdin { StdioMode::Piped } else { StdioMode::NullInPiped };
                 (self.inner.launcher.launch(&policy, req, stdio).await?, slot, false)
             }
@@ -246,12 +261,14 @@ impl Pool {
         // registered (by the launch itself, see `launch_counted`): a caller that leaves
         // mid-launch neither lets a second session start nor leaves the first unregistered.
         let pool = self.clone();
+        let left = tokio_util::sync::CancellationToken::new();
+        let _caller = left.clone().drop_guard();
         tokio::spawn(async move {
             let _gate = pool.inner.session_gate.lock().await;
             if let Some(entry) = pool.live_session(&key) {
                 return Ok(entry.info());
             }
-            Ok(pool.launch_whole(policy, l).await?.info())
+            Ok(pool.launch_whole(policy, l, &left).await?.info())
         })
         .await
         .map_err(|e| PoolError::Internal(format!("the session's launch task failed: {e}")))?
