@@ -551,3 +551,32 @@ fn a_command_whose_client_left_while_waiting_for_a_slot_is_not_run() {
     let r = sh(&d, "echo mine", 10_000);
     assert_eq!(r.status, 200, "the slot must be free for the next caller: {}", r.text());
 }
+
+// A request refused on its own merits (a cwd that does not exist) gets the same answer when
+// the pool is full as when it is not: why it is refused, not 429 — nor after waiting.
+#[test]
+fn a_bad_request_at_the_cap_is_refused_for_what_it_is() {
+    gate!("a_bad_request_at_the_cap_is_refused_for_what_it_is");
+    let d = daemon().max_cells(1).start();
+    let bad = |wait: Option<u64>| {
+        let mut body = json!({"command": "true", "cwd": "/nonexistent/cellkeep-test"});
+        if let Some(ms) = wait {
+            body["wait_for_slot_ms"] = json!(ms);
+        }
+        call(&d.socket, "POST", "/v1/providers/sh/commands", Some(&body))
+    };
+    let free = bad(None);
+    assert!((400..500).contains(&free.status) && free.status != 429, "{}", free.text());
+    let _held = id_of(&d.spawn("cat"));
+    let full = bad(None);
+    assert_eq!(
+        (full.status, full.json()["code"].clone()),
+        (free.status, free.json()["code"].clone()),
+        "{}",
+        full.text()
+    );
+    let t = Instant::now();
+    let waited = bad(Some(5000));
+    assert_eq!(waited.status, free.status, "{}", waited.text());
+    assert!(t.elapsed() < Duration::from_secs(3), "refused only after waiting for a slot: {:?}", t.elapsed());
+}

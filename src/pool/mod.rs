@@ -212,6 +212,11 @@ impl Pool {
     }
 
     /// Reserve a slot, waiting up to `wait` for one to free up.
+    /// Whether every slot is taken (by cells, launches or pre-built cells).
+    fn is_full(&self) -> bool {
+        self.state().used_slots >= self.inner.config.max_cells
+    }
+
     /// Waiting ends early when `left` is cancelled (the client that asked has gone: a command
     /// nobody waits for must not take the slot when one frees up).
     async fn reserve_slot(

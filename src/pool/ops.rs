@@ -100,6 +100,11 @@ impl Pool {
         let (cell, slot, warm) = match self.launch_warm(&policy, &req, stdin).await? {
             Some((cell, slot)) => (cell, slot, true),
             None => {
+                // A full pool answers a request it would refuse anyway with why it is refused
+                // (400), not with "no room" (429) — nor after waiting for room.
+                if self.is_full() {
+                    self.inner.launcher.check(&policy, &req)?;
+                }
                 let slot = self.reserve_slot(l.wait_for_slot, left).await?;
                 let stdio = if stdin { StdioMode::Piped } else { StdioMode::NullInPiped };
                 (self.inner.launcher.launch(&policy, req, stdio).await?, slot, false)

@@ -209,6 +209,13 @@ impl Launcher {
     /// The helper is spawned first and waits for its plan; meanwhile the cell's cgroup and its
     /// own host id (NSS account lookups, ~1 ms) are made on two blocking threads and the plan
     /// is built, so the helper's exec and start-up (~1.5 ms for a large binary) overlap them.
+    /// Whether `req` would be refused before anything is built (its cwd, identity, the
+    /// policy's checks): the same planning a launch starts with, nothing made. For a caller
+    /// who must hear "bad request" rather than "no room" when the pool is full.
+    pub fn check(&self, policy: &Policy, req: &LaunchRequest) -> Result<(), SandboxError> {
+        super::plan::build(policy, req, &self.host).map(drop)
+    }
+
     pub async fn launch(&self, policy: &Policy, req: LaunchRequest, stdio: StdioMode) -> Result<Cell, SandboxError> {
         if policy.command.is_empty() && req.args.is_empty() {
             return Err(SandboxError::NoCommand { provider: policy.name.clone() });
