@@ -200,8 +200,12 @@ impl Client {
     }
 
     /// End every cell and stop the daemon (root or an admin group).
-    pub async fn shutdown(&self) -> Result<Count> {
-        self.call(Method::POST, "/v1/shutdown", None::<&()>).await
+    pub async fn shutdown(&self, timeout_ms: Option<u64>) -> Result<Count> {
+        let path = match timeout_ms {
+            Some(ms) => format!("/v1/shutdown?timeout_ms={ms}"),
+            None => "/v1/shutdown".to_owned(),
+        };
+        self.call(Method::POST, &path, None::<&()>).await
     }
 
     /// Reload the daemon's policies and wait for the verdict (root or an admin group): the

@@ -580,3 +580,24 @@ fn a_bad_request_at_the_cap_is_refused_for_what_it_is() {
     assert_eq!(waited.status, free.status, "{}", waited.text());
     assert!(t.elapsed() < Duration::from_secs(3), "refused only after waiting for a slot: {:?}", t.elapsed());
 }
+
+// The old manager's `shutdown(timeout)`: `POST /v1/shutdown?timeout_ms=N` bounds the wait for
+// cells that ignore SIGTERM (the daemon's own timeout is 20 s here; the answer comes in ~0.3 s)
+// and still leaves nothing behind.
+#[test]
+fn shutdown_takes_a_timeout() {
+    gate!("shutdown_takes_a_timeout");
+    let stubborn = "[\"/bin/sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.05; done\"]";
+    let mut d =
+        daemon().grace_secs(20.0).shutdown_timeout_secs(20.0).provider("stubborn", stubborn, "session", "").start();
+    let _ = id_of(&d.spawn("stubborn"));
+    let t = Instant::now();
+    let r = call(&d.socket, "POST", "/v1/shutdown?timeout_ms=300", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(t.elapsed() < Duration::from_secs(5), "shutdown took {:?} with timeout_ms=300", t.elapsed());
+    d.stop();
+    assert_eq!(d.cell_dirs(), Vec::<std::path::PathBuf>::new(), "cells left after shutdown");
+    let bad = daemon().start();
+    let r = call(&bad.socket, "POST", "/v1/shutdown?timeout_ms=soon", None);
+    assert_eq!(r.status, 400, "{}", r.text());
+}

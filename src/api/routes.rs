@@ -29,8 +29,8 @@ use crate::session::{OutputEvent, Subscription};
 use super::error::HttpError;
 use super::wire::{
     CellHealth, CellInfo, CommandResult, Count, DaemonHealth, ErrorBody, ErrorCode, ListFilter, OneshotRequest,
-    OutputFormat, OutputLine, OutputQuery, Reloaded, SendRequest, SessionRequest, SpawnRequest, StdinQuery, Stream,
-    TerminateQuery,
+    OutputFormat, OutputLine, OutputQuery, Reloaded, SendRequest, SessionRequest, ShutdownQuery, SpawnRequest,
+    StdinQuery, Stream, TerminateQuery,
 };
 
 #[derive(Clone)]
@@ -407,15 +407,21 @@ async fn cleanup(
 }
 
 /// Root or an admin group only: end every cell, remove the cgroups and the socket, exit.
-#[utoipa::path(post, path = "/v1/shutdown", tag = "daemon",
+/// `?timeout_ms=N` shortens the wait for cells to end (the old manager's `shutdown(timeout)`).
+#[utoipa::path(post, path = "/v1/shutdown", tag = "daemon", params(ShutdownQuery),
     responses((status = 200, description = "How many cells were ended", body = Count),
               (status = "default", description = "An error", body = ErrorBody)))]
-async fn shutdown(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Count>> {
+async fn shutdown(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    q: Result<Query<ShutdownQuery>, QueryRejection>,
+) -> ApiResult<Json<Count>> {
+    let timeout = query(q)?.timeout_ms.map(std::time::Duration::from_millis);
     if !s.pool.is_admin(&caller) {
         return Err(crate::pool::PoolError::Forbidden { uid: caller.uid, action: "shut the daemon down".into() }.into());
     }
     tracing::warn!(uid = caller.uid, pid = caller.pid, "shutdown requested over the API");
-    let count = s.pool.shutdown().await;
+    let count = s.pool.shutdown_within(timeout).await;
     s.shutdown.cancel();
     Ok(Json(count.into()))
 }

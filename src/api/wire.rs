@@ -192,6 +192,16 @@ pub struct TerminateQuery {
     pub force: bool,
 }
 
+/// `POST /v1/shutdown` query.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ShutdownQuery {
+    /// How long cells get to end before their cgroups are killed and removed (default: the
+    /// daemon's `shutdown_timeout_secs`; at most that).
+    pub timeout_ms: Option<u64>,
+}
+
 /// `GET /v1/cells/{id}/output` query.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -178,6 +178,10 @@ enum Cmd {
     },
     /// End every cell and stop the daemon (root or an admin group).
     Shutdown {
+        /// Seconds cells get to end before they are killed (default and at most: the daemon's
+        /// shutdown_timeout_secs).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -204,7 +208,7 @@ impl Cmd {
             | Cmd::Health { conn, .. }
             | Cmd::Logs { conn, .. }
             | Cmd::Cleanup { conn, .. }
-            | Cmd::Shutdown { conn }
+            | Cmd::Shutdown { conn, .. }
             | Cmd::Reload { conn } => Some(conn),
             Cmd::Run(_) | Cmd::Policy(_) | Cmd::Daemon(_) | Cmd::Doctor(_) => None,
         }

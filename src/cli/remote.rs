@@ -167,8 +167,8 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             println!("{} cell(s) of {provider} ended", n.count);
             Ok(0)
         }
-        Cmd::Shutdown { .. } => {
-            let n = c.shutdown().await?;
+        Cmd::Shutdown { timeout, .. } => {
+            let n = c.shutdown(millis(timeout)?).await?;
             if json {
                 return print_json(&n);
             }

@@ -583,12 +583,19 @@ impl Pool {
     /// Stop accepting work and end every cell: SIGTERM, then SIGKILL for whatever is left at
     /// the shutdown timeout; every cgroup removed. Returns how many cells were running.
     pub async fn shutdown(&self) -> Count {
+        self.shutdown_within(None).await
+    }
+
+    /// [`Pool::shutdown`] with a shorter wait for the cells to end (capped by the daemon's
+    /// `shutdown_timeout`).
+    pub async fn shutdown_within(&self, timeout: Option<Duration>) -> Count {
+        let timeout = timeout.map_or(self.inner.config.shutdown_timeout, |t| t.min(self.inner.config.shutdown_timeout));
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.slot_freed.notify_waiters();
-        self.retire_all_warm(self.inner.config.shutdown_timeout).await;
+        self.retire_all_warm(timeout).await;
         // Launches under way register (or fail) first, so their cells are stopped below too.
         let mut launching = self.inner.launching.subscribe();
-        if tokio::time::timeout(self.inner.config.shutdown_timeout, launching.wait_for(|n| *n == 0)).await.is_err() {
+        if tokio::time::timeout(timeout, launching.wait_for(|n| *n == 0)).await.is_err() {
             tracing::warn!("launches still under way at the shutdown timeout");
         }
         let live: Vec<Arc<CellEntry>> =
@@ -596,7 +603,6 @@ impl Pool {
         // As documented: SIGTERM, the cells' grace period, then SIGKILL of the whole cgroup —
         // the same termination as `kill`, with the grace capped by the shutdown timeout, which
         // bounds the whole wait (a cell ignoring SIGTERM costs the grace, not the timeout).
-        let timeout = self.inner.config.shutdown_timeout;
         let grace = self.inner.config.grace.min(timeout);
         for e in &live {
             e.request_stop(Stop::Graceful { grace, reason: ExitReason::Terminated });
