@@ -213,7 +213,12 @@ impl Launcher {
     /// policy's checks): the same planning a launch starts with, nothing made. For a caller
     /// who must hear "bad request" rather than "no room" when the pool is full.
     pub fn check(&self, policy: &Policy, req: &LaunchRequest) -> Result<(), SandboxError> {
-        super::plan::build(policy, req, &self.host).map(drop)
+        let mut req = req.clone();
+        if let Some(range) = plan::needs_own_id(policy, req.caller_uid) {
+            // A stand-in for the id a launch would lease (none is leased for a check).
+            req.range_uid = Some(range.map_or(4_000_000_000, |(start, _)| start));
+        }
+        plan::build(policy, &req, &self.host).map(drop)
     }
 
     pub async fn launch(&self, policy: &Policy, req: LaunchRequest, stdio: StdioMode) -> Result<Cell, SandboxError> {
