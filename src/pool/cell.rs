@@ -88,6 +88,8 @@ pub struct CellEntry {
     pub events: Mutex<Events>,
     /// The cell's usage read at its end (what `health` reports once it has ended).
     pub final_usage: Mutex<Option<Usage>>,
+    /// Its cgroup was removed behind the daemon's back (then the daemon ended it).
+    pub cgroup_lost: std::sync::atomic::AtomicBool,
     /// The egress proxy of a `proxy` cell (its decisions; the launcher stops it at the end).
     pub egress: Option<Arc<crate::egress::CellEgress>>,
 }
@@ -248,6 +250,7 @@ pub fn start(
         output_done: watch::channel(false).0,
         events: Mutex::new(Events::default()),
         final_usage: Mutex::new(None),
+        cgroup_lost: std::sync::atomic::AtomicBool::new(false),
         egress: cell.egress.clone(),
     });
     let watch = limit_hub.as_ref().map(|hub| entry.cgroup.watch_events(hub));
@@ -328,6 +331,7 @@ async fn vanished_cgroup(entry: &Arc<CellEntry>) -> bool {
         return true;
     }
     tracing::error!(cell = %entry.id, provider = %entry.provider, "the cell's cgroup was removed behind the daemon's back; ending the cell");
+    entry.cgroup_lost.store(true, std::sync::atomic::Ordering::SeqCst);
     entry.request_stop(Stop::Kill { reason: ExitReason::Terminated });
     true
 }

@@ -43,8 +43,9 @@ pub(super) fn is_resource_limit(reason: &ExitReason) -> bool {
     matches!(reason, ExitReason::OomKilled | ExitReason::PidsLimited | ExitReason::FileSizeLimited)
 }
 
-/// How long a health request waits for a cell whose cgroup is gone to record its end.
-const CGROUP_GONE_GRACE: Duration = Duration::from_secs(2);
+/// How long a health request waits for a cell whose cgroup is gone to record its end (longer
+/// than the cell's own watch waits before it calls the cgroup lost: `cell::vanished_cgroup`).
+const CGROUP_GONE_GRACE: Duration = Duration::from_secs(3);
 
 impl Pool {
     /// Reserve a slot, launch, register; the slot is released when the cell's cgroup is gone.
@@ -477,8 +478,10 @@ impl Pool {
         let mut running = entry.exit_reason().is_none();
         if running && !cg.paths().iter().all(|p| p.exists()) {
             // A cell's own end removes its cgroup just before the end is recorded: answer from
-            // the end. Still running after that is a cgroup removed behind the daemon's back.
-            if tokio::time::timeout(CGROUP_GONE_GRACE, entry.ended()).await.is_err() {
+            // the end. A cgroup removed behind the daemon's back (the daemon then ends the
+            // cell, after the same wait) is an error that says so.
+            let ended = tokio::time::timeout(CGROUP_GONE_GRACE, entry.ended()).await.is_ok();
+            if !ended || entry.cgroup_lost.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(PoolError::Internal(format!(
                     "cell {id}: its cgroup is gone (removed behind the daemon's back); the cell is being ended"
                 )));
