@@ -601,3 +601,20 @@ fn shutdown_takes_a_timeout() {
     let r = call(&bad.socket, "POST", "/v1/shutdown?timeout_ms=soon", None);
     assert_eq!(r.status, 400, "{}", r.text());
 }
+
+// A one-shot ended by the policy's wall time, shorter than the timeout asked for, says which
+// limit ended it: the wall time's 1000 ms, not the 60000 asked for.
+#[test]
+fn a_timeout_names_the_limit_that_applied() {
+    gate!("a_timeout_names_the_limit_that_applied");
+    let d = daemon().provider("short", "[\"/bin/sh\", \"-c\"]", "oneshot", "[limits]\nwall_time = \"1s\"\n").start();
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/providers/short/commands",
+        Some(&json!({"command": "sleep 5", "cwd": d.cwd(), "timeout_ms": 60000})),
+    );
+    assert_eq!(r.status, 504, "{}", r.text());
+    let msg = r.json()["message"].as_str().unwrap_or_default().to_owned();
+    assert!(msg.contains("1000 ms") && !msg.contains("60000"), "{msg}");
+}

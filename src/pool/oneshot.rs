@@ -57,7 +57,10 @@ impl Pool {
         if policy.mode != Mode::Oneshot {
             return Err(PoolError::BadRequest(format!("provider {provider} is a session provider; use a session")));
         }
+        // The limit that applies: the one asked for, capped by the policy's wall time (the
+        // timeout error names this one, not the one asked for).
         let timeout = Self::command_timeout(&policy, req.timeout_ms)?;
+        let timeout = policy.limits.wall_time.map_or(timeout, |w| w.min(timeout));
         let l = Launch {
             caller: caller.clone(),
             cwd: req.cwd,
