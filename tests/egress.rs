@@ -10,6 +10,7 @@
 //! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
 //! | `learn_mode_allows_and_reports` | `egress = "learn"`: any name passes and is reported; the daemon logs the draft list; the host's own services stay out of reach (loopback, and the host's outside address as an IP literal, plain or IPv4-mapped), and so do numeric names, cloud metadata, private networks and NAT64-wrapped loopback |
 //! | `proxy_holds_200_connections_from_20_cells` | load: 20 cells × 10 concurrent HTTPS downloads, no error |
+//! | `a_flood_of_refusals_keeps_the_tunnels_record` | 1200 refused requests keep the tunnel's event and log 100 refusals plus one count |
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
@@ -388,4 +389,32 @@ fn proxy_holds_200_connections_from_20_cells() {
         assert_eq!(tunnels, Some(per_cell), "{info}");
     }
     eprintln!("{} tunnels from 20 cells in {:?}", 20 * per_cell, started.elapsed());
+}
+
+/// A flood of refused requests (1200 plain-HTTP requests, each a 405) neither pushes the record
+/// of a tunnel out of the cell's events nor floods the log: 100 refusals per 10 s are logged,
+/// the rest counted in one line.
+#[test]
+fn a_flood_of_refusals_keeps_the_tunnels_record() {
+    gate!("a_flood_of_refusals_keeps_the_tunnels_record");
+    let server = Server::start();
+    let d = daemon(&server);
+    let port = server.port;
+    let body = format!(
+        "result('fake', get('https://fake.test:{port}/hello.txt'))\n\
+         n = 0\n\
+         for i in range(1200):\n    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n    s.sendall(b'GET http://x.test/ HTTP/1.1\\r\\n\\r\\n')\n    n += b'405' in s.recv(100)\n    s.close()\n\
+         result('refused', str(n))"
+    );
+    let (out, info) = run(&d, "net", &body);
+    assert_eq!(line(&out, "fake"), "OK hello from fake.test", "{out}");
+    assert_eq!(line(&out, "refused"), "1200", "{out}");
+    let events = info["egress"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e["allowed"] == true && e["name"] == "fake.test"),
+        "the tunnel's record was pushed out"
+    );
+    assert!(events.len() <= 2000, "{} events kept", events.len());
+    let log = d.wait_log(&["refusals of this cell were not logged"], Duration::from_secs(10));
+    assert!(log.contains("suppressed=1100") || log.contains("1100 refusals"), "{log}");
 }

@@ -28,7 +28,8 @@
 //! Bounds, so that one cell cannot wear the daemon down: at most 64 connections per cell at
 //! once, a request head of 16 KiB read in 30 s, names that are DNS names or IP addresses (the
 //! C resolver's numeric forms such as `2130706433` are refused), client text clipped to 200
-//! characters in the log and events, 1000 events and 1000 learned names kept per cell, name
+//! characters in the log and events, 1000 tunnel and 1000 refusal events and 1000 learned
+//! names kept per cell, at most 100 refusals logged per cell per 10 s (the rest counted), name
 //! lookups (blocking `getaddrinfo`) at most 8 per cell and 32 in the daemon.
 
 pub mod proxy;
@@ -90,7 +91,11 @@ pub struct CellEgress {
     pub cell: String,
     pub provider: String,
     pub egress: Egress,
-    events: Mutex<VecDeque<EgressEvent>>,
+    /// Tunnels (allowed) and refusals (denied), each ring bounded on its own: a flood of
+    /// cheap refused requests cannot push the record of a tunnel out.
+    events: Mutex<Rings>,
+    /// Refusals logged in the current window, and those left out of the log.
+    denied_log: Mutex<LogWindow>,
     /// Every `name:port` contacted in `learn` mode (also allowed ones in list mode).
     contacted: Mutex<BTreeSet<String>>,
     /// Name lookups of this cell running at once (see `proxy::resolve`).
@@ -120,7 +125,8 @@ impl EgressService {
             cell: cell.to_owned(),
             provider: provider.to_owned(),
             egress,
-            events: Mutex::new(VecDeque::new()),
+            events: Mutex::new(Rings::default()),
+            denied_log: Mutex::new(LogWindow::default()),
             contacted: Mutex::new(BTreeSet::new()),
             lookups: Arc::new(tokio::sync::Semaphore::new(proxy::MAX_LOOKUPS_PER_CELL)),
             stop: CancellationToken::new(),
@@ -167,6 +173,11 @@ impl CellEgress {
     /// Stop accepting and end every tunnel of the cell (at the end of the cell).
     pub fn stop(&self) {
         self.stop.cancel();
+        let suppressed = self.denied_log.lock().unwrap_or_else(|e| e.into_inner()).suppressed;
+        if suppressed > 0 {
+            tracing::warn!(cell = %self.cell, provider = %self.provider, suppressed,
+                "egress: {suppressed} refusals of this cell were not logged (more than {LOGGED_REFUSALS} in {LOG_WINDOW:?}); its events keep the last {MAX_EVENTS}");
+        }
         if let Egress::Learn = self.egress {
             let names = self.learned();
             tracing::info!(
@@ -176,9 +187,12 @@ impl CellEgress {
         }
     }
 
-    /// The decisions so far, oldest first (at most the last 1000).
+    /// The decisions so far, oldest first (at most the last 1000 tunnels and 1000 refusals).
     pub fn events(&self) -> Vec<EgressEvent> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        let rings = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<EgressEvent> = rings.allowed.iter().chain(rings.denied.iter()).cloned().collect();
+        all.sort_by_key(|e| e.at_ms);
+        all
     }
 
     /// The allowed destinations contacted so far, as `network.egress` entries (a draft list).
@@ -188,6 +202,10 @@ impl CellEgress {
 
     /// Log one decision and keep it in the cell's events.
     pub(crate) fn record(&self, event: EgressEvent) {
+        if !event.allowed && !self.log_refusal() {
+            self.keep(event);
+            return;
+        }
         tracing::info!(
             cell = %self.cell,
             provider = %self.provider,
@@ -214,12 +232,59 @@ impl CellEgress {
                     "egress: more than {MAX_LEARNED} distinct destinations; {entry} is not kept in the learned list");
             }
         }
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        if events.len() >= MAX_EVENTS {
-            events.pop_front();
-        }
-        events.push_back(event);
+        self.keep(event);
     }
+
+    fn keep(&self, event: EgressEvent) {
+        let mut rings = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = if event.allowed { &mut rings.allowed } else { &mut rings.denied };
+        if ring.len() >= MAX_EVENTS {
+            ring.pop_front();
+        }
+        ring.push_back(event);
+    }
+
+    /// Whether this refusal goes to the log: at most [`LOGGED_REFUSALS`] per cell in each
+    /// [`LOG_WINDOW`]; the rest are counted and the count logged when the next window opens
+    /// (the cell's events keep them all, up to the ring's size).
+    fn log_refusal(&self) -> bool {
+        let mut w = self.denied_log.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if w.started.is_none_or(|t| now.duration_since(t) >= LOG_WINDOW) {
+            if w.suppressed > 0 {
+                tracing::warn!(cell = %self.cell, provider = %self.provider, suppressed = w.suppressed,
+                    "egress: {} refusals of this cell were not logged (more than {LOGGED_REFUSALS} in {:?}); its events keep the last {MAX_EVENTS}",
+                    w.suppressed, LOG_WINDOW);
+            }
+            *w = LogWindow { started: Some(now), logged: 0, suppressed: 0 };
+        }
+        if w.logged < LOGGED_REFUSALS {
+            w.logged += 1;
+            true
+        } else {
+            w.suppressed += 1;
+            false
+        }
+    }
+}
+
+/// A cell's kept decisions.
+#[derive(Debug, Default)]
+struct Rings {
+    allowed: VecDeque<EgressEvent>,
+    denied: VecDeque<EgressEvent>,
+}
+
+/// Refusals logged per cell per window (a flood of refused requests must not flood the
+/// journal, whose rate limit is per unit: other cells' lines would be lost with them).
+const LOGGED_REFUSALS: u32 = 100;
+const LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct LogWindow {
+    started: Option<std::time::Instant>,
+    logged: u32,
+    suppressed: u32,
 }
 
 /// Unix time in milliseconds.
