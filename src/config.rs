@@ -131,8 +131,16 @@ fn gid_of(path: &Path, group: &str) -> Result<u32, ConfigError> {
 }
 
 fn secs(path: &Path, key: &str, v: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(v)
-        .map_err(|_| ConfigError::Parse { path: path.to_owned(), message: format!("{key}: not a duration: {v}") })
+    let d = Duration::try_from_secs_f64(v)
+        .map_err(|_| ConfigError::Parse { path: path.to_owned(), message: format!("{key}: not a duration: {v}") })?;
+    // A deadline is `now + d`: keep it far from the end of the clock.
+    if d > crate::policy::units::MAX_DURATION {
+        return Err(ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("{key}: {v} s is longer than a year (31536000 s)"),
+        });
+    }
+    Ok(d)
 }
 
 impl Config {

@@ -839,3 +839,44 @@ fn reload_with_a_floor_breaking_policy_keeps_the_old_set() {
     let r = common::http::call(&d.socket, "POST", "/v1/cells", Some(&body));
     assert_eq!(r.status, 201, "{}", r.text());
 }
+
+/// Values a reviewer found accepted that must not be (a policy review of this stop): (uid_t) -1
+/// as the account (setresuid(2) reads it as "no change": the program would stay host root), a
+/// uid range that wraps past the top of the uid space or holds the overflow ids, and durations
+/// whose deadline (`now + d`) would overflow the daemon's clock.
+#[test]
+fn values_that_would_break_the_sandbox_or_the_daemon_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("uid_minus_one", "[identity]\nrun_as = 4294967295\n", "identity.run_as", "(uid_t) -1"),
+        (
+            "range_wraps",
+            "[identity]\nrun_as = \"range\"\nuid_range = [2, 9223372036854775807]\n",
+            "identity.uid_range",
+            "count",
+        ),
+        (
+            "range_overflow_ids",
+            "[identity]\nrun_as = \"range\"\nuid_range = [60000, 10000]\n",
+            "identity.uid_range",
+            "65534",
+        ),
+        (
+            "huge_wall_time",
+            "[limits]\nwall_time = \"18446744073709551615s\"\n",
+            "limits.wall_time",
+            "longer than a year",
+        ),
+        ("huge_idle", "[limits]\nidle_timeout = \"5124095576030431h\"\n", "limits.idle_timeout", "longer than a year"),
+    ];
+    for (name, body, key, why) in cases {
+        let path = dir.path().join(format!("{name}.toml"));
+        let text = format!("[provider]\nname = \"{name}\"\ncommand = [\"/bin/true\"]\nmode = \"oneshot\"\n{body}");
+        std::fs::write(&path, text).expect("write");
+        let got = rendered(&[path]);
+        assert!(
+            got.iter().any(|d| d.contains(key) && d.contains(why)),
+            "{name}: expected a diagnostic on {key} saying {why:?}, got {got:?}"
+        );
+    }
+}

@@ -26,6 +26,11 @@ pub fn resolve_user(v: &Scalar) -> Result<UserId, String> {
     if user.uid == 0 {
         return Err(format!("{v} is host root (uid 0); a sandbox never runs as host root"));
     }
+    if user.uid == u32::MAX || user.gid == u32::MAX {
+        return Err(format!(
+            "{v} is (uid_t) -1, which setresuid(2) reads as \"no change\": the program would stay host root"
+        ));
+    }
     Ok(user)
 }
 
@@ -36,7 +41,10 @@ pub fn resolve_group(v: &Scalar) -> Result<u32, String> {
             .map_err(|e| format!("cannot look up group \"{name}\": {e}"))?
             .map(|g| g.gid.as_raw())
             .ok_or_else(|| format!("unknown group \"{name}\" (not in /etc/group)")),
-        Scalar::Int(n) => u32::try_from(*n).map_err(|_| format!("{n} is not a gid")),
+        Scalar::Int(n) => u32::try_from(*n)
+            .ok()
+            .filter(|g| *g != u32::MAX)
+            .ok_or_else(|| format!("{n} is not a gid (0 to 4294967294)")),
         Scalar::Float(x) => Err(format!("{x} is not a group name or gid")),
     }
 }

@@ -11,15 +11,18 @@
 //!    `execve`, which the sandbox needs to start the command) pass; everything else gets
 //!    `default_action`.
 //! 3. **deny list**: the preset's names minus `allow`, plus `deny`, plus `clone` with any
-//!    `CLONE_NEW*` flag and `ioctl(TIOCSTI | TIOCLINUX)`, get `deny_action`.
-//! 4. **clone3 → ENOSYS** (preset `default`): clone3 passes its flags in memory where BPF
-//!    cannot read them, so it is refused with ENOSYS, the one errno on which glibc falls back
-//!    to `clone` (which filter 3 can inspect).
+//!    `CLONE_NEW*` flag, `ioctl(TIOCSTI | TIOCLINUX)` and a mode with the setuid or setgid
+//!    bit in `chmod`, `open`, `mkdir`, `mknod` and their relatives, get `deny_action`.
+//! 4. **clone3, openat2 → ENOSYS** (preset `default`): they pass their flags and mode in
+//!    memory where BPF cannot read them, so they are refused with ENOSYS, the errno on which
+//!    glibc and programs fall back to `clone` and `openat` (which filter 3 can inspect).
 //! 5. **socket families** (every policy, whatever its preset): an allow list. `socket(2)` in
-//!    a domain other than AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK fails with EAFNOSUPPORT
+//!    a domain other than AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK (`socketpair(2)`: other
+//!    than AF_UNIX) fails with EAFNOSUPPORT
 //!    (AF_VSOCK is not namespaced: a cell could bind host-wide vsock ports; the rare families
 //!    are modules the kernel would load on demand), and a protocol other than the domain's
-//!    default, TCP, UDP, ICMP (INET) or route, sock_diag, uevent, generic (NETLINK) fails with
+//!    default, TCP, UDP, ICMP (INET) or route, sock_diag, uevent (NETLINK; not generic
+//!    netlink, whose families load modules by name) fails with
 //!    EPROTONOSUPPORT (MPTCP sockets slip past Landlock's TCP rules; SCTP, DCCP, UDP-Lite or
 //!    crypto_user are kernel surface no agent needs). Those are the errnos of a kernel
 //!    without the feature, so programs that try MPTCP first fall back to TCP. Installed last
@@ -123,6 +126,26 @@ const CLONE_NEW_FLAGS: &[u64] = &[
 // CLONE_NEWTIME is absent on purpose: its bit is part of CSIGNAL for clone(2) and only
 // unshare(2) and clone3(2) honour it; both are covered by name.
 
+/// Syscalls that set a file's mode, with the index of their mode argument: the default preset
+/// refuses a mode with the setuid or setgid bit (as systemd's `RestrictSUIDSGID=`). A cell's
+/// files stay on the host after it ends — a setuid file in a workspace would run as the
+/// cell's uid for anyone who can reach it. Names the architecture lacks are skipped.
+const MODE_SETTERS: &[(&str, u8)] = &[
+    ("chmod", 1),
+    ("fchmod", 1),
+    ("fchmodat", 2),
+    ("fchmodat2", 2),
+    ("creat", 1),
+    ("open", 2),
+    ("openat", 3),
+    ("mknod", 1),
+    ("mknodat", 2),
+    ("mkdir", 1),
+    ("mkdirat", 2),
+];
+/// S_ISUID, S_ISGID.
+const SUID_SGID: &[u64] = &[0o4000, 0o2000];
+
 /// `ioctl` requests that inject input into or reprogram the controlling terminal.
 const DENIED_IOCTLS: &[u64] = &[0x5412 /* TIOCSTI */, 0x541C /* TIOCLINUX */];
 
@@ -143,12 +166,7 @@ const ALLOWED_SOCKET_PROTOCOLS: &[(u64, &[u64])] = &[
     (libc::AF_INET6 as u64, &[0, libc::IPPROTO_TCP as u64, libc::IPPROTO_UDP as u64, libc::IPPROTO_ICMPV6 as u64]),
     (
         libc::AF_NETLINK as u64,
-        &[
-            libc::NETLINK_ROUTE as u64,
-            libc::NETLINK_SOCK_DIAG as u64,
-            libc::NETLINK_KOBJECT_UEVENT as u64,
-            libc::NETLINK_GENERIC as u64,
-        ],
+        &[libc::NETLINK_ROUTE as u64, libc::NETLINK_SOCK_DIAG as u64, libc::NETLINK_KOBJECT_UEVENT as u64],
     ),
 ];
 
@@ -226,18 +244,29 @@ pub fn compile(spec: &SeccompSpec<'_>) -> Result<CompiledSeccomp, SeccompError> 
 
     let mut deny = unconditional(&denied_names(spec))?;
     if spec.default_preset {
-        add_arg_rules(&mut deny, "clone", 0, CLONE_NEW_FLAGS, true, ArgLen::Qword, spec.allow)?;
+        // These argument rules hold whatever `allow` says: an allow list names `clone`, `ioctl`
+        // or `open` to let the calls run at all, not to let them create namespaces, inject
+        // terminal input or make setuid files (that takes preset "none").
+        add_arg_rules(&mut deny, "clone", 0, CLONE_NEW_FLAGS, true, ArgLen::Qword)?;
         // ioctl's request is an `unsigned int` to the kernel: compare only the low 32 bits, or
         // `0x1_0000_5412` would pass the filter and still be TIOCSTI.
-        add_arg_rules(&mut deny, "ioctl", 1, DENIED_IOCTLS, false, ArgLen::Dword, spec.allow)?;
+        add_arg_rules(&mut deny, "ioctl", 1, DENIED_IOCTLS, false, ArgLen::Dword)?;
+        for (name, arg) in MODE_SETTERS {
+            if syscall_nr(name).is_some() {
+                add_arg_rules(&mut deny, name, *arg, SUID_SGID, true, ArgLen::Dword)?;
+            }
+        }
     }
     if !deny.is_empty() {
         filters.push(build("deny", deny, Action::Allow, action(spec.deny_action))?);
     }
 
-    let clone3_allowed = spec.allow.iter().any(|a| a == "clone3");
-    if spec.default_preset && !clone3_allowed {
-        let rules = unconditional(&["clone3".to_owned()])?;
+    // clone3 and openat2 pass their flags and mode in memory BPF cannot read: ENOSYS, the errno
+    // on which glibc and programs fall back to clone and openat, which filter 3 inspects.
+    let enosys: Vec<String> =
+        ["clone3", "openat2"].into_iter().filter(|n| !spec.allow.iter().any(|a| a == n)).map(str::to_owned).collect();
+    if spec.default_preset && !enosys.is_empty() {
+        let rules = unconditional(&enosys)?;
         filters.push(build("clone3", rules, Action::Allow, Action::Errno(libc::ENOSYS as u32))?);
     }
 
@@ -255,7 +284,12 @@ fn socket_filters() -> Result<Vec<Vec<BpfInsn>>, SeccompError> {
     // A domain that is none of the allowed ones (one rule: domain ≠ a ∧ domain ≠ b ∧ …).
     let other_domain =
         ALLOWED_SOCKET_DOMAINS.iter().map(|&d| cond(0, SeccompCmpOp::Ne, d)).collect::<Result<Vec<_>, _>>()?;
-    let domains = BTreeMap::from([(nr, vec![SeccompRule::new(other_domain).map_err(compile_err)?])]);
+    let mut domains = BTreeMap::from([(nr, vec![SeccompRule::new(other_domain).map_err(compile_err)?])]);
+    // socketpair(2) loads a family's module the same way: AF_UNIX only.
+    let pair =
+        syscall_nr("socketpair").ok_or_else(|| SeccompError::UnknownSyscall { name: "socketpair".to_owned() })?;
+    let not_unix = SeccompRule::new(vec![cond(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?]).map_err(compile_err)?;
+    domains.insert(pair, vec![not_unix]);
     // An allowed domain with a protocol not allowed for it (one rule per domain).
     let mut protocol_rules = Vec::new();
     for (domain, protocols) in ALLOWED_SOCKET_PROTOCOLS {
@@ -313,10 +347,10 @@ fn add_arg_rules(
     values: &[u64],
     masked: bool,
     len: ArgLen,
-    allow: &[String],
 ) -> Result<(), SeccompError> {
     let nr = syscall_nr(syscall).ok_or_else(|| SeccompError::UnknownSyscall { name: syscall.to_owned() })?;
-    if allow.iter().any(|a| a == syscall) || rules.get(&nr).is_some_and(Vec::is_empty) {
+    // Denied outright already: a conditional rule would only narrow that.
+    if rules.get(&nr).is_some_and(Vec::is_empty) {
         return Ok(());
     }
     let compile_err = |source| SeccompError::Compile { filter: "deny", source };
@@ -394,15 +428,25 @@ mod tests {
     #[test]
     fn default_preset_compiles_to_five_filters() {
         let compiled = compile(&spec(&[], &[])).unwrap_or_else(|e| panic!("{e}"));
-        // guard, deny, clone3, vsock, MPTCP
+        // guard, deny, clone3/openat2, socket domains, socket protocols
         assert_eq!(compiled.filters.len(), 5);
         assert_eq!(compiled.filters[0], x32_guard());
         assert!(compiled.filters.iter().all(|f| !f.is_empty() && f.len() < 4096));
     }
 
     #[test]
+    fn allowing_a_call_keeps_its_argument_rules() {
+        // An allow list must name clone, ioctl, chmod, open to run at all; that must not turn
+        // off the namespace, TIOCSTI and setuid rules (it did: a policy review of this stop).
+        let plain = compile(&spec(&[], &[])).unwrap_or_else(|e| panic!("{e}"));
+        let allow: Vec<String> = ["clone", "ioctl", "chmod", "open", "openat"].map(str::to_owned).to_vec();
+        let allowed = compile(&spec(&allow, &[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plain.filters, allowed.filters);
+    }
+
+    #[test]
     fn allow_removes_from_the_preset_and_allowlist_adds_a_filter() {
-        let allow = vec!["unshare".to_owned(), "clone3".to_owned()];
+        let allow = vec!["unshare".to_owned(), "clone3".to_owned(), "openat2".to_owned()];
         let s = spec(&allow, &[]);
         assert!(!denied_names(&s).contains(&"unshare".to_owned()));
         assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(4));
@@ -483,6 +527,41 @@ mod tests {
         assert_eq!(sock(libc::AF_PACKET, 0), Some(libc::EAFNOSUPPORT));
         assert_eq!(sock(libc::AF_INET, libc::IPPROTO_SCTP), Some(libc::EPROTONOSUPPORT));
         assert_eq!(sock(libc::AF_NETLINK, 21 /* NETLINK_CRYPTO */), Some(libc::EPROTONOSUPPORT));
+        assert_eq!(sock(libc::AF_NETLINK, libc::NETLINK_GENERIC), Some(libc::EPROTONOSUPPORT));
+        // socketpair: AF_UNIX only (the kernel's own answer for AF_INET is EOPNOTSUPP).
+        let pair = |domain| {
+            let mut sv = [0i32; 2];
+            // SAFETY: (test) socketpair(2) writing two fds into `sv`; both closed at once.
+            let rc = unsafe { libc::socketpair(domain, libc::SOCK_STREAM, 0, sv.as_mut_ptr()) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if rc == 0 {
+                // SAFETY: (test) the two fresh fds socketpair(2) just returned, owned by nothing.
+                unsafe {
+                    libc::close(sv[0]);
+                    libc::close(sv[1]);
+                }
+                return None;
+            }
+            errno
+        };
+        assert_eq!(pair(libc::AF_UNIX), None);
+        assert_eq!(pair(libc::AF_INET), Some(libc::EAFNOSUPPORT));
+        // setuid / setgid modes: EPERM (the deny action); a plain mode still works.
+        let dir = std::env::temp_dir().join(format!("ck-suid-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.join("f");
+        std::fs::write(&file, b"").unwrap_or_else(|e| panic!("{e}"));
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let set = |mode| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).err().and_then(|e| e.raw_os_error())
+        };
+        assert_eq!(set(0o4755), Some(libc::EPERM));
+        assert_eq!(set(0o2755), Some(libc::EPERM));
+        assert_eq!(set(0o755), None);
+        let created =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o4755).open(dir.join("g"));
+        assert_eq!(created.err().and_then(|e| e.raw_os_error()), Some(libc::EPERM));
+        let _ = std::fs::remove_dir_all(&dir);
         println!("probe ok");
     }
 }

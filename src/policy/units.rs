@@ -46,6 +46,18 @@ pub fn format_size(bytes: u64) -> String {
 
 /// Parse a duration. The error is a message for a diagnostic.
 pub fn parse_duration(value: &Scalar) -> Result<Duration, String> {
+    let d = parse_any_duration(value)?;
+    if d > MAX_DURATION {
+        return Err(format!("{value} is longer than a year (8760h), the longest duration a policy may set"));
+    }
+    Ok(d)
+}
+
+/// The longest duration a policy may set: far beyond any command or session, and far from
+/// the end of the clock (a deadline is `now + duration`).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn parse_any_duration(value: &Scalar) -> Result<Duration, String> {
     let text = match value {
         Scalar::Int(n) => {
             return u64::try_from(*n)
@@ -121,7 +133,10 @@ mod tests {
         assert_eq!(parse_duration(&s("500ms")), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration(&Scalar::Int(90)), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration(&Scalar::Float(1.5)), Ok(Duration::from_millis(1500)));
-        for bad in ["", "m", "10 m", "-1s", "1d", "1.5m", "10mins", "99999999999999999999h"] {
+        assert_eq!(parse_duration(&s("8760h")), Ok(MAX_DURATION));
+        for bad in
+            ["", "m", "10 m", "-1s", "1d", "1.5m", "10mins", "99999999999999999999h", "8761h", "18446744073709551615s"]
+        {
             assert!(parse_duration(&s(bad)).is_err(), "{bad:?} accepted");
         }
         assert!(parse_duration(&Scalar::Int(-1)).is_err());
@@ -146,7 +161,7 @@ mod tests {
         }
 
         #[test]
-        fn duration_round_trips(ms in 0u64..(1u64 << 40)) {
+        fn duration_round_trips(ms in 0u64..=(365 * 24 * 3600 * 1000)) {
             let d = Duration::from_millis(ms);
             prop_assert_eq!(parse_duration(&s(&format_duration(d))), Ok(d));
         }

@@ -243,8 +243,16 @@ impl Checker<'_> {
             );
             return None;
         }
-        if c <= 0 || s + c - 1 > i64::from(u32::MAX) - 1 {
+        let last = s.checked_add(c).map(|end| end - 1);
+        if c <= 0 || last.is_none_or(|l| l > i64::from(u32::MAX) - 1) {
             self.at(count, key, format!("count {c} must be at least 1 and keep the range below uid {}", u32::MAX));
+            return None;
+        }
+        // The same rules as the daemon's own cell_id_range: no overflow ids, no systemd
+        // DynamicUser ids, no subordinate range of /etc/subuid or /etc/subgid.
+        let range = crate::sandbox::ids::IdRange { start: s as u32, count: c as u32 };
+        if let Err(e) = range.validate() {
+            self.at(start, key, e.to_string());
             return None;
         }
         Some((s as u32, c as u32))

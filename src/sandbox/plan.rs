@@ -463,7 +463,9 @@ fn choose_ids(policy: &Policy, req: &LaunchRequest) -> Result<Ids, SandboxError>
             (uid, uid)
         }
     };
-    if uid == 0 || gid == 0 {
+    // (uid_t) -1 is "no change" to setresuid/setresgid: the payload would keep the helper's
+    // host root. Refused like root itself.
+    if uid == 0 || gid == 0 || uid == u32::MAX || gid == u32::MAX {
         return Err(SandboxError::HostRoot { provider: policy.name.clone() });
     }
     let (inside_uid, inside_gid) = match (policy.namespaces.user, policy.identity.inside) {
