@@ -200,6 +200,18 @@ impl Floor {
             Some((Scalar::Float(x), _)) => Some(*x),
             Some((other, span)) => return Err(invalid(span, format!("{other} is not a number of CPUs"))),
         };
+        // NaN compares false with everything: a NaN floor would let any cpu through.
+        if let (Some(c), Some(v)) = (cpu, &raw.limits.cpu) {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(invalid(v.span(), format!("{c} must be a number of CPUs greater than 0 (e.g. 2)")));
+            }
+        }
+        // A misspelt name would forbid nothing.
+        for n in raw.seccomp.never_allow.iter().flat_map(|l| l.get_ref()) {
+            if super::seccomp::syscall_nr(n.get_ref()).is_none() {
+                return Err(invalid(n.span(), format!("\"{}\" is not a syscall name", n.get_ref())));
+            }
+        }
         if let Some(m) = &raw.network.mode {
             if !NET_ORDER.contains(&m.get_ref().as_str()) {
                 let modes: Vec<String> = NET_ORDER.iter().map(|m| format!("\"{m}\"")).collect();
@@ -317,14 +329,27 @@ impl Floor {
 
     fn check_seccomp(&self, checked: &Checked, out: &mut Vec<Diagnostic>) {
         let (p, raw, src) = (&checked.policy, &checked.raw, &checked.sources);
+        let mut preset_refused = false;
         if let Some(f) = &self.raw.seccomp.preset {
             if f.get_ref() == "default" && p.seccomp.preset == "none" {
+                preset_refused = true;
                 let msg = format!("\"none\" is below the admin floor: preset \"default\" {}", self.cite(&f.span()));
                 let span = raw.seccomp.preset.as_ref().map_or(0..0, Spanned::span);
                 out.push(src.diag(&span, "seccomp.preset", msg));
             }
         }
         let Some(never) = &self.raw.seccomp.never_allow else { return };
+        // Preset "none" denies nothing: every never_allow name is reachable without naming it.
+        if p.seccomp.preset == "none" && !preset_refused && !never.get_ref().is_empty() {
+            let names: Vec<&str> = never.get_ref().iter().map(|n| n.get_ref().as_str()).collect();
+            let msg = format!(
+                "\"none\" allows every syscall, including {} that the admin floor forbids {}",
+                names.join(", "),
+                self.cite(&never.span())
+            );
+            let span = raw.seccomp.preset.as_ref().map_or(0..0, Spanned::span);
+            out.push(src.diag(&span, "seccomp.preset", msg));
+        }
         for name in raw.seccomp.allow.iter().flat_map(|l| l.get_ref()) {
             if let Some(f) = never.get_ref().iter().find(|n| n.get_ref() == name.get_ref()) {
                 let msg = format!(

@@ -82,8 +82,26 @@ pub struct Loaded {
 /// Read `path` and every file it `extends`, and merge them.
 ///
 /// Only an unreadable leaf file is an `Err`; everything else becomes a diagnostic.
+/// The longest `extends` chain (files, the leaf included) and the largest policy file: far
+/// beyond any real policy (the shipped ones: 2 files, ~10 KiB each), and small enough that
+/// placing a chain's files end to end (see [`Sources`]) stays cheap.
+pub const MAX_CHAIN: usize = 16;
+pub const MAX_POLICY_BYTES: u64 = 256 << 10;
+
+/// Read a policy file, refusing one larger than [`MAX_POLICY_BYTES`].
+fn read_policy(path: &Path) -> std::io::Result<String> {
+    let len = std::fs::metadata(path)?.len();
+    if len > MAX_POLICY_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{len} bytes, more than a policy may hold ({} KiB)", MAX_POLICY_BYTES >> 10),
+        ));
+    }
+    std::fs::read_to_string(path)
+}
+
 pub fn load_chain(path: &Path) -> Result<Loaded, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.to_path_buf(), source })?;
+    let text = read_policy(path).map_err(|source| PolicyError::Io { path: path.to_path_buf(), source })?;
     let mut sources = Sources::default();
     let mut diagnostics = Vec::new();
     let (mut raw, mut parent_ref) = parse_into(&mut sources, path, text, &mut diagnostics);
@@ -102,13 +120,18 @@ pub fn load_chain(path: &Path) -> Result<Loaded, PolicyError> {
             break;
         }
         let parent_path = dir.join(format!("{name}.toml"));
+        if chain.len() >= MAX_CHAIN {
+            let msg = format!("extends chain longer than {MAX_CHAIN} files: {} -> {name} …", names.join(" -> "));
+            diagnostics.push(sources.diag(&ext.span(), "extends", msg));
+            break;
+        }
         if chain.contains(&identity(&parent_path)) {
             names.push(name.to_owned());
             let msg = format!("extends cycle: {}", names.join(" -> "));
             diagnostics.push(sources.diag(&ext.span(), "extends", msg));
             break;
         }
-        let text = match std::fs::read_to_string(&parent_path) {
+        let text = match read_policy(&parent_path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let siblings = super::friendly::policy_names(&dir);
