@@ -43,6 +43,22 @@ pub(super) fn is_resource_limit(reason: &ExitReason) -> bool {
     matches!(reason, ExitReason::OomKilled | ExitReason::PidsLimited | ExitReason::FileSizeLimited)
 }
 
+/// One launch under way, counted in `Inner::launching` for as long as it lives.
+struct Launching<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl<'a> Launching<'a> {
+    fn new(count: &'a tokio::sync::watch::Sender<usize>) -> Launching<'a> {
+        count.send_modify(|n| *n += 1);
+        Launching(count)
+    }
+}
+
+impl Drop for Launching<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
 /// How long a health request waits for a cell whose cgroup is gone to record its end (longer
 /// than the cell's own watch waits before it calls the cgroup lost: `cell::vanished_cgroup`).
 const CGROUP_GONE_GRACE: Duration = Duration::from_secs(3);
@@ -59,10 +75,22 @@ impl Pool {
     /// Only the wait for a slot (`wait_for_slot_ms`) ends with the caller: a command whose
     /// client left before it got a slot is not run.
     pub(super) async fn launch(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
-        let pool = self.clone();
+        self.detached(move |pool, left| async move { pool.launch_whole(policy, l, &left).await }).await
+    }
+
+    /// Run `work` in a task of its own, which the caller's future only awaits: dropping that
+    /// future (a client that hung up) does not stop it, but cancels the token it is given.
+    async fn detached<T, F>(
+        &self,
+        work: impl FnOnce(Pool, tokio_util::sync::CancellationToken) -> F,
+    ) -> Result<T, PoolError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, PoolError>> + Send + 'static,
+    {
         let left = tokio_util::sync::CancellationToken::new();
         let _caller = left.clone().drop_guard();
-        tokio::spawn(async move { pool.launch_whole(policy, l, &left).await })
+        tokio::spawn(work(self.clone(), left))
             .await
             .map_err(|e| PoolError::Internal(format!("the launch task failed: {e}")))?
     }
@@ -73,18 +101,7 @@ impl Pool {
         l: Launch,
         left: &tokio_util::sync::CancellationToken,
     ) -> Result<Arc<CellEntry>, PoolError> {
-        self.inner.launching.send_modify(|n| *n += 1);
-        let result = self.launch_counted(policy, l, left).await;
-        self.inner.launching.send_modify(|n| *n -= 1);
-        result
-    }
-
-    async fn launch_counted(
-        &self,
-        policy: Arc<Policy>,
-        l: Launch,
-        left: &tokio_util::sync::CancellationToken,
-    ) -> Result<Arc<CellEntry>, PoolError> {
+        let _counted = Launching::new(&self.inner.launching);
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let req = LaunchRequest {
             cell_id: uuid::Uuid::now_v7().simple().to_string(),
@@ -264,12 +281,9 @@ impl Pool {
             tap: None,
         };
         // Get-or-start runs in a task of its own, holding the gate until the new session is
-        // registered (by the launch itself, see `launch_counted`): a caller that leaves
+        // registered (by the launch itself, see `launch_whole`): a caller that leaves
         // mid-launch neither lets a second session start nor leaves the first unregistered.
-        let pool = self.clone();
-        let left = tokio_util::sync::CancellationToken::new();
-        let _caller = left.clone().drop_guard();
-        tokio::spawn(async move {
+        self.detached(move |pool, left| async move {
             let _gate = pool.inner.session_gate.lock().await;
             if let Some(entry) = pool.live_session(&key) {
                 return Ok(entry.info());
@@ -277,7 +291,6 @@ impl Pool {
             Ok(pool.launch_whole(policy, l, &left).await?.info())
         })
         .await
-        .map_err(|e| PoolError::Internal(format!("the session's launch task failed: {e}")))?
     }
 
     /// The live session of (provider, uid), if any.
