@@ -36,6 +36,15 @@ fn sh(d: &Daemon, script: &str, timeout_ms: u64) -> common::http::Response {
     )
 }
 
+/// POST `body` to `path` and hang up `linger` later, before the answer: a client that left.
+fn post_and_leave(d: &Daemon, path: &str, body: &Value, linger: Duration) {
+    use std::io::Write;
+    let body = body.to_string();
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+    write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).expect("request");
+    std::thread::sleep(linger);
+}
+
 fn b64(v: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).expect("base64")
 }
@@ -328,16 +337,9 @@ fn abandoned_reply_is_logged_and_kept() {
         "[\"/bin/sh\", \"-c\", \"while read -r l; do while [ ! -e go ]; do sleep 0.02; done; echo \\\"$l\\\"; done\"]";
     let d = daemon().provider("gated", gated, "session", "").start();
     let id = id_of(&d.spawn("gated"));
-    {
-        use std::io::Write;
-        let body = serde_json::to_vec(&json!({"command": "first", "timeout_ms": 30000})).expect("json");
-        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
-        write!(s, "POST /v1/cells/{id}/commands HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len())
-            .expect("head");
-        s.write_all(&body).expect("body");
-        // Room for the daemon to route the request; the reply cannot come before `go` exists.
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    // Room for the daemon to route the request; the reply cannot come before `go` exists.
+    let path = format!("/v1/cells/{id}/commands");
+    post_and_leave(&d, &path, &json!({"command": "first", "timeout_ms": 30000}), Duration::from_millis(500));
     std::fs::write(d.ws.path().join("go"), b"").expect("go");
     let r = d.send(&id, "second", 30_000);
     assert_eq!(r.json()["stdout"], "second", "{}", r.text());
@@ -471,13 +473,8 @@ fn shutdown_stops_launches_under_way() {
 fn a_session_start_abandoned_mid_launch_is_kept_once() {
     gate!("a_session_start_abandoned_mid_launch_is_kept_once");
     let d = daemon().start();
-    let body = json!({"cwd": d.cwd()}).to_string();
     for _ in 0..5 {
-        use std::io::Write;
-        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
-        write!(s, "POST /v1/providers/cat/session HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-            .expect("request");
-        drop(s);
+        post_and_leave(&d, "/v1/providers/cat/session", &json!({"cwd": d.cwd()}), Duration::ZERO);
     }
     let r = call(&d.socket, "POST", "/v1/providers/cat/session", Some(&json!({"cwd": d.cwd()})));
     assert!(r.status == 200 || r.status == 201, "{}", r.text());
@@ -535,14 +532,8 @@ fn a_command_whose_client_left_while_waiting_for_a_slot_is_not_run() {
     gate!("a_command_whose_client_left_while_waiting_for_a_slot_is_not_run");
     let d = daemon().max_cells(1).start();
     let held = id_of(&d.spawn("cat"));
-    {
-        use std::io::Write;
-        let body = json!({"command": "touch ran", "cwd": d.cwd(), "wait_for_slot_ms": 30000}).to_string();
-        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
-        write!(s, "POST /v1/providers/sh/commands HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-            .expect("request");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let body = json!({"command": "touch ran", "cwd": d.cwd(), "wait_for_slot_ms": 30000});
+    post_and_leave(&d, "/v1/providers/sh/commands", &body, Duration::from_millis(300));
     std::thread::sleep(Duration::from_millis(300));
     let del = call(&d.socket, "DELETE", &format!("/v1/cells/{held}"), None);
     assert_eq!(del.status, 200, "{}", del.text());
