@@ -609,3 +609,20 @@ fn a_timeout_names_the_limit_that_applied() {
     let msg = r.json()["message"].as_str().unwrap_or_default().to_owned();
     assert!(msg.contains("1000 ms") && !msg.contains("60000"), "{msg}");
 }
+
+// A session command's stderr is what the program wrote to stderr before its reply: each of
+// many quick commands gets its own stderr line, never the previous command's and never none.
+#[test]
+fn a_session_commands_stderr_is_its_own() {
+    gate!("a_session_commands_stderr_is_its_own");
+    let prog = "[\"/bin/sh\", \"-c\", \"while read -r l; do echo \\\"err-$l\\\" >&2; echo \\\"out-$l\\\"; done\"]";
+    let d = daemon().provider("noisy", prog, "session", "").start();
+    let id = id_of(&d.spawn("noisy"));
+    for n in 0..300 {
+        let r = d.send(&id, &n.to_string(), 5000);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["stdout"], format!("out-{n}"), "command {n}: {}", r.text());
+        assert_eq!(v["stderr"], format!("err-{n}\n"), "command {n}: stderr misattributed: {}", r.text());
+    }
+}

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cgroup::{CellCgroup, Events, Usage};
 use crate::policy::Policy;
-use crate::sandbox::{Cell, CellInput, CellIo, CellOutput, Degradation, ExitReason, Outcome, Stop};
+use crate::sandbox::{Cell, CellErrOutput, CellInput, CellIo, CellOutput, Degradation, ExitReason, Outcome, Stop};
 use crate::session::{Framer, OutputEvent, Reply, SessionError, Spool, Stream};
 
 use super::types::{CellInfo, CellState};
@@ -39,6 +39,55 @@ pub struct SessionIo {
 /// the pumps wait for it, so the process is slowed to the reader's pace instead of losing
 /// bytes. When the reader goes away the pumps stop feeding it and carry on.
 pub type Tap = mpsc::Sender<OutputEvent>;
+
+/// A cell's stderr pipe, read by its pump and, when a session reply completes, by the command
+/// that waited for it ([`CellEntry::catch_up_stderr`]). Both read under one lock, and a chunk
+/// is in the spool before the lock is released: after a catch-up, every byte the program wrote
+/// to stderr before its reply is in the spool, so it is credited to that command, not the next.
+pub struct StderrPipe {
+    pipe: CellErrOutput,
+    /// The read buffer (grown from PUMP_MIN to PUMP_MAX while reads fill it); its lock is the
+    /// one both readers take.
+    buf: Mutex<Vec<u8>>,
+}
+
+impl StderrPipe {
+    /// Read what the pipe holds now into the spool, at most `max` bytes (a program writing
+    /// without pause would otherwise keep the reader here). Returns the chunks read (for a
+    /// tap) and whether the pipe reached its end.
+    fn read_ready(&self, spool: &Spool, max: usize) -> (Vec<OutputEvent>, bool) {
+        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chunks = Vec::new();
+        let mut taken = 0;
+        while taken < max {
+            match self.pipe.try_read(&mut buf) {
+                Ok(0) => return (chunks, true),
+                Ok(n) => {
+                    taken += n;
+                    let offset = spool.push(Stream::Stderr, &buf[..n]);
+                    chunks.push(OutputEvent::Data {
+                        stream: Stream::Stderr,
+                        offset,
+                        data: bytes::Bytes::copy_from_slice(&buf[..n]),
+                    });
+                    if n == buf.len() && buf.len() < PUMP_MAX {
+                        let grown = buf.len() * 2;
+                        buf.resize(grown, 0);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return (chunks, false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return (chunks, true),
+            }
+        }
+        (chunks, false)
+    }
+}
+
+/// The most a pipe can hold (`/proc/sys/fs/pipe-max-size`'s default, the most an unprivileged
+/// program can raise its pipe to): a catch-up reads at most this, which is all a program can
+/// have written before its reply and still be unread.
+const PIPE_MAX: usize = 1024 * 1024;
 
 /// How a launched cell is wired besides its policy.
 pub struct Wiring {
@@ -70,6 +119,9 @@ pub struct CellEntry {
     pub payload_pid: Option<u32>,
     pub degraded: Vec<Degradation>,
     pub spool: Spool,
+    /// The stderr pipe (none for a tty cell, whose stderr is the terminal), until its pump
+    /// reaches the end (an ended cell stays listed a while and must not hold the pipe).
+    pub stderr: Mutex<Option<Arc<StderrPipe>>>,
     pub io: tokio::sync::Mutex<Option<SessionIo>>,
     /// A one-shot's stdin, when it was started to take input (`stdin: true`); `None` once
     /// closed.
@@ -101,6 +153,15 @@ impl CellEntry {
 
     pub fn idle_for(&self) -> Duration {
         self.last_activity.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+    }
+
+    /// Move what the cell's stderr pipe holds right now into the spool (a session command, once
+    /// its reply is complete: stderr the program wrote before replying is then the command's).
+    pub fn catch_up_stderr(&self) {
+        let pipe = self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(pipe) = pipe {
+            pipe.read_ready(&self.spool, PIPE_MAX);
+        }
     }
 
     pub fn is_busy(&self) -> bool {
@@ -240,6 +301,7 @@ pub fn start(
         payload_pid: cell.payload_pid,
         degraded: cell.degraded.clone(),
         spool,
+        stderr: Mutex::new(stderr.map(|pipe| Arc::new(StderrPipe { pipe, buf: Mutex::new(vec![0u8; PUMP_MIN]) }))),
         io: tokio::sync::Mutex::new(io),
         stdin: tokio::sync::Mutex::new(oneshot_stdin),
         last_activity: Mutex::new(Instant::now()),
@@ -264,7 +326,7 @@ pub fn start(
 
     let out_pump =
         tokio::spawn(pump(entry.clone(), stdout, Stream::Stdout, framer.map(|f| (f, reply_tx)), tap.clone()));
-    let err_pump = tokio::spawn(pump(entry.clone(), stderr, Stream::Stderr, None, tap));
+    let err_pump = tokio::spawn(pump_stderr(entry.clone(), tap));
     let drained = entry.clone();
     tokio::spawn(async move {
         let _ = out_pump.await;
@@ -370,6 +432,33 @@ async fn watch_limits(entry: Arc<CellEntry>, mut watch: crate::cgroup::watch::Ev
 
 /// Carry one output pipe into the spool until EOF; stdout of a session also goes through the
 /// reply framer (`framing`). Never blocks on readers: the spool is bounded.
+/// The stderr pump: reads the pipe whenever it is readable (sharing its reads with
+/// [`CellEntry::catch_up_stderr`]), then hands the chunks to the tap, if any, outside the lock.
+async fn pump_stderr(entry: Arc<CellEntry>, mut tap: Option<Tap>) {
+    let Some(pipe) = entry.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+    loop {
+        if pipe.pipe.readable().await.is_err() {
+            break;
+        }
+        // One read per wake-up, then the tap (which may make us wait for its reader).
+        let (chunks, end) = pipe.read_ready(&entry.spool, 1);
+        if !chunks.is_empty() {
+            entry.touch();
+        }
+        for ev in chunks {
+            if let Some(t) = &tap {
+                if t.send(ev).await.is_err() {
+                    tap = None;
+                }
+            }
+        }
+        if end {
+            break;
+        }
+    }
+    entry.stderr.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
 async fn pump(
     entry: Arc<CellEntry>,
     pipe: Option<CellOutput>,

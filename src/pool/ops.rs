@@ -366,6 +366,8 @@ impl Pool {
         // Replies that arrived while no command was waiting (a banner) belong to nobody:
         // discard them so they cannot be taken as ours.
         while io.replies.try_recv().is_ok() {}
+        // Likewise stderr written before this command (still in the pipe) is not its own.
+        entry.catch_up_stderr();
         let (_, stderr_from) = entry.spool.kept();
         let mut line = command.into_bytes();
         line.push(b'\n');
@@ -405,6 +407,8 @@ impl Pool {
             }
         };
         entry.touch();
+        // What the program wrote to stderr before its reply may still sit in the pipe.
+        entry.catch_up_stderr();
         let stderr = drain_ready(entry.spool.subscribe(Some(stderr_from)), Stream::Stderr);
         let mut result = CommandResult::new(id, &reply.body, &stderr);
         result.duration_ms = started.elapsed().as_millis() as u64;

@@ -24,7 +24,7 @@ pub fn children(pid: u32) -> Vec<u32> {
 const RECORD_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The syscall name in the most recent seccomp audit record for `pid`, waiting up to
-/// [`RECORD_WAIT`] for the record to appear.
+/// half a second for the record to appear.
 pub fn seccomp_kill_syscall(pid: u32) -> Option<String> {
     seccomp_kill_syscall_within(pid, RECORD_WAIT)
 }

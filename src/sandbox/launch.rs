@@ -59,13 +59,16 @@ pub enum StdioMode {
 pub type CellInput = Box<dyn AsyncWrite + Send + Unpin>;
 /// Where the launcher reads the payload's output: a pipe or the pty master.
 pub type CellOutput = Box<dyn AsyncRead + Send + Unpin>;
+/// A cell's stderr: always a pipe, so the pool can read what is buffered in it right now
+/// (`try_read`) when a session reply completes, not only when its pump next runs.
+pub type CellErrOutput = tokio::net::unix::pipe::Receiver;
 
 /// The launcher's ends of a cell's stdio. A tty cell has one output stream (`stdout`, the
 /// pty master) and no `stderr`.
 pub struct CellIo {
     pub stdin: Option<CellInput>,
     pub stdout: Option<CellOutput>,
-    pub stderr: Option<CellOutput>,
+    pub stderr: Option<CellErrOutput>,
 }
 
 impl std::fmt::Debug for CellIo {
@@ -430,7 +433,12 @@ impl Launcher {
         let io = CellIo {
             stdin: child.stdin.take().map(|s| Box::new(s) as CellInput),
             stdout: child.stdout.take().map(|s| Box::new(s) as CellOutput),
-            stderr: child.stderr.take().map(|s| Box::new(s) as CellOutput),
+            stderr: child
+                .stderr
+                .take()
+                .map(|s| s.into_owned_fd().and_then(CellErrOutput::from_owned_fd))
+                .transpose()
+                .map_err(spawn_err)?,
         };
         Ok((HelperProc::Spawned(child), io, ours))
     }
@@ -533,7 +541,7 @@ fn fork_helper(
             };
             let ((out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?);
             io.stdout = Some(reader(out_r)?);
-            io.stderr = Some(reader(err_r)?);
+            io.stderr = Some(CellErrOutput::from_owned_fd(err_r)?);
             [stdin, out_w, err_w]
         }
     };

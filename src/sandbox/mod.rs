@@ -70,7 +70,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use ids::{IdAllocator, IdRange};
-pub use launch::{Cell, CellInput, CellIo, CellOutput, Launcher, Outcome, StdioMode, Stop};
+pub use launch::{Cell, CellErrOutput, CellInput, CellIo, CellOutput, Launcher, Outcome, StdioMode, Stop};
 pub use plan::{Degradation, HostCaps, LaunchRequest};
 pub use proto::Stage;
 pub use pty::TermSpec;
