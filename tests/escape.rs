@@ -1105,6 +1105,59 @@ fn io_uring_rings() {
     a.contained();
 }
 
+// 23b. Linux AIO: io_setup's events come from one host-wide budget (fs.aio-max-nr), so one cell
+//      holding it all would leave every AIO user on the host with EAGAIN. Refused with ENOSYS
+//      (a kernel without AIO), on which libaio users fall back.
+#[test]
+fn host_wide_aio_budget() {
+    gate!("host_wide_aio_budget");
+    let a = Attempt::new();
+    let body = "ctx = ctypes.c_ulong(0)\n\
+        sc('io_setup', 206, 4096, ctypes.byref(ctx))";
+    let r = a.run(body, &[]);
+    let (out, ctx) = (r.output(), r.describe());
+    finished(&out, &ctx);
+    denied(&out, &ctx, "io_setup", &["ENOSYS"], "io_setup took events from the host-wide AIO budget");
+    a.contained();
+}
+
+// 23c. Socket buffers are the cell's memory: TCP pairs on the cell's own loopback, filled and
+//      never read, may not hold more than the cell's memory_max (on cgroup v1 the kernel
+//      charges TCP buffers to a memcg only once its kmem.tcp limit is set; uncharged, they
+//      draw on the host-wide tcp_mem budget, whose hard limit fails TCP for every socket on
+//      the host). The cell may also be OOM-killed for it (v2 charges them as memory).
+#[test]
+fn tcp_buffers_are_charged_to_the_cell() {
+    gate!("tcp_buffers_are_charged_to_the_cell");
+    let a = Attempt::new();
+    let p = a.policy("[limits]\nmemory_max = \"64M\"\n[network]\nmode = \"loopback\"\n");
+    let body = "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(128)\n\
+        held, total, chunk = [], 0, b'x' * (1 << 20)\n\
+        for i in range(64):\n\
+        \x20   c = socket.create_connection(l.getsockname()); c.setblocking(False)\n\
+        \x20   held += [c, l.accept()[0]]\n\
+        \x20   while total < (256 << 20):\n\
+        \x20       try: total += c.send(chunk)\n\
+        \x20       except OSError: break\n\
+        \x20   print('queued', total >> 20, flush=True)\n\
+        print('total', total >> 20, flush=True)";
+    let r = a.run_with(&p, body, &[]);
+    let out = r.output();
+    assert!(
+        out.lines().any(|l| l.starts_with("total ")) || r.reason() == "oom_killed",
+        "the attempt neither finished nor was OOM-killed\n{}",
+        r.describe()
+    );
+    let most = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("queued ").or_else(|| l.strip_prefix("total ")))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(most < 96, "ESCAPE: the cell held {most} MiB in TCP buffers with memory_max = 64M\n{}", r.describe());
+    a.contained();
+}
+
 // 24. userfaultfd (the syscall and the /dev node): the race-widening tool of kernel exploits.
 #[test]
 fn userfaultfd_handles() {

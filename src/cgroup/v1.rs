@@ -183,6 +183,7 @@ impl Cell {
     fn apply_limits(&self, limits: &CellLimits) -> Result<(), CgroupError> {
         if let Some(max) = limits.memory_max {
             self.set_memory_limit(max)?;
+            self.set_tcp_limit(max)?;
         }
         match (limits.memory_swap, limits.memory_max) {
             (Some(swap), Some(max)) => self.set_memsw_limit(max, swap)?,
@@ -210,6 +211,22 @@ impl Cell {
     /// Writes `memory.limit_in_bytes` (before memsw, which must stay >= it).
     fn set_memory_limit(&self, max: u64) -> Result<(), CgroupError> {
         fs::write(&file(&self.dirs.memory, "memory.limit_in_bytes"), &max.to_string())
+    }
+
+    /// Writes `memory.kmem.tcp.limit_in_bytes` = `max`. On v1 the kernel charges TCP socket
+    /// buffers to a memcg only once this limit is set (`memcg1_update_tcp_max` turns on
+    /// `tcpmem_active`); uncharged, a cell's buffers draw on the host-wide `tcp_mem` budget,
+    /// whose hard limit fails TCP allocations for every socket on the host. The buffers are
+    /// counted apart from `memory.usage_in_bytes`, so a cell may hold up to `max` in each.
+    /// (v2 charges socket memory to `memory.max` without being asked.) A kernel without the
+    /// file (built without kmem accounting) is left as it is.
+    fn set_tcp_limit(&self, max: u64) -> Result<(), CgroupError> {
+        let path = file(&self.dirs.memory, "memory.kmem.tcp.limit_in_bytes");
+        if !path.exists() {
+            tracing::debug!(path = %path.display(), "no kmem.tcp accounting; TCP buffers are not charged");
+            return Ok(());
+        }
+        fs::write(&path, &max.to_string())
     }
 
     /// Writes `memory.memsw.limit_in_bytes` = max + swap, if the kernel accounts swap (the file

@@ -13,9 +13,10 @@
 //! 3. **deny list**: the preset's names minus `allow`, plus `deny`, plus `clone` with any
 //!    `CLONE_NEW*` flag, `ioctl(TIOCSTI | TIOCLINUX)` and a mode with the setuid or setgid
 //!    bit in `chmod`, `open`, `mkdir`, `mknod` and their relatives, get `deny_action`.
-//! 4. **clone3, openat2 → ENOSYS** (preset `default`): they pass their flags and mode in
-//!    memory where BPF cannot read them, so they are refused with ENOSYS, the errno on which
-//!    glibc and programs fall back to `clone` and `openat` (which filter 3 can inspect).
+//! 4. **clone3, openat2, io_setup → ENOSYS** (preset `default`): the first two pass their
+//!    flags and mode in memory where BPF cannot read them, so they are refused with ENOSYS,
+//!    the errno on which glibc and programs fall back to `clone` and `openat` (which filter 3
+//!    can inspect); `io_setup` draws on a host-wide budget (see `ENOSYS_IN_DEFAULT`).
 //! 5. **socket families** (every policy, whatever its preset): an allow list. `socket(2)` in
 //!    a domain other than AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK (`socketpair(2)`: other
 //!    than AF_UNIX) fails with EAFNOSUPPORT
@@ -112,6 +113,16 @@ pub const DEFAULT_DENY: &[&str] = &[
     // would see host activity under the bound /usr or /etc.
     "fanotify_init",
 ];
+
+/// Filter 4 of the module doc: what the `default` preset refuses with ENOSYS, the errno of a
+/// kernel without the call, on which programs fall back:
+/// - `clone3` and `openat2` pass their flags and mode in memory BPF cannot read; glibc and
+///   programs fall back to `clone` and `openat`, which filter 3 inspects;
+/// - `io_setup` (Linux AIO) takes its events from one host-wide budget (`fs.aio-max-nr`, 65536
+///   by default): one cell could hold all of it and every AIO user on the host (databases,
+///   qemu) would get EAGAIN; libaio users fall back to threads on ENOSYS. Without a context
+///   the other `io_*` calls do nothing.
+const ENOSYS_IN_DEFAULT: &[&str] = &["clone3", "openat2", "io_setup"];
 
 /// Every `CLONE_NEW*` flag: `clone` with any of them set is denied by the default preset.
 const CLONE_NEW_FLAGS: &[u64] = &[
@@ -261,10 +272,8 @@ pub fn compile(spec: &SeccompSpec<'_>) -> Result<CompiledSeccomp, SeccompError> 
         filters.push(build("deny", deny, Action::Allow, action(spec.deny_action))?);
     }
 
-    // clone3 and openat2 pass their flags and mode in memory BPF cannot read: ENOSYS, the errno
-    // on which glibc and programs fall back to clone and openat, which filter 3 inspects.
     let enosys: Vec<String> =
-        ["clone3", "openat2"].into_iter().filter(|n| !spec.allow.iter().any(|a| a == n)).map(str::to_owned).collect();
+        ENOSYS_IN_DEFAULT.iter().filter(|n| !spec.allow.iter().any(|a| a == *n)).map(|n| (*n).to_owned()).collect();
     if spec.default_preset && !enosys.is_empty() {
         let rules = unconditional(&enosys)?;
         filters.push(build("clone3", rules, Action::Allow, Action::Errno(libc::ENOSYS as u32))?);
