@@ -20,8 +20,9 @@ else
 fi
 work=$(mktemp -d /tmp/cellkeep-demo.XXXXXX)
 sock=$work/cellkeep.sock
-# Root's cells run as `nobody` (policies map a root caller to it, never to host root), so the
-# workspace must be open to nobody.
+# Root's cells run under a host uid of their own (never host root) and see the workspace
+# through an idmapped mount as its owner: a workspace owned by nobody keeps root's files out
+# of the demo's reach.
 ws=$work/workspace
 mkdir "$ws" && chown nobody: "$ws" && chmod 755 "$work"
 export CELLKEEP_SOCKET=$sock
@@ -60,7 +61,7 @@ echo "\$ curl --unix-socket $sock http://cellkeep/v1/cells/$id/commands -d '{\"c
 curl -sS --unix-socket "$sock" "http://cellkeep/v1/cells/$id/commands" -d '{"command":"via curl"}'
 echo
 echo
-echo "=== terminate (SIGTERM, grace, then the whole cgroup is killed); a second time is not_found"
+echo "=== terminate (SIGTERM, grace, then the whole cgroup is killed); a second time is already_ended"
 ck kill "$id"
 ck kill "$id" || true
 echo

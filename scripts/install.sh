@@ -177,6 +177,11 @@ do_install() {
     if [[ -d $rundir ]]; then
       say present "$rundir"
       if was_recorded rundir "$rundir"; then record rundir "$rundir"; fi
+      # Made before by something else (a `cellkeep run` or the demo, as root): the socket in it
+      # must stay reachable for the group, so its mode is set as the tmpfiles line says.
+      if [[ $(stat -c %a "$rundir") != 755 ]]; then
+        chmod 0755 "$rundir" && say fixed "$rundir mode 0755 (the socket's group must reach it)"
+      fi
     else
       if command -v systemd-tmpfiles >/dev/null; then
         systemd-tmpfiles --create "$tmpfilesdir/cellkeep.conf"
@@ -279,7 +284,7 @@ do_uninstall() {
   fi
   # The cells' host-id lease files (/run/cellkeep/ids, made by the daemon and `cellkeep run`;
   # the service is stopped, so no lease is held).
-  if [[ -d $rundir/ids ]]; then
+  if [[ -z $destdir && -d $rundir/ids ]]; then
     rm -rf "$rundir/ids" && say removed "$rundir/ids/"
   fi
     # Host state: /run/cellkeep and the group, only if an install created them.

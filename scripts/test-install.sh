@@ -15,6 +15,15 @@ snapshot() {
   getent group | sort
 }
 fail() { echo "test-install.sh: FAILED: $*" >&2; exit 1; }
+# /run/cellkeep made before by someone else (a root `cellkeep run` or the demo once made it 0700,
+# locking the socket's group out): the install sets it to 0755 as its tmpfiles line says.
+rundir_mode=
+if [[ -d /run/cellkeep ]]; then rundir_mode=$(stat -c %a /run/cellkeep); else mkdir /run/cellkeep; fi
+chmod 0700 /run/cellkeep
+restore_rundir() {
+  if [[ -n $rundir_mode ]]; then chmod "$rundir_mode" /run/cellkeep; else rm -rf /run/cellkeep; fi
+}
+trap 'restore_rundir; rm -rf "$work"' EXIT
 snapshot >"$work/before"
 t0=$SECONDS
 scripts/install.sh --no-start "$@" | tee "$work/first"
@@ -24,6 +33,14 @@ if grep -E '^  (installed|created|kept) ' "$work/second"; then fail "the second 
 [[ -x /usr/local/bin/cellkeep ]] || fail "no /usr/local/bin/cellkeep"
 getent group cellkeep >/dev/null || fail "no cellkeep group"
 /usr/local/bin/cellkeep policy check /etc/cellkeep/policies || fail "installed policies do not check"
+[[ $(stat -c %a /run/cellkeep) == 755 ]] || fail "/run/cellkeep is $(stat -c %a /run/cellkeep) after install (want 755)"
+# A staged install and uninstall (--destdir) leave the real host alone: its cells' id leases
+# under /run/cellkeep/ids included.
+mkdir -p /run/cellkeep/ids && touch /run/cellkeep/ids/ck-install-test-marker
+scripts/install.sh --destdir "$work/stage" --binary /usr/local/bin/cellkeep >/dev/null
+scripts/install.sh --destdir "$work/stage" --uninstall >/dev/null
+[[ -e /run/cellkeep/ids/ck-install-test-marker ]] || fail "a staged uninstall removed the host's /run/cellkeep/ids"
+rm -f /run/cellkeep/ids/ck-install-test-marker
 scripts/install.sh --uninstall | tee "$work/third"
 snapshot >"$work/after"
 diff -u "$work/before" "$work/after" || fail "the host differs after --uninstall"

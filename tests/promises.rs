@@ -296,6 +296,36 @@ fn cli_help_options_and_exit_status() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cellkeep: error: unavailable"), "{out:?}");
 }
 
+// From the new-user review: the policy commands take --json after the subcommand too (as the
+// README and --help say), and a client command whose stdout is closed (`… | head`) ends
+// quietly, as Unix filters do, instead of panicking with a backtrace.
+#[test]
+fn cli_json_after_policy_subcommands_and_a_closed_stdout() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    for args in [
+        &["policy", "check", "--json", dir][..],
+        &["policy", "--json", "show", "base", "--dir", dir],
+        &["policy", "score", "agent", "--dir", dir, "--json"],
+        &["policy", "diff", "base", "agent", "--dir", dir, "--json"],
+    ] {
+        let out = cli(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(serde_json::from_slice::<Value>(&out.stdout).is_ok(), "{args:?}: not JSON");
+    }
+    // stdout: a pipe whose reading end is already closed.
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["policy", "show", "base", "--dir", dir])
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("cellkeep");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "a closed stdout made the CLI panic: {err}");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(libc::SIGPIPE), "{out:?}");
+}
+
 // Finding 7: `cellkeep run --cgroup-root X` removes the root X it created, in every hierarchy
 // (v1: memory, cpu, cpuacct, pids, freezer), and keeps a root it found.
 #[test]

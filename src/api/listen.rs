@@ -67,6 +67,16 @@ pub fn bind(config: &Config) -> Result<UnixListener, ApiError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode)).map_err(io)?;
     if let Some(gid) = config.socket_group {
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
+        // The socket's group still needs to search every directory above it.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o011 == 0) {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "the socket's directory is closed to its group and others (mode 0700?): \
+                     members of the socket's group cannot connect; make it 0755"
+                );
+            }
+        }
     }
     Ok(listener)
 }

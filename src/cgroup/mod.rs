@@ -344,6 +344,10 @@ impl CellCgroup {
 
     /// Moves `pid` into the cell (`cgroup.procs`, in every hierarchy on v1).
     pub fn attach(&self, pid: u32) -> Result<(), CgroupError> {
+        // `cgroup.procs` reads 0 as "the writing process": it would move the daemon in.
+        if pid == 0 {
+            return Err(CgroupError::Unsupported { reason: "attaching pid 0 (the daemon itself) to a cell".into() });
+        }
         dispatch!(self, c => c.attach(pid))
     }
 

@@ -158,6 +158,16 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `own` + `/` + `name`, for cgroup paths as `/proc/<pid>/cgroup` writes them (both backends).
+pub(super) fn join_rel(own: &str, name: &str) -> String {
+    format!("{}/{name}", own.trim_end_matches('/'))
+}
+
+/// Whether cgroup path `path` is strictly beneath `root` (both as in `/proc/<pid>/cgroup`).
+pub(super) fn below(path: &str, root: &str) -> bool {
+    path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,16 +42,6 @@ impl Dirs {
     }
 }
 
-/// `own` + `/` + `name`, for cgroup paths as `/proc/<pid>/cgroup` writes them.
-pub(super) fn join_rel(own: &str, name: &str) -> String {
-    format!("{}/{name}", own.trim_end_matches('/'))
-}
-
-/// Whether cgroup path `path` is strictly beneath `root` (both as in `/proc/<pid>/cgroup`).
-pub(super) fn below(path: &str, root: &str) -> bool {
-    path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
-}
-
 /// The directory of this process's cgroup in the hierarchy carrying `controller`.
 fn own_dir(entries: &[parse::ProcCgroup], mounts: &[parse::Mount], controller: &str) -> Result<PathBuf, CgroupError> {
     let missing = || CgroupError::NoController { controller: controller.to_string() };
@@ -85,7 +75,7 @@ impl Root {
             freezer: own("freezer")?,
         }
         .join(name);
-        let pids_rel = join_rel(parse::v1_own_path(&entries, "pids").unwrap_or("/"), name);
+        let pids_rel = parse::join_rel(parse::v1_own_path(&entries, "pids").unwrap_or("/"), name);
         let mut created = Vec::new();
         for dir in dirs.unique() {
             match fs::mkdir(&dir) {
@@ -112,7 +102,7 @@ impl Root {
     /// Whether the process whose `/proc/<pid>/cgroup` is `entries` sits beneath this root (in
     /// the pids hierarchy, which every cell has).
     pub fn holds(&self, entries: &[parse::ProcCgroup]) -> bool {
-        parse::v1_own_path(entries, "pids").is_some_and(|p| below(p, &self.pids_rel))
+        parse::v1_own_path(entries, "pids").is_some_and(|p| parse::below(p, &self.pids_rel))
     }
 
     /// `mkdir <root>/<id>` in each hierarchy, then writes the limits; undoes the mkdirs on error.

@@ -55,12 +55,12 @@ impl Root {
         let created = fs::mkdir(&dir)?;
         check_controllers(&dir)?;
         enable_controllers(&dir)?;
-        Ok(Root { dir, rel: super::v1::join_rel(own, name), created })
+        Ok(Root { dir, rel: parse::join_rel(own, name), created })
     }
 
     /// Whether the process whose `/proc/<pid>/cgroup` is `entries` sits beneath this root.
     pub fn holds(&self, entries: &[parse::ProcCgroup]) -> bool {
-        parse::v2_own_path(entries).is_some_and(|p| super::v1::below(p, &self.rel))
+        parse::v2_own_path(entries).is_some_and(|p| parse::below(p, &self.rel))
     }
 
     pub fn paths(&self) -> Vec<PathBuf> {

@@ -63,8 +63,7 @@ enum Cmd {
     /// Run one command in a cell in the foreground and exit with its status (no daemon).
     Run(RunArgs),
     /// Validate and inspect provider policies.
-    #[command(subcommand)]
-    Policy(PolicyCmd),
+    Policy(PolicyArgs),
     /// Run the supervisor daemon on --socket (or on the socket systemd passed).
     Daemon(DaemonArgs),
     /// Report what this host supports and whether each policy can be enforced fully here.
@@ -235,6 +234,15 @@ struct RunArgs {
     args: Vec<String>,
 }
 
+#[derive(Debug, clap::Args)]
+struct PolicyArgs {
+    /// Machine-readable output (after `policy` or after its subcommand).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: PolicyCmd,
+}
+
 #[derive(Debug, Subcommand)]
 enum PolicyCmd {
     /// Check policy files or directories (default: the daemon's policy directory): errors,
@@ -388,6 +396,9 @@ pub fn main() -> i32 {
         eprintln!("cellkeep: error: bad_request: {m}");
         return 1;
     }
+    if !matches!(cli.cmd, Cmd::Daemon(_) | Cmd::Run(_)) {
+        crate::sandbox::sys::default_sigpipe();
+    }
     if let Some(conn) = cli.cmd.conn().cloned() {
         let socket = conn.socket.or(cli.socket).unwrap_or_else(default_socket);
         return remote::main(cli.cmd, &socket, conn.json || cli.json);
@@ -398,7 +409,7 @@ pub fn main() -> i32 {
             let json = args.json || cli.json;
             local::run(args, json)
         }
-        Cmd::Policy(cmd) => return policy_main(cmd, cli.json),
+        Cmd::Policy(p) => return policy_main(p.cmd, p.json || cli.json),
         Cmd::Daemon(mut args) => {
             args.socket = args.socket.or(cli.socket);
             daemon(args)

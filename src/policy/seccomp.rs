@@ -455,7 +455,7 @@ mod tests {
 
     #[test]
     fn allow_removes_from_the_preset_and_allowlist_adds_a_filter() {
-        let allow = vec!["unshare".to_owned(), "clone3".to_owned(), "openat2".to_owned()];
+        let allow: Vec<String> = ["unshare", "clone3", "openat2", "io_setup"].map(str::to_owned).to_vec();
         let s = spec(&allow, &[]);
         assert!(!denied_names(&s).contains(&"unshare".to_owned()));
         assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(4));

@@ -55,11 +55,9 @@ pub const FORWARDED: [Signal; 6] =
 /// Entry point of `cellkeep __cell-helper`; never returns.
 pub fn main() -> ! {
     let fd = std::env::args().nth(2).and_then(|a| a.parse::<std::os::fd::RawFd>().ok());
-    // SAFETY: the number is the helper's second argument, the control socket the launcher left
-    // open (CLOEXEC cleared) for this fresh process; this is its only claim, made before the
-    // helper opens anything, so nothing else in this process owns the fd.
-    #[allow(unsafe_code)]
-    let ctl = match fd.map(|fd| unsafe { sys::take_helper_fd(fd) }) {
+    // The helper's second argument: the control socket the launcher left open (CLOEXEC
+    // cleared) for this fresh process, claimed before the helper opens anything.
+    let ctl = match fd.map(sys::claim_helper_ctl) {
         Some(Ok(fd)) => fd,
         None => {
             eprintln!("cellkeep: internal helper started without its control fd argument");
@@ -79,39 +77,46 @@ pub fn run_with_ctl(ctl: OwnedFd) -> ! {
     let code = match read_plan(&ctl) {
         Ok(mut plan) => match join_cgroup(&plan) {
             Ok(()) => run(&mut plan, &ctl),
-            Err(detail) => {
-                Report::SetupFailed { stage: Stage::Cgroup, errno: 0, detail }.send(&ctl);
+            Err((errno, detail)) => {
+                Report::SetupFailed { stage: Stage::Cgroup, errno, detail }.send(&ctl);
                 125
             }
         },
-        Err(detail) => {
-            Report::SetupFailed { stage: Stage::Plan, errno: 0, detail }.send(&ctl);
+        Err((errno, detail)) => {
+            Report::SetupFailed { stage: Stage::Plan, errno, detail }.send(&ctl);
             125
         }
     };
     std::process::exit(code)
 }
 
+/// An I/O error as a setup failure's (errno, detail); errno 0 when it carries none (a
+/// malformed plan).
+fn io_fail(what: &str, e: &std::io::Error) -> (i32, String) {
+    (e.raw_os_error().unwrap_or(0), format!("{what}: {e}"))
+}
+
 /// v1: move this (single-threaded) process into the cell by writing `0` to each hierarchy's
 /// `tasks` file, before it forks anything (see `CellCgroup::self_join_files` for why the
 /// launcher does not move it). Fails closed: a cell outside its cgroup never starts.
-fn join_cgroup(plan: &LaunchPlan) -> Result<(), String> {
+fn join_cgroup(plan: &LaunchPlan) -> Result<(), (i32, String)> {
     if plan.join_cgroup.is_empty() {
         return Ok(());
     }
-    sys::ensure_single_threaded().map_err(|e| format!("joining the cell's cgroup: {e}"))?;
+    sys::ensure_single_threaded().map_err(|e| (e as i32, format!("joining the cell's cgroup: {e}")))?;
     for tasks in &plan.join_cgroup {
-        std::fs::write(tasks, b"0").map_err(|e| format!("joining the cell's cgroup ({}): {e}", tasks.display()))?;
+        std::fs::write(tasks, b"0")
+            .map_err(|e| io_fail(&format!("joining the cell's cgroup ({})", tasks.display()), &e))?;
     }
     Ok(())
 }
 
-fn read_plan(ctl: &OwnedFd) -> Result<LaunchPlan, String> {
-    let file = std::fs::File::from(ctl.try_clone().map_err(|e| e.to_string())?);
+fn read_plan(ctl: &OwnedFd) -> Result<LaunchPlan, (i32, String)> {
+    let file = std::fs::File::from(ctl.try_clone().map_err(|e| io_fail("the control socket", &e))?);
     let mut line = String::new();
     // The plan is one line; a bound keeps a confused launcher from making us read forever.
-    BufReader::new(file).take(16 << 20).read_line(&mut line).map_err(|e| e.to_string())?;
-    serde_json::from_str(&line).map_err(|e| format!("malformed launch plan: {e}"))
+    BufReader::new(file).take(16 << 20).read_line(&mut line).map_err(|e| io_fail("reading the launch plan", &e))?;
+    serde_json::from_str(&line).map_err(|e| (0, format!("malformed launch plan: {e}")))
 }
 
 /// pid 1's namespaces (its user namespace is made first and joined: see [`make_userns`]).
@@ -317,7 +322,7 @@ fn run_warm(plan: &LaunchPlan, ctl: &OwnedFd, sync_r: OwnedFd, sync_w: OwnedFd) 
         return Err((Stage::Init, 0, "pid 1 of the pre-built cell ended before it was built".into()));
     }
     Report::Warm.send(ctl);
-    let mut req = read_plan(ctl).map_err(|detail| kill_pid1((Stage::Plan, 0, detail)))?;
+    let mut req = read_plan(ctl).map_err(|(errno, detail)| kill_pid1((Stage::Plan, errno, detail)))?;
     if req.ids != plan.ids || req.warm {
         return Err(kill_pid1((Stage::Plan, 0, "the request does not fit the pre-built cell".into())));
     }

@@ -261,11 +261,20 @@ impl IdAllocator {
 }
 
 /// The lock directory: created 0700 (root's), and refused unless it is a real directory owned
-/// by us and closed to others (another user could otherwise hold every id's lock).
+/// by us and closed to others (another user could otherwise hold every id's lock). Missing
+/// parents are made 0755: the default parent, /run/cellkeep, also holds the API socket, which
+/// the `cellkeep` group must be able to reach (a 0700 parent locked its members out).
 fn ensure_dir(dir: &Path) -> Result<(), IdError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let fail = |source| IdError::Dir { path: dir.to_owned(), source };
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        match std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(IdError::Dir { path: parent.to_owned(), source: e }),
+        }
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(fail(e)),
@@ -280,6 +289,19 @@ fn ensure_dir(dir: &Path) -> Result<(), IdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lock dir is closed (0700), but a parent it creates is not: the default parent,
+    /// /run/cellkeep, also holds the API socket its group must reach.
+    #[test]
+    fn the_lock_dir_is_closed_and_its_new_parent_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (parent, ids) = (dir.path().join("run-cellkeep"), dir.path().join("run-cellkeep/ids"));
+        ensure_dir(&ids).unwrap_or_else(|e| panic!("{e}"));
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0);
+        assert_eq!((mode(&parent), mode(&ids)), (0o755, 0o700));
+        ensure_dir(&ids).unwrap_or_else(|e| panic!("{e}"));
+    }
 
     #[test]
     fn ranges_clear_of_root_overflow_systemd_and_subordinate_ids() {

@@ -457,7 +457,11 @@ impl Launcher {
         let spawn_err = |source| SandboxError::Spawn { cell: cell.to_owned(), exe: self.helper_exe.clone(), source };
         let inside = matches!(child, HelperProc::Forked(f) if f.in_cgroup());
         if cgroup.self_join_files().is_none() && !inside {
-            let pid = child.id().unwrap_or(0);
+            // No pid: the helper was already reaped. Never write 0, which cgroup.procs reads as
+            // "the writer", moving the daemon itself into the cell.
+            let pid = child
+                .id()
+                .ok_or_else(|| spawn_err(std::io::Error::other("the helper exited before it joined the cgroup")))?;
             cgroup.attach(pid).map_err(|source| SandboxError::Cgroup { cell: cell.to_owned(), source })?;
         }
         ours.set_nonblocking(true).map_err(spawn_err)?;

@@ -4,7 +4,8 @@
 //! Everything here is called from the single-threaded cell helper (and its children), except
 //! [`async_fd`], which the daemon uses, the peer checks ([`peer_groups`], [`peer_pidfd`],
 //! [`pidfd_open`], [`pidfd_alive`]) behind the API's authorisation, and
-//! [`take_activated_listener`] (socket activation, before the runtime starts). Functions whose
+//! [`take_activated_listener`] (socket activation, before the runtime starts), and
+//! [`default_sigpipe`] (the CLI's client commands, at start). Functions whose
 //! soundness depends on the caller are either `unsafe fn` with a `# Safety` section
 //! ([`take_helper_fd`]) or check their precondition at runtime ([`fork_single_threaded`] and
 //! [`clone_into_namespaces`] refuse unless the process is single-threaded).
@@ -21,6 +22,18 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawF
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
+
+/// Restore SIGPIPE's default action (terminate), which Rust's runtime sets to ignored: for the
+/// CLI's client commands, so `cellkeep ps | head -3` ends quietly when `head` exits, as every
+/// Unix filter does, instead of panicking on EPIPE from `println!`. Not for the daemon or
+/// `run`, which must outlive a closed stdout to clean up their cells.
+pub fn default_sigpipe() {
+    // SAFETY: signal(2) only sets the disposition of SIGPIPE, which no other code of this
+    // process installs a handler for; SIG_DFL carries no function pointer.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
 
 /// The object at `path` reached through no symbolic link (nor /proc magic link) in any
 /// component, as an `O_PATH | O_CLOEXEC [| O_DIRECTORY]` fd; ELOOP when a component is a link.
@@ -321,6 +334,19 @@ pub(crate) fn install_fds(fds: Vec<OwnedFd>) -> nix::Result<()> {
     // this process names one of them any more (the callers own nothing else at this point).
     let rc = unsafe { libc::syscall(libc::SYS_close_range, keep, libc::c_uint::MAX, 0) };
     nix::errno::Errno::result(rc).map(drop)
+}
+
+/// The helper's start: claim the control socket its argument names. Once per process (a second
+/// call is EBUSY), and only from the helper's `main` before it opens anything, so no other
+/// owner can hold that number: [`take_helper_fd`]'s contract, kept here.
+pub(crate) fn claim_helper_ctl(fd: RawFd) -> io::Result<OwnedFd> {
+    static CLAIMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if CLAIMED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    // SAFETY: the first claim in this process, made by the helper's main before it opened
+    // anything; `take_helper_fd` also refuses an fd this process opened itself.
+    unsafe { take_helper_fd(fd) }
 }
 
 /// Own fd `n`, a socket that [`install_fds`] just placed there (so nothing else owns it),
