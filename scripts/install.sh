@@ -132,8 +132,17 @@ do_install() {
   local t0=$SECONDS
   if [[ -n $destdir ]]; then mkdir -p "$destdir"; fi
   if [[ -z $binary ]]; then
-    echo "building (cargo build --release --locked)"
-    cargo build --release --locked
+    # Under sudo, build as the user who asked (their rustup toolchain, their target/ stays
+    # theirs), through a login shell for their PATH; as plain root, with root's cargo.
+    local builder=(bash -c)
+    if [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then builder=(runuser -u "$SUDO_USER" -- bash -lc); fi
+    if ! "${builder[@]}" 'command -v cargo' >/dev/null; then
+      echo "install.sh: no cargo for ${SUDO_USER:-root}: install Rust >= $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)" \
+        "(rustup.rs), or build first and pass --binary target/release/cellkeep" >&2
+      return 1
+    fi
+    echo "building (cargo build --release --locked, as ${SUDO_USER:-root})"
+    "${builder[@]}" 'cargo build --release --locked'
     binary=target/release/cellkeep
   fi
   [[ -x $binary ]] || { echo "install.sh: $binary is not an executable" >&2; return 1; }
