@@ -225,6 +225,20 @@ do_install() {
       skip "systemctl daemon-reload/enable/start: systemd is not the init system here (PID 1 is $(ps -p 1 -o comm=)); run the daemon by hand: $bindir/cellkeep daemon --config $confdir/cellkeep.toml"
     fi
   fi
+  # What an earlier run installed and this one no longer ships (a policy dropped upstream, a
+  # unit renamed): a file goes; a config file goes unless edited (then it is kept, and stays
+  # in the manifest); a stale `*.new` beside a config goes.
+  local kind a b
+  while read -r kind a b; do
+    [[ $kind == file || $kind == conf || $kind == new ]] || continue
+    if printf '%s\n' "${entries[@]}" | awk -v p="$b" '$NF == p { found = 1 } END { exit !found }'; then continue; fi
+    if [[ $kind == conf && -f $destdir$b && $(sha "$destdir$b") != "$a" ]]; then
+      say kept "$b (no longer shipped; edited by you)"
+      record conf "$a" "$b"
+    elif [[ -e $destdir$b ]]; then
+      rm -f "$destdir$b" && say removed "$b (no longer shipped)"
+    fi
+  done < <(old_entries)
   # Directories created by an earlier run stay ours.
   while read -r kind path; do
     if [[ $kind == dir ]] && ! printf '%s\n' "${entries[@]}" | grep -qxF "dir $path"; then

@@ -41,6 +41,27 @@ scripts/install.sh --destdir "$work/stage" --binary /usr/local/bin/cellkeep >/de
 scripts/install.sh --destdir "$work/stage" --uninstall >/dev/null
 [[ -e /run/cellkeep/ids/ck-install-test-marker ]] || fail "a staged uninstall removed the host's /run/cellkeep/ids"
 rm -f /run/cellkeep/ids/ck-install-test-marker
+# An upgrade drops what the new version no longer ships: a policy removed upstream goes (it
+# would otherwise still be served), a stale `*.toml.new` goes; an edited one stays.
+repo=$work/repo stage=$work/upgrade
+mkdir -p "$repo/scripts" && cp -r policies systemd README.md Cargo.toml "$repo/" && cp scripts/install.sh "$repo/scripts/"
+cp policies/echo.toml "$repo/policies/dropped.toml" && cp policies/echo.toml "$repo/policies/edited.toml"
+"$repo/scripts/install.sh" --destdir "$stage" --binary /usr/local/bin/cellkeep >/dev/null
+echo "# edited" >>"$stage/etc/cellkeep/policies/edited.toml"
+echo "# a local change" >>"$stage/etc/cellkeep/policies/echo.toml"
+echo "# upstream change" >>"$repo/policies/echo.toml"
+"$repo/scripts/install.sh" --destdir "$stage" --binary /usr/local/bin/cellkeep >/dev/null
+[[ -e $stage/etc/cellkeep/policies/echo.toml.new ]] || fail "no echo.toml.new beside an edited policy"
+git -C . show HEAD:policies/echo.toml >"$repo/policies/echo.toml" 2>/dev/null || cp policies/echo.toml "$repo/policies/echo.toml"
+rm "$repo/policies/dropped.toml" "$repo/policies/edited.toml"
+sed -i '$d' "$stage/etc/cellkeep/policies/echo.toml"
+"$repo/scripts/install.sh" --destdir "$stage" --binary /usr/local/bin/cellkeep >/dev/null
+[[ ! -e $stage/etc/cellkeep/policies/dropped.toml ]] || fail "a policy no longer shipped survived an upgrade"
+[[ ! -e $stage/etc/cellkeep/policies/echo.toml.new ]] || fail "a stale echo.toml.new survived an upgrade"
+[[ -e $stage/etc/cellkeep/policies/edited.toml ]] || fail "an edited policy no longer shipped was removed"
+"$repo/scripts/install.sh" --destdir "$stage" --uninstall >/dev/null
+left=$(find "$stage" -type f | sed "s#^$stage##")
+[[ $left == /etc/cellkeep/policies/edited.toml ]] || fail "after the staged uninstall, left: $left"
 scripts/install.sh --uninstall | tee "$work/third"
 snapshot >"$work/after"
 diff -u "$work/before" "$work/after" || fail "the host differs after --uninstall"
