@@ -409,3 +409,42 @@ fn cgroup_removed_behind_the_daemons_back() {
         eprintln!("  {l}");
     }
 }
+
+// From the pool review: a second daemon started by mistake — on the same socket, or on another
+// socket with the same cgroup root — exits with a clear error and touches nothing of the live
+// one. (It killed every live cell as an "orphan", then removed the cgroup root, so the live
+// daemon could launch nothing more.)
+#[test]
+fn a_second_daemon_leaves_the_first_alone() {
+    gate!("a_second_daemon_leaves_the_first_alone");
+    let d = Daemon::start(5, "", &providers());
+    let id = id_of(&d.spawn("cat"));
+    let second = |socket: &Path| {
+        Command::new(common::BIN)
+            .args(["daemon", "--config"])
+            .arg(d.dir.path().join("cellkeep.toml"))
+            .arg("--socket")
+            .arg(socket)
+            .arg("--policies")
+            .arg(d.policy_dir())
+            .args(["--cgroup-root", &d.cgroup_root])
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("second daemon")
+    };
+    for (socket, says) in [
+        (d.socket.clone(), "another daemon is listening"),
+        (d.dir.path().join("other.sock"), "in use by another cellkeep daemon"),
+    ] {
+        let out = second(&socket);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "second daemon on {}: {out:?}", socket.display());
+        let r = d.send(&id, "still here", 5000);
+        assert_eq!(r.status, 200, "the live session after a second daemon on {}: {}", socket.display(), r.text());
+        assert_eq!(r.json()["stdout"], "still here");
+        let fresh = d.spawn("cat");
+        assert!(fresh["id"].is_string(), "the live daemon cannot launch after a second daemon: {fresh}");
+        call(&d.socket, "DELETE", &format!("/v1/cells/{}?force=true", id_of(&fresh)), None);
+    }
+    assert!(!d.dir.path().join("other.sock").exists(), "the refused daemon left its socket");
+}

@@ -60,16 +60,20 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// `READY=1` once the policies are loaded and the socket listens, `STOPPING=1` when shutdown
 /// begins, and `RELOADING=1` … `READY=1` around a SIGHUP reload.
 pub async fn run_daemon(config: Config, activated: Option<std::os::unix::net::UnixListener>) -> Result<(), ApiError> {
-    let pool = Pool::start(config.clone()).await?;
-    let bound = match activated {
-        Some(l) => listen::adopt(l),
-        None => listen::bind(&config).map(|l| (l, Some(config.socket.clone()))),
+    // The socket first: a second daemon started by mistake stops at "another daemon is
+    // listening" before its pool starts (which would take the live daemon's cells for
+    // orphans; the cgroup root's lock stops one on another socket).
+    let (listener, owned) = match activated {
+        Some(l) => listen::adopt(l)?,
+        None => (listen::bind(&config)?, Some(config.socket.clone())),
     };
-    let (listener, owned) = match bound {
-        Ok(b) => b,
+    let pool = match Pool::start(config.clone()).await {
+        Ok(p) => p,
         Err(e) => {
-            pool.shutdown().await;
-            return Err(e);
+            if let Some(path) = &owned {
+                listen::unlink(path);
+            }
+            return Err(e.into());
         }
     };
     let stop = CancellationToken::new();

@@ -44,6 +44,8 @@ pub enum CgroupError {
     Watch { path: PathBuf, source: std::io::Error },
     #[error("cgroup {path} is still busy")]
     Busy { path: PathBuf },
+    #[error("cgroup root {path} is in use by another cellkeep daemon (give this one another --cgroup-root)")]
+    InUse { path: PathBuf },
     #[error("cannot parse {path} ({reason}): {content:?}")]
     Parse { path: PathBuf, content: String, reason: &'static str },
     #[error("statfs {path}: {source}")]
@@ -192,6 +194,12 @@ enum RootBackend {
     V2(v2::Root),
 }
 
+/// A daemon's hold on its cgroup root ([`CgroupRoot::lock`]); released on drop.
+#[derive(Debug)]
+pub struct RootLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
 impl CgroupRoot {
     /// Finds or creates cellkeep's root named `name` beneath this process's own cgroup in every
     /// needed hierarchy. v2: enables `+memory +cpu +pids` in the own cgroup's
@@ -276,6 +284,25 @@ impl CgroupRoot {
         } else {
             let root = self.paths().into_iter().next().unwrap_or_default();
             Err(CgroupError::NotFound { id: id.to_string(), root })
+        }
+    }
+
+    /// Hold the root for one daemon: an exclusive `flock(2)` on its first directory (flock
+    /// works on any open file, cgroupfs directories included, and is released when the
+    /// process ends, however it ends). A second daemon on the same root would otherwise take
+    /// the first one's live cells for orphans and kill them. [`CgroupError::InUse`] when
+    /// another process holds it.
+    pub fn lock(&self) -> Result<RootLock, CgroupError> {
+        let path = self
+            .paths()
+            .into_iter()
+            .next()
+            .ok_or_else(|| CgroupError::Unsupported { reason: "a cgroup root with no directory".into() })?;
+        let dir = std::fs::File::open(&path).map_err(|source| CgroupError::Read { path: path.clone(), source })?;
+        match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(RootLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(CgroupError::InUse { path }),
+            Err((_, e)) => Err(CgroupError::Read { path, source: e.into() }),
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Pool {
 
 struct Inner {
     config: Config,
+    /// This daemon's hold on its cgroup root, for its whole life.
+    _root_lock: crate::cgroup::RootLock,
     launcher: Launcher,
     /// The one inotify instance every cell's limit files are watched on.
     limit_hub: Option<crate::cgroup::watch::WatchHub>,
@@ -107,6 +109,9 @@ impl Pool {
             .await
             .map_err(|e| PoolError::Internal(e.to_string()))?
             .map_err(|e| PoolError::Internal(format!("cgroup root: {e}")))?;
+        // Before anything is killed as an orphan: cells under a root another daemon holds are
+        // that daemon's, alive.
+        let root_lock = root.lock().map_err(|e| PoolError::Internal(format!("cgroup root: {e}")))?;
         let recovered = recover_orphans(&root).await;
         if recovered > 0 {
             tracing::warn!(count = recovered, "cleaned up cells left by a previous daemon");
@@ -128,6 +133,7 @@ impl Pool {
         let pool = Pool {
             inner: Arc::new(Inner {
                 config,
+                _root_lock: root_lock,
                 launcher,
                 limit_hub,
                 policies: RwLock::new(Arc::new(set.policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())),
