@@ -656,3 +656,100 @@ fn a_session_commands_stderr_is_its_own() {
         assert_eq!(v["stderr"], format!("err-{n}\n"), "command {n}: stderr misattributed: {}", r.text());
     }
 }
+
+// From the pool review: a session command's timeout covers its wait behind earlier commands;
+// one that runs out while queued is not sent and leaves the session as it is.
+#[test]
+fn a_queued_commands_timeout_covers_its_wait() {
+    gate!("a_queued_commands_timeout_covers_its_wait");
+    let slow = "[\"/bin/sh\", \"-c\", \"while read -r l; do sleep 2; echo \\\"$l\\\"; done\"]";
+    let d = daemon().provider("slow", slow, "session", "").start();
+    let id = id_of(&d.spawn("slow"));
+    let (sock, cell) = (d.socket.clone(), id.clone());
+    let first = std::thread::spawn(move || {
+        call(&sock, "POST", &format!("/v1/cells/{cell}/commands"), Some(&json!({"command": "A", "timeout_ms": 10_000})))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let queued = d.send(&id, "B", 500);
+    let took = t.elapsed();
+    assert_eq!(queued.status, 504, "{}", queued.text());
+    assert!(took < Duration::from_millis(1500), "a 500 ms command waited {took:?} behind the first");
+    assert!(queued.text().contains("not sent"), "{}", queued.text());
+    let first = first.join().expect("thread");
+    assert_eq!(first.json()["stdout"], "A", "{}", first.text());
+    assert_eq!(d.send(&id, "C", 10_000).json()["stdout"], "C", "the session carries on");
+}
+
+// From the pool review: a session's wall time running out under a command is a timeout, as for
+// a one-shot, naming the limit.
+#[test]
+fn a_sessions_wall_time_under_a_command_is_a_timeout() {
+    gate!("a_sessions_wall_time_under_a_command_is_a_timeout");
+    let d = daemon()
+        .provider(
+            "mute",
+            "[\"/bin/sh\", \"-c\", \"while read -r l; do sleep 60; done\"]",
+            "session",
+            "[limits]\nwall_time = \"1s\"\n",
+        )
+        .start();
+    let id = id_of(&d.spawn("mute"));
+    let r = d.send(&id, "x", 20_000);
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("1000 ms"), "the message names the wall time: {}", r.text());
+}
+
+// From the pool review: a session is reused only for the same cwd (and env): a command never
+// runs in a workspace other than the one its caller named.
+#[test]
+fn a_session_is_reused_only_for_its_own_cwd() {
+    gate!("a_session_is_reused_only_for_its_own_cwd");
+    let d = daemon().start();
+    let other = d.ws.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    std::os::unix::fs::chown(&other, Some(common::NOBODY), Some(common::NOBODY)).expect("chown");
+    let session = |cwd: &str| {
+        let r = call(&d.socket, "POST", "/v1/providers/cat/session", Some(&json!({"cwd": cwd})));
+        assert_eq!(r.status, 200, "{}", r.text());
+        id_of(&r.json())
+    };
+    let a = session(&d.cwd());
+    let b = session(other.to_str().expect("utf8"));
+    assert_ne!(a, b, "a session in {} was handed out for {}", d.cwd(), other.display());
+    assert_eq!(session(&d.cwd()), a, "the session of the same cwd is reused");
+}
+
+// From the pool review: NUL bytes in a command or a passed environment value are a bad request
+// (they were a setup failure, after a cell was built for them).
+#[test]
+fn nul_bytes_are_a_bad_request() {
+    gate!("nul_bytes_are_a_bad_request");
+    let d = daemon().provider("env", "[\"/usr/bin/env\"]", "oneshot", "[environment]\npass = [\"X\"]\n").start();
+    let r = sh(&d, "echo a\u{0}b", 5000);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("NUL"), "{}", r.text());
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/providers/env/commands",
+        Some(&json!({"command": "-0", "cwd": d.cwd(), "env": {"X": "a\u{0}b"}})),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("environment variable X"), "{}", r.text());
+}
+
+// From the pool review: cleanup of a provider a reload removed still ends its running cells.
+#[test]
+fn cleanup_reaches_a_provider_removed_by_a_reload() {
+    gate!("cleanup_reaches_a_provider_removed_by_a_reload");
+    let d = daemon().start();
+    let id = id_of(&d.spawn("open"));
+    std::fs::remove_file(d.policy_dir().join("open.toml")).expect("remove open.toml");
+    let r = call(&d.socket, "POST", "/v1/reload", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(&d.socket, "DELETE", "/v1/providers/open/cells", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cell = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json();
+    assert!(!cell["exit"].is_null(), "the removed provider's cell still runs: {cell}");
+}

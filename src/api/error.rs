@@ -51,7 +51,7 @@ impl HttpError {
 pub fn code_of(e: &PoolError) -> ErrorCode {
     match e {
         PoolError::ProcessLimit { .. } => ErrorCode::ProcessLimit,
-        PoolError::Timeout { .. } => ErrorCode::Timeout,
+        PoolError::Timeout { .. } | PoolError::QueueTimeout { .. } => ErrorCode::Timeout,
         PoolError::ResourceLimit { .. } => ErrorCode::ResourceLimit,
         PoolError::Ended { .. } => ErrorCode::Exited,
         PoolError::NotFound { .. } => ErrorCode::NotFound,
@@ -64,7 +64,8 @@ pub fn code_of(e: &PoolError) -> ErrorCode {
             SandboxError::Cwd { .. }
             | SandboxError::Binary { .. }
             | SandboxError::NoCommand { .. }
-            | SandboxError::OptionArgument { .. } => ErrorCode::BadRequest,
+            | SandboxError::OptionArgument { .. }
+            | SandboxError::NulByte { .. } => ErrorCode::BadRequest,
             SandboxError::Unsupported { .. } | SandboxError::HostRoot { .. } | SandboxError::Abstract { .. } => {
                 ErrorCode::Policy
             }

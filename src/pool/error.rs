@@ -9,6 +9,10 @@ pub enum PoolError {
     ProcessLimit { limit: usize, running: usize },
     #[error("cell {cell}: command timed out after {timeout_ms} ms; the command's process was ended")]
     Timeout { cell: String, timeout_ms: u64 },
+    /// The command's timeout ran out while earlier commands of the session still ran: it was
+    /// never written, and the session carries on.
+    #[error("cell {cell}: command timed out after {timeout_ms} ms waiting behind the session's earlier commands; it was not sent")]
+    QueueTimeout { cell: String, timeout_ms: u64 },
     #[error("cell {cell}: {reason} while the command ran")]
     ResourceLimit { cell: String, reason: ExitReason },
     #[error("cell {cell} ended ({reason}) before the reply was complete")]

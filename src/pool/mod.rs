@@ -75,13 +75,24 @@ struct Inner {
     warm_served: std::sync::atomic::AtomicU64,
 }
 
+/// What a session is reused for: the same provider, caller, working directory (as asked) and
+/// environment. A request for another cwd or env starts a session of its own — a command must
+/// never run in a workspace other than the one its caller named.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SessionKey {
+    provider: String,
+    uid: u32,
+    cwd: std::path::PathBuf,
+    env: std::collections::BTreeMap<String, String>,
+}
+
 #[derive(Default)]
 struct State {
     cells: HashMap<String, Arc<CellEntry>>,
     /// Slots held by running cells and launches in progress.
     used_slots: usize,
-    /// (provider, uid) → the live session cell.
-    sessions: HashMap<(String, u32), String>,
+    /// (provider, uid, cwd, env) → the live session cell.
+    sessions: HashMap<SessionKey, String>,
     /// Pre-built cells waiting for a request (each holds a slot).
     warm: Vec<warm::Warm>,
     /// Pre-built cells being built, by provider (each holds a slot).

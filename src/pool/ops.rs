@@ -39,6 +39,21 @@ pub(super) struct Launch {
     pub tap: Option<cell::Tap>,
 }
 
+/// How long a session whose stdin or stdout closed gets to exit by itself before it is ended.
+const CLOSED_SESSION_EXIT: Duration = Duration::from_millis(500);
+
+impl Launch {
+    /// The session this launch starts is found again by (see [`super::SessionKey`]).
+    fn session_key(&self, provider: &str) -> super::SessionKey {
+        super::SessionKey {
+            provider: provider.to_owned(),
+            uid: self.caller.uid,
+            cwd: self.cwd.components().collect(),
+            env: self.env.clone(),
+        }
+    }
+}
+
 pub(super) fn is_resource_limit(reason: &ExitReason) -> bool {
     matches!(reason, ExitReason::OomKilled | ExitReason::PidsLimited | ExitReason::FileSizeLimited)
 }
@@ -103,6 +118,7 @@ impl Pool {
     ) -> Result<Arc<CellEntry>, PoolError> {
         let _counted = Launching::new(&self.inner.launching);
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
+        let session_key = l.session.then(|| l.session_key(&policy.name));
         let req = LaunchRequest {
             cell_id: uuid::Uuid::now_v7().simple().to_string(),
             args: l.args,
@@ -131,6 +147,7 @@ impl Pool {
         let provider = policy.name.clone();
         let pool = self.clone();
         let refill = (warm && !l.session).then(|| provider.clone());
+        let registered = session_key.clone();
         let on_end = move |entry: &Arc<CellEntry>, _: &crate::sandbox::Outcome| {
             if let Some(provider) = refill.clone() {
                 // A one-shot served by a pre-built cell: replace it once the cell is gone and
@@ -144,11 +161,10 @@ impl Pool {
                     pool.refill(&provider);
                 });
             }
-            {
+            if let Some(key) = &registered {
                 let mut st = pool.state();
-                let key = (entry.provider.clone(), entry.owner_uid);
-                if st.sessions.get(&key) == Some(&entry.id) {
-                    st.sessions.remove(&key);
+                if st.sessions.get(key) == Some(&entry.id) {
+                    st.sessions.remove(key);
                 }
             }
             pool.release_slot();
@@ -176,8 +192,8 @@ impl Pool {
             // session the next request finds, not a second one.
             let mut st = self.state();
             st.cells.insert(entry.id.clone(), entry.clone());
-            if l.session {
-                st.sessions.insert((provider.clone(), l.caller.uid), entry.id.clone());
+            if let Some(key) = session_key {
+                st.sessions.insert(key, entry.id.clone());
             }
         }
         self.inner.reaper_wake.notify_one();
@@ -264,11 +280,6 @@ impl Pool {
         if policy.mode != Mode::Session {
             return Err(PoolError::BadRequest(format!("provider {provider} is one-shot, not a session provider")));
         }
-        let key = (provider.to_owned(), caller.uid);
-        // A live session is handed out without waiting behind another caller's launch.
-        if let Some(entry) = self.live_session(&key) {
-            return Ok(entry.info());
-        }
         let l = Launch {
             caller: caller.clone(),
             cwd: req.cwd,
@@ -280,6 +291,11 @@ impl Pool {
             stdin: false,
             tap: None,
         };
+        let key = l.session_key(provider);
+        // A live session is handed out without waiting behind another caller's launch.
+        if let Some(entry) = self.live_session(&key) {
+            return Ok(entry.info());
+        }
         // Get-or-start runs in a task of its own, holding the gate until the new session is
         // registered (by the launch itself, see `launch_whole`): a caller that leaves
         // mid-launch neither lets a second session start nor leaves the first unregistered.
@@ -293,8 +309,8 @@ impl Pool {
         .await
     }
 
-    /// The live session of (provider, uid), if any.
-    fn live_session(&self, key: &(String, u32)) -> Option<Arc<CellEntry>> {
+    /// The live session of this key, if any.
+    fn live_session(&self, key: &super::SessionKey) -> Option<Arc<CellEntry>> {
         let st = self.state();
         st.sessions.get(key).and_then(|id| st.cells.get(id)).filter(|e| e.exit_reason().is_none()).cloned()
     }
@@ -356,7 +372,11 @@ impl Pool {
         let id = entry.id.as_str();
         let started = Instant::now();
         let _busy = Busy::new(entry);
-        let mut session = entry.io.lock().await;
+        // The timeout covers the wait behind earlier commands too: a command queued behind a
+        // hung one gives up at its own timeout, unsent, and leaves the session as it is.
+        let Ok(mut session) = tokio::time::timeout(timeout, entry.io.lock()).await else {
+            return Err(PoolError::QueueTimeout { cell: id.to_owned(), timeout_ms: timeout.as_millis() as u64 });
+        };
         let Some(io) = session.as_mut() else {
             return Err(self.ended_error(entry).await);
         };
@@ -381,22 +401,33 @@ impl Pool {
             }
         };
         let timed_out = || PoolError::Timeout { cell: id.to_owned(), timeout_ms: timeout.as_millis() as u64 };
-        let reply = match tokio::time::timeout(timeout, exchange).await {
+        let deadline = tokio::time::Instant::from_std(started) + timeout;
+        let reply = match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(Some(e))) => return Err(e),
             Ok(Err(None)) => {
                 // stdin or stdout closed: this session can never answer again. Nobody may
-                // write to it any more (the next command gets its end, not a stray reply),
-                // and it ends within this command's time, killed if it lingers.
+                // write to it any more (the next command gets its end, not a stray reply).
+                // A program that is exiting gets a moment to do so (its own exit reason is
+                // the answer); one that lingers without its stdout is ended at once.
                 *session = None;
-                let left = timeout.saturating_sub(started.elapsed());
-                return match tokio::time::timeout(left, self.ended_error(entry)).await {
-                    Ok(e) => Err(e),
+                let moment = deadline.saturating_duration_since(tokio::time::Instant::now()).min(CLOSED_SESSION_EXIT);
+                let ended = match tokio::time::timeout(moment, self.ended_error(entry)).await {
+                    Ok(e) => e,
                     Err(_) => {
-                        entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
-                        Err(timed_out())
+                        entry.request_stop(Stop::Kill { reason: ExitReason::Terminated });
+                        self.ended_error(entry).await
                     }
                 };
+                // The session's wall time ran out under the command: a timeout, as for a
+                // one-shot, naming the limit that applied.
+                return Err(match ended {
+                    PoolError::Ended { cell, reason: ExitReason::TimedOut } => PoolError::Timeout {
+                        cell,
+                        timeout_ms: entry.policy.limits.wall_time.unwrap_or(timeout).as_millis() as u64,
+                    },
+                    other => other,
+                });
             }
             Err(_) => {
                 // The session is taken away before the lock is released: output the dying
@@ -468,7 +499,8 @@ impl Pool {
 
     /// End every running cell of a provider (the caller's own unless admin); the count.
     pub async fn cleanup_provider(&self, caller: &Caller, provider: &str) -> Result<Count, PoolError> {
-        if !self.policies().contains_key(provider) {
+        // A provider a reload removed still has its running cells to clean up.
+        if !self.policies().contains_key(provider) && !self.state().cells.values().any(|e| e.provider == provider) {
             return Err(PoolError::UnknownProvider { name: provider.to_owned() });
         }
         let admin = self.is_admin(caller);

@@ -162,6 +162,8 @@ pub enum SandboxError {
          an option (its policy sets no [provider] command_after or command_format); refused"
     )]
     OptionArgument { provider: String, arg: String },
+    #[error("provider {provider}: {what} contains a NUL byte, which no argument or environment value can hold")]
+    NulByte { provider: String, what: String },
     #[error("provider {provider}: refusing to run as host root (uid/gid 0)")]
     HostRoot { provider: String },
     #[error("provider {provider}: {mechanism} is required but unavailable: {detail}")]
@@ -190,7 +192,8 @@ impl SandboxError {
             SandboxError::Binary { .. }
             | SandboxError::NoCommand { .. }
             | SandboxError::Abstract { .. }
-            | SandboxError::OptionArgument { .. } => "resolve".into(),
+            | SandboxError::OptionArgument { .. }
+            | SandboxError::NulByte { .. } => "resolve".into(),
             SandboxError::HostRoot { .. } | SandboxError::Ids { .. } => "identity".into(),
             SandboxError::Unsupported { mechanism, .. } => mechanism.clone(),
             SandboxError::Cgroup { .. } => "cgroup".into(),

@@ -196,6 +196,7 @@ pub fn build(
     host: &HostCaps,
 ) -> Result<(LaunchPlan, Vec<Degradation>), SandboxError> {
     let provider = policy.name.clone();
+    refuse_nul_bytes(policy, req)?;
     let mut degraded = Vec::new();
     let who = FsIdentity { uid: req.caller_uid, gid: req.caller_gid, groups: req.caller_groups.clone() };
     let cwd = resolve_cwd(policy, &req.cwd, &who)?;
@@ -383,6 +384,21 @@ fn memfd_plan(
         detail: format!("{why}: memfd_create is refused by seccomp (ENOSYS) instead"),
     });
     Ok(false)
+}
+
+/// The caller's arguments and the environment it passes become C strings in the cell: a NUL
+/// byte is a bad request here, not a setup failure after a cell was built for it.
+fn refuse_nul_bytes(policy: &Policy, req: &LaunchRequest) -> Result<(), SandboxError> {
+    let nul = |what: String| SandboxError::NulByte { provider: policy.name.clone(), what };
+    if let Some(i) = req.args.iter().position(|a| a.contains('\0')) {
+        return Err(nul(if policy.command.is_empty() { format!("argv[{i}]") } else { "the command".to_owned() }));
+    }
+    for name in &policy.env.pass {
+        if req.caller_env.get(name).is_some_and(|v| v.contains('\0')) {
+            return Err(nul(format!("environment variable {name}")));
+        }
+    }
+    Ok(())
 }
 
 /// Why a cwd the caller cannot use is refused: one message whether it is missing, not a
