@@ -600,6 +600,11 @@ fn try_idmap(plan: &LaunchPlan, idm: &IdmapPlan) -> Result<Vec<(PathBuf, OwnedFd
 
 /// Forward signals to pid 1 until it exits; return its exit code (128 + signal if killed).
 fn forward_until_exit(pid1: Pid, sigfd: &SignalFd) -> i32 {
+    // pid 1 has its copies of the cell's stdio: the helper's would only keep the cell's stdout
+    // open after the program closed its own (see init's `supervise`). Best effort.
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        let _ = sys::stdio_to(&null);
+    }
     loop {
         match sigfd.read_signal() {
             Ok(Some(info)) => {

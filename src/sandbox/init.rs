@@ -262,6 +262,9 @@ fn supervise(plan: &LaunchPlan, ctl: &OwnedFd) -> i32 {
         // Not a real init: become the reaper of the payload's orphans anyway.
         let _ = nix::sys::prctl::set_child_subreaper(true);
     }
+    // For giving up our copies of the cell's stdio once the payload runs (close-on-exec: the
+    // payload does not inherit it). Best effort: without it pid 1 keeps them.
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").ok();
     // exec pipe: the payload's setup result (EOF on exec); go pipe: pid 1's word that it has
     // dropped its own privileges, which the payload waits for before it restricts itself.
     let pipes = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -304,6 +307,12 @@ fn supervise(plan: &LaunchPlan, ctl: &OwnedFd) -> i32 {
     if !relay_exec_result(&exec_r, ctl) {
         let _ = waitpid(payload, None);
         return 125;
+    }
+    // The payload has its stdio; pid 1 needs none. Holding copies would keep the cell's
+    // stdout open after the program closed its own (a session that can no longer answer would
+    // look alive to the daemon until its command timed out), and stdin open after it ended.
+    if let Some(null) = null {
+        let _ = sys::stdio_to(&null);
     }
     reap_until_payload_exits(payload, &sigfd, ctl)
 }

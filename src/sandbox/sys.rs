@@ -349,6 +349,15 @@ pub(crate) fn claim_helper_ctl(fd: RawFd) -> io::Result<OwnedFd> {
     unsafe { take_helper_fd(fd) }
 }
 
+/// Point this process's stdin, stdout and stderr at `fd` (`/dev/null`), dropping whatever they
+/// named: pid 1 and the helper, once the payload runs, so only the payload holds the cell's
+/// stdio.
+pub(crate) fn stdio_to(fd: impl AsFd + Copy) -> nix::Result<()> {
+    nix::unistd::dup2_stdin(fd)?;
+    nix::unistd::dup2_stdout(fd)?;
+    nix::unistd::dup2_stderr(fd)
+}
+
 /// Own fd `n`, a socket that [`install_fds`] just placed there (so nothing else owns it),
 /// close-on-exec again.
 pub(crate) fn own_installed_fd(n: RawFd) -> io::Result<OwnedFd> {
