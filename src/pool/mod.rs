@@ -67,6 +67,8 @@ struct Inner {
     /// Serialises "get or start" of provider sessions.
     session_gate: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
+    /// Cells ended by shutdowns so far (`POST /v1/shutdown`, then the daemon's own at exit).
+    ended_at_shutdown: std::sync::atomic::AtomicUsize,
     /// Launches under way (a slot reserved or a pre-built cell taken, not yet registered or
     /// failed): shutdown waits for them, so none registers a cell after it looked.
     launching: tokio::sync::watch::Sender<usize>,
@@ -155,6 +157,7 @@ impl Pool {
                 reaper_wake: Arc::new(Notify::new()),
                 session_gate: tokio::sync::Mutex::new(()),
                 shutting_down: AtomicBool::new(false),
+                ended_at_shutdown: Default::default(),
                 launching: tokio::sync::watch::Sender::new(0),
                 started: Instant::now(),
                 warm_served: Default::default(),

@@ -672,7 +672,9 @@ impl Pool {
         }
         let root = self.inner.launcher.cgroups().clone();
         let _ = tokio::task::spawn_blocking(move || root.remove_if_empty()).await;
-        Count { count: live.len() }
+        // Cumulative: the daemon's own shutdown after `POST /v1/shutdown` finds none left, and
+        // its log line reports the cells that shutdown ended.
+        Count { count: self.inner.ended_at_shutdown.fetch_add(live.len(), Ordering::SeqCst) + live.len() }
     }
 }
 
