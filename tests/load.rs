@@ -309,3 +309,51 @@ fn abandoned_commands_never_cross_replies() {
     assert!(failed.is_empty(), "{} commands failed: {:?}", failed.len(), &failed[..failed.len().min(10)]);
     assert!(abandoned > 100, "too few abandoned commands to prove anything: {abandoned}");
 }
+
+// From the pool review: one user's connections (idle, or `follow` streams) cannot lock everyone
+// else out. With 16 connection slots, uid 65534 opening 16 gets at most a quarter of them;
+// another uid and root are still served.
+#[test]
+fn one_users_connections_leave_room_for_others() {
+    gate!("one_users_connections_leave_room_for_others");
+    let d = Daemon::builder().max_cells(5).config("max_connections = 16").socket_mode(Some("0666")).start();
+    let hog = "import socket, sys, time\n\
+        held = []\n\
+        for _ in range(16):\n\
+        \x20   s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); held.append(s)\n\
+        print('held', flush=True)\n\
+        time.sleep(30)\n";
+    let as_uid = |uid: &str| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid", uid, "--regid", uid, "--clear-groups", "/usr/bin/python3", "-c"]);
+        c
+    };
+    let mut hog = as_uid("65534")
+        .args([hog, d.socket.to_str().expect("utf8")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(hog.stdout.take().expect("stdout")), &mut line)
+        .expect("hog");
+    assert_eq!(line.trim(), "held");
+    std::thread::sleep(Duration::from_millis(300));
+    let root = common::http::raw(&d.socket, "GET", "/v1/health", b"");
+    let other = as_uid("65533")
+        .args([
+            "import socket, sys\ns = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+             s.sendall(b'GET /v1/health HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             print(s.recv(64).split(b'\\r\\n')[0].decode())",
+            d.socket.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("setpriv");
+    let _ = hog.kill();
+    let _ = hog.wait();
+    assert!(
+        root.as_ref().is_ok_and(|r| r.status == 200),
+        "root was locked out by uid 65534's connections: {:?}",
+        root.map(|r| r.status)
+    );
+    assert_eq!(String::from_utf8_lossy(&other.stdout).trim(), "HTTP/1.1 200 OK", "{other:?}");
+}

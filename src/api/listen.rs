@@ -161,6 +161,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Connections {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let shares = Shares::new(max_connections);
     let (closing, closing_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     loop {
@@ -177,10 +178,6 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(max_connections, "connection limit reached; refusing a connection");
-            continue;
         };
         let caller = match caller_of(&stream) {
             Ok((mut c, pidfd)) => {
@@ -201,6 +198,10 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(slot) = shares.admit(&slots, caller.uid, pool.is_admin(&caller)) else {
+            tracing::warn!(max_connections, uid = caller.uid, "connection limit reached; refusing a connection");
+            continue;
+        };
         let (router, closing) = (router.clone(), closing_rx.clone());
         tasks.spawn(async move {
             serve_connection(stream, caller, router, closing).await;
@@ -208,6 +209,57 @@ pub async fn serve(
         });
     }
     Connections { tasks, closing }
+}
+
+/// How the connection slots are shared, so one user's connections (256 `follow` streams, say)
+/// cannot lock everyone else out: a non-admin uid holds at most a quarter of them, and
+/// non-admin connections together leave an eighth free for root and admins.
+struct Shares {
+    per_uid: usize,
+    reserve: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+}
+
+/// One admitted connection: its global slot and its place in its uid's share.
+struct Admitted {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    uid: Option<u32>,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+}
+
+impl Shares {
+    fn new(max: usize) -> Shares {
+        Shares { per_uid: (max / 4).max(1), reserve: max / 8, open: Default::default() }
+    }
+
+    fn admit(&self, slots: &Arc<Semaphore>, uid: u32, admin: bool) -> Option<Admitted> {
+        if admin {
+            let slot = slots.clone().try_acquire_owned().ok()?;
+            return Some(Admitted { _slot: slot, uid: None, open: self.open.clone() });
+        }
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = open.entry(uid).or_default();
+        if *mine >= self.per_uid || slots.available_permits() <= self.reserve {
+            return None;
+        }
+        let slot = slots.clone().try_acquire_owned().ok()?;
+        *mine += 1;
+        Some(Admitted { _slot: slot, uid: Some(uid), open: self.open.clone() })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(uid) = self.uid {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&uid);
+                }
+            }
+        }
+    }
 }
 
 async fn serve_connection(stream: UnixStream, caller: Caller, router: Router, mut closing: watch::Receiver<bool>) {
