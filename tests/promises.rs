@@ -762,3 +762,18 @@ fn cleanup_reaches_a_provider_removed_by_a_reload() {
     let cell = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json();
     assert!(!cell["exit"].is_null(), "the removed provider's cell still runs: {cell}");
 }
+
+// From the pool review: an output offset past the end so far is refused (with follow it skipped
+// the bytes up to it, unannounced); the end itself is a valid place to start following.
+#[test]
+fn an_output_offset_past_the_end_is_refused() {
+    gate!("an_output_offset_past_the_end_is_refused");
+    let d = daemon().start();
+    let id = id_of(&d.spawn("cat"));
+    assert_eq!(d.send(&id, "hello", 5000).status, 200);
+    let r = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?from=1000000&follow=true"), None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("past the end"), "{}", r.text());
+    let r = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?from=6&follow=false"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -493,8 +493,17 @@ impl Pool {
         cells
     }
 
+    /// A reader of the cell's output from `from` (default: the oldest byte kept). An offset past
+    /// the end so far is refused: the bytes up to it would be skipped, unannounced.
     pub fn output(&self, caller: &Caller, id: &str, from: Option<u64>) -> Result<Subscription, PoolError> {
-        Ok(self.cell(caller, id)?.spool.subscribe(from))
+        let entry = self.cell(caller, id)?;
+        let (_, end) = entry.spool.kept();
+        if let Some(from) = from.filter(|f| *f > end) {
+            return Err(PoolError::BadRequest(format!(
+                "cell {id}: from = {from} is past the end of its output so far ({end} bytes); ask for at most {end}"
+            )));
+        }
+        Ok(entry.spool.subscribe(from))
     }
 
     /// End every running cell of a provider (the caller's own unless admin); the count.
