@@ -777,3 +777,22 @@ fn an_output_offset_past_the_end_is_refused() {
     let r = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?from=6&follow=false"), None);
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+// From the pool review: a command sent to a session that had already ended (here: reaped idle)
+// is answered with that end, `already_ended` and its reason — not as if the session had died
+// under the command ("ended (idle) before the reply was complete").
+#[test]
+fn a_command_to_an_ended_session_gets_its_end() {
+    gate!("a_command_to_an_ended_session_gets_its_end");
+    let d = daemon().provider("brief", "[\"/bin/cat\"]", "session", "[limits]\nidle_timeout = \"200ms\"\n").start();
+    let id = id_of(&d.spawn("brief"));
+    let t = Instant::now();
+    while call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json()["exit"].is_null() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the idle session was not reaped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = d.send(&id, "hello", 5000);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["code"], "already_ended", "{}", r.text());
+    assert!(r.text().contains("already ended (idle)"), "{}", r.text());
+}

@@ -377,11 +377,15 @@ impl Pool {
         let Ok(mut session) = tokio::time::timeout(timeout, entry.io.lock()).await else {
             return Err(PoolError::QueueTimeout { cell: id.to_owned(), timeout_ms: timeout.as_millis() as u64 });
         };
+        // A session that ended before this command was written: the command never ran, so
+        // the answer is the cell's end (`already_ended`, with its reason), not an error of this
+        // command ("oom_killed while the command ran" about a cell that died idle).
         let Some(io) = session.as_mut() else {
-            return Err(self.ended_error(entry).await);
+            let reason = entry.ended().await;
+            return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
         };
         if let Some(reason) = entry.exit_reason() {
-            return Err(PoolError::Ended { cell: id.to_owned(), reason });
+            return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
         }
         // Replies that arrived while no command was waiting (a banner) belong to nobody:
         // discard them so they cannot be taken as ours.
