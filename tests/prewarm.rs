@@ -186,6 +186,12 @@ fn prewarmed_cells_respect_the_cap() {
     let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "cat", "cwd": d.cwd()})));
     assert_eq!(r.status, 429, "the cap holds: {}", r.text());
     assert!(d.cells_on_disk().len() <= 3, "{:?}", d.cells_on_disk());
+    // Room freed: the pre-built cells given up for the sessions come back, without waiting for
+    // the provider's next launch (from the pool review: that launch ran cold).
+    for id in sessions {
+        call(&d.socket, "DELETE", &format!("/v1/cells/{id}?force=true"), None);
+    }
+    settle(&d, "the pre-built cells to come back once room is free", |h| warm(h) == 3);
 }
 
 // The reaper retires a pre-built cell after its provider's idle timeout and builds a fresh

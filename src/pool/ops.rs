@@ -146,19 +146,19 @@ impl Pool {
         };
         let provider = policy.name.clone();
         let pool = self.clone();
-        let refill = (warm && !l.session).then(|| provider.clone());
         let registered = session_key.clone();
         let on_end = move |entry: &Arc<CellEntry>, _: &crate::sandbox::Outcome| {
-            if let Some(provider) = refill.clone() {
-                // A one-shot served by a pre-built cell: replace it once the cell is gone and
-                // its answer on its way, so the build (forks, namespaces, mounts: a few ms of
-                // CPU) does not compete with the command it was built for (measured on 2
-                // cores: 6.7–7.1 ms a one-shot with the refill started at once, 5.4–5.9 ms
-                // started after).
+            // The slot this cell frees may bring back pre-built cells: the one a one-shot was
+            // served by, or ones given up at the cap for it. Once the cell is gone and its
+            // answer on its way, so the build (forks, namespaces, mounts: a few ms of CPU) does
+            // not compete with the command it was built for (measured on 2 cores: 6.7–7.1 ms a
+            // one-shot with the refill started at once, 5.4–5.9 ms started after); a request
+            // waiting for a slot is woken at once and takes it first.
+            {
                 let pool = pool.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(REFILL_AFTER_END).await;
-                    pool.refill(&provider);
+                    pool.refill_all();
                 });
             }
             if let Some(key) = &registered {
