@@ -55,12 +55,23 @@ impl StderrPipe {
     /// Read what the pipe holds now into the spool, at most `max` bytes (a program writing
     /// without pause would otherwise keep the reader here). Returns the chunks read (for a
     /// tap) and whether the pipe reached its end.
-    fn read_ready(&self, spool: &Spool, max: usize) -> (Vec<OutputEvent>, bool) {
+    ///
+    /// `direct`: read(2) the pipe itself (the catch-up), not through tokio's `try_read`, which
+    /// answers WouldBlock without reading while the reactor has not yet seen the pipe become
+    /// readable — bytes already written would then be missed. The pump, woken by the reactor,
+    /// reads through tokio, so a WouldBlock there clears the readiness it waits on.
+    fn read_ready(&self, spool: &Spool, max: usize, direct: bool) -> (Vec<OutputEvent>, bool) {
+        use std::os::fd::AsFd;
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut chunks = Vec::new();
         let mut taken = 0;
         while taken < max {
-            match self.pipe.try_read(&mut buf) {
+            let read = if direct {
+                nix::unistd::read(self.pipe.as_fd(), &mut buf).map_err(std::io::Error::from)
+            } else {
+                self.pipe.try_read(&mut buf)
+            };
+            match read {
                 Ok(0) => return (chunks, true),
                 Ok(n) => {
                     taken += n;
@@ -160,7 +171,7 @@ impl CellEntry {
     pub fn catch_up_stderr(&self) {
         let pipe = self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(pipe) = pipe {
-            pipe.read_ready(&self.spool, PIPE_MAX);
+            pipe.read_ready(&self.spool, PIPE_MAX, true);
         }
     }
 
@@ -441,7 +452,7 @@ async fn pump_stderr(entry: Arc<CellEntry>, mut tap: Option<Tap>) {
             break;
         }
         // One read per wake-up, then the tap (which may make us wait for its reader).
-        let (chunks, end) = pipe.read_ready(&entry.spool, 1);
+        let (chunks, end) = pipe.read_ready(&entry.spool, 1, false);
         if !chunks.is_empty() {
             entry.touch();
         }

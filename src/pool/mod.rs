@@ -64,8 +64,8 @@ struct Inner {
     slot_freed: Notify,
     /// Deadlines changed (the reaper re-plans).
     reaper_wake: Arc<Notify>,
-    /// Serialises "get or start" of provider sessions.
-    session_gate: tokio::sync::Mutex<()>,
+    /// Serialise "get or start" of a session, one gate per key (made on first use).
+    session_gates: std::sync::Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
     shutting_down: AtomicBool,
     /// Cells ended by shutdowns so far (`POST /v1/shutdown`, then the daemon's own at exit).
     ended_at_shutdown: std::sync::atomic::AtomicUsize,
@@ -155,7 +155,7 @@ impl Pool {
                 state: Mutex::new(State::default()),
                 slot_freed: Notify::new(),
                 reaper_wake: Arc::new(Notify::new()),
-                session_gate: tokio::sync::Mutex::new(()),
+                session_gates: Default::default(),
                 shutting_down: AtomicBool::new(false),
                 ended_at_shutdown: Default::default(),
                 launching: tokio::sync::watch::Sender::new(0),

@@ -39,6 +39,13 @@ pub(super) struct Launch {
     pub tap: Option<cell::Tap>,
 }
 
+/// The part of a caller's environment the policy passes to the cell: what a session is
+/// keyed by (a variable the cell never sees does not make another session).
+fn passed_env(policy: &Policy, mut env: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    env.retain(|name, _| policy.env.pass.iter().any(|p| p == name));
+    env
+}
+
 /// How long a session whose stdin or stdout closed gets to exit by itself before it is ended.
 const CLOSED_SESSION_EXIT: Duration = Duration::from_millis(500);
 
@@ -259,10 +266,16 @@ impl Pool {
                 )));
             }
         }
+        // A session is registered under the cwd and env it runs with (see `session`).
+        let (cwd, env) = if is_session {
+            (self.resolved_cwd(&policy, caller, req.cwd).await?, passed_env(&policy, req.env))
+        } else {
+            (req.cwd, req.env)
+        };
         let l = Launch {
             caller: caller.clone(),
-            cwd: req.cwd,
-            env: req.env,
+            cwd,
+            env,
             args: req.args,
             session: is_session,
             wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
@@ -282,8 +295,8 @@ impl Pool {
         }
         let l = Launch {
             caller: caller.clone(),
-            cwd: req.cwd,
-            env: req.env,
+            cwd: self.resolved_cwd(&policy, caller, req.cwd).await?,
+            env: passed_env(&policy, req.env),
             args: Vec::new(),
             session: true,
             wait_for_slot: req.wait_for_slot_ms.map(Duration::from_millis),
@@ -293,26 +306,69 @@ impl Pool {
         };
         let key = l.session_key(provider);
         // A live session is handed out without waiting behind another caller's launch.
-        if let Some(entry) = self.live_session(&key) {
+        if let Some(entry) = self.live_session(&key, &policy) {
             return Ok(entry.info());
         }
-        // Get-or-start runs in a task of its own, holding the gate until the new session is
-        // registered (by the launch itself, see `launch_whole`): a caller that leaves
+        // Get-or-start runs in a task of its own, holding the key's gate until the new session
+        // is registered (by the launch itself, see `launch_whole`): a caller that leaves
         // mid-launch neither lets a second session start nor leaves the first unregistered.
+        // One gate per key: a start waiting for a slot holds up no other key's start.
         self.detached(move |pool, left| async move {
-            let _gate = pool.inner.session_gate.lock().await;
-            if let Some(entry) = pool.live_session(&key) {
-                return Ok(entry.info());
-            }
-            Ok(pool.launch_whole(policy, l, &left).await?.info())
+            let gate = pool.session_gate(&key);
+            let held = gate.lock().await;
+            let result = match pool.live_session(&key, &policy) {
+                Some(entry) => Ok(entry.info()),
+                None => pool.launch_whole(policy, l, &left).await.map(|e| e.info()),
+            };
+            drop(held);
+            pool.release_session_gate(&key, gate);
+            result
         })
         .await
     }
 
-    /// The live session of this key, if any.
-    fn live_session(&self, key: &super::SessionKey) -> Option<Arc<CellEntry>> {
+    /// The gate of one session key (made on first use; see [`Pool::release_session_gate`]).
+    fn session_gate(&self, key: &super::SessionKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.inner.session_gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates.entry(key.clone()).or_default().clone()
+    }
+
+    /// Forget a key's gate once no start holds or waits for it.
+    fn release_session_gate(&self, key: &super::SessionKey, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut gates = self.inner.session_gates.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and ours: nobody else is using it.
+        if Arc::strong_count(&gate) == 2 {
+            gates.remove(key);
+        }
+    }
+
+    /// The live session of this key to hand out, if any: not one being stopped, and one started
+    /// under the provider's current policy (after a reload that changed it, a new session
+    /// starts; the old one keeps running until it ends). Handing it out is activity: its idle
+    /// clock restarts, so it is not reaped under the caller about to use it.
+    fn live_session(&self, key: &super::SessionKey, policy: &Arc<Policy>) -> Option<Arc<CellEntry>> {
         let st = self.state();
-        st.sessions.get(key).and_then(|id| st.cells.get(id)).filter(|e| e.exit_reason().is_none()).cloned()
+        let entry = st
+            .sessions
+            .get(key)
+            .and_then(|id| st.cells.get(id))
+            .filter(|e| e.exit_reason().is_none() && e.stop.borrow().is_none() && Arc::ptr_eq(&e.policy, policy))
+            .cloned()?;
+        entry.touch();
+        Some(entry)
+    }
+
+    /// The caller's cwd as the cell will see it (symlinks resolved, with the caller's own
+    /// rights): sessions are found by it, so a link re-pointed elsewhere names another session.
+    async fn resolved_cwd(&self, policy: &Arc<Policy>, caller: &Caller, cwd: PathBuf) -> Result<PathBuf, PoolError> {
+        let (policy, who) = (
+            policy.clone(),
+            crate::sandbox::sys::FsIdentity { uid: caller.uid, gid: caller.gid, groups: caller.groups.clone() },
+        );
+        tokio::task::spawn_blocking(move || crate::sandbox::plan::resolve_cwd(&policy, &cwd, &who))
+            .await
+            .map_err(|e| PoolError::Internal(format!("resolving the cwd: {e}")))?
+            .map_err(PoolError::from)
     }
 
     /// A command's timeout: the one asked for, else the policy's wall time, else the default.
@@ -338,6 +394,12 @@ impl Pool {
         let entry = self.cell(caller, id)?;
         if !entry.session {
             return Err(PoolError::NotSession { cell: id.to_owned(), provider: entry.provider.clone() });
+        }
+        // Access is checked again with the policy in force: a caller a reload took off the
+        // provider's access list sends nothing more to its sessions. (A provider a reload removed
+        // leaves its live cells running, as documented.)
+        if let Err(e @ PoolError::Forbidden { .. }) = self.provider(caller, &entry.provider) {
+            return Err(e);
         }
         if req.command.contains('\n') {
             return Err(PoolError::BadRequest("a session command is one line: it must not contain a newline".into()));
@@ -384,6 +446,12 @@ impl Pool {
             let reason = entry.ended().await;
             return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
         };
+        // Being stopped (reaped idle, killed, shut down) between the caller's look and now:
+        // the command is not written to a session on its way out.
+        if entry.stop.borrow().is_some() {
+            let reason = entry.ended().await;
+            return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
+        }
         if let Some(reason) = entry.exit_reason() {
             return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
         }
