@@ -10,7 +10,9 @@
 //! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
 //! | `learn_mode_allows_and_reports` | `egress = "learn"`: any name passes and is reported; the daemon logs the draft list; the host's own services stay out of reach (loopback, and the host's outside address as an IP literal, plain or IPv4-mapped), and so do numeric names, cloud metadata, private networks and NAT64-wrapped loopback |
 //! | `proxy_holds_200_connections_from_20_cells` | load: 20 cells × 10 concurrent HTTPS downloads, no error |
-//! | `a_flood_of_refusals_keeps_the_tunnels_record` | 1200 refused requests keep the tunnel's event and log 100 refusals plus one count |
+//! | `a_flood_of_refusals_keeps_the_tunnels_record` | 1200 refused requests keep the tunnel's event and log 100 egress lines plus one count |
+//! | `a_reset_tunnel_is_counted_and_frees_its_slot` | 70 tunnels ended by a reset free their slots and keep their byte counts |
+//! | `a_stalled_tunnel_holds_a_bounded_buffer` | an upstream the cell does not read fills at most ~1 MiB in the daemon's socket |
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 mod common;
@@ -415,6 +417,119 @@ fn a_flood_of_refusals_keeps_the_tunnels_record() {
         "the tunnel's record was pushed out"
     );
     assert!(events.len() <= 2000, "{} events kept", events.len());
-    let log = d.wait_log(&["refusals of this cell were not logged"], Duration::from_secs(10));
-    assert!(log.contains("suppressed=1100") || log.contains("1100 refusals"), "{log}");
+    // 100 egress lines of the cell (the tunnel's two among them), the rest counted.
+    let log = d.wait_log(&["decisions of this cell were not logged"], Duration::from_secs(10));
+    assert!(log.contains("suppressed=1102"), "{log}");
+}
+
+/// A plain TCP server on 127.0.0.1 for the tunnel tests: `echo` sends back what it gets;
+/// `flood` sends without end and never reads. Its port.
+fn tcp_server(mode: &str) -> (Child, u16) {
+    let script = r#"
+import socket, sys, threading
+mode = sys.argv[1]
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(('127.0.0.1', 0)); l.listen(512); print(l.getsockname()[1], flush=True)
+def serve(c):
+    try:
+        if mode == 'flood':
+            chunk = b'x' * 65536
+            while True: c.sendall(chunk)
+        while (d := c.recv(65536)): c.sendall(d)
+    except OSError: pass
+while True:
+    c, _ = l.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    let mut child = Command::new(PY).args(["-c", script, mode]).stdout(Stdio::piped()).spawn().expect("tcp server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port");
+    (child, line.trim().parse().unwrap_or_else(|_| panic!("port: {line:?}")))
+}
+
+/// A daemon whose provider `raw` may reach `fake.test:port` (127.0.0.1) through the proxy.
+fn raw_daemon(port: u16) -> Daemon {
+    let py = format!("[{}, \"-c\"]", serde_json::to_string(PY).expect("json"));
+    Daemon::builder()
+        .prefix("ck-egress-")
+        .log_level("info")
+        .config("egress_hosts = { \"fake.test\" = \"127.0.0.1\" }")
+        .provider("raw", &py, "oneshot", &format!("[network]\nmode = \"proxy\"\negress = [\"fake.test:{port}\"]\n"))
+        .start()
+}
+
+// From the attacker review (round 4): a tunnel cut by a reset ends both ways, so its slot is
+// free again (70 reset tunnels, then one more: the 65th waited forever, the cell's 64 slots held
+// by tunnels whose other direction sat on an idle upstream), and the bytes it moved are in its
+// event (they were recorded as 0).
+#[test]
+fn a_reset_tunnel_is_counted_and_frees_its_slot() {
+    gate!("a_reset_tunnel_is_counted_and_frees_its_slot");
+    let (mut server, port) = tcp_server("echo");
+    let d = raw_daemon(port);
+    let body = format!(
+        "import socket, struct\n\
+         def tunnel():\n\
+         \x20   s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n\
+         \x20   s.sendall(b'CONNECT fake.test:{port} HTTP/1.1\\r\\n\\r\\n')\n\
+         \x20   assert b' 200 ' in s.recv(1000)\n\
+         \x20   return s\n\
+         for i in range(70):\n\
+         \x20   s = tunnel(); s.sendall(b'y' * 100000); got = 0\n\
+         \x20   while got < 100000: got += len(s.recv(65536))\n\
+         \x20   s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); s.close()\n\
+         s = tunnel(); s.sendall(b'last'); print('last', s.recv(10).decode(), flush=True)"
+    );
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/providers/raw/commands",
+        Some(&json!({"command": body, "cwd": d.cwd(), "timeout_ms": 60_000})),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["stdout"], "last last\n", "the 71st tunnel: {}", r.text());
+    let id = r.json()["cell"].as_str().unwrap_or_default().to_owned();
+    let events = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json()["egress"].clone();
+    let reset = events.as_array().cloned().unwrap_or_default();
+    let counted = reset.iter().filter(|e| e["bytes_up"].as_u64() >= Some(100_000)).count();
+    assert!(counted >= 70, "tunnels with their bytes counted: {counted} of {}: {events}", reset.len());
+}
+
+// From the attacker review (round 4): an upstream that sends while the cell does not read
+// fills a bounded buffer in the daemon, not one autotuned to tcp_rmem's maximum (each of 64
+// such tunnels held ~6 MiB of kernel memory, charged to no cell).
+#[test]
+fn a_stalled_tunnel_holds_a_bounded_buffer() {
+    gate!("a_stalled_tunnel_holds_a_bounded_buffer");
+    let (mut server, port) = tcp_server("flood");
+    let d = raw_daemon(port);
+    let body = format!(
+        "import socket, time\n\
+         held = []\n\
+         for i in range(8):\n\
+         \x20   s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n\
+         \x20   s.sendall(b'CONNECT fake.test:{port} HTTP/1.1\\r\\n\\r\\n'); s.recv(39); held.append(s)\n\
+         print('held', flush=True); time.sleep(4)"
+    );
+    let (sock, cwd) = (d.socket.clone(), d.cwd());
+    let cell = std::thread::spawn(move || {
+        call(
+            &sock,
+            "POST",
+            "/v1/providers/raw/commands",
+            Some(&json!({"command": body, "cwd": cwd, "timeout_ms": 60_000})),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    // The daemon's upstream sockets: their unread bytes (Recv-Q).
+    let ss = Command::new("ss").args(["-Htn", "state", "established", "dst", &format!("127.0.0.1:{port}")]).output();
+    let ss = String::from_utf8_lossy(&ss.expect("ss").stdout).into_owned();
+    let _ = cell.join();
+    let _ = server.kill();
+    let _ = server.wait();
+    let queued: Vec<u64> = ss.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    assert_eq!(queued.len(), 8, "{ss}");
+    let most = queued.iter().max().copied().unwrap_or(0);
+    assert!(most <= 1 << 20, "a stalled tunnel's upstream socket holds {most} bytes unread:\n{ss}");
 }

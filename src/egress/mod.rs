@@ -48,9 +48,10 @@ use crate::policy::egress::Egress;
 /// Events kept per cell (the oldest are dropped beyond this; the log has them all).
 const MAX_EVENTS: usize = 1000;
 /// Client connections served at once per cell; more wait for a free slot. Each holds two
-/// sockets and two pipes in the daemon, outside the cell's limits: 64 is ample for an agent
-/// (the load test runs 10 per cell) and bounds what one cell can pin.
-const MAX_CONNECTIONS_PER_CELL: usize = 64;
+/// sockets (their buffers bounded: see `proxy::TUNNEL_SOCKET_BUFFER`) and two pipes in the
+/// daemon, outside the cell's limits: 32 is ample for an agent or an npm install (15 at a
+/// time; the load test runs 10 per cell) and bounds what one cell can pin (~64 MiB).
+const MAX_CONNECTIONS_PER_CELL: usize = 32;
 /// Distinct destinations kept for the learned draft list (each at most 253 + 6 bytes).
 const MAX_LEARNED: usize = 1000;
 
@@ -95,7 +96,7 @@ pub struct CellEgress {
     /// cheap refused requests cannot push the record of a tunnel out.
     events: Mutex<Rings>,
     /// Refusals logged in the current window, and those left out of the log.
-    denied_log: Mutex<LogWindow>,
+    log_window: Mutex<LogWindow>,
     /// Every `name:port` contacted in `learn` mode (also allowed ones in list mode).
     contacted: Mutex<BTreeSet<String>>,
     /// Name lookups of this cell running at once (see `proxy::resolve`).
@@ -126,7 +127,7 @@ impl EgressService {
             provider: provider.to_owned(),
             egress,
             events: Mutex::new(Rings::default()),
-            denied_log: Mutex::new(LogWindow::default()),
+            log_window: Mutex::new(LogWindow::default()),
             contacted: Mutex::new(BTreeSet::new()),
             lookups: Arc::new(tokio::sync::Semaphore::new(proxy::MAX_LOOKUPS_PER_CELL)),
             stop: CancellationToken::new(),
@@ -173,10 +174,10 @@ impl CellEgress {
     /// Stop accepting and end every tunnel of the cell (at the end of the cell).
     pub fn stop(&self) {
         self.stop.cancel();
-        let suppressed = self.denied_log.lock().unwrap_or_else(|e| e.into_inner()).suppressed;
+        let suppressed = self.log_window.lock().unwrap_or_else(|e| e.into_inner()).suppressed;
         if suppressed > 0 {
             tracing::warn!(cell = %self.cell, provider = %self.provider, suppressed,
-                "egress: {suppressed} refusals of this cell were not logged (more than {LOGGED_REFUSALS} in {LOG_WINDOW:?}); its events keep the last {MAX_EVENTS}");
+                "egress: {suppressed} decisions of this cell were not logged (more than {LOGGED_PER_CELL} in {LOG_WINDOW:?}); its events keep the last {MAX_EVENTS} tunnels and refusals");
         }
         if let Egress::Learn = self.egress {
             let names = self.learned();
@@ -202,7 +203,7 @@ impl CellEgress {
 
     /// Log one decision and keep it in the cell's events.
     pub(crate) fn record(&self, event: EgressEvent) {
-        if !event.allowed && !self.log_refusal() {
+        if !self.may_log() {
             self.keep(event);
             return;
         }
@@ -244,27 +245,23 @@ impl CellEgress {
         ring.push_back(event);
     }
 
-    /// Whether this refusal goes to the log: at most [`LOGGED_REFUSALS`] per cell in each
-    /// [`LOG_WINDOW`]; the rest are counted and the count logged when the next window opens
-    /// (the cell's events keep them all, up to the ring's size).
-    fn log_refusal(&self) -> bool {
-        let mut w = self.denied_log.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        if w.started.is_none_or(|t| now.duration_since(t) >= LOG_WINDOW) {
-            if w.suppressed > 0 {
-                tracing::warn!(cell = %self.cell, provider = %self.provider, suppressed = w.suppressed,
-                    "egress: {} refusals of this cell were not logged (more than {LOGGED_REFUSALS} in {:?}); its events keep the last {MAX_EVENTS}",
-                    w.suppressed, LOG_WINDOW);
-            }
-            *w = LogWindow { started: Some(now), logged: 0, suppressed: 0 };
+    /// Whether a line about this cell's egress goes to the log: at most [`LOGGED_PER_CELL`]
+    /// per cell and [`LOGGED_PER_DAEMON`] for all cells in each [`LOG_WINDOW`] (tunnels opened
+    /// and closed, and refusals: one cell opened 10,000 tunnels in 5 s). The rest are counted,
+    /// and the count logged when the next window opens (the cell's events keep them all, up to
+    /// the rings' size).
+    pub(crate) fn may_log(&self) -> bool {
+        let cell = self.log_window.lock().unwrap_or_else(|e| e.into_inner()).admit(LOGGED_PER_CELL);
+        if let Some(n) = cell.suppressed {
+            tracing::warn!(cell = %self.cell, provider = %self.provider, suppressed = n,
+                "egress: {n} decisions of this cell were not logged (more than {LOGGED_PER_CELL} in {LOG_WINDOW:?}); its events keep the last {MAX_EVENTS} tunnels and refusals");
         }
-        if w.logged < LOGGED_REFUSALS {
-            w.logged += 1;
-            true
-        } else {
-            w.suppressed += 1;
-            false
+        let daemon = DAEMON_LOG_WINDOW.lock().unwrap_or_else(|e| e.into_inner()).admit(LOGGED_PER_DAEMON);
+        if let Some(n) = daemon.suppressed {
+            tracing::warn!(suppressed = n,
+                "egress: {n} decisions of all cells were not logged (more than {LOGGED_PER_DAEMON} in {LOG_WINDOW:?}); each cell's events keep them");
         }
+        cell.admitted && daemon.admitted
     }
 }
 
@@ -275,16 +272,44 @@ struct Rings {
     denied: VecDeque<EgressEvent>,
 }
 
-/// Refusals logged per cell per window (a flood of refused requests must not flood the
-/// journal, whose rate limit is per unit: other cells' lines would be lost with them).
-const LOGGED_REFUSALS: u32 = 100;
+/// Egress lines logged per cell, and for the whole daemon, per window (a flood of tunnels or
+/// refused requests must not flood the journal, whose rate limit is per unit: other cells'
+/// lines, "cell ended" among them, would be lost with them).
+const LOGGED_PER_CELL: u32 = 100;
+const LOGGED_PER_DAEMON: u32 = 1000;
 const LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+static DAEMON_LOG_WINDOW: Mutex<LogWindow> = Mutex::new(LogWindow { started: None, logged: 0, suppressed: 0 });
 
 #[derive(Debug, Default)]
 struct LogWindow {
     started: Option<std::time::Instant>,
     logged: u32,
     suppressed: u32,
+}
+
+/// One decision of a [`LogWindow`]: log this line?, and the count of lines left out in the
+/// window that just closed, to report.
+struct Admission {
+    admitted: bool,
+    suppressed: Option<u32>,
+}
+
+impl LogWindow {
+    fn admit(&mut self, limit: u32) -> Admission {
+        let now = std::time::Instant::now();
+        let mut reported = None;
+        if self.started.is_none_or(|t| now.duration_since(t) >= LOG_WINDOW) {
+            reported = (self.suppressed > 0).then_some(self.suppressed);
+            *self = LogWindow { started: Some(now), logged: 0, suppressed: 0 };
+        }
+        let admitted = self.logged < limit;
+        if admitted {
+            self.logged += 1;
+        } else {
+            self.suppressed += 1;
+        }
+        Admission { admitted, suppressed: reported }
+    }
 }
 
 /// Unix time in milliseconds.

@@ -87,12 +87,18 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         }
     };
     event.allowed = true;
-    tracing::info!(cell = %state.cell, provider = %state.provider, name = %host, port, "egress tunnel open");
+    if state.may_log() {
+        tracing::info!(cell = %state.cell, provider = %state.provider, name = %host, port, "egress tunnel open");
+    }
     // Recorded when the tunnel ends, or, if the cell ends first and this task is dropped,
-    // then, with the reason (a tunnel held open to the end still appears in the events).
-    let mut pending = Pending { state, event: Some(event) };
+    // then, with the reason and the bytes moved so far (a tunnel held open to the end still
+    // appears in the events, with its bytes).
+    let moved = super::splice::Moved::default();
+    let mut pending = Pending { state, event: Some(event), moved: &moved, sent_ahead: rest.len() as u64 };
     let mut upstream = upstream;
     let _ = upstream.set_nodelay(true);
+    bound_buffers(&client);
+    bound_buffers(&upstream);
     let established = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
     let forwarded = match (established, rest.is_empty()) {
         (Err(e), _) => Err(e),
@@ -103,31 +109,54 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         pending.finish(|event| event.detail = Some(format!("client gone: {e}")));
         return;
     }
-    let copied = match super::splice::relay(&client, &upstream).await {
-        // No splice here (it fails before moving a byte): copy through user space instead.
+    let copied = match super::splice::relay(&client, &upstream, &moved).await {
+        // No splice here (it fails before moving a byte): copy through user space instead
+        // (counted at its end only).
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TUNNEL_BUFFER, TUNNEL_BUFFER).await
+            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TUNNEL_BUFFER, TUNNEL_BUFFER)
+                .await
+                .map(|(up, down)| {
+                    moved.up.fetch_add(up, std::sync::atomic::Ordering::Relaxed);
+                    moved.down.fetch_add(down, std::sync::atomic::Ordering::Relaxed);
+                })
         }
         other => other,
     };
-    pending.finish(|event| match copied {
-        Ok((up, down)) => {
-            event.bytes_up = up + rest.len() as u64;
-            event.bytes_down = down;
+    pending.finish(|event| {
+        if let Err(e) = copied {
+            event.detail = Some(format!("tunnel ended: {e}"));
         }
-        Err(e) => event.detail = Some(format!("tunnel ended: {e}")),
     });
 }
 
-/// An allowed tunnel's event, recorded exactly once: by [`Pending::finish`], or on drop.
+/// What the daemon's two sockets of a tunnel may buffer, each way (`SO_RCVBUF`/`SO_SNDBUF`,
+/// which the kernel doubles). Left to autotuning, an upstream that sends while the cell does
+/// not read grew each socket to `tcp_rmem`'s maximum (6-32 MiB): 64 such tunnels pinned
+/// ~400 MiB of kernel memory charged to no cell. Fixed, a tunnel holds at most ~2 MiB, and a
+/// 512 KiB window still carries 5 MB/s per connection at 100 ms round trip.
+const TUNNEL_SOCKET_BUFFER: usize = 256 << 10;
+
+fn bound_buffers(s: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(s, sockopt::RcvBuf, &TUNNEL_SOCKET_BUFFER);
+    let _ = setsockopt(s, sockopt::SndBuf, &TUNNEL_SOCKET_BUFFER);
+}
+
+/// An allowed tunnel's event, recorded exactly once: by [`Pending::finish`], or on drop; with
+/// the bytes moved either way (and those sent ahead with the request head).
 struct Pending<'a> {
     state: &'a CellEgress,
     event: Option<EgressEvent>,
+    moved: &'a super::splice::Moved,
+    sent_ahead: u64,
 }
 
 impl Pending<'_> {
     fn finish(&mut self, complete: impl FnOnce(&mut EgressEvent)) {
         if let Some(mut event) = self.event.take() {
+            let (up, down) = self.moved.total();
+            event.bytes_up = up + self.sent_ahead;
+            event.bytes_down = down;
             complete(&mut event);
             self.state.record(event);
         }
@@ -140,12 +169,19 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// At most 200 characters of client-supplied text, control characters escaped, for the log,
-/// the cell's events and refusal bodies.
+/// Client-supplied text for the log, the cell's events and refusal bodies: escaped (control
+/// and non-ASCII characters as `\u{…}`), then at most 200 bytes (escaping can make one
+/// character 10 bytes: clipped first, 200 characters kept 2 KB per field).
 pub(super) fn clip(text: &str) -> String {
-    let mut out: String = text.chars().take(200).flat_map(char::escape_default).collect();
-    if text.chars().nth(200).is_some() {
-        out.push('…');
+    const MAX: usize = 200;
+    let mut out = String::new();
+    for c in text.chars() {
+        let escaped: String = c.escape_default().collect();
+        if out.len() + escaped.len() > MAX {
+            out.push('…');
+            return out;
+        }
+        out.push_str(&escaped);
     }
     out
 }
@@ -213,11 +249,10 @@ fn split_host_port(target: &str) -> Option<(String, u16)> {
     is_host(&host).then_some((host, port))
 }
 
-/// An IP address, or a DNS name whose last label is not all digits: the C resolver would read
-/// `2130706433` or `0x7f.1` as addresses (127.0.0.1) that no rule or check here sees as such.
+/// An IP address, or a DNS name ([`is_dns_name`]: not one the C resolver would read as an
+/// address, such as `2130706433` or `0x7f000001`).
 fn is_host(host: &str) -> bool {
-    is_ip_literal(host)
-        || (is_dns_name(host) && host.rsplit('.').next().is_some_and(|tld| !tld.bytes().all(|b| b.is_ascii_digit())))
+    is_ip_literal(host) || is_dns_name(host)
 }
 
 /// Decide, resolve and connect.
@@ -322,6 +357,8 @@ fn may_reach(ip: IpAddr, learning: bool) -> bool {
                 || v4.is_broadcast()
                 || a == 0
                 || a >= 240
+                // IETF protocol assignments (192.0.0.170/171: NAT64 discovery, among others).
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
                 || v4 == std::net::Ipv4Addr::new(100, 100, 100, 200)
                 || v4 == std::net::Ipv4Addr::new(168, 63, 129, 16);
             let private = v4.is_private() || (a == 100 && (64..128).contains(&b)) || (a == 198 && (b & 0xfe) == 18);
@@ -332,8 +369,12 @@ fn may_reach(ip: IpAddr, learning: bool) -> bool {
             let o = v6.octets();
             let embedded = if let Some(v4) = v6.to_ipv4_mapped() {
                 Some(v4)
-            } else if seg[..6] == [0; 6] || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                // IPv4-compatible ::a.b.c.d (not :: or ::1, judged below) and NAT64.
+            } else if seg[..6] == [0; 6]
+                || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || seg[..6] == [0, 0, 0, 0, 0xffff, 0]
+            {
+                // IPv4-compatible ::a.b.c.d (not :: or ::1, judged below), NAT64 and SIIT's
+                // IPv4-translated ::ffff:0:a.b.c.d.
                 (seg[6] != 0 || seg[7] > 1).then(|| std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
             } else if seg[0] == 0x2002 {
                 Some(std::net::Ipv4Addr::new(o[2], o[3], o[4], o[5]))
@@ -343,7 +384,12 @@ fn may_reach(ip: IpAddr, learning: bool) -> bool {
             if let Some(v4) = embedded {
                 return may_reach(IpAddr::V4(v4), learning);
             }
-            let never = v6.is_loopback()
+            // Translators that carry IPv4 where this check cannot read it: local-use NAT64
+            // (64:ff9b:1::/48, the IPv4 address at a prefix-dependent place) and Teredo
+            // (2001::/32).
+            let translated = seg[..3] == [0x64, 0xff9b, 1] || seg[..2] == [0x2001, 0];
+            let never = translated
+                || v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (seg[0] & 0xffc0) == 0xfe80
@@ -443,6 +489,10 @@ mod tests {
             "64:ff9b::7f00:1",
             "2002:7f00:1::1",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "::ffff:0:a9fe:a9fe",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "192.0.0.170",
         ] {
             assert!(!may_reach(ip(t), false), "{t} (list)");
             assert!(!may_reach(ip(t), true), "{t} (learn)");
@@ -458,13 +508,27 @@ mod tests {
 
     #[test]
     fn targets_are_names_or_addresses() {
-        for bad in ["2130706433:443", "0x7f.1:443", "127.1:443", "a..b:443", "a\rb:443", "x y:443", "1.2.3.4.5:443"] {
+        for bad in [
+            "2130706433:443",
+            "0x7f.1:443",
+            "127.1:443",
+            "0x7f000001:443",
+            "1.0x7f:443",
+            "0x5db8d822:443",
+            "127.0.0.0x1:443",
+            "a..b:443",
+            "a\rb:443",
+            "x y:443",
+            "1.2.3.4.5:443",
+        ] {
             assert_eq!(split_host_port(bad), None, "{bad:?}");
         }
         assert_eq!(split_host_port("api.example.com:443"), Some(("api.example.com".into(), 443)));
         assert_eq!(split_host_port("1.2.3.4:443"), Some(("1.2.3.4".into(), 443)));
         let long = "a".repeat(5000);
         assert!(clip(&long).chars().count() <= 201);
+        // Escaping first, then the bound, in bytes: 201 × U+10FFFF kept ~2 KB before.
+        assert!(clip(&"\u{10FFFF}".repeat(201)).len() <= 203);
         assert_eq!(clip("a\r\nb"), "a\\r\\nb");
     }
 }

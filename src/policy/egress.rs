@@ -59,13 +59,25 @@ pub fn is_ip_literal(host: &str) -> bool {
 }
 
 /// A DNS name: dot-separated labels of letters, digits, `-` and `_`, 1-63 bytes each, at most
-/// 253 bytes in all.
+/// 253 bytes in all, whose last label is not a number. The C resolver (`inet_aton`) reads
+/// `2130706433`, `0x7f000001`, `0x7f.1` or `1.0x7f` as IPv4 addresses, which no name rule or
+/// address check would see as such; no top-level domain is a number.
 pub fn is_dns_name(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|l| {
             !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+        && host.rsplit('.').next().is_some_and(|last| !is_number_label(last))
+}
+
+/// A label `inet_aton` reads as a number: decimal or octal digits, or `0x` and hex digits.
+fn is_number_label(label: &str) -> bool {
+    let hex = label.strip_prefix("0x").or_else(|| label.strip_prefix("0X"));
+    match hex {
+        Some(h) => h.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => label.bytes().all(|b| b.is_ascii_digit()),
+    }
 }
 
 /// Parse one rule as written in a policy; `Err` says what is wrong.
@@ -104,8 +116,8 @@ pub fn parse_rule(text: &str) -> Result<EgressRule, String> {
         }
     } else if !is_dns_name(&host) {
         return Err(format!(
-            "\"{text}\" is not a host name (letters, digits, '-', '.'), \"*.\" + a name, or an IP address, \
-             with an optional :port"
+            "\"{text}\" is not a host name (letters, digits, '-', '.', not ending in a number such as 0x7f, \
+             which the resolver reads as an address), \"*.\" + a name, or an IP address, with an optional :port"
         ));
     } else if wildcard && !host.contains('.') {
         return Err(format!("\"*.{host}\" would match a whole top-level domain"));
@@ -158,7 +170,21 @@ mod tests {
         ] {
             assert_eq!(parse_rule(text).map(|r| r.to_string()), Ok(shown.to_owned()), "{text}");
         }
-        for bad in ["", "*.com", "a b", "x:0", "x:99999", "*.10.0.0.1", "http://x.com", "[::1", "a..b"] {
+        // A name the C resolver reads as an address (learn mode once drafted `0x5db8d822`).
+        for bad in [
+            "",
+            "*.com",
+            "a b",
+            "x:0",
+            "x:99999",
+            "*.10.0.0.1",
+            "http://x.com",
+            "[::1",
+            "a..b",
+            "0x5db8d822",
+            "1.0x7f",
+            "2130706433",
+        ] {
             assert!(parse_rule(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -257,6 +257,12 @@ impl CellEntry {
     }
 
     pub fn info(&self) -> CellInfo {
+        self.info_with(true)
+    }
+
+    /// The cell's info, with or without its egress decisions (a list leaves them out: up to
+    /// 2000 per cell, copied for every cell on every list).
+    pub fn info_with(&self, egress: bool) -> CellInfo {
         let exit = self.exit_reason();
         CellInfo {
             id: self.id.clone(),
@@ -270,7 +276,7 @@ impl CellEntry {
             exit,
             degraded: self.degraded.clone(),
             events: *self.events.lock().unwrap_or_else(|e| e.into_inner()),
-            egress: self.egress.as_ref().map(|e| e.events()).unwrap_or_default(),
+            egress: self.egress.as_ref().filter(|_| egress).map(|e| e.events()).unwrap_or_default(),
         }
     }
 }

@@ -559,7 +559,7 @@ impl Pool {
             .filter(|e| admin || e.owner_uid == caller.uid)
             .filter(|e| filter.provider.as_deref().is_none_or(|p| p == e.provider))
             .filter(|e| filter.all || e.exit_reason().is_none())
-            .map(|e| e.info())
+            .map(|e| e.info_with(false))
             .collect();
         cells.sort_by(|a, b| a.id.cmp(&b.id));
         cells

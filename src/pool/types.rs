@@ -117,6 +117,7 @@ pub struct CellInfo {
     /// updated as they happen and kept after the cell ended.
     pub events: Events,
     /// Decisions of the egress proxy (`network.mode = "proxy"`): name, port, allowed, bytes.
+    /// Only in a cell's own answer (`GET /v1/cells/{id}`), not in lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<crate::egress::EgressEvent>,
 }
