@@ -953,3 +953,24 @@ fn a_reload_is_seen_by_session_reuse_and_access() {
     assert_eq!(call(&d.socket, "POST", "/v1/reload", None).status, 200);
     assert_eq!(as_nobody("send", &mine), "403", "a caller taken off the access list still sent commands");
 }
+
+// From the pool review (round 3): a command in flight when the daemon shuts down is answered
+// `shutting_down` (503), not as if its session had died on its own (`exited`).
+#[test]
+fn a_command_in_flight_at_shutdown_says_so() {
+    gate!("a_command_in_flight_at_shutdown_says_so");
+    let slow = "[\"/bin/sh\", \"-c\", \"while read -r l; do sleep 30; echo \\\"$l\\\"; done\"]";
+    let mut d = daemon().provider("slow", slow, "session", "").start();
+    let id = id_of(&d.spawn("slow"));
+    let (sock, cell) = (d.socket.clone(), id.clone());
+    let pending = std::thread::spawn(move || {
+        call(&sock, "POST", &format!("/v1/cells/{cell}/commands"), Some(&json!({"command": "x", "timeout_ms": 60_000})))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let r = call(&d.socket, "POST", "/v1/shutdown", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = pending.join().expect("thread");
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.json()["code"], "shutting_down", "{}", answer.text());
+    d.stop();
+}

@@ -498,6 +498,13 @@ impl Pool {
                         cell,
                         timeout_ms: entry.policy.limits.wall_time.unwrap_or(timeout).as_millis() as u64,
                     },
+                    // Ended by the daemon's shutdown: say so (the old manager's callers retry
+                    // elsewhere on it), not that the session died.
+                    PoolError::Ended { reason: ExitReason::Terminated, .. }
+                        if self.inner.shutting_down.load(Ordering::SeqCst) =>
+                    {
+                        PoolError::ShuttingDown
+                    }
                     other => other,
                 });
             }
