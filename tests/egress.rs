@@ -533,3 +533,22 @@ fn a_stalled_tunnel_holds_a_bounded_buffer() {
     let most = queued.iter().max().copied().unwrap_or(0);
     assert!(most <= 1 << 20, "a stalled tunnel's upstream socket holds {most} bytes unread:\n{ss}");
 }
+
+// From the review of this stop: every allowed destination is learned, logged or not (once the
+// log's per-cell budget was spent, learn mode dropped the names it had not logged).
+#[test]
+fn learn_mode_learns_past_the_log_budget() {
+    gate!("learn_mode_learns_past_the_log_budget");
+    let server = Server::start();
+    let d = daemon(&server);
+    let port = server.port;
+    let body = format!(
+        "for i in range(80):\n    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n    s.sendall(b'CONNECT learn.test:{port} HTTP/1.1\\r\\n\\r\\n'); s.recv(100); s.close()\n\
+         result('last', get('https://fake.test:{port}/hello.txt'))"
+    );
+    let (out, _) = run(&d, "learn", &body);
+    assert_eq!(line(&out, "last"), "OK hello from fake.test", "{out}");
+    let log = d.wait_log(&["egress learned for provider learn"], Duration::from_secs(10));
+    let learned = log.lines().find(|l| l.contains("egress learned for provider learn")).unwrap_or_default();
+    assert!(learned.contains(&format!("fake.test:{port}")), "not learned past the log budget: {learned}");
+}

@@ -203,10 +203,16 @@ impl CellEgress {
 
     /// Log one decision and keep it in the cell's events.
     pub(crate) fn record(&self, event: EgressEvent) {
-        if !self.may_log() {
-            self.keep(event);
-            return;
+        if self.may_log() {
+            self.log(&event);
         }
+        if event.allowed {
+            self.learn(&event);
+        }
+        self.keep(event);
+    }
+
+    fn log(&self, event: &EgressEvent) {
         tracing::info!(
             cell = %self.cell,
             provider = %self.provider,
@@ -219,7 +225,11 @@ impl CellEgress {
             "egress {}",
             if event.allowed { "allowed" } else { "denied" }
         );
-        if event.allowed {
+    }
+
+    /// Every allowed destination goes to the learned list, logged or not.
+    fn learn(&self, event: &EgressEvent) {
+        {
             let entry = if event.port == crate::policy::egress::DEFAULT_PORT {
                 event.name.clone()
             } else {
@@ -233,7 +243,6 @@ impl CellEgress {
                     "egress: more than {MAX_LEARNED} distinct destinations; {entry} is not kept in the learned list");
             }
         }
-        self.keep(event);
     }
 
     fn keep(&self, event: EgressEvent) {
@@ -256,12 +265,16 @@ impl CellEgress {
             tracing::warn!(cell = %self.cell, provider = %self.provider, suppressed = n,
                 "egress: {n} decisions of this cell were not logged (more than {LOGGED_PER_CELL} in {LOG_WINDOW:?}); its events keep the last {MAX_EVENTS} tunnels and refusals");
         }
+        if !cell.admitted {
+            // Over its own budget: a flooding cell does not use up the other cells' share.
+            return false;
+        }
         let daemon = DAEMON_LOG_WINDOW.lock().unwrap_or_else(|e| e.into_inner()).admit(LOGGED_PER_DAEMON);
         if let Some(n) = daemon.suppressed {
             tracing::warn!(suppressed = n,
                 "egress: {n} decisions of all cells were not logged (more than {LOGGED_PER_DAEMON} in {LOG_WINDOW:?}); each cell's events keep them");
         }
-        cell.admitted && daemon.admitted
+        daemon.admitted
     }
 }
 
