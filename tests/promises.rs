@@ -917,6 +917,9 @@ fn a_reload_is_seen_by_session_reuse_and_access() {
     let d = daemon().socket_mode(Some("0666")).start();
     let cwd = d.cwd();
     let old = session_of(&d, "cat", &cwd, json!({}));
+    // A reload that changes nothing keeps the session (a new Arc per policy orphaned them all).
+    assert_eq!(call(&d.socket, "POST", "/v1/reload", None).status, 200);
+    assert_eq!(session_of(&d, "cat", &cwd, json!({})), old, "a no-op reload orphaned the session");
     let cat = d.policy_dir().join("cat.toml");
     let text = std::fs::read_to_string(&cat).expect("cat.toml");
     std::fs::write(&cat, format!("{text}\n[limits]\nmemory_max = \"256M\"\n")).expect("write");

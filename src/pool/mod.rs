@@ -307,8 +307,21 @@ impl Pool {
             return Err(PoolError::ReloadRejected { dir, rejected: set.rejected });
         }
         let providers = set.providers().into_iter().map(str::to_owned).collect();
-        *self.inner.policies.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(set.policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect());
+        // A policy the reload left as it was keeps its `Arc`: sessions (and pre-built cells) of
+        // an unchanged policy stay the ones handed out (see `ops::live_session`).
+        let old = self.policies();
+        let same = |a: &Policy, b: &Policy| {
+            matches!((serde_json::to_value(a), serde_json::to_value(b)), (Ok(x), Ok(y)) if x == y)
+        };
+        let reloaded = set
+            .policies
+            .into_iter()
+            .map(|(k, v)| {
+                let kept = old.get(&k).filter(|o| same(o, &v)).cloned();
+                (k, kept.unwrap_or_else(|| Arc::new(v)))
+            })
+            .collect();
+        *self.inner.policies.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reloaded);
         *self.inner.rejected.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Vec::new());
         // Pre-built cells were built for the old policies: retire them all, build anew.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
