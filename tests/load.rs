@@ -182,9 +182,10 @@ fn five_hundred_connections_past_the_cap() {
     eprintln!("conns: served {served}, refused {refused}, other {other}; daemon fds {fds_before} → peak {fds_peak}");
     assert_eq!(served + refused, 500, "other outcomes: {other}");
     assert!((1..=64).contains(&served), "served {served} past a cap of 64");
-    let refusals = d.log().lines().filter(|l| l.contains("connection limit reached; refusing a connection")).count();
-    eprintln!("conns: {refusals} refusals logged");
-    assert!(refusals >= 436 - (64 - served), "refusals logged: {refusals}");
+    // Logged, at most a line a second with the count since the last (not a line each).
+    let refusals = d.log().lines().filter(|l| l.contains("connection limit reached; refusing connections")).count();
+    eprintln!("conns: {refusals} refusal lines logged");
+    assert!((1..=20).contains(&refusals), "refusal lines logged: {refusals}");
     drop(conns);
     let fds_after = d.settle_fds(fds_before + 2, Duration::from_secs(5));
     eprintln!("conns: daemon fds before {fds_before}, after all closed {fds_after}");

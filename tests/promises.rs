@@ -977,3 +977,33 @@ fn a_command_in_flight_at_shutdown_says_so() {
     assert_eq!(answer.json()["code"], "shutting_down", "{}", answer.text());
     d.stop();
 }
+
+// From the review of this stop: a command let through the queue with little of its timeout
+// left has its whole timeout once written (it timed out and took a healthy session with it),
+// and a command to a session being stopped is answered at once (it waited out the grace).
+#[test]
+fn queued_and_stopping_sessions_answer_fairly() {
+    gate!("queued_and_stopping_sessions_answer_fairly");
+    let slow = "[\"/bin/sh\", \"-c\", \"trap '' TERM; while read -r l; do sleep 1; echo \\\"$l\\\"; done\"]";
+    let d = daemon().grace_secs(20.0).provider("slow", slow, "session", "").start();
+    let id = id_of(&d.spawn("slow"));
+    let (sock, cell) = (d.socket.clone(), id.clone());
+    let first = std::thread::spawn(move || {
+        call(&sock, "POST", &format!("/v1/cells/{cell}/commands"), Some(&json!({"command": "A", "timeout_ms": 10_000})))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let late = d.send(&id, "B", 1500);
+    assert_eq!(first.join().expect("thread").json()["stdout"], "A");
+    assert_eq!(late.status, 200, "the late command lost its session: {}", late.text());
+    assert_eq!(late.json()["stdout"], "B");
+    assert_eq!(d.send(&id, "C", 5000).status, 200, "the session carries on");
+    let (sock, cell) = (d.socket.clone(), id.clone());
+    let stopping = std::thread::spawn(move || call(&sock, "DELETE", &format!("/v1/cells/{cell}"), None));
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let r = d.send(&id, "D", 30_000);
+    assert!(t.elapsed() < Duration::from_secs(3), "a command to a stopping session waited {:?}", t.elapsed());
+    assert_eq!(r.json()["code"], "already_ended", "{}", r.text());
+    call(&d.socket, "DELETE", &format!("/v1/cells/{id}?force=true"), None);
+    let _ = stopping.join();
+}

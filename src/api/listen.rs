@@ -162,6 +162,7 @@ pub async fn serve(
 ) -> Connections {
     let slots = Arc::new(Semaphore::new(max_connections));
     let shares = Shares::new(max_connections);
+    let (mut refused, mut last_refusal_log) = (0u64, None);
     let (closing, closing_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     loop {
@@ -199,7 +200,19 @@ pub async fn serve(
             }
         };
         let Some(slot) = shares.admit(&slots, caller.uid, pool.is_admin(&caller)) else {
-            tracing::warn!(max_connections, uid = caller.uid, "connection limit reached; refusing a connection");
+            // At most one line a second (a client reconnecting in a loop must not flood the
+            // journal), with the count refused since the last one.
+            refused += 1;
+            if last_refusal_log.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!(
+                    max_connections,
+                    uid = caller.uid,
+                    refused,
+                    "connection limit reached; refusing connections"
+                );
+                last_refusal_log = Some(std::time::Instant::now());
+                refused = 0;
+            }
             continue;
         };
         let (router, closing) = (router.clone(), closing_rx.clone());

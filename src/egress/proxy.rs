@@ -94,7 +94,7 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
     // then, with the reason and the bytes moved so far (a tunnel held open to the end still
     // appears in the events, with its bytes).
     let moved = super::splice::Moved::default();
-    let mut pending = Pending { state, event: Some(event), moved: &moved, sent_ahead: rest.len() as u64 };
+    let mut pending = Pending { state, event: Some(event), moved: &moved, sent_ahead: 0 };
     let mut upstream = upstream;
     let _ = upstream.set_nodelay(true);
     bound_buffers(&client);
@@ -109,6 +109,8 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         pending.finish(|event| event.detail = Some(format!("client gone: {e}")));
         return;
     }
+    // Counted once they reached the upstream.
+    pending.sent_ahead = rest.len() as u64;
     let copied = match super::splice::relay(&client, &upstream, &moved).await {
         // No splice here (it fails before moving a byte): copy through user space instead
         // (counted at its end only).
@@ -129,17 +131,22 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
     });
 }
 
-/// What the daemon's two sockets of a tunnel may buffer, each way (`SO_RCVBUF`/`SO_SNDBUF`,
-/// which the kernel doubles). Left to autotuning, an upstream that sends while the cell does
-/// not read grew each socket to `tcp_rmem`'s maximum (6-32 MiB): 64 such tunnels pinned
-/// ~400 MiB of kernel memory charged to no cell. Fixed, a tunnel holds at most ~2 MiB, and a
-/// 512 KiB window still carries 5 MB/s per connection at 100 ms round trip.
+/// What the daemon's two sockets of a tunnel may buffer, each way (`SO_RCVBUFFORCE`/
+/// `SO_SNDBUFFORCE`, which the kernel doubles; the plain options would be capped at
+/// `net.core.rmem_max`, often 208 KiB). Left to autotuning, an upstream that sends while the
+/// cell does not read grew each socket to `tcp_rmem`'s maximum (6-32 MiB): 64 such tunnels
+/// pinned ~400 MiB of kernel memory charged to no cell. Fixed, a tunnel holds at most ~2 MiB,
+/// and a 512 KiB window still carries 5 MB/s per connection at 100 ms round trip.
 const TUNNEL_SOCKET_BUFFER: usize = 256 << 10;
 
 fn bound_buffers(s: &TcpStream) {
     use nix::sys::socket::{setsockopt, sockopt};
-    let _ = setsockopt(s, sockopt::RcvBuf, &TUNNEL_SOCKET_BUFFER);
-    let _ = setsockopt(s, sockopt::SndBuf, &TUNNEL_SOCKET_BUFFER);
+    if setsockopt(s, sockopt::RcvBufForce, &TUNNEL_SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(s, sockopt::RcvBuf, &TUNNEL_SOCKET_BUFFER);
+    }
+    if setsockopt(s, sockopt::SndBufForce, &TUNNEL_SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(s, sockopt::SndBuf, &TUNNEL_SOCKET_BUFFER);
+    }
 }
 
 /// An allowed tunnel's event, recorded exactly once: by [`Pending::finish`], or on drop; with

@@ -42,8 +42,10 @@ impl Moved {
 /// Relay both directions until both ended, one failed (then both sockets are cut), or the
 /// tunnel sat idle for [`TUNNEL_IDLE`]; the bytes moved are in `moved` in every case.
 pub async fn relay(client: &TcpStream, upstream: &TcpStream, moved: &Moved) -> io::Result<()> {
+    // EINVAL: no splice on these sockets (before a byte moved); the caller copies instead, on
+    // sockets left intact.
     let cut_on_error = |r: io::Result<()>| {
-        if r.is_err() {
+        if r.as_ref().is_err_and(|e| e.raw_os_error() != Some(libc::EINVAL)) {
             cut(client, upstream);
         }
         r

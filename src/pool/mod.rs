@@ -310,9 +310,7 @@ impl Pool {
         // A policy the reload left as it was keeps its `Arc`: sessions (and pre-built cells) of
         // an unchanged policy stay the ones handed out (see `ops::live_session`).
         let old = self.policies();
-        let same = |a: &Policy, b: &Policy| {
-            matches!((serde_json::to_value(a), serde_json::to_value(b)), (Ok(x), Ok(y)) if x == y)
-        };
+        let same = |a: &Policy, b: &Policy| matches!((serde_json::to_value(a), serde_json::to_value(b)), (Ok(x), Ok(y)) if x == y);
         let reloaded = set
             .policies
             .into_iter()

@@ -448,8 +448,12 @@ impl Pool {
         };
         // Being stopped (reaped idle, killed, shut down) between the caller's look and now:
         // the command is not written to a session on its way out.
-        if entry.stop.borrow().is_some() {
-            let reason = entry.ended().await;
+        // Answered at once, with the reason the stop gives (a graceful stop may take its whole
+        // grace period: not waited for here, with the session's lock held).
+        let stopping = entry.stop.borrow().as_ref().map(|stop| match stop {
+            Stop::Graceful { reason, .. } | Stop::Kill { reason } => reason.clone(),
+        });
+        if let Some(reason) = stopping {
             return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
         }
         if let Some(reason) = entry.exit_reason() {
@@ -473,7 +477,10 @@ impl Pool {
             }
         };
         let timed_out = || PoolError::Timeout { cell: id.to_owned(), timeout_ms: timeout.as_millis() as u64 };
-        let deadline = tokio::time::Instant::from_std(started) + timeout;
+        // Written: the command has its whole timeout from now (a command let through the
+        // queue with little time left would otherwise time out and take a healthy session
+        // with it).
+        let deadline = tokio::time::Instant::now() + timeout;
         let reply = match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(Some(e))) => return Err(e),
