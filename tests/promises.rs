@@ -1007,3 +1007,42 @@ fn queued_and_stopping_sessions_answer_fairly() {
     call(&d.socket, "DELETE", &format!("/v1/cells/{id}?force=true"), None);
     let _ = stopping.join();
 }
+
+// From the review of this stop: `cellkeep run` and the daemon default to different cgroup
+// roots, so a daemon started from the same cgroup as a running `run` leaves its cell alone (it
+// took it for an orphan of its own and killed it).
+#[test]
+fn a_daemon_leaves_a_running_cellkeep_run_alone() {
+    gate!("a_daemon_leaves_a_running_cellkeep_run_alone");
+    let w = common::World::new();
+    let policy = w.policy("t", "", "");
+    let run = Command::new(BIN)
+        .env_remove("CELLKEEP_CGROUP_ROOT")
+        .args(["run", "--policy"])
+        .arg(&policy)
+        .arg("--cwd")
+        .arg(w.ws.path())
+        .args(["--", "/bin/sleep", "2"])
+        .spawn()
+        .expect("cellkeep run");
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("d.sock");
+    let mut daemon = Command::new(BIN)
+        .args(["daemon", "--cgroup-root", "cellkeep", "--socket"])
+        .arg(&socket)
+        .arg("--policies")
+        .arg(policy.parent().expect("policy dir"))
+        .env("CELLKEEP_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("daemon");
+    let t = Instant::now();
+    while !socket.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = run.wait_with_output().expect("run");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = daemon.wait();
+    assert!(out.status.success(), "the run's cell was killed by a daemon started beside it: {out:?}");
+}

@@ -223,8 +223,9 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
     /// Name of cellkeep's cgroup root beneath this process's own cgroup (created if missing,
-    /// and then removed again when the run ends).
-    #[arg(long, env = "CELLKEEP_CGROUP_ROOT", default_value = "cellkeep", value_name = "NAME")]
+    /// and then removed again when the run ends). Not the daemon's `cellkeep`: a daemon
+    /// started from the same cgroup would take this run's cell for an orphan of its own.
+    #[arg(long, env = "CELLKEEP_CGROUP_ROOT", default_value = "cellkeep-run", value_name = "NAME")]
     cgroup_root: String,
     /// After the command's own output, print how it ended, its usage and events as one JSON line.
     #[arg(long)]
