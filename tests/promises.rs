@@ -743,18 +743,11 @@ fn a_sessions_wall_time_under_a_command_is_a_timeout() {
 fn a_session_is_reused_only_for_its_own_cwd() {
     gate!("a_session_is_reused_only_for_its_own_cwd");
     let d = daemon().start();
-    let other = d.ws.path().join("other");
-    std::fs::create_dir(&other).expect("mkdir");
-    std::os::unix::fs::chown(&other, Some(common::NOBODY), Some(common::NOBODY)).expect("chown");
-    let session = |cwd: &str| {
-        let r = call(&d.socket, "POST", "/v1/providers/cat/session", Some(&json!({"cwd": cwd})));
-        assert_eq!(r.status, 200, "{}", r.text());
-        id_of(&r.json())
-    };
-    let a = session(&d.cwd());
-    let b = session(other.to_str().expect("utf8"));
-    assert_ne!(a, b, "a session in {} was handed out for {}", d.cwd(), other.display());
-    assert_eq!(session(&d.cwd()), a, "the session of the same cwd is reused");
+    let other = workspace_dir(&d, "other");
+    let a = session_of(&d, "cat", &d.cwd(), json!({}));
+    let b = session_of(&d, "cat", &other, json!({}));
+    assert_ne!(a, b, "a session in {} was handed out for {other}", d.cwd());
+    assert_eq!(session_of(&d, "cat", &d.cwd(), json!({})), a, "the session of the same cwd is reused");
 }
 
 // From the pool review: NUL bytes in a command or a passed environment value are a bad request
