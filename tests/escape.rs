@@ -1158,6 +1158,56 @@ fn tcp_buffers_are_charged_to_the_cell() {
     a.contained();
 }
 
+// 23c. UDP buffers. cgroup v2 charges them to the cell; cgroup v1 cannot (it charges only TCP's),
+//      so there a `loopback` cell queued datagrams to its own sockets past `memory_max`, into
+//      the host-wide `udp_mem` budget (512 MiB from a 64M cell; enough cells fill it and UDP,
+//      DNS included, fails host-wide). On v1 UDP sockets are now refused; on v2 the queue stays
+//      within the cell's memory.
+#[test]
+fn udp_buffers_stay_within_the_cell() {
+    gate!("udp_buffers_stay_within_the_cell");
+    let a = Attempt::new();
+    let p = a.policy("[limits]\nmemory_max = \"64M\"\n[network]\nmode = \"loopback\"\n");
+    // SO_MEMINFO (55): the first u32 is the socket's receive-queue memory.
+    let body = "import struct\n\
+        held, total = [], 0\n\
+        try:\n\
+        \x20   for i in range(400):\n\
+        \x20       r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(('127.0.0.1', 0))\n\
+        \x20       r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)\n\
+        \x20       s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)\n\
+        \x20       held += [r, s]\n\
+        \x20       for _ in range(200):\n\
+        \x20           try: s.sendto(b'x' * 60000, r.getsockname())\n\
+        \x20           except OSError: break\n\
+        \x20       total += struct.unpack('9I', r.getsockopt(socket.SOL_SOCKET, 55, 36))[0]\n\
+        \x20       print('queued', total >> 20, flush=True)\n\
+        \x20       if total >= (256 << 20): break\n\
+        except OSError as e:\n\
+        \x20   print('refused', errno.errorcode.get(e.errno), flush=True)\n\
+        print('total', total >> 20, flush=True)";
+    let r = a.run_with(&p, body, &[]);
+    let out = r.output();
+    assert!(
+        out.lines().any(|l| l.starts_with("total ")) || r.reason() == "oom_killed",
+        "the attempt neither finished nor was OOM-killed\n{}",
+        r.describe()
+    );
+    if cellkeep::sandbox::HostCaps::probe().udp_charged {
+        assert!(!out.contains("refused"), "UDP refused where the cgroup charges it\n{}", r.describe());
+    } else {
+        assert!(out.contains("refused EACCES"), "ESCAPE: UDP sockets on cgroup v1, uncharged\n{}", r.describe());
+    }
+    let most = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("queued ").or_else(|| l.strip_prefix("total ")))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(most < 96, "ESCAPE: the cell held {most} MiB in UDP buffers with memory_max = 64M\n{}", r.describe());
+    a.contained();
+}
+
 // 24. userfaultfd (the syscall and the /dev node): the race-widening tool of kernel exploits.
 #[test]
 fn userfaultfd_handles() {

@@ -526,7 +526,7 @@ mod tests {
             cell_ids: yes(),
             idmap: yes(),
         };
-        (host, HostCaps { landlock_abi, cap_last_cap: 40, memfd_noexec: true })
+        (host, HostCaps { landlock_abi, cap_last_cap: 40, memfd_noexec: true, udp_charged: true })
     }
 
     /// A policy of `base` (with a fixed account for root callers: no idmapped workspace, so

@@ -25,7 +25,8 @@
 //!    default, TCP, UDP, ICMP (INET) or route, sock_diag, uevent (NETLINK; not generic
 //!    netlink, whose families load modules by name) fails with
 //!    EPROTONOSUPPORT (MPTCP sockets slip past Landlock's TCP rules; SCTP, DCCP, UDP-Lite or
-//!    crypto_user are kernel surface no agent needs). Those are the errnos of a kernel
+//!    crypto_user are kernel surface no agent needs; so is an INET type other than stream or
+//!    datagram, whose protocol 0 means SCTP or DCCP). Those are the errnos of a kernel
 //!    without the feature, so programs that try MPTCP first fall back to TCP. Installed last
 //!    so these errnos win.
 //!
@@ -180,6 +181,21 @@ const ALLOWED_SOCKET_PROTOCOLS: &[(u64, &[u64])] = &[
         &[libc::NETLINK_ROUTE as u64, libc::NETLINK_SOCK_DIAG as u64, libc::NETLINK_KOBJECT_UEVENT as u64],
     ),
 ];
+/// `socket(2)` types (argument 1, below its `SOCK_NONBLOCK | SOCK_CLOEXEC` flags) refused in
+/// AF_INET and AF_INET6, with the protocols' EPROTONOSUPPORT: a protocol check alone misses
+/// them, because protocol 0 picks the type's default protocol (SOCK_SEQPACKET → SCTP,
+/// SOCK_DCCP → DCCP, where the host has loaded their modules). Raw and packet sockets need a
+/// capability the cell does not have anyway. Only SOCK_STREAM (TCP) and SOCK_DGRAM (UDP,
+/// ICMP) remain.
+const REFUSED_INET_SOCKET_TYPES: &[u64] = &[
+    libc::SOCK_RAW as u64,
+    libc::SOCK_RDM as u64,
+    libc::SOCK_SEQPACKET as u64,
+    6,  // SOCK_DCCP
+    10, // SOCK_PACKET
+];
+/// The kernel reads `socket(2)`'s type as `type & SOCK_TYPE_MASK`.
+const SOCK_TYPE_MASK: u64 = 0xf;
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
@@ -308,11 +324,38 @@ fn socket_filters() -> Result<Vec<Vec<BpfInsn>>, SeccompError> {
         }
         protocol_rules.push(SeccompRule::new(conds).map_err(compile_err)?);
     }
+    // An INET type whose default protocol is one of those (one rule per domain and type).
+    protocol_rules.extend(inet_type_rules(REFUSED_INET_SOCKET_TYPES)?);
     let protocols = BTreeMap::from([(nr, protocol_rules)]);
     Ok(vec![
         build("socket", domains, Action::Allow, Action::Errno(libc::EAFNOSUPPORT as u32))?,
         build("socket", protocols, Action::Allow, Action::Errno(libc::EPROTONOSUPPORT as u32))?,
     ])
+}
+
+/// One rule per INET domain and type: `socket(AF_INET or AF_INET6, type | flags, …)`.
+fn inet_type_rules(types: &[u64]) -> Result<Vec<SeccompRule>, SeccompError> {
+    let compile_err = |source| SeccompError::Compile { filter: "socket", source };
+    let cond = |arg, op, v| SeccompCondition::new(arg, ArgLen::Dword, op, v).map_err(compile_err);
+    let mut rules = Vec::new();
+    for domain in [libc::AF_INET as u64, libc::AF_INET6 as u64] {
+        for &t in types {
+            let conds = vec![cond(0, SeccompCmpOp::Eq, domain)?, cond(1, SeccompCmpOp::MaskedEq(SOCK_TYPE_MASK), t)?];
+            rules.push(SeccompRule::new(conds).map_err(compile_err)?);
+        }
+    }
+    Ok(rules)
+}
+
+/// For hosts whose cgroups cannot charge UDP buffers to a cell (cgroup v1 charges only TCP's,
+/// through `memory.kmem.tcp.limit_in_bytes`): `socket(AF_INET or AF_INET6, SOCK_DGRAM, …)`
+/// fails with EACCES. Uncharged, a cell with `lo` up could queue datagrams to its own sockets
+/// until the host-wide `udp_mem` budget is spent, and UDP (DNS) then fails for the whole
+/// host. Installed after the policy's filters.
+pub fn udp_filter() -> Result<Vec<BpfInsn>, SeccompError> {
+    let nr = syscall_nr("socket").ok_or_else(|| SeccompError::UnknownSyscall { name: "socket".to_owned() })?;
+    let rules = BTreeMap::from([(nr, inet_type_rules(&[libc::SOCK_DGRAM as u64])?)]);
+    build("udp", rules, Action::Allow, Action::Errno(libc::EACCES as u32))
 }
 
 /// The fallback for kernels without `vm.memfd_noexec` (< 6.3), where every memfd can be made
@@ -513,8 +556,7 @@ mod tests {
         // Threads too.
         std::thread::spawn(|| ()).join().unwrap_or_else(|_| panic!("thread"));
         // vsock and MPTCP sockets: the errnos of a kernel without them; TCP and UNIX still work.
-        let sock = |domain, protocol| {
-            let kind = if domain == libc::AF_NETLINK { libc::SOCK_RAW } else { libc::SOCK_STREAM };
+        let typed = |domain, kind, protocol| {
             // SAFETY: (test) socket(2) with integer arguments; a returned fd is closed at once.
             let fd = unsafe { libc::socket(domain, kind, protocol) };
             let errno = std::io::Error::last_os_error().raw_os_error();
@@ -524,6 +566,9 @@ mod tests {
                 return None;
             }
             errno
+        };
+        let sock = |domain, protocol| {
+            typed(domain, if domain == libc::AF_NETLINK { libc::SOCK_RAW } else { libc::SOCK_STREAM }, protocol)
         };
         assert_eq!(sock(libc::AF_VSOCK, 0), Some(libc::EAFNOSUPPORT));
         assert_eq!(sock(libc::AF_INET, IPPROTO_MPTCP as i32), Some(libc::EPROTONOSUPPORT));
@@ -535,6 +580,13 @@ mod tests {
         assert_eq!(sock(libc::AF_ALG, 0), Some(libc::EAFNOSUPPORT));
         assert_eq!(sock(libc::AF_PACKET, 0), Some(libc::EAFNOSUPPORT));
         assert_eq!(sock(libc::AF_INET, libc::IPPROTO_SCTP), Some(libc::EPROTONOSUPPORT));
+        // An INET type whose protocol 0 is SCTP or DCCP; flags on the type change nothing.
+        for kind in [libc::SOCK_SEQPACKET, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 6, libc::SOCK_RAW] {
+            assert_eq!(typed(libc::AF_INET, kind, 0), Some(libc::EPROTONOSUPPORT), "AF_INET type {kind:#x}");
+            assert_eq!(typed(libc::AF_INET6, kind, 0), Some(libc::EPROTONOSUPPORT), "AF_INET6 type {kind:#x}");
+        }
+        assert_eq!(typed(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, 0), None);
+        assert_eq!(typed(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0), None);
         assert_eq!(sock(libc::AF_NETLINK, 21 /* NETLINK_CRYPTO */), Some(libc::EPROTONOSUPPORT));
         assert_eq!(sock(libc::AF_NETLINK, libc::NETLINK_GENERIC), Some(libc::EPROTONOSUPPORT));
         // socketpair: AF_UNIX only (the kernel's own answer for AF_INET is EOPNOTSUPP).
@@ -571,6 +623,16 @@ mod tests {
             std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o4755).open(dir.join("g"));
         assert_eq!(created.err().and_then(|e| e.raw_os_error()), Some(libc::EPERM));
         let _ = std::fs::remove_dir_all(&dir);
+        // The filter of hosts that cannot charge UDP buffers: datagram INET sockets only.
+        let udp = udp_filter().unwrap_or_else(|e| panic!("{e}"));
+        seccompiler::apply_filter(&to_bpf_program(&udp)).unwrap_or_else(|e| panic!("install: {e}"));
+        for kind in [libc::SOCK_DGRAM, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC] {
+            assert_eq!(typed(libc::AF_INET, kind, 0), Some(libc::EACCES));
+            assert_eq!(typed(libc::AF_INET6, kind, libc::IPPROTO_UDP), Some(libc::EACCES));
+            assert_eq!(typed(libc::AF_INET, kind, libc::IPPROTO_ICMP), Some(libc::EACCES));
+        }
+        assert_eq!(typed(libc::AF_INET, libc::SOCK_STREAM, 0), None);
+        assert_eq!(typed(libc::AF_UNIX, libc::SOCK_DGRAM, 0), None);
         println!("probe ok");
     }
 }

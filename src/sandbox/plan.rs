@@ -38,6 +38,9 @@ pub struct HostCaps {
     pub cap_last_cap: u32,
     /// The kernel has `vm.memfd_noexec` (Linux >= 6.3).
     pub memfd_noexec: bool,
+    /// A cell's memory cgroup charges its UDP buffers: cgroup v2. v1 charges only TCP's
+    /// (`memory.kmem.tcp.*`), so there cells get no UDP sockets ([`udp_plan`]).
+    pub udp_charged: bool,
 }
 
 impl HostCaps {
@@ -47,7 +50,8 @@ impl HostCaps {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(63);
         let memfd_noexec = Path::new(MEMFD_NOEXEC_SYSCTL).exists();
-        HostCaps { landlock_abi: super::sys::landlock_abi(), cap_last_cap, memfd_noexec }
+        let udp_charged = matches!(crate::cgroup::detect_layout(), Ok(crate::cgroup::Layout::Unified));
+        HostCaps { landlock_abi: super::sys::landlock_abi(), cap_last_cap, memfd_noexec, udp_charged }
     }
 }
 
@@ -243,6 +247,7 @@ fn cell_part(
     let ns = namespaces(policy);
     let mut seccomp = policy.seccomp.compiled.clone();
     let memfd_noexec = memfd_plan(policy, ns, host, &mut seccomp, degraded)?;
+    udp_plan(policy, host, &mut seccomp, degraded)?;
     Ok(LaunchPlan {
         cell_id: cell_id.to_owned(),
         provider: policy.name.clone(),
@@ -356,6 +361,7 @@ pub fn check_mechanisms(policy: &Policy, host: &HostCaps) -> Result<Vec<Degradat
     landlock_plan(policy, Path::new("/"), host, &mut degraded)?;
     let mut seccomp = CompiledSeccomp::default();
     memfd_plan(policy, namespaces(policy), host, &mut seccomp, &mut degraded)?;
+    udp_plan(policy, host, &mut seccomp, &mut degraded)?;
     Ok(degraded)
 }
 
@@ -384,6 +390,33 @@ fn memfd_plan(
         detail: format!("{why}: memfd_create is refused by seccomp (ENOSYS) instead"),
     });
     Ok(false)
+}
+
+/// UDP where the cell's cgroup cannot charge its buffers (cgroup v1): a cell whose `lo` is up
+/// (`loopback`, `proxy`) could otherwise queue datagrams to its own sockets past
+/// `memory_max`, into the host-wide `udp_mem` budget, until UDP (DNS) fails for the whole
+/// host. There seccomp refuses datagram INET sockets (EACCES) and a `udp` degradation says
+/// so. A `none` cell has no interface up and nothing to send to, so it keeps its filter as is.
+fn udp_plan(
+    policy: &Policy,
+    host: &HostCaps,
+    seccomp: &mut CompiledSeccomp,
+    degraded: &mut Vec<Degradation>,
+) -> Result<(), SandboxError> {
+    if host.udp_charged || matches!(policy.network, Network::None) {
+        return Ok(());
+    }
+    let filter = crate::policy::seccomp::udp_filter().map_err(|e| SandboxError::Unsupported {
+        provider: policy.name.clone(),
+        mechanism: "seccomp".into(),
+        detail: format!("the UDP filter: {e}"),
+    })?;
+    seccomp.filters.push(filter);
+    degraded.push(Degradation {
+        mechanism: "udp".into(),
+        detail: "cgroup v1 cannot charge UDP buffers to the cell: UDP sockets are refused (EACCES)".into(),
+    });
+    Ok(())
 }
 
 /// The caller's arguments and the environment it passes become C strings in the cell: a NUL
