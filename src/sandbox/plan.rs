@@ -864,12 +864,12 @@ mod tests {
         let fixed = policy("", "[identity]\nrun_as = 4242\n");
         let ids = choose_ids(&fixed, &request(1000, 1000)).unwrap();
         assert_eq!(ids.outside_uid, 4242);
-        let range = policy("", "[identity]\nrun_as = \"range\"\nuid_range = [200000, 10]\n");
+        let range = policy("", "[identity]\nrun_as = \"range\"\nuid_range = [1800000000, 10]\n");
         let mut req = request(1000, 1000);
         req.range_uid = Some(200003);
         let ids = choose_ids(&range, &req).unwrap();
         assert_eq!((ids.outside_uid, ids.outside_gid), (200003, 200003));
-        assert_eq!(needs_own_id(&range, 1000), Some(Some((200000, 10))));
+        assert_eq!(needs_own_id(&range, 1000), Some(Some((1_800_000_000, 10))));
         req.range_uid = None;
         assert!(choose_ids(&range, &req).is_err(), "no id derived from the pid any more");
         let inside_root = policy("", "[identity]\ninside = \"root\"\n");
