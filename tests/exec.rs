@@ -113,6 +113,25 @@ fn exec_forwards_stdin_and_exit_status() {
     assert_eq!(out.status.code(), Some(124), "{out:?}");
 }
 
+// A cell's program starts with every signal at its default. Ignored signals survive exec, and
+// every cellkeep process ignores SIGPIPE (Rust's runtime): a cell's `yes | head -n1` wrote
+// "Broken pipe" until its wall time instead of ending at once. The daemon here is started with
+// SIGINT, SIGQUIT and SIGHUP ignored too, as under a shell's background job or `nohup`.
+#[test]
+fn a_cells_signals_start_at_their_defaults() {
+    gate!("a_cells_signals_start_at_their_defaults");
+    let d = daemon().wrapper(&["/bin/sh", "-c", "trap '' INT QUIT HUP; exec \"$0\" \"$@\""]).start();
+    let out = exec(&d, &["sh", "yes | head -n1; grep SigIgn /proc/self/status", "--timeout", "20"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("exec");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, "y\nSigIgn:\t0000000000000000\n", "stderr: {:.300}", stderr);
+    assert!(!stderr.contains("Broken pipe"), "{:.300}", stderr);
+}
+
 // SIGINT (Ctrl-C) to exec terminates the command's cell; exec exits 128+SIGTERM.
 #[test]
 fn exec_ctrl_c_terminates_the_cell() {

@@ -404,6 +404,8 @@ fn payload(plan: &LaunchPlan, go: &OwnedFd) -> Result<std::convert::Infallible, 
     let argv = plan.argv.iter().map(|a| cstr(a, "argument")).collect::<Result<Vec<_>, _>>()?;
     let env = plan.env.iter().map(|e| cstr(e, "environment entry")).collect::<Result<Vec<_>, _>>()?;
 
+    // Dispositions first (an ignored signal stays ignored across exec), then the mask.
+    sys::default_signal_dispositions();
     step(Stage::Init, "unblocking signals", SigSet::all().thread_unblock())?;
     // A new session: no controlling terminal, so TIOCSTI and terminal signals cannot reach
     // outside the cell.

@@ -35,6 +35,29 @@ pub fn default_sigpipe() {
     }
 }
 
+/// Every signal's disposition back to SIG_DFL (SIGKILL and SIGSTOP cannot change), for the
+/// payload just before exec. execve(2) resets handlers but keeps *ignored* signals ignored,
+/// and every cellkeep process starts with SIGPIPE ignored (Rust's runtime), plus whatever its
+/// own parent ignored (SIGINT and SIGQUIT under a shell's background job, SIGHUP under
+/// `nohup`): without this a cell's `yes | head -1` wrote "Broken pipe" until its wall time.
+/// The raw system call, not glibc's `sigaction`, which refuses the two real-time signals it
+/// keeps for itself (32 and 33) and would leave them ignored. Errors (EINVAL for SIGKILL,
+/// SIGSTOP) are ignored: there is nothing to reset.
+pub fn default_signal_dispositions() {
+    // The kernel's `struct sigaction` on x86_64 and arm64: handler, flags, restorer, mask
+    // (a 64-bit sigset). All zero: SIG_DFL, no flags, an empty mask.
+    let act = [0u64; 4];
+    for sig in 1..=64 {
+        // SAFETY: rt_sigaction(2) reads `act` (32 bytes, valid for the call) as the new
+        // action, with sigsetsize 8; no old action is written (NULL). The handler is SIG_DFL,
+        // so no code of ours is ever called. The caller is single-threaded (the payload
+        // between fork and exec).
+        unsafe {
+            libc::syscall(libc::SYS_rt_sigaction, sig, act.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
+        }
+    }
+}
+
 /// The object at `path` reached through no symbolic link (nor /proc magic link) in any
 /// component, as an `O_PATH | O_CLOEXEC [| O_DIRECTORY]` fd; ELOOP when a component is a link.
 /// Used for paths a cell's owner can change (the cwd and rules beneath it): the daemon checked

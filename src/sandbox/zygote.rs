@@ -12,8 +12,9 @@
 //! *launcher's* child, so the launcher reaps it and reads its status as it would a spawned
 //! one — and answers with the helper's pid (4 bytes) and its pidfd. In the helper the four
 //! fds become 0–3 and every other fd is closed; the environment is empty (the zygote cleared
-//! its own), the signal mask and dispositions are the defaults (the zygote never changes
-//! them); then [`helper::run_with_ctl`].
+//! its own), the signal mask is empty; dispositions are the launcher's (SIGPIPE ignored, as
+//! in every Rust program), which the payload resets to the defaults right before its exec
+//! (`sys::default_signal_dispositions`); then [`helper::run_with_ctl`].
 //!
 //! The zygote holds nothing of the launcher's but the memory image of its first moments (the
 //! command line): its other fds are closed at once, it dies with the launcher
