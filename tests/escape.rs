@@ -1208,6 +1208,49 @@ fn udp_buffers_stay_within_the_cell() {
     a.contained();
 }
 
+// 23d. Netlink replies. The kernel queues a NETLINK_ROUTE reply on the asking socket without
+//      charging any cgroup: a cell asking without reading pinned 2 GB of host kernel memory from
+//      memory_max = 512M (twice rmem_max per socket, times every fd). Route and sock_diag
+//      netlink are refused in every cell now.
+#[test]
+fn netlink_replies_stay_within_the_cell() {
+    gate!("netlink_replies_stay_within_the_cell");
+    let a = Attempt::new();
+    let p = a.policy("[limits]\nmemory_max = \"64M\"\n");
+    // RTM_GETLINK (18) for ifindex 1, NLM_F_REQUEST, not a dump: one reply each, never read.
+    let body = "import struct\n\
+        msg = struct.pack('IHHII', 32, 18, 1, 1, 0) + struct.pack('BxHiII', 0, 0, 1, 0, 0)\n\
+        held, total = [], 0\n\
+        try:\n\
+        \x20   for i in range(250):\n\
+        \x20       s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\n\
+        \x20       s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 30); s.bind((0, 0)); held.append(s)\n\
+        \x20       last = -1\n\
+        \x20       while True:\n\
+        \x20           for _ in range(256): s.send(msg)\n\
+        \x20           q = struct.unpack('9I', s.getsockopt(socket.SOL_SOCKET, 55, 36))[0]\n\
+        \x20           if q == last: break\n\
+        \x20           last = q\n\
+        \x20       total += last\n\
+        \x20       print('queued', total >> 20, flush=True)\n\
+        \x20       if total >= (256 << 20): break\n\
+        except OSError as e:\n\
+        \x20   print('refused', errno.errorcode.get(e.errno), flush=True)\n\
+        print('total', total >> 20, flush=True)";
+    let r = a.run_with(&p, body, &[]);
+    let out = r.output();
+    assert!(out.lines().any(|l| l.starts_with("total ")), "the attempt did not finish\n{}", r.describe());
+    let most = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("queued ").or_else(|| l.strip_prefix("total ")))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(most < 96, "ESCAPE: the cell pinned {most} MiB of netlink replies with memory_max = 64M\n{}", r.describe());
+    assert!(out.contains("refused EPROTONOSUPPORT"), "NETLINK_ROUTE was not refused\n{}", r.describe());
+    a.contained();
+}
+
 // 24. userfaultfd (the syscall and the /dev node): the race-widening tool of kernel exploits.
 #[test]
 fn userfaultfd_handles() {
@@ -2065,7 +2108,9 @@ op('tcp socket', lambda: mk(socket.AF_INET, 0))\n\
 op('alg socket', lambda: socket.socket(38, socket.SOCK_SEQPACKET, 0))\n\
 op('sctp socket', lambda: mk(socket.AF_INET, 132))\n\
 op('crypto netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 21))\n\
-op('route netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))";
+op('route netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))\n\
+op('uevent netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 15))\n\
+op('seqpacket inet', lambda: socket.socket(socket.AF_INET, socket.SOCK_SEQPACKET, 0))";
 
 // 46. (issue 14, finding 3) AF_VSOCK is not namespaced: a cell could bind and listen on a vsock
 //     port host-wide (the host then got EADDRINUSE). seccomp refuses socket(AF_VSOCK) in every
@@ -2088,11 +2133,14 @@ fn vsock_and_mptcp_sockets() {
         denied(&out, &ctx, "mptcp socket v6", &["EPROTONOSUPPORT"], "a cell opened an MPTCP socket");
         assert_eq!(result_of(&out, "tcp socket"), "OK", "plain TCP sockets must still work\n{ctx}");
         // The rest of the kernel's socket surface no agent needs (modules loaded on demand):
-        // refused with the errnos of a kernel without them; route netlink (getifaddrs) works.
+        // refused with the errnos of a kernel without them. Route netlink too, since its
+        // replies are uncharged kernel memory (`netlink_replies_stay_within_the_cell`).
         denied(&out, &ctx, "alg socket", &["EAFNOSUPPORT"], "a cell opened an AF_ALG socket");
         denied(&out, &ctx, "sctp socket", &["EPROTONOSUPPORT"], "a cell opened an SCTP socket");
+        denied(&out, &ctx, "seqpacket inet", &["EPROTONOSUPPORT"], "a cell opened an INET SOCK_SEQPACKET socket");
         denied(&out, &ctx, "crypto netlink", &["EPROTONOSUPPORT"], "a cell opened a crypto_user netlink socket");
-        assert_eq!(result_of(&out, "route netlink"), "OK", "route netlink must still work\n{ctx}");
+        denied(&out, &ctx, "route netlink", &["EPROTONOSUPPORT"], "a cell opened a route netlink socket");
+        assert_eq!(result_of(&out, "uevent netlink"), "OK", "uevent netlink must still work\n{ctx}");
     }
     a.contained();
 }

@@ -22,8 +22,9 @@
 //!    than AF_UNIX) fails with EAFNOSUPPORT
 //!    (AF_VSOCK is not namespaced: a cell could bind host-wide vsock ports; the rare families
 //!    are modules the kernel would load on demand), and a protocol other than the domain's
-//!    default, TCP, UDP, ICMP (INET) or route, sock_diag, uevent (NETLINK; not generic
-//!    netlink, whose families load modules by name) fails with
+//!    default, TCP, UDP, ICMP (INET) or uevent (NETLINK: route and sock_diag queue their
+//!    replies in kernel memory no cgroup charges; generic netlink's families load modules by
+//!    name) fails with
 //!    EPROTONOSUPPORT (MPTCP sockets slip past Landlock's TCP rules; SCTP, DCCP, UDP-Lite or
 //!    crypto_user are kernel surface no agent needs; so is an INET type other than stream or
 //!    datagram, whose protocol 0 means SCTP or DCCP). Those are the errnos of a kernel
@@ -172,13 +173,20 @@ const IPPROTO_MPTCP: u64 = 262;
 /// Per domain, the `socket(2)` protocols (argument 2) a cell may ask for; any other fails
 /// with EPROTONOSUPPORT: MPTCP (it slips past Landlock's TCP rules), SCTP, DCCP, UDP-Lite,
 /// L2TP, crypto_user netlink, … (a protocol number is what names the module the kernel would
-/// load). 0 is each domain's default (TCP, UDP, NETLINK_ROUTE).
+/// load). 0 is the INET domains' default (TCP, UDP). Netlink: only uevent (receive-only; a
+/// cell's netns gets no broadcasts). NETLINK_ROUTE (0) and NETLINK_SOCK_DIAG are refused:
+/// the kernel queues their replies on the cell's socket without charging any cgroup, so a
+/// cell asking for replies it never reads pinned 2 GB of host kernel memory from
+/// `memory_max = 512M` (up to twice `net.core.rmem_max` per socket, times every fd of every
+/// process). What a cell loses: `getifaddrs(3)` (`ip addr`, Node's `os.networkInterfaces()`
+/// throws) in a network namespace that has at most `lo`; glibc's `AI_ADDRCONFIG` falls back
+/// to assuming both address families.
 const ALLOWED_SOCKET_PROTOCOLS: &[(u64, &[u64])] = &[
     (libc::AF_INET as u64, &[0, libc::IPPROTO_TCP as u64, libc::IPPROTO_UDP as u64, libc::IPPROTO_ICMP as u64]),
     (libc::AF_INET6 as u64, &[0, libc::IPPROTO_TCP as u64, libc::IPPROTO_UDP as u64, libc::IPPROTO_ICMPV6 as u64]),
     (
         libc::AF_NETLINK as u64,
-        &[libc::NETLINK_ROUTE as u64, libc::NETLINK_SOCK_DIAG as u64, libc::NETLINK_KOBJECT_UEVENT as u64],
+        &[libc::NETLINK_KOBJECT_UEVENT as u64],
     ),
 ];
 /// `socket(2)` types (argument 1, below its `SOCK_NONBLOCK | SOCK_CLOEXEC` flags) refused in
@@ -576,7 +584,9 @@ mod tests {
         assert_eq!(sock(libc::AF_INET, 0), None);
         assert_eq!(sock(libc::AF_INET6, libc::IPPROTO_TCP), None);
         assert_eq!(sock(libc::AF_UNIX, 0), None);
-        assert_eq!(sock(libc::AF_NETLINK, libc::NETLINK_ROUTE), None);
+        assert_eq!(sock(libc::AF_NETLINK, libc::NETLINK_KOBJECT_UEVENT), None);
+        assert_eq!(sock(libc::AF_NETLINK, libc::NETLINK_ROUTE), Some(libc::EPROTONOSUPPORT));
+        assert_eq!(sock(libc::AF_NETLINK, libc::NETLINK_SOCK_DIAG), Some(libc::EPROTONOSUPPORT));
         assert_eq!(sock(libc::AF_ALG, 0), Some(libc::EAFNOSUPPORT));
         assert_eq!(sock(libc::AF_PACKET, 0), Some(libc::EAFNOSUPPORT));
         assert_eq!(sock(libc::AF_INET, libc::IPPROTO_SCTP), Some(libc::EPROTONOSUPPORT));
