@@ -818,6 +818,35 @@ fn a_command_to_an_ended_session_gets_its_end() {
     assert!(r.text().contains("already ended (idle)"), "{}", r.text());
 }
 
+// From the pool review (round 4): a session's idle clock is the time since its last command.
+// Output used to restart it, so a session whose background job printed a line every 0.3 s was
+// never reaped and held its slot until its wall time.
+#[test]
+fn a_session_that_prints_is_still_reaped_idle() {
+    gate!("a_session_that_prints_is_still_reaped_idle");
+    let d = daemon()
+        .provider(
+            "chatty",
+            "[\"/bin/sh\"]",
+            "session",
+            "[limits]\nidle_timeout = \"1s\"\n[session]\nframing = \"sentinel\"\nsentinel = \"__END__\"\n",
+        )
+        .start();
+    let id = id_of(&d.spawn("chatty"));
+    let r = d.send(&id, "(while :; do echo tick >&2; echo tock; sleep 0.3; done) & echo __END__", 5000);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = Instant::now();
+    loop {
+        let info = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json();
+        if !info["exit"].is_null() {
+            assert_eq!(info["exit"]["reason"], "idle", "{info}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(8), "a session printing without commands was never reaped: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `POST /v1/providers/{provider}/session` for `cwd` (and `extra` body fields): the cell id.
 fn session_of(d: &Daemon, provider: &str, cwd: &str, extra: Value) -> String {
     let mut body = json!({"cwd": cwd});

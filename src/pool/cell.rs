@@ -137,7 +137,9 @@ pub struct CellEntry {
     /// A one-shot's stdin, when it was started to take input (`stdin: true`); `None` once
     /// closed.
     pub stdin: tokio::sync::Mutex<Option<CellInput>>,
-    /// Last command or output; the idle clock.
+    /// When the last command was handed out, started or answered: the idle clock. Output
+    /// does not count (a session whose background job prints is still idle: "idle" is "no
+    /// command for `idle_timeout`", as the policies promise).
     pub last_activity: Mutex<Instant>,
     /// Commands in flight (a busy cell is never idle).
     pub busy: std::sync::atomic::AtomicUsize,
@@ -459,9 +461,6 @@ async fn pump_stderr(entry: Arc<CellEntry>, mut tap: Option<Tap>) {
         }
         // One read per wake-up, then the tap (which may make us wait for its reader).
         let (chunks, end) = pipe.read_ready(&entry.spool, 1, false);
-        if !chunks.is_empty() {
-            entry.touch();
-        }
         for ev in chunks {
             if let Some(t) = &tap {
                 if t.send(ev).await.is_err() {
@@ -497,7 +496,6 @@ async fn pump(
                     buf.resize(grown, 0);
                 }
                 let offset = entry.spool.push(stream, &buf[..n]);
-                entry.touch();
                 if let Some(t) = &tap {
                     let data = bytes::Bytes::copy_from_slice(&buf[..n]);
                     if t.send(OutputEvent::Data { stream, offset, data }).await.is_err() {
