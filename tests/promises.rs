@@ -797,6 +797,20 @@ fn an_output_offset_past_the_end_is_refused() {
     assert!(r.text().contains("past the end"), "{}", r.text());
     let r = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?from=6&follow=false"), None);
     assert_eq!(r.status, 200, "{}", r.text());
+    // Before the oldest byte kept (pool review, round 4): raw bytes cannot say that the start
+    // is gone, so it is a 400 naming the oldest offset — it used to be a connection closed
+    // without any answer. NDJSON says it in a `lagged` line.
+    let d = daemon().provider("small", "[\"/bin/cat\"]", "session", "[limits]\noutput_bytes = \"4K\"\n").start();
+    let id = id_of(&d.spawn("small"));
+    assert_eq!(d.send(&id, &"x".repeat(8000), 5000).status, 200);
+    let r = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?format=raw&from=0"), None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("oldest byte still kept"), "{}", r.text());
+    let r = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?from=0"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"lagged\""), "{}", r.text());
+    let r = call(&d.socket, "GET", &format!("/v1/cells/{id}/output?format=raw"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 // From the pool review: a command sent to a session that had already ended (here: reaped idle)

@@ -242,8 +242,18 @@ async fn output(
     uri: Uri,
 ) -> ApiResult<Response> {
     let q = query(q)?;
-    let sub = s.pool.output(&caller, &path(id)?, q.from)?;
+    let id = path(id)?;
+    let sub = s.pool.output(&caller, &id, q.from)?;
     if q.format == OutputFormat::Raw {
+        // Raw bytes cannot say that their start is gone (NDJSON does, in a `lagged` line).
+        if let Some(first) = sub.gap() {
+            return Err(crate::pool::PoolError::BadRequest(format!(
+                "cell {id}: from = {} is before the oldest byte still kept ({first}; the cell keeps the last \
+                 output_bytes of its output): ask for at least {first}, or leave `from` out",
+                sub.position()
+            ))
+            .into());
+        }
         let only = q.stream.map(crate::session::Stream::from);
         return Ok(raw_output(sub, q.follow, only, hang_up(&caller, &uri)));
     }

@@ -258,6 +258,13 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The oldest byte still kept, when this reader starts before it (what lies between was
+    /// dropped: the spool keeps only the last `cap` bytes).
+    pub fn gap(&self) -> Option<u64> {
+        let (first, _) = self.spool.kept();
+        (self.pos < first).then_some(first)
+    }
+
     /// The next event: data at or after this reader's position, a lag notice, or the end.
     /// Waits for new output while the cell runs; `None` after `End`.
     pub async fn next(&mut self) -> Option<OutputEvent> {
