@@ -861,6 +861,22 @@ fn a_session_that_prints_is_still_reaped_idle() {
     }
 }
 
+// From the pool review (round 4): an error message that quotes the caller (here a cwd with a
+// newline and a forged log line in it) is logged on one line, its control characters escaped;
+// it used to add a line of the caller's choosing to the daemon's log.
+#[test]
+fn a_callers_text_cannot_forge_log_lines() {
+    gate!("a_callers_text_cannot_forge_log_lines");
+    let d = daemon().start();
+    let cwd = "/nope\n2026-12-01T11:05:00.000000Z ERROR cellkeep::pool: FORGED-LINE cell=deadbeef";
+    let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "cat", "cwd": cwd})));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("FORGED-LINE"), "{}", r.text());
+    let line = d.wait_log(&["FORGED-LINE"], Duration::from_secs(5));
+    assert!(line.contains("/nope\\n2026"), "the cwd was not escaped in: {line}");
+    assert!(!d.log().lines().any(|l| l.starts_with("2026-12-01T11:05:00")), "a forged line:\n{}", d.log());
+}
+
 /// `POST /v1/providers/{provider}/session` for `cwd` (and `extra` body fields): the cell id.
 fn session_of(d: &Daemon, provider: &str, cwd: &str, extra: Value) -> String {
     let mut body = json!({"cwd": cwd});
