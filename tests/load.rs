@@ -322,7 +322,10 @@ fn one_users_connections_leave_room_for_others() {
         held = []\n\
         for _ in range(16):\n\
         \x20   s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); held.append(s)\n\
-        print('held', flush=True)\n\
+        held[-1].settimeout(5)\n\
+        try: answer = held[-1].recv(4096)\n\
+        except OSError as e: answer = repr(e).encode()\n\
+        print('held', answer.split(b'\\r\\n')[0].decode(), b'\"connection_limit\"' in answer, flush=True)\n\
         time.sleep(30)\n";
     let as_uid = |uid: &str| {
         let mut c = std::process::Command::new("setpriv");
@@ -337,7 +340,8 @@ fn one_users_connections_leave_room_for_others() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(hog.stdout.take().expect("stdout")), &mut line)
         .expect("hog");
-    assert_eq!(line.trim(), "held");
+    // A connection over its uid's share is answered (503, connection_limit), then closed.
+    assert_eq!(line.trim(), "held HTTP/1.1 503 Service Unavailable True");
     std::thread::sleep(Duration::from_millis(300));
     let root = common::http::raw(&d.socket, "GET", "/v1/health", b"");
     let other = as_uid("65533")

@@ -61,6 +61,23 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A whole answer with the API's JSON error body, for a connection closed before hyper serves
+/// it (over the connection limit): the status of `code`, then `connection: close`.
+pub fn closing_answer(code: ErrorCode, message: String) -> Vec<u8> {
+    let status = code.status();
+    let body = serde_json::to_vec(&ErrorBody { code, message, result: None }).unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nconnection: close\r\nretry-after: 1\r\n\
+         content-length: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
 impl<S: AsyncWrite + Unpin> JsonErrors<S> {
     /// Write what is pending; the size of hyper's buffer it replaced, once all is written.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<usize>>> {

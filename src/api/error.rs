@@ -146,7 +146,8 @@ impl IntoResponse for HttpError {
                 | ErrorCode::ProcessLimit
                 | ErrorCode::SetupFailed
                 | ErrorCode::Forbidden
-                | ErrorCode::ShuttingDown => tracing::warn!(code, status, "{message}"),
+                | ErrorCode::ShuttingDown
+                | ErrorCode::ConnectionLimit => tracing::warn!(code, status, "{message}"),
                 ErrorCode::Timeout
                 | ErrorCode::Exited
                 | ErrorCode::AlreadyEnded

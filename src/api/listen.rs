@@ -199,21 +199,25 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = shares.admit(&slots, caller.uid, pool.is_admin(&caller)) else {
-            // At most one line a second (a client reconnecting in a loop must not flood the
-            // journal), with the count refused since the last one.
-            refused += 1;
-            if last_refusal_log.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(1)) {
-                tracing::warn!(
-                    max_connections,
-                    uid = caller.uid,
-                    refused,
-                    "connection limit reached; refusing connections"
-                );
-                last_refusal_log = Some(std::time::Instant::now());
-                refused = 0;
+        let slot = match shares.admit(&slots, caller.uid, pool.is_admin(&caller)) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refuse(&stream, why, caller.uid, max_connections);
+                // At most one line a second (a client reconnecting in a loop must not flood
+                // the journal), with the count refused since the last one.
+                refused += 1;
+                if last_refusal_log.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        max_connections,
+                        uid = caller.uid,
+                        refused,
+                        "connection limit reached; refusing connections"
+                    );
+                    last_refusal_log = Some(std::time::Instant::now());
+                    refused = 0;
+                }
+                continue;
             }
-            continue;
         };
         let (router, closing) = (router.clone(), closing_rx.clone());
         tasks.spawn(async move {
@@ -224,6 +228,23 @@ pub async fn serve(
     Connections { tasks, closing }
 }
 
+/// Answer a connection over the limit before closing it, so the client learns why: one
+/// non-blocking write of a few hundred bytes into the fresh socket's empty buffer (nothing
+/// waits on it; a failed write is a client already gone).
+fn refuse(stream: &UnixStream, why: Refused, uid: u32, max_connections: usize) {
+    let message = match why {
+        Refused::Share { held } => format!(
+            "connection limit: uid {uid} already holds {held} connections, its share of \
+             max_connections = {max_connections}; close idle ones or retry"
+        ),
+        Refused::Full => format!(
+            "connection limit: the daemon serves max_connections = {max_connections} connections \
+             (some kept for root and admins); retry shortly"
+        ),
+    };
+    let _ = stream.try_write(&super::edge::closing_answer(super::wire::ErrorCode::ConnectionLimit, message));
+}
+
 /// How the connection slots are shared, so one user's connections (256 `follow` streams, say)
 /// cannot lock everyone else out: a non-admin uid holds at most a quarter of them, and
 /// non-admin connections together leave an eighth free for root and admins.
@@ -231,6 +252,15 @@ struct Shares {
     per_uid: usize,
     reserve: usize,
     open: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    /// Its uid holds its share already.
+    Share { held: usize },
+    /// Every slot is taken (for a non-admin: every slot but the reserve).
+    Full,
 }
 
 /// One admitted connection: its global slot and its place in its uid's share.
@@ -245,19 +275,22 @@ impl Shares {
         Shares { per_uid: (max / 4).max(1), reserve: max / 8, open: Default::default() }
     }
 
-    fn admit(&self, slots: &Arc<Semaphore>, uid: u32, admin: bool) -> Option<Admitted> {
+    fn admit(&self, slots: &Arc<Semaphore>, uid: u32, admin: bool) -> Result<Admitted, Refused> {
         if admin {
-            let slot = slots.clone().try_acquire_owned().ok()?;
-            return Some(Admitted { _slot: slot, uid: None, open: self.open.clone() });
+            let slot = slots.clone().try_acquire_owned().map_err(|_| Refused::Full)?;
+            return Ok(Admitted { _slot: slot, uid: None, open: self.open.clone() });
         }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let mine = open.entry(uid).or_default();
-        if *mine >= self.per_uid || slots.available_permits() <= self.reserve {
-            return None;
+        if *mine >= self.per_uid {
+            return Err(Refused::Share { held: *mine });
         }
-        let slot = slots.clone().try_acquire_owned().ok()?;
+        if slots.available_permits() <= self.reserve {
+            return Err(Refused::Full);
+        }
+        let slot = slots.clone().try_acquire_owned().map_err(|_| Refused::Full)?;
         *mine += 1;
-        Some(Admitted { _slot: slot, uid: Some(uid), open: self.open.clone() })
+        Ok(Admitted { _slot: slot, uid: Some(uid), open: self.open.clone() })
     }
 }
 

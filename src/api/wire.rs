@@ -45,6 +45,9 @@ pub enum ErrorCode {
     SetupFailed,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// The daemon serves as many connections as it may (`max_connections`, or this uid's
+    /// share of them); the connection is closed after this answer.
+    ConnectionLimit,
     /// The daemon failed.
     Internal,
 }
@@ -61,7 +64,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             ErrorCode::Policy | ErrorCode::SetupFailed => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown | ErrorCode::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +73,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::ProcessLimit => "process_limit",
+            ErrorCode::ConnectionLimit => "connection_limit",
             ErrorCode::Timeout => "timeout",
             ErrorCode::ResourceLimit => "resource_limit",
             ErrorCode::Exited => "exited",
