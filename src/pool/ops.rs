@@ -751,6 +751,9 @@ impl Pool {
         // the same termination as `kill`, with the grace capped by the shutdown timeout, which
         // bounds the whole wait (a cell ignoring SIGTERM costs the grace, not the timeout).
         let grace = self.inner.config.grace.min(timeout);
+        // Counted: the cells this call stops (one an earlier shutdown or a `kill` is already
+        // ending is waited for, not counted again).
+        let stopped_here = live.iter().filter(|e| e.stop.borrow().is_none()).count();
         for e in &live {
             e.request_stop(Stop::Graceful { grace, reason: ExitReason::Terminated });
         }
@@ -769,7 +772,7 @@ impl Pool {
         let _ = tokio::task::spawn_blocking(move || root.remove_if_empty()).await;
         // Cumulative: the daemon's own shutdown after `POST /v1/shutdown` finds none left, and
         // its log line reports the cells that shutdown ended.
-        Count { count: self.inner.ended_at_shutdown.fetch_add(live.len(), Ordering::SeqCst) + live.len() }
+        Count { count: self.inner.ended_at_shutdown.fetch_add(stopped_here, Ordering::SeqCst) + stopped_here }
     }
 }
 
