@@ -881,6 +881,34 @@ fn a_callers_text_cannot_forge_log_lines() {
     assert!(!d.log().lines().any(|l| l.starts_with("2026-12-01T11:05:00")), "a forged line:\n{}", d.log());
 }
 
+// From the pool review (round 4): a session's end is classified by what happened after its
+// last answered command. An OOM kill that a command lived through (its answer was 200) made a
+// later clean `exit 0` end as `oom_killed`, and the command in flight then got resource_limit.
+#[test]
+fn a_limit_hit_a_command_survived_is_not_the_sessions_end() {
+    gate!("a_limit_hit_a_command_survived_is_not_the_sessions_end");
+    let d = daemon()
+        .provider(
+            "shsmall",
+            "[\"/bin/sh\"]",
+            "session",
+            "[limits]\nmemory_max = \"48M\"\n[session]\nframing = \"sentinel\"\nsentinel = \"__END__\"\n",
+        )
+        .start();
+    let id = id_of(&d.spawn("shsmall"));
+    let r = d.send(&id, "python3 -c 'a = bytearray(200 << 20)'; echo rc=$?; echo __END__", 20000);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("rc=137"), "the allocation was not OOM-killed: {}", r.text());
+    assert_eq!(r.json()["events"]["oom_kills"], 1, "{}", r.text());
+    assert_eq!(d.send(&id, "echo alive; echo __END__", 5000).status, 200);
+    let r = d.send(&id, "exit 0", 5000);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["code"], "exited", "{}", r.text());
+    let info = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json();
+    assert_eq!(info["exit"]["reason"], "exited", "{info}");
+    assert_eq!(info["events"]["oom_kills"], 1, "the cell's events still count the kill: {info}");
+}
+
 /// `POST /v1/providers/{provider}/session` for `cwd` (and `extra` body fields): the cell id.
 fn session_of(d: &Daemon, provider: &str, cwd: &str, extra: Value) -> String {
     let mut body = json!({"cwd": cwd});

@@ -171,6 +171,17 @@ pub struct Events {
     pub pids_max_hits: u64,
 }
 
+impl Events {
+    /// The events counted since `earlier` (a reading of the same cgroup).
+    pub fn since(&self, earlier: &Events) -> Events {
+        Events {
+            oom_kills: self.oom_kills.saturating_sub(earlier.oom_kills),
+            memory_max_hits: self.memory_max_hits.saturating_sub(earlier.memory_max_hits),
+            pids_max_hits: self.pids_max_hits.saturating_sub(earlier.pids_max_hits),
+        }
+    }
+}
+
 /// Checks that a cell id is safe as a directory name: `[A-Za-z0-9_-]{1,64}`.
 pub fn validate_id(id: &str) -> Result<(), CgroupError> {
     let ok = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');

@@ -127,6 +127,9 @@ pub struct CellEntry {
     pub created: SystemTime,
     pub started: Instant,
     pub cgroup: Arc<CellCgroup>,
+    /// The cell's limit events that answered session commands lived through (see
+    /// [`crate::sandbox::Cell::events_seen`]; updated by [`CellEntry::account_events`]).
+    events_seen: Arc<Mutex<crate::cgroup::Events>>,
     pub payload_pid: Option<u32>,
     pub degraded: Vec<Degradation>,
     pub spool: Spool,
@@ -162,6 +165,12 @@ pub struct CellEntry {
 impl CellEntry {
     pub fn touch(&self) {
         *self.last_activity.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// A session command was answered: the limit events so far are its, not a reason for the
+    /// cell's later end.
+    pub fn account_events(&self, now: crate::cgroup::Events) {
+        *self.events_seen.lock().unwrap_or_else(|e| e.into_inner()) = now;
     }
 
     pub fn idle_for(&self) -> Duration {
@@ -317,6 +326,7 @@ pub fn start(
         created: SystemTime::now(),
         started: cell.started,
         cgroup: cell.cgroup.clone(),
+        events_seen: cell.events_seen(),
         payload_pid: cell.payload_pid,
         degraded: cell.degraded.clone(),
         spool,

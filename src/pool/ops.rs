@@ -530,7 +530,10 @@ impl Pool {
         let mut result = CommandResult::new(id, &reply.body, &stderr);
         result.duration_ms = started.elapsed().as_millis() as u64;
         result.usage = entry.usage_now().await;
-        result.events = entry.events_now();
+        // Read now, not from the watch (which may not have seen a kill of this command yet):
+        // what the command lived through is its, not a reason for the session's later end.
+        result.events = entry.cgroup.events().unwrap_or_else(|_| entry.events_now());
+        entry.account_events(result.events);
         Ok(result)
     }
 

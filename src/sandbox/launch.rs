@@ -158,6 +158,9 @@ pub struct Cell {
     pub host_uid: u32,
     /// The lease on the cell's own host id; dropped only after the cgroup is removed.
     pub(super) id_lease: Option<super::ids::IdLease>,
+    /// Limit events already accounted for (a session's answered commands): the end is
+    /// classified by what came after them ([`Cell::events_seen`]).
+    events_seen: Arc<std::sync::Mutex<crate::cgroup::Events>>,
 }
 
 fn limits_of(policy: &Policy) -> CellLimits {
@@ -349,6 +352,7 @@ impl Launcher {
             backend: self.root.backend_name(),
             host_uid,
             id_lease: lease,
+            events_seen: Default::default(),
         };
         Ok((started, warm_plan))
     }
@@ -638,6 +642,14 @@ impl Cell {
         }
     }
 
+    /// Where the owner records the limit events it has accounted for (a reading of the
+    /// cgroup's [`crate::cgroup::Events`] once a session command was answered): the end of the
+    /// cell is classified by the events after that, so a clean `exit 0` an hour after an OOM
+    /// kill that a command survived ends as `exited(0)`, not `oom_killed`.
+    pub fn events_seen(&self) -> Arc<std::sync::Mutex<crate::cgroup::Events>> {
+        self.events_seen.clone()
+    }
+
     /// The helper's pid (signals sent to it are forwarded into the cell).
     pub fn helper_pid(&self) -> Option<u32> {
         self.child.id()
@@ -749,7 +761,10 @@ impl Cell {
         }
 
         let (code, signal) = payload_exit.unwrap_or_else(|| helper_status(status));
-        let mut reason = forced.unwrap_or_else(|| classify(code, signal, &events));
+        // A limit hit that an answered session command already lived through is not why the
+        // cell ended later (its `events` still count everything).
+        let seen = *self.events_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reason = forced.unwrap_or_else(|| classify(code, signal, &events.since(&seen)));
         if let (ExitReason::SeccompViolation { syscall }, Some(pid)) = (&mut reason, self.payload_pid) {
             *syscall =
                 tokio::task::spawn_blocking(move || super::audit::seccomp_kill_syscall(pid)).await.ok().flatten();
