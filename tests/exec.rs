@@ -132,6 +132,38 @@ fn a_cells_signals_start_at_their_defaults() {
     assert!(!stderr.contains("Broken pipe"), "{:.300}", stderr);
 }
 
+// A streamed one-shot's `data` lines come in offset order across both streams (pool review,
+// round 4: stdout at offset 3 arrived before stderr at offset 0, so a client resuming from the
+// last offset it saw would skip bytes). Offsets are contiguous: each line starts where the one
+// before ended.
+#[test]
+fn streamed_output_arrives_in_offset_order() {
+    gate!("streamed_output_arrives_in_offset_order");
+    let d = daemon().start();
+    let script = "for i in $(seq 1500); do echo o$i; echo e$i >&2; done";
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/providers/sh/commands",
+        Some(&serde_json::json!({"command": script, "cwd": d.cwd(), "stream": true, "timeout_ms": 60000})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut next = 0u64;
+    let mut lines = 0;
+    for line in r.text().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("an NDJSON line");
+        if v["type"] != "data" {
+            continue;
+        }
+        let offset = v["offset"].as_u64().expect("offset");
+        let len = v["data"].as_str().map_or(0, str::len) as u64;
+        assert_eq!(offset, next, "data line {lines} out of order: {line}");
+        next = offset + len;
+        lines += 1;
+    }
+    assert!(next > 10_000, "too little output: {next} bytes");
+}
+
 // SIGINT (Ctrl-C) to exec terminates the command's cell; exec exits 128+SIGTERM.
 #[test]
 fn exec_ctrl_c_terminates_the_cell() {

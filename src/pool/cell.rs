@@ -144,6 +144,10 @@ pub struct CellEntry {
     /// does not count (a session whose background job prints is still idle: "idle" is "no
     /// command for `idle_timeout`", as the policies promise).
     pub last_activity: Mutex<Instant>,
+    /// Held by an output pump from its push into the spool until its tap has the event: the
+    /// stdout and stderr pumps would otherwise interleave, and a streamed one-shot's reader
+    /// would get offset 3 before offset 0.
+    pub tap_order: tokio::sync::Mutex<()>,
     /// Commands in flight (a busy cell is never idle).
     pub busy: std::sync::atomic::AtomicUsize,
     pub stop: watch::Sender<Option<Stop>>,
@@ -334,6 +338,7 @@ pub fn start(
         io: tokio::sync::Mutex::new(io),
         stdin: tokio::sync::Mutex::new(oneshot_stdin),
         last_activity: Mutex::new(Instant::now()),
+        tap_order: Default::default(),
         busy: Default::default(),
         stop: watch::channel(None).0,
         exit: watch::channel(None).0,
@@ -469,7 +474,12 @@ async fn pump_stderr(entry: Arc<CellEntry>, mut tap: Option<Tap>) {
         if pipe.pipe.readable().await.is_err() {
             break;
         }
-        // One read per wake-up, then the tap (which may make us wait for its reader).
+        // One read per wake-up, then the tap (which may make us wait for its reader); with a
+        // tap, both under the tap's order lock (see `CellEntry::tap_order`).
+        let _order = match &tap {
+            Some(_) => Some(entry.tap_order.lock().await),
+            None => None,
+        };
         let (chunks, end) = pipe.read_ready(&entry.spool, 1, false);
         for ev in chunks {
             if let Some(t) = &tap {
@@ -505,12 +515,15 @@ async fn pump(
                     // Appends: the n bytes just read stay where they are.
                     buf.resize(grown, 0);
                 }
-                let offset = entry.spool.push(stream, &buf[..n]);
                 if let Some(t) = &tap {
+                    let _order = entry.tap_order.lock().await;
+                    let offset = entry.spool.push(stream, &buf[..n]);
                     let data = bytes::Bytes::copy_from_slice(&buf[..n]);
                     if t.send(OutputEvent::Data { stream, offset, data }).await.is_err() {
                         tap = None;
                     }
+                } else {
+                    entry.spool.push(stream, &buf[..n]);
                 }
                 if let Some((framer, replies)) = framing.as_mut() {
                     // Only while a command is in flight is a reply kept whole and queued: one
