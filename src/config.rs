@@ -48,10 +48,14 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How long exited cells stay listed with their exit reason.
     pub exited_retention: Duration,
-    /// How many exited cells stay listed at most (the oldest go first): each holds its output
-    /// spool (a file and an fd) and its record, so a busy daemon's retention is bounded by
-    /// count as well as by time.
+    /// How many exited cells stay listed at most: each holds its output spool (a file and an
+    /// fd) and its record, so a busy daemon's retention is bounded by count as well as by
+    /// time. Past it, the oldest exited cell of the uid that holds the most goes first (one
+    /// user's one-shots do not push out another's results).
     pub exited_retention_max: usize,
+    /// The most output the exited cells' spools may hold together (`exited_output_max`,
+    /// default 1G): past it, the oldest exited cell of the uid whose cells hold the most goes.
+    pub exited_output_max: u64,
     /// Groups whose members may see and manage every cell, and shut the daemon down.
     pub admin_gids: Vec<u32>,
     pub cgroup_root: String,
@@ -85,6 +89,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             exited_retention: Duration::from_secs(300),
             exited_retention_max: 1000,
+            exited_output_max: 1 << 30,
             admin_gids: Vec::new(),
             cgroup_root: "cellkeep".to_owned(),
             spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
@@ -111,6 +116,7 @@ struct FileConfig {
     shutdown_timeout_secs: Option<f64>,
     exited_retention_secs: Option<f64>,
     exited_retention_max: Option<usize>,
+    exited_output_max: Option<toml::Value>,
     admin_groups: Option<Vec<String>>,
     cgroup_root: Option<String>,
     spool_dir: Option<PathBuf>,
@@ -186,6 +192,17 @@ impl Config {
         }
         if let Some(v) = f.exited_retention_max {
             c.exited_retention_max = v;
+        }
+        if let Some(v) = f.exited_output_max {
+            let scalar = match v {
+                toml::Value::Integer(n) => Some(crate::policy::raw::Scalar::Int(n)),
+                toml::Value::String(s) => Some(crate::policy::raw::Scalar::Str(s)),
+                _ => None,
+            };
+            c.exited_output_max = scalar
+                .ok_or_else(|| "a size in bytes, or e.g. \"512M\"".to_owned())
+                .and_then(|s| crate::policy::units::parse_size(&s))
+                .map_err(|m| ConfigError::Parse { path: path.to_owned(), message: format!("exited_output_max: {m}") })?;
         }
         if let Some(groups) = f.admin_groups {
             c.admin_gids = groups.iter().map(|g| gid_of(path, g)).collect::<Result<_, _>>()?;

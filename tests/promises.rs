@@ -909,6 +909,37 @@ fn a_limit_hit_a_command_survived_is_not_the_sessions_end() {
     assert_eq!(info["events"]["oom_kills"], 1, "the cell's events still count the kill: {info}");
 }
 
+// From the attacker review (round 5): exited cells past `exited_retention_max` are forgotten
+// oldest first *of the uid that holds the most*. It was oldest first of all: one user's three
+// one-shots pushed root's result out within seconds.
+#[test]
+fn one_users_results_do_not_push_out_anothers() {
+    gate!("one_users_results_do_not_push_out_anothers");
+    let d = daemon()
+        .config("exited_retention_max = 3")
+        .socket_mode(Some("0666"))
+        .provider("say", "[\"/bin/echo\"]", "oneshot", "[access]\nuids = [0, 65534]\n")
+        .start();
+    let r = call(&d.socket, "POST", "/v1/providers/say/commands", Some(&json!({"command": "root's", "cwd": d.cwd()})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mine = r.json()["cell"].as_str().unwrap_or_default().to_owned();
+    for i in 0..4 {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--socket"])
+            .arg(&d.socket)
+            .args(["exec", "say", &format!("nobody's {i}"), "--cwd", &d.cwd()])
+            .output()
+            .expect("setpriv");
+        assert!(out.status.success(), "{out:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = call(&d.socket, "GET", &format!("/v1/cells/{mine}"), None);
+    assert_eq!(r.status, 200, "root's exited cell was pushed out by another uid's: {}", r.text());
+    let all = call(&d.socket, "GET", "/v1/cells?all=true", None).json();
+    let listed = all.as_array().map_or(0, Vec::len);
+    assert_eq!(listed, 3, "retention kept {listed} exited cells with exited_retention_max = 3: {all}");
+}
+
 /// `POST /v1/providers/{provider}/session` for `cwd` (and `extra` body fields): the cell id.
 fn session_of(d: &Daemon, provider: &str, cwd: &str, extra: Value) -> String {
     let mut body = json!({"cwd": cwd});
