@@ -41,6 +41,9 @@ pub struct Config {
     /// The admin floor every provider policy must respect (no file there = no floor).
     pub floor: PathBuf,
     pub max_cells: usize,
+    /// `max_cells_per_uid`: the most cells (running or being launched) one non-admin uid may
+    /// hold, so one user cannot take every slot on a shared host. `None`: no per-uid bound.
+    pub max_cells_per_uid: Option<usize>,
     /// Default idle timeout (a policy's `limits.idle_timeout` overrides it per provider).
     pub idle_timeout: Duration,
     /// SIGTERM → SIGKILL grace when terminating a cell.
@@ -84,6 +87,7 @@ impl Default for Config {
             policy_dir: if installed.is_dir() { installed.to_owned() } else { PathBuf::from("policies") },
             floor: PathBuf::from(DEFAULT_FLOOR),
             max_cells: 20,
+            max_cells_per_uid: None,
             idle_timeout: Duration::from_secs(300),
             grace: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
@@ -111,6 +115,7 @@ struct FileConfig {
     policy_dir: Option<PathBuf>,
     floor: Option<PathBuf>,
     max_cells: Option<usize>,
+    max_cells_per_uid: Option<usize>,
     idle_timeout_secs: Option<f64>,
     grace_secs: Option<f64>,
     shutdown_timeout_secs: Option<f64>,
@@ -177,6 +182,15 @@ impl Config {
         }
         if let Some(v) = f.max_cells {
             c.max_cells = v;
+        }
+        if let Some(v) = f.max_cells_per_uid {
+            if v == 0 {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: "max_cells_per_uid: must be at least 1 (leave it out for no per-uid bound)".into(),
+                });
+            }
+            c.max_cells_per_uid = Some(v);
         }
         if let Some(v) = f.idle_timeout_secs {
             c.idle_timeout = secs(path, "idle_timeout_secs", v)?;

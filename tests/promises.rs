@@ -940,6 +940,40 @@ fn one_users_results_do_not_push_out_anothers() {
     assert_eq!(listed, 3, "retention kept {listed} exited cells with exited_retention_max = 3: {all}");
 }
 
+// From the attacker review (round 5): one non-root member of the group took every cell slot
+// (20 `spawn cat`), and root's next command got process_limit. With `max_cells_per_uid` a
+// non-admin uid holds at most that many cells; root and admins are not bound by it.
+#[test]
+fn one_uid_cannot_take_every_slot() {
+    gate!("one_uid_cannot_take_every_slot");
+    let d = daemon()
+        .max_cells(4)
+        .config("max_cells_per_uid = 2")
+        .socket_mode(Some("0666"))
+        .provider("mycat", "[\"/bin/cat\"]", "session", "[access]\nuids = [0, 65534]\n")
+        .start();
+    let spawn_as_nobody = || {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--socket"])
+            .arg(&d.socket)
+            .args(["--json", "spawn", "mycat", "--cwd", &d.cwd()])
+            .output()
+            .expect("setpriv")
+    };
+    for _ in 0..2 {
+        let out = spawn_as_nobody();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = spawn_as_nobody();
+    assert!(!out.status.success(), "a third cell for uid 65534 with max_cells_per_uid = 2: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("process_limit") && text.contains("uid 65534"), "{text}");
+    for _ in 0..2 {
+        let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "mycat", "cwd": d.cwd()})));
+        assert_eq!(r.status, 201, "root was locked out: {}", r.text());
+    }
+}
+
 /// `POST /v1/providers/{provider}/session` for `cwd` (and `extra` body fields): the cell id.
 fn session_of(d: &Daemon, provider: &str, cwd: &str, extra: Value) -> String {
     let mut body = json!({"cwd": cwd});

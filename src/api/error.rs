@@ -50,7 +50,7 @@ impl HttpError {
 /// The wire code of a pool error.
 pub fn code_of(e: &PoolError) -> ErrorCode {
     match e {
-        PoolError::ProcessLimit { .. } => ErrorCode::ProcessLimit,
+        PoolError::ProcessLimit { .. } | PoolError::UidLimit { .. } => ErrorCode::ProcessLimit,
         PoolError::Timeout { .. } | PoolError::QueueTimeout { .. } => ErrorCode::Timeout,
         PoolError::ResourceLimit { .. } => ErrorCode::ResourceLimit,
         PoolError::Ended { .. } => ErrorCode::Exited,

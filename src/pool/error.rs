@@ -7,6 +7,8 @@ use crate::sandbox::{ExitReason, SandboxError};
 pub enum PoolError {
     #[error("process limit reached: {running} of {limit} cells running")]
     ProcessLimit { limit: usize, running: usize },
+    #[error("process limit: uid {uid} runs {running} of its {limit} cells (max_cells_per_uid)")]
+    UidLimit { uid: u32, limit: usize, running: usize },
     #[error("cell {cell}: command timed out after {timeout_ms} ms; the command's process was ended")]
     Timeout { cell: String, timeout_ms: u64 },
     /// The command's timeout ran out while earlier commands of the session still ran: it was

@@ -93,6 +93,8 @@ struct State {
     cells: HashMap<String, Arc<CellEntry>>,
     /// Slots held by running cells and launches in progress.
     used_slots: usize,
+    /// Per non-admin uid: its cells running or being launched (`max_cells_per_uid`).
+    uid_cells: HashMap<u32, usize>,
     /// (provider, uid, cwd, env) → the live session cell.
     sessions: HashMap<SessionKey, String>,
     /// Pre-built cells waiting for a request (each holds a slot).
@@ -279,6 +281,41 @@ impl Pool {
         }
     }
 
+    /// A place in `caller`'s share of the cells (`max_cells_per_uid`; admins and a daemon
+    /// without the setting have no share to keep), waiting up to `wait` for one of its cells
+    /// to end, as [`Pool::reserve_slot`] waits for a slot. Held by the cell until it ends.
+    async fn claim_uid_share(
+        &self,
+        caller: &Caller,
+        wait: Option<Duration>,
+        left: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<UidShare>, PoolError> {
+        let Some(limit) = self.inner.config.max_cells_per_uid.filter(|_| !self.is_admin(caller)) else {
+            return Ok(None);
+        };
+        let until = wait.map(|w| Instant::now() + w);
+        loop {
+            let freed = self.inner.slot_freed.notified();
+            {
+                let mut st = self.state();
+                let mine = st.uid_cells.entry(caller.uid).or_default();
+                if *mine < limit {
+                    *mine += 1;
+                    return Ok(Some(UidShare { pool: self.clone(), uid: caller.uid }));
+                }
+                let running = *mine;
+                if until.is_none_or(|t| Instant::now() >= t) {
+                    return Err(PoolError::UidLimit { uid: caller.uid, limit, running });
+                }
+            }
+            let Some(t) = until else { continue };
+            tokio::select! {
+                _ = tokio::time::timeout_at(t.into(), freed) => {}
+                _ = left.cancelled() => return Err(PoolError::ClientGone),
+            }
+        }
+    }
+
     fn release_slot(&self) {
         let mut st = self.state();
         st.used_slots = st.used_slots.saturating_sub(1);
@@ -351,6 +388,26 @@ impl SlotGuard {
     /// The cell now holds the slot; its end releases it.
     fn commit(mut self) {
         self.pool = None;
+    }
+}
+
+/// One cell's place in its uid's share (see [`Pool::claim_uid_share`]); given back on drop.
+struct UidShare {
+    pool: Pool,
+    uid: u32,
+}
+
+impl Drop for UidShare {
+    fn drop(&mut self) {
+        let mut st = self.pool.state();
+        if let Some(n) = st.uid_cells.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.uid_cells.remove(&self.uid);
+            }
+        }
+        drop(st);
+        self.pool.inner.slot_freed.notify_waiters();
     }
 }
 

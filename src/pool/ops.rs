@@ -138,6 +138,9 @@ impl Pool {
         };
         let stdin = l.session || l.stdin;
         let limit = [policy.limits.wall_time, l.timeout].into_iter().flatten().min();
+        // The caller's share first (a uid at its bound waits for one of its own cells), then
+        // a slot of the pool; the cell holds both until it ends.
+        let share = self.claim_uid_share(&l.caller, l.wait_for_slot, left).await?;
         let (cell, slot, warm) = match self.launch_warm(&policy, &req, stdin).await? {
             Some((cell, slot)) => (cell, slot, true),
             None => {
@@ -155,6 +158,7 @@ impl Pool {
         let pool = self.clone();
         let registered = session_key.clone();
         let on_end = move |entry: &Arc<CellEntry>, _: &crate::sandbox::Outcome| {
+            drop(share);
             // The slot this cell frees may bring back pre-built cells: the one a one-shot was
             // served by, or ones given up at the cap for it. Once the cell is gone and its
             // answer on its way, so the build (forks, namespaces, mounts: a few ms of CPU) does
