@@ -270,8 +270,11 @@ impl Cell {
     pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
         let mut pids = Vec::new();
         for dir in self.dirs.unique() {
-            if dir.is_dir() {
-                pids.extend(fs::read_pids(&file(&dir, "cgroup.procs"))?);
+            // Removed between the check and the read: no processes there.
+            match fs::read_pids(&file(&dir, "cgroup.procs")) {
+                Ok(found) => pids.extend(found),
+                Err(CgroupError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(merge_pids(pids))

@@ -210,7 +210,11 @@ impl Cell {
         if !self.dir.is_dir() {
             return Ok(Vec::new());
         }
-        let mut pids = fs::read_pids(&file(&self.dir, "cgroup.procs"))?;
+        // Removed between the check and the read: no processes.
+        let mut pids = match fs::read_pids(&file(&self.dir, "cgroup.procs")) {
+            Err(CgroupError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other?,
+        };
         pids.sort_unstable();
         Ok(pids)
     }
@@ -269,10 +273,16 @@ impl Cell {
                 return Ok(());
             }
             fs::write(&freeze, "1")?;
-            fs::poll_until(Duration::from_secs(1), || Ok(parse::flat_keyed(&fs::read(&events)?, "frozen") == Some(1)))?;
-            let killed = self.procs().and_then(|pids| sigkill_all(&pids));
-            fs::write(&freeze, "0")?;
+            // Once frozen, thawed whatever happens in between: a cell left frozen by an error
+            // here would hold its processes (and slot) until someone noticed.
+            let killed = fs::poll_until(Duration::from_secs(1), || {
+                Ok(parse::flat_keyed(&fs::read(&events)?, "frozen") == Some(1))
+            })
+            .and_then(|_frozen| self.procs())
+            .and_then(|pids| sigkill_all(&pids));
+            let thawed = fs::write(&freeze, "0");
             killed?;
+            thawed?;
             fs::poll_until(Duration::from_millis(200), || Ok(self.procs()?.is_empty()))?;
         }
         if self.procs()?.is_empty() {

@@ -562,6 +562,19 @@ async fn remove_cgroup(cgroup: Arc<CellCgroup>) -> Option<crate::cgroup::CgroupE
     tokio::task::spawn_blocking(move || cgroup.remove().err()).await.ok().flatten()
 }
 
+/// A cell whose cgroup could not be removed may still have processes running under its host
+/// id: its lease is then never released by this launcher (the lock stays held until the
+/// process exits), so the id is not handed to another cell. Otherwise the lease drops here.
+fn keep_lease_if(cgroup_kept: bool, cell: &str, lease: Option<super::ids::IdLease>) {
+    match lease {
+        Some(lease) if cgroup_kept => {
+            tracing::warn!(cell, uid = lease.uid(), "the cell's cgroup was not removed; its host id stays leased");
+            std::mem::forget(lease);
+        }
+        _ => {}
+    }
+}
+
 impl Cell {
     /// Read reports until the payload exec'd (`warm`: until the cell built ahead is ready for
     /// its request) or a setup step failed.
@@ -619,11 +632,12 @@ impl Cell {
 
     /// Kill everything and remove the cgroup (a launch that failed half-way).
     pub(super) async fn discard(self) {
-        let Cell { cgroup, mut child, egress, .. } = self;
+        let Cell { id, cgroup, mut child, egress, id_lease, .. } = self;
         if let Some(e) = egress {
             e.stop();
         }
-        remove_cgroup(cgroup).await;
+        let kept = remove_cgroup(cgroup).await;
+        keep_lease_if(kept.is_some(), &id, id_lease);
         let _ = child.wait().await;
     }
 
@@ -751,14 +765,8 @@ impl Cell {
             tokio::task::spawn_blocking(move || (cg.usage().unwrap_or_default(), cg.events().unwrap_or_default()))
                 .await
                 .unwrap_or_default();
-        if remove_cgroup(self.cgroup.clone()).await.is_some() {
-            // Processes of the cell may still run under its id: never hand it out again from
-            // this launcher (the lock stays held until the process exits).
-            if let Some(lease) = self.id_lease.take() {
-                tracing::warn!(cell = %self.id, uid = lease.uid(), "the cell's cgroup was not removed; its host id stays leased");
-                std::mem::forget(lease);
-            }
-        }
+        let kept = remove_cgroup(self.cgroup.clone()).await;
+        keep_lease_if(kept.is_some(), &self.id, self.id_lease.take());
 
         let (code, signal) = payload_exit.unwrap_or_else(|| helper_status(status));
         // A limit hit that an answered session command already lived through is not why the
