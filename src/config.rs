@@ -216,7 +216,10 @@ impl Config {
             c.exited_output_max = scalar
                 .ok_or_else(|| "a size in bytes, or e.g. \"512M\"".to_owned())
                 .and_then(|s| crate::policy::units::parse_size(&s))
-                .map_err(|m| ConfigError::Parse { path: path.to_owned(), message: format!("exited_output_max: {m}") })?;
+                .map_err(|m| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: format!("exited_output_max: {m}"),
+                })?;
         }
         if let Some(groups) = f.admin_groups {
             c.admin_gids = groups.iter().map(|g| gid_of(path, g)).collect::<Result<_, _>>()?;

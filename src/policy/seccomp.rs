@@ -184,10 +184,7 @@ const IPPROTO_MPTCP: u64 = 262;
 const ALLOWED_SOCKET_PROTOCOLS: &[(u64, &[u64])] = &[
     (libc::AF_INET as u64, &[0, libc::IPPROTO_TCP as u64, libc::IPPROTO_UDP as u64, libc::IPPROTO_ICMP as u64]),
     (libc::AF_INET6 as u64, &[0, libc::IPPROTO_TCP as u64, libc::IPPROTO_UDP as u64, libc::IPPROTO_ICMPV6 as u64]),
-    (
-        libc::AF_NETLINK as u64,
-        &[libc::NETLINK_KOBJECT_UEVENT as u64],
-    ),
+    (libc::AF_NETLINK as u64, &[libc::NETLINK_KOBJECT_UEVENT as u64]),
 ];
 /// `socket(2)` types (argument 1, below its `SOCK_NONBLOCK | SOCK_CLOEXEC` flags) refused in
 /// AF_INET and AF_INET6, with the protocols' EPROTONOSUPPORT: a protocol check alone misses

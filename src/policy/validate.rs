@@ -753,8 +753,9 @@ mod tests {
 
     #[test]
     fn identity_forms() {
-        let p =
-            check(&format!("{HEAD}[identity]\nrun_as = \"range\"\nuid_range = [1800000000, 65536]\ninside = \"root\"\n"));
+        let p = check(&format!(
+            "{HEAD}[identity]\nrun_as = \"range\"\nuid_range = [1800000000, 65536]\ninside = \"root\"\n"
+        ));
         assert_eq!(p.map(|p| p.identity.run_as).ok(), Some(RunAs::Range { start: 1_800_000_000, count: 65536 }));
         let p = check(&format!("{HEAD}[identity]\nrun_as = \"nobody\"\nroot_maps_to = 65534\n"));
         assert_eq!(p.map(|p| p.identity.run_as).ok(), Some(RunAs::User(UserId { uid: 65534, gid: 65534 })));

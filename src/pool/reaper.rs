@@ -90,12 +90,13 @@ fn over_bounds(exited: Vec<Exited>, max: usize, max_bytes: u64) -> Vec<String> {
     }
     for cells in by_owner.values_mut() {
         // Newest first, so the oldest is popped from the end.
-        cells.sort_unstable_by(|a, b| b.at.cmp(&a.at));
+        cells.sort_unstable_by_key(|e| std::cmp::Reverse(e.at));
     }
     let mut gone = Vec::new();
     while count > max || bytes > max_bytes {
         let by_bytes = count <= max;
-        let weight = |cells: &Vec<Exited>| if by_bytes { cells.iter().map(|e| e.bytes).sum() } else { cells.len() as u64 };
+        let weight =
+            |cells: &Vec<Exited>| if by_bytes { cells.iter().map(|e| e.bytes).sum() } else { cells.len() as u64 };
         let Some(cells) = by_owner.values_mut().filter(|c| !c.is_empty()).max_by_key(|c| weight(c)) else { break };
         let Some(e) = cells.pop() else { break };
         count -= 1;
