@@ -39,7 +39,7 @@ pub struct HostCaps {
     /// The kernel has `vm.memfd_noexec` (Linux >= 6.3).
     pub memfd_noexec: bool,
     /// A cell's memory cgroup charges its UDP buffers: cgroup v2. v1 charges only TCP's
-    /// (`memory.kmem.tcp.*`), so there cells get no UDP sockets ([`udp_plan`]).
+    /// (`memory.kmem.tcp.*`), so there cells get no UDP sockets (see `udp_plan`).
     pub udp_charged: bool,
 }
 
