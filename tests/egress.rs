@@ -272,7 +272,7 @@ fn ignoring_the_proxy_reaches_nothing() {
     let outside = outside_address();
     let body = format!(
         "def tcp(host, port):\n    try:\n        socket.create_connection((host, port), timeout=3); return 'OK'\n    except OSError as e: return 'ERR %s' % e.errno\n\
-         def udp(host, port):\n    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    try:\n        u.sendto(b'cell', (host, port)); return 'SENT'\n    except OSError as e: return 'ERR %s' % e.errno\n\
+         def udp(host, port):\n    try:\n        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'cell', (host, port)); return 'SENT'\n    except OSError as e: return 'ERR %s' % e.errno\n\
          def fastopen(host, port):\n    s = socket.socket()\n    try:\n        s.sendto(b'cell', 0x20000000, (host, port)); return 'OK'\n    except OSError as e: return 'ERR %s' % e.errno\n\
          result('tcp loopback', tcp('127.0.0.1', {tport}))\n\
          result('tcp https server', tcp('127.0.0.1', {sport}))\n\
@@ -295,7 +295,9 @@ fn ignoring_the_proxy_reaches_nothing() {
         eprintln!("no default route on this host: the 'outside' attempts went to the cell's own loopback");
     } else {
         assert_eq!(line(&out, "tcp outside"), format!("ERR {}", libc::ENETUNREACH), "{out}");
-        assert_eq!(line(&out, "udp outside"), format!("ERR {}", libc::ENETUNREACH), "{out}");
+        // EACCES: on cgroup v1 a `proxy` cell gets no UDP socket at all (udp_plan).
+        let udp_out = line(&out, "udp outside");
+        assert!([libc::ENETUNREACH, libc::EACCES].iter().any(|e| udp_out == format!("ERR {e}")), "{out}");
     }
     assert_eq!(line(&out, "dns"), "ERR", "the cell resolved a name itself: {out}");
     // Nothing arrived on the host.

@@ -147,7 +147,7 @@ fn raise_nofile() {
 }
 
 // 2. 500 connections opened at once against max_connections = 64: 64 are served, the rest are
-//    closed without an answer (no crash), the log says so, and once every client hangs up the
+//    answered 503 connection_limit and closed (no crash), the log says so, and once every client hangs up the
 //    daemon's fd count is back at its baseline.
 #[test]
 fn five_hundred_connections_past_the_cap() {
@@ -169,6 +169,10 @@ fn five_hundred_connections_past_the_cap() {
         let mut buf = Vec::new();
         match s.read_to_end(&mut buf) {
             Ok(_) if buf.starts_with(b"HTTP/1.1 200") => served += 1,
+            // Refused with an answer (503 connection_limit), or closed before the request.
+            Ok(_) if buf.starts_with(b"HTTP/1.1 503") && buf.windows(18).any(|w| w == b"\"connection_limit\"") => {
+                refused += 1
+            }
             Ok(0) => refused += 1,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => {
                 refused += 1

@@ -223,6 +223,13 @@ fn assess(policy: &Policy, host: &Host, caps: &HostCaps) -> PolicyReport {
     }
     let mut notes = Vec::new();
     workspace_idmap(policy, &mut degraded, &mut notes);
+    if plan::udp_refused(policy, caps) {
+        notes.push(
+            "no UDP in its cells: cgroup v1 cannot charge UDP buffers to a cell, so socket(AF_INET*, SOCK_DGRAM) \
+             fails with EACCES"
+                .to_owned(),
+        );
+    }
     let hidden = policy.command.first().and_then(|b| crate::policy::lint::hidden_by_cell_mounts(policy, Path::new(b)));
     if let (Some(bin), Some(mount)) = (policy.command.first(), hidden) {
         let detail =

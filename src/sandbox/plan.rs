@@ -247,7 +247,7 @@ fn cell_part(
     let ns = namespaces(policy);
     let mut seccomp = policy.seccomp.compiled.clone();
     let memfd_noexec = memfd_plan(policy, ns, host, &mut seccomp, degraded)?;
-    udp_plan(policy, host, &mut seccomp, degraded)?;
+    udp_plan(policy, host, &mut seccomp)?;
     Ok(LaunchPlan {
         cell_id: cell_id.to_owned(),
         provider: policy.name.clone(),
@@ -361,7 +361,6 @@ pub fn check_mechanisms(policy: &Policy, host: &HostCaps) -> Result<Vec<Degradat
     landlock_plan(policy, Path::new("/"), host, &mut degraded)?;
     let mut seccomp = CompiledSeccomp::default();
     memfd_plan(policy, namespaces(policy), host, &mut seccomp, &mut degraded)?;
-    udp_plan(policy, host, &mut seccomp, &mut degraded)?;
     Ok(degraded)
 }
 
@@ -395,15 +394,11 @@ fn memfd_plan(
 /// UDP where the cell's cgroup cannot charge its buffers (cgroup v1): a cell whose `lo` is up
 /// (`loopback`, `proxy`) could otherwise queue datagrams to its own sockets past
 /// `memory_max`, into the host-wide `udp_mem` budget, until UDP (DNS) fails for the whole
-/// host. There seccomp refuses datagram INET sockets (EACCES) and a `udp` degradation says
-/// so. A `none` cell has no interface up and nothing to send to, so it keeps its filter as is.
-fn udp_plan(
-    policy: &Policy,
-    host: &HostCaps,
-    seccomp: &mut CompiledSeccomp,
-    degraded: &mut Vec<Degradation>,
-) -> Result<(), SandboxError> {
-    if host.udp_charged || matches!(policy.network, Network::None) {
+/// host. There seccomp refuses datagram INET sockets (EACCES): isolation is whole, a
+/// function is missing (`cellkeep doctor` notes it). A `none` cell has no interface up and
+/// nothing to send to, so it keeps its filter as is.
+fn udp_plan(policy: &Policy, host: &HostCaps, seccomp: &mut CompiledSeccomp) -> Result<(), SandboxError> {
+    if !udp_refused(policy, host) {
         return Ok(());
     }
     let filter = crate::policy::seccomp::udp_filter().map_err(|e| SandboxError::Unsupported {
@@ -412,11 +407,12 @@ fn udp_plan(
         detail: format!("the UDP filter: {e}"),
     })?;
     seccomp.filters.push(filter);
-    degraded.push(Degradation {
-        mechanism: "udp".into(),
-        detail: "cgroup v1 cannot charge UDP buffers to the cell: UDP sockets are refused (EACCES)".into(),
-    });
     Ok(())
+}
+
+/// Whether cells of `policy` get no UDP sockets on `host` (see `udp_plan`).
+pub fn udp_refused(policy: &Policy, host: &HostCaps) -> bool {
+    !host.udp_charged && !matches!(policy.network, Network::None)
 }
 
 /// The caller's arguments and the environment it passes become C strings in the cell: a NUL
