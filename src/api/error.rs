@@ -139,7 +139,7 @@ impl IntoResponse for HttpError {
         let code = self.code.as_str();
         if !self.logged {
             // The message may quote the caller (a cwd, a command): one log line stays one line.
-            let message = escape_controls(&self.message);
+            let message = crate::pool::error::escape_controls(&self.message);
             match self.code {
                 ErrorCode::Internal => tracing::error!(code, status, "{message}"),
                 ErrorCode::ResourceLimit
@@ -160,18 +160,6 @@ impl IntoResponse for HttpError {
         let body = ErrorBody { code: self.code, message: self.message, result: self.result };
         (self.status, Json(body)).into_response()
     }
-}
-
-/// `text` with its control characters (newlines, escape sequences, NUL) escaped as `\n`,
-/// `\u{1b}`, …; everything else, non-ASCII included, as it is.
-fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return text.into();
-    }
-    text.chars()
-        .map(|c| if c.is_control() { c.escape_default().collect() } else { c.to_string() })
-        .collect::<String>()
-        .into()
 }
 
 #[cfg(test)]

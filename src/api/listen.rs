@@ -229,8 +229,10 @@ pub async fn serve(
 }
 
 /// Answer a connection over the limit before closing it, so the client learns why: one
-/// non-blocking write of a few hundred bytes into the fresh socket's empty buffer (nothing
-/// waits on it; a failed write is a client already gone).
+/// non-blocking send(2) of a few hundred bytes into the fresh socket's empty buffer (nothing
+/// waits on it; a failed send is a client already gone). Straight on the fd: tokio's
+/// `try_write` answers WouldBlock without writing until its reactor has seen the socket
+/// writable, which on a just-accepted socket it has not.
 fn refuse(stream: &UnixStream, why: Refused, uid: u32, max_connections: usize) {
     let message = match why {
         Refused::Share { held } => format!(
@@ -242,7 +244,13 @@ fn refuse(stream: &UnixStream, why: Refused, uid: u32, max_connections: usize) {
              (some kept for root and admins); retry shortly"
         ),
     };
-    let _ = stream.try_write(&super::edge::closing_answer(super::wire::ErrorCode::ConnectionLimit, message));
+    let answer = super::edge::closing_answer(super::wire::ErrorCode::ConnectionLimit, message);
+    use nix::sys::socket::MsgFlags;
+    let _ = nix::sys::socket::send(
+        std::os::fd::AsRawFd::as_raw_fd(stream),
+        &answer,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
 }
 
 /// How the connection slots are shared, so one user's connections (256 `follow` streams, say)

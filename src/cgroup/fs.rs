@@ -148,3 +148,9 @@ pub fn poll_until(
 pub fn file(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// A read failed because the cgroup is gone: ENOENT, or ENODEV for a file of a directory the
+/// kernel removed meanwhile.
+pub fn gone(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+}

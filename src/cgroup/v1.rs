@@ -270,10 +270,10 @@ impl Cell {
     pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
         let mut pids = Vec::new();
         for dir in self.dirs.unique() {
-            // Removed between the check and the read: no processes there.
+            // Removed between the check and the read (ENOENT, or ENODEV): no processes there.
             match fs::read_pids(&file(&dir, "cgroup.procs")) {
                 Ok(found) => pids.extend(found),
-                Err(CgroupError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(CgroupError::Read { source, .. }) if fs::gone(&source) => {}
                 Err(e) => return Err(e),
             }
         }

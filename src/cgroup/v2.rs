@@ -210,9 +210,10 @@ impl Cell {
         if !self.dir.is_dir() {
             return Ok(Vec::new());
         }
-        // Removed between the check and the read: no processes.
+        // Removed between the check and the read (ENOENT, or ENODEV once the kernel let go
+        // of an open directory): no processes.
         let mut pids = match fs::read_pids(&file(&self.dir, "cgroup.procs")) {
-            Err(CgroupError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(CgroupError::Read { source, .. }) if fs::gone(&source) => Vec::new(),
             other => other?,
         };
         pids.sort_unstable();

@@ -17,7 +17,9 @@
 //!    flags and mode in memory where BPF cannot read them, so they are refused with ENOSYS,
 //!    the errno on which glibc and programs fall back to `clone` and `openat` (which filter 3
 //!    can inspect); `io_setup` draws on a host-wide budget (see `ENOSYS_IN_DEFAULT`).
-//! 5. **socket families** (every policy, whatever its preset): an allow list. `socket(2)` in
+//! 5. **io_uring_setup → ENOSYS** where the policy lets it through (preset `none`, or
+//!    `allow`): io_uring's `IORING_OP_SOCKET` would make sockets past filter 6.
+//! 6. **socket families** (every policy, whatever its preset): an allow list. `socket(2)` in
 //!    a domain other than AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK (`socketpair(2)`: other
 //!    than AF_UNIX) fails with EAFNOSUPPORT
 //!    (AF_VSOCK is not namespaced: a cell could bind host-wide vsock ports; the rare families
@@ -192,11 +194,17 @@ const ALLOWED_SOCKET_PROTOCOLS: &[(u64, &[u64])] = &[
 /// SOCK_DCCP → DCCP, where the host has loaded their modules). Raw and packet sockets need a
 /// capability the cell does not have anyway. Only SOCK_STREAM (TCP) and SOCK_DGRAM (UDP,
 /// ICMP) remain.
+/// (Every type the kernel knows, 0 to SOCK_MAX − 1, but those two; it refuses the rest with
+/// EINVAL itself.)
 const REFUSED_INET_SOCKET_TYPES: &[u64] = &[
+    0,
     libc::SOCK_RAW as u64,
     libc::SOCK_RDM as u64,
     libc::SOCK_SEQPACKET as u64,
-    6,  // SOCK_DCCP
+    6, // SOCK_DCCP
+    7,
+    8,
+    9,
     10, // SOCK_PACKET
 ];
 /// The kernel reads `socket(2)`'s type as `type & SOCK_TYPE_MASK`.
@@ -300,12 +308,20 @@ pub fn compile(spec: &SeccompSpec<'_>) -> Result<CompiledSeccomp, SeccompError> 
         filters.push(build("clone3", rules, Action::Allow, Action::Errno(libc::ENOSYS as u32))?);
     }
 
+    // io_uring's IORING_OP_SOCKET makes sockets without socket(2), past the socket rules
+    // below (and past the host-protecting refusals of UDP and route netlink). Where the policy
+    // lets io_uring_setup through (preset none, or `allow`), it gets ENOSYS here, the errno
+    // on which programs fall back to plain syscalls: the socket rules hold for every policy.
+    if !spec.default_preset || spec.allow.iter().any(|a| a == "io_uring_setup") {
+        let rules = unconditional(&["io_uring_setup".to_owned()])?;
+        filters.push(build("io_uring", rules, Action::Allow, Action::Errno(libc::ENOSYS as u32))?);
+    }
     filters.extend(socket_filters()?);
     filters.insert(0, x32_guard());
     Ok(CompiledSeccomp { filters })
 }
 
-/// Filter 5 of the module doc: vsock sockets and MPTCP, refused in every cell. Both are `int`
+/// Filter 6 of the module doc: vsock sockets and MPTCP, refused in every cell. Both are `int`
 /// arguments to the kernel, so only their low 32 bits are compared.
 fn socket_filters() -> Result<Vec<Vec<BpfInsn>>, SeccompError> {
     let compile_err = |source| SeccompError::Compile { filter: "socket", source };
@@ -515,10 +531,11 @@ mod tests {
     #[test]
     fn preset_none_still_refuses_vsock_and_mptcp() {
         let s = SeccompSpec { default_preset: false, ..spec(&[], &[]) };
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(3));
+        // guard, io_uring, socket domains, socket protocols
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(4));
         let deny = vec!["mkdir".to_owned()];
         let s = SeccompSpec { default_preset: false, deny_action: SeccompAction::Kill, ..spec(&[], &deny) };
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(4));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(5));
     }
 
     #[test]

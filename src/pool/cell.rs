@@ -171,6 +171,16 @@ impl CellEntry {
         *self.last_activity.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
+    /// The cell's limit events read from its cgroup now (off the runtime's threads), merged
+    /// into what [`CellEntry::events_now`] shows; the last known ones if the read fails.
+    pub async fn read_events(&self) -> Events {
+        let cg = self.cgroup.clone();
+        if let Ok(Ok(now)) = tokio::task::spawn_blocking(move || cg.events()).await {
+            self.record_events(now);
+        }
+        self.events_now()
+    }
+
     /// A session command was answered: the limit events so far are its, not a reason for the
     /// cell's later end.
     pub fn account_events(&self, now: crate::cgroup::Events) {
@@ -240,16 +250,25 @@ impl CellEntry {
     }
 
     /// Ask the supervisor to end the cell (the first request wins).
-    pub fn request_stop(&self, stop: Stop) {
+    /// Whether this was the cell's first stop request (a forced one after a graceful one is
+    /// not).
+    pub fn request_stop(&self, stop: Stop) -> bool {
         // The first request wins, except that a kill overrides a graceful stop still in its
         // grace period (`DELETE`, then `DELETE ?force=true`: the second does not wait).
+        let mut first = false;
         self.stop.send_if_modified(|cur| match (cur.as_ref(), &stop) {
-            (None, _) | (Some(Stop::Graceful { .. }), Stop::Kill { .. }) => {
+            (None, _) => {
+                first = true;
+                *cur = Some(stop);
+                true
+            }
+            (Some(Stop::Graceful { .. }), Stop::Kill { .. }) => {
                 *cur = Some(stop);
                 true
             }
             _ => false,
         });
+        first
     }
 
     /// Wait until the cell has ended; its reason.

@@ -50,3 +50,16 @@ pub enum PoolError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// `text` with its control characters (newlines, escape sequences, NUL) escaped as `\n`,
+/// `\u{1b}`, …; everything else, non-ASCII included, as it is. For log lines that quote a
+/// caller (a cwd, a command, an error that names them): one log line stays one line.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().collect() } else { c.to_string() })
+        .collect::<String>()
+        .into()
+}

@@ -10,7 +10,7 @@
 //! cgroup is gone, so the cap counts exactly the cells that hold kernel resources.
 
 mod cell;
-mod error;
+pub mod error;
 mod oneshot;
 mod ops;
 mod reaper;
@@ -281,20 +281,33 @@ impl Pool {
         }
     }
 
+    /// `max_cells_per_uid` for `caller` (admins and a daemon without the setting: none).
+    fn uid_limit(&self, caller: &Caller) -> Option<usize> {
+        self.inner.config.max_cells_per_uid.filter(|_| !self.is_admin(caller))
+    }
+
+    /// Whether `caller` holds all of its share of the cells now.
+    fn uid_share_full(&self, caller: &Caller) -> bool {
+        self.uid_limit(caller)
+            .is_some_and(|limit| self.state().uid_cells.get(&caller.uid).copied().unwrap_or(0) >= limit)
+    }
+
     /// A place in `caller`'s share of the cells (`max_cells_per_uid`; admins and a daemon
     /// without the setting have no share to keep), waiting up to `wait` for one of its cells
     /// to end, as [`Pool::reserve_slot`] waits for a slot. Held by the cell until it ends.
     async fn claim_uid_share(
         &self,
         caller: &Caller,
-        wait: Option<Duration>,
+        until: Option<Instant>,
         left: &tokio_util::sync::CancellationToken,
     ) -> Result<Option<UidShare>, PoolError> {
-        let Some(limit) = self.inner.config.max_cells_per_uid.filter(|_| !self.is_admin(caller)) else {
+        let Some(limit) = self.uid_limit(caller) else {
             return Ok(None);
         };
-        let until = wait.map(|w| Instant::now() + w);
         loop {
+            if self.inner.shutting_down.load(Ordering::SeqCst) {
+                return Err(PoolError::ShuttingDown);
+            }
             let freed = self.inner.slot_freed.notified();
             {
                 let mut st = self.state();

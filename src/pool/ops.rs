@@ -138,18 +138,24 @@ impl Pool {
         };
         let stdin = l.session || l.stdin;
         let limit = [policy.limits.wall_time, l.timeout].into_iter().flatten().min();
+        // A request refused anyway hears why (400), not "no room" (429) — nor after waiting
+        // for room: checked first when the caller's share or the pool is full.
+        if self.uid_share_full(&l.caller) {
+            self.inner.launcher.check(&policy, &req)?;
+        }
         // The caller's share first (a uid at its bound waits for one of its own cells), then
-        // a slot of the pool; the cell holds both until it ends.
-        let share = self.claim_uid_share(&l.caller, l.wait_for_slot, left).await?;
+        // a slot of the pool, both within the one wait asked for; the cell holds both until
+        // it ends.
+        let until = l.wait_for_slot.map(|w| Instant::now() + w);
+        let share = self.claim_uid_share(&l.caller, until, left).await?;
         let (cell, slot, warm) = match self.launch_warm(&policy, &req, stdin).await? {
             Some((cell, slot)) => (cell, slot, true),
             None => {
-                // A full pool answers a request it would refuse anyway with why it is refused
-                // (400), not with "no room" (429) — nor after waiting for room.
                 if self.is_full() {
                     self.inner.launcher.check(&policy, &req)?;
                 }
-                let slot = self.reserve_slot(l.wait_for_slot, left).await?;
+                let wait = until.map(|t| t.saturating_duration_since(Instant::now()));
+                let slot = self.reserve_slot(wait, left).await?;
                 let stdio = if stdin { StdioMode::Piped } else { StdioMode::NullInPiped };
                 (self.inner.launcher.launch(&policy, req, stdio).await?, slot, false)
             }
@@ -158,7 +164,6 @@ impl Pool {
         let pool = self.clone();
         let registered = session_key.clone();
         let on_end = move |entry: &Arc<CellEntry>, _: &crate::sandbox::Outcome| {
-            drop(share);
             // The slot this cell frees may bring back pre-built cells: the one a one-shot was
             // served by, or ones given up at the cap for it. Once the cell is gone and its
             // answer on its way, so the build (forks, namespaces, mounts: a few ms of CPU) does
@@ -179,6 +184,7 @@ impl Pool {
                 }
             }
             pool.release_slot();
+            drop(share);
             // The reaper plans the retention of the exited cell once its end is recorded
             // (just after this returns).
             let (wake, ended) = (pool.inner.reaper_wake.clone(), entry.clone());
@@ -245,11 +251,13 @@ impl Pool {
                 Err(e.into())
             }
             Err(Activation::Unfit(why, cell)) => {
+                let why = super::error::escape_controls(&why.to_string()).into_owned();
                 tracing::info!(provider = %policy.name, "a pre-built cell does not fit this request, launching cold: {why}");
                 self.put_back(super::warm::Warm { policy: built_for, cell });
                 Ok(None)
             }
             Err(Activation::Failed(e)) => {
+                let e = super::error::escape_controls(&e.to_string()).into_owned();
                 tracing::warn!(provider = %policy.name, "a pre-built cell failed its request, launching cold: {e}");
                 self.release_slot();
                 self.refill(&policy.name);
@@ -528,16 +536,18 @@ impl Pool {
             }
         };
         entry.touch();
+        // The limit events the command lived through, read as its reply arrived (not from the
+        // watch, which may not have seen a kill of this command yet): its, not a reason for
+        // the session's later end. A kill landing after this read still counts as one.
+        let events = entry.read_events().await;
+        entry.account_events(events);
         // What the program wrote to stderr before its reply may still sit in the pipe.
         entry.catch_up_stderr();
         let stderr = drain_ready(entry.spool.subscribe(Some(stderr_from)), Stream::Stderr);
         let mut result = CommandResult::new(id, &reply.body, &stderr);
         result.duration_ms = started.elapsed().as_millis() as u64;
         result.usage = entry.usage_now().await;
-        // Read now, not from the watch (which may not have seen a kill of this command yet):
-        // what the command lived through is its, not a reason for the session's later end.
-        result.events = entry.cgroup.events().unwrap_or_else(|_| entry.events_now());
-        entry.account_events(result.events);
+        result.events = events;
         Ok(result)
     }
 
@@ -735,7 +745,7 @@ impl Pool {
     }
 
     /// Stop accepting work and end every cell: SIGTERM, then SIGKILL for whatever is left at
-    /// the shutdown timeout; every cgroup removed. Returns how many cells were running.
+    /// the shutdown timeout; every cgroup removed. Returns how many cells it stopped (over every call: see `ended_at_shutdown`).
     pub async fn shutdown(&self) -> Count {
         self.shutdown_within(None).await
     }
@@ -758,12 +768,10 @@ impl Pool {
         // the same termination as `kill`, with the grace capped by the shutdown timeout, which
         // bounds the whole wait (a cell ignoring SIGTERM costs the grace, not the timeout).
         let grace = self.inner.config.grace.min(timeout);
-        // Counted: the cells this call stops (one an earlier shutdown or a `kill` is already
-        // ending is waited for, not counted again).
-        let stopped_here = live.iter().filter(|e| e.stop.borrow().is_none()).count();
-        for e in &live {
-            e.request_stop(Stop::Graceful { grace, reason: ExitReason::Terminated });
-        }
+        // Counted: the cells this call is the first to stop (one an earlier or concurrent
+        // shutdown or a `kill` is already ending is waited for, not counted again).
+        let stopped_here =
+            live.iter().filter(|e| e.request_stop(Stop::Graceful { grace, reason: ExitReason::Terminated })).count();
         let all = futures_util::future::join_all(live.iter().map(|e| e.ended()));
         if tokio::time::timeout(timeout, all).await.is_err() {
             tracing::warn!(

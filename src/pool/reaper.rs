@@ -97,7 +97,11 @@ fn over_bounds(exited: Vec<Exited>, max: usize, max_bytes: u64) -> Vec<String> {
         let by_bytes = count <= max;
         let weight =
             |cells: &Vec<Exited>| if by_bytes { cells.iter().map(|e| e.bytes).sum() } else { cells.len() as u64 };
-        let Some(cells) = by_owner.values_mut().filter(|c| !c.is_empty()).max_by_key(|c| weight(c)) else { break };
+        // Ties go to the owner whose oldest cell is older (HashMap order is random).
+        let oldest = |cells: &Vec<Exited>| std::cmp::Reverse(cells.last().map(|e| e.at));
+        let Some(cells) = by_owner.values_mut().filter(|c| !c.is_empty()).max_by_key(|c| (weight(c), oldest(c))) else {
+            break;
+        };
         let Some(e) = cells.pop() else { break };
         count -= 1;
         bytes -= e.bytes;
@@ -123,6 +127,11 @@ mod tests {
         let cells = vec![cell(0, 100, 100, "root"), cell(7, 3, 400, "a"), cell(7, 2, 400, "b")];
         assert_eq!(over_bounds(cells, 10, 600), vec!["a".to_owned()]);
         // Nothing kept at all with max 0.
+        // A tie goes to the owner whose oldest cell is older, whatever the map's order.
+        for _ in 0..20 {
+            let cells = vec![cell(0, 5, 1, "root"), cell(7, 9, 1, "older")];
+            assert_eq!(over_bounds(cells, 1, u64::MAX), vec!["older".to_owned()]);
+        }
         let cells = vec![cell(0, 1, 0, "x"), cell(1, 1, 0, "y")];
         assert_eq!(over_bounds(cells, 0, u64::MAX).len(), 2);
         assert!(over_bounds(vec![cell(0, 1, 5, "x")], 1, 5).is_empty());
