@@ -2110,7 +2110,9 @@ op('sctp socket', lambda: mk(socket.AF_INET, 132))\n\
 op('crypto netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 21))\n\
 op('route netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))\n\
 op('uevent netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 15))\n\
-op('seqpacket inet', lambda: socket.socket(socket.AF_INET, socket.SOCK_SEQPACKET, 0))";
+op('seqpacket inet', lambda: socket.socket(socket.AF_INET, socket.SOCK_SEQPACKET, 0))\n\
+params = ctypes.create_string_buffer(120)\n\
+sc('io_uring_setup', 425, 1, params)";
 
 // 46. (issue 14, finding 3) AF_VSOCK is not namespaced: a cell could bind and listen on a vsock
 //     port host-wide (the host then got EADDRINUSE). seccomp refuses socket(AF_VSOCK) in every
@@ -2141,6 +2143,9 @@ fn vsock_and_mptcp_sockets() {
         denied(&out, &ctx, "crypto netlink", &["EPROTONOSUPPORT"], "a cell opened a crypto_user netlink socket");
         denied(&out, &ctx, "route netlink", &["EPROTONOSUPPORT"], "a cell opened a route netlink socket");
         assert_eq!(result_of(&out, "uevent netlink"), "OK", "uevent netlink must still work\n{ctx}");
+        // io_uring's IORING_OP_SOCKET would make sockets past all of the above: io_uring_setup
+        // is refused under every preset (the default denies it; under "none" it gets ENOSYS).
+        denied(&out, &ctx, "io_uring_setup", &["EPERM", "ENOSYS"], "a cell set up an io_uring");
     }
     a.contained();
 }
