@@ -318,7 +318,7 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
             "7:9: warning: filesystem.read: \"/\" lets the cell read the whole host (other users' files, keys under /etc and /root); list only what it needs (e.g. \"/usr\", \"/etc/ssl/certs\", \"{cwd}\")",
         ]),
         ("seccomp_allowlist.toml", vec![
-            "8:41: warning: seccomp.allow: \"io_uring_setup\" allows a call the default preset denies (io_uring does I/O that seccomp cannot see); remove it unless the provider cannot work without it",
+            "8:41: warning: seccomp.allow: \"io_uring_setup\" allows a call the default preset denies (io_uring does I/O that seccomp cannot see; every cell gets ENOSYS from io_uring_setup anyway); remove it unless the provider cannot work without it",
         ]),
         ("seccomp_none.toml", vec![
             "7:10: warning: seccomp.preset: \"none\" removes the default deny list (ptrace, bpf, mount, …); use preset = \"default\" and re-allow only the calls the provider needs in seccomp.allow",

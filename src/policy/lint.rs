@@ -366,7 +366,7 @@ fn danger(name: &str) -> &'static str {
         | "fspick" | "mount_setattr" => "it changes the mount view the sandbox relies on",
         "unshare" | "setns" => "it creates or enters namespaces, a common kernel attack path",
         "io_uring_setup" | "io_uring_enter" | "io_uring_register" => {
-            "io_uring does I/O that seccomp cannot see (io_uring_setup still gets ENOSYS: its sockets would slip past the socket rules)"
+            "io_uring does I/O that seccomp cannot see; every cell gets ENOSYS from io_uring_setup anyway"
         }
         "kexec_load" | "kexec_file_load" | "init_module" | "finit_module" | "delete_module" | "reboot" => {
             "it changes or replaces the running kernel"
