@@ -998,7 +998,13 @@ fn one_uid_cannot_take_every_slot() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("setpriv curl");
-    std::thread::sleep(Duration::from_millis(500));
+    // Until the daemon reports it waiting (a fixed sleep was too short for curl's start in
+    // the VM: it connected after the shutdown and got no answer at all).
+    let seen = Instant::now() + Duration::from_secs(30);
+    while d.health()["launches_waiting"].as_u64() != Some(1) {
+        assert!(Instant::now() < seen, "the waiting launch never showed in health: {}", d.health());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let t = Instant::now();
     let r = call(&d.socket, "POST", "/v1/shutdown", None);
     assert_eq!(r.status, 200, "{}", r.text());

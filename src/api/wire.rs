@@ -503,6 +503,10 @@ pub struct DaemonHealth {
     /// Launches served by a pre-built cell since the daemon started.
     #[serde(default)]
     pub warm_served: u64,
+    /// Launches waiting now for a slot or for their uid's share (`wait_for_slot_ms`), every
+    /// caller's: how long the queue is that a new launch joins.
+    #[serde(default)]
+    pub launches_waiting: usize,
     /// How many policy files the last load (start or reload) left out.
     #[serde(default)]
     pub policies_rejected: usize,
@@ -747,6 +751,7 @@ impl From<crate::pool::DaemonHealth> for DaemonHealth {
             providers: h.providers,
             cells_warm: h.cells_warm,
             warm_served: h.warm_served,
+            launches_waiting: h.launches_waiting,
             policies_rejected: h.policies_rejected,
             rejected_policies: h.rejected_policies.map(|v| v.into_iter().map(Into::into).collect()),
             host_memory_total: h.host_memory_total,
@@ -943,6 +948,7 @@ mod tests {
             providers: vec!["p".into()],
             cells_warm: 7,
             warm_served: 8,
+            launches_waiting: 9,
             policies_rejected: 1,
             rejected_policies: rejected,
             host_memory_total: 5,

@@ -383,6 +383,9 @@ fn print_cell_health(h: &CellHealth) {
 fn print_daemon_health(h: &DaemonHealth) {
     println!("status:    {} (cellkeep {}, up {}s)", h.status, h.version, h.uptime_s);
     println!("cells:     {} running / {} max, {} exited", h.cells_running, h.max_cells, h.cells_exited);
+    if h.launches_waiting > 0 {
+        println!("waiting:   {} launch(es) waiting for a slot", h.launches_waiting);
+    }
     if h.cells_warm > 0 || h.warm_served > 0 {
         println!("prewarm:   {} cell(s) built and waiting, {} launch(es) served by one", h.cells_warm, h.warm_served);
     }

@@ -75,6 +75,8 @@ struct Inner {
     started: Instant,
     /// Launches served by a pre-built cell.
     warm_served: std::sync::atomic::AtomicU64,
+    /// Launches waiting now for a slot or for their uid's share (`wait_for_slot_ms`).
+    launches_waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// What a session is reused for: the same provider, caller, working directory (as asked) and
@@ -163,6 +165,7 @@ impl Pool {
                 launching: tokio::sync::watch::Sender::new(0),
                 started: Instant::now(),
                 warm_served: Default::default(),
+                launches_waiting: Default::default(),
             }),
         };
         pool.refill_all();
@@ -274,10 +277,7 @@ impl Pool {
                 continue;
             }
             let Some(t) = until else { continue };
-            tokio::select! {
-                _ = tokio::time::timeout_at(t.into(), freed) => {}
-                _ = left.cancelled() => return Err(PoolError::ClientGone),
-            }
+            self.wait_for_a_freed_slot(freed, t, left).await?;
         }
     }
 
@@ -322,10 +322,29 @@ impl Pool {
                 }
             }
             let Some(t) = until else { continue };
-            tokio::select! {
-                _ = tokio::time::timeout_at(t.into(), freed) => {}
-                _ = left.cancelled() => return Err(PoolError::ClientGone),
+            self.wait_for_a_freed_slot(freed, t, left).await?;
+        }
+    }
+
+    /// Waits (counted in `launches_waiting`) until a slot or share is freed, `until` passes
+    /// or the client leaves.
+    async fn wait_for_a_freed_slot(
+        &self,
+        freed: tokio::sync::futures::Notified<'_>,
+        until: Instant,
+        left: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), PoolError> {
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+        self.inner.launches_waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.inner.launches_waiting);
+        tokio::select! {
+            _ = tokio::time::timeout_at(until.into(), freed) => Ok(()),
+            _ = left.cancelled() => Err(PoolError::ClientGone),
         }
     }
 

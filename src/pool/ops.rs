@@ -737,6 +737,7 @@ impl Pool {
                 .collect(),
             cells_warm: self.warm_count(),
             warm_served: self.inner.warm_served.load(Ordering::Relaxed),
+            launches_waiting: self.inner.launches_waiting.load(Ordering::Relaxed),
             policies_rejected: self.rejected_policies().len(),
             rejected_policies: admin.then(|| self.rejected_policies().as_ref().clone()),
             host_memory_total: total,

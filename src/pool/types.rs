@@ -236,6 +236,10 @@ pub struct DaemonHealth {
     /// Launches served by a pre-built cell since the daemon started.
     #[serde(default)]
     pub warm_served: u64,
+    /// Launches waiting now for a slot or for their uid's share (`wait_for_slot_ms`), every
+    /// caller's: how long the queue is that a new launch joins.
+    #[serde(default)]
+    pub launches_waiting: usize,
     /// How many policy files the last load (start or reload) left out.
     #[serde(default)]
     pub policies_rejected: usize,
