@@ -31,7 +31,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cellkeep::policy::egress::Egress;
-use cellkeep::policy::{Enforcement, Network, PathRule};
+use cellkeep::policy::{CommandVia, Enforcement, Network, PathRule};
 use common::http::{call, Response};
 use common::{privileged, NOBODY};
 use harness::Daemon;
@@ -48,8 +48,10 @@ const ONESHOT_TIMEOUT_MS: u64 = 180_000;
 /// to try, as `op:argument`. It prints one JSON line.
 const PROBE_JS: &str = r#"
 const fs = require('fs'), net = require('net');
-// The caller's command is the last argument: after "--" (claude, codex) or as --prompt=… (gemini).
-const cmd = process.argv.length > 1 ? process.argv[process.argv.length - 1].replace(/^--prompt=/, '') : '';
+// The caller's command is the last argument: after "--" (codex) or as --prompt=… (gemini); or,
+// with no argument (claude: command_via = "stdin"), the whole of stdin.
+const cmd = process.argv.length > 1 ? process.argv[process.argv.length - 1].replace(/^--prompt=/, '')
+  : fs.readFileSync(0, 'utf8');
 const i = cmd.indexOf(':');
 const op = i < 0 ? cmd : cmd.slice(0, i), arg = i < 0 ? '' : cmd.slice(i + 1);
 const out = (o) => process.stdout.write(JSON.stringify(Object.assign({op, arg}, o)) + '\n');
@@ -73,6 +75,8 @@ if (op === 'read') {
     catch (e) { environ[p] = 'ERR ' + e.code; }
   }
   out({ok: true, env: process.env, environ, limits: fs.readFileSync('/proc/self/limits', 'utf8')});
+} else if (op === 'argv') {
+  out({ok: true, argv: process.argv});
 } else {
   out({ok: false, code: 'unknown op'});
 }
@@ -493,10 +497,14 @@ fn shipped_agent_policies_say_what_the_review_says() {
         };
         assert!(!rules.is_empty() && rules.iter().all(|r| !r.wildcard && r.port == 443), "{name}: {rules:?}");
         assert!(p.namespaces.net, "{name}: an agent cell has its own network namespace");
-        // The caller's command can never be an option: after "--", or inside --prompt=….
-        let separated = p.command_after.as_deref() == Some("--")
-            || (name.starts_with("gemini") && p.command_format.as_deref() == Some("--prompt={}"));
-        assert!(separated, "{name}: {:?} {:?}", p.command_after, p.command_format);
+        // The caller's command can never be an option: after "--", inside --prompt=…, or (for
+        // Claude Code, which scans its whole argv for some flags) on stdin only.
+        let separated = match name {
+            n if n.starts_with("claude") => p.command_via == CommandVia::Stdin,
+            n if n.starts_with("gemini") => p.command_format.as_deref() == Some("--prompt={}"),
+            _ => p.command_after.as_deref() == Some("--"),
+        };
+        assert!(separated, "{name}: {:?} {:?} {:?}", p.command_after, p.command_format, p.command_via);
         assert_eq!(p.enforcement, Enforcement::Required, "{name}");
         assert_eq!(p.env.set.get("HOME").map(String::as_str), Some("{tmp}"), "{name}");
         assert!(!p.env.pass.iter().any(|n| n == "HOME" || n == "PATH"), "{name}: {:?}", p.env.pass);
@@ -582,6 +590,48 @@ fn agents_take_a_dash_prompt_as_a_prompt() {
         );
         eprintln!("{agent}: \"--version\" was a prompt");
     }
+}
+
+// 7b. (review of issue 14, finding 5) Claude Code scans its WHOLE argv for some words, after
+//     "--" too (`process.argv.includes("--session-tunnel")`, `indexOf("--handle-uri")`, `-r`,
+//     `--trust-workspace` …), so "--" did not keep a prompt from acting as one of them. Under
+//     the shipped claude policies no caller text reaches the argv: the one-shot's command is
+//     its stdin, and caller arguments are refused (a session takes commands on stdin anyway).
+//     The probe is the shipped claude policy with node as the command.
+#[test]
+fn claude_gets_no_caller_text_in_its_argv() {
+    if !agents_ready("claude_gets_no_caller_text_in_its_argv") {
+        return;
+    }
+    let d = daemon();
+    for prompt in ["argv:--handle-uri", "argv:x --session-tunnel --hard-fail"] {
+        let (v, text) = d.probe("claude", prompt, json!({}));
+        let argv: Vec<String> = serde_json::from_value(v["argv"].clone()).unwrap_or_default();
+        assert!(!argv.is_empty(), "{text}");
+        assert!(
+            !argv.iter().any(|a| a.contains("--handle-uri") || a.contains("--session-tunnel")),
+            "the caller's text reached claude's argv: {argv:?}"
+        );
+        assert_eq!(v["op"], "argv", "the probe did not get the command on its stdin: {text}");
+        assert_eq!(v["arg"], prompt.trim_start_matches("argv:"), "{text}");
+    }
+    // A spawned one-shot's one argument is its command (to stdin) as well; more are refused,
+    // and so is any argument for the session, whose commands are its stdin.
+    let spawn = |provider: &str, args: &[&str]| {
+        let body = json!({"provider": provider, "cwd": d.cwd(), "args": args});
+        call(&d.socket, "POST", "/v1/cells", Some(&body))
+    };
+    for (provider, args) in
+        [("claude", &["--handle-uri", "claude-cli://x"][..]), ("claude-session", &["--handle-uri"][..])]
+    {
+        let r = spawn(provider, args);
+        assert_eq!(r.status, 400, "{provider} {args:?}: {}", r.text());
+        assert!(r.text().contains("command_via"), "the refusal does not name the setting: {}", r.text());
+    }
+    // The daemon refuses a one-shot's "stdin": true for it (the command is the stdin).
+    let body = json!({"command": "hi", "cwd": d.cwd(), "stdin": true, "timeout_ms": ONESHOT_TIMEOUT_MS});
+    let r = call(&d.socket, "POST", "/v1/providers/claude/commands", Some(&body));
+    assert_eq!(r.status, 400, "{}", r.text());
 }
 
 /// Everything a cell wrote so far (stdout and stderr), from its output spool.

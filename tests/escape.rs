@@ -2111,6 +2111,8 @@ op('crypto netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 2
 op('route netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))\n\
 op('uevent netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 15))\n\
 op('seqpacket inet', lambda: socket.socket(socket.AF_INET, socket.SOCK_SEQPACKET, 0))\n\
+op('tcp ulp', lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).setsockopt(6, 31, b'tls'))\n\
+sc('tcp ulp high bits', 208 if os.uname().machine == 'aarch64' else 54, socket.socket(socket.AF_INET, socket.SOCK_STREAM).detach(), 6 | (1 << 32), 31 | (1 << 32), ctypes.c_char_p(b'tls'), 4)\n\
 params = ctypes.create_string_buffer(120)\n\
 sc('io_uring_setup', 425, 1, params)";
 
@@ -2142,6 +2144,11 @@ fn vsock_and_mptcp_sockets() {
         denied(&out, &ctx, "seqpacket inet", &["EPROTONOSUPPORT"], "a cell opened an INET SOCK_SEQPACKET socket");
         denied(&out, &ctx, "crypto netlink", &["EPROTONOSUPPORT"], "a cell opened a crypto_user netlink socket");
         denied(&out, &ctx, "route netlink", &["EPROTONOSUPPORT"], "a cell opened a route netlink socket");
+        // A TCP upper-layer protocol (kTLS, espintcp: in-kernel record layers, a long CVE
+        // history) is kernel surface no agent needs: setsockopt(SOL_TCP, TCP_ULP) is refused
+        // as by a kernel without them, whatever the upper 32 bits of the (int) arguments say.
+        denied(&out, &ctx, "tcp ulp", &["ENOPROTOOPT"], "a cell attached a TCP upper-layer protocol");
+        denied(&out, &ctx, "tcp ulp high bits", &["ENOPROTOOPT"], "a cell attached a TCP ULP with high bits set");
         assert_eq!(result_of(&out, "uevent netlink"), "OK", "uevent netlink must still work\n{ctx}");
         // io_uring's IORING_OP_SOCKET would make sockets past all of the above: io_uring_setup
         // is refused under every preset (the default denies it; under "none" it gets ENOSYS).

@@ -65,6 +65,7 @@ pub fn code_of(e: &PoolError) -> ErrorCode {
             | SandboxError::Binary { .. }
             | SandboxError::NoCommand { .. }
             | SandboxError::OptionArgument { .. }
+            | SandboxError::StdinOnly { .. }
             | SandboxError::NulByte { .. } => ErrorCode::BadRequest,
             SandboxError::Unsupported { .. } | SandboxError::HostRoot { .. } | SandboxError::Abstract { .. } => {
                 ErrorCode::Policy

@@ -243,7 +243,7 @@ macro_rules! inherit {
 /// value wholesale (arrays are replaced, not appended). `environment.set` is a table, so it
 /// merges name by name. `extends`, `provider.name` and `provider.abstract` are never inherited.
 pub fn merge(mut child: RawFile, parent: RawFile) -> RawFile {
-    inherit!(child.provider, parent.provider; description, command, command_after, command_format, mode, tty);
+    inherit!(child.provider, parent.provider; description, command, command_after, command_format, command_via, mode, tty);
     inherit!(child.access, parent.access; uids, groups);
     inherit!(child.identity, parent.identity; run_as, root_maps_to, uid_range, inside, workspace_idmap);
     inherit!(child.environment, parent.environment; pass);

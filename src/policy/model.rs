@@ -33,6 +33,8 @@ pub struct Policy {
     /// argv element with `{}` replaced by it, for a binary whose option value cannot be
     /// separated by `--` (the value after `=` is never parsed as an option).
     pub command_format: Option<String>,
+    /// `[provider] command_via`: how the caller's command reaches the program.
+    pub command_via: CommandVia,
     pub mode: Mode,
     /// `[provider] tty = true`: the payload's stdin/stdout/stderr are one pseudo-terminal in raw
     /// mode (its controlling terminal) instead of pipes; stdout and stderr merge into one stream.
@@ -60,6 +62,19 @@ impl Policy {
     pub fn is_launchable(&self) -> bool {
         !self.is_abstract
     }
+}
+
+/// `[provider] command_via`: where the caller's command goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandVia {
+    /// Appended to the program's argv (after `command_after`, or inside `command_format`).
+    #[default]
+    Argv,
+    /// Written to the program's stdin, which is then closed; no caller text reaches its argv
+    /// (for a CLI that scans its whole argv for flags, even after `--`). A one-shot takes its
+    /// command as one argument; any other caller argument is refused.
+    Stdin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

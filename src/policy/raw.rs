@@ -61,6 +61,7 @@ pub struct RawProvider {
     pub command: OptList<String>,
     pub command_after: Opt<String>,
     pub command_format: Opt<String>,
+    pub command_via: Opt<String>,
     pub mode: Opt<String>,
     pub tty: Opt<bool>,
 }

@@ -30,8 +30,11 @@
 //!    EPROTONOSUPPORT (MPTCP sockets slip past Landlock's TCP rules; SCTP, DCCP, UDP-Lite or
 //!    crypto_user are kernel surface no agent needs; so is an INET type other than stream or
 //!    datagram, whose protocol 0 means SCTP or DCCP). Those are the errnos of a kernel
-//!    without the feature, so programs that try MPTCP first fall back to TCP. Installed last
-//!    so these errnos win.
+//!    without the feature, so programs that try MPTCP first fall back to TCP. So is
+//!    `setsockopt(SOL_TCP, TCP_ULP)` (ENOPROTOOPT): the in-kernel TLS and espintcp record
+//!    layers a TCP socket could be switched to are kernel surface with a long CVE history,
+//!    and userspace TLS (every agent's) never asks for them. Installed last so these errnos
+//!    win.
 //!
 //! The filters are built for the architecture cellkeep is compiled for (x86_64 or aarch64:
 //! syscall numbers from `syscalls::Sysno`, the native table; `AUDIT_ARCH` to match); the x32
@@ -321,8 +324,8 @@ pub fn compile(spec: &SeccompSpec<'_>) -> Result<CompiledSeccomp, SeccompError> 
     Ok(CompiledSeccomp { filters })
 }
 
-/// Filter 6 of the module doc: vsock sockets and MPTCP, refused in every cell. Both are `int`
-/// arguments to the kernel, so only their low 32 bits are compared.
+/// Filter 6 of the module doc: vsock sockets, MPTCP and TCP ULPs, refused in every cell. All
+/// are `int` arguments to the kernel, so only their low 32 bits are compared.
 fn socket_filters() -> Result<Vec<Vec<BpfInsn>>, SeccompError> {
     let compile_err = |source| SeccompError::Compile { filter: "socket", source };
     let cond = |arg, op, v| SeccompCondition::new(arg, ArgLen::Dword, op, v).map_err(compile_err);
@@ -348,9 +351,19 @@ fn socket_filters() -> Result<Vec<Vec<BpfInsn>>, SeccompError> {
     // An INET type whose default protocol is one of those (one rule per domain and type).
     protocol_rules.extend(inet_type_rules(REFUSED_INET_SOCKET_TYPES)?);
     let protocols = BTreeMap::from([(nr, protocol_rules)]);
+    // setsockopt(fd, SOL_TCP, TCP_ULP, name): a TCP upper-layer protocol (kTLS, espintcp).
+    let setsockopt =
+        syscall_nr("setsockopt").ok_or_else(|| SeccompError::UnknownSyscall { name: "setsockopt".to_owned() })?;
+    let ulp = SeccompRule::new(vec![
+        cond(1, SeccompCmpOp::Eq, libc::SOL_TCP as u64)?,
+        cond(2, SeccompCmpOp::Eq, libc::TCP_ULP as u64)?,
+    ])
+    .map_err(compile_err)?;
+    let options = BTreeMap::from([(setsockopt, vec![ulp])]);
     Ok(vec![
         build("socket", domains, Action::Allow, Action::Errno(libc::EAFNOSUPPORT as u32))?,
         build("socket", protocols, Action::Allow, Action::Errno(libc::EPROTONOSUPPORT as u32))?,
+        build("socket", options, Action::Allow, Action::Errno(libc::ENOPROTOOPT as u32))?,
     ])
 }
 
@@ -499,10 +512,10 @@ mod tests {
     }
 
     #[test]
-    fn default_preset_compiles_to_five_filters() {
+    fn default_preset_compiles_to_six_filters() {
         let compiled = compile(&spec(&[], &[])).unwrap_or_else(|e| panic!("{e}"));
-        // guard, deny, clone3/openat2, socket domains, socket protocols
-        assert_eq!(compiled.filters.len(), 5);
+        // guard, deny, clone3/openat2, socket domains, socket protocols, TCP_ULP
+        assert_eq!(compiled.filters.len(), 6);
         assert_eq!(compiled.filters[0], x32_guard());
         assert!(compiled.filters.iter().all(|f| !f.is_empty() && f.len() < 4096));
     }
@@ -522,20 +535,20 @@ mod tests {
         let allow: Vec<String> = ["unshare", "clone3", "openat2", "io_setup"].map(str::to_owned).to_vec();
         let s = spec(&allow, &[]);
         assert!(!denied_names(&s).contains(&"unshare".to_owned()));
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(4));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(5));
         let allow = vec!["read".to_owned(), "write".to_owned(), "exit_group".to_owned()];
         let s = SeccompSpec { default_action: SeccompAction::Enosys, ..spec(&allow, &[]) };
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(6));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(7));
     }
 
     #[test]
     fn preset_none_still_refuses_vsock_and_mptcp() {
         let s = SeccompSpec { default_preset: false, ..spec(&[], &[]) };
-        // guard, io_uring, socket domains, socket protocols
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(4));
+        // guard, io_uring, socket domains, socket protocols, TCP_ULP
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(5));
         let deny = vec!["mkdir".to_owned()];
         let s = SeccompSpec { default_preset: false, deny_action: SeccompAction::Kill, ..spec(&[], &deny) };
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(5));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(6));
     }
 
     #[test]

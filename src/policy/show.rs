@@ -80,6 +80,9 @@ fn sections(p: &Policy) -> Vec<(&'static str, Vec<(String, Value)>)> {
     if let Some(format) = &p.command_format {
         provider.push(kv("command_format", s(format)));
     }
+    if p.command_via == CommandVia::Stdin {
+        provider.push(kv("command_via", s("stdin")));
+    }
     provider.push(kv("mode", s(if p.mode == Mode::Session { "session" } else { "oneshot" })));
     provider.push(kv("tty", Value::Boolean(p.tty)));
 

@@ -92,6 +92,7 @@ impl Checker<'_> {
             "session" => Mode::Session,
             _ => Mode::Oneshot,
         };
+        let command_via = self.command_via(&raw, &command, &command_after, &command_format);
         let namespaces = self.namespaces(&raw);
         Policy {
             name,
@@ -100,6 +101,7 @@ impl Checker<'_> {
             command,
             command_after,
             command_format,
+            command_via,
             mode,
             tty: inner(&raw.provider.tty).unwrap_or(false),
             is_abstract,
@@ -442,6 +444,41 @@ impl Checker<'_> {
         Some(f.clone())
     }
 
+    /// `[provider] command_via`: "argv" (the default) or "stdin", which puts no caller text in
+    /// the argv: so it needs a fixed command, and neither `command_after` nor `command_format`
+    /// (which would have nothing to place), nor a terminal (closing the input would hang it up).
+    fn command_via(
+        &mut self,
+        raw: &RawFile,
+        command: &[String],
+        after: &Option<String>,
+        format: &Option<String>,
+    ) -> CommandVia {
+        let key = "provider.command_via";
+        if self.choose(&raw.provider.command_via, key, &["argv", "stdin"]) != "stdin" {
+            return CommandVia::Argv;
+        }
+        let Some(v) = raw.provider.command_via.as_ref() else { return CommandVia::Argv };
+        if command.is_empty() && raw.provider.command.is_some() {
+            self.at(v, key, "\"stdin\" needs a fixed command (command = [] takes the caller's whole argv)");
+        }
+        for (set, name) in [(after.is_some(), "command_after"), (format.is_some(), "command_format")] {
+            if set {
+                self.at(
+                    v,
+                    key,
+                    format!(
+                        "with \"stdin\" no caller text goes to the argv, so {name} has nothing to place; remove it"
+                    ),
+                );
+            }
+        }
+        if inner(&raw.provider.tty) == Some(true) {
+            self.at(v, key, "\"stdin\" closes the input after the command, which would hang up a tty; set tty = false");
+        }
+        CommandVia::Stdin
+    }
+
     /// `[network]`: every cell has its own network namespace; `proxy` adds the egress proxy.
     fn network(&mut self, raw: &RawFile, ns: &Namespaces) -> Network {
         let n = &raw.network;
@@ -643,6 +680,21 @@ mod tests {
     const HEAD: &str = "[provider]\nname = \"t\"\ncommand = [\"/bin/true\"]\n";
 
     #[test]
+    fn command_via_stdin_places_no_caller_text() {
+        let p = check("[provider]\nname = \"t\"\ncommand = [\"/bin/cat\"]\ncommand_via = \"stdin\"\n");
+        assert_eq!(p.map(|p| p.command_via).ok(), Some(CommandVia::Stdin));
+        let errors = |extra: &str| {
+            let text = format!("[provider]\nname = \"t\"\ncommand = [\"/bin/cat\"]\ncommand_via = \"stdin\"\n{extra}");
+            check(&text).err().unwrap_or_default().join("\n")
+        };
+        assert!(errors("command_after = \"--\"\n").contains("command_after has nothing to place"));
+        assert!(errors("command_format = \"--p={}\"\n").contains("command_format has nothing to place"));
+        assert!(errors("tty = true\n").contains("hang up a tty"));
+        let bad = check("[provider]\nname = \"t\"\ncommand = [\"/bin/cat\"]\ncommand_via = \"pipe\"\n");
+        assert!(bad.err().unwrap_or_default().join("").contains("\"pipe\" is not one of \"argv\", \"stdin\""));
+    }
+
+    #[test]
     fn minimal_policy_gets_the_documented_defaults() {
         let p = check(HEAD).unwrap_or_else(|d| panic!("{d:?}"));
         assert_eq!(p.mode, Mode::Oneshot);
@@ -748,7 +800,7 @@ mod tests {
         let p = check(&format!(
             "{HEAD}[seccomp]\ndefault_action = \"enosys\"\nallow = [\"read\", \"write\", \"exit_group\"]\n"
         ));
-        assert_eq!(p.map(|p| p.seccomp.compiled.filters.len()).ok(), Some(6));
+        assert_eq!(p.map(|p| p.seccomp.compiled.filters.len()).ok(), Some(7));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
-use crate::policy::{Mode, Policy};
+use crate::policy::{CommandVia, Mode, Policy};
 use crate::sandbox::{ExitReason, LaunchRequest, StdioMode, Stop};
 use crate::session::{Framer, OutputEvent, Stream, Subscription};
 
@@ -44,6 +44,36 @@ pub(super) struct Launch {
 fn passed_env(policy: &Policy, mut env: BTreeMap<String, String>) -> BTreeMap<String, String> {
     env.retain(|name, _| policy.env.pass.iter().any(|p| p == name));
     env
+}
+
+/// `command_via = "stdin"`: a one-shot's command (its one argument) is taken out of the argv
+/// and returned, to be written to the program's stdin. Anything else is left for
+/// `caller_argv`, which refuses caller arguments under this setting.
+fn stdin_command(policy: &Policy, l: &mut Launch) -> Result<Option<Vec<u8>>, PoolError> {
+    if policy.command_via != CommandVia::Stdin || l.session || l.args.len() != 1 {
+        return Ok(None);
+    }
+    if l.stdin {
+        return Err(PoolError::BadRequest(format!(
+            "provider {}: its command is its stdin (command_via = \"stdin\"), so \"stdin\": true cannot add more",
+            policy.name
+        )));
+    }
+    Ok(l.args.pop().map(String::into_bytes))
+}
+
+/// Write a one-shot's command to its stdin, then close it. The pipe is taken before the cell
+/// is registered, so no caller's `write_stdin` can reach it. A program that exits or closes
+/// its stdin without reading it all ends the write (EPIPE), as does the cell's end.
+fn feed_stdin(entry: &Arc<CellEntry>, input: Vec<u8>) {
+    let Some(mut pipe) = entry.stdin.try_lock().ok().and_then(|mut s| s.take()) else {
+        tracing::warn!(cell = %entry.id, "no stdin pipe to write the command to");
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = pipe.write_all(&input).await;
+        let _ = pipe.shutdown().await;
+    });
 }
 
 /// How long a session whose stdin or stdout closed gets to exit by itself before it is ended.
@@ -120,10 +150,11 @@ impl Pool {
     async fn launch_whole(
         &self,
         policy: Arc<Policy>,
-        l: Launch,
+        mut l: Launch,
         left: &tokio_util::sync::CancellationToken,
     ) -> Result<Arc<CellEntry>, PoolError> {
         let _counted = Launching::new(&self.inner.launching);
+        let input = stdin_command(&policy, &mut l)?;
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let session_key = l.session.then(|| l.session_key(&policy.name));
         let req = LaunchRequest {
@@ -136,7 +167,7 @@ impl Pool {
             caller_env: l.env,
             range_uid: None,
         };
-        let stdin = l.session || l.stdin;
+        let stdin = l.session || l.stdin || input.is_some();
         let limit = [policy.limits.wall_time, l.timeout].into_iter().flatten().min();
         // A request refused anyway hears why (400), not "no room" (429) — nor after waiting
         // for room: checked first when the caller's share or the pool is full.
@@ -198,11 +229,14 @@ impl Pool {
             framer,
             deadline: limit.map(|d| Instant::now() + d),
             tap: l.tap,
-            keep_stdin: l.stdin,
+            keep_stdin: l.stdin || input.is_some(),
             spool_dir: self.inner.config.spool_dir.clone(),
             limit_hub: self.inner.limit_hub.clone(),
         };
         let entry = cell::start(cell, l.caller.uid, l.session, policy, wiring, on_end);
+        if let Some(input) = input {
+            feed_stdin(&entry, input);
+        }
         slot.commit();
         {
             // Registered with its session in one step: a client that left mid-launch leaves a

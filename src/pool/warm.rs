@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::policy::{Mode, Policy};
+use crate::policy::{CommandVia, Mode, Policy};
 use crate::sandbox::WarmCell;
 
 use super::Pool;
@@ -56,7 +56,8 @@ impl Pool {
                 *st.warming.entry(provider.to_owned()).or_default() += 1;
             }
             let id = uuid::Uuid::now_v7().simple().to_string();
-            let stdin = policy.mode == Mode::Session;
+            // A session's commands, or a one-shot's under command_via = "stdin", go to a pipe.
+            let stdin = policy.mode == Mode::Session || policy.command_via == CommandVia::Stdin;
             let built = self.inner.launcher.prewarm(&policy, id, stdin).await;
             let current = self.policies().get(provider).is_some_and(|p| Arc::ptr_eq(p, &policy));
             // Kept only if its policy still serves and the pool is not shutting down, checked

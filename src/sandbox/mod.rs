@@ -162,6 +162,11 @@ pub enum SandboxError {
          an option (its policy sets no [provider] command_after or command_format); refused"
     )]
     OptionArgument { provider: String, arg: String },
+    #[error(
+        "provider {provider}: takes no arguments from the caller (its policy sets command_via = \"stdin\": the \
+         command is written to the program's stdin, never to its argv){hint}"
+    )]
+    StdinOnly { provider: String, hint: &'static str },
     #[error("provider {provider}: {what} contains a NUL byte, which no argument or environment value can hold")]
     NulByte { provider: String, what: String },
     #[error("provider {provider}: refusing to run as host root (uid/gid 0)")]
@@ -193,6 +198,7 @@ impl SandboxError {
             | SandboxError::NoCommand { .. }
             | SandboxError::Abstract { .. }
             | SandboxError::OptionArgument { .. }
+            | SandboxError::StdinOnly { .. }
             | SandboxError::NulByte { .. } => "resolve".into(),
             SandboxError::HostRoot { .. } | SandboxError::Ids { .. } => "identity".into(),
             SandboxError::Unsupported { mechanism, .. } => mechanism.clone(),

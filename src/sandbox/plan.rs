@@ -16,7 +16,9 @@ pub use super::sys::FsIdentity;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::seccomp::CompiledSeccomp;
-use crate::policy::{Enforcement, Inside, Network, PathRule, Policy, RunAs, WorkspaceIdmap, PROXY_PORT};
+use crate::policy::{
+    CommandVia, Enforcement, Inside, Mode, Network, PathRule, Policy, RunAs, WorkspaceIdmap, PROXY_PORT,
+};
 
 use super::SandboxError;
 
@@ -324,9 +326,22 @@ pub fn fits(warm: &LaunchPlan, req: &LaunchPlan) -> Result<(), String> {
 /// element such as `--prompt=ARG`). A caller argument starting with `-` would reach a binary
 /// that cannot tell it from an option (`--version`, `--dangerously-skip-permissions`): without
 /// either setting it is refused. A policy without a command takes the caller's whole argv.
+/// Under `command_via = "stdin"` the argv is the fixed command alone and any caller argument
+/// is refused: the pool has already moved a one-shot's command to its stdin.
 pub fn caller_argv(policy: &Policy, args: &[String]) -> Result<Vec<String>, SandboxError> {
     if policy.command.is_empty() {
         return Ok(args.to_vec());
+    }
+    if policy.command_via == CommandVia::Stdin {
+        if !args.is_empty() {
+            let hint = if policy.mode == Mode::Session {
+                "; a session takes its commands on stdin"
+            } else {
+                "; give the command as the one-shot's command (or the one argument of a spawn)"
+            };
+            return Err(SandboxError::StdinOnly { provider: policy.name.clone(), hint });
+        }
+        return Ok(policy.command.clone());
     }
     let mut argv = policy.command.clone();
     if let Some(format) = &policy.command_format {
@@ -767,6 +782,10 @@ mod tests {
         assert_eq!(caller_argv(&after, &[]).ok(), Some(args(&["/bin/echo", "-n"])));
         let format = policy("command_format = \"--prompt={}\"", "");
         assert_eq!(caller_argv(&format, &args(&["-v {}"])).ok(), Some(args(&["/bin/echo", "-n", "--prompt=-v {}"])));
+        // command_via = "stdin": the argv is the fixed command; caller arguments are refused.
+        let stdin = policy("command_via = \"stdin\"", "");
+        assert_eq!(caller_argv(&stdin, &[]).ok(), Some(args(&["/bin/echo", "-n"])));
+        assert!(matches!(caller_argv(&stdin, &args(&["hi"])), Err(SandboxError::StdinOnly { .. })));
     }
 
     #[test]
