@@ -8,6 +8,7 @@
 mod common;
 mod harness;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -1237,4 +1238,47 @@ fn a_daemon_leaves_a_running_cellkeep_run_alone() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let _ = daemon.wait();
     assert!(out.status.success(), "the run's cell was killed by a daemon started beside it: {out:?}");
+}
+
+// A review of issue 14 found: a generic provider (`command = []`) resolved the caller's argv[0]
+// with the daemon's (root's) rights, so a caller learned whether a file exists, and is
+// executable, in a directory it cannot search: a path it can see no part of was "not found"
+// (400), an existing one launched a cell and failed later. The binary is looked up with the
+// caller's rights, as its cwd is: both paths get the same answer.
+#[test]
+fn a_callers_argv0_is_looked_up_with_its_own_rights() {
+    gate!("a_callers_argv0_is_looked_up_with_its_own_rights");
+    let d =
+        daemon().socket_mode(Some("0666")).provider("any", "[]", "oneshot", "[access]\nuids = [0, 65534]\n").start();
+    let hidden = tempfile::Builder::new().prefix("ck-hidden-").tempdir_in("/tmp").expect("tempdir");
+    std::fs::set_permissions(hidden.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    std::fs::copy("/bin/true", hidden.path().join("present")).expect("copy /bin/true");
+    let as_nobody = |path: &Path| {
+        let body = json!({"command": path, "cwd": d.cwd(), "timeout_ms": 10000}).to_string();
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s", "-w", "\n%{http_code}"])
+            .args(["--unix-socket", d.socket.to_str().unwrap_or_default(), "-d", &body])
+            .arg("http://cellkeep/v1/providers/any/commands")
+            .output()
+            .expect("setpriv curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (answer, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        let v: Value = serde_json::from_str(answer).unwrap_or(Value::Null);
+        (status.to_owned(), v["code"].clone(), v["message"].as_str().unwrap_or(answer).to_owned())
+    };
+    let (present, absent) = (hidden.path().join("present"), hidden.path().join("absent"));
+    let (s1, c1, m1) = as_nobody(&present);
+    let (s2, c2, m2) = as_nobody(&absent);
+    assert_eq!((s1.as_str(), &c1), ("400", &json!("bad_request")), "an existing hidden binary: {m1}");
+    assert_eq!((s2.as_str(), &c2), ("400", &json!("bad_request")), "a missing hidden binary: {m2}");
+    let p = |m: &str, path: &Path| m.replace(&path.display().to_string(), "PATH");
+    assert_eq!(p(&m1, &present), p(&m2, &absent), "the answers tell the two apart");
+    // Root's own request still finds it (root can search the directory).
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/providers/any/commands",
+        Some(&json!({"command": present, "cwd": d.cwd(), "timeout_ms": 10000})),
+    );
+    assert_ne!(r.json()["code"], "bad_request", "{}", r.text());
 }

@@ -214,7 +214,20 @@ pub fn build(
     if argv.is_empty() {
         return Err(SandboxError::NoCommand { provider });
     }
-    let exe = resolve_binary(&provider, &argv[0], &env)?;
+    // The caller's own argv[0] (a generic provider) is looked up with the caller's rights, as
+    // its cwd is: with root's, whether a file exists in a directory the caller cannot search
+    // would show in the answer. The policy's own binary is the policy's business.
+    let exe = if policy.command.is_empty() && who.uid != 0 {
+        super::sys::with_fs_identity(&who, || resolve_binary(&provider, &argv[0], &env)).map_err(|e| {
+            SandboxError::Cwd {
+                provider: provider.clone(),
+                path: cwd.clone(),
+                reason: format!("cannot take on the caller's rights to look up the binary: {e}"),
+            }
+        })??
+    } else {
+        resolve_binary(&provider, &argv[0], &env)?
+    };
     argv[0] = exe.to_string_lossy().into_owned();
 
     let landlock = landlock_plan(policy, &cwd, host, &mut degraded)?;
