@@ -25,17 +25,23 @@
 //! | [`proxy`] | one client connection: request head, decision, resolve, tunnel |
 //! | [`splice`] | the tunnel's zero-copy byte pump (`splice(2)` through a pipe) |
 //!
-//! Bounds, so that one cell cannot wear the daemon down: at most 64 connections per cell at
+//! Bounds, so that one cell cannot wear the daemon down: at most 32 connections per cell at
 //! once, a request head of 16 KiB read in 30 s, names that are DNS names or IP addresses (the
 //! C resolver's numeric forms such as `2130706433` are refused), client text clipped to 200
-//! characters in the log and events, 1000 tunnel and 1000 refusal events and 1000 learned
-//! names kept per cell, at most 100 refusals logged per cell per 10 s (the rest counted), name
-//! lookups (blocking `getaddrinfo`) at most 8 per cell and 32 in the daemon.
+//! characters in the log and events, 1000 tunnel and 1000 refusal events and 1000
+//! destinations kept per cell, name lookups (blocking `getaddrinfo`) at most 4 per cell at
+//! once (and 4 per cell of the pool in the daemon, so no set of cells can take every lookup).
+//!
+//! The record cannot be blurred by the cell it records: tunnels and refusals are logged on
+//! budgets of their own (100 lines each per cell and 1000 for all cells, per 10 s; the rest
+//! counted), so a flood of refused requests never hides a tunnel; and at the cell's end one
+//! summary gives every destination it reached — tunnels, bytes each way — whatever the log
+//! budget left out or the event rings dropped (tunnels still open then included).
 
 pub mod proxy;
 pub mod splice;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -61,12 +67,28 @@ pub struct EgressConfig {
     /// Names the proxy resolves to these addresses instead of asking DNS (tests). Such a name
     /// may resolve to loopback.
     pub hosts: BTreeMap<String, IpAddr>,
+    /// The pool's cap on cells: name lookups in the daemon are bounded by it (see
+    /// [`proxy::MAX_LOOKUPS_PER_CELL`]).
+    pub max_cells: usize,
 }
 
 /// The daemon's egress proxy: cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EgressService {
     config: Arc<EgressConfig>,
+    /// Name lookups running at once in the daemon (each blocks a thread of the runtime's
+    /// blocking pool, shared with the daemon's own work, until `getaddrinfo` returns, which no
+    /// timeout can cut short): the per-cell share times the cap on cells, so that every cell
+    /// can always look up as many names as one cell may (a few cells asking for names whose
+    /// servers never answer cannot hold every lookup), while the total stays far below the
+    /// blocking pool's 512 threads.
+    lookups: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for EgressService {
+    fn default() -> Self {
+        EgressService::new(EgressConfig::default())
+    }
 }
 
 /// One decision of the proxy, as kept in the cell's events and logged.
@@ -95,18 +117,27 @@ pub struct CellEgress {
     /// Tunnels (allowed) and refusals (denied), each ring bounded on its own: a flood of
     /// cheap refused requests cannot push the record of a tunnel out.
     events: Mutex<Rings>,
-    /// Refusals logged in the current window, and those left out of the log.
-    log_window: Mutex<LogWindow>,
-    /// Every `name:port` contacted in `learn` mode (also allowed ones in list mode).
-    contacted: Mutex<BTreeSet<String>>,
+    /// Lines logged in the current window, and those left out, per [`Kind`].
+    log_windows: Mutex<[LogWindow; 2]>,
+    /// Every destination reached (a `network.egress` entry, in learn mode and list mode
+    /// alike), with its totals; counted when its tunnel opens.
+    destinations: Mutex<Destinations>,
     /// Name lookups of this cell running at once (see `proxy::resolve`).
     lookups: Arc<tokio::sync::Semaphore>,
+    /// The daemon's (see [`EgressService`]).
+    daemon_lookups: Arc<tokio::sync::Semaphore>,
     stop: CancellationToken,
 }
 
 impl EgressService {
     pub fn new(config: EgressConfig) -> EgressService {
-        EgressService { config: Arc::new(config) }
+        let lookups = proxy::MAX_LOOKUPS_PER_CELL * config.max_cells.max(1);
+        EgressService { config: Arc::new(config), lookups: Arc::new(tokio::sync::Semaphore::new(lookups)) }
+    }
+
+    /// How many name lookups may run at once in the daemon.
+    pub fn lookup_capacity(&self) -> usize {
+        self.lookups.available_permits()
     }
 
     pub fn config(&self) -> &EgressConfig {
@@ -127,9 +158,10 @@ impl EgressService {
             provider: provider.to_owned(),
             egress,
             events: Mutex::new(Rings::default()),
-            log_window: Mutex::new(LogWindow::default()),
-            contacted: Mutex::new(BTreeSet::new()),
+            log_windows: Mutex::new(Default::default()),
+            destinations: Mutex::new(Destinations::default()),
             lookups: Arc::new(tokio::sync::Semaphore::new(proxy::MAX_LOOKUPS_PER_CELL)),
+            daemon_lookups: self.lookups.clone(),
             stop: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(listener, state.clone(), self.config.clone()));
@@ -174,11 +206,13 @@ impl CellEgress {
     /// Stop accepting and end every tunnel of the cell (at the end of the cell).
     pub fn stop(&self) {
         self.stop.cancel();
-        let suppressed = self.log_window.lock().unwrap_or_else(|e| e.into_inner()).suppressed;
+        let suppressed: u32 =
+            self.log_windows.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|w| w.suppressed).sum();
         if suppressed > 0 {
             tracing::warn!(cell = %self.cell, provider = %self.provider, suppressed,
-                "egress: {suppressed} decisions of this cell were not logged (more than {LOGGED_PER_CELL} in {LOG_WINDOW:?}); its events keep the last {MAX_EVENTS} tunnels and refusals");
+                "egress: {suppressed} decisions of this cell were not logged (more than {LOGGED_PER_CELL} tunnel or refusal lines in {LOG_WINDOW:?}); the destinations below and its events keep them");
         }
+        self.log_destinations();
         if let Egress::Learn = self.egress {
             let names = self.learned();
             tracing::info!(
@@ -198,18 +232,57 @@ impl CellEgress {
 
     /// The allowed destinations contacted so far, as `network.egress` entries (a draft list).
     pub fn learned(&self) -> Vec<String> {
-        self.contacted.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.destinations.lock().unwrap_or_else(|e| e.into_inner()).each.keys().cloned().collect()
     }
 
-    /// Log one decision and keep it in the cell's events.
+    /// A tunnel to `name:port` is open: its destination is learned and counted now (not when
+    /// it closes: the cell may end first).
+    pub(crate) fn opened(&self, name: &str, port: u16) {
+        let entry = destination(name, port);
+        let mut d = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+        if d.each.len() < MAX_LEARNED || d.each.contains_key(&entry) {
+            d.each.entry(entry).or_default().tunnels += 1;
+            return;
+        }
+        d.beyond.tunnels += 1;
+        if d.beyond.tunnels == 1 {
+            tracing::warn!(cell = %self.cell, provider = %self.provider,
+                "egress: more than {MAX_LEARNED} distinct destinations; {entry} and any further new ones are counted together, not listed");
+        }
+    }
+
+    /// Log one decision and keep it in the cell's events (a tunnel's when it ends, with its
+    /// bytes, which its destination's totals get too).
     pub(crate) fn record(&self, event: EgressEvent) {
-        if self.may_log() {
+        if self.may_log(if event.allowed { Kind::Tunnel } else { Kind::Refusal }) {
             self.log(&event);
         }
         if event.allowed {
-            self.learn(&event);
+            let entry = destination(&event.name, event.port);
+            let mut d = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+            let totals = match d.each.get_mut(&entry) {
+                Some(t) => t,
+                None => &mut d.beyond,
+            };
+            totals.bytes_up += event.bytes_up;
+            totals.bytes_down += event.bytes_down;
         }
         self.keep(event);
+    }
+
+    /// Every destination of the cell with its totals, 50 to a line (at most 21 lines: 1000
+    /// destinations and those beyond), whatever the log budget let through.
+    fn log_destinations(&self) {
+        let d = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+        let mut items: Vec<String> = d.each.iter().map(|(name, t)| format!("{name} {t}")).collect();
+        if d.beyond.tunnels > 0 {
+            items.push(format!("(more destinations, not listed) {}", d.beyond));
+        }
+        let parts = items.len().div_ceil(50);
+        for (i, chunk) in items.chunks(50).enumerate() {
+            tracing::info!(cell = %self.cell, provider = %self.provider,
+                "egress destinations ({}/{parts}): {}", i + 1, chunk.join(", "));
+        }
     }
 
     fn log(&self, event: &EgressEvent) {
@@ -227,24 +300,6 @@ impl CellEgress {
         );
     }
 
-    /// Every allowed destination goes to the learned list, logged or not.
-    fn learn(&self, event: &EgressEvent) {
-        {
-            let entry = if event.port == crate::policy::egress::DEFAULT_PORT {
-                event.name.clone()
-            } else {
-                format!("{}:{}", event.name, event.port)
-            };
-            let mut contacted = self.contacted.lock().unwrap_or_else(|e| e.into_inner());
-            if contacted.len() < MAX_LEARNED {
-                contacted.insert(entry);
-            } else if !contacted.contains(&entry) {
-                tracing::warn!(cell = %self.cell, provider = %self.provider,
-                    "egress: more than {MAX_LEARNED} distinct destinations; {entry} is not kept in the learned list");
-            }
-        }
-    }
-
     fn keep(&self, event: EgressEvent) {
         let mut rings = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let ring = if event.allowed { &mut rings.allowed } else { &mut rings.denied };
@@ -255,27 +310,73 @@ impl CellEgress {
     }
 
     /// Whether a line about this cell's egress goes to the log: at most [`LOGGED_PER_CELL`]
-    /// per cell and [`LOGGED_PER_DAEMON`] for all cells in each [`LOG_WINDOW`] (tunnels opened
-    /// and closed, and refusals: one cell opened 10,000 tunnels in 5 s). The rest are counted,
-    /// and the count logged when the next window opens (the cell's events keep them all, up to
-    /// the rings' size).
-    pub(crate) fn may_log(&self) -> bool {
-        let cell = self.log_window.lock().unwrap_or_else(|e| e.into_inner()).admit(LOGGED_PER_CELL);
+    /// per cell and [`LOGGED_PER_DAEMON`] for all cells in each [`LOG_WINDOW`], on separate
+    /// budgets for tunnels (opened and closed) and refusals (one cell opened 10,000 tunnels in
+    /// 5 s; a flood of refused requests must not silence the tunnel that follows it). The rest
+    /// are counted, and the count logged when the next window opens (the destinations logged
+    /// at the cell's end and its events keep them).
+    pub(crate) fn may_log(&self, kind: Kind) -> bool {
+        let what = kind.lines();
+        let cell = self.log_windows.lock().unwrap_or_else(|e| e.into_inner())[kind as usize].admit(LOGGED_PER_CELL);
         if let Some(n) = cell.suppressed {
             tracing::warn!(cell = %self.cell, provider = %self.provider, suppressed = n,
-                "egress: {n} decisions of this cell were not logged (more than {LOGGED_PER_CELL} in {LOG_WINDOW:?}); its events keep the last {MAX_EVENTS} tunnels and refusals");
+                "egress: {n} {what} of this cell were not logged (more than {LOGGED_PER_CELL} in {LOG_WINDOW:?}); its events keep the last {MAX_EVENTS}");
         }
         if !cell.admitted {
             // Over its own budget: a flooding cell does not use up the other cells' share.
             return false;
         }
-        let daemon = DAEMON_LOG_WINDOW.lock().unwrap_or_else(|e| e.into_inner()).admit(LOGGED_PER_DAEMON);
+        let daemon =
+            DAEMON_LOG_WINDOWS.lock().unwrap_or_else(|e| e.into_inner())[kind as usize].admit(LOGGED_PER_DAEMON);
         if let Some(n) = daemon.suppressed {
             tracing::warn!(suppressed = n,
-                "egress: {n} decisions of all cells were not logged (more than {LOGGED_PER_DAEMON} in {LOG_WINDOW:?}); each cell's events keep them");
+                "egress: {n} {what} of all cells were not logged (more than {LOGGED_PER_DAEMON} in {LOG_WINDOW:?}); each cell's events keep them");
         }
         daemon.admitted
     }
+}
+
+/// Which log budget an egress line draws on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Tunnel = 0,
+    Refusal = 1,
+}
+
+impl Kind {
+    fn lines(self) -> &'static str {
+        match self {
+            Kind::Tunnel => "tunnel lines",
+            Kind::Refusal => "refusals",
+        }
+    }
+}
+
+/// `name:port` as a `network.egress` entry (the port left out when it is 443, an IPv6
+/// address in brackets when a port follows).
+fn destination(name: &str, port: u16) -> String {
+    crate::policy::egress::EgressRule { host: name.to_owned(), wildcard: false, port }.to_string()
+}
+
+/// What a cell moved to one destination.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    tunnels: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tunnels={} bytes_up={} bytes_down={}", self.tunnels, self.bytes_up, self.bytes_down)
+    }
+}
+
+/// A cell's destinations: the first [`MAX_LEARNED`] by name, the rest counted together.
+#[derive(Debug, Default)]
+struct Destinations {
+    each: BTreeMap<String, Totals>,
+    beyond: Totals,
 }
 
 /// A cell's kept decisions.
@@ -291,7 +392,7 @@ struct Rings {
 const LOGGED_PER_CELL: u32 = 100;
 const LOGGED_PER_DAEMON: u32 = 1000;
 const LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
-static DAEMON_LOG_WINDOW: Mutex<LogWindow> = Mutex::new(LogWindow { started: None, logged: 0, suppressed: 0 });
+static DAEMON_LOG_WINDOWS: Mutex<[LogWindow; 2]> = Mutex::new([LogWindow::NEW, LogWindow::NEW]);
 
 #[derive(Debug, Default)]
 struct LogWindow {
@@ -308,6 +409,8 @@ struct Admission {
 }
 
 impl LogWindow {
+    const NEW: LogWindow = LogWindow { started: None, logged: 0, suppressed: 0 };
+
     fn admit(&mut self, limit: u32) -> Admission {
         let now = std::time::Instant::now();
         let mut reported = None;
@@ -328,4 +431,20 @@ impl LogWindow {
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Learned entries are `network.egress` entries a policy accepts as written: the port
+    /// left out at 443, an IPv6 address in brackets before a port.
+    #[test]
+    fn destinations_are_policy_entries() {
+        assert_eq!(super::destination("api.example.com", 443), "api.example.com");
+        assert_eq!(super::destination("api.example.com", 8443), "api.example.com:8443");
+        assert_eq!(super::destination("2001:db8::1", 8443), "[2001:db8::1]:8443");
+        assert_eq!(super::destination("2001:db8::1", 443), "2001:db8::1");
+        for entry in ["[2001:db8::1]:8443", "api.example.com:8443"] {
+            assert_eq!(crate::policy::egress::parse_rule(entry).map(|r| r.to_string()), Ok(entry.to_owned()));
+        }
+    }
 }

@@ -46,26 +46,32 @@ impl Refusal {
 /// Serve one client connection to its end.
 pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressConfig) {
     let _ = client.set_nodelay(true);
+    // A request that names no destination is a refusal like any other: logged (on the
+    // refusals' budget) and kept in the cell's events.
+    let unnamed = |detail: String| EgressEvent {
+        at_ms: now_ms(),
+        name: String::new(),
+        port: 0,
+        allowed: false,
+        detail: Some(detail),
+        bytes_up: 0,
+        bytes_down: 0,
+    };
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await {
         Ok(Ok(h)) => h,
-        Ok(Err(refusal)) => return refuse(&mut client, &refusal).await,
-        Err(_) => return,
+        Ok(Err(refusal)) => {
+            state.record(unnamed(refusal.to_string()));
+            return refuse(&mut client, &refusal).await;
+        }
+        Err(_) => {
+            state.record(unnamed(format!("bad request: no request head within {HEAD_TIMEOUT:?}")));
+            return;
+        }
     };
     let (host, port, rest) = match parse_connect(&head) {
         Ok(t) => t,
         Err(refusal) => {
-            if let Refusal::NotConnect(_) = refusal {
-                let event = |detail: String| EgressEvent {
-                    at_ms: now_ms(),
-                    name: String::new(),
-                    port: 0,
-                    allowed: false,
-                    detail: Some(detail),
-                    bytes_up: 0,
-                    bytes_down: 0,
-                };
-                state.record(event(refusal.to_string()));
-            }
+            state.record(unnamed(refusal.to_string()));
             return refuse(&mut client, &refusal).await;
         }
     };
@@ -87,7 +93,8 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         }
     };
     event.allowed = true;
-    if state.may_log() {
+    state.opened(&host, port);
+    if state.may_log(super::Kind::Tunnel) {
         tracing::info!(cell = %state.cell, provider = %state.provider, name = %host, port, "egress tunnel open");
     }
     // Recorded when the tunnel ends, or, if the cell ends first and this task is dropped,
@@ -322,21 +329,32 @@ async fn open(state: &CellEgress, config: &EgressConfig, host: &str, port: u16) 
     Err(Refusal::Upstream(format!("cellkeep egress proxy: connecting to {host}:{port}: {}", last.unwrap_or_default())))
 }
 
-/// Name lookups running at once in the whole daemon. `getaddrinfo` blocks a thread of the
-/// runtime's blocking pool (shared with the daemon's own work) and cannot be cancelled: a
-/// lookup holds its permit until its thread is done, so a cell asking for names whose servers
-/// never answer occupies at most this many threads, never the pool.
-const MAX_LOOKUPS: usize = 32;
-/// Of those, at most this many for one cell (the rest of its requests wait their turn).
-pub(super) const MAX_LOOKUPS_PER_CELL: usize = 8;
-static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LOOKUPS);
+/// Name lookups of one cell running at once (the rest of its requests wait their turn).
+/// `getaddrinfo` blocks a thread and cannot be cancelled: a lookup holds its permit until its
+/// thread is done, so a cell asking for names whose servers never answer occupies at most
+/// this many threads; the daemon's bound is this times the cap on cells (`EgressService`).
+pub const MAX_LOOKUPS_PER_CELL: usize = 4;
+
+/// The name handed to the system resolver. A name the cell chose — matched by a wildcard rule,
+/// or any name in learn mode — is looked up as absolute (`name.`): otherwise, where it does not
+/// exist, the resolver tries it again under each domain of resolv.conf's search list
+/// (`nothing.openai.com.corp.internal`), and a rule written for a vendor would lead into the
+/// operator's own network. A name the policy lists exactly is looked up as written (a short
+/// intranet name may rely on the search list, and /etc/hosts matches only undotted names).
+fn lookup_name(egress: &Egress, host: &str, port: u16) -> String {
+    if egress.lists_exactly(host, port) {
+        host.to_owned()
+    } else {
+        format!("{host}.")
+    }
+}
 
 /// Resolve `host` with the system resolver, within the daemon's and the cell's lookup limits.
 async fn resolve(state: &CellEgress, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     let closed = |_| std::io::Error::other("the proxy is shutting down");
     let cell = state.lookups.clone().acquire_owned().await.map_err(closed)?;
-    let daemon = LOOKUPS.acquire().await.map_err(closed)?;
-    let host = host.to_owned();
+    let daemon = state.daemon_lookups.clone().acquire_owned().await.map_err(closed)?;
+    let host = lookup_name(&state.egress, host, port);
     tokio::task::spawn_blocking(move || {
         let _held = (cell, daemon);
         std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).map(Iterator::collect)
@@ -456,6 +474,32 @@ async fn refuse(client: &mut TcpStream, refusal: &Refusal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name the cell chose is looked up as absolute, never under resolv.conf's search list;
+    /// one the policy lists exactly is looked up as written.
+    #[test]
+    fn names_the_cell_chose_are_looked_up_absolute() {
+        let rules = ["api.example.com", "*.vendor.com", "gitlab:8443"]
+            .iter()
+            .map(|r| crate::policy::egress::parse_rule(r).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let listed = Egress::Allow(rules);
+        assert_eq!(lookup_name(&listed, "api.example.com", 443), "api.example.com");
+        assert_eq!(lookup_name(&listed, "gitlab", 8443), "gitlab");
+        assert_eq!(lookup_name(&listed, "nothing.vendor.com", 443), "nothing.vendor.com.");
+        assert_eq!(lookup_name(&Egress::Learn, "api.example.com", 443), "api.example.com.");
+    }
+
+    /// Every cell of a full pool can look up as many names at once as one cell may: a few
+    /// cells whose lookups hang cannot take them all (32 in the daemon and 8 per cell let 4
+    /// cells do that).
+    #[test]
+    fn lookups_in_the_daemon_cover_every_cell() {
+        for max_cells in [1, 20, 64] {
+            let service = super::super::EgressService::new(EgressConfig { hosts: Default::default(), max_cells });
+            assert_eq!(service.lookup_capacity(), MAX_LOOKUPS_PER_CELL * max_cells);
+        }
+    }
 
     #[test]
     fn connect_targets() {

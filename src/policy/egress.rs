@@ -126,6 +126,14 @@ pub fn parse_rule(text: &str) -> Result<EgressRule, String> {
 }
 
 impl Egress {
+    /// Whether a rule names `host:port` exactly (no wildcard; not learn mode): the policy, not
+    /// the cell, chose that name.
+    pub fn lists_exactly(&self, host: &str, port: u16) -> bool {
+        let Egress::Allow(rules) = self else { return false };
+        let host = normalize(host);
+        rules.iter().any(|r| !r.wildcard && r.port == port && r.host == host)
+    }
+
     /// Whether a CONNECT to `host:port` is allowed (`host` as the cell sent it).
     pub fn allows(&self, host: &str, port: u16) -> bool {
         let rules = match self {

@@ -143,7 +143,7 @@ impl Pool {
         let limit_hub = crate::cgroup::watch::WatchHub::new()
             .inspect_err(|e| tracing::error!("limit events will only be seen when read (no inotify instance): {e}"))
             .ok();
-        let egress = crate::egress::EgressConfig { hosts: config.egress_hosts.clone() };
+        let egress = crate::egress::EgressConfig { hosts: config.egress_hosts.clone(), max_cells: config.max_cells };
         let ids = crate::sandbox::IdAllocator::new(config.cell_id_range, crate::sandbox::ids::ID_LOCK_DIR.into());
         let launcher =
             Launcher::new(root, HostCaps::probe()).with_egress(crate::egress::EgressService::new(egress)).with_ids(ids);
