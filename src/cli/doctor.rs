@@ -225,8 +225,8 @@ fn assess(policy: &Policy, host: &Host, caps: &HostCaps) -> PolicyReport {
     workspace_idmap(policy, &mut degraded, &mut notes);
     if plan::udp_refused(policy, caps) {
         notes.push(
-            "no UDP in its cells: cgroup v1 cannot charge UDP buffers to a cell, so socket(AF_INET*, SOCK_DGRAM) \
-             fails with EACCES"
+            "no UDP in its cells: cgroup v1 (or v2 with cgroup.memory=nosocket on the kernel command line) cannot \
+             charge UDP buffers to a cell, so socket(AF_INET*, SOCK_DGRAM) fails with EACCES"
                 .to_owned(),
         );
     }

@@ -40,8 +40,9 @@ pub struct HostCaps {
     pub cap_last_cap: u32,
     /// The kernel has `vm.memfd_noexec` (Linux >= 6.3).
     pub memfd_noexec: bool,
-    /// A cell's memory cgroup charges its UDP buffers: cgroup v2. v1 charges only TCP's
-    /// (`memory.kmem.tcp.*`), so there cells get no UDP sockets (see `udp_plan`).
+    /// A cell's memory cgroup charges its UDP buffers: cgroup v2, unless the kernel was booted
+    /// with `cgroup.memory=nosocket` (then no socket memory is charged at all). v1 charges only
+    /// TCP's (`memory.kmem.tcp.*`), so there cells get no UDP sockets (see `udp_plan`).
     pub udp_charged: bool,
 }
 
@@ -52,9 +53,21 @@ impl HostCaps {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(63);
         let memfd_noexec = Path::new(MEMFD_NOEXEC_SYSCTL).exists();
-        let udp_charged = matches!(crate::cgroup::detect_layout(), Ok(crate::cgroup::Layout::Unified));
+        let unified = matches!(crate::cgroup::detect_layout(), Ok(crate::cgroup::Layout::Unified));
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let udp_charged = unified && !socket_accounting_off(&cmdline);
         HostCaps { landlock_abi: super::sys::landlock_abi(), cap_last_cap, memfd_noexec, udp_charged }
     }
+}
+
+/// Whether the kernel command line turns socket memory accounting off:
+/// `cgroup.memory=nosocket`, possibly among other comma-separated options (each
+/// `cgroup.memory=` is applied in turn, so any `nosocket` counts).
+pub fn socket_accounting_off(cmdline: &str) -> bool {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|p| p.strip_prefix("cgroup.memory="))
+        .any(|opts| opts.split(',').any(|o| o == "nosocket"))
 }
 
 /// One launch, as asked for by a caller.
@@ -779,6 +792,17 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// `cgroup.memory=nosocket` on a v2 host: no socket memory is charged, so UDP is refused
+    /// there as on v1 (it was taken as charged by the layout alone).
+    #[test]
+    fn nosocket_on_the_command_line_means_uncharged_sockets() {
+        assert!(socket_accounting_off("ro quiet cgroup.memory=nosocket"));
+        assert!(socket_accounting_off("cgroup.memory=nokmem,nosocket root=/dev/vda"));
+        assert!(!socket_accounting_off("cgroup.memory=nokmem quiet"));
+        assert!(!socket_accounting_off("xcgroup.memory=nosocket nosocket"));
+        assert!(!socket_accounting_off(""));
     }
 
     #[test]
