@@ -328,6 +328,13 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
             "7:20: warning: seccomp.allow: \"bpf\" re-allows a call the default preset denies (it loads programs into or probes the kernel); remove it unless the provider cannot work without it",
             "7:27: warning: seccomp.allow: \"mount\" re-allows a call the default preset denies (it changes the mount view the sandbox relies on); remove it unless the provider cannot work without it",
         ]),
+        ("env_pass_loader.toml", vec![
+            "7:17: warning: environment.pass: \"LD_PRELOAD\" lets the caller make the dynamic linker load code of its choosing into the program; remove it unless the provider needs it from callers",
+            "7:31: warning: environment.pass: \"NODE_OPTIONS\" lets the caller make Node load code of its choosing (--require, --import) or change its flags; remove it unless the provider needs it from callers",
+            "7:47: warning: environment.pass: \"PATH\" lets the caller choose which program a bare name runs; set it in [environment.set] instead",
+            "7:55: warning: environment.pass: \"BASH_ENV\" lets the caller make every non-interactive shell run a file of its choosing; remove it unless the provider needs it from callers",
+            "7:67: note: environment.pass: \"HTTPS_PROXY\" is never the caller's: a proxy cell gets the egress proxy's address, any other cell no network; remove it",
+        ]),
         ("proxy_learn.toml", vec![
             "8:10: warning: network.egress: \"learn\" lets the cell reach every name through the proxy; run it once, then write the names it reported (cell events, the log) as egress = [...]",
         ]),

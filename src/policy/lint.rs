@@ -90,6 +90,7 @@ pub fn lint(c: &Checked) -> Vec<Finding> {
         }
     }
     l.command();
+    l.environment();
     l.workdir();
     l.identity();
     l.network();
@@ -271,6 +272,28 @@ impl Linter<'_> {
         }
     }
 
+    /// `environment.pass` names through which a caller would choose code the program runs
+    /// (a loader's preload, an interpreter's start-up file or options) or what a bare name
+    /// runs: a provider that confines callers to its command would let them run anything.
+    fn environment(&mut self) {
+        for name in items(&self.c.raw.environment.pass) {
+            let n = name.get_ref().as_str();
+            if n.eq_ignore_ascii_case("PATH") {
+                let msg = format!("\"{n}\" lets the caller choose which program a bare name runs; set it in [environment.set] instead");
+                self.warn(name.span(), "environment.pass", msg);
+            } else if let Some(what) = code_loading_variable(n) {
+                let msg =
+                    format!("\"{n}\" lets the caller {what}; remove it unless the provider needs it from callers");
+                self.warn(name.span(), "environment.pass", msg);
+            } else if crate::sandbox::plan::proxy_env(0).iter().any(|(p, _)| p.eq_ignore_ascii_case(n)) {
+                let msg = format!(
+                    "\"{n}\" is never the caller's: a proxy cell gets the egress proxy's address, any other cell no network; remove it"
+                );
+                self.note(name.span(), "environment.pass", msg);
+            }
+        }
+    }
+
     fn network(&mut self) {
         let Network::Proxy { egress } = &self.c.policy.network else { return };
         let Some(e) = &self.c.raw.network.egress else { return };
@@ -355,6 +378,28 @@ fn broad(path: &Path, key: &str) -> Option<String> {
             ))
         }
     }
+}
+
+/// What a variable that makes a program load or run code of the caller's choosing lets the
+/// caller do, if `name` is one.
+fn code_loading_variable(name: &str) -> Option<&'static str> {
+    let what = match name {
+        n if n.starts_with("LD_") => "make the dynamic linker load code of its choosing into the program",
+        "NODE_OPTIONS" => "make Node load code of its choosing (--require, --import) or change its flags",
+        "NODE_PATH" => "make Node resolve modules from directories of its choosing",
+        "BASH_ENV" | "ENV" => "make every non-interactive shell run a file of its choosing",
+        "PYTHONPATH" | "PYTHONSTARTUP" | "PYTHONHOME" | "PYTHONINSPECT" => {
+            "make Python import or run code of its choosing"
+        }
+        "PERL5OPT" | "PERL5LIB" | "PERLLIB" | "RUBYOPT" | "RUBYLIB" | "JAVA_TOOL_OPTIONS" | "_JAVA_OPTIONS" => {
+            "make an interpreter load code of its choosing"
+        }
+        "GCONV_PATH" | "GIT_SSH_COMMAND" | "GIT_EXEC_PATH" | "GIT_CONFIG_GLOBAL" | "EDITOR" | "VISUAL" | "PAGER" => {
+            "choose a program or module the tools in the cell run"
+        }
+        _ => return None,
+    };
+    Some(what)
 }
 
 /// What a call the default preset denies can do, in a few words.
