@@ -310,7 +310,24 @@ impl Linter<'_> {
                 let msg = "an empty list allows nothing through the proxy; use mode = \"none\" instead".to_owned();
                 self.warn(e.span(), "network.egress", msg);
             }
-            Egress::Allow(_) => {}
+            Egress::Allow(rules) => {
+                for r in rules.iter().filter(|r| r.wildcard) {
+                    match open_registration(&r.host) {
+                        Ok(Some(rule)) => {
+                            let msg = format!(
+                                "\"{r}\" matches names anyone can register (the public suffix list has \"{rule}\"): \
+                                 a cell could reach a host of anyone's choosing; list the exact names it needs"
+                            );
+                            self.warn(e.span(), "network.egress", msg);
+                        }
+                        Ok(None) => {}
+                        Err(why) => {
+                            let msg = format!("\"{r}\" was not compared with the public suffix list: {why}");
+                            self.note(e.span(), "network.egress", msg);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -378,6 +395,36 @@ fn broad(path: &Path, key: &str) -> Option<String> {
             ))
         }
     }
+}
+
+/// Debian's copy of the public suffix list (package `publicsuffix`).
+pub const PUBLIC_SUFFIX_LIST: &str = "/usr/share/publicsuffix/public_suffix_list.dat";
+
+/// A rule of the public suffix list at or beneath `host` (`github.io` for `*.github.io`,
+/// `*.compute.amazonaws.com` for `*.amazonaws.com`), if there is one: a wildcard over `host`
+/// then matches names anyone can register. `Err`: the list cannot be read. (The
+/// `publicsuffix` crate answers "what is this name's suffix", not "is there a suffix beneath
+/// this one", so the list's plain format — a rule per line, `//` comments, `*.` and `!`
+/// prefixes — is scanned here.)
+fn open_registration(host: &str) -> Result<Option<String>, String> {
+    static LIST: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let list = LIST
+        .get_or_init(|| {
+            std::fs::read_to_string(PUBLIC_SUFFIX_LIST)
+                .map_err(|e| format!("{PUBLIC_SUFFIX_LIST}: {e} (Debian: apt install publicsuffix)"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let beneath = format!(".{host}");
+    let found = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//") && !l.starts_with('!'))
+        .find(|rule| {
+            let name = rule.trim_start_matches("*.");
+            name.eq_ignore_ascii_case(host) || name.to_ascii_lowercase().ends_with(&beneath)
+        });
+    Ok(found.map(str::to_owned))
 }
 
 /// What a variable that makes a program load or run code of the caller's choosing lets the
