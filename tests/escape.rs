@@ -62,8 +62,8 @@
 //! | 42 | `file_larger_than_the_policy_allows` (a 1 GiB file in the workspace) | `limits.file_size` (RLIMIT_FSIZE, base 512M): EFBIG, or `file_size_limited` |
 //! | 43 | `pid1_fails_closed_when_a_privilege_drop_fails` (PR_SET_DUMPABLE made to fail) | pid 1's privilege drop is checked step by step; the payload waits for it: setup_failed(init) |
 //! | 44 | `cwd_is_looked_up_with_the_callers_rights` (links into a root-only dir; a relative cwd) | the cwd is resolved on a thread with the caller's fsuid/fsgid/groups; one answer for missing / not a directory / not permitted; relative refused |
-//! | 45 | `option_injection_through_the_command` (`--version` as a one-shot command) | `command_after = "--"`, or 400 bad_request without it |
-//! | 46–47 | `vsock_and_mptcp_sockets` (also with seccomp preset `none`) | seccomp in every cell: EAFNOSUPPORT / EPROTONOSUPPORT |
+//! | 45 | `option_injection_through_the_command` (`--version` as a one-shot command) | `command_after = "--"`, or 400 bad_request without it (and for Claude Code, which scans its whole argv, `command_via = "stdin"`: `agents::claude_gets_no_caller_text_in_its_argv`) |
+//! | 46–47 | `vsock_and_mptcp_sockets` (also with seccomp preset `none`; also a TCP ULP such as kTLS, with and without high bits in the int arguments) | seccomp in every cell: EAFNOSUPPORT / EPROTONOSUPPORT / ENOPROTOOPT |
 //! | 48 | `host_network_from_an_agent_cell` (port 443 on the host, MSG_FASTOPEN, UDP, autobound listener) | the cell's own network namespace (ECONNREFUSED / ENETUNREACH; nothing arrives) |
 //! | 49 | `abstract_socket_squatting_from_an_agent_cell` | the cell's own network namespace (its abstract names are its own) |
 //! | 50 | `host_unix_socket_files` (`network = none`; a root 0666 socket under /run, a 0600 socket in a 0700 dir of the cell's uid) | mount view: not inside (ENOENT) |
