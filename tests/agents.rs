@@ -628,10 +628,26 @@ fn claude_gets_no_caller_text_in_its_argv() {
         assert_eq!(r.status, 400, "{provider} {args:?}: {}", r.text());
         assert!(r.text().contains("command_via"), "the refusal does not name the setting: {}", r.text());
     }
-    // The daemon refuses a one-shot's "stdin": true for it (the command is the stdin).
-    let body = json!({"command": "hi", "cwd": d.cwd(), "stdin": true, "timeout_ms": ONESHOT_TIMEOUT_MS});
-    let r = call(&d.socket, "POST", "/v1/providers/claude/commands", Some(&body));
-    assert_eq!(r.status, 400, "{}", r.text());
+    // `cellkeep exec` in a script (stdin not a terminal, so it forwards its stdin: "stdin":
+    // true) works: the command comes first on the program's stdin, the caller's input after.
+    let out = Command::new(common::BIN)
+        .args(["--socket", d.socket.to_str().unwrap_or_default(), "exec", "--cwd", &d.cwd(), "probe-claude"])
+        .arg("argv:--session-tunnel")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(b" and more")?;
+            }
+            child.wait_with_output()
+        })
+        .expect("cellkeep exec");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cellkeep exec probe-claude: {out:?}");
+    let v: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap_or(Value::Null);
+    assert_eq!(v["arg"], "--session-tunnel and more", "{text}");
+    assert!(!v["argv"].to_string().contains("--session-tunnel"), "{text}");
 }
 
 /// Everything a cell wrote so far (stdout and stderr), from its output spool.

@@ -334,10 +334,12 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
             "7:47: warning: environment.pass: \"PATH\" lets the caller choose which program a bare name runs; set it in [environment.set] instead",
             "7:55: warning: environment.pass: \"BASH_ENV\" lets the caller make every non-interactive shell run a file of its choosing; remove it unless the provider needs it from callers",
             "7:67: note: environment.pass: \"HTTPS_PROXY\" is never the caller's: a proxy cell gets the egress proxy's address, any other cell no network; remove it",
+            "7:82: warning: environment.pass: \"GIT_CONFIG_PARAMETERS\" lets the caller set any git option (core.sshCommand, core.fsmonitor: programs git runs); remove it unless the provider needs it from callers",
         ]),
         ("proxy_public_suffix.toml", vec![
             "8:10: warning: network.egress: \"*.github.io\" matches names anyone can register (the public suffix list has \"github.io\"): a cell could reach a host of anyone's choosing; list the exact names it needs",
             "8:10: warning: network.egress: \"*.amazonaws.com\" matches names anyone can register (the public suffix list has \"*.compute.amazonaws.com\"): a cell could reach a host of anyone's choosing; list the exact names it needs",
+            "8:10: warning: network.egress: \"*.nyc3.digitaloceanspaces.com\" matches names anyone can register (the public suffix list has \"*.digitaloceanspaces.com\"): a cell could reach a host of anyone's choosing; list the exact names it needs",
         ]),
         ("proxy_learn.toml", vec![
             "8:10: warning: network.egress: \"learn\" lets the cell reach every name through the proxy; run it once, then write the names it reported (cell events, the log) as egress = [...]",

@@ -230,6 +230,13 @@ fn assess(policy: &Policy, host: &Host, caps: &HostCaps) -> PolicyReport {
                 .to_owned(),
         );
     }
+    if caps.tcp_uncharged && !matches!(policy.network, crate::policy::Network::None) {
+        notes.push(
+            "TCP buffers are not charged to its cells: the kernel was booted with cgroup.memory=nosocket, so a cell \
+             with lo up can fill the host-wide tcp_mem budget; remove that option to bound them by memory_max"
+                .to_owned(),
+        );
+    }
     let hidden = policy.command.first().and_then(|b| crate::policy::lint::hidden_by_cell_mounts(policy, Path::new(b)));
     if let (Some(bin), Some(mount)) = (policy.command.first(), hidden) {
         let detail =
@@ -533,7 +540,7 @@ mod tests {
             cell_ids: yes(),
             idmap: yes(),
         };
-        (host, HostCaps { landlock_abi, cap_last_cap: 40, memfd_noexec: true, udp_charged: true })
+        (host, HostCaps { landlock_abi, cap_last_cap: 40, memfd_noexec: true, udp_charged: true, tcp_uncharged: false })
     }
 
     /// A policy of `base` (with a fixed account for root callers: no idmapped workspace, so

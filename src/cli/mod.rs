@@ -94,7 +94,8 @@ enum Cmd {
     Exec {
         /// The one-shot provider (a policy name) to run the command with.
         provider: String,
-        /// The command, passed to the provider's command as one final argument (no shell).
+        /// The command, passed to the provider's command as one final argument (no shell), or,
+        /// for a provider with `command_via = "stdin"`, written to its stdin ahead of ours.
         command: String,
         /// Working directory (default: the current directory).
         #[arg(long, value_name = "DIR")]

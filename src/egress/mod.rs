@@ -30,7 +30,8 @@
 //! C resolver's numeric forms such as `2130706433` are refused), client text clipped to 200
 //! characters in the log and events, 1000 tunnel and 1000 refusal events and 1000
 //! destinations kept per cell, name lookups (blocking `getaddrinfo`) at most 4 per cell at
-//! once (and 4 per cell of the pool in the daemon, so no set of cells can take every lookup).
+//! once (and 4 per cell of the pool in the daemon, up to 256, so no few cells can take every
+//! lookup).
 //!
 //! The record cannot be blurred by the cell it records: tunnels and refusals are logged on
 //! budgets of their own (100 lines each per cell and 1000 for all cells, per 10 s; the rest
@@ -58,6 +59,8 @@ const MAX_EVENTS: usize = 1000;
 /// daemon, outside the cell's limits: 32 is ample for an agent or an npm install (15 at a
 /// time; the load test runs 10 per cell) and bounds what one cell can pin (~64 MiB).
 const MAX_CONNECTIONS_PER_CELL: usize = 32;
+/// Name lookups running at once in the daemon, at most (see [`EgressService`]).
+const MAX_LOOKUPS: usize = 256;
 /// Distinct destinations kept for the learned draft list (each at most 253 + 6 bytes).
 const MAX_LEARNED: usize = 1000;
 
@@ -80,8 +83,8 @@ pub struct EgressService {
     /// blocking pool, shared with the daemon's own work, until `getaddrinfo` returns, which no
     /// timeout can cut short): the per-cell share times the cap on cells, so that every cell
     /// can always look up as many names as one cell may (a few cells asking for names whose
-    /// servers never answer cannot hold every lookup), while the total stays far below the
-    /// blocking pool's 512 threads.
+    /// servers never answer cannot hold every lookup), but at most [`MAX_LOOKUPS`], half the
+    /// blocking pool's 512 threads, which the daemon's own blocking work needs too.
     lookups: Arc<tokio::sync::Semaphore>,
 }
 
@@ -131,7 +134,7 @@ pub struct CellEgress {
 
 impl EgressService {
     pub fn new(config: EgressConfig) -> EgressService {
-        let lookups = proxy::MAX_LOOKUPS_PER_CELL * config.max_cells.max(1);
+        let lookups = (proxy::MAX_LOOKUPS_PER_CELL * config.max_cells.max(1)).min(MAX_LOOKUPS);
         EgressService { config: Arc::new(config), lookups: Arc::new(tokio::sync::Semaphore::new(lookups)) }
     }
 
@@ -236,47 +239,73 @@ impl CellEgress {
     }
 
     /// A tunnel to `name:port` is open: its destination is learned and counted now (not when
-    /// it closes: the cell may end first).
-    pub(crate) fn opened(&self, name: &str, port: u16) {
+    /// it closes: the cell may end first), and its live byte counters are kept until
+    /// [`CellEgress::closed`], so a summary taken while it is open has its bytes so far.
+    pub(crate) fn opened(&self, name: &str, port: u16, moved: Arc<splice::Moved>) -> u64 {
         let entry = destination(name, port);
         let mut d = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
-        if d.each.len() < MAX_LEARNED || d.each.contains_key(&entry) {
-            d.each.entry(entry).or_default().tunnels += 1;
-            return;
+        let listed = d.each.len() < MAX_LEARNED || d.each.contains_key(&entry);
+        if listed {
+            d.each.entry(entry.clone()).or_default().tunnels += 1;
+        } else {
+            d.beyond.tunnels += 1;
+            if d.beyond.tunnels == 1 {
+                tracing::warn!(cell = %self.cell, provider = %self.provider,
+                    "egress: more than {MAX_LEARNED} distinct destinations; {entry} and any further new ones are counted together, not listed");
+            }
         }
-        d.beyond.tunnels += 1;
-        if d.beyond.tunnels == 1 {
-            tracing::warn!(cell = %self.cell, provider = %self.provider,
-                "egress: more than {MAX_LEARNED} distinct destinations; {entry} and any further new ones are counted together, not listed");
-        }
+        d.next_tunnel += 1;
+        let id = d.next_tunnel;
+        d.open.insert(id, (listed.then_some(entry), moved));
+        id
     }
 
-    /// Log one decision and keep it in the cell's events (a tunnel's when it ends, with its
-    /// bytes, which its destination's totals get too).
+    /// Tunnel `id` (from [`CellEgress::opened`]) ended: its bytes go to its destination's
+    /// totals, and its event is recorded.
+    pub(crate) fn closed(&self, id: u64, event: EgressEvent) {
+        {
+            let mut guard = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+            let d = &mut *guard;
+            if let Some((entry, _)) = d.open.remove(&id) {
+                let totals = match entry.as_ref().and_then(|e| d.each.get_mut(e)) {
+                    Some(t) => t,
+                    None => &mut d.beyond,
+                };
+                totals.bytes_up += event.bytes_up;
+                totals.bytes_down += event.bytes_down;
+            }
+        }
+        self.record(event);
+    }
+
+    /// Log one decision and keep it in the cell's events.
     pub(crate) fn record(&self, event: EgressEvent) {
         if self.may_log(if event.allowed { Kind::Tunnel } else { Kind::Refusal }) {
             self.log(&event);
-        }
-        if event.allowed {
-            let entry = destination(&event.name, event.port);
-            let mut d = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
-            let totals = match d.each.get_mut(&entry) {
-                Some(t) => t,
-                None => &mut d.beyond,
-            };
-            totals.bytes_up += event.bytes_up;
-            totals.bytes_down += event.bytes_down;
         }
         self.keep(event);
     }
 
     /// Every destination of the cell with its totals, 50 to a line (at most 21 lines: 1000
-    /// destinations and those beyond), whatever the log budget let through.
+    /// destinations and those beyond), whatever the log budget let through; a tunnel still
+    /// open counts with the bytes it moved so far.
     fn log_destinations(&self) {
         let d = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
-        let mut items: Vec<String> = d.each.iter().map(|(name, t)| format!("{name} {t}")).collect();
-        if d.beyond.tunnels > 0 {
-            items.push(format!("(more destinations, not listed) {}", d.beyond));
+        let mut each = d.each.clone();
+        let mut beyond = d.beyond;
+        for (entry, moved) in d.open.values() {
+            let (up, down) = moved.total();
+            let totals = match entry.as_ref().and_then(|e| each.get_mut(e)) {
+                Some(t) => t,
+                None => &mut beyond,
+            };
+            totals.bytes_up += up;
+            totals.bytes_down += down;
+        }
+        drop(d);
+        let mut items: Vec<String> = each.iter().map(|(name, t)| format!("{name} {t}")).collect();
+        if beyond.tunnels > 0 {
+            items.push(format!("(more destinations, not listed) {beyond}"));
         }
         let parts = items.len().div_ceil(50);
         for (i, chunk) in items.chunks(50).enumerate() {
@@ -372,11 +401,14 @@ impl std::fmt::Display for Totals {
     }
 }
 
-/// A cell's destinations: the first [`MAX_LEARNED`] by name, the rest counted together.
+/// A cell's destinations: the first [`MAX_LEARNED`] by name, the rest counted together; and
+/// its open tunnels (their destination, `None` if counted beyond, and their live counters).
 #[derive(Debug, Default)]
 struct Destinations {
     each: BTreeMap<String, Totals>,
     beyond: Totals,
+    open: BTreeMap<u64, (Option<String>, Arc<splice::Moved>)>,
+    next_tunnel: u64,
 }
 
 /// A cell's kept decisions.

@@ -93,15 +93,17 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         }
     };
     event.allowed = true;
-    state.opened(&host, port);
+    // The tunnel's byte counters, live: the cell's end-of-record summary reads them if it is
+    // still open then.
+    let moved = std::sync::Arc::new(super::splice::Moved::default());
+    let id = state.opened(&host, port, moved.clone());
     if state.may_log(super::Kind::Tunnel) {
         tracing::info!(cell = %state.cell, provider = %state.provider, name = %host, port, "egress tunnel open");
     }
     // Recorded when the tunnel ends, or, if the cell ends first and this task is dropped,
     // then, with the reason and the bytes moved so far (a tunnel held open to the end still
     // appears in the events, with its bytes).
-    let moved = super::splice::Moved::default();
-    let mut pending = Pending { state, event: Some(event), moved: &moved, sent_ahead: 0 };
+    let mut pending = Pending { state, id, event: Some(event), moved: &moved };
     let mut upstream = upstream;
     let _ = upstream.set_nodelay(true);
     bound_buffers(&client);
@@ -117,7 +119,7 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         return;
     }
     // Counted once they reached the upstream.
-    pending.sent_ahead = rest.len() as u64;
+    moved.up.fetch_add(rest.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let copied = match super::splice::relay(&client, &upstream, &moved).await {
         // No splice here (it fails before moving a byte): copy through user space instead
         // (counted at its end only).
@@ -157,22 +159,21 @@ fn bound_buffers(s: &TcpStream) {
 }
 
 /// An allowed tunnel's event, recorded exactly once: by [`Pending::finish`], or on drop; with
-/// the bytes moved either way (and those sent ahead with the request head).
+/// the bytes moved either way (those sent ahead with the request head among them).
 struct Pending<'a> {
     state: &'a CellEgress,
+    /// The tunnel's id from [`CellEgress::opened`].
+    id: u64,
     event: Option<EgressEvent>,
     moved: &'a super::splice::Moved,
-    sent_ahead: u64,
 }
 
 impl Pending<'_> {
     fn finish(&mut self, complete: impl FnOnce(&mut EgressEvent)) {
         if let Some(mut event) = self.event.take() {
-            let (up, down) = self.moved.total();
-            event.bytes_up = up + self.sent_ahead;
-            event.bytes_down = down;
+            (event.bytes_up, event.bytes_down) = self.moved.total();
             complete(&mut event);
-            self.state.record(event);
+            self.state.closed(self.id, event);
         }
     }
 }
@@ -499,6 +500,9 @@ mod tests {
             let service = super::super::EgressService::new(EgressConfig { hosts: Default::default(), max_cells });
             assert_eq!(service.lookup_capacity(), MAX_LOOKUPS_PER_CELL * max_cells);
         }
+        // Never more than half of tokio's blocking pool (512 threads).
+        let service = super::super::EgressService::new(EgressConfig { hosts: Default::default(), max_cells: 1000 });
+        assert_eq!(service.lookup_capacity(), 256);
     }
 
     #[test]

@@ -401,8 +401,9 @@ fn broad(path: &Path, key: &str) -> Option<String> {
 pub const PUBLIC_SUFFIX_LIST: &str = "/usr/share/publicsuffix/public_suffix_list.dat";
 
 /// A rule of the public suffix list at or beneath `host` (`github.io` for `*.github.io`,
-/// `*.compute.amazonaws.com` for `*.amazonaws.com`), if there is one: a wildcard over `host`
-/// then matches names anyone can register. `Err`: the list cannot be read. (The
+/// `*.compute.amazonaws.com` for `*.amazonaws.com`), or a list wildcard that makes `host`
+/// itself a suffix (`*.digitaloceanspaces.com` for `*.nyc3.digitaloceanspaces.com`), if there
+/// is one: a wildcard over `host` then matches names anyone can register. `Err`: the list cannot be read. (The
 /// `publicsuffix` crate answers "what is this name's suffix", not "is there a suffix beneath
 /// this one", so the list's plain format — a rule per line, `//` comments, `*.` and `!`
 /// prefixes — is scanned here.)
@@ -415,15 +416,18 @@ fn open_registration(host: &str) -> Result<Option<String>, String> {
         })
         .as_ref()
         .map_err(Clone::clone)?;
+    let host = host.to_ascii_lowercase();
     let beneath = format!(".{host}");
-    let found = list
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("//") && !l.starts_with('!'))
-        .find(|rule| {
-            let name = rule.trim_start_matches("*.");
-            name.eq_ignore_ascii_case(host) || name.to_ascii_lowercase().ends_with(&beneath)
-        });
+    // `host` one label beneath `name` (`x.name`), for a rule `*.name`.
+    let one_below =
+        |name: &str| host.strip_suffix(name).and_then(|h| h.strip_suffix('.')).is_some_and(|l| !l.contains('.'));
+    let found =
+        list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("//") && !l.starts_with('!')).find(
+            |rule| {
+                let name = rule.trim_start_matches("*.").to_ascii_lowercase();
+                name == host || name.ends_with(&beneath) || (rule.starts_with("*.") && one_below(&name))
+            },
+        );
     Ok(found.map(str::to_owned))
 }
 
@@ -435,13 +439,19 @@ fn code_loading_variable(name: &str) -> Option<&'static str> {
         "NODE_OPTIONS" => "make Node load code of its choosing (--require, --import) or change its flags",
         "NODE_PATH" => "make Node resolve modules from directories of its choosing",
         "BASH_ENV" | "ENV" => "make every non-interactive shell run a file of its choosing",
-        "PYTHONPATH" | "PYTHONSTARTUP" | "PYTHONHOME" | "PYTHONINSPECT" => {
+        n if n.starts_with("BASH_FUNC_") => "define shell functions that every bash in the cell runs",
+        n if n.starts_with("GIT_CONFIG") => "set any git option (core.sshCommand, core.fsmonitor: programs git runs)",
+        "PYTHONPATH" | "PYTHONSTARTUP" | "PYTHONHOME" | "PYTHONINSPECT" | "PYTHONWARNINGS" => {
             "make Python import or run code of its choosing"
+        }
+        "HOME" | "XDG_CONFIG_HOME" | "ZDOTDIR" | "INPUTRC" => {
+            "choose the start-up and configuration files the tools in the cell read"
         }
         "PERL5OPT" | "PERL5LIB" | "PERLLIB" | "RUBYOPT" | "RUBYLIB" | "JAVA_TOOL_OPTIONS" | "_JAVA_OPTIONS" => {
             "make an interpreter load code of its choosing"
         }
-        "GCONV_PATH" | "GIT_SSH_COMMAND" | "GIT_EXEC_PATH" | "GIT_CONFIG_GLOBAL" | "EDITOR" | "VISUAL" | "PAGER" => {
+        "GCONV_PATH" | "GIT_SSH_COMMAND" | "GIT_SSH" | "GIT_EXEC_PATH" | "GIT_PROXY_COMMAND" | "GIT_ASKPASS"
+        | "SSH_ASKPASS" | "EDITOR" | "VISUAL" | "PAGER" | "GIT_PAGER" | "GIT_EDITOR" => {
             "choose a program or module the tools in the cell run"
         }
         _ => return None,

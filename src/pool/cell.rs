@@ -139,7 +139,7 @@ pub struct CellEntry {
     pub io: tokio::sync::Mutex<Option<SessionIo>>,
     /// A one-shot's stdin, when it was started to take input (`stdin: true`); `None` once
     /// closed.
-    pub stdin: tokio::sync::Mutex<Option<CellInput>>,
+    pub stdin: Arc<tokio::sync::Mutex<Option<CellInput>>>,
     /// When the last command was handed out, started or answered: the idle clock. Output
     /// does not count (a session whose background job prints is still idle: "idle" is "no
     /// command for `idle_timeout`", as the policies promise).
@@ -355,7 +355,7 @@ pub fn start(
         spool,
         stderr: Mutex::new(stderr.map(|pipe| Arc::new(StderrPipe { pipe, buf: Mutex::new(vec![0u8; PUMP_MIN]) }))),
         io: tokio::sync::Mutex::new(io),
-        stdin: tokio::sync::Mutex::new(oneshot_stdin),
+        stdin: Arc::new(tokio::sync::Mutex::new(oneshot_stdin)),
         last_activity: Mutex::new(Instant::now()),
         tap_order: Default::default(),
         busy: Default::default(),

@@ -1,7 +1,8 @@
 //! One-shot commands: a fresh cell runs `command + args + [the command as one argv element]`
-//! (never through a shell) and its end is the answer — buffered (output kept up to the
-//! policy's `output_bytes`, then the result) or streamed (every byte, in order, with
-//! back-pressure, then the result), with optional stdin written by the caller.
+//! (never through a shell; under `command_via = "stdin"` the command is instead the first
+//! bytes of its stdin) and its end is the answer — buffered (output kept up to the policy's
+//! `output_bytes`, then the result) or streamed (every byte, in order, with back-pressure,
+//! then the result), with optional stdin written by the caller (after the command, there).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

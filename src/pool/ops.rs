@@ -49,30 +49,33 @@ fn passed_env(policy: &Policy, mut env: BTreeMap<String, String>) -> BTreeMap<St
 /// `command_via = "stdin"`: a one-shot's command (its one argument) is taken out of the argv
 /// and returned, to be written to the program's stdin. Anything else is left for
 /// `caller_argv`, which refuses caller arguments under this setting.
-fn stdin_command(policy: &Policy, l: &mut Launch) -> Result<Option<Vec<u8>>, PoolError> {
+fn stdin_command(policy: &Policy, l: &mut Launch) -> Option<Vec<u8>> {
     if policy.command_via != CommandVia::Stdin || l.session || l.args.len() != 1 {
-        return Ok(None);
+        return None;
     }
-    if l.stdin {
-        return Err(PoolError::BadRequest(format!(
-            "provider {}: its command is its stdin (command_via = \"stdin\"), so \"stdin\": true cannot add more",
-            policy.name
-        )));
-    }
-    Ok(l.args.pop().map(String::into_bytes))
+    l.args.pop().map(String::into_bytes)
 }
 
-/// Write a one-shot's command to its stdin, then close it. The pipe is taken before the cell
-/// is registered, so no caller's `write_stdin` can reach it. A program that exits or closes
-/// its stdin without reading it all ends the write (EPIPE), as does the cell's end.
-fn feed_stdin(entry: &Arc<CellEntry>, input: Vec<u8>) {
-    let Some(mut pipe) = entry.stdin.try_lock().ok().and_then(|mut s| s.take()) else {
-        tracing::warn!(cell = %entry.id, "no stdin pipe to write the command to");
+/// Write a one-shot's command to its stdin; then close it, or, for a one-shot started with
+/// `stdin: true`, leave it to the caller, whose input follows the command. The stdin lock is
+/// taken before the cell is registered and held until the command is written, so no
+/// caller's `write_stdin` can come first. A program that exits or closes its stdin without
+/// reading it all ends the write (EPIPE), as does the cell's end.
+fn feed_stdin(entry: &Arc<CellEntry>, input: Vec<u8>, keep: bool) {
+    let Ok(mut stdin) = entry.stdin.clone().try_lock_owned() else {
+        tracing::warn!(cell = %entry.id, "the stdin pipe is in use; the command was not written");
         return;
     };
     tokio::spawn(async move {
-        let _ = pipe.write_all(&input).await;
-        let _ = pipe.shutdown().await;
+        let written = match stdin.as_mut() {
+            Some(pipe) => pipe.write_all(&input).await.and(pipe.flush().await).is_ok(),
+            None => false,
+        };
+        if !(keep && written) {
+            if let Some(mut pipe) = stdin.take() {
+                let _ = pipe.shutdown().await;
+            }
+        }
     });
 }
 
@@ -154,7 +157,7 @@ impl Pool {
         left: &tokio_util::sync::CancellationToken,
     ) -> Result<Arc<CellEntry>, PoolError> {
         let _counted = Launching::new(&self.inner.launching);
-        let input = stdin_command(&policy, &mut l)?;
+        let input = stdin_command(&policy, &mut l);
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let session_key = l.session.then(|| l.session_key(&policy.name));
         let req = LaunchRequest {
@@ -235,7 +238,7 @@ impl Pool {
         };
         let entry = cell::start(cell, l.caller.uid, l.session, policy, wiring, on_end);
         if let Some(input) = input {
-            feed_stdin(&entry, input);
+            feed_stdin(&entry, input, l.stdin);
         }
         slot.commit();
         {

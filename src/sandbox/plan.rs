@@ -44,6 +44,10 @@ pub struct HostCaps {
     /// with `cgroup.memory=nosocket` (then no socket memory is charged at all). v1 charges only
     /// TCP's (`memory.kmem.tcp.*`), so there cells get no UDP sockets (see `udp_plan`).
     pub udp_charged: bool,
+    /// cgroup v2 with `cgroup.memory=nosocket`: TCP buffers are not charged to a cell either
+    /// (`cellkeep doctor` says so; there is no per-cell bound to set instead, as v1's
+    /// `memory.kmem.tcp.limit_in_bytes`).
+    pub tcp_uncharged: bool,
 }
 
 impl HostCaps {
@@ -55,8 +59,14 @@ impl HostCaps {
         let memfd_noexec = Path::new(MEMFD_NOEXEC_SYSCTL).exists();
         let unified = matches!(crate::cgroup::detect_layout(), Ok(crate::cgroup::Layout::Unified));
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        let udp_charged = unified && !socket_accounting_off(&cmdline);
-        HostCaps { landlock_abi: super::sys::landlock_abi(), cap_last_cap, memfd_noexec, udp_charged }
+        let nosocket = socket_accounting_off(&cmdline);
+        HostCaps {
+            landlock_abi: super::sys::landlock_abi(),
+            cap_last_cap,
+            memfd_noexec,
+            udp_charged: unified && !nosocket,
+            tcp_uncharged: unified && nosocket,
+        }
     }
 }
 
@@ -363,7 +373,8 @@ pub fn caller_argv(policy: &Policy, args: &[String]) -> Result<Vec<String>, Sand
             let hint = if policy.mode == Mode::Session {
                 "; a session takes its commands on stdin"
             } else {
-                "; give the command as the one-shot's command (or the one argument of a spawn)"
+                "; give the command as the one-shot's command (or the one argument of a spawn), or, with \
+                 `cellkeep run`, on its stdin"
             };
             return Err(SandboxError::StdinOnly { provider: policy.name.clone(), hint });
         }
