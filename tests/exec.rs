@@ -111,6 +111,17 @@ fn exec_forwards_stdin_and_exit_status() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let out = exec(&d, &["sh", "sleep 30", "--timeout", "0.5"]).stdin(Stdio::null()).output().expect("exec");
     assert_eq!(out.status.code(), Some(124), "{out:?}");
+    // -n (as `ssh -n`): stdin is not forwarded, so a command reading it ends at once even
+    // though ours is a pipe that stays open (a `while read` loop over cellkeep exec, a CI job's
+    // stdin): without -n it took the loop's input, or waited for an EOF that never came.
+    let mut child = exec(&d, &["-n", "sh", "cat; echo done", "--timeout", "20"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("exec -n");
+    let _open = child.stdin.take();
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!((out.stdout.as_slice(), out.status.code()), (&b"done\n"[..], Some(0)), "{out:?}");
 }
 
 // A cell's program starts with every signal at its default. Ignored signals survive exec, and

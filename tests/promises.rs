@@ -1282,3 +1282,64 @@ fn a_callers_argv0_is_looked_up_with_its_own_rights() {
     );
     assert_ne!(r.json()["code"], "bad_request", "{}", r.text());
 }
+
+// From a client review: a session command still waiting for its turn when its client hung up
+// was sent anyway, later, to nobody: five such commands made the next caller's command wait
+// 10 s behind them (and a user could queue them without bound, each holding its text in the
+// daemon). A command whose client left before its turn is dropped, unsent.
+#[test]
+fn a_queued_command_whose_client_left_is_not_sent() {
+    gate!("a_queued_command_whose_client_left_is_not_sent");
+    let slow = "[\"/bin/sh\", \"-c\", \"while read -r l; do sleep 2; echo \\\"$l\\\"; done\"]";
+    let d = daemon().provider("slow", slow, "session", "").start();
+    let id = id_of(&d.spawn("slow"));
+    let (sock, cell) = (d.socket.clone(), id.clone());
+    let first = std::thread::spawn(move || {
+        call(&sock, "POST", &format!("/v1/cells/{cell}/commands"), Some(&json!({"command": "A", "timeout_ms": 10_000})))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..5 {
+        let body = json!({"command": format!("B{i}"), "timeout_ms": 60_000});
+        post_and_leave(&d, &format!("/v1/cells/{id}/commands"), &body, Duration::from_millis(100));
+    }
+    let first = first.join().expect("thread");
+    assert_eq!(first.json()["stdout"], "A", "{}", first.text());
+    let c = d.send(&id, "C", 6_000);
+    assert_eq!(c.json()["stdout"], "C", "commands whose clients left were sent ahead of this one: {}", c.text());
+}
+
+// From a client review: a session reply's stderr shares the cell's output spool with its
+// stdout; a reply larger than the spool pushed the command's earlier stderr out, and the
+// answer said `stderr: ""` with `truncated: false`. It says `truncated: true` now.
+#[test]
+fn a_session_replys_lost_stderr_is_reported_truncated() {
+    gate!("a_session_replys_lost_stderr_is_reported_truncated");
+    let big = "[\"/bin/sh\", \"-c\", \"while read -r l; do echo warning >&2; head -c 300000 /dev/zero | tr '\\\\\\\\0' x; echo; done\"]";
+    let d = daemon().provider("big", big, "session", "[limits]\noutput_bytes = \"64K\"\n").start();
+    let id = id_of(&d.spawn("big"));
+    let r = d.send(&id, "go", 20_000);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["stdout"].as_str().map(str::len), Some(300_000), "the reply itself is whole");
+    assert!(
+        v["stderr"] == "warning\n" || v["truncated"] == true,
+        "stderr lost without a word: stderr {:?}, truncated {}",
+        v["stderr"],
+        v["truncated"]
+    );
+}
+
+// From a client review: a buffered one-shot with "stdin": true answered only at the cell's end,
+// so its caller never learned the cell to write to, and a command reading its stdin waited
+// its whole timeout. It is a bad request: stdin needs the stream, whose first line names the
+// cell.
+#[test]
+fn a_buffered_one_shot_cannot_ask_for_stdin() {
+    gate!("a_buffered_one_shot_cannot_ask_for_stdin");
+    let d = daemon().start();
+    let body = json!({"command": "cat", "cwd": d.cwd(), "stdin": true, "timeout_ms": 3000});
+    let r = call(&d.socket, "POST", "/v1/providers/sh/commands", Some(&body));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("stream"), "{}", r.text());
+    assert!(d.cells_on_disk().is_empty(), "a cell was built for a refused request");
+}

@@ -1,10 +1,10 @@
 //! `cellkeep exec` as a remote shell: the command's stdout and stderr arrive live and
 //! separately (the API's streamed one-shot, every byte exact, no cap), stdin is forwarded when
-//! it is not a terminal (or with `-i`), SIGINT/SIGTERM/SIGHUP terminate the cell (a second one
+//! it is not a terminal (or with `-i`; never with `-n`), SIGINT/SIGTERM/SIGHUP terminate the cell (a second one
 //! kills it at once), and the exit status is the command's: its own code, 124 for a timeout,
 //! 128+N for signal N, 125 when the cell could not be set up — as `cellkeep run`.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,13 +17,8 @@ use crate::client::{Client, ClientError};
 const STDIN_CHUNK: usize = 256 * 1024;
 
 /// Run `req` streamed; the exit status.
-pub(super) async fn run(
-    c: &Client,
-    provider: &str,
-    mut req: OneshotRequest,
-    interactive: bool,
-) -> Result<i32, ClientError> {
-    req.stdin = interactive || !std::io::stdin().is_terminal();
+pub(super) async fn run(c: &Client, provider: &str, mut req: OneshotRequest, stdin: bool) -> Result<i32, ClientError> {
+    req.stdin = stdin;
     let mut stream = c.exec_stream(provider, &req).await?;
     let sig = |k| signal(k).ok();
     let (mut int, mut term, mut hup) =

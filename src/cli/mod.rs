@@ -105,8 +105,12 @@ enum Cmd {
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
         /// Forward stdin even when it is a terminal.
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "no_stdin")]
         interactive: bool,
+        /// Never forward stdin (the command gets none, as `ssh -n`): for a loop that reads
+        /// its own stdin, or a job whose stdin never closes.
+        #[arg(long = "no-stdin", short = 'n')]
+        no_stdin: bool,
         #[command(flatten)]
         env: EnvArgs,
         /// Over the cap, wait up to this many seconds for a free slot.

@@ -2,7 +2,7 @@
 //! printed for people or, with `--json`, as the API's own JSON.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -84,7 +84,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             let r = c.send_command(&id, &SendRequest { command, timeout_ms: millis(timeout)? }).await?;
             print_result(&r, json)
         }
-        Cmd::Exec { provider, command, cwd: dir, timeout, env: e, wait, interactive, .. } => {
+        Cmd::Exec { provider, command, cwd: dir, timeout, env: e, wait, interactive, no_stdin, .. } => {
             let req = OneshotRequest {
                 command,
                 cwd: cwd(dir)?,
@@ -95,7 +95,8 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
                 stdin: false,
             };
             if !json {
-                return Ok(super::exec::run(c, &provider, req, interactive).await?);
+                let stdin = !no_stdin && (interactive || !std::io::stdin().is_terminal());
+                return Ok(super::exec::run(c, &provider, req, stdin).await?);
             }
             // --json: one buffered result (output up to the policy's output_bytes).
             match c.exec(&provider, &req).await {

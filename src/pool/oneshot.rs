@@ -85,6 +85,13 @@ impl Pool {
         req: OneshotRequest,
     ) -> Result<CommandResult, PoolError> {
         let started = Instant::now();
+        if req.stdin {
+            // The answer comes at the cell's end, so the caller would never learn the cell to
+            // write to (and a program reading its stdin to the end would wait its timeout).
+            return Err(PoolError::BadRequest(
+                "\"stdin\": true needs \"stream\": true (the stream's first line names the cell to write to)".into(),
+            ));
+        }
         let (entry, timeout) = self.start_oneshot(caller, provider, req, None).await?;
         let _busy = Busy::new(&entry);
         entry.ended().await;

@@ -435,10 +435,12 @@ impl Pool {
     /// framed reply. Commands to the same session queue in order.
     ///
     /// The exchange runs in a task of its own, not in the caller's request: a client that
-    /// leaves before its reply does not end the exchange. The command keeps its place until
-    /// its reply arrives (logged, and in the cell's output stream like all output) or its
-    /// timeout ends the cell, so the next command is written only after it and is answered
-    /// only by its own reply.
+    /// leaves once its command was written does not end the exchange. The command keeps its
+    /// place until its reply arrives (logged, and in the cell's output stream like all
+    /// output) or its timeout ends the cell, so the next command is written only after it and
+    /// is answered only by its own reply. A client that leaves while its command still waits
+    /// for its turn takes the command with it: it is never sent (nobody would read its reply,
+    /// and the commands behind it would wait for it).
     pub async fn send(&self, caller: &Caller, id: &str, req: SendRequest) -> Result<CommandResult, PoolError> {
         let entry = self.cell(caller, id)?;
         if !entry.session {
@@ -456,8 +458,10 @@ impl Pool {
         let timeout = Self::command_timeout(&entry.policy, req.timeout_ms)?;
         let (answer, answered) = tokio::sync::oneshot::channel();
         let pool = self.clone();
+        let left = tokio_util::sync::CancellationToken::new();
+        let _caller = left.clone().drop_guard();
         tokio::spawn(async move {
-            let result = pool.exchange(&entry, req.command, timeout).await;
+            let result = pool.exchange(&entry, req.command, timeout, &left).await;
             if let Err(unclaimed) = answer.send(result) {
                 match unclaimed {
                     Ok(r) => tracing::info!(cell = %r.cell, provider = %entry.provider, bytes = r.stdout.len(),
@@ -479,13 +483,22 @@ impl Pool {
         entry: &Arc<CellEntry>,
         command: String,
         timeout: Duration,
+        left: &tokio_util::sync::CancellationToken,
     ) -> Result<CommandResult, PoolError> {
         let id = entry.id.as_str();
         let started = Instant::now();
         let _busy = Busy::new(entry);
         // The timeout covers the wait behind earlier commands too: a command queued behind a
         // hung one gives up at its own timeout, unsent, and leaves the session as it is.
-        let Ok(mut session) = tokio::time::timeout(timeout, entry.io.lock()).await else {
+        let turn = tokio::select! {
+            turn = tokio::time::timeout(timeout, entry.io.lock()) => turn,
+            () = left.cancelled() => {
+                return Err(PoolError::Internal(format!(
+                    "cell {id}: the client left while the command waited for its turn; it was not sent"
+                )));
+            }
+        };
+        let Ok(mut session) = turn else {
             return Err(PoolError::QueueTimeout { cell: id.to_owned(), timeout_ms: timeout.as_millis() as u64 });
         };
         // A session that ended before this command was written: the command never ran, so
@@ -580,8 +593,10 @@ impl Pool {
         entry.account_events(events);
         // What the program wrote to stderr before its reply may still sit in the pipe.
         entry.catch_up_stderr();
-        let stderr = drain_ready(entry.spool.subscribe(Some(stderr_from)), Stream::Stderr);
+        let (stderr, lagged) = drain_ready(entry.spool.subscribe(Some(stderr_from)), Stream::Stderr);
         let mut result = CommandResult::new(id, &reply.body, &stderr);
+        // Output past the spool's size (`output_bytes`) pushed some of the command's stderr out.
+        result.truncated = lagged;
         result.duration_ms = started.elapsed().as_millis() as u64;
         result.usage = entry.usage_now().await;
         result.events = events;
@@ -847,16 +862,17 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// The bytes of `stream` a subscription can deliver right now (without waiting).
-fn drain_ready(mut sub: Subscription, stream: Stream) -> Vec<u8> {
+/// The bytes of `stream` a subscription can deliver right now (without waiting), and whether
+/// some of what it should have delivered was already gone from the spool.
+fn drain_ready(mut sub: Subscription, stream: Stream) -> (Vec<u8>, bool) {
     use futures_util::FutureExt;
-    let mut out = Vec::new();
+    let (mut out, mut lagged) = (Vec::new(), false);
     while let Some(Some(ev)) = sub.next().now_or_never() {
-        if let OutputEvent::Data { stream: s, data, .. } = ev {
-            if s == stream {
-                out.extend_from_slice(&data);
-            }
+        match ev {
+            OutputEvent::Data { stream: s, data, .. } if s == stream => out.extend_from_slice(&data),
+            OutputEvent::Lagged { .. } => lagged = true,
+            _ => {}
         }
     }
-    out
+    (out, lagged)
 }

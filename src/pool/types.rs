@@ -142,7 +142,8 @@ pub struct CommandResult {
     pub stderr_b64: Option<String>,
     /// One-shot: how it ended. Session: absent (the session lives on).
     pub exit: Option<ExitReason>,
-    /// Output was cut to the policy's `output_bytes`.
+    /// Output was cut to the policy's `output_bytes` (a session reply: some of the command's
+    /// stderr was pushed out of the output spool by later output).
     pub truncated: bool,
     pub duration_ms: u64,
     /// The cell's CPU, memory and pids usage when the command ended (as `run --json` prints).
