@@ -1151,23 +1151,36 @@ fn a_reload_is_seen_by_session_reuse_and_access() {
 }
 
 // From the pool review (round 3): a command in flight when the daemon shuts down is answered
-// `shutting_down` (503), not as if its session had died on its own (`exited`).
+// `shutting_down` (503), not as if its session had died on its own (`exited`). From a client
+// review: so are a command still queued behind it (it was 409 `already_ended`) and a running
+// one-shot (it was 200 with `exit: terminated`), which an old-manager client retries
+// elsewhere only on 503.
 #[test]
 fn a_command_in_flight_at_shutdown_says_so() {
     gate!("a_command_in_flight_at_shutdown_says_so");
     let slow = "[\"/bin/sh\", \"-c\", \"while read -r l; do sleep 30; echo \\\"$l\\\"; done\"]";
     let mut d = daemon().provider("slow", slow, "session", "").start();
     let id = id_of(&d.spawn("slow"));
-    let (sock, cell) = (d.socket.clone(), id.clone());
-    let pending = std::thread::spawn(move || {
-        call(&sock, "POST", &format!("/v1/cells/{cell}/commands"), Some(&json!({"command": "x", "timeout_ms": 60_000})))
+    let send = |command: &str| {
+        let (sock, cell, body) = (d.socket.clone(), id.clone(), json!({"command": command, "timeout_ms": 60_000}));
+        std::thread::spawn(move || call(&sock, "POST", &format!("/v1/cells/{cell}/commands"), Some(&body)))
+    };
+    let in_flight = send("x");
+    std::thread::sleep(Duration::from_millis(200));
+    let queued = send("y");
+    let (sock, cwd) = (d.socket.clone(), d.cwd());
+    let oneshot = std::thread::spawn(move || {
+        let body = json!({"command": "sleep 30", "cwd": cwd, "timeout_ms": 60_000});
+        call(&sock, "POST", "/v1/providers/sh/commands", Some(&body))
     });
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
     let r = call(&d.socket, "POST", "/v1/shutdown", None);
     assert_eq!(r.status, 200, "{}", r.text());
-    let answer = pending.join().expect("thread");
-    assert_eq!(answer.status, 503, "{}", answer.text());
-    assert_eq!(answer.json()["code"], "shutting_down", "{}", answer.text());
+    for (what, answer) in [("in flight", in_flight), ("queued", queued), ("one-shot", oneshot)] {
+        let answer = answer.join().expect("thread");
+        assert_eq!(answer.status, 503, "{what}: {}", answer.text());
+        assert_eq!(answer.json()["code"], "shutting_down", "{what}: {}", answer.text());
+    }
     d.stop();
 }
 

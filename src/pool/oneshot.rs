@@ -100,7 +100,13 @@ impl Pool {
         let (stderr, t2) = entry.spool.snapshot(Stream::Stderr);
         let mut result = CommandResult::new(&entry.id, &stdout, &stderr);
         result.truncated = t1 || t2;
-        match Self::complete(&entry, &mut result, timeout, started).await {
+        let error = Self::complete(&entry, &mut result, timeout, started).await.or_else(|| {
+            // Ended by the daemon's shutdown: `shutting_down` (503, with the result), on which
+            // the old manager's callers retry elsewhere.
+            let shut = self.inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst);
+            (shut && result.exit == Some(ExitReason::Terminated)).then_some(PoolError::ShuttingDown)
+        });
+        match error {
             None => Ok(result),
             Some(error) => Err(PoolError::WithResult { error: Box::new(error), result: Box::new(result) }),
         }

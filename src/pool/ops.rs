@@ -504,9 +504,17 @@ impl Pool {
         // A session that ended before this command was written: the command never ran, so
         // the answer is the cell's end (`already_ended`, with its reason), not an error of this
         // command ("oom_killed while the command ran" about a cell that died idle).
+        // The daemon's shutdown ended it: say so (`shutting_down`, on which the old manager's
+        // callers retry elsewhere).
+        let unsent = |reason: ExitReason| {
+            if reason == ExitReason::Terminated && self.inner.shutting_down.load(Ordering::SeqCst) {
+                PoolError::ShuttingDown
+            } else {
+                PoolError::AlreadyEnded { cell: id.to_owned(), reason }
+            }
+        };
         let Some(io) = session.as_mut() else {
-            let reason = entry.ended().await;
-            return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
+            return Err(unsent(entry.ended().await));
         };
         // Being stopped (reaped idle, killed, shut down) between the caller's look and now:
         // the command is not written to a session on its way out.
@@ -515,11 +523,8 @@ impl Pool {
         let stopping = entry.stop.borrow().as_ref().map(|stop| match stop {
             Stop::Graceful { reason, .. } | Stop::Kill { reason } => reason.clone(),
         });
-        if let Some(reason) = stopping {
-            return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
-        }
-        if let Some(reason) = entry.exit_reason() {
-            return Err(PoolError::AlreadyEnded { cell: id.to_owned(), reason });
+        if let Some(reason) = stopping.or_else(|| entry.exit_reason()) {
+            return Err(unsent(reason));
         }
         // Replies that arrived while no command was waiting (a banner) belong to nobody:
         // discard them so they cannot be taken as ours.
