@@ -625,3 +625,27 @@ fn the_egress_record_survives_floods_and_open_tunnels() {
         assert!(summary.contains(&want), "{want} missing from the summary:\n{summary}");
     }
 }
+
+// From the attacker review: the proxy's listener in a cell had std's backlog of 128, and a
+// connection is charged to a memory cgroup only once accepted, so a cell whose 32 served
+// connections stalled could park 129 more in the accept queue, each holding what it sent (up
+// to a 128 KiB receive buffer), charged to no cell. The backlog is 32. (Connections past a
+// full queue may look established to the cell, but the kernel keeps only a request for them
+// and drops their data.) The accept queue's length is read from the cell's /proc/net/tcp.
+#[test]
+fn the_proxys_waiting_connections_are_bounded() {
+    gate!("the_proxys_waiting_connections_are_bounded");
+    let server = Server::start();
+    let d = daemon(&server);
+    let body = "import select, time\n\
+         socks = []\n\
+         for i in range(200):\n    s = socket.socket(); s.setblocking(False); s.connect_ex(('127.0.0.1', 3128)); socks.append(s)\n\
+         time.sleep(1.5)\n\
+         for s in socks:\n    try: s.send(b'x' * 8000)\n    except OSError: pass\n\
+         time.sleep(0.5)\n\
+         queued = [l.split()[4] for l in open('/proc/net/tcp').read().splitlines() if ':0C38 00000000:0000 0A' in l]\n\
+         result('accept queue', str(int(queued[0].split(':')[1], 16)) if queued else 'no listener')";
+    let (out, _) = run(&d, "net", body);
+    let queued: usize = line(&out, "accept queue").parse().unwrap_or(usize::MAX);
+    assert!(queued <= 33, "{queued} connections wait in the proxy's accept queue, holding their data: {out}");
+}

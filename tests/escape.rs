@@ -77,6 +77,7 @@
 //! | 58 | `nobody_cannot_kill_a_cell` (`setpriv --reuid 65534 kill -KILL`, read its environ) | the payload's uid is its own (EPERM); the payload's and pid 1's real/effective/saved/fs ids are all the cell's |
 //! | 59 | `files_a_cell_creates_belong_to_the_workspaces_owner` (a workspace of 4321) | idmapped workspace (owner ↔ cell); else `fallback_owner`, reported |
 //! | 60 | `workspace_idmap_fallback_is_reported` (ramfs; tmpfs before 6.3) | `workspace_idmap`: `fallback_owner`, `fallback_cell` (degradation `workspace_idmap`), `required` (setup_failed at mounts) |
+//! | 61 | `a_crash_never_runs_the_hosts_core_handler` (SIGSEGV under a pipe `core_pattern`) | RLIMIT_CORE = 1 (0 is ignored for a pipe: the host's handler ran as root, per crash) |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
 //! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
@@ -2831,4 +2832,63 @@ fn workspace_idmap_fallback_is_reported() {
         assert!(!r.stdout.contains("ran\n"), "{fstype}: required: the payload ran\n{ctx}");
         a.contained();
     }
+}
+
+/// The host's `kernel.core_pattern`, set for a test and put back on drop (also when it fails).
+struct CorePattern(String);
+
+impl CorePattern {
+    const PATH: &'static str = "/proc/sys/kernel/core_pattern";
+
+    fn set(pattern: &str) -> CorePattern {
+        let old = std::fs::read_to_string(Self::PATH).expect("read core_pattern");
+        std::fs::write(Self::PATH, pattern).expect("write core_pattern");
+        CorePattern(old.trim_end().to_owned())
+    }
+}
+
+impl Drop for CorePattern {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+// 61. (attacker review) A crash in a cell ran the host's core handler: the cell's RLIMIT_CORE
+//     was 0, which the kernel ignores for a pipe `core_pattern` (apport, systemd-coredump:
+//     the distributions' default), so every SIGSEGV in a cell started a root process on the
+//     host, in no cell's cgroup, one per crash without bound. RLIMIT_CORE is 1 (soft and hard,
+//     which the cell cannot raise): the kernel aborts a pipe dump at exactly 1, and writes no
+//     core file under a page.
+#[test]
+fn a_crash_never_runs_the_hosts_core_handler() {
+    gate!("a_crash_never_runs_the_hosts_core_handler");
+    let a = Attempt::new();
+    let dir = tempfile::Builder::new().prefix("ck-core-").tempdir_in("/tmp").expect("tempdir");
+    let (handler, log) = (dir.path().join("handler.sh"), dir.path().join("crashes"));
+    std::fs::write(&handler, format!("#!/bin/sh\necho \"$1\" >> {}\ncat > /dev/null\n", log.display()))
+        .expect("handler");
+    std::fs::set_permissions(&handler, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let name = format!("ckcrash{}", std::process::id() % 100_000);
+    let body = format!(
+        "op('core limit', lambda: open('/proc/self/limits').read().split('Max core file size')[1].split()[:2])\n\
+         libc.prctl(15, b'{name}', 0, 0, 0)\n\
+         os.kill(os.getpid(), 11)"
+    );
+    let r = {
+        let _pattern = CorePattern::set(&format!("|{} %e", handler.display()));
+        let r = a.run_with(&a.policy(""), &body, &[]);
+        // The handler runs asynchronously to the crash; give it a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        r
+    };
+    let ctx = r.describe();
+    let limit = line_of(&r.output(), "core limit");
+    let crashes = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!("core limit in the cell: {limit}; crashes seen by the handler: {crashes:?}");
+    assert!(limit.contains("'1', '1'"), "the cell's RLIMIT_CORE is {limit}:\n{ctx}");
+    assert!(
+        !crashes.lines().any(|l| l == name),
+        "ESCAPE: a crash in the cell ran the host's core handler (as root, outside the cell):\n{ctx}"
+    );
+    a.contained();
 }

@@ -9,7 +9,7 @@
 //! cell's namespaces, which `setns` needs.
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
 use crate::egress::{CellEgress, EgressService};
@@ -62,13 +62,25 @@ pub async fn start_egress(
     Ok(plan.service.serve(listener, cell, provider, plan.egress))
 }
 
+/// Connections a cell may have waiting to be accepted by its proxy. A connection is charged
+/// to a memory cgroup only once accepted (to the daemon's, as the accepting side), so what a
+/// waiting one holds — the request bytes the cell already sent, up to the default receive
+/// buffer — is charged to no cell: std's backlog of 128 let a cell park ~16 MiB that way. The
+/// proxy serves 32 connections of a cell at once; as many more may wait.
+const PROXY_BACKLOG: i32 = 32;
+
 /// Listen on `127.0.0.1:port` in the network namespace of `pid` (the cell's pid 1, whose `lo`
-/// is up). Blocking: call it from the blocking pool.
+/// is up), with a backlog of [`PROXY_BACKLOG`]. Blocking: call it from the blocking pool.
 pub fn listen_in(pid: u32, port: u16) -> std::io::Result<TcpListener> {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
     let worker = std::thread::Builder::new().name("ck-netns".into()).spawn(move || {
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        // The socket belongs to the namespace it is created in: this thread's, now the cell's.
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)))?;
+        listen(&fd, Backlog::new(PROXY_BACKLOG)?)?;
+        Ok(TcpListener::from(fd))
     })?;
     worker.join().map_err(|_| std::io::Error::other("the thread that opens the listener panicked"))?
 }

@@ -254,7 +254,11 @@ pub fn build(
     argv[0] = exe.to_string_lossy().into_owned();
 
     let landlock = landlock_plan(policy, &cwd, host, &mut degraded)?;
-    let mut rlimits = vec![Rlimit { kind: RlimitKind::Core, limit: 0 }];
+    // RLIMIT_CORE 1, not 0: for a pipe core_pattern (apport, systemd-coredump) the kernel
+    // ignores 0 and runs the host's handler as root for every crash in the cell; at exactly 1
+    // it aborts the pipe dump, and a core file under a page is never written (soft and hard
+    // are set alike: the cell cannot raise it).
+    let mut rlimits = vec![Rlimit { kind: RlimitKind::Core, limit: 1 }];
     if let Some(n) = policy.limits.open_files {
         rlimits.push(Rlimit { kind: RlimitKind::Nofile, limit: n });
     }
