@@ -78,6 +78,8 @@
 //! | 59 | `files_a_cell_creates_belong_to_the_workspaces_owner` (a workspace of 4321) | idmapped workspace (owner ↔ cell); else `fallback_owner`, reported |
 //! | 60 | `workspace_idmap_fallback_is_reported` (ramfs; tmpfs before 6.3) | `workspace_idmap`: `fallback_owner`, `fallback_cell` (degradation `workspace_idmap`), `required` (setup_failed at mounts) |
 //! | 61 | `a_crash_never_runs_the_hosts_core_handler` (SIGSEGV under a pipe `core_pattern`) | RLIMIT_CORE = 1 (0 is ignored for a pipe: the host's handler ran as root, per crash) |
+//! | 62 | `a_caller_cannot_enter_its_cells_user_namespace` (a non-root caller's setns into its cell's userns) | the namespace's owner is a host id leased for the cell (EACCES/EPERM) |
+//! | 63 | `a_cells_budgets_are_not_its_callers` (20 inotify instances in a cell of nobody's) | same: charged to the leased owner, not the caller |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
 //! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
@@ -2891,4 +2893,95 @@ fn a_crash_never_runs_the_hosts_core_handler() {
         "ESCAPE: a crash in the cell ran the host's core handler (as root, outside the cell):\n{ctx}"
     );
     a.contained();
+}
+
+// 62. (attacker review) A non-root caller owned its own cells' user namespace: the holder
+//     that made it ran as the caller, so the caller could setns(2) into it from the host and
+//     hold every capability there — CAP_NET_ADMIN in the cell's network namespace included
+//     (nf_tables and the rest of the netns-admin kernel surface, on a host that forbids
+//     unprivileged user namespaces), and the cell's per-user kernel budgets (inotify
+//     instances, pending signals, mqueues) were the caller's own. The namespace belongs to a
+//     host id leased for the cell; the cell still runs, and writes files, as the caller.
+#[test]
+fn a_caller_cannot_enter_its_cells_user_namespace() {
+    gate!("a_caller_cannot_enter_its_cells_user_namespace");
+    let d = daemon()
+        .socket_mode(Some("0666"))
+        .provider("opensleep", "[\"/bin/sleep\", \"60\"]", "session", "[access]\nuids = [0, 65534]")
+        .start();
+    let body = json!({"provider": "opensleep", "cwd": d.cwd()}).to_string();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s", "--unix-socket"])
+        .arg(&d.socket)
+        .args(["-d", &body, "http://cellkeep/v1/cells"])
+        .output()
+        .expect("setpriv curl");
+    let cell: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let pid = cell["pid"].as_u64().unwrap_or_else(|| panic!("spawn as nobody: {cell}"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")), "the cell runs as the caller");
+    let enter = format!(
+        "import os, ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+         try:\n    fd = os.open('/proc/{pid}/ns/user', os.O_RDONLY)\n\
+         except OSError as e:\n    print('refused open', e.errno); raise SystemExit\n\
+         if libc.setns(fd, 0x10000000) == 0:\n    print('entered')\n\
+         else:\n    print('refused setns', ctypes.get_errno())"
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", &enter])
+        .output()
+        .expect("setpriv python3");
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.starts_with("refused"),
+        "ESCAPE: the caller entered its cell's user namespace (all capabilities there): {said}"
+    );
+    let id = cell["id"].as_str().unwrap_or_default();
+    call(&d.socket, "DELETE", &format!("/v1/cells/{id}?force=true"), None);
+    d.assert_contained();
+}
+
+// 63. (attacker review) The same for the caller's per-user kernel budgets: a cell of a
+//     non-root caller charged its inotify instances (and pending signals, mqueues) to the
+//     caller, so a prompt-injected agent could take all 128 of its caller's instances and
+//     break the caller's editor and systemd --user. They are charged to the cell's leased
+//     namespace owner.
+#[test]
+fn a_cells_budgets_are_not_its_callers() {
+    gate!("a_cells_budgets_are_not_its_callers");
+    let d = daemon().socket_mode(Some("0666")).start();
+    // While a cell of nobody's holds 20 inotify instances, nobody's own free instances on
+    // the host do not fall.
+    let count = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nfds = []\n\
+        while len(fds) < 100000:\n    fd = libc.inotify_init1(0)\n    if fd < 0:\n        break\n    fds.append(fd)\n\
+        [os.close(fd) for fd in fds]\nprint(len(fds))";
+    let as_nobody = |script: &str| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", script])
+            .output()
+            .expect("setpriv python3");
+        String::from_utf8_lossy(&out.stdout).trim().parse::<i64>().unwrap_or(-1)
+    };
+    let before = as_nobody(count);
+    let hold = "import ctypes, time\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+        fds = [libc.inotify_init1(0) for _ in range(20)]\nprint(sum(1 for fd in fds if fd >= 0), flush=True)\ntime.sleep(30)";
+    let body = json!({"command": hold, "cwd": d.cwd(), "stream": true, "timeout_ms": 60_000}).to_string();
+    let mut holder = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sN", "--unix-socket"])
+        .arg(&d.socket)
+        .args(["-d", &body, "http://cellkeep/v1/providers/open/commands"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv curl");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().expect("stdout")));
+    let held = lines.by_ref().map_while(Result::ok).find(|l| l.contains("\"data\""));
+    let during = as_nobody(count);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(held.is_some(), "the cell of nobody's did not start");
+    assert!(
+        before - during < 10,
+        "ESCAPE: nobody's free inotify instances fell from {before} to {during} while its cell held 20"
+    );
+    d.assert_contained();
 }

@@ -171,11 +171,12 @@ fn run(plan: &mut LaunchPlan, ctl: &OwnedFd) -> i32 {
             }
         };
     }
-    // The cell's user namespace, made by a holder process running with the cell's effective
-    // ids (so the cell's uid owns it and is charged for it), started before the idmapped
-    // workspace and mapped after it; then the helper joins it, and pid 1 is cloned into the
-    // other namespaces from inside.
-    let holder = match plan.ns.user.then(|| Holder::start(plan.ids.outside_uid, plan.ids.outside_gid)) {
+    // The cell's user namespace, made by a holder process running with the owner's effective
+    // ids (a host id leased for the cell: it owns the namespace and is charged for it, and no
+    // account — the caller's included — can enter it), started before the idmapped workspace
+    // and mapped after it; then the helper joins it, and pid 1 is cloned into the other
+    // namespaces from inside.
+    let holder = match plan.ns.user.then(|| Holder::start(plan.ids.owner_uid, plan.ids.owner_gid)) {
         None => None,
         Some(Ok(h)) => Some(h),
         Some(Err((stage, errno, detail))) => {
@@ -200,16 +201,16 @@ fn run(plan: &mut LaunchPlan, ctl: &OwnedFd) -> i32 {
             format!("{} {} 1\n", ids.inside_uid, ids.outside_uid),
             format!("{} {} 1\n", ids.inside_gid, ids.outside_gid),
         );
-        // The idmap's `fallback_owner` may have made the cell's host ids the workspace
-        // owner's: then the namespace must be theirs.
-        let holder = if holder.creator == (ids.outside_uid, ids.outside_gid) {
+        // (The idmap's `fallback_owner` may have made the cell's host ids the workspace
+        // owner's since; the namespace stays the leased owner's.)
+        let holder = if holder.creator == (ids.owner_uid, ids.owner_gid) {
             Ok(holder)
         } else {
             holder.abandon();
-            Holder::start(ids.outside_uid, ids.outside_gid)
+            Holder::start(ids.owner_uid, ids.owner_gid)
         };
         let joined = holder.and_then(|h| h.finish(&maps)).and_then(|ns| {
-            check_userns_owner(&ns, ids.outside_uid)?;
+            check_userns_owner(&ns, ids.owner_uid)?;
             nix::sched::setns(&ns, CloneFlags::CLONE_NEWUSER)
                 .map_err(|e| (Stage::Namespaces, e as i32, format!("joining the cell's user namespace: {e}")))
         });
@@ -269,8 +270,8 @@ fn run_warm(plan: &LaunchPlan, ctl: &OwnedFd, sync_r: OwnedFd, sync_w: OwnedFd) 
                 format!("{} {} 1\n", ids.inside_uid, ids.outside_uid),
                 format!("{} {} 1\n", ids.inside_gid, ids.outside_gid),
             );
-            let ns = make_userns(ids.outside_uid, ids.outside_gid, &maps)?;
-            check_userns_owner(&ns, ids.outside_uid)?;
+            let ns = make_userns(ids.owner_uid, ids.owner_gid, &maps)?;
+            check_userns_owner(&ns, ids.owner_uid)?;
             Some(ns)
         }
     };

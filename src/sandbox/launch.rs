@@ -220,7 +220,7 @@ impl Launcher {
     /// who must hear "bad request" rather than "no room" when the pool is full.
     pub fn check(&self, policy: &Policy, req: &LaunchRequest) -> Result<(), SandboxError> {
         let mut req = req.clone();
-        if let Some(range) = plan::needs_own_id(policy, req.caller_uid) {
+        if let Some(range) = plan::lease_needed(policy, req.caller_uid) {
             // A stand-in for the id a launch would lease (none is leased for a check).
             req.range_uid = Some(range.map_or(4_000_000_000, |(start, _)| start));
         }
@@ -370,7 +370,7 @@ impl Launcher {
             Want::Request(req) => req.caller_uid,
             Want::Warm { .. } => 0,
         };
-        let lease = match plan::needs_own_id(policy, caller_uid) {
+        let lease = match plan::lease_needed(policy, caller_uid) {
             None => None,
             Some(range) => {
                 let range = range.map(|(start, count)| super::ids::IdRange { start, count });

@@ -70,7 +70,7 @@ pub async fn start_egress(
 const PROXY_BACKLOG: i32 = 32;
 
 /// Listen on `127.0.0.1:port` in the network namespace of `pid` (the cell's pid 1, whose `lo`
-/// is up), with a backlog of [`PROXY_BACKLOG`]. Blocking: call it from the blocking pool.
+/// is up), with a backlog of `PROXY_BACKLOG`. Blocking: call it from the blocking pool.
 pub fn listen_in(pid: u32, port: u16) -> std::io::Result<TcpListener> {
     use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;

@@ -112,6 +112,13 @@ pub struct Ids {
     pub outside_gid: u32,
     pub inside_uid: u32,
     pub inside_gid: u32,
+    /// The owner of the cell's user namespace (the ids its holder creates it with): a host id
+    /// leased for the cell, never an account's — not even the caller's or the fixed account
+    /// the cell runs as. The owner holds every capability in the namespace from outside
+    /// (setns(2)) and is charged the cell's per-user kernel budgets (inotify, signals,
+    /// mqueues); the cell itself runs, and writes files, as `outside_*`, mapped to `inside_*`.
+    pub owner_uid: u32,
+    pub owner_gid: u32,
 }
 
 /// The namespaces a cell gets: the policy's, with `net` resolved (see [`namespaces`]).
@@ -573,7 +580,11 @@ fn choose_ids(policy: &Policy, req: &LaunchRequest) -> Result<Ids, SandboxError>
         (true, Inside::Root) => (0, 0),
         _ => (uid, gid),
     };
-    Ok(Ids { outside_uid: uid, outside_gid: gid, inside_uid, inside_gid })
+    let (owner_uid, owner_gid) = match req.range_uid {
+        Some(leased) if policy.namespaces.user => (leased, leased),
+        _ => (uid, gid),
+    };
+    Ok(Ids { outside_uid: uid, outside_gid: gid, inside_uid, inside_gid, owner_uid, owner_gid })
 }
 
 /// `(major, minor)` of the running kernel (`(0, 0)` when unreadable).
@@ -610,7 +621,14 @@ pub fn idmap_prediction(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Does this launch need a host id of the cell's own (leased by the launcher)?
+/// Does this launch lease a host id (and from which range)? Every cell with a user namespace
+/// does: the namespace's owner (see [`Ids::owner_uid`]); and a cell that runs under an id of
+/// its own ([`needs_own_id`]) runs as that one too.
+pub fn lease_needed(policy: &Policy, caller_uid: u32) -> Option<Option<(u32, u32)>> {
+    needs_own_id(policy, caller_uid).or(policy.namespaces.user.then_some(None))
+}
+
+/// Does this launch run under a host id of the cell's own (leased by the launcher)?
 pub fn needs_own_id(policy: &Policy, caller_uid: u32) -> Option<Option<(u32, u32)>> {
     match policy.identity.run_as {
         RunAs::Caller if caller_uid == 0 && policy.identity.root_maps_to.is_none() => Some(None),
