@@ -434,13 +434,22 @@ fn probe_namespace(ns: &str, max: &str) -> Check {
         Some(n) => format!("max_{max}_namespaces={n}"),
         None => "supported".to_owned(),
     };
+    let mut refused = false;
     if ns == "user" {
-        // Debian's switch only gates unprivileged users; cellkeep creates namespaces as root.
+        // Debian's switch gates user namespaces made without CAP_SYS_ADMIN, and a cell's is
+        // made by a holder running as the cell's leased id (so that id owns it), whose
+        // effective capabilities are gone: at 0 every launch fails at stage namespaces.
         if let Some(v) = read_trim("/proc/sys/kernel/unprivileged_userns_clone") {
-            detail.push_str(&format!("; unprivileged_userns_clone={v} (not needed: cells are created by root)"));
+            refused = v == "0";
+            let why = if refused {
+                "cells' user namespaces are made by an unprivileged id of their own: set it to 1"
+            } else {
+                "needed: cells' user namespaces are made by an unprivileged id of their own"
+            };
+            detail.push_str(&format!("; unprivileged_userns_clone={v} ({why})"));
         }
     }
-    Check { available: limit != Some(0), detail }
+    Check { available: limit != Some(0) && !refused, detail }
 }
 
 fn read_trim(path: impl AsRef<Path>) -> Option<String> {
