@@ -1356,3 +1356,39 @@ fn a_buffered_one_shot_cannot_ask_for_stdin() {
     assert!(r.text().contains("stream"), "{}", r.text());
     assert!(d.cells_on_disk().is_empty(), "a cell was built for a refused request");
 }
+
+// From a client review: cleanup missed a launch of the provider already under way. With the
+// pool full of the provider's cells, a one-shot of it waiting for a slot took the slot the
+// cleanup freed and ran after the cleanup had answered. A launch that began before a cleanup
+// covering it is ended as soon as it is registered (409 already_ended, terminated).
+#[test]
+fn cleanup_reaches_launches_under_way() {
+    gate!("cleanup_reaches_launches_under_way");
+    let d = daemon().max_cells(2).start();
+    for _ in 0..2 {
+        let r = call(
+            &d.socket,
+            "POST",
+            "/v1/cells",
+            Some(&json!({"provider": "sh", "cwd": d.cwd(), "args": ["sleep 60"]})),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let (sock, cwd) = (d.socket.clone(), d.cwd());
+    let waiting = std::thread::spawn(move || {
+        let body = json!({"command": "sleep 30", "cwd": cwd, "timeout_ms": 60_000, "wait_for_slot_ms": 30_000});
+        call(&sock, "POST", "/v1/providers/sh/commands", Some(&body))
+    });
+    let seen = Instant::now() + Duration::from_secs(30);
+    while d.health()["launches_waiting"].as_u64() != Some(1) {
+        assert!(Instant::now() < seen, "the one-shot never waited for a slot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = call(&d.socket, "DELETE", "/v1/providers/sh/cells", None);
+    assert_eq!(r.json()["count"], 2, "{}", r.text());
+    let answer = waiting.join().expect("thread");
+    assert_eq!(answer.status, 409, "a launch under way outlived the cleanup: {}", answer.text());
+    let running = call(&d.socket, "GET", "/v1/cells", None).json();
+    let left: Vec<_> = running.as_array().into_iter().flatten().filter(|c| c["state"] == "running").collect();
+    assert!(left.is_empty(), "cells of the provider still run after its cleanup: {left:?}");
+}

@@ -103,6 +103,30 @@ struct State {
     warm: Vec<warm::Warm>,
     /// Pre-built cells being built, by provider (each holds a slot).
     warming: HashMap<String, usize>,
+    /// Cleanups so far (a sequence number), and the latest ones: (number, provider, the uid
+    /// whose cells it ended or `None` for all): a launch that began before one that covers
+    /// it is ended as it is registered (see `ops::launch_whole`).
+    cleanup_seq: u64,
+    cleanups: std::collections::VecDeque<(u64, String, Option<u32>)>,
+}
+
+/// Cleanups remembered for launches under way (older ones: the launch is ended too).
+const CLEANUPS_KEPT: usize = 256;
+
+impl State {
+    /// Whether a cleanup after number `since` covers a cell of `provider` owned by `uid`.
+    fn cleaned_since(&self, since: u64, provider: &str, uid: u32) -> bool {
+        let forgotten = self.cleanups.front().is_some_and(|(n, _, _)| *n > since + 1);
+        forgotten || self.cleanups.iter().any(|(n, p, who)| *n > since && p == provider && who.is_none_or(|w| w == uid))
+    }
+
+    fn record_cleanup(&mut self, provider: &str, uid: Option<u32>) {
+        self.cleanup_seq += 1;
+        if self.cleanups.len() >= CLEANUPS_KEPT {
+            self.cleanups.pop_front();
+        }
+        self.cleanups.push_back((self.cleanup_seq, provider.to_owned(), uid));
+    }
 }
 
 impl Pool {

@@ -157,6 +157,7 @@ impl Pool {
         left: &tokio_util::sync::CancellationToken,
     ) -> Result<Arc<CellEntry>, PoolError> {
         let _counted = Launching::new(&self.inner.launching);
+        let cleanups_before = self.state().cleanup_seq;
         let input = stdin_command(&policy, &mut l);
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let session_key = l.session.then(|| l.session_key(&policy.name));
@@ -241,14 +242,26 @@ impl Pool {
             feed_stdin(&entry, input, l.stdin);
         }
         slot.commit();
-        {
+        let cleaned = {
             // Registered with its session in one step: a client that left mid-launch leaves a
-            // session the next request finds, not a second one.
+            // session the next request finds, not a second one. Under the same lock as a
+            // cleanup's look at the cells: either the cleanup saw this cell, or this sees the
+            // cleanup.
             let mut st = self.state();
             st.cells.insert(entry.id.clone(), entry.clone());
-            if let Some(key) = session_key {
+            let cleaned = st.cleaned_since(cleanups_before, &provider, l.caller.uid);
+            if let (Some(key), false) = (session_key, cleaned) {
                 st.sessions.insert(key, entry.id.clone());
             }
+            cleaned
+        };
+        if cleaned {
+            // A cleanup of this provider came while the launch was under way (waiting for a
+            // slot it may have freed): the cell ends at once, as the cleanup's others did.
+            entry.request_stop(Stop::Kill { reason: ExitReason::Terminated });
+            self.inner.reaper_wake.notify_one();
+            let reason = entry.ended().await;
+            return Err(PoolError::AlreadyEnded { cell: entry.id.clone(), reason });
         }
         self.inner.reaper_wake.notify_one();
         if warm && l.session {
@@ -673,14 +686,18 @@ impl Pool {
             return Err(PoolError::UnknownProvider { name: provider.to_owned() });
         }
         let admin = self.is_admin(caller);
-        let victims: Vec<Arc<CellEntry>> = self
-            .state()
-            .cells
-            .values()
-            .filter(|e| e.provider == provider && e.exit_reason().is_none())
-            .filter(|e| admin || e.owner_uid == caller.uid)
-            .cloned()
-            .collect();
+        let victims: Vec<Arc<CellEntry>> = {
+            // Recorded under the lock it reads the cells with: a launch under way that is not
+            // among these ends itself when it registers (see `launch_whole`).
+            let mut st = self.state();
+            st.record_cleanup(provider, (!admin).then_some(caller.uid));
+            st.cells
+                .values()
+                .filter(|e| e.provider == provider && e.exit_reason().is_none())
+                .filter(|e| admin || e.owner_uid == caller.uid)
+                .cloned()
+                .collect()
+        };
         let grace = self.inner.config.grace;
         for e in &victims {
             e.request_stop(Stop::Graceful { grace, reason: ExitReason::Terminated });
