@@ -37,6 +37,19 @@ fn sh(d: &Daemon, script: &str, timeout_ms: u64) -> common::http::Response {
     )
 }
 
+/// Send `command` to session `id` from a thread of its own (a client whose answer comes
+/// later); join it for the answer.
+fn send_in_background(
+    d: &Daemon,
+    id: &str,
+    command: &str,
+    timeout_ms: u64,
+) -> std::thread::JoinHandle<common::http::Response> {
+    let (sock, path) = (d.socket.clone(), format!("/v1/cells/{id}/commands"));
+    let body = json!({"command": command, "timeout_ms": timeout_ms});
+    std::thread::spawn(move || call(&sock, "POST", &path, Some(&body)))
+}
+
 /// POST `body` to `path` and hang up `linger` later, before the answer: a client that left.
 fn post_and_leave(d: &Daemon, path: &str, body: &Value, linger: Duration) {
     use std::io::Write;
@@ -707,10 +720,7 @@ fn a_queued_commands_timeout_covers_its_wait() {
     let slow = "[\"/bin/sh\", \"-c\", \"while read -r l; do sleep 2; echo \\\"$l\\\"; done\"]";
     let d = daemon().provider("slow", slow, "session", "").start();
     let id = id_of(&d.spawn("slow"));
-    let (sock, cell) = (d.socket.clone(), id.clone());
-    let first = std::thread::spawn(move || {
-        call(&sock, "POST", &format!("/v1/cells/{cell}/commands"), Some(&json!({"command": "A", "timeout_ms": 10_000})))
-    });
+    let first = send_in_background(&d, &id, "A", 10_000);
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     let queued = d.send(&id, "B", 500);
@@ -1161,13 +1171,9 @@ fn a_command_in_flight_at_shutdown_says_so() {
     let slow = "[\"/bin/sh\", \"-c\", \"while read -r l; do sleep 30; echo \\\"$l\\\"; done\"]";
     let mut d = daemon().provider("slow", slow, "session", "").start();
     let id = id_of(&d.spawn("slow"));
-    let send = |command: &str| {
-        let (sock, cell, body) = (d.socket.clone(), id.clone(), json!({"command": command, "timeout_ms": 60_000}));
-        std::thread::spawn(move || call(&sock, "POST", &format!("/v1/cells/{cell}/commands"), Some(&body)))
-    };
-    let in_flight = send("x");
+    let in_flight = send_in_background(&d, &id, "x", 60_000);
     std::thread::sleep(Duration::from_millis(200));
-    let queued = send("y");
+    let queued = send_in_background(&d, &id, "y", 60_000);
     let (sock, cwd) = (d.socket.clone(), d.cwd());
     let oneshot = std::thread::spawn(move || {
         let body = json!({"command": "sleep 30", "cwd": cwd, "timeout_ms": 60_000});
@@ -1193,10 +1199,7 @@ fn queued_and_stopping_sessions_answer_fairly() {
     let slow = "[\"/bin/sh\", \"-c\", \"trap '' TERM; while read -r l; do sleep 1; echo \\\"$l\\\"; done\"]";
     let d = daemon().grace_secs(20.0).provider("slow", slow, "session", "").start();
     let id = id_of(&d.spawn("slow"));
-    let (sock, cell) = (d.socket.clone(), id.clone());
-    let first = std::thread::spawn(move || {
-        call(&sock, "POST", &format!("/v1/cells/{cell}/commands"), Some(&json!({"command": "A", "timeout_ms": 10_000})))
-    });
+    let first = send_in_background(&d, &id, "A", 10_000);
     std::thread::sleep(Duration::from_millis(100));
     let late = d.send(&id, "B", 1500);
     assert_eq!(first.join().expect("thread").json()["stdout"], "A");
@@ -1306,10 +1309,7 @@ fn a_queued_command_whose_client_left_is_not_sent() {
     let slow = "[\"/bin/sh\", \"-c\", \"while read -r l; do sleep 2; echo \\\"$l\\\"; done\"]";
     let d = daemon().provider("slow", slow, "session", "").start();
     let id = id_of(&d.spawn("slow"));
-    let (sock, cell) = (d.socket.clone(), id.clone());
-    let first = std::thread::spawn(move || {
-        call(&sock, "POST", &format!("/v1/cells/{cell}/commands"), Some(&json!({"command": "A", "timeout_ms": 10_000})))
-    });
+    let first = send_in_background(&d, &id, "A", 10_000);
     std::thread::sleep(Duration::from_millis(200));
     for i in 0..5 {
         let body = json!({"command": format!("B{i}"), "timeout_ms": 60_000});
