@@ -1392,3 +1392,34 @@ fn cleanup_reaches_launches_under_way() {
     let left: Vec<_> = running.as_array().into_iter().flatten().filter(|c| c["state"] == "running").collect();
     assert!(left.is_empty(), "cells of the provider still run after its cleanup: {left:?}");
 }
+
+// From the fifth pool review: output a session printed while no command waited, past the
+// 64 KiB kept for a prompt and with no end marker (a background job, a start-up banner), was
+// skipped "to its end marker", which was the next command's own: its reply was thrown away,
+// it timed out and took a healthy session with it. A command written ends that skipping.
+#[test]
+fn unrequested_output_past_the_prompt_room_never_eats_the_next_reply() {
+    gate!("unrequested_output_past_the_prompt_room_never_eats_the_next_reply");
+    let framed = "[session]\nframing = \"sentinel\"\nsentinel = \"__END__\"\n";
+    let banner = "[\"/bin/sh\", \"-c\", \"head -c 70000 /dev/zero | tr '\\\\0' =; echo; exec /bin/sh\"]";
+    let d = daemon()
+        .provider("shs", "[\"/bin/sh\"]", "session", framed)
+        .provider("banner", banner, "session", framed)
+        .start();
+    let id = id_of(&d.spawn("shs"));
+    let r = d.send(&id, "(sleep 0.3; head -c 100000 /dev/zero | tr '\\0' b; echo) & echo __END__", 5000);
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = d.send(&id, "echo X2; echo __END__", 5000);
+    assert_eq!(r.status, 200, "the background job's output ate the reply: {}", r.text());
+    assert!(r.json()["stdout"].as_str().is_some_and(|s| s.ends_with("X2\n")), "{}", r.text());
+    // The next one is its own alone.
+    let r = d.send(&id, "echo X3; echo __END__", 5000);
+    assert_eq!(r.json()["stdout"], "X3\n", "{}", r.text());
+    // A banner past the prompt room.
+    let id = id_of(&d.spawn("banner"));
+    std::thread::sleep(Duration::from_millis(500));
+    let r = d.send(&id, "echo reply0; echo __END__", 5000);
+    assert_eq!(r.status, 200, "the banner ate the first reply: {}", r.text());
+    assert!(r.json()["stdout"].as_str().is_some_and(|s| s.ends_with("reply0\n")), "{}", r.text());
+}

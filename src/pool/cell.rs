@@ -150,6 +150,8 @@ pub struct CellEntry {
     pub tap_order: tokio::sync::Mutex<()>,
     /// Commands in flight (a busy cell is never idle).
     pub busy: std::sync::atomic::AtomicUsize,
+    /// Commands written to this session's stdin so far (see `Framer::command_written`).
+    pub commands_written: std::sync::atomic::AtomicU64,
     pub stop: watch::Sender<Option<Stop>>,
     pub exit: watch::Sender<Option<(ExitReason, Instant)>>,
     /// Last (time, cpu µs) health sample, for CPU %.
@@ -359,6 +361,7 @@ pub fn start(
         last_activity: Mutex::new(Instant::now()),
         tap_order: Default::default(),
         busy: Default::default(),
+        commands_written: Default::default(),
         stop: watch::channel(None).0,
         exit: watch::channel(None).0,
         cpu_sample: Mutex::new(None),
@@ -525,6 +528,7 @@ async fn pump(
     // Small while the cell is quiet (most idle cells print a prompt at most); doubled up to
     // PUMP_MAX each time a read fills it, so a flood is still read in large chunks.
     let mut buf = vec![0u8; PUMP_MIN];
+    let mut commands_seen = 0;
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -551,6 +555,14 @@ async fn pump(
                     // daemon hold or copy it. A full queue drops too rather than block the
                     // pump; `send` discards stale replies before writing its command.
                     let wanted = entry.is_busy();
+                    // A command written since the last read: these bytes may be its reply
+                    // (`exchange` counts the command before writing it, so a read holding
+                    // its output always sees the count).
+                    let written = entry.commands_written.load(std::sync::atomic::Ordering::SeqCst);
+                    if written != commands_seen {
+                        commands_seen = written;
+                        framer.command_written();
+                    }
                     for reply in framer.push(&buf[..n], wanted) {
                         if wanted {
                             let _ = replies.try_send(reply);

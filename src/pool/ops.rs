@@ -547,6 +547,7 @@ impl Pool {
         let (_, stderr_from) = entry.spool.kept();
         let mut line = command.into_bytes();
         line.push(b'\n');
+        entry.commands_written.fetch_add(1, Ordering::SeqCst);
         let exchange = async {
             io.stdin.write_all(&line).await.map_err(|_| None)?;
             io.stdin.flush().await.map_err(|_| None)?;

@@ -40,6 +40,8 @@ pub struct Framer {
     body: Vec<u8>,
     /// Dropping the rest of an oversized reply until its end marker.
     discarding: bool,
+    /// The skipping began while no command waited (see [`Framer::command_written`]).
+    discarding_unrequested: bool,
     /// While discarding: the current line outgrew [`Self::line_cap`], so it cannot be the end marker.
     line_too_long: bool,
     /// What an unrequested reply may hold (`IDLE_KEEP`; smaller in tests and fuzzing).
@@ -65,6 +67,7 @@ impl Framer {
             line: Vec::new(),
             body: Vec::new(),
             discarding: false,
+            discarding_unrequested: false,
             line_too_long: false,
             idle_keep: IDLE_KEEP,
         })
@@ -81,7 +84,20 @@ impl Framer {
         self.line.clear();
         self.body.clear();
         self.discarding = false;
+        self.discarding_unrequested = false;
         self.line_too_long = false;
+    }
+
+    /// A command was written to the session. Output nobody asked for that is being skipped
+    /// (past `IDLE_KEEP`) is skipped no further: its end marker may never come (a background
+    /// job's output, a banner), and skipping "to its end" would then skip the command's own
+    /// reply. What arrives from here on is the command's reply; output still in the pipe
+    /// from before joins its start, as a short prompt does. (The skip of a requested reply
+    /// that was too large goes on: its end marker is on its way, before the next reply.)
+    pub fn command_written(&mut self) {
+        if self.discarding_unrequested {
+            self.reset();
+        }
     }
 
     /// Feed bytes; the replies they complete, in order. An oversized reply yields one error
@@ -105,6 +121,7 @@ impl Framer {
                 self.line.extend_from_slice(chunk);
                 if self.over_limit(limit, complete) {
                     self.discarding = true;
+                    self.discarding_unrequested = !wanted;
                     self.body.clear();
                     // The line so far stays for the end-marker check below, if it can be one.
                     if self.line.len() > self.line_cap() {
@@ -166,6 +183,7 @@ impl Framer {
             // (With line framing every newline ends a reply, however long the line was.)
             if matches!(self.rule, Rule::Line) || (!too_long && self.is_end(&line)) {
                 self.discarding = false;
+                self.discarding_unrequested = false;
                 self.body.clear();
             }
             return None;
@@ -344,6 +362,25 @@ mod tests {
         assert!(f.body.is_empty());
         let out: Vec<_> = f.push(b"END\nask\nEND\n", true).into_iter().map(|r| r.unwrap().body).collect();
         assert_eq!(out, [b"ask\n".to_vec()]);
+    }
+
+    /// An unrequested skip with no end marker in sight ends when a command is written (its
+    /// reply is not skipped as the skipped output's end); a too-large requested reply's skip
+    /// goes on to its own marker.
+    #[test]
+    fn a_command_written_ends_only_an_unrequested_skip() {
+        let p = SessionPolicy::Sentinel { line: "END".into() };
+        let mut f = Framer::new(&p, 1 << 20).unwrap().with_idle_keep(8);
+        assert!(f.push(b"background job output\nmore\n", false).is_empty());
+        assert!(f.discarding);
+        f.command_written();
+        let out: Vec<_> = f.push(b"mine\nEND\n", true).into_iter().map(|r| r.unwrap().body).collect();
+        assert_eq!(out, [b"mine\n".to_vec()]);
+        let mut f = Framer::new(&p, 5).unwrap();
+        assert!(f.push(b"too large\n", true)[0].is_err());
+        f.command_written();
+        let out: Vec<_> = f.push(b"rest\nEND\nnext\nEND\n", true).into_iter().map(|r| r.unwrap().body).collect();
+        assert_eq!(out, [b"next\n".to_vec()]);
     }
 
     #[test]
