@@ -11,7 +11,7 @@
 //! `http://` forwarding is refused with 405). It resolves names itself (the cell has no DNS),
 //! refuses IP literals unless the policy lists that address, never connects to loopback,
 //! link-local, cloud metadata, reserved or multicast addresses nor to the host's own addresses
-//! (and, while learning, to private networks: see `proxy::may_reach`), answers a refusal with `403` and a
+//! (and, while learning, to private networks: see `crate::policy::egress::may_reach`), answers a refusal with `403` and a
 //! body that names the rule, and records every decision — cell, provider, name, port, bytes
 //! each way, allowed or denied — in the daemon's log and in the cell's `egress` events.
 //!
