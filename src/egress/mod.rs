@@ -30,8 +30,9 @@
 //! C resolver's numeric forms such as `2130706433` are refused), client text clipped to 200
 //! characters in the log and events, 1000 tunnel and 1000 refusal events and 1000
 //! destinations kept per cell, name lookups (blocking `getaddrinfo`) at most 4 per cell at
-//! once (and 4 per cell of the pool in the daemon, up to 256, so no few cells can take every
-//! lookup).
+//! once, at most half the daemon's per caller (a lookup outlives its cell: cells started and
+//! ended over and over cannot hold every lookup), and 4 per cell of the pool in the daemon,
+//! up to 256, so no few cells and no one caller can take every lookup.
 //!
 //! The record cannot be blurred by the cell it records: tunnels and refusals are logged on
 //! budgets of their own (100 lines each per cell and 1000 for all cells, per 10 s; the rest
@@ -86,6 +87,8 @@ pub struct EgressService {
     /// servers never answer cannot hold every lookup), but at most [`MAX_LOOKUPS`], half the
     /// blocking pool's 512 threads, which the daemon's own blocking work needs too.
     lookups: Arc<tokio::sync::Semaphore>,
+    /// Each caller's share of `lookups` (see [`EgressService::caller_share`]), by uid.
+    per_caller: Arc<Mutex<BTreeMap<Option<u32>, Arc<tokio::sync::Semaphore>>>>,
 }
 
 impl Default for EgressService {
@@ -127,15 +130,56 @@ pub struct CellEgress {
     destinations: Mutex<Destinations>,
     /// Name lookups of this cell running at once (see `proxy::resolve`).
     lookups: Arc<tokio::sync::Semaphore>,
+    /// Its caller's (see [`EgressService::caller_share`]).
+    caller_lookups: Arc<tokio::sync::Semaphore>,
     /// The daemon's (see [`EgressService`]).
     daemon_lookups: Arc<tokio::sync::Semaphore>,
     stop: CancellationToken,
 }
 
+/// The right to run one name lookup: the cell's, its caller's and the daemon's permits, held
+/// by the lookup's thread until `getaddrinfo` returns.
+pub(crate) type LookupPermits =
+    (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit);
+
+impl CellEgress {
+    /// Wait for the right to run a name lookup (in the order cell, caller, daemon).
+    pub(crate) async fn lookup_permits(&self) -> std::io::Result<LookupPermits> {
+        let closed = |_| std::io::Error::other("the proxy is shutting down");
+        let cell = self.lookups.clone().acquire_owned().await.map_err(closed)?;
+        let caller = self.caller_lookups.clone().acquire_owned().await.map_err(closed)?;
+        let daemon = self.daemon_lookups.clone().acquire_owned().await.map_err(closed)?;
+        Ok((cell, caller, daemon))
+    }
+}
+
 impl EgressService {
     pub fn new(config: EgressConfig) -> EgressService {
         let lookups = (proxy::MAX_LOOKUPS_PER_CELL * config.max_cells.max(1)).min(MAX_LOOKUPS);
-        EgressService { config: Arc::new(config), lookups: Arc::new(tokio::sync::Semaphore::new(lookups)) }
+        EgressService {
+            config: Arc::new(config),
+            lookups: Arc::new(tokio::sync::Semaphore::new(lookups)),
+            per_caller: Default::default(),
+        }
+    }
+
+    /// How many of the daemon's name lookups one caller's cells may run at once: half of
+    /// them (at least one cell's worth). A lookup holds its thread until `getaddrinfo`
+    /// returns, after its cell has ended too: without this bound, one caller starting cells
+    /// that ask for names whose servers never answer, over and over, held every lookup of
+    /// the daemon, and every other cell's proxy answered 502.
+    pub fn caller_share(&self) -> usize {
+        let total = (proxy::MAX_LOOKUPS_PER_CELL * self.config.max_cells.max(1)).min(MAX_LOOKUPS);
+        (total / 2).max(proxy::MAX_LOOKUPS_PER_CELL)
+    }
+
+    /// The lookup bound of `caller`'s cells (`None`: cells built ahead), made on first use;
+    /// those of callers with no lookup running are dropped as it is.
+    fn caller_lookups(&self, caller: Option<u32>) -> Arc<tokio::sync::Semaphore> {
+        let share = self.caller_share();
+        let mut map = self.per_caller.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < share);
+        map.entry(caller).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(share))).clone()
     }
 
     /// How many name lookups may run at once in the daemon.
@@ -155,6 +199,7 @@ impl EgressService {
         cell: &str,
         provider: &str,
         egress: Egress,
+        caller: Option<u32>,
     ) -> Arc<CellEgress> {
         let state = Arc::new(CellEgress {
             cell: cell.to_owned(),
@@ -164,6 +209,7 @@ impl EgressService {
             log_windows: Mutex::new(Default::default()),
             destinations: Mutex::new(Destinations::default()),
             lookups: Arc::new(tokio::sync::Semaphore::new(proxy::MAX_LOOKUPS_PER_CELL)),
+            caller_lookups: self.caller_lookups(caller),
             daemon_lookups: self.lookups.clone(),
             stop: CancellationToken::new(),
         });
@@ -467,6 +513,45 @@ pub(crate) fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// From the fifth egress review: a lookup outlives its cell (its thread waits for
+    /// `getaddrinfo`), so one caller starting cells that ask for names whose servers never
+    /// answer, over and over, held every lookup of the daemon and other callers' cells got
+    /// 502. One caller's cells now hold at most half of them.
+    #[tokio::test]
+    async fn one_callers_lookups_leave_room_for_anothers() {
+        let service = EgressService::new(EgressConfig { max_cells: 4, ..Default::default() });
+        let total = service.lookup_capacity();
+        assert_eq!((total, service.caller_share()), (16, 8));
+        let cell = |caller| {
+            let service = service.clone();
+            async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+                service.serve(l, "c", "p", Egress::Learn, Some(caller))
+            }
+        };
+        // Caller 1000's cells (each 4 lookups at most), started and ended one after another,
+        // their lookups still running.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let c = cell(1000).await;
+            for _ in 0..proxy::MAX_LOOKUPS_PER_CELL {
+                let wait = tokio::time::timeout(std::time::Duration::from_millis(100), c.lookup_permits());
+                if let Ok(Ok(p)) = wait.await {
+                    held.push(p);
+                }
+            }
+            c.stop();
+        }
+        assert_eq!(held.len(), service.caller_share(), "one caller took more than its share");
+        // Another caller's cell looks names up at once.
+        let other = cell(1001).await;
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(100), other.lookup_permits());
+        assert!(matches!(wait.await, Ok(Ok(_))), "another caller's lookup waited for the first caller's");
+        other.stop();
+    }
+
     /// Learned entries are `network.egress` entries a policy accepts as written: the port
     /// left out at 443, an IPv6 address in brackets before a port.
     #[test]

@@ -352,12 +352,10 @@ fn lookup_name(egress: &Egress, host: &str, port: u16) -> String {
 
 /// Resolve `host` with the system resolver, within the daemon's and the cell's lookup limits.
 async fn resolve(state: &CellEgress, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    let closed = |_| std::io::Error::other("the proxy is shutting down");
-    let cell = state.lookups.clone().acquire_owned().await.map_err(closed)?;
-    let daemon = state.daemon_lookups.clone().acquire_owned().await.map_err(closed)?;
+    let held = state.lookup_permits().await?;
     let host = lookup_name(&state.egress, host, port);
     tokio::task::spawn_blocking(move || {
-        let _held = (cell, daemon);
+        let _held = held;
         std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).map(Iterator::collect)
     })
     .await

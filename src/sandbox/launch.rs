@@ -298,6 +298,11 @@ impl Launcher {
         };
         drop(into);
         let making = making.map(tokio::task::spawn_blocking);
+        // Whose name lookups the cell's proxy spends (a cell built ahead: nobody's yet).
+        let lookup_owner = match &want {
+            Want::Request(req) => Some(req.caller_uid),
+            Want::Warm { .. } => None,
+        };
         let prepared = self.prepare(policy, want, tty).await;
         let cgroup = match (early, making) {
             (Some(cg), _) => Ok(cg),
@@ -344,7 +349,12 @@ impl Launcher {
             egress: None,
             egress_plan: match (&policy.network, plan_proxy_port) {
                 (Network::Proxy { egress }, Some(port)) => {
-                    Some(super::netns::EgressPlan { service: self.egress.clone(), egress: egress.clone(), port })
+                    Some(super::netns::EgressPlan {
+                        service: self.egress.clone(),
+                        egress: egress.clone(),
+                        port,
+                        caller: lookup_owner,
+                    })
                 }
                 _ => None,
             },

@@ -25,6 +25,9 @@ pub struct EgressPlan {
     pub egress: Egress,
     /// The proxy's port on the cell's 127.0.0.1.
     pub port: u16,
+    /// The uid whose request the cell serves (`None`: built ahead), whose share of the
+    /// daemon's name lookups its proxy spends.
+    pub caller: Option<u32>,
 }
 
 /// A failure to set up the cell's proxy, as a setup failure at stage `network`.
@@ -59,7 +62,7 @@ pub async fn start_egress(
             tokio::net::TcpListener::from_std(l)
         })
         .map_err(fail)?;
-    Ok(plan.service.serve(listener, cell, provider, plan.egress))
+    Ok(plan.service.serve(listener, cell, provider, plan.egress, plan.caller))
 }
 
 /// Connections a cell may have waiting to be accepted by its proxy. A connection is charged
