@@ -1423,3 +1423,32 @@ fn unrequested_output_past_the_prompt_room_never_eats_the_next_reply() {
     assert_eq!(r.status, 200, "the banner ate the first reply: {}", r.text());
     assert!(r.json()["stdout"].as_str().is_some_and(|s| s.ends_with("reply0\n")), "{}", r.text());
 }
+
+// From the fifth pool review: a write to a one-shot's stdin that the process took only part
+// of (it stopped reading) answered `count: 0`; the count is the bytes written.
+#[test]
+fn a_partial_stdin_write_counts_what_was_written() {
+    gate!("a_partial_stdin_write_counts_what_was_written");
+    use std::process::{Command, Stdio};
+    let d = daemon().start();
+    let script = "head -c 1000 > /dev/null; echo took; sleep 2";
+    let body = json!({"command": script, "cwd": d.cwd(), "stream": true, "stdin": true, "timeout_ms": 20_000});
+    let mut stream = Command::new("curl")
+        .args(["-sN", "--unix-socket"])
+        .arg(&d.socket)
+        .args(["-d", &body.to_string(), "http://cellkeep/v1/providers/sh/commands"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stream.stdout.take().expect("stdout")));
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    let id = v["cell"].as_str().or(v["id"].as_str()).unwrap_or_else(|| panic!("no cell id: {first}")).to_owned();
+    let data = vec![b'x'; 900_000];
+    let r = common::http::raw(&d.socket, "POST", &format!("/v1/cells/{id}/stdin"), &data).expect("stdin");
+    let _ = stream.kill();
+    let _ = stream.wait();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let count = r.json()["count"].as_u64().unwrap_or(0);
+    assert!((1000..900_000).contains(&count), "count {count} for a write the process took part of: {}", r.text());
+}

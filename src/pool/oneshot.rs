@@ -166,7 +166,14 @@ impl Pool {
         let pipe = stdin.as_mut().ok_or_else(no_stdin)?;
         // The process closing its stdin (or ending) is its business, not an error of the
         // writer: what it did not read is dropped, and the count says how much was written.
-        let written = if pipe.write_all(data).await.and(pipe.flush().await).is_ok() { data.len() } else { 0 };
+        let mut written = 0;
+        while written < data.len() {
+            match pipe.write(&data[written..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => written += n,
+            }
+        }
+        let _ = pipe.flush().await;
         if eof {
             if let Some(mut pipe) = stdin.take() {
                 let _ = pipe.shutdown().await;
