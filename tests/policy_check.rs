@@ -42,6 +42,27 @@ fn expected_broken() -> Vec<(&'static str, Vec<String>)> {
         )]),
         ("cycle_a.toml", vec![own("1:11: extends: extends cycle: cycle_a -> cycle_b -> cycle_a")]),
         ("cycle_b.toml", vec![own("1:11: extends: extends cycle: cycle_b -> cycle_a -> cycle_b")]),
+        ("limits_out_of_range.toml", vec![
+            own("5:14: limits.memory_max: 512 bytes is less than any program needs to start (at least \"1M\"); a number without a unit is bytes: write e.g. \"512M\""),
+            own("6:15: limits.memory_high: 102400 bytes is less than any program needs to start (at least \"1M\"); a number without a unit is bytes: write e.g. \"512M\""),
+            own("6:15: limits.memory_high: must not be greater than limits.memory_max"),
+            own("7:7: limits.cpu: 0.0001 is below the kernel's minimum of 0.01 CPU (1 ms per 100 ms)"),
+            own("8:8: limits.pids: 10000000000 is more than the kernel can ever run (pid_max is at most 4194304)"),
+            own("9:14: limits.open_files: 1099511627776 is above this host's fs.nr_open (1048576), the most any process may open: every launch would fail; write at most 1048576"),
+        ]),
+        ("seccomp_allow_deny.toml", vec![
+            own("6:9: seccomp.deny: \"mkdir\" is in seccomp.allow too: a call is allowed or denied, not both; remove it from one list"),
+        ]),
+        ("session_framing_values.toml", vec![
+            own("7:11: session.pattern: \"([\" is not a regular expression: unclosed character class"),
+        ]),
+        ("session_sentinel_newline.toml", vec![
+            own("7:12: session.sentinel: must be one line without its newline: the sentinel is compared with each whole line of output, so a newline in it never matches"),
+        ]),
+        ("env_placeholder.toml", vec![
+            own("5:8: environment.set.HOME: \"{TMP}\" is not a placeholder and would be passed on as written (the placeholders are {cwd} and {tmp}); did you mean \"{tmp}\"?"),
+            own("6:5: environment.set.X: \"{home}\" is not a placeholder and would be passed on as written (the placeholders are {cwd} and {tmp})"),
+        ]),
         ("many.toml", vec![
             own("3:8: provider.name: \"not_many\" must equal the file name \"many\""),
             own("4:12: provider.command: \"bin/true\" must be an absolute path"),
@@ -370,6 +391,35 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
         ]),
         ("write_user_home.toml", vec![
             "7:10: warning: filesystem.write: \"/home/alice\" lets the cell write to a user's whole home (ssh keys, shell start-up files); grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("write_symlink.toml", vec![
+            "7:10: warning: filesystem.write: \"/bin\" (a symlink to /usr/bin) lets the cell write to a path inside /usr (the host's programs and libraries); grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
+        ]),
+        ("read_run.toml", vec![
+            "7:17: warning: filesystem.read: \"/run\" lets the cell connect to the host's UNIX sockets under it (D-Bus, journald, container runtimes: Landlock does not govern connecting to a socket file); list only what it needs (e.g. \"/usr\", \"/etc/ssl/certs\", \"{cwd}\")",
+            "7:25: warning: filesystem.read: \"/var/run\" (a symlink to /run) lets the cell connect to the host's UNIX sockets under it (D-Bus, journald, container runtimes: Landlock does not govern connecting to a socket file); list only what it needs (e.g. \"/usr\", \"/etc/ssl/certs\", \"{cwd}\")",
+        ]),
+        ("proxy_address_literal.toml", vec![
+            "8:10: warning: network.egress: \"127.0.0.1:18080\" is an address the proxy refuses for every name (loopback, link-local, cloud metadata, reserved), yet listed as an address it is reached: the host's own service or its metadata on that port; remove it unless the cell must reach exactly that",
+            "8:10: warning: network.egress: \"169.254.169.254:80\" is an address the proxy refuses for every name (loopback, link-local, cloud metadata, reserved), yet listed as an address it is reached: the host's own service or its metadata on that port; remove it unless the cell must reach exactly that",
+            "8:10: warning: network.egress: \"0.0.0.0:22\" is an address the proxy refuses for every name (loopback, link-local, cloud metadata, reserved), yet listed as an address it is reached: the host's own service or its metadata on that port; remove it unless the cell must reach exactly that",
+        ]),
+        ("namespaces_off.toml", vec![
+            "10:8: warning: namespaces.user: false: the cell runs directly under its host ids, with no user namespace between it and the kernel's checks; keep it true unless the provider cannot work otherwise",
+            "11:7: warning: namespaces.pid: false: the cell sees every host process and its command line, and can signal those of its uid; keep it true unless the provider cannot work otherwise",
+            "12:9: warning: namespaces.mount: false: the cell sees the host's whole mount tree (only Landlock stands between it and every file) and has no private /tmp; keep it true unless the provider cannot work otherwise",
+            "13:7: warning: namespaces.ipc: false: the cell shares the host's System V IPC objects and POSIX message queues; keep it true unless the provider cannot work otherwise",
+            "14:7: note: namespaces.uts: false: the cell shares the host's hostname; keep it true unless the provider cannot work otherwise",
+            "15:10: note: namespaces.cgroup: false: the cell sees the host's cgroup paths; keep it true unless the provider cannot work otherwise",
+            "17:8: warning: enforcement.mode: \"best_effort\" launches the cell even where this kernel lacks a mechanism the policy relies on (Landlock, a seccomp feature, a cgroup controller), with less confinement than this file says; use \"required\"",
+        ]),
+        ("seccomp_log.toml", vec![
+            "7:18: warning: seccomp.default_action: \"log\" lets every call through: calls outside seccomp.allow are only logged by the kernel (audit mode, for finding the allow list); use \"errno\" once the list is complete",
+        ]),
+        ("size_bare.toml", vec![
+            "7:13: warning: limits.file_size: 100 is 100 bytes (a number without a unit is bytes); write it with a unit if more was meant (e.g. \"100K\" or \"100M\")",
+            "8:16: warning: limits.output_bytes: 4096 is 4096 bytes (a number without a unit is bytes); write it with a unit if more was meant (e.g. \"4096K\" or \"4096M\")",
+            "9:12: warning: limits.tmp_size: 64 is 64 bytes (a number without a unit is bytes); write it with a unit if more was meant (e.g. \"64K\" or \"64M\")",
         ]),
         ("write_usr.toml", vec![
             "7:10: warning: filesystem.write: \"/usr\" lets the cell write to the host's programs and libraries; grant \"{cwd}\" and \"{tmp}\", or the one directory it needs",
@@ -928,4 +978,39 @@ fn the_floor_and_the_loader_hold_against_odd_input() {
     std::fs::write(pol.join("big.toml"), head("big") + &"# padding\n".repeat(30_000)).expect("write");
     let err = policy::load_file(&pol.join("big.toml")).expect_err("a 300 KB policy");
     assert!(err.to_string().contains("more than a policy may hold"), "{err}");
+}
+
+/// From the fifth policy review: a write rule through a symlink under a workdir root passed
+/// the floor's `write_outside_workdir = false` (the rule's text is under the root) while the
+/// cell's bind followed the link into a home; and lint judged the text, not the target. A
+/// rule is judged where it leads.
+#[test]
+fn a_symlink_cannot_carry_a_grant_past_the_floor_or_lint() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let d = dir.path();
+    for sub in ["srv/real", "home/alice"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    std::os::unix::fs::symlink(d.join("home/alice"), d.join("srv/homelink")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("/etc", d.join("srv/etclink")).unwrap_or_else(|e| panic!("{e}"));
+    let floor_path = d.join("floor.toml");
+    std::fs::write(&floor_path, "[filesystem]\nwrite_outside_workdir = false\n").unwrap_or_else(|e| panic!("{e}"));
+    let floor = Floor::load(&floor_path).unwrap_or_else(|e| panic!("{e}"));
+    let policy_path = d.join("p.toml");
+    let text = format!(
+        "[provider]\nname = \"p\"\ncommand = [\"/bin/true\"]\n[workdir]\nroots = [\"{srv}\"]\n[filesystem]\n\
+         write = [\"{{cwd}}\", \"{srv}/real\", \"{srv}/homelink\", \"{srv}/etclink\"]\n",
+        srv = d.join("srv").display()
+    );
+    std::fs::write(&policy_path, text).unwrap_or_else(|e| panic!("{e}"));
+    let checked = policy::load_checked(&policy_path).unwrap_or_else(|e| panic!("{e}"));
+    let refused: Vec<String> = floor.check(&checked).iter().map(|d| d.message.clone()).collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].contains("homelink") && refused[1].contains("etclink"), "{refused:?}");
+    // Lint names the target of the link into /etc.
+    let found = findings(&policy_path, None);
+    assert!(
+        found.iter().any(|f| f.contains("etclink\" (a symlink to /etc) lets the cell write to host configuration")),
+        "{found:?}"
+    );
 }

@@ -425,8 +425,11 @@ fn write_inside_workdir(p: &Policy, text: &str) -> bool {
     match super::validate::parse_path_rule(text) {
         Ok(PathRule::Cwd(_) | PathRule::Tmp(_)) => true,
         Ok(PathRule::Absolute(path)) => {
-            WRITABLE_DEVICES.iter().any(|d| path == Path::new(d))
-                || p.workdir.roots.iter().any(|r| path.starts_with(r) && path != *r)
+            // The cell's bind follows symlinks: judge where the rule leads (the roots are
+            // resolved already), so a link under a root cannot point the grant outside it.
+            let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            WRITABLE_DEVICES.iter().any(|d| path == Path::new(d) && real == path)
+                || p.workdir.roots.iter().any(|r| real.starts_with(r) && real != *r)
         }
         Err(_) => false,
     }

@@ -9,7 +9,11 @@
 //! `"learn"` (every name) or an empty list (nothing to reach through the proxy), workdir roots
 //! that put system directories under `{cwd}`, identity settings that share a host uid or do
 //! nothing (notes), seccomp allowlists that re-enable calls the default preset denies, and
-//! pre-built cells that only root's requests can use (a note).
+//! pre-built cells that only root's requests can use (a note); read on `/run` (the host's
+//! sockets), egress addresses the proxy refuses for names (loopback, metadata) listed
+//! literally, namespaces switched off, `best_effort` enforcement, seccomp `"log"` (allows
+//! everything), and sizes written as bare numbers below 1 MiB (bytes). A path is judged where
+//! it leads: a rule through a symlink is judged as its target, as the cell's bind is.
 //!
 //! Two kinds of missing path are notes, not warnings (they never fail `--strict`): paths
 //! under an install prefix that a shipped script creates ([`INSTALL_PREFIXES`]), and paths
@@ -94,6 +98,8 @@ pub fn lint(c: &Checked) -> Vec<Finding> {
     l.workdir();
     l.identity();
     l.network();
+    l.namespaces();
+    l.sizes();
     l.seccomp();
     l.prewarm();
     l.out.sort_by(|a, b| (&a.diag.file, a.diag.line, a.diag.col).cmp(&(&b.diag.file, b.diag.line, b.diag.col)));
@@ -131,8 +137,15 @@ impl Linter<'_> {
         }
         let path = Path::new(text.trim_end_matches('/'));
         let path = if path.as_os_str().is_empty() { Path::new("/") } else { path };
-        if let Some(msg) = broad(path, key) {
-            self.warn(item.span(), key, msg);
+        // A cell's bind follows symlinks: judge the path it reaches (`/bin` is `/usr/bin` on a
+        // merged-/usr host; a link under a workdir root may point into a home).
+        let real = std::fs::canonicalize(path).ok().filter(|r| r != path);
+        let shown = match &real {
+            Some(r) => format!("\"{text}\" (a symlink to {})", r.display()),
+            None => format!("\"{text}\""),
+        };
+        if let Some(msg) = broad(real.as_deref().unwrap_or(path), key) {
+            self.warn(item.span(), key, format!("{shown} {msg}"));
             return;
         }
         if let Some(mount) = self.hidden_by(path) {
@@ -311,6 +324,17 @@ impl Linter<'_> {
                 self.warn(e.span(), "network.egress", msg);
             }
             Egress::Allow(rules) => {
+                for r in rules {
+                    let Ok(ip) = r.host.parse::<std::net::IpAddr>() else { continue };
+                    if !super::egress::may_reach(ip, false) {
+                        let msg = format!(
+                            "\"{r}\" is an address the proxy refuses for every name (loopback, link-local, cloud \
+                             metadata, reserved), yet listed as an address it is reached: the host's own service \
+                             or its metadata on that port; remove it unless the cell must reach exactly that"
+                        );
+                        self.warn(e.span(), "network.egress", msg);
+                    }
+                }
                 for r in rules.iter().filter(|r| r.wildcard) {
                     match open_registration(&r.host) {
                         Ok(Some(rule)) => {
@@ -331,8 +355,69 @@ impl Linter<'_> {
         }
     }
 
+    /// A namespace switched off: what the cell then shares with the host.
+    fn namespaces(&mut self) {
+        let n = &self.c.raw.namespaces;
+        let all: [(&Option<Spanned<bool>>, &str, &str, bool); 6] = [
+            (&n.user, "user", "runs directly under its host ids, with no user namespace between it and the kernel's checks", true),
+            (&n.pid, "pid", "sees every host process and its command line, and can signal those of its uid", true),
+            (&n.mount, "mount", "sees the host's whole mount tree (only Landlock stands between it and every file) and has no private /tmp", true),
+            (&n.ipc, "ipc", "shares the host's System V IPC objects and POSIX message queues", true),
+            (&n.uts, "uts", "shares the host's hostname", false),
+            (&n.cgroup, "cgroup", "sees the host's cgroup paths", false),
+        ];
+        for (v, name, what, warning) in all {
+            let Some(v) = v.as_ref().filter(|v| !*v.get_ref()) else { continue };
+            let msg = format!("false: the cell {what}; keep it true unless the provider cannot work otherwise");
+            let key = format!("namespaces.{name}");
+            if warning {
+                self.warn(v.span(), &key, msg);
+            } else {
+                self.note(v.span(), &key, msg);
+            }
+        }
+        if let Some(m) = self.c.raw.enforcement.mode.as_ref().filter(|m| m.get_ref() == "best_effort") {
+            let msg = "\"best_effort\" launches the cell even where this kernel lacks a mechanism the policy \
+                       relies on (Landlock, a seccomp feature, a cgroup controller), with less confinement than this \
+                       file says; use \"required\""
+                .to_owned();
+            self.warn(m.span(), "enforcement.mode", msg);
+        }
+    }
+
+    /// A size written as a bare number below 1 MiB: bytes, almost always meant as megabytes.
+    fn sizes(&mut self) {
+        let l = &self.c.raw.limits;
+        for (v, key) in [
+            (&l.file_size, "limits.file_size"),
+            (&l.output_bytes, "limits.output_bytes"),
+            (&l.tmp_size, "limits.tmp_size"),
+            (&l.memory_swap, "limits.memory_swap"),
+        ] {
+            let Some(v) = v else { continue };
+            let bare = match v.get_ref() {
+                super::raw::Scalar::Int(n) => Some(*n),
+                super::raw::Scalar::Str(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t.parse().ok(),
+                _ => None,
+            };
+            if let Some(n @ 1..=1_048_575) = bare {
+                let msg = format!(
+                    "{n} is {n} bytes (a number without a unit is bytes); write it with a unit if more was meant \
+                     (e.g. \"{n}K\" or \"{n}M\")"
+                );
+                self.warn(v.span(), key, msg);
+            }
+        }
+    }
+
     fn seccomp(&mut self) {
         let s = &self.c.raw.seccomp;
+        if let (Some(a), SeccompAction::Log) = (&s.default_action, self.c.policy.seccomp.default_action) {
+            let msg = "\"log\" lets every call through: calls outside seccomp.allow are only logged by the kernel \
+                       (audit mode, for finding the allow list); use \"errno\" once the list is complete"
+                .to_owned();
+            self.warn(a.span(), "seccomp.default_action", msg);
+        }
         if let (Some(p), "none") = (&s.preset, self.c.policy.seccomp.preset.as_str()) {
             let msg = "\"none\" removes the default deny list (ptrace, bpf, mount, …); use preset = \"default\" \
                        and re-allow only the calls the provider needs in seccomp.allow"
@@ -357,18 +442,22 @@ impl Linter<'_> {
 
 /// The warning for a grant that covers a sensitive host directory, if it does.
 fn broad(path: &Path, key: &str) -> Option<String> {
-    let text = path.display();
     match key {
         "filesystem.read" => {
             let what = if path == Path::new("/") {
-                "the whole host (other users' files, keys under /etc and /root)"
+                "read the whole host (other users' files, keys under /etc and /root)"
             } else if path == Path::new("/home") || path == Path::new("/root") {
-                "every file in it (other users' keys and shell history)"
+                "read every file in it (other users' keys and shell history)"
+            } else if within(path, Path::new("/run")) {
+                // Landlock (to ABI 7) does not govern connect(2) on a socket file, and a
+                // socket's own mode is often 0666: what the cell sees there, it can talk to.
+                "connect to the host's UNIX sockets under it (D-Bus, journald, container \
+                 runtimes: Landlock does not govern connecting to a socket file)"
             } else {
                 return None;
             };
             Some(format!(
-                "\"{text}\" lets the cell read {what}; list only what it needs (e.g. \"/usr\", \"/etc/ssl/certs\", \"{{cwd}}\")"
+                "lets the cell {what}; list only what it needs (e.g. \"/usr\", \"/etc/ssl/certs\", \"{{cwd}}\")"
             ))
         }
         _ => {
@@ -391,7 +480,7 @@ fn broad(path: &Path, key: &str) -> Option<String> {
                 (None, None) => return None,
             };
             Some(format!(
-                "\"{text}\" lets the cell {right} {what}; grant \"{{cwd}}\" and \"{{tmp}}\", or the one directory it needs"
+                "lets the cell {right} {what}; grant \"{{cwd}}\" and \"{{tmp}}\", or the one directory it needs"
             ))
         }
     }

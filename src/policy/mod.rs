@@ -50,7 +50,7 @@
 //! | `network.mode` | `"none"` \| `"loopback"` \| `"proxy"` | `"none"` |
 //! | `network.egress` | names reachable through the egress proxy, or `"learn"`; only with `mode = "proxy"` ([`egress`]) | `[]` |
 //! | `seccomp.preset` | `"default"` \| `"none"` | `"default"` |
-//! | `seccomp.default_action` | `"allow"` \| `"errno"` \| `"enosys"` \| `"kill"` \| `"log"`; not `allow` = allowlist mode | `"allow"` |
+//! | `seccomp.default_action` | `"allow"` \| `"errno"` \| `"enosys"` \| `"kill"` \| `"log"`; `errno`/`enosys`/`kill` = allowlist mode (`log`: every call passes, those outside `allow` logged) | `"allow"` |
 //! | `seccomp.deny` | extra syscall names (x86_64) | `[]` |
 //! | `seccomp.deny_action` | `"errno"` \| `"kill"` | `"errno"` |
 //! | `seccomp.allow` | names removed from the preset; in allowlist mode, the allowlist | `[]` |

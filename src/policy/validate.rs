@@ -273,6 +273,13 @@ impl Checker<'_> {
             let key = format!("environment.set.{name}");
             if !valid_env_name(&name) {
                 self.at(&value, &key, format!("\"{name}\" is not a variable name"));
+            } else if let Some(unknown) = unknown_placeholder(value.get_ref()) {
+                let hint = super::friendly::did_you_mean(&unknown, ["{cwd}", "{tmp}"]);
+                let msg = format!(
+                    "\"{unknown}\" is not a placeholder and would be passed on as written (the placeholders are \
+                     {{cwd}} and {{tmp}}){hint}"
+                );
+                self.at(&value, &key, msg);
             } else if value.get_ref().contains("{tmp}") && !ns.mount {
                 self.at(&value, &key, "{tmp} needs a mount namespace, but namespaces.mount = false");
             }
@@ -348,7 +355,14 @@ impl Checker<'_> {
                 Scalar::Float(x) => *x,
                 Scalar::Str(_) => f64::NAN,
             };
-            if x.is_finite() && x > 0.0 {
+            if x.is_finite() && x > 0.0 && (x * crate::cgroup::CPU_PERIOD_US as f64).round() < 1000.0 {
+                self.at(
+                    v,
+                    "limits.cpu",
+                    format!("{} is below the kernel's minimum of 0.01 CPU (1 ms per 100 ms)", v.get_ref()),
+                );
+                None
+            } else if x.is_finite() && x > 0.0 {
                 Some(x)
             } else {
                 self.at(v, "limits.cpu", format!("{} must be a number of CPUs greater than 0 (e.g. 0.5)", v.get_ref()));
@@ -368,6 +382,38 @@ impl Checker<'_> {
             output_bytes: self.size(&l.output_bytes, "limits.output_bytes", false).unwrap_or(DEFAULT_OUTPUT_BYTES),
             tmp_size: self.size(&l.tmp_size, "limits.tmp_size", false).unwrap_or(DEFAULT_TMP_SIZE),
         };
+        for (n, v, key) in [
+            (limits.memory_max, &l.memory_max, "limits.memory_max"),
+            (limits.memory_high, &l.memory_high, "limits.memory_high"),
+        ] {
+            if let (Some(n), Some(v)) = (n, v) {
+                if n < MIN_MEMORY {
+                    let msg = format!(
+                        "{n} bytes is less than any program needs to start (at least \"1M\"); a number \
+                         without a unit is bytes: write e.g. \"512M\""
+                    );
+                    self.at(v, key, msg);
+                }
+            }
+        }
+        if let (Some(n), Some(v)) = (limits.pids, &l.pids) {
+            if n > MAX_PIDS {
+                self.at(
+                    v,
+                    "limits.pids",
+                    format!("{n} is more than the kernel can ever run (pid_max is at most {MAX_PIDS})"),
+                );
+            }
+        }
+        if let (Some(n), Some(v), Some(max)) = (limits.open_files, &l.open_files, nr_open()) {
+            if n > max {
+                let msg = format!(
+                    "{n} is above this host's fs.nr_open ({max}), the most any process may open: every launch \
+                     would fail; write at most {max}"
+                );
+                self.at(v, "limits.open_files", msg);
+            }
+        }
         if let (Some(high), Some(max), Some(at)) = (limits.memory_high, limits.memory_max, &l.memory_high) {
             if high > max {
                 self.at(at, "limits.memory_high", "must not be greater than limits.memory_max");
@@ -563,6 +609,13 @@ impl Checker<'_> {
         };
         let allow = names(&s.allow, "seccomp.allow");
         let deny = names(&s.deny, "seccomp.deny");
+        for n in list(&s.deny).iter().filter(|n| allow.contains(n.get_ref())) {
+            let msg = format!(
+                "\"{}\" is in seccomp.allow too: a call is allowed or denied, not both; remove it from one list",
+                n.get_ref()
+            );
+            self.at(n, "seccomp.deny", msg);
+        }
         if default_action != SeccompAction::Allow && allow.is_empty() {
             match &s.default_action {
                 Some(v) => self.at(v, "seccomp.default_action", "allowlist mode needs a non-empty seccomp.allow"),
@@ -616,6 +669,20 @@ impl Checker<'_> {
             }
         };
         let [sentinel, pattern, field, equals] = keys.map(|(name, v, used_by)| value(name, v, used_by));
+        if let (Some(v), "sentinel") = (&s.sentinel, framing) {
+            if sentinel.contains(['\n', '\r']) {
+                let msg = "must be one line without its newline: the sentinel is compared with each whole line of \
+                           output, so a newline in it never matches";
+                self.at(v, "session.sentinel", msg);
+            }
+        }
+        if let (Some(v), "regex") = (&s.pattern, framing) {
+            if let Err(e) = regex::Regex::new(&pattern) {
+                let first =
+                    e.to_string().lines().last().unwrap_or_default().trim().trim_start_matches("error: ").to_owned();
+                self.at(v, "session.pattern", format!("\"{pattern}\" is not a regular expression: {first}"));
+            }
+        }
         match framing {
             "sentinel" => SessionPolicy::Sentinel { line: sentinel },
             "regex" => SessionPolicy::Regex { pattern },
@@ -623,6 +690,20 @@ impl Checker<'_> {
             _ => SessionPolicy::Line,
         }
     }
+}
+
+/// The smallest `memory_max`/`memory_high`: below it no program starts (the cell's helper
+/// alone needs more), and a bare number is then almost always megabytes meant as bytes.
+const MIN_MEMORY: u64 = 1 << 20;
+
+/// The kernel's largest `pid_max` (`PID_MAX_LIMIT` on 64-bit): a `pids` limit above it means
+/// nothing the kernel can hold (and past `u32`, the cgroup file refuses it).
+const MAX_PIDS: u64 = 4 * 1024 * 1024;
+
+/// This host's `fs.nr_open`: the highest `RLIMIT_NOFILE` the kernel accepts (`None` if it
+/// cannot be read, e.g. on a host without /proc).
+fn nr_open() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/nr_open").ok()?.trim().parse().ok()
 }
 
 fn action(word: &str) -> SeccompAction {
@@ -633,6 +714,26 @@ fn action(word: &str) -> SeccompAction {
         "log" => SeccompAction::Log,
         _ => SeccompAction::Allow,
     }
+}
+
+/// The first `{word}` in an `environment.set` value that is not `{cwd}` or `{tmp}` (a word:
+/// letters, digits, `_`; other braces, such as JSON's, are left alone).
+fn unknown_placeholder(value: &str) -> Option<String> {
+    let mut rest = value;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { break };
+        let word = &after[..close];
+        if !word.is_empty()
+            && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && word != "cwd"
+            && word != "tmp"
+        {
+            return Some(format!("{{{word}}}"));
+        }
+        rest = after;
+    }
+    None
 }
 
 fn valid_env_name(name: &str) -> bool {

@@ -348,14 +348,12 @@ impl Launcher {
             pty,
             egress: None,
             egress_plan: match (&policy.network, plan_proxy_port) {
-                (Network::Proxy { egress }, Some(port)) => {
-                    Some(super::netns::EgressPlan {
-                        service: self.egress.clone(),
-                        egress: egress.clone(),
-                        port,
-                        caller: lookup_owner,
-                    })
-                }
+                (Network::Proxy { egress }, Some(port)) => Some(super::netns::EgressPlan {
+                    service: self.egress.clone(),
+                    egress: egress.clone(),
+                    port,
+                    caller: lookup_owner,
+                }),
                 _ => None,
             },
             reports,
