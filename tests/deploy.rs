@@ -175,6 +175,39 @@ fn reload_with_a_bad_policy_fails_and_keeps_the_previous_set() {
     assert_eq!(d.send(&live, "still", 10_000).json()["stdout"], "still");
 }
 
+// From the fifth policy review: a file the daemon left out at start (broken then, broken
+// still) made every later reload fail, tightenings of other policies included, while a
+// restart would have loaded the same files. A file already left out, unchanged, no longer
+// blocks a reload (it stays reported); a file newly broken still refuses it as a whole.
+#[test]
+fn a_file_already_left_out_does_not_block_reloads() {
+    gate!("a_file_already_left_out_does_not_block_reloads");
+    let d = Daemon::builder()
+        .provider("cat", "[\"/bin/cat\"]", "session", "")
+        .policy("broken", "[provider\nname = \"broken\"\n")
+        .start();
+    std::fs::write(
+        d.policy_dir().join("cat2.toml"),
+        "extends = \"base\"\n[provider]\nname = \"cat2\"\ncommand = [\"/bin/cat\"]\nmode = \"session\"\n",
+    )
+    .expect("write");
+    let reload = || Command::new(BIN).arg("reload").env("CELLKEEP_SOCKET", &d.socket).output().expect("reload");
+    let o = reload();
+    assert_eq!(o.status.code(), Some(0), "a file broken since start blocked the reload: {}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("broken"), "the file still left out is not named: {}", text(&o));
+    let h = d.health();
+    assert_eq!(h["providers"], json!(["cat", "cat2"]), "{h}");
+    assert_eq!(h["rejected_policies"][0]["name"], "broken", "{h}");
+    // A file that breaks now still refuses the reload as a whole, and again on the next try.
+    std::fs::write(d.policy_dir().join("cat2.toml"), "[provider\n").expect("write");
+    for _ in 0..2 {
+        let o = reload();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert_eq!(d.health()["providers"], json!(["cat", "cat2"]), "a served provider was dropped");
+    }
+}
+
 // Finding 2: with openat2 refused (ENOSYS, as under systemd's RestrictSUIDSGID=yes), cells
 // still start — `cellkeep run` and the daemon, cwd under /tmp and elsewhere. Before: every
 // launch failed at stage mounts/cwd with ENOSYS.

@@ -466,10 +466,14 @@ fn bytes_of(text: &str, b64: Option<&str>) -> Vec<u8> {
     }
 }
 
-/// `POST /v1/reload` succeeded: the providers now served.
+/// `POST /v1/reload` succeeded: the providers now served, and the files still left out as
+/// they were before (broken the same way since the last applied load: they serve nothing and
+/// do not refuse the reload; a file newly broken refuses it, `422 policy`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Reloaded {
     pub providers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<Rejected>,
 }
 
 /// A policy file left out of the set, with why.
@@ -726,7 +730,7 @@ impl From<crate::pool::CommandResult> for CommandResult {
 
 impl From<crate::pool::Reloaded> for Reloaded {
     fn from(r: crate::pool::Reloaded) -> Self {
-        Reloaded { providers: r.providers }
+        Reloaded { providers: r.providers, left_out: r.left_out.into_iter().map(Into::into).collect() }
     }
 }
 
@@ -933,7 +937,10 @@ mod tests {
         same_bytes::<_, CellInfo>(cell_info(None, false));
         same_bytes::<_, CommandResult>(result());
         same_bytes::<_, CommandResult>(crate::pool::CommandResult::new("c2", b"", b""));
-        same_bytes::<_, Reloaded>(crate::pool::Reloaded { providers: vec!["a".into()] });
+        same_bytes::<_, Reloaded>(crate::pool::Reloaded { providers: vec!["a".into()], left_out: Vec::new() });
+        let left =
+            crate::policy::set::Rejected { name: "b".into(), file: "/p/b.toml".into(), problems: vec!["x".into()] };
+        same_bytes::<_, Reloaded>(crate::pool::Reloaded { providers: vec!["a".into()], left_out: vec![left] });
         same_bytes::<_, Count>(crate::pool::Count { count: 4 });
         let health = |rejected| crate::pool::DaemonHealth {
             status: "ok".into(),

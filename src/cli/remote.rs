@@ -182,6 +182,10 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
                 return print_json(&r);
             }
             println!("policies reloaded: {} providers ({})", r.providers.len(), r.providers.join(", "));
+            for r in &r.left_out {
+                let first = r.problems.first().map_or("", String::as_str);
+                eprintln!("cellkeep: still left out, as before the reload: {} ({}): {first}", r.name, r.file);
+            }
             Ok(0)
         }
         Cmd::Run(_) | Cmd::Policy(_) | Cmd::Daemon(_) | Cmd::Doctor(_) => {

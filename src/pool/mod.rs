@@ -57,6 +57,9 @@ struct Inner {
     policies: RwLock<Arc<BTreeMap<String, Arc<Policy>>>>,
     /// Policies the last load (start or reload) could not take, with why.
     rejected: RwLock<Arc<Vec<Rejected>>>,
+    /// What the last load that was applied (start, or a reload that succeeded) left out: a
+    /// reload finding these same files broken the same way is not refused for them.
+    tolerated: Mutex<Vec<Rejected>>,
     /// One reload at a time (SIGHUP and `POST /v1/reload`).
     reload_gate: Mutex<()>,
     state: Mutex<State>,
@@ -178,6 +181,7 @@ impl Pool {
                 launcher,
                 limit_hub,
                 policies: RwLock::new(Arc::new(set.policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())),
+                tolerated: Mutex::new(set.rejected.clone()),
                 rejected: RwLock::new(Arc::new(set.rejected)),
                 reload_gate: Mutex::new(()),
                 state: Mutex::new(State::default()),
@@ -387,18 +391,25 @@ impl Pool {
     /// Reload the policy directory (SIGHUP, `POST /v1/reload`, `systemctl reload`).
     ///
     /// All or nothing: a set in which every file loads replaces the served one (`Ok` = the
-    /// number of providers); a set with any rejected file is refused as a whole (`Err`, each
+    /// providers); a set with a file newly rejected is refused as a whole (`Err`, each
     /// rejected file named in it) and the previous set keeps serving, so a reload never drops a
-    /// provider by accident. The rejections stay visible in health until a reload succeeds.
+    /// provider by accident. A file the last applied load already left out, broken the same
+    /// way, does not refuse it (it served nothing, and would otherwise block every reload
+    /// until fixed, tightenings of other policies included): the rest is applied and the file
+    /// stays left out, named in the answer. The rejections stay visible in health.
     /// Blocking (reads files): call from a blocking context or accept a short stall.
     pub fn reload(&self) -> Result<Reloaded, PoolError> {
         let _one = self.inner.reload_gate.lock().unwrap_or_else(|e| e.into_inner());
         let set = crate::policy::set::load_set(&self.inner.config.policy_dir, &self.inner.config.floor);
-        if !set.rejected.is_empty() {
-            *self.inner.rejected.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set.rejected.clone());
+        *self.inner.rejected.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set.rejected.clone());
+        let mut tolerated = self.inner.tolerated.lock().unwrap_or_else(|e| e.into_inner());
+        if set.rejected.iter().any(|r| !tolerated.contains(r)) {
             let dir = self.inner.config.policy_dir.display().to_string();
             return Err(PoolError::ReloadRejected { dir, rejected: set.rejected });
         }
+        tolerated.clone_from(&set.rejected);
+        drop(tolerated);
+        let left_out = set.rejected.clone();
         let providers = set.providers().into_iter().map(str::to_owned).collect();
         // A policy the reload left as it was keeps its `Arc`: sessions (and pre-built cells) of
         // an unchanged policy stay the ones handed out (see `ops::live_session`).
@@ -413,7 +424,6 @@ impl Pool {
             })
             .collect();
         *self.inner.policies.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reloaded);
-        *self.inner.rejected.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Vec::new());
         // Pre-built cells were built for the old policies: retire them all, build anew.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let pool = self.clone();
@@ -422,7 +432,7 @@ impl Pool {
                 pool.refill_all();
             });
         }
-        Ok(Reloaded { providers })
+        Ok(Reloaded { providers, left_out })
     }
 }
 

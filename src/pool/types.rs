@@ -210,10 +210,13 @@ pub struct ListFilter {
     pub all: bool,
 }
 
-/// The answer to a reload that succeeded: the providers now served.
+/// The answer to a reload that succeeded: the providers now served, and the files still left
+/// out as the last applied load left them (see `Pool::reload`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reloaded {
     pub providers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<crate::policy::set::Rejected>,
 }
 
 /// Daemon-wide health.
