@@ -159,3 +159,21 @@ fn doctor_columns_fit_long_names_and_show_warnings() {
     assert_eq!(tmpagent["status"], "fail", "{text}");
     assert_eq!(tmpagent["missing"][0]["mechanism"], "command", "{text}");
 }
+
+/// From the fifth isolation review: one caller's cells filled this host's open-file table
+/// (fs.file-max 2.4 M: one agent cell may hold 512 processes × 4096 files), after which no
+/// process of any user could open a file. Nothing in the kernel bounds a cgroup's open files
+/// but its memory, so the doctor names the exposure where fs.file-max is below what the
+/// pool's cells may hold (systemd as PID 1 raises it to its maximum at boot).
+#[test]
+fn doctor_names_a_file_table_cells_can_fill() {
+    if !privileged("doctor_names_a_file_table_cells_can_fill") {
+        return;
+    }
+    let file_max: u64 = std::fs::read_to_string("/proc/sys/fs/file-max").unwrap().trim().parse().unwrap();
+    let (_, r, text) = doctor(&["--json", "--policies", "policies"]);
+    let claude = r["policies"].as_array().unwrap().iter().find(|p| p["name"] == "claude").unwrap().clone();
+    let named = claude["notes"].to_string().contains("fs.file-max");
+    // The shipped agent policies: 512 × 4096 files per cell, 20 cells (the default cap).
+    assert_eq!(named, file_max < 20 * 512 * 4096, "fs.file-max {file_max}: {text}");
+}

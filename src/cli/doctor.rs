@@ -124,7 +124,7 @@ pub(super) fn run(policies: Option<PathBuf>, config: Option<PathBuf>, json: bool
     let daemon = daemon_config(config)?;
     let policy_dir = policies.unwrap_or(daemon.policy_dir);
     let policy_dir = std::fs::canonicalize(&policy_dir).unwrap_or(policy_dir);
-    let report = diagnose(policy_dir, &daemon.floor, daemon.cell_id_range);
+    let report = diagnose(policy_dir, &daemon.floor, daemon.cell_id_range, daemon.max_cells);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -142,7 +142,7 @@ pub(super) fn daemon_config(config: Option<PathBuf>) -> anyhow::Result<Config> {
     })
 }
 
-fn diagnose(policy_dir: PathBuf, floor: &Path, ids: crate::sandbox::IdRange) -> Report {
+fn diagnose(policy_dir: PathBuf, floor: &Path, ids: crate::sandbox::IdRange, max_cells: usize) -> Report {
     let caps = HostCaps::probe();
     let cell_ids = match ids.validate() {
         Ok(()) => Check {
@@ -181,7 +181,9 @@ fn diagnose(policy_dir: PathBuf, floor: &Path, ids: crate::sandbox::IdRange) -> 
     let mut abstract_policies = Vec::new();
     for policy in loaded.values() {
         if policy.is_launchable() {
-            policies.push(assess(policy, &host, &caps));
+            let mut report = assess(policy, &host, &caps);
+            report.notes.extend(plan::file_table_note(policy, max_cells));
+            policies.push(report);
         } else {
             abstract_policies.push(policy.name.clone());
         }

@@ -196,6 +196,11 @@ impl Pool {
                 launches_waiting: Default::default(),
             }),
         };
+        for p in pool.policies().values().filter(|p| p.is_launchable()) {
+            if let Some(note) = crate::sandbox::plan::file_table_note(p, pool.inner.config.max_cells) {
+                tracing::warn!(provider = %p.name, "{note}");
+            }
+        }
         pool.refill_all();
         tokio::spawn(reaper::run(Arc::downgrade(&pool.inner), pool.inner.reaper_wake.clone()));
         tracing::info!(

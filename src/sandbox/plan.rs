@@ -473,6 +473,33 @@ fn udp_plan(policy: &Policy, host: &HostCaps, seccomp: &mut CompiledSeccomp) -> 
     Ok(())
 }
 
+/// Whether `max_cells` cells of `policy` can fill this host's open-file table (`fs.file-max`),
+/// and if so a sentence saying so. Each of a cell's processes (its `pids` limit, else the
+/// kernel's `pid_max`) may open `open_files` files (else this process's hard `RLIMIT_NOFILE`,
+/// which cells inherit); no kernel limit bounds a cgroup's open files but its memory (each
+/// `struct file` is charged to it). systemd as PID 1 raises `fs.file-max` to its maximum at
+/// boot, so there memory is the bound; on other hosts the table is shared by every user.
+pub fn file_table_note(policy: &Policy, max_cells: usize) -> Option<String> {
+    let read = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
+    let file_max = read("/proc/sys/fs/file-max")?;
+    let pids = policy.limits.pids.or_else(|| read("/proc/sys/kernel/pid_max"))?;
+    let nofile = match policy.limits.open_files {
+        Some(n) => n,
+        None => nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?.1,
+    };
+    let per_cell = pids.saturating_mul(nofile);
+    let all = per_cell.saturating_mul(max_cells as u64);
+    (all > file_max).then(|| {
+        format!(
+            "its cells can fill this host's open-file table: one may hold {per_cell} open files ({pids} processes \
+             × open_files {nofile}), {max_cells} of them {all}, and fs.file-max is {file_max}; at that limit no \
+             process of any user opens a file. systemd as PID 1 raises fs.file-max to its maximum at boot (open \
+             files are then bounded by each cell's memory_max, which they are charged to); elsewhere set \
+             fs.file-max = 9223372036854775807 in /etc/sysctl.d/, or lower pids or open_files"
+        )
+    })
+}
+
 /// Whether cells of `policy` get no UDP sockets on `host` (see `udp_plan`).
 pub fn udp_refused(policy: &Policy, host: &HostCaps) -> bool {
     !host.udp_charged && !matches!(policy.network, Network::None)
