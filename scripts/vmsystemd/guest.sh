@@ -84,6 +84,8 @@ check_boot() {
   note "/sys/fs/cgroup: $fs, v1 hierarchies mounted: $v1, root controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
   waitfor "$TMO" '[[ $(systemctl is-system-running 2>&1) != starting ]]' || true
   st=$(systemctl is-system-running 2>&1); note "system state: $st; booted in $T0 s"
+  # README (host open-file table): systemd as PID 1 raises fs.file-max at boot.
+  note "fs.file-max: $(cat /proc/sys/fs/file-max) (systemd raises it at boot; 9223372036854775807 expected)"
   [[ $comm == systemd ]] || bad "PID 1 is $comm, not systemd"
   [[ $fs == cgroup2fs && $v1 == 0 ]] || bad "not a pure cgroup v2 host"
   [[ $st == running || $st == degraded ]] || bad "systemd is $st"
