@@ -63,6 +63,10 @@ fn expected_broken() -> Vec<(&'static str, Vec<String>)> {
             own("5:8: environment.set.HOME: \"{TMP}\" is not a placeholder and would be passed on as written (the placeholders are {cwd} and {tmp}); did you mean \"{tmp}\"?"),
             own("6:5: environment.set.X: \"{home}\" is not a placeholder and would be passed on as written (the placeholders are {cwd} and {tmp})"),
         ]),
+        ("egress_entries.toml", vec![
+            own("8:5: network.egress: \"https://api.openai.com/v1\" is a URL: write the host name only (\"api.openai.com\"), with :port unless the port is 443 (https:// and any path are not part of an entry: the proxy sees only the host and port)"),
+            own("9:5: network.egress: \"*.bad.*.com\" is not a host name (letters, digits, '-', '.', not ending in a number such as 0x7f, which the resolver reads as an address), \"*.\" + a name, or an IP address, with an optional :port"),
+        ]),
         ("many.toml", vec![
             own("3:8: provider.name: \"not_many\" must equal the file name \"many\""),
             own("4:12: provider.command: \"bin/true\" must be an absolute path"),
@@ -358,9 +362,9 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
             "7:82: warning: environment.pass: \"GIT_CONFIG_PARAMETERS\" lets the caller set any git option (core.sshCommand, core.fsmonitor: programs git runs); remove it unless the provider needs it from callers",
         ]),
         ("proxy_public_suffix.toml", vec![
-            "8:10: warning: network.egress: \"*.github.io\" matches names anyone can register (the public suffix list has \"github.io\"): a cell could reach a host of anyone's choosing; list the exact names it needs",
-            "8:10: warning: network.egress: \"*.amazonaws.com\" matches names anyone can register (the public suffix list has \"*.compute.amazonaws.com\"): a cell could reach a host of anyone's choosing; list the exact names it needs",
-            "8:10: warning: network.egress: \"*.nyc3.digitaloceanspaces.com\" matches names anyone can register (the public suffix list has \"*.digitaloceanspaces.com\"): a cell could reach a host of anyone's choosing; list the exact names it needs",
+            "8:11: warning: network.egress: \"*.github.io\" matches names anyone can register (the public suffix list has \"github.io\"): a cell could reach a host of anyone's choosing; list the exact names it needs",
+            "8:26: warning: network.egress: \"*.amazonaws.com\" matches names anyone can register (the public suffix list has \"*.compute.amazonaws.com\"): a cell could reach a host of anyone's choosing; list the exact names it needs",
+            "8:45: warning: network.egress: \"*.nyc3.digitaloceanspaces.com\" matches names anyone can register (the public suffix list has \"*.digitaloceanspaces.com\"): a cell could reach a host of anyone's choosing; list the exact names it needs",
         ]),
         ("proxy_learn.toml", vec![
             "8:10: warning: network.egress: \"learn\" lets the cell reach every name through the proxy; run it once, then write the names it reported (cell events, the log) as egress = [...]",
@@ -400,9 +404,9 @@ fn expected_lint() -> Vec<(&'static str, Vec<&'static str>)> {
             "7:25: warning: filesystem.read: \"/var/run\" (a symlink to /run) lets the cell connect to the host's UNIX sockets under it (D-Bus, journald, container runtimes: Landlock does not govern connecting to a socket file); list only what it needs (e.g. \"/usr\", \"/etc/ssl/certs\", \"{cwd}\")",
         ]),
         ("proxy_address_literal.toml", vec![
-            "8:10: warning: network.egress: \"127.0.0.1:18080\" is an address the proxy refuses for every name (loopback, link-local, cloud metadata, reserved), yet listed as an address it is reached: the host's own service or its metadata on that port; remove it unless the cell must reach exactly that",
-            "8:10: warning: network.egress: \"169.254.169.254:80\" is an address the proxy refuses for every name (loopback, link-local, cloud metadata, reserved), yet listed as an address it is reached: the host's own service or its metadata on that port; remove it unless the cell must reach exactly that",
-            "8:10: warning: network.egress: \"0.0.0.0:22\" is an address the proxy refuses for every name (loopback, link-local, cloud metadata, reserved), yet listed as an address it is reached: the host's own service or its metadata on that port; remove it unless the cell must reach exactly that",
+            "8:11: warning: network.egress: \"127.0.0.1:18080\" is an address the proxy refuses for every name (loopback, link-local, cloud metadata, reserved), yet listed as an address it is reached: the host's own service or its metadata on that port; remove it unless the cell must reach exactly that",
+            "8:30: warning: network.egress: \"169.254.169.254:80\" is an address the proxy refuses for every name (loopback, link-local, cloud metadata, reserved), yet listed as an address it is reached: the host's own service or its metadata on that port; remove it unless the cell must reach exactly that",
+            "8:52: warning: network.egress: \"0.0.0.0:22\" is an address the proxy refuses for every name (loopback, link-local, cloud metadata, reserved), yet listed as an address it is reached: the host's own service or its metadata on that port; remove it unless the cell must reach exactly that",
         ]),
         ("namespaces_off.toml", vec![
             "10:8: warning: namespaces.user: false: the cell runs directly under its host ids, with no user namespace between it and the kernel's checks; keep it true unless the provider cannot work otherwise",

@@ -83,6 +83,13 @@ fn is_number_label(label: &str) -> bool {
 /// Parse one rule as written in a policy; `Err` says what is wrong.
 pub fn parse_rule(text: &str) -> Result<EgressRule, String> {
     let text = text.trim();
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        return Err(format!(
+            "\"{text}\" is a URL: write the host name only (\"{host}\"), with :port unless the port is 443 \
+             ({scheme}:// and any path are not part of an entry: the proxy sees only the host and port)"
+        ));
+    }
     // [v6]:port, v6 (no port), name:port, name.
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (h, tail) = rest.split_once(']').ok_or("an IPv6 address in brackets needs its closing ']'")?;

@@ -324,7 +324,16 @@ impl Linter<'_> {
                 self.warn(e.span(), "network.egress", msg);
             }
             Egress::Allow(rules) => {
-                for r in rules {
+                // Each finding at its entry: the list's items as written, in the rules' order
+                // (every item parsed, the policy being valid), else at the list.
+                let texts: Vec<&str> =
+                    e.get_ref().as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+                let at = |i: usize| match texts.get(i).filter(|_| texts.len() == rules.len()) {
+                    Some(t) => self.c.sources.item_span(&e.span(), t),
+                    None => e.span(),
+                };
+                let mut found = Vec::new();
+                for (i, r) in rules.iter().enumerate() {
                     let Ok(ip) = r.host.parse::<std::net::IpAddr>() else { continue };
                     if !super::egress::may_reach(ip, false) {
                         let msg = format!(
@@ -332,23 +341,30 @@ impl Linter<'_> {
                              metadata, reserved), yet listed as an address it is reached: the host's own service \
                              or its metadata on that port; remove it unless the cell must reach exactly that"
                         );
-                        self.warn(e.span(), "network.egress", msg);
+                        found.push((at(i), true, msg));
                     }
                 }
-                for r in rules.iter().filter(|r| r.wildcard) {
+                for (i, r) in rules.iter().enumerate().filter(|(_, r)| r.wildcard) {
                     match open_registration(&r.host) {
                         Ok(Some(rule)) => {
                             let msg = format!(
                                 "\"{r}\" matches names anyone can register (the public suffix list has \"{rule}\"): \
                                  a cell could reach a host of anyone's choosing; list the exact names it needs"
                             );
-                            self.warn(e.span(), "network.egress", msg);
+                            found.push((at(i), true, msg));
                         }
                         Ok(None) => {}
                         Err(why) => {
                             let msg = format!("\"{r}\" was not compared with the public suffix list: {why}");
-                            self.note(e.span(), "network.egress", msg);
+                            found.push((at(i), false, msg));
                         }
+                    }
+                }
+                for (span, warning, msg) in found {
+                    if warning {
+                        self.warn(span, "network.egress", msg);
+                    } else {
+                        self.note(span, "network.egress", msg);
                     }
                 }
             }

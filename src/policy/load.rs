@@ -41,6 +41,19 @@ impl Sources {
         (self.files.len() - 1, padded)
     }
 
+    /// The span of the string `item` as written inside the list spanning `list` (the TOML
+    /// parser keeps spans of a list, not of its items): its first `"item"` or `'item'`, or
+    /// the whole list where it is not found (an escaped spelling).
+    pub fn item_span(&self, list: &Range<usize>, item: &str) -> Range<usize> {
+        let Some(file) = self.files.iter().rev().find(|f| f.base <= list.start) else { return list.clone() };
+        let (start, end) = (list.start - file.base, list.end.saturating_sub(file.base));
+        let Some(text) = file.text.get(start..end.min(file.text.len())) else { return list.clone() };
+        [format!("\"{item}\""), format!("'{item}'")]
+            .iter()
+            .find_map(|quoted| text.find(quoted.as_str()).map(|i| list.start + i..list.start + i + quoted.len()))
+            .unwrap_or_else(|| list.clone())
+    }
+
     /// The file, 1-based line and 1-based column (in characters) of a global offset.
     pub fn locate(&self, offset: usize) -> (PathBuf, usize, usize) {
         let Some(file) = self.files.iter().rev().find(|f| f.base <= offset) else {

@@ -571,9 +571,12 @@ impl Checker<'_> {
             toml::Value::Array(items) => {
                 let mut rules = Vec::new();
                 for item in items {
-                    match item.as_str().map(super::egress::parse_rule) {
-                        Some(Ok(rule)) => rules.push(rule),
-                        Some(Err(msg)) => self.at(v, "network.egress", msg),
+                    match item.as_str().map(|t| (t, super::egress::parse_rule(t))) {
+                        Some((_, Ok(rule))) => rules.push(rule),
+                        Some((text, Err(msg))) => {
+                            let span = self.src.item_span(&v.span(), text);
+                            self.diags.push(self.src.diag(&span, "network.egress", msg));
+                        }
                         None => self.at(v, "network.egress", format!("{item} is not a string")),
                     }
                 }
