@@ -847,8 +847,8 @@ mod tests {
         assert_eq!(
             bad.err(),
             Some(vec![
-                "6:10: network.egress: \"*.com\" would match a whole top-level domain".to_owned(),
                 "6:10: network.egress: only used with network.mode = \"proxy\"".to_owned(),
+                "6:11: network.egress: \"*.com\" would match a whole top-level domain".to_owned(),
             ])
         );
         // A misspelt mode is one error: egress, which depends on it, is not also reported.
