@@ -80,6 +80,7 @@
 //! | 61 | `a_crash_never_runs_the_hosts_core_handler` (SIGSEGV under a pipe `core_pattern`) | RLIMIT_CORE = 1 (0 is ignored for a pipe: the host's handler ran as root, per crash) |
 //! | 62 | `a_caller_cannot_enter_its_cells_user_namespace` (a non-root caller's setns into its cell's userns) | the namespace's owner is a host id leased for the cell (EACCES/EPERM) |
 //! | 63 | `a_cells_budgets_are_not_its_callers` (20 inotify instances in a cell of nobody's) | same: charged to the leased owner, not the caller |
+//! | 64 | `a_callers_uid_keyed_budgets_are_not_its_cells` (a cell of nobody's takes every pipe page it can) | a host uid of its own, the caller's inside; the workspace idmapped (what it writes stays the caller's) |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
 //! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
@@ -2983,5 +2984,65 @@ fn a_cells_budgets_are_not_its_callers() {
         before - during < 10,
         "ESCAPE: nobody's free inotify instances fell from {before} to {during} while its cell held 20"
     );
+    d.assert_contained();
+}
+
+// 64. (isolation review 5) The kernel keys some budgets by a process's host uid itself, not by
+//     namespace: epoll watches, pipe pages, fds in flight. A non-root caller's cell ran as the
+//     caller's own uid, so it spent those of the caller's processes and other cells (one cell
+//     took all of nobody's pipe pages: nobody's own F_SETPIPE_SZ then failed with EPERM). A
+//     cell in a workspace of the caller's runs under a host uid of its own, seen inside as
+//     the caller, its workspace idmapped: what it writes is still the caller's.
+#[test]
+fn a_callers_uid_keyed_budgets_are_not_its_cells() {
+    gate!("a_callers_uid_keyed_budgets_are_not_its_cells");
+    let d = daemon().socket_mode(Some("0666")).start();
+    let ws = Path::new(&d.cwd()).join("nobodys");
+    std::fs::create_dir(&ws).expect("mkdir");
+    nix::unistd::chown(&ws, Some(NOBODY.into()), Some(NOBODY.into())).expect("chown");
+    let grow = "import fcntl, os\nr, w = os.pipe()\ntry:\n    fcntl.fcntl(w, 1031, 1 << 20); print('grown')\n\
+        except OSError as e:\n    print('refused', e.errno)";
+    let as_nobody = |script: &str| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", script])
+            .output()
+            .expect("setpriv python3");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(as_nobody(grow), "grown", "nobody cannot grow a pipe to begin with");
+    let hold = "import fcntl, os, time\nprint('uid', os.getuid(), os.getgid())\nopen('mine', 'w').write('x')\n\
+        pipes = []\ntry:\n    while len(pipes) < 200:\n        r, w = os.pipe(); fcntl.fcntl(w, 1031, 1 << 20); pipes.append((r, w))\n\
+        except OSError as e:\n    pass\nprint('pipes', len(pipes), flush=True)\ntime.sleep(30)";
+    let body = json!({"command": hold, "cwd": ws, "stream": true, "timeout_ms": 60_000}).to_string();
+    let mut holder = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sN", "--unix-socket"])
+        .arg(&d.socket)
+        .args(["-d", &body, "http://cellkeep/v1/providers/open/commands"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv curl");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().expect("stdout")));
+    let mut said = String::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(text) =
+            serde_json::from_str::<Value>(&line).ok().and_then(|v| v["data"].as_str().map(str::to_owned))
+        {
+            said += &text;
+        }
+        if said.contains("pipes") {
+            break;
+        }
+        if line.contains("\"end\"") || line.contains("\"exit\"") {
+            break;
+        }
+    }
+    let during = as_nobody(grow);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(said.contains("pipes"), "the cell of nobody's did not run: {said}");
+    assert!(said.contains(&format!("uid {NOBODY} {NOBODY}")), "inside, the cell is not its caller: {said}");
+    let meta = std::fs::metadata(ws.join("mine")).expect("the cell's file");
+    assert_eq!((meta.uid(), meta.gid()), (NOBODY, NOBODY), "the file the cell wrote is not its caller's");
+    assert_eq!(during, "grown", "ESCAPE: the cell spent its caller's pipe pages ({said}): nobody's own pipe: {during}");
     d.assert_contained();
 }

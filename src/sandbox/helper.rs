@@ -551,6 +551,11 @@ fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Vec<(PathB
             Report::Degraded { mechanism: "workspace_idmap".into(), detail }.send(ctl);
             Ok(Vec::new())
         }
+        IdmapFallback::Caller => {
+            // The identity `run_as = "caller"` names (inside, the cell already is the caller).
+            (plan.ids.outside_uid, plan.ids.outside_gid) = (idm.owner_uid, idm.owner_gid);
+            Ok(Vec::new())
+        }
         IdmapFallback::Cell => {
             let detail = format!(
                 "the workspace {cwd} cannot be idmapped ({why}): bound as it is; the cell writes as its own host \

@@ -222,6 +222,9 @@ pub enum IdmapFallback {
     Owner,
     /// Keep the cell's id; bind the workspace as it is.
     Cell,
+    /// A non-root caller's cell (see [`caller_gets_own_id`]): run as the caller, as the
+    /// policy's `run_as = "caller"` says, without reporting a degradation.
+    Caller,
 }
 
 /// Resolve a request against a policy. Touches the filesystem only to canonicalise the cwd
@@ -236,8 +239,13 @@ pub fn build(
     let mut degraded = Vec::new();
     let who = FsIdentity { uid: req.caller_uid, gid: req.caller_gid, groups: req.caller_groups.clone() };
     let cwd = resolve_cwd(policy, &req.cwd, &who)?;
-    let ids = choose_ids(policy, req)?;
-    let idmap = idmap_plan(policy, req, &cwd, &ids, &mut degraded)?;
+    let own_for_caller = caller_gets_own_id(policy, req, &cwd);
+    let ids = choose_ids(policy, req, own_for_caller)?;
+    let idmap = if own_for_caller {
+        Some(IdmapPlan { owner_uid: req.caller_uid, owner_gid: req.caller_gid, fallback: IdmapFallback::Caller })
+    } else {
+        idmap_plan(policy, req, &cwd, &ids, &mut degraded)?
+    };
     let env = build_env(policy, req, &cwd);
 
     let mut argv = caller_argv(policy, &req.args)?;
@@ -342,7 +350,7 @@ pub fn build_warm(
         caller_env: BTreeMap::new(),
         range_uid,
     };
-    let ids = choose_ids(policy, &req)?;
+    let ids = choose_ids(policy, &req, false)?;
     cell_part(policy, cell_id, ids, host, None, &mut Vec::new())
 }
 
@@ -575,7 +583,27 @@ pub fn resolve_cwd(policy: &Policy, cwd: &Path, who: &FsIdentity) -> Result<Path
     }
 }
 
-fn choose_ids(policy: &Policy, req: &LaunchRequest) -> Result<Ids, SandboxError> {
+/// Whether a non-root caller's cell (`run_as = "caller"`) runs under a host id of its own,
+/// seen inside as the caller: its workspace belongs to the caller (uid and gid) and the cell
+/// has a user and a mount namespace to idmap it with (the caller's ids on disk appear as the
+/// cell's on the cell's mount, and the cell's as the caller's inside: files it writes are the
+/// caller's). The kernel keys some budgets by a process's host uid itself — epoll watches,
+/// pipe pages, fds in flight over UNIX sockets — so as the caller's own uid a cell spent
+/// those of its caller's processes and other cells. Where the workspace cannot be idmapped
+/// (overlayfs, 9p, NFS) the cell runs as the caller, as before ([`IdmapFallback::Caller`]);
+/// a workspace of someone else's (a group's directory) keeps the caller's identity too.
+fn caller_gets_own_id(policy: &Policy, req: &LaunchRequest, cwd: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    req.caller_uid != 0
+        && req.caller_gid != 0
+        && req.range_uid.is_some()
+        && matches!(policy.identity.run_as, RunAs::Caller)
+        && policy.namespaces.user
+        && policy.namespaces.mount
+        && std::fs::metadata(cwd).is_ok_and(|m| m.uid() == req.caller_uid && m.gid() == req.caller_gid)
+}
+
+fn choose_ids(policy: &Policy, req: &LaunchRequest, own_for_caller: bool) -> Result<Ids, SandboxError> {
     let own = || {
         req.range_uid.ok_or_else(|| SandboxError::Unsupported {
             provider: policy.name.clone(),
@@ -591,6 +619,10 @@ fn choose_ids(policy: &Policy, req: &LaunchRequest) -> Result<Ids, SandboxError>
                 (uid, uid)
             }
         },
+        RunAs::Caller if own_for_caller => {
+            let uid = own()?;
+            (uid, uid)
+        }
         RunAs::Caller => (req.caller_uid, req.caller_gid),
         RunAs::User(u) => (u.uid, u.gid),
         RunAs::Range { .. } => {
@@ -605,6 +637,7 @@ fn choose_ids(policy: &Policy, req: &LaunchRequest) -> Result<Ids, SandboxError>
     }
     let (inside_uid, inside_gid) = match (policy.namespaces.user, policy.identity.inside) {
         (true, Inside::Root) => (0, 0),
+        _ if own_for_caller => (req.caller_uid, req.caller_gid),
         _ => (uid, gid),
     };
     let (owner_uid, owner_gid) = match req.range_uid {
@@ -960,32 +993,40 @@ mod tests {
     #[test]
     fn choose_ids_never_runs_as_host_root() {
         let caller = policy("", "");
-        let ids = choose_ids(&caller, &request(1000, 1001)).unwrap();
+        let ids = choose_ids(&caller, &request(1000, 1001), false).unwrap();
         assert_eq!((ids.outside_uid, ids.outside_gid, ids.inside_uid, ids.inside_gid), (1000, 1001, 1000, 1001));
+        // In a workspace of its own: the leased id outside, the caller inside.
+        let mut own = request(1000, 1001);
+        own.range_uid = Some(1_900_000_009);
+        let ids = choose_ids(&caller, &own, true).unwrap();
+        assert_eq!(
+            (ids.outside_uid, ids.outside_gid, ids.inside_uid, ids.inside_gid),
+            (1_900_000_009, 1_900_000_009, 1000, 1001)
+        );
         let mut root = request(0, 0);
-        assert!(choose_ids(&caller, &root).is_err(), "a root caller without a leased id must not run");
+        assert!(choose_ids(&caller, &root, false).is_err(), "a root caller without a leased id must not run");
         root.range_uid = Some(1_900_000_007);
-        let ids = choose_ids(&caller, &root).unwrap();
+        let ids = choose_ids(&caller, &root, false).unwrap();
         assert_eq!((ids.outside_uid, ids.outside_gid), (1_900_000_007, 1_900_000_007), "a root caller's own id");
         assert_eq!(needs_own_id(&caller, 0), Some(None));
         assert_eq!(needs_own_id(&caller, 1000), None);
         let legacy = policy("", "[identity]\nroot_maps_to = \"nobody\"\n");
-        let ids = choose_ids(&legacy, &request(0, 0)).unwrap();
+        let ids = choose_ids(&legacy, &request(0, 0), false).unwrap();
         assert_eq!((ids.outside_uid, ids.outside_gid), (65534, 65534), "a fixed root_maps_to account");
         assert_eq!(needs_own_id(&legacy, 0), None);
         let fixed = policy("", "[identity]\nrun_as = 4242\n");
-        let ids = choose_ids(&fixed, &request(1000, 1000)).unwrap();
+        let ids = choose_ids(&fixed, &request(1000, 1000), false).unwrap();
         assert_eq!(ids.outside_uid, 4242);
         let range = policy("", "[identity]\nrun_as = \"range\"\nuid_range = [1800000000, 10]\n");
         let mut req = request(1000, 1000);
         req.range_uid = Some(200003);
-        let ids = choose_ids(&range, &req).unwrap();
+        let ids = choose_ids(&range, &req, false).unwrap();
         assert_eq!((ids.outside_uid, ids.outside_gid), (200003, 200003));
         assert_eq!(needs_own_id(&range, 1000), Some(Some((1_800_000_000, 10))));
         req.range_uid = None;
-        assert!(choose_ids(&range, &req).is_err(), "no id derived from the pid any more");
+        assert!(choose_ids(&range, &req, false).is_err(), "no id derived from the pid any more");
         let inside_root = policy("", "[identity]\ninside = \"root\"\n");
-        let ids = choose_ids(&inside_root, &request(1000, 1000)).unwrap();
+        let ids = choose_ids(&inside_root, &request(1000, 1000), false).unwrap();
         assert_eq!((ids.outside_uid, ids.inside_uid, ids.inside_gid), (1000, 0, 0));
     }
 
