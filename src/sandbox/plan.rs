@@ -222,7 +222,7 @@ pub enum IdmapFallback {
     Owner,
     /// Keep the cell's id; bind the workspace as it is.
     Cell,
-    /// A non-root caller's cell (see [`caller_gets_own_id`]): run as the caller, as the
+    /// A non-root caller's cell (see `caller_gets_own_id`): run as the caller, as the
     /// policy's `run_as = "caller"` says, without reporting a degradation.
     Caller,
 }
