@@ -233,11 +233,27 @@ check_member-session() {
   out=$(as alice cellkeep ps 2>&1) || rc=$?
   printf '%s\n' "$out" | sed 's/^/      /'
   [[ $rc == 0 && $out == *"$id"* ]] || bad "cellkeep ps (as alice) does not list $id"
-  # the payload (cat) in the cell's cgroup runs as alice
+  # the payload (cat) in the cell's cgroup is alice inside its user namespace and, on the host,
+  # a uid of the cell's own from cell_id_range (its workspace is alice's and idmapped: the
+  # budgets the kernel keys by host uid are not alice's processes'; README, Identity)
   pid=$(for p in $(cat "$CG/cellkeep/$id/cgroup.procs" "$CG/cellkeep/$id"/*/cgroup.procs 2>/dev/null); do
           [[ $(cat "/proc/$p/comm" 2>/dev/null) == cat ]] && echo "$p"; done | head -1)
-  note "API pid: $(as alice cellkeep get "$id" --json 2>/dev/null | grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$'); cat in ${CG#/sys/fs/cgroup}/cellkeep/$id: ${pid:-none}${pid:+, user $(ps -o user= -p "$pid")}"
-  [[ -n $pid && $(ps -o user= -p "$pid") == alice ]] && ok "the payload runs as alice" || bad "the session's payload (cat) does not run as alice"
+  local host_uid map alice_uid
+  alice_uid=$(id -u alice)
+  host_uid=${pid:+$(awk '/^Uid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)}
+  map=${pid:+$(awk '{print $1, $2; exit}' "/proc/$pid/uid_map" 2>/dev/null)}
+  note "API pid: $(as alice cellkeep get "$id" --json 2>/dev/null | grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$'); cat in ${CG#/sys/fs/cgroup}/cellkeep/$id: ${pid:-none}, host uid ${host_uid:-?}, uid_map ${map:-?}"
+  if [[ -n $pid && $host_uid -ge 1900000000 && $host_uid -lt 1900065536 && $map == "$alice_uid $host_uid" ]]; then
+    ok "the payload is alice inside, under a host uid of its own ($host_uid)"
+  else
+    bad "the session's payload (cat) is not alice inside a uid of its own"
+  fi
+  # what the cell writes in alice's workspace is alice's
+  rc=0
+  out=$(cd "$ws" && as alice cellkeep exec sandbox -- /bin/sh -c 'id -u; : > made-by-cell' 2>&1) || rc=$?
+  note "cellkeep exec sandbox -- sh -c 'id -u; : > made-by-cell' → exit $rc: $out; file owner $(stat -c %U "$ws/made-by-cell" 2>&1)"
+  [[ $out == *"$alice_uid"* && $(stat -c %U "$ws/made-by-cell" 2>/dev/null) == alice ]] \
+    && ok "the cell is alice inside; its file is alice's" || bad "the cell's identity or its file's owner is not alice's"
   return 0
 }
 
@@ -434,7 +450,7 @@ run_check install "scripts/install.sh as a user runs it: binary, units, group, s
 run_check service-active "systemctl status cellkeep: active (running), READY reached (Type=notify)"
 run_check socket-activation "service stopped, socket listening: the first connect starts the daemon"
 run_check member-exec "a user in group cellkeep: cellkeep exec through the socket in their own workspace"
-run_check member-session "a user in group cellkeep: spawn, send, ps; the payload runs as that user"
+run_check member-session "a user in group cellkeep: spawn, send, ps; the payload is that user inside, under a uid of its own"
 run_check non-member-refused "a user outside group cellkeep is refused"
 run_check delegated-cgroups "cells are cgroups under /system.slice/cellkeep.service (Delegate=yes)"
 run_check reload-broken "reload with a broken policy: rejected, systemctl reload exits non-zero, the session lives"
