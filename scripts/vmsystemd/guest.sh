@@ -250,9 +250,10 @@ check_member-session() {
   fi
   # what the cell writes in alice's workspace is alice's
   rc=0
-  out=$(cd "$ws" && as alice cellkeep exec sandbox -- /bin/sh -c 'id -u; : > made-by-cell' 2>&1) || rc=$?
-  note "cellkeep exec sandbox -- sh -c 'id -u; : > made-by-cell' → exit $rc: $out; file owner $(stat -c %U "$ws/made-by-cell" 2>&1)"
-  [[ $out == *"$alice_uid"* && $(stat -c %U "$ws/made-by-cell" 2>/dev/null) == alice ]] \
+  out=$(cd "$ws" && as alice cellkeep spawn sandbox -- /bin/sh -c 'id -u > made-by-cell' 2>&1) || rc=$?
+  waitfor 20 '[[ -s $ws/made-by-cell ]]' || true
+  note "cellkeep spawn sandbox -- sh -c 'id -u > made-by-cell' → exit $rc: $out; the file: $(cat "$ws/made-by-cell" 2>&1), owner $(stat -c %U "$ws/made-by-cell" 2>&1)"
+  [[ $(cat "$ws/made-by-cell" 2>/dev/null) == "$alice_uid" && $(stat -c %U "$ws/made-by-cell" 2>/dev/null) == alice ]] \
     && ok "the cell is alice inside; its file is alice's" || bad "the cell's identity or its file's owner is not alice's"
   return 0
 }
