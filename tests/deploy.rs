@@ -70,6 +70,9 @@ fn own_workspace(uid: u32) -> tempfile::TempDir {
     ws
 }
 
+/// A valid policy a reload adds.
+const CAT2: &str = "extends = \"base\"\n[provider]\nname = \"cat2\"\ncommand = [\"/bin/cat\"]\nmode = \"session\"\n";
+
 const BAD_ROOT: &str = "extends = \"base\"\n[provider]\nname = \"gone\"\ncommand = [\"/bin/cat\"]\n\
                         [workdir]\nroots = [\"/no/such/root\"]\n";
 
@@ -139,11 +142,7 @@ fn reload_with_a_bad_policy_fails_and_keeps_the_previous_set() {
     let d = Daemon::builder().provider("cat", "[\"/bin/cat\"]", "session", "").start();
     let live = id_of(&d.spawn("cat"));
     std::fs::write(d.policy_dir().join("gone.toml"), BAD_ROOT).expect("write");
-    std::fs::write(
-        d.policy_dir().join("cat2.toml"),
-        "extends = \"base\"\n[provider]\nname = \"cat2\"\ncommand = [\"/bin/cat\"]\nmode = \"session\"\n",
-    )
-    .expect("write");
+    std::fs::write(d.policy_dir().join("cat2.toml"), CAT2).expect("write");
     let reload = || Command::new(BIN).arg("reload").env("CELLKEEP_SOCKET", &d.socket).output().expect("reload");
     let o = reload();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -186,11 +185,7 @@ fn a_file_already_left_out_does_not_block_reloads() {
         .provider("cat", "[\"/bin/cat\"]", "session", "")
         .policy("broken", "[provider\nname = \"broken\"\n")
         .start();
-    std::fs::write(
-        d.policy_dir().join("cat2.toml"),
-        "extends = \"base\"\n[provider]\nname = \"cat2\"\ncommand = [\"/bin/cat\"]\nmode = \"session\"\n",
-    )
-    .expect("write");
+    std::fs::write(d.policy_dir().join("cat2.toml"), CAT2).expect("write");
     let reload = || Command::new(BIN).arg("reload").env("CELLKEEP_SOCKET", &d.socket).output().expect("reload");
     let o = reload();
     assert_eq!(o.status.code(), Some(0), "a file broken since start blocked the reload: {}", text(&o));

@@ -2969,14 +2969,7 @@ fn a_cells_budgets_are_not_its_callers() {
     let hold = "import ctypes, time\nlibc = ctypes.CDLL(None, use_errno=True)\n\
         fds = [libc.inotify_init1(0) for _ in range(20)]\nprint(sum(1 for fd in fds if fd >= 0), flush=True)\ntime.sleep(30)";
     let body = json!({"command": hold, "cwd": d.cwd(), "stream": true, "timeout_ms": 60_000}).to_string();
-    let mut holder = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sN", "--unix-socket"])
-        .arg(&d.socket)
-        .args(["-d", &body, "http://cellkeep/v1/providers/open/commands"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("setpriv curl");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().expect("stdout")));
+    let (mut holder, mut lines) = stream_as_nobody(&d, "open", &body);
     let held = lines.by_ref().map_while(Result::ok).find(|l| l.contains("\"data\""));
     let during = as_nobody(count);
     let _ = holder.kill();
@@ -3029,14 +3022,7 @@ fn a_callers_uid_keyed_budgets_are_not_its_cells() {
         pipes = []\ntry:\n    while len(pipes) < 200:\n        r, w = os.pipe(); fcntl.fcntl(w, 1031, 1 << 20); pipes.append((r, w))\n\
         except OSError as e:\n    pass\nprint('pipes', len(pipes), flush=True)\ntime.sleep(30)";
     let body = json!({"command": hold, "cwd": ws, "stream": true, "timeout_ms": 60_000}).to_string();
-    let mut holder = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sN", "--unix-socket"])
-        .arg(&d.socket)
-        .args(["-d", &body, "http://cellkeep/v1/providers/open/commands"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("setpriv curl");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().expect("stdout")));
+    let (mut holder, mut lines) = stream_as_nobody(&d, "open", &body);
     let mut said = String::new();
     for line in lines.by_ref().map_while(Result::ok) {
         if let Some(text) =
@@ -3069,4 +3055,22 @@ fn a_callers_uid_keyed_budgets_are_not_its_cells() {
         );
     }
     d.assert_contained();
+}
+
+/// POST a streamed one-shot `body` to `provider` as nobody (curl under setpriv): the client
+/// process (kill it to leave) and the stream's lines.
+fn stream_as_nobody(
+    d: &Daemon,
+    provider: &str,
+    body: &str,
+) -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) {
+    let mut client = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sN", "--unix-socket"])
+        .arg(&d.socket)
+        .args(["-d", body, &format!("http://cellkeep/v1/providers/{provider}/commands")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv curl");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(client.stdout.take().expect("stdout")));
+    (client, lines)
 }
