@@ -174,11 +174,12 @@ impl EgressService {
     }
 
     /// The lookup bound of `caller`'s cells (`None`: cells built ahead), made on first use;
-    /// those of callers with no lookup running are dropped as it is.
+    /// those no cell and no running lookup holds any more are dropped as it is.
     fn caller_lookups(&self, caller: Option<u32>) -> Arc<tokio::sync::Semaphore> {
         let share = self.caller_share();
         let mut map = self.per_caller.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < share);
+        // Held by a cell's proxy or by a running lookup's permit (each holds the `Arc`).
+        map.retain(|_, s| Arc::strong_count(s) > 1);
         map.entry(caller).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(share))).clone()
     }
 
