@@ -14,6 +14,11 @@
 //! - [`journald_stderr`]: stderr is connected to the journal (`$JOURNAL_STREAM` names the
 //!   device and inode of our stderr, see `systemd.exec(5)`), so logs should go to journald
 //!   natively (priorities and fields) instead of as plain text.
+//! - [`exec_in_own_scope`]: `cellkeep run` / `daemon` started from a cgroup it shares (a login
+//!   session's scope) re-executes itself through `systemd-run --scope -p Delegate=yes`, which
+//!   moves the same process (same pid, stdio and terminal) into a transient scope of its own
+//!   before exec: the supported way to get a delegated cgroup from systemd (its cgroup
+//!   delegation rules: one writer per subtree), where writing into the session's scope is not.
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
@@ -33,6 +38,38 @@ pub enum SystemdError {
     NotListening,
     #[error("socket activation: checking fd 3: {source}")]
     Check { source: nix::Error },
+}
+
+/// Set in the environment of a `cellkeep` re-executed by [`exec_in_own_scope`], so it never
+/// tries twice.
+pub const OWN_SCOPE_VAR: &str = "CELLKEEP_OWN_SCOPE";
+
+/// Whether systemd is the service manager of this host (`sd_booted(3)`: `/run/systemd/system`
+/// is a directory).
+pub fn booted() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
+/// Replaces this process with `systemd-run --scope --quiet --collect -p Delegate=yes
+/// --unit=cellkeep-<what>-<pid> -- <this binary> <its arguments>` ([`OWN_SCOPE_VAR`] set).
+/// systemd-run asks the manager for the scope with its own pid in it, then execs the command
+/// in place: the caller's shell still waits on the same pid, signals and exit status included.
+/// Returns only if the exec fails.
+pub fn exec_in_own_scope(what: &str) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return e,
+    };
+    std::process::Command::new("systemd-run")
+        .args(["--scope", "--quiet", "--collect", "-p", "Delegate=yes"])
+        .arg(format!("--unit=cellkeep-{what}-{}", std::process::id()))
+        .arg(format!("--description=cellkeep {what} (a cgroup of its own to delegate to its cells)"))
+        .arg("--")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(OWN_SCOPE_VAR, "1")
+        .exec()
 }
 
 const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];

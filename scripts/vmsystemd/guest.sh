@@ -317,6 +317,46 @@ check_delegated-cgroups() {
   return 0
 }
 
+# README's first commands as root would run them from a login shell: `cellkeep run` and a
+# `cellkeep daemon` started by hand, in a cgroup they share with the shell (a session scope;
+# here a scope made by systemd-run holding a shell and a sleep). cgroup v2 cannot delegate
+# from such a cgroup: cellkeep moves into a scope of its own. With that step refused
+# (CELLKEEP_OWN_SCOPE=1), it says why and touches nothing in the session's cgroup.
+check_login-scope() {
+  local ws out rc=0 sc=/sys/fs/cgroup/system.slice/lane-login.scope left
+  ws=$(workspace root)
+  cat > "$ST/login.sh" <<EOS
+set -u
+sleep 600 & trap 'kill \$! 2>/dev/null' EXIT
+echo "login scope: \$(cut -d: -f3 /proc/self/cgroup)"
+timeout $TMO cellkeep run --policy /etc/cellkeep/policies/sandbox.toml --cwd $ws -- /bin/echo ran in a cell
+echo "run exit \$?"
+CELLKEEP_OWN_SCOPE=1 timeout $TMO cellkeep run --policy /etc/cellkeep/policies/sandbox.toml --cwd $ws -- /bin/true
+echo "refused run exit \$?"
+ls $sc | grep -qx supervisor && echo "a supervisor leaf in the login scope"
+cellkeep daemon --socket $ST/login.sock --policies /etc/cellkeep/policies --cgroup-root lane-login 2> $ST/login-daemon.log &
+d=\$!
+for _ in \$(seq 120); do [[ -S $ST/login.sock ]] && break; sleep 0.5; done
+echo "daemon pid \$d in \$(cut -d: -f3 /proc/\$d/cgroup)"
+(cd $ws && timeout $TMO cellkeep --socket $ST/login.sock exec echo 'exec through a daemon started by hand')
+echo "exec exit \$?"
+kill -TERM \$d; wait \$d; echo "daemon exit \$?"
+EOS
+  out=$(timeout 300 systemd-run --scope --quiet --unit=lane-login -- bash "$ST/login.sh" 2>&1) || rc=$?
+  printf '%s\n' "$out" | sed 's/^/      /' | head -40
+  [[ $out == *'ran in a cell'* && $out == *'run exit 0'* ]] || bad "cellkeep run from a login scope did not run its command"
+  [[ $out == *'refused run exit 125'* && $out == *'also holds processes'* ]] \
+    || bad "with its own scope refused, run did not exit 125 naming the shared cgroup"
+  [[ $out == *'a supervisor leaf in the login scope'* ]] && bad "cellkeep made a cgroup in the login scope"
+  [[ $out == *'exec through a daemon started by hand'* && $out == *'daemon exit 0'* ]] \
+    || { bad "a daemon started by hand from a login scope did not serve an exec and exit 0"; sed 's/^/      log: /' "$ST/login-daemon.log" | tail -8; }
+  [[ $out == *'daemon pid '*' in /system.slice/cellkeep-daemon-'*'.scope'* ]] || bad "the daemon is not in a scope of its own"
+  waitfor 30 '[[ -z $(systemctl list-units --all --no-legend "cellkeep-run-*" "cellkeep-daemon-*" "lane-login.scope") ]]' || true
+  left=$(systemctl list-units --all --no-legend 'cellkeep-run-*' 'cellkeep-daemon-*' 'lane-login.scope'; find /sys/fs/cgroup -name 'lane-login*' -o -name 'cellkeep-run-*' -o -name 'cellkeep-daemon-*')
+  [[ -z $left ]] || bad "left behind: $left"
+  return 0
+}
+
 lane_policy() {   # a valid provider "lane-reload" admitting the session user, or garbage
   if [[ $1 == broken ]]; then
     printf '# written by the systemd lane: not a policy\nextends = "base"\n[provider\nname = "lane-broken"\n' \
@@ -454,6 +494,7 @@ run_check member-exec "a user in group cellkeep: cellkeep exec through the socke
 run_check member-session "a user in group cellkeep: spawn, send, ps; the payload is that user inside, under a uid of its own"
 run_check non-member-refused "a user outside group cellkeep is refused"
 run_check delegated-cgroups "cells are cgroups under /system.slice/cellkeep.service (Delegate=yes)"
+run_check login-scope "cellkeep run and a daemon started by hand from a login session's cgroup (README's first commands)"
 run_check reload-broken "reload with a broken policy: rejected, systemctl reload exits non-zero, the session lives"
 run_check reload-fixed "reload with a fixed policy: loaded, exits 0, the session lives"
 run_check kill9-restart "kill -9 of the daemon: systemd restarts it, no process or cgroup of the old cells left"

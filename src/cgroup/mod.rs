@@ -50,6 +50,14 @@ pub enum CgroupError {
     Parse { path: PathBuf, content: String, reason: &'static str },
     #[error("statfs {path}: {source}")]
     Statfs { path: PathBuf, source: Errno },
+    #[error(
+        "cgroup {path} also holds processes that are not cellkeep's (pids {pids:?}: a login session's shell, sudo, …), \
+         so it cannot hand cgroup controllers to cells (the kernel's no-internal-process rule) and is not \
+         cellkeep's to rearrange: start cellkeep in a cgroup of its own, e.g. \
+         `systemd-run --scope -p Delegate=yes cellkeep …` (cellkeep does this by itself where systemd is PID 1), \
+         or as a systemd service (scripts/install.sh)"
+    )]
+    Shared { path: PathBuf, pids: Vec<u32> },
     #[error("cgroup controller {controller:?} is not available to this process")]
     NoController { controller: String },
     #[error("unsupported cgroup setup: {reason}")]
@@ -96,6 +104,17 @@ pub fn detect_layout() -> Result<Layout, CgroupError> {
         (false, _) => Err(CgroupError::Unsupported {
             reason: format!("{CGROUP_MOUNT} is neither cgroup2 nor holds cgroup v1 mounts"),
         }),
+    }
+}
+
+/// On a unified (v2) host, this process's cgroup and the processes in it that are not
+/// cellkeep's (`v2::strangers`: a login session's shell and `sudo`); `None` on v1 layouts
+/// (cellkeep's roots there need no delegation) and when it cannot tell (then
+/// [`CgroupRoot::open`] reports what is wrong).
+pub fn shared_own_cgroup() -> Option<(PathBuf, Vec<u32>)> {
+    match detect_layout() {
+        Ok(Layout::Unified) => v2::strangers().ok().filter(|(_, pids)| !pids.is_empty()),
+        _ => None,
     }
 }
 

@@ -30,25 +30,8 @@ impl Root {
     /// there too. If this process already sits in `P/supervisor` (moved there by an earlier
     /// `open`), P is that leaf's parent.
     pub fn open(name: &str) -> Result<Root, CgroupError> {
-        let entries = super::read_proc_cgroup()?;
-        let own = parse::v2_own_path(&entries).ok_or_else(|| CgroupError::Unsupported {
-            reason: "no cgroup2 entry (0::) in /proc/self/cgroup".to_string(),
-        })?;
-        let own = match own.rsplit_once('/') {
-            Some((parent, SUPERVISOR_LEAF)) => {
-                if parent.is_empty() {
-                    "/"
-                } else {
-                    parent
-                }
-            }
-            _ => own,
-        };
-        let mounts = super::read_mountinfo()?;
-        let own_dir =
-            parse::v2_mount(&mounts, own, Path::new(CGROUP_MOUNT)).and_then(|m| parse::cgroup_dir(m, own)).ok_or_else(
-                || CgroupError::Unsupported { reason: format!("no cgroup2 mount shows this process's cgroup {own}") },
-            )?;
+        let (own, own_dir) = own_cgroup()?;
+        let own = own.as_str();
         check_controllers(&own_dir)?;
         enable_controllers_in_own(&own_dir, own == "/")?;
         let dir = own_dir.join(name);
@@ -102,6 +85,47 @@ impl Root {
     }
 }
 
+/// This process's cgroup P (`/proc/self/cgroup` `0::/P`) and its directory in the cgroup2 mount
+/// found in `/proc/self/mountinfo`. If this process already sits in `P/supervisor` (moved
+/// there by an earlier [`Root::open`]), P is that leaf's parent.
+fn own_cgroup() -> Result<(String, PathBuf), CgroupError> {
+    let entries = super::read_proc_cgroup()?;
+    let own = parse::v2_own_path(&entries).ok_or_else(|| CgroupError::Unsupported {
+        reason: "no cgroup2 entry (0::) in /proc/self/cgroup".to_string(),
+    })?;
+    let own = match own.rsplit_once('/') {
+        Some(("", SUPERVISOR_LEAF)) => "/",
+        Some((parent, SUPERVISOR_LEAF)) => parent,
+        _ => own,
+    };
+    let mounts = super::read_mountinfo()?;
+    let own_dir =
+        parse::v2_mount(&mounts, own, Path::new(CGROUP_MOUNT)).and_then(|m| parse::cgroup_dir(m, own)).ok_or_else(
+            || CgroupError::Unsupported { reason: format!("no cgroup2 mount shows this process's cgroup {own}") },
+        )?;
+    Ok((own.to_owned(), own_dir))
+}
+
+/// The processes of this process's cgroup P (`P/cgroup.procs`) that are neither this process
+/// nor one of its children, when P is not the root cgroup: a login session's scope holding
+/// the shell and `sudo` that started cellkeep. Such a P cannot hand controllers to cells (the
+/// kernel's no-internal-process rule makes `cgroup.subtree_control` EBUSY while P holds
+/// processes) and is not cellkeep's to rearrange. Empty when P is cellkeep's alone (a
+/// service with `Delegate=yes`, a scope of its own) or the root.
+pub fn strangers() -> Result<(PathBuf, Vec<u32>), CgroupError> {
+    let (own, own_dir) = own_cgroup()?;
+    if own == "/" {
+        return Ok((own_dir, Vec::new()));
+    }
+    Ok((own_dir.clone(), strangers_in(&own_dir)?))
+}
+
+fn strangers_in(dir: &Path) -> Result<Vec<u32>, CgroupError> {
+    let ours: Vec<u32> = own_children().into_iter().chain([std::process::id()]).collect();
+    let procs = fs::read(&file(dir, "cgroup.procs"))?;
+    Ok(procs.split_whitespace().filter_map(|p| p.parse().ok()).filter(|p| !ours.contains(p)).collect())
+}
+
 /// Reads `cgroup.controllers` of `dir`; NoController names the first needed one missing.
 fn check_controllers(dir: &Path) -> Result<(), CgroupError> {
     let available = fs::read(&file(dir, "cgroup.controllers"))?;
@@ -125,14 +149,21 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
 }
 
 /// Enables the controllers in this process's own cgroup. A non-root cgroup holding processes
-/// cannot delegate (EBUSY), so this process and its children (the daemon's zygote, forked
+/// cannot delegate (EBUSY); when they are all cellkeep's, this process and its children (the daemon's zygote, forked
 /// before this runs; found by the systemd lane: with the zygote left behind in the unit's
 /// cgroup the retry failed with EBUSY again) move into the leaf `own/supervisor`
-/// (`cgroup.procs` there) and it retries once. Other processes of the cgroup are not ours and
-/// stay where they are.
+/// (`cgroup.procs` there) and it retries once. When the cgroup holds processes that are not
+/// ours ([`strangers`]), nothing is touched: [`CgroupError::Shared`] says how to start cellkeep
+/// in a cgroup of its own (the CLI does that by itself under systemd: `crate::systemd`).
 fn enable_controllers_in_own(own_dir: &Path, is_root: bool) -> Result<(), CgroupError> {
     match enable_controllers(own_dir) {
         Err(CgroupError::Write { source, .. }) if !is_root && source.raw_os_error() == Some(libc::EBUSY) => {
+            // Someone else's processes share the cgroup: nothing here is cellkeep's to move,
+            // and no leaf of ours would make the retry succeed.
+            let pids = strangers_in(own_dir)?;
+            if !pids.is_empty() {
+                return Err(CgroupError::Shared { path: own_dir.to_path_buf(), pids });
+            }
             let leaf = own_dir.join(SUPERVISOR_LEAF);
             fs::mkdir(&leaf)?;
             let procs = file(&leaf, "cgroup.procs");

@@ -404,12 +404,25 @@ fn probe_v2(entries: &[parse::ProcCgroup], mounts: &[parse::Mount]) -> CgroupRep
         }
     } else {
         let busy = own != "/" && !read_trim(dir.join("cgroup.procs")).unwrap_or_default().is_empty();
-        let detail = if busy {
-            format!("{own} can be delegated; the daemon moves itself into {own}/supervisor (no-internal-process rule)")
-        } else {
-            format!("{own} can be delegated")
-        };
-        Check { available: true, detail }
+        match cgroup::shared_own_cgroup() {
+            Some((_, pids)) if crate::systemd::booted() => Check {
+                available: true,
+                detail: format!(
+                    "{own} also holds processes that are not cellkeep's (pids {pids:?}): `cellkeep run` and \
+                     `cellkeep daemon` move into a transient systemd scope of their own (systemd-run --scope -p Delegate=yes)"
+                ),
+            },
+            Some((path, pids)) => {
+                Check { available: false, detail: cgroup::CgroupError::Shared { path, pids }.to_string() }
+            }
+            None if busy => Check {
+                available: true,
+                detail: format!(
+                    "{own} can be delegated; the daemon moves itself into {own}/supervisor (no-internal-process rule)"
+                ),
+            },
+            None => Check { available: true, detail: format!("{own} can be delegated") },
+        }
     };
     CgroupReport { layout: Some(Layout::Unified), backend: Some("v2"), controllers, root }
 }

@@ -410,6 +410,9 @@ pub fn main() -> i32 {
         return remote::main(cli.cmd, &socket, conn.json || cli.json);
     }
     let is_run = matches!(cli.cmd, Cmd::Run(_));
+    if is_run || matches!(cli.cmd, Cmd::Daemon(_)) {
+        own_cgroup(if is_run { "run" } else { "daemon" });
+    }
     let result = match cli.cmd {
         Cmd::Run(args) => {
             let json = args.json || cli.json;
@@ -436,6 +439,24 @@ pub fn main() -> i32 {
             }
         }
     }
+}
+
+/// Before anything else of `run` or `daemon` (no thread, no zygote yet): where this process's
+/// cgroup also holds processes that are not cellkeep's (a login session's scope: cgroup v2
+/// cannot delegate from it) and systemd is PID 1, move into a transient scope of its own
+/// ([`crate::systemd::exec_in_own_scope`]). Elsewhere, or if that fails, start as is:
+/// opening the cgroup root then says what is wrong ([`crate::cgroup::CgroupError::Shared`]).
+fn own_cgroup(what: &str) {
+    if std::env::var_os(crate::systemd::OWN_SCOPE_VAR).is_some() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Some((cgroup, pids)) = crate::cgroup::shared_own_cgroup() else { return };
+    if !crate::systemd::booted() {
+        return;
+    }
+    tracing::debug!(cgroup = %cgroup.display(), ?pids, "cgroup shared with other processes: into a scope of its own");
+    let e = crate::systemd::exec_in_own_scope(what);
+    tracing::warn!("cannot start `systemd-run --scope` for a cgroup of cellkeep's own: {e}");
 }
 
 /// `policy …`: one error exit code (1) for every failure.
