@@ -739,3 +739,41 @@ fn openapi_matches_the_router() {
     assert_eq!(r.status, 200, "{}", r.text());
     conforms(&doc, "Count", &r.json());
 }
+
+// From the independent review: a client that hung up on `POST /v1/shutdown` dropped the
+// handler (hyper drops a request's future when its connection closes) after the pool was
+// marked shutting down but before the daemon was told to stop: it stayed up answering 503
+// `shutting_down` forever (and one dropped before the cells were stopped left them running).
+// The shutdown runs to its end whoever waits for it: the daemon exits, no cell left.
+#[test]
+fn a_shutdown_whose_client_hung_up_still_completes() {
+    gate!("a_shutdown_whose_client_hung_up_still_completes");
+    use std::io::Write;
+    let stubborn = "[\"/bin/sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.05; done\"]";
+    let grace = 3.0;
+    let mut d =
+        daemon().grace_secs(grace).shutdown_timeout_secs(20.0).provider("stubborn", stubborn, "session", "").start();
+    let pid = d.spawn("stubborn")["pid"].as_u64().unwrap_or(0);
+    {
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+        write!(s, "POST /v1/shutdown HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").expect("request");
+        // Within the cell's grace: the shutdown is waiting for it to end.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let child = d.child.as_mut().expect("daemon");
+    let until = Instant::now() + Duration::from_secs_f64(grace + 10.0);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > until {
+            let h = call(&d.socket, "GET", "/v1/health", None);
+            panic!("the daemon did not exit after a shutdown whose client hung up; health: {} {}", h.status, h.text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    d.child = None;
+    assert!(status.success(), "exit {status:?}\n{}", d.log());
+    assert!(!harness::alive(pid), "the cell's process {pid} outlived the shutdown");
+    assert_eq!(d.cell_dirs(), Vec::<std::path::PathBuf>::new(), "cells left after the shutdown");
+}

@@ -1452,3 +1452,113 @@ fn a_partial_stdin_write_counts_what_was_written() {
     let count = r.json()["count"].as_u64().unwrap_or(0);
     assert!((1000..900_000).contains(&count), "count {count} for a write the process took part of: {}", r.text());
 }
+
+/// `method path` on the daemon's socket as uid 65534, `times` times in one shell loop (one
+/// `setpriv`, one `curl` per request): each answer's status and body.
+fn as_nobody_repeat(d: &Daemon, method: &str, path: &str, times: usize) -> Vec<(u16, Value)> {
+    let script = "for i in $(seq \"$4\"); do curl -s -X \"$1\" --unix-socket \"$2\" -w '\\n%{http_code}\\n' \
+                  \"http://cellkeep$3\"; done";
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c", script, "sh", method])
+        .arg(&d.socket)
+        .args([path, &times.to_string()])
+        .output()
+        .expect("setpriv");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let answers: Vec<(u16, Value)> = lines
+        .chunks(2)
+        .map(|pair| {
+            let status = pair.get(1).and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            (status, serde_json::from_str(pair[0]).unwrap_or(Value::Null))
+        })
+        .collect();
+    assert_eq!(answers.len(), times, "{text}");
+    answers
+}
+
+// From the independent review: any user could end every other user's launches under way. A
+// launch was taken for cleaned up once more than 256 cleanups (of any provider, by anyone) had
+// come since it began: uid 65534 ran 300 cleanups of `open` (the provider it may use; nothing
+// of its to end) while root's one-shot of `sh` waited for a slot, and root's one-shot was
+// ended as it started (409 already_ended). A cleanup ends only launches of its provider that
+// it would have ended as cells (root's and admins': anyone's; others': their own).
+#[test]
+fn a_cleanup_never_ends_another_callers_launch() {
+    gate!("a_cleanup_never_ends_another_callers_launch");
+    let d = daemon().max_cells(2).start();
+    let held: Vec<String> = (0..2)
+        .map(|_| {
+            let body = json!({"provider": "sh", "cwd": d.cwd(), "args": ["sleep 60"]});
+            let r = call(&d.socket, "POST", "/v1/cells", Some(&body));
+            assert_eq!(r.status, 201, "{}", r.text());
+            id_of(&r.json())
+        })
+        .collect();
+    let (sock, cwd) = (d.socket.clone(), d.cwd());
+    let waiting = std::thread::spawn(move || {
+        let body = json!({"command": "echo ran", "cwd": cwd, "timeout_ms": 60_000, "wait_for_slot_ms": 30_000});
+        call(&sock, "POST", "/v1/providers/sh/commands", Some(&body))
+    });
+    let seen = Instant::now() + Duration::from_secs(30);
+    while d.health()["launches_waiting"].as_u64() != Some(1) {
+        assert!(Instant::now() < seen, "the one-shot never waited for a slot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (status, body) in as_nobody_repeat(&d, "DELETE", "/v1/providers/open/cells", 300) {
+        assert_eq!((status, &body["count"]), (200, &json!(0)), "{body}");
+    }
+    // Root's cleanup of another provider does not reach it either.
+    let r = call(&d.socket, "DELETE", "/v1/providers/open/cells", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(&d.socket, "DELETE", &format!("/v1/cells/{}", held[0]), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = waiting.join().expect("thread");
+    assert_eq!(answer.status, 200, "another caller's cleanups ended root's launch: {}", answer.text());
+    assert_eq!(answer.json()["stdout"], "ran\n", "{}", answer.text());
+}
+
+// From the independent review: a cleanup by a caller who may not use the provider was run
+// (and recorded) and answered 200 `count: 0`, where a provider that does not exist is 404
+// `unknown_provider`: the answers told apart the providers health hides from it. Now such a
+// caller gets the answer of an unknown provider; a provider it was taken off (or that a
+// reload removed) still answers for its own cells there, which it knows of anyway.
+#[test]
+fn cleanup_of_a_provider_one_may_not_use_is_unknown() {
+    gate!("cleanup_of_a_provider_one_may_not_use_is_unknown");
+    let d = daemon().start();
+    let root_sh = id_of(&d.spawn_with("sh", &["sleep 60"]));
+    let root_cat = id_of(&d.spawn("cat"));
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--socket"])
+        .arg(&d.socket)
+        .args(["--json", "spawn", "open", "--cwd", &d.cwd()])
+        .output()
+        .expect("setpriv");
+    assert!(out.status.success(), "{out:?}");
+    let hidden = as_nobody_repeat(&d, "DELETE", "/v1/providers/sh/cells", 1).remove(0);
+    let unknown = as_nobody_repeat(&d, "DELETE", "/v1/providers/nosuch/cells", 1).remove(0);
+    assert_eq!((unknown.0, unknown.1["code"].as_str()), (404, Some("unknown_provider")), "{}", unknown.1);
+    assert_eq!(hidden.0, unknown.0, "a provider it may not use answers unlike an unknown one: {}", hidden.1);
+    assert_eq!(
+        hidden.1.to_string().replace("\\\"sh\\\"", "\\\"nosuch\\\""),
+        unknown.1.to_string(),
+        "a provider it may not use answers unlike an unknown one"
+    );
+    // Taken off `open`, with a cell of it; `cat` (root's cells) removed.
+    let open = d.policy_dir().join("open.toml");
+    let text = std::fs::read_to_string(&open).expect("open.toml").replace("uids = [0, 65534]", "uids = [0]");
+    std::fs::write(&open, text).expect("write");
+    std::fs::remove_file(d.policy_dir().join("cat.toml")).expect("remove cat.toml");
+    let r = call(&d.socket, "POST", "/v1/reload", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let removed = as_nobody_repeat(&d, "DELETE", "/v1/providers/cat/cells", 1).remove(0);
+    assert_eq!((removed.0, removed.1["code"].as_str()), (404, Some("unknown_provider")), "{}", removed.1);
+    let own = as_nobody_repeat(&d, "DELETE", "/v1/providers/open/cells", 1).remove(0);
+    assert_eq!((own.0, &own.1["count"]), (200, &json!(1)), "its own cell of a provider it was taken off: {}", own.1);
+    for id in [root_sh, root_cat] {
+        let cell = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json();
+        assert_eq!(cell["state"], "running", "another caller's cleanup ended root's cell: {cell}");
+    }
+}

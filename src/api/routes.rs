@@ -431,8 +431,18 @@ async fn shutdown(
         return Err(crate::pool::PoolError::Forbidden { uid: caller.uid, action: "shut the daemon down".into() }.into());
     }
     tracing::warn!(uid = caller.uid, pid = caller.pid, "shutdown requested over the API");
-    let count = s.pool.shutdown_within(timeout).await;
-    s.shutdown.cancel();
+    // In a task of its own, which this handler only awaits: hyper drops the handler's future
+    // when the client hangs up, and a shutdown dropped halfway left the pool refusing all work
+    // (`shutting_down`) with the daemon never told to stop — or, dropped before the cells were
+    // stopped, the cells running. The daemon is told to stop however the task ends (the guard
+    // cancels on drop, a panic included).
+    let (pool, stop) = (s.pool.clone(), s.shutdown.clone());
+    let count = tokio::spawn(async move {
+        let _stop = stop.drop_guard();
+        pool.shutdown_within(timeout).await
+    })
+    .await
+    .map_err(|e| crate::pool::PoolError::Internal(format!("the shutdown task failed: {e}")))?;
     Ok(Json(count.into()))
 }
 
@@ -448,7 +458,13 @@ async fn reload(State(s): State<AppState>, Extension(caller): Extension<Caller>)
         return Err(crate::pool::PoolError::Forbidden { uid: caller.uid, action: "reload the policies".into() }.into());
     }
     let trigger = format!("reload requested over the API by uid {}", caller.uid);
-    Ok(Json(super::reload_policies(&s.pool, &trigger).await?.into()))
+    // In a task of its own, as the shutdown: a client that hangs up mid-reload must not leave
+    // the service manager told `RELOADING=1` with no `READY=1` after it.
+    let pool = s.pool.clone();
+    let reloaded = tokio::spawn(async move { super::reload_policies(&pool, &trigger).await })
+        .await
+        .map_err(|e| crate::pool::PoolError::Internal(format!("the reload task failed: {e}")))?;
+    Ok(Json(reloaded?.into()))
 }
 
 async fn no_route(method: Method, uri: Uri) -> HttpError {

@@ -106,29 +106,37 @@ struct State {
     warm: Vec<warm::Warm>,
     /// Pre-built cells being built, by provider (each holds a slot).
     warming: HashMap<String, usize>,
-    /// Cleanups so far (a sequence number), and the latest ones: (number, provider, the uid
-    /// whose cells it ended or `None` for all): a launch that began before one that covers
-    /// it is ended as it is registered (see `ops::launch_whole`).
+    /// Cleanups so far (a sequence number; a launch notes it as it begins), and, by provider
+    /// and by whose cells each ended (a uid, or `None`: everyone's, an admin's cleanup), the
+    /// number of the latest: a launch that began before a cleanup that covers it is ended as
+    /// it is registered (see `ops::launch_whole`). One number per (provider, uid) pair, not a
+    /// window of recent cleanups: no number of cleanups, of other providers or by other
+    /// callers, can make a launch look covered (a window that overflowed into "covered" let
+    /// anyone end everyone's launches).
     cleanup_seq: u64,
-    cleanups: std::collections::VecDeque<(u64, String, Option<u32>)>,
+    cleanups: HashMap<String, HashMap<Option<u32>, u64>>,
 }
-
-/// Cleanups remembered for launches under way (older ones: the launch is ended too).
-const CLEANUPS_KEPT: usize = 256;
 
 impl State {
     /// Whether a cleanup after number `since` covers a cell of `provider` owned by `uid`.
     fn cleaned_since(&self, since: u64, provider: &str, uid: u32) -> bool {
-        let forgotten = self.cleanups.front().is_some_and(|(n, _, _)| *n > since + 1);
-        forgotten || self.cleanups.iter().any(|(n, p, who)| *n > since && p == provider && who.is_none_or(|w| w == uid))
+        self.cleanups
+            .get(provider)
+            .is_some_and(|by| [None, Some(uid)].iter().any(|who| by.get(who).is_some_and(|n| *n > since)))
     }
 
-    fn record_cleanup(&mut self, provider: &str, uid: Option<u32>) {
+    /// Record a cleanup of `provider` (of `uid`'s cells; `None`: everyone's). With no launch
+    /// under way (`idle`) the older records are dropped: every later launch notes a number
+    /// after them (it counts itself under way before it notes it, and this runs under the
+    /// lock it notes it under), so they can cover none. So the record holds only the pairs
+    /// cleaned up while launches were under way (and a pair is recorded only by a caller who
+    /// may clean it up: see `ops::cleanup_provider`).
+    fn record_cleanup(&mut self, provider: &str, uid: Option<u32>, idle: bool) {
         self.cleanup_seq += 1;
-        if self.cleanups.len() >= CLEANUPS_KEPT {
-            self.cleanups.pop_front();
+        if idle {
+            self.cleanups.clear();
         }
-        self.cleanups.push_back((self.cleanup_seq, provider.to_owned(), uid));
+        self.cleanups.entry(provider.to_owned()).or_default().insert(uid, self.cleanup_seq);
     }
 }
 

@@ -156,6 +156,8 @@ impl Pool {
         mut l: Launch,
         left: &tokio_util::sync::CancellationToken,
     ) -> Result<Arc<CellEntry>, PoolError> {
+        // Counted under way before it notes the cleanups so far: a cleanup that finds no launch
+        // under way forgets the older ones (see `State::record_cleanup`).
         let _counted = Launching::new(&self.inner.launching);
         let cleanups_before = self.state().cleanup_seq;
         let input = stdin_command(&policy, &mut l);
@@ -680,24 +682,30 @@ impl Pool {
         Ok(entry.spool.subscribe(from))
     }
 
-    /// End every running cell of a provider (the caller's own unless admin); the count.
+    /// End every running cell of a provider (the caller's own unless admin), and every launch
+    /// of it under way that it would end as a cell (see `launch_whole`); the count.
+    ///
+    /// Root and admins clean up any provider served, or one a reload removed that still has
+    /// cells. Anyone else cleans up a provider they may use, or one they have cells of (taken
+    /// off its access list, or removed, by a reload: they know of it, and may end their own
+    /// cells); any other provider is `unknown_provider`, as one that does not exist — health
+    /// hides the providers a caller may not use, so this must not tell them apart — and
+    /// nothing is recorded.
     pub async fn cleanup_provider(&self, caller: &Caller, provider: &str) -> Result<Count, PoolError> {
-        // A provider a reload removed still has its running cells to clean up.
-        if !self.policies().contains_key(provider) && !self.state().cells.values().any(|e| e.provider == provider) {
-            return Err(PoolError::UnknownProvider { name: provider.to_owned() });
-        }
         let admin = self.is_admin(caller);
+        let served =
+            if admin { self.policies().contains_key(provider) } else { self.provider(caller, provider).is_ok() };
         let victims: Vec<Arc<CellEntry>> = {
             // Recorded under the lock it reads the cells with: a launch under way that is not
             // among these ends itself when it registers (see `launch_whole`).
             let mut st = self.state();
-            st.record_cleanup(provider, (!admin).then_some(caller.uid));
-            st.cells
-                .values()
-                .filter(|e| e.provider == provider && e.exit_reason().is_none())
-                .filter(|e| admin || e.owner_uid == caller.uid)
-                .cloned()
-                .collect()
+            let mine = |e: &&Arc<CellEntry>| e.provider == provider && (admin || e.owner_uid == caller.uid);
+            if !served && !st.cells.values().any(|e| mine(&e)) {
+                return Err(PoolError::UnknownProvider { name: provider.to_owned() });
+            }
+            let idle = *self.inner.launching.borrow() == 0;
+            st.record_cleanup(provider, (!admin).then_some(caller.uid), idle);
+            st.cells.values().filter(mine).filter(|e| e.exit_reason().is_none()).cloned().collect()
         };
         let grace = self.inner.config.grace;
         for e in &victims {
