@@ -12,15 +12,51 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {path}: unknown group {group:?}")]
-    Group { path: PathBuf, group: String },
+    /// A wrong key or value, reported as a policy's are: `file:line:col: key: message` (the
+    /// key left out for a TOML syntax error).
+    #[error("config {}:{line}:{col}: {}{message}", path.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
+    Invalid { path: PathBuf, line: usize, col: usize, key: String, message: String },
+}
+
+/// The parsed file, to report a problem at the key that caused it.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+    table: toml::Spanned<DeTable<'a>>,
+}
+
+impl Source<'_> {
+    /// An error at byte `offset` about `key`.
+    fn at(&self, offset: usize, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, col) = crate::policy::load::line_col(self.text, offset);
+        ConfigError::Invalid { path: self.path.to_owned(), line, col, key: key.to_owned(), message: message.into() }
+    }
+
+    /// An error about the value of `key`, at that value.
+    fn value(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.nested(&[key], message)
+    }
+
+    /// An error about the value at `path` (`["egress_hosts", NAME]`), at that value.
+    fn nested(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
+        let mut table = self.table.get_ref();
+        let mut offset = 0;
+        for part in path {
+            let Some(v) = table.get(*part) else { break };
+            offset = v.span().start;
+            match v.get_ref() {
+                DeValue::Table(sub) => table = sub,
+                _ => break,
+            }
+        }
+        self.at(offset, &path.join("."), message)
+    }
 }
 
 /// Where the admin floor is read from unless the config says otherwise.
@@ -131,25 +167,21 @@ struct FileConfig {
     cell_id_range: Option<[u32; 2]>,
 }
 
-fn gid_of(path: &Path, group: &str) -> Result<u32, ConfigError> {
+fn gid_of(src: &Source<'_>, key: &str, group: &str) -> Result<u32, ConfigError> {
     if let Ok(n) = group.parse::<u32>() {
         return Ok(n);
     }
     match nix::unistd::Group::from_name(group) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
-        _ => Err(ConfigError::Group { path: path.to_owned(), group: group.to_owned() }),
+        _ => Err(src.value(key, format!("unknown group \"{group}\" (not in /etc/group)"))),
     }
 }
 
-fn secs(path: &Path, key: &str, v: f64) -> Result<Duration, ConfigError> {
-    let d = Duration::try_from_secs_f64(v)
-        .map_err(|_| ConfigError::Parse { path: path.to_owned(), message: format!("{key}: not a duration: {v}") })?;
+fn secs(src: &Source<'_>, key: &str, v: f64) -> Result<Duration, ConfigError> {
+    let d = Duration::try_from_secs_f64(v).map_err(|_| src.value(key, format!("not a duration: {v}")))?;
     // A deadline is `now + d`: keep it far from the end of the clock.
     if d > crate::policy::units::MAX_DURATION {
-        return Err(ConfigError::Parse {
-            path: path.to_owned(),
-            message: format!("{key}: {v} s is longer than a year (31536000 s)"),
-        });
+        return Err(src.value(key, format!("{v} s is longer than a year (31536000 s)")));
     }
     Ok(d)
 }
@@ -159,20 +191,37 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let f: FileConfig = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.message().to_owned() })?;
+        let table = DeTable::parse(&text).map_err(|e| {
+            let at = e.span().unwrap_or(0..0).start;
+            let line_of = |offset| crate::policy::load::line_col(&text, offset).0;
+            let message = crate::policy::friendly::syntax(e.message(), &text, at, line_of);
+            let (line, col) = crate::policy::load::line_col(&text, at);
+            ConfigError::Invalid { path: path.to_owned(), line, col, key: String::new(), message }
+        })?;
+        let src = Source { path, text: &text, table };
+        let f = FileConfig::deserialize(toml::de::Deserializer::from(src.table.clone())).map_err(|e| {
+            let at = e.span().unwrap_or(0..0).start;
+            let key = crate::policy::load::find_path(src.table.get_ref(), at).map(|p| p.join(".")).unwrap_or_default();
+            // serde's own words for an unknown key (it names the key and lists the valid ones;
+            // tests/deploy.rs matches them); a wrong type in a policy author's words.
+            let message = e.message().trim();
+            let message = if message.starts_with("unknown field") {
+                message.to_owned()
+            } else {
+                crate::policy::friendly::rewrite(&key, message)
+            };
+            src.at(at, &key, message)
+        })?;
         let mut c = Config::default();
         if let Some(v) = f.socket {
             c.socket = v;
         }
         if let Some(v) = f.socket_mode {
-            c.socket_mode = u32::from_str_radix(v.trim_start_matches("0o"), 8).map_err(|_| ConfigError::Parse {
-                path: path.to_owned(),
-                message: format!("socket_mode: not an octal mode: {v:?}"),
-            })?;
+            c.socket_mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                .map_err(|_| src.value("socket_mode", format!("not an octal mode: {v:?}")))?;
         }
         if let Some(g) = f.socket_group {
-            c.socket_group = Some(gid_of(path, &g)?);
+            c.socket_group = Some(gid_of(&src, "socket_group", &g)?);
         }
         if let Some(v) = f.policy_dir {
             c.policy_dir = v;
@@ -185,24 +234,21 @@ impl Config {
         }
         if let Some(v) = f.max_cells_per_uid {
             if v == 0 {
-                return Err(ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: "max_cells_per_uid: must be at least 1 (leave it out for no per-uid bound)".into(),
-                });
+                return Err(src.value("max_cells_per_uid", "must be at least 1 (leave it out for no per-uid bound)"));
             }
             c.max_cells_per_uid = Some(v);
         }
         if let Some(v) = f.idle_timeout_secs {
-            c.idle_timeout = secs(path, "idle_timeout_secs", v)?;
+            c.idle_timeout = secs(&src, "idle_timeout_secs", v)?;
         }
         if let Some(v) = f.grace_secs {
-            c.grace = secs(path, "grace_secs", v)?;
+            c.grace = secs(&src, "grace_secs", v)?;
         }
         if let Some(v) = f.shutdown_timeout_secs {
-            c.shutdown_timeout = secs(path, "shutdown_timeout_secs", v)?;
+            c.shutdown_timeout = secs(&src, "shutdown_timeout_secs", v)?;
         }
         if let Some(v) = f.exited_retention_secs {
-            c.exited_retention = secs(path, "exited_retention_secs", v)?;
+            c.exited_retention = secs(&src, "exited_retention_secs", v)?;
         }
         if let Some(v) = f.exited_retention_max {
             c.exited_retention_max = v;
@@ -216,13 +262,10 @@ impl Config {
             c.exited_output_max = scalar
                 .ok_or_else(|| "a size in bytes, or e.g. \"512M\"".to_owned())
                 .and_then(|s| crate::policy::units::parse_size(&s))
-                .map_err(|m| ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: format!("exited_output_max: {m}"),
-                })?;
+                .map_err(|m| src.value("exited_output_max", m))?;
         }
         if let Some(groups) = f.admin_groups {
-            c.admin_gids = groups.iter().map(|g| gid_of(path, g)).collect::<Result<_, _>>()?;
+            c.admin_gids = groups.iter().map(|g| gid_of(&src, "admin_groups", g)).collect::<Result<_, _>>()?;
         }
         if let Some(v) = f.cgroup_root {
             c.cgroup_root = v;
@@ -238,16 +281,13 @@ impl Config {
         }
         if let Some([start, count]) = f.cell_id_range {
             let range = crate::sandbox::IdRange { start, count };
-            range
-                .validate()
-                .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: format!("cell_id_range: {e}") })?;
+            range.validate().map_err(|e| src.value("cell_id_range", e.to_string()))?;
             c.cell_id_range = range;
         }
         for (name, addr) in f.egress_hosts.unwrap_or_default() {
-            let ip = addr.parse().map_err(|_| ConfigError::Parse {
-                path: path.to_owned(),
-                message: format!("egress_hosts: {name} = {addr:?} is not an IP address"),
-            })?;
+            let ip = addr
+                .parse()
+                .map_err(|_| src.nested(&["egress_hosts", &name], format!("{addr:?} is not an IP address")))?;
             c.egress_hosts.insert(crate::policy::egress::normalize(&name), ip);
         }
         Ok(c)
@@ -274,6 +314,29 @@ mod tests {
         for bad in ["[0, 10]", "[61000, 1000]", "[65530, 10]", "[1, 0]"] {
             let e = load(&format!("cell_id_range = {bad}\n")).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains("cell_id_range"), "{bad}: {e}");
+        }
+    }
+
+    /// A wrong value is reported as a policy's are: `file:line:col: key: message`.
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("cellkeep.toml");
+        std::fs::write(&path, "# cellkeep\nsocket_mode = \"0660\"\nmax_cells = \"20\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = Config::load(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(&format!("{}:3:13: max_cells: ", path.display())), "{e}");
+        assert!(e.contains("expected a whole number, e.g. max_cells = 20"), "{e}");
+        for (text, want) in [
+            ("\n\nmax_cels = 20\n", ":3:1: max_cels: unknown field `max_cels`, expected one of `socket`,"),
+            ("\nsocket_mode = \"0999\"\n", ":2:15: socket_mode: not an octal mode: \"0999\""),
+            ("[egress_hosts]\n\"fake.test\" = \"x\"\n", ":2:15: egress_hosts.fake.test: \"x\" is not an IP address"),
+            ("grace_secs = 1e12\n", ":1:14: grace_secs: 1000000000000 s is longer than a year"),
+            ("max_cells = = 1\n", ":1:13: TOML syntax: "),
+        ] {
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            let e = Config::load(&path).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with(&format!("config {}{want}", path.display())), "{text}: {e}");
         }
     }
 }

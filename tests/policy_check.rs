@@ -730,7 +730,7 @@ fn shipped_scores_match_the_readme() {
     for (name, want, level) in [
         ("echo", 0.3, "OK"),
         ("cat", 0.3, "OK"),
-        ("sandbox", 0.3, "OK"),
+        ("sandbox", 1.3, "OK"),
         ("claude", 2.1, "MEDIUM"),
         ("claude-session", 2.1, "MEDIUM"),
         ("codex", 1.9, "OK"),
@@ -1017,4 +1017,172 @@ fn a_symlink_cannot_carry_a_grant_past_the_floor_or_lint() {
         found.iter().any(|f| f.contains("etclink\" (a symlink to /etc) lets the cell write to host configuration")),
         "{found:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A policy author's review: narrowing through `extends`, mode-bound keys, the cpu limit, and
+// `command = []` made visible.
+
+/// A directory holding copies of the shipped policies (so a test child can extend them)
+/// and the extra files given.
+fn with_shipped(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for entry in std::fs::read_dir(root().join("policies")).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap_or_default()))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"));
+    }
+    dir
+}
+
+/// Finding A: `[access]` is one rule (who may use the provider). A child that writes an
+/// `[access]` table replaces the parent's whole: `uids` alone leaves no inherited group.
+#[test]
+fn a_child_access_table_replaces_the_parents() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+        p
+    };
+    let parent = write(
+        "parent.toml",
+        "[provider]\nname = \"parent\"\ncommand = [\"/bin/true\"]\n[access]\nuids = [0]\ngroups = [4242]\n",
+    );
+    let narrow = write("narrow.toml", "extends = \"parent\"\n[provider]\nname = \"narrow\"\n[access]\nuids = [1000]\n");
+    let kept = write("kept.toml", "extends = \"parent\"\n[provider]\nname = \"kept\"\n");
+    let [parent, narrow, kept] =
+        [parent, narrow, kept].map(|p| policy::load_file(&p).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!((narrow.access.uids.as_slice(), narrow.access.gids.as_slice()), (&[1000][..], &[][..]));
+    assert_eq!((kept.access.uids.as_slice(), kept.access.gids.as_slice()), (&[0][..], &[4242][..]));
+    assert!(policy::show(&narrow).contains("[access]\nuids = [1000]\ngroups = []\n"), "{}", policy::show(&narrow));
+    // The review sees the group go.
+    let d = diff::diff(&parent, &narrow);
+    let groups = d.changes.iter().find(|c| c.key == "access.groups").unwrap_or_else(|| panic!("{:#?}", d.changes));
+    assert_eq!((groups.direction, groups.removed.clone()), (Direction::Tightened, vec!["4242".to_owned()]));
+}
+
+/// Finding B: a child may make its parent stricter by switching a mode; the parent's keys that
+/// only that mode used are then left behind, not reported against the parent's file. A key the
+/// child sets itself against its own mode is still an error, in the child's file.
+#[test]
+fn a_child_may_leave_the_mode_its_parent_chose() {
+    let dir = with_shipped(&[
+        ("offline.toml", "extends = \"claude\"\n[provider]\nname = \"offline\"\n[network]\nmode = \"none\"\n"),
+        (
+            "contradiction.toml",
+            "extends = \"claude\"\n[provider]\nname = \"contradiction\"\n[network]\nmode = \"none\"\negress = [\"api.example.com\"]\n",
+        ),
+        (
+            "framed.toml",
+            "extends = \"claude-session\"\n[provider]\nname = \"framed\"\n[session]\nframing = \"sentinel\"\nsentinel = \"END\"\n",
+        ),
+        (
+            "ranged.toml",
+            "extends = \"base\"\n[provider]\nname = \"ranged\"\nabstract = true\n[identity]\nrun_as = \"range\"\nuid_range = [1800000000, 65536]\n",
+        ),
+        ("unranged.toml", "extends = \"ranged\"\n[provider]\nname = \"unranged\"\ncommand = []\n[identity]\nrun_as = \"caller\"\n"),
+        ("anycodex.toml", "extends = \"codex\"\n[provider]\nname = \"anycodex\"\ncommand = []\n"),
+        ("anyclaude.toml", "extends = \"claude\"\n[provider]\nname = \"anyclaude\"\ncommand = []\n"),
+    ]);
+    let load = |name: &str| policy::load_file(&dir.path().join(format!("{name}.toml")));
+    let offline = load("offline").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(offline.network, cellkeep::policy::Network::None);
+    let framed = load("framed").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(framed.session, SessionPolicy::Sentinel { line: "END".into() });
+    let unranged = load("unranged").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(unranged.identity.run_as, RunAs::Caller);
+    let anycodex = load("anycodex").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((anycodex.command.len(), anycodex.command_after.clone()), (0, None));
+    let anyclaude = load("anyclaude").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(anyclaude.command_via, cellkeep::policy::CommandVia::Argv);
+    // The child's own contradiction: reported at its own line.
+    let got = rendered(&[dir.path().join("contradiction.toml")]);
+    let want = format!(
+        "{}:6:10: network.egress: only used with network.mode = \"proxy\"",
+        dir.path().join("contradiction.toml").display()
+    );
+    assert_eq!(got, vec![want]);
+}
+
+/// Finding C: `limits.cpu` is a count of CPUs with the kernel's quota as its ceiling (beyond it
+/// every launch failed), and more CPUs than the host has is a warning (100 meant as a percent).
+#[test]
+fn the_cpu_limit_has_a_ceiling_and_is_not_a_percent() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let write = |name: &str, cpu: &str| {
+        let p = dir.path().join(format!("{name}.toml"));
+        let text = format!(
+            "[provider]\nname = \"{name}\"\ncommand = [\"/bin/true\"]\n[filesystem]\nexec = [\"/bin\", \"/usr/bin\"]\n[limits]\ncpu = {cpu}\n"
+        );
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+        p
+    };
+    let huge = write("huge", "50000");
+    let max = cellkeep::cgroup::MAX_CPU_QUOTA_US / cellkeep::cgroup::CPU_PERIOD_US;
+    assert_eq!(
+        rendered(std::slice::from_ref(&huge)),
+        vec![format!(
+            "{}:7:7: limits.cpu: 50000 is more than the kernel's CPU quota can hold (at most {max} CPUs); \
+             limits.cpu is a number of CPUs (2 = two CPUs), not a percent",
+            huge.display()
+        )]
+    );
+    let host = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let percent = write("percent", &(host + 1).to_string());
+    assert_eq!(
+        findings(&percent, None),
+        vec![format!(
+            "{}:7:7: warning: limits.cpu: {n} is more CPUs than this host has ({host}): limits.cpu is a number of \
+             CPUs (0.5 = half a CPU, 2 = two CPUs), not a percent",
+            percent.display(),
+            n = host + 1
+        )]
+    );
+    let fine = write("fine", &host.to_string());
+    assert_eq!(findings(&fine, None), Vec::<String>::new());
+}
+
+/// Finding D: `command = []` lets the caller run any program: a note from lint (the shipped
+/// generic sandbox means it), weight in the score, and a loosening in the diff.
+#[test]
+fn an_empty_command_is_visible_to_review() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let write = |name: &str, command: &str| {
+        let p = dir.path().join(format!("{name}.toml"));
+        let text = format!(
+            "[provider]\nname = \"{name}\"\ncommand = {command}\n[filesystem]\nexec = [\"/bin\", \"/usr/bin\"]\n"
+        );
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+        p
+    };
+    let (fixed, any) = (write("fixed", "[\"/bin/true\", \"check\"]"), write("any", "[]"));
+    assert_eq!(findings(&fixed, None), Vec::<String>::new());
+    assert_eq!(
+        findings(&any, None),
+        vec![format!(
+            "{}:3:11: note: provider.command: [] lets the caller run any program under the filesystem.exec \
+             paths, with any arguments (the whole argv is the caller's); give the binary and its fixed arguments \
+             to confine callers to one program",
+            any.display()
+        )]
+    );
+    let (fixed, any) = (policy::load_file(&fixed).unwrap(), policy::load_file(&any).unwrap());
+    let d = diff::diff(&fixed, &any);
+    let dirs: Vec<(&str, Direction)> = d.changes.iter().map(|c| (c.key.as_str(), c.direction)).collect();
+    assert_eq!(dirs, vec![("provider.command", Direction::Loosened)]);
+    let back = diff::diff(&any, &fixed);
+    assert_eq!(back.changes[0].direction, Direction::Tightened);
+    let f = score::score(&any).findings.into_iter().find(|f| f.key == "provider.command");
+    assert_eq!(f.map(|f| f.weight), Some(1.0));
+    assert!(d.score_after >= d.score_before + 1.0, "{d:?}");
+    // The shipped generic sandbox says so without failing --strict.
+    let report = check_paths(&[root().join("policies/sandbox.toml")], None);
+    assert!(report.passed(true));
+    assert!(report.findings.iter().any(|f| f.diag.key == "provider.command"), "{:?}", report.findings);
 }

@@ -146,6 +146,10 @@ pub struct CellLimits {
 /// CFS period used for every cpu limit, in microseconds (100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;
 
+/// The largest CFS quota a cpu limit may ask for, in microseconds per [`CPU_PERIOD_US`]
+/// (about 42949 CPUs): past it [`CellLimits`] refuses the limit as too large.
+pub const MAX_CPU_QUOTA_US: u64 = u32::MAX as u64;
+
 impl CellLimits {
     /// The cpu fraction as a CFS quota per [`CPU_PERIOD_US`]; errors on non-positive or
     /// non-finite fractions and on quotas below the kernel's 1 ms minimum.
@@ -159,7 +163,7 @@ impl CellLimits {
         if quota < 1000.0 {
             return Err(invalid("below the kernel minimum of 0.01 CPU (1 ms per 100 ms)"));
         }
-        if quota > (u32::MAX as f64) {
+        if quota > MAX_CPU_QUOTA_US as f64 {
             return Err(invalid("too large"));
         }
         Ok(Some(quota as u64))

@@ -22,7 +22,7 @@ pub enum Direction {
     Loosened,
     /// Grants less (or limits more) than before.
     Tightened,
-    /// Different, neither wider nor narrower (a description, a command, framing).
+    /// Different, neither wider nor narrower (a description, one command for another, framing).
     Changed,
 }
 
@@ -159,6 +159,15 @@ fn direction(key: &str, x: Option<&Value>, y: Option<&Value>) -> Direction {
         "seccomp.deny_action" => by_rank(&["kill", "errno"]),
         "enforcement.mode" => by_rank(&["required", "best_effort"]),
         "identity.inside" => by_rank(&["same", "root"]),
+        // `[]`: the caller runs any program; a fixed command confines it to one.
+        "provider.command" => {
+            let any = |v: Option<&Value>| v.and_then(Value::as_array).is_some_and(Vec::is_empty);
+            match (any(x), any(y)) {
+                (false, true) => Loosened,
+                (true, false) => Tightened,
+                _ => Changed,
+            }
+        }
         _ => Changed,
     }
 }
@@ -273,6 +282,11 @@ mod tests {
         );
         assert_eq!(direction("limits.memory_max", Some(&s("1G")), None), Direction::Loosened);
         assert_eq!(direction("provider.mode", Some(&s("oneshot")), Some(&s("session"))), Direction::Changed);
+        let (fixed, other, any) =
+            (Value::Array(vec![s("/bin/true")]), Value::Array(vec![s("/bin/false")]), Value::Array(vec![]));
+        assert_eq!(direction("provider.command", Some(&fixed), Some(&any)), Direction::Loosened);
+        assert_eq!(direction("provider.command", Some(&any), Some(&fixed)), Direction::Tightened);
+        assert_eq!(direction("provider.command", Some(&fixed), Some(&other)), Direction::Changed);
     }
 
     #[test]

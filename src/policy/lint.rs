@@ -12,8 +12,10 @@
 //! pre-built cells that only root's requests can use (a note); read on `/run` (the host's
 //! sockets), egress addresses the proxy refuses for names (loopback, metadata) listed
 //! literally, namespaces switched off, `best_effort` enforcement, seccomp `"log"` (allows
-//! everything), and sizes written as bare numbers below 1 MiB (bytes). A path is judged where
-//! it leads: a rule through a symlink is judged as its target, as the cell's bind is.
+//! everything), sizes written as bare numbers below 1 MiB (bytes), and a `limits.cpu` above
+//! this host's CPU count (a percent written as a count). A path is judged where it leads: a
+//! rule through a symlink is judged as its target, as the cell's bind is. `command = []` (the
+//! caller runs any program) is a note: the shipped generic sandbox means it.
 //!
 //! Two kinds of missing path are notes, not warnings (they never fail `--strict`): paths
 //! under an install prefix that a shipped script creates ([`INSTALL_PREFIXES`]), and paths
@@ -100,6 +102,7 @@ pub fn lint(c: &Checked) -> Vec<Finding> {
     l.network();
     l.namespaces();
     l.sizes();
+    l.cpu();
     l.seccomp();
     l.prewarm();
     l.out.sort_by(|a, b| (&a.diag.file, a.diag.line, a.diag.col).cmp(&(&b.diag.file, b.diag.line, b.diag.col)));
@@ -186,6 +189,16 @@ impl Linter<'_> {
     }
 
     fn command(&mut self) {
+        if let (Some(list), false) = (&self.c.raw.provider.command, self.c.policy.is_abstract) {
+            if list.get_ref().is_empty() {
+                // A note: the generic sandbox (policies/sandbox.toml) means it.
+                let msg = "[] lets the caller run any program under the filesystem.exec paths, with any \
+                           arguments (the whole argv is the caller's); give the binary and its fixed arguments \
+                           to confine callers to one program"
+                    .to_owned();
+                return self.note(list.span(), "provider.command", msg);
+            }
+        }
         let Some(first) = items(&self.c.raw.provider.command).into_iter().next() else { return };
         let key = "provider.command";
         let text = first.get_ref().clone();
@@ -398,6 +411,22 @@ impl Linter<'_> {
                        file says; use \"required\""
                 .to_owned();
             self.warn(m.span(), "enforcement.mode", msg);
+        }
+    }
+
+    /// A cpu limit above this host's CPU count: never binds here, and is most often a percent
+    /// (`100`) meant as a fraction.
+    fn cpu(&mut self) {
+        let host = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let (Some(v), Some(cpu)) = (&self.c.raw.limits.cpu, self.c.policy.limits.cpu) {
+            if cpu > host as f64 {
+                let msg = format!(
+                    "{} is more CPUs than this host has ({host}): limits.cpu is a number of CPUs (0.5 = half a \
+                     CPU, 2 = two CPUs), not a percent",
+                    v.get_ref()
+                );
+                self.warn(v.span(), "limits.cpu", msg);
+            }
         }
     }
 

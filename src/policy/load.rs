@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
-use super::raw::RawFile;
+use super::raw::{Opt, RawFile, Scalar};
 use super::{Diagnostic, PolicyError};
 
 /// The texts of the files of one `extends` chain, placed end to end.
@@ -59,11 +60,7 @@ impl Sources {
         let Some(file) = self.files.iter().rev().find(|f| f.base <= offset) else {
             return (PathBuf::new(), 1, 1);
         };
-        let local = offset.saturating_sub(file.base).min(file.text.len());
-        let before = file.text.get(..local).unwrap_or("");
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+        let (line, col) = line_col(&file.text, offset.saturating_sub(file.base));
         (file.path.clone(), line, col)
     }
 
@@ -78,6 +75,15 @@ impl Sources {
         let base = self.files.get(index).map_or(0, |f| f.base);
         self.diag(&(base..base), key, message)
     }
+}
+
+/// The 1-based line and 1-based column (in characters) of byte `offset` in `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, col)
 }
 
 /// One policy with its whole `extends` chain merged, plus every problem found on the way.
@@ -218,8 +224,9 @@ fn parse_recovering(padded: &str, sources: &Sources, diagnostics: &mut Vec<Diagn
     }
 }
 
-/// The dotted path of the deepest table entry whose key or value covers `offset`.
-fn find_path(table: &DeTable<'_>, offset: usize) -> Option<Vec<String>> {
+/// The dotted path of the deepest table entry whose key or value covers `offset` (also used
+/// for the daemon's config file, so its errors name their key as a policy's do).
+pub(crate) fn find_path(table: &DeTable<'_>, offset: usize) -> Option<Vec<String>> {
     for (k, v) in table.iter() {
         if let DeValue::Table(sub) = v.get_ref() {
             if let Some(mut p) = find_path(sub, offset) {
@@ -254,10 +261,17 @@ macro_rules! inherit {
 
 /// The merge rule: tables merge key by key; a key set in the child replaces the parent's
 /// value wholesale (arrays are replaced, not appended). `environment.set` is a table, so it
-/// merges name by name. `extends`, `provider.name` and `provider.abstract` are never inherited.
-pub fn merge(mut child: RawFile, parent: RawFile) -> RawFile {
+/// merges name by name. `[access]` is one rule (who may use the provider): a child's
+/// `[access]` table replaces the parent's whole. `extends`, `provider.name` and
+/// `provider.abstract` are never inherited. A key that only means something under one
+/// setting of another key is not inherited when the child changes that setting without
+/// setting the key itself (see `drop_unused`).
+pub fn merge(mut child: RawFile, mut parent: RawFile) -> RawFile {
+    drop_unused(&child, &mut parent);
     inherit!(child.provider, parent.provider; description, command, command_after, command_format, command_via, mode, tty);
-    inherit!(child.access, parent.access; uids, groups);
+    if child.access.is_none() {
+        child.access = parent.access;
+    }
     inherit!(child.identity, parent.identity; run_as, root_maps_to, uid_range, inside, workspace_idmap);
     inherit!(child.environment, parent.environment; pass);
     if let Some(parent_set) = parent.environment.set {
@@ -277,6 +291,38 @@ pub fn merge(mut child: RawFile, parent: RawFile) -> RawFile {
     inherit!(child.enforcement, parent.enforcement; mode);
     inherit!(child.pool, parent.pool; prewarm);
     child
+}
+
+/// Leave out of `parent` the keys that only mean something under a setting `child` changes:
+/// `network.egress` (only with `network.mode = "proxy"`), `session.sentinel`, `pattern`,
+/// `field` and `equals` (each only with its `session.framing`), `identity.uid_range` (only
+/// with `run_as = "range"`), and `command_after`, `command_format` and `command_via` (only
+/// with a fixed command, when the child sets `command = []`). A child that sets such a key
+/// itself keeps it, and a contradiction of its own is still reported, in its own file.
+fn drop_unused(child: &RawFile, parent: &mut RawFile) {
+    let leaves = |setting: &Opt<String>, used_by: &str| setting.as_ref().is_some_and(|v| v.get_ref() != used_by);
+    if leaves(&child.network.mode, "proxy") {
+        parent.network.egress = None;
+    }
+    let (framing, session) = (&child.session.framing, &mut parent.session);
+    for (key, used_by) in [
+        (&mut session.sentinel, "sentinel"),
+        (&mut session.pattern, "regex"),
+        (&mut session.field, "json_field"),
+        (&mut session.equals, "json_field"),
+    ] {
+        if leaves(framing, used_by) {
+            *key = None;
+        }
+    }
+    let range = |v: &Spanned<Scalar>| matches!(v.get_ref(), Scalar::Str(s) if s == "range");
+    if child.identity.run_as.as_ref().is_some_and(|v| !range(v)) {
+        parent.identity.uid_range = None;
+    }
+    if child.provider.command.as_ref().is_some_and(|c| c.get_ref().is_empty()) {
+        let p = &mut parent.provider;
+        (p.command_after, p.command_format, p.command_via) = (None, None, None);
+    }
 }
 
 #[cfg(test)]

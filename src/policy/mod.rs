@@ -28,7 +28,7 @@
 //! | `provider.command` *required unless abstract* | `["/abs/binary", "fixed", "args"]`, or `[]` (caller supplies argv) | — |
 //! | `provider.mode` | `"oneshot"` \| `"session"` | `"oneshot"` |
 //! | `provider.tty` | `true`: stdin/stdout/stderr are one pseudo-terminal (raw mode; stdout and stderr merge) | `false` |
-//! | `access.uids` | uids allowed to use the provider | `[]` (root only) |
+//! | `access.uids` | uids allowed to use the provider (a child's `[access]` replaces the parent's whole) | `[]` (root only) |
 //! | `access.groups` | group names (from /etc/group) or gids | `[]` |
 //! | `identity.run_as` | `"caller"` \| `"range"` \| user name \| uid (never 0) | `"caller"` |
 //! | `identity.root_maps_to` | when the caller is root: `"cell"` (a host uid/gid of the cell's own from the daemon's `cell_id_range`), or a user name or uid (never 0) | `"cell"` |
@@ -39,7 +39,7 @@
 //! | `environment.set` | table `NAME = "value"`; `{cwd}`, `{tmp}` expanded | `{}` |
 //! | `workdir.roots` | absolute existing directories; the caller's cwd must be beneath one | `[]` |
 //! | `limits.memory_max`, `memory_high`, `memory_swap` | size | unlimited |
-//! | `limits.cpu` | CPUs, > 0 (`0.5`, `2`) | unlimited |
+//! | `limits.cpu` | a count of CPUs (not a percent), 0.01 to the kernel's quota (`crate::cgroup::MAX_CPU_QUOTA_US`, about 42949): `0.5`, `2` | unlimited |
 //! | `limits.pids`, `limits.open_files` | integer ≥ 1 | unlimited |
 //! | `limits.file_size` | size > 0: largest file a process may write (`RLIMIT_FSIZE`) | unlimited |
 //! | `limits.wall_time`, `limits.idle_timeout` | duration | unlimited |
@@ -69,9 +69,16 @@
 //! **Inheritance** (`extends = "base"` loads `base.toml` from the same directory, which may
 //! itself extend another): tables merge key by key; a key set in the child replaces the
 //! parent's value wholesale — arrays are replaced, not appended. `environment.set` is a table
-//! and so merges name by name. `extends`, `provider.name` and `provider.abstract` belong to
-//! each file and are never inherited. Cycles and missing parents are reported at the
-//! `extends` key; a problem in an inherited key is reported in the file that set it.
+//! and so merges name by name. `[access]` is one rule (who may use the provider): a child's
+//! `[access]` table replaces the parent's whole, so `uids` alone narrows access to those uids.
+//! `extends`, `provider.name` and `provider.abstract` belong to each file and are never
+//! inherited. A key that only means something under a setting the child changes is not
+//! inherited unless the child sets it: `network.egress` when the child's `network.mode` is not
+//! `"proxy"`, `session.sentinel`/`pattern`/`field`/`equals` when its `framing` does not use
+//! them, `identity.uid_range` when its `run_as` is not `"range"`, and `command_after`,
+//! `command_format`, `command_via` when it sets `command = []`. Cycles and missing parents are
+//! reported at the `extends` key; a problem in an inherited key is reported in the file that
+//! set it.
 
 pub mod check;
 pub mod diff;

@@ -25,8 +25,10 @@ pub struct RawFile {
     pub extends: Opt<String>,
     #[serde(default)]
     pub provider: RawProvider,
+    /// `None`: the file has no `[access]` table. A table, even empty, replaces the parent's
+    /// whole (`access` is one rule: who may use the provider).
     #[serde(default)]
-    pub access: RawAccess,
+    pub access: Option<RawAccess>,
     #[serde(default)]
     pub identity: RawIdentity,
     #[serde(default)]

@@ -5,7 +5,8 @@
 //!
 //! The weights are a reviewer's rule of thumb, not a measurement: the host network and a
 //! missing seccomp preset weigh most (whole kernel or network surfaces), broad filesystem
-//! grants next, missing resource limits and credentials passed in least.
+//! grants and `command = []` (the caller picks the program) next, missing resource limits and
+//! credentials passed in least.
 
 use std::fmt::Write as _;
 
@@ -47,6 +48,9 @@ pub fn level(score: f64) -> &'static str {
 pub fn score(p: &Policy) -> Score {
     let mut f = Vec::new();
     let mut add = |key: &str, weight: f64, finding: String| f.push(Exposure { key: key.to_owned(), weight, finding });
+    if p.command.is_empty() && p.is_launchable() {
+        add("provider.command", 1.0, "command = []: the caller runs any program under the exec paths".to_owned());
+    }
     match &p.network {
         Network::Proxy { egress: Egress::Learn } => {
             add("network.egress", 2.5, "egress to any name through the proxy (learn mode)".to_owned())

@@ -155,9 +155,10 @@ impl Checker<'_> {
     }
 
     fn access(&mut self, raw: &RawFile) -> Access {
-        let uids = list(&raw.access.uids).into_iter().map(Spanned::into_inner).collect();
+        let access = raw.access.clone().unwrap_or_default();
+        let uids = list(&access.uids).into_iter().map(Spanned::into_inner).collect();
         let mut gids = Vec::new();
-        for g in list(&raw.access.groups) {
+        for g in list(&access.groups) {
             match resolve_group(g.get_ref()) {
                 Ok(gid) => gids.push(gid),
                 Err(msg) => self.at(&g, "access.groups", msg),
@@ -355,12 +356,22 @@ impl Checker<'_> {
                 Scalar::Float(x) => *x,
                 Scalar::Str(_) => f64::NAN,
             };
-            if x.is_finite() && x > 0.0 && (x * crate::cgroup::CPU_PERIOD_US as f64).round() < 1000.0 {
+            let quota = (x * crate::cgroup::CPU_PERIOD_US as f64).round();
+            if x.is_finite() && x > 0.0 && quota < 1000.0 {
                 self.at(
                     v,
                     "limits.cpu",
                     format!("{} is below the kernel's minimum of 0.01 CPU (1 ms per 100 ms)", v.get_ref()),
                 );
+                None
+            } else if x.is_finite() && quota > crate::cgroup::MAX_CPU_QUOTA_US as f64 {
+                let max = crate::cgroup::MAX_CPU_QUOTA_US / crate::cgroup::CPU_PERIOD_US;
+                let msg = format!(
+                    "{} is more than the kernel's CPU quota can hold (at most {max} CPUs); limits.cpu is a \
+                     number of CPUs (2 = two CPUs), not a percent",
+                    v.get_ref()
+                );
+                self.at(v, "limits.cpu", msg);
                 None
             } else if x.is_finite() && x > 0.0 {
                 Some(x)
