@@ -1,14 +1,19 @@
 //! The egress proxy (issue 14), end to end through a real daemon: cells whose policy says
 //! `network.mode = "proxy"` reach a local HTTPS test server (a self-signed certificate for
 //! `fake.test`, which the daemon's `egress_hosts` maps to 127.0.0.1 in the proxy's own
-//! resolver: the host's files are never touched) through the proxy, and nothing else.
+//! resolver: the host's files are never touched) through the proxy, and nothing else. A mapped
+//! address is trusted only where the policy lists the name exactly on that port, so learn mode
+//! reaches servers in an [`Outside`]: a network namespace joined by a veth pair, standing in for
+//! a host elsewhere (`far.test`).
 //!
 //! | test | what it shows |
 //! |---|---|
 //! | `allowed_name_reaches_the_https_server` | an allowed name gets through (TLS verified end to end); the decision is in the cell's `egress` events with its byte counts, and in the log |
 //! | `denied_names_ip_literals_and_plain_http_are_refused` | a name not listed → 403 with a body naming it; an IP literal → 403 even for the server's own address; another port of an allowed name → 403; plain `http://` → 405 |
 //! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
-//! | `learn_mode_allows_and_reports` | `egress = "learn"`: any name passes and is reported; the daemon logs the draft list; the host's own services stay out of reach (loopback, and the host's outside address as an IP literal, plain or IPv4-mapped), and so do numeric names, cloud metadata, private networks and NAT64-wrapped loopback |
+//! | `learn_mode_allows_and_reports` | `egress = "learn"`: a host elsewhere is reached, every name is reported, the daemon logs the draft list of those reached; the host's own services stay out of reach (loopback, also by a mapped name, and the host's outside address as an IP literal, plain or IPv4-mapped), and so do numeric names, cloud metadata, private networks and NAT64-wrapped loopback |
+//! | `a_mapped_name_is_trusted_only_where_listed_exactly` | an `egress_hosts` name mapped to loopback is reached where the policy lists it on that port; in learn mode, through a wildcard, or on a port it is not listed for, 403 and nothing arrives |
+//! | `learn_mode_learns_past_the_log_budget` | a destination after 80 tunnels (past the log budget) is in the draft list |
 //! | `proxy_holds_200_connections_from_20_cells` | load: 20 cells × 10 concurrent HTTPS downloads, no error |
 //! | `a_flood_of_refusals_keeps_the_tunnels_record` | 1200 refused requests keep the tunnel's event and log 100 refusal lines plus one count |
 //! | `the_egress_record_survives_floods_and_open_tunnels` | a tunnel after 150 refusals is logged; a malformed request is in the events; a tunnel open at the cell's end is learned; every destination is in the summary at the end |
@@ -39,7 +44,7 @@ os.chdir(sys.argv[1])
 class H(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer.request_queue_size = 512
-srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+srv = http.server.ThreadingHTTPServer((sys.argv[4], 0), H)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[2], sys.argv[3])
 srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
@@ -51,7 +56,7 @@ srv.serve_forever()
 /// test CA in the workspace; `connect(target)` sends a raw CONNECT to the proxy.
 const CLIENT: &str = r#"
 import urllib.request, urllib.error, ssl, os, sys, socket, json, threading
-ctx = ssl.create_default_context(cafile='ca.pem')
+ctx = ssl.create_default_context(cafile='ca.pem') if os.path.exists('ca.pem') else None
 def get(url):
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=20) as r:
@@ -68,7 +73,8 @@ def result(label, value):
     print(label, value.replace('\n', ' ')[:400], flush=True)
 "#;
 
-/// The HTTPS server for `fake.test`, its port and the certificate (also copied into `ws`).
+/// The HTTPS server for `fake.test` (and `far.test`), its port and the certificate (also copied
+/// into `ws`).
 struct Server {
     child: Child,
     port: u16,
@@ -83,14 +89,20 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// On this host's loopback.
     fn start() -> Server {
+        Server::start_in(None)
+    }
+
+    /// On this host's loopback, or on every address of `outside`.
+    fn start_in(outside: Option<&Outside>) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path();
         let st = Command::new("openssl")
             // EC: cheap handshakes, for the load test (and the slow emulated CPU of the test VM).
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
             .args(["-subj", "/CN=fake.test"])
-            .args(["-addext", "subjectAltName=DNS:fake.test,DNS:learn.test"])
+            .args(["-addext", "subjectAltName=DNS:fake.test,DNS:learn.test,DNS:far.test"])
             .arg("-keyout")
             .arg(p.join("key.pem"))
             .arg("-out")
@@ -103,11 +115,16 @@ impl Server {
         std::fs::create_dir(&www).expect("www");
         std::fs::write(www.join("hello.txt"), "hello from fake.test").expect("hello");
         std::fs::write(www.join("big.bin"), vec![b'x'; 256 << 10]).expect("big");
-        let mut child = Command::new(PY)
+        let (mut command, bind) = match outside {
+            Some(o) => (o.command(PY), "0.0.0.0"),
+            None => (Command::new(PY), "127.0.0.1"),
+        };
+        let mut child = command
             .args(["-c", SERVER])
             .arg(&www)
             .arg(p.join("ca.pem"))
             .arg(p.join("key.pem"))
+            .arg(bind)
             .stdout(Stdio::piped())
             .spawn()
             .expect("https server");
@@ -125,19 +142,29 @@ impl Server {
     }
 }
 
-/// A daemon with `fake.test` and `learn.test` mapped to 127.0.0.1 in the proxy's resolver and
-/// the providers `net` (`egress = ["fake.test:PORT"]`) and `learn` (`egress = "learn"`), both
-/// one-shot `python3 -c COMMAND`.
+/// A daemon with `fake.test`, `learn.test` and `held.test` mapped to 127.0.0.1 in the proxy's
+/// resolver and the providers `net` (`egress = ["fake.test:PORT"]`) and `learn` (`egress =
+/// "learn"`), both one-shot `python3 -c COMMAND`.
 fn daemon(server: &Server) -> Daemon {
+    daemon_far(server, None)
+}
+
+/// [`daemon`], and where `far` is given (an [`Outside`]'s address), `far.test`, `many.test`
+/// and `held.test` mapped to it.
+fn daemon_far(server: &Server, far: Option<std::net::Ipv4Addr>) -> Daemon {
     let q = |s: &str| serde_json::to_string(s).expect("json string");
     let py = format!("[{}, \"-c\"]", q(PY));
+    let mut hosts = vec![("fake.test", "127.0.0.1".to_owned()), ("learn.test", "127.0.0.1".to_owned())];
+    match far {
+        Some(far) => hosts.extend(["far.test", "many.test", "held.test"].map(|n| (n, far.to_string()))),
+        None => hosts.push(("held.test", "127.0.0.1".to_owned())),
+    }
+    let hosts: Vec<String> = hosts.iter().map(|(n, a)| format!("{} = {}", q(n), q(a))).collect();
     let d = Daemon::builder()
         .prefix("ck-egress-")
         .log_level("info")
         .max_cells(24)
-        .config(
-            "egress_hosts = { \"fake.test\" = \"127.0.0.1\", \"learn.test\" = \"127.0.0.1\", \"held.test\" = \"127.0.0.1\" }",
-        )
+        .config(&format!("egress_hosts = {{ {} }}", hosts.join(", ")))
         .provider(
             "net",
             &py,
@@ -176,6 +203,74 @@ fn run(d: &Daemon, provider: &str, body: &str) -> (String, Value) {
     let id = v["cell"].as_str().unwrap_or_default();
     let info = call(&d.socket, "GET", &format!("/v1/cells/{id}"), None).json();
     (out, info)
+}
+
+/// A host elsewhere on the network, the one kind of destination learn mode may reach: a network
+/// namespace joined to this one by a veth pair, with 203.0.113.4k+2 on its side and 4k+1 on
+/// this host's (TEST-NET-3: not loopback, private, reserved nor this host's own address). The
+/// namespace `ckegK` is the slot K (0-63) taken, so tests running at once get one each.
+struct Outside {
+    ns: String,
+    /// The veth on this host's side.
+    here: String,
+    addr: std::net::Ipv4Addr,
+}
+
+impl Outside {
+    /// `None` where no veth pair can be made.
+    fn make() -> Option<Outside> {
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        for k in 0..64u8 {
+            let ns = format!("ckeg{k}");
+            if !ip(&["netns", "add", &ns]) {
+                continue;
+            }
+            // Deleted on drop, the veth pair with it.
+            let o = Outside { ns, here: format!("ckeg{k}h"), addr: std::net::Ipv4Addr::new(203, 0, 113, 4 * k + 2) };
+            let (here, there) = (o.here.as_str(), format!("ckeg{k}o"));
+            // A namespace is torn down after its name is gone, its veth pair with it: the pair
+            // of the slot's last user may be there still.
+            ip(&["link", "delete", here]);
+            let made = ip(&["link", "add", here, "type", "veth", "peer", "name", &there, "netns", &o.ns])
+                && ip(&["addr", "add", &format!("203.0.113.{}/30", 4 * k + 1), "dev", here])
+                && ip(&["link", "set", here, "up"])
+                && ip(&["-n", &o.ns, "addr", "add", &format!("{}/30", o.addr), "dev", &there])
+                && ip(&["-n", &o.ns, "link", "set", &there, "up"])
+                && ip(&["-n", &o.ns, "link", "set", "lo", "up"]);
+            return made.then_some(o);
+        }
+        None
+    }
+
+    /// `program` run in the namespace.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, program]);
+        c
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        // The pair first: it would outlive the namespace's name for a while.
+        let _ = Command::new("ip").args(["link", "delete", &self.here]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip").args(["netns", "delete", &self.ns]).status();
+    }
+}
+
+/// An [`Outside`] for `test`, or a failure that says why none can be made (the test VM's
+/// initramfs carries the veth module for this).
+fn outside(test: &str) -> Outside {
+    Outside::make().unwrap_or_else(|| {
+        panic!("{test}: cannot make a network namespace joined by a veth pair (iproute2's ip, CONFIG_VETH)")
+    })
 }
 
 /// The host's address on its default route (or loopback when it has none).
@@ -312,38 +407,44 @@ fn ignoring_the_proxy_reaches_nothing() {
 #[test]
 fn learn_mode_allows_and_reports() {
     gate!("learn_mode_allows_and_reports");
-    let server = Server::start();
-    let d = daemon(&server);
+    // The one destination learn mode may reach: a host elsewhere (`far.test`). The HTTPS
+    // server runs there.
+    let outside = outside("learn_mode_allows_and_reports");
+    let server = Server::start_in(Some(&outside));
+    let d = daemon_far(&server, Some(outside.addr));
     let port = server.port;
     // A host service listening on every address: learning must not reach it through the
-    // host's own outside address either (an IP literal is a name like any other in learn mode).
+    // host's own outside address either (an IP literal is a name like any other in learn mode),
+    // nor through a name `egress_hosts` maps to loopback (`learn.test`).
     let host_service = std::net::TcpListener::bind("0.0.0.0:0").expect("tcp listener");
     let hport = host_service.local_addr().expect("addr").port();
     host_service.set_nonblocking(true).expect("nonblocking");
-    let outside = outside_address();
+    let outside_addr = outside_address();
     let body = format!(
-        "result('fake', get('https://fake.test:{port}/hello.txt'))\n\
-         result('learn', get('https://learn.test:{port}/hello.txt'))\n\
+        "result('far', get('https://far.test:{port}/hello.txt'))\n\
+         result('mapped loopback', connect('learn.test:{hport}'))\n\
          result('localhost', connect('localhost:{port}'))\n\
-         result('own address', connect('{outside}:{hport}'))\n\
-         result('own address v6', connect('[::ffff:{outside}]:{hport}'))\n\
+         result('own address', connect('{outside_addr}:{hport}'))\n\
+         result('own address v6', connect('[::ffff:{outside_addr}]:{hport}'))\n\
          result('numeric name', connect('2130706433:443'))\n\
          result('metadata', connect('100.100.100.200:80'))\n\
          result('private', connect('10.0.0.1:443'))\n\
          result('nat64 loopback', connect('[64:ff9b::7f00:1]:443'))"
     );
     let (out, info) = run(&d, "learn", &body);
-    assert_eq!(line(&out, "fake"), "OK hello from fake.test", "{out}");
-    assert_eq!(line(&out, "learn"), "OK hello from fake.test", "{out}");
-    // Learning allows names, never the host's own services: loopback, nor the host's own
-    // addresses (the test VM has no outside address: there it is loopback again).
+    assert_eq!(line(&out, "far"), "OK hello from fake.test", "{out}");
+    // Learning allows names, never the host's own services: loopback (by name: a name
+    // `egress_hosts` maps is trusted only where a policy lists it exactly on that port), nor the
+    // host's own addresses (the test VM has no outside address: there it is loopback again).
     // (`localhost` is looked up as the absolute name `localhost.`, as every name is while
     // learning: not found (502) where /etc/hosts alone knows it, else refused (403).)
+    let mapped = line(&out, "mapped loopback");
+    assert!(mapped.starts_with("HTTP/1.1 403") && mapped.contains("learn.test"), "{out}");
     let localhost = line(&out, "localhost");
     assert!(localhost.starts_with("HTTP/1.1 403") || localhost.starts_with("HTTP/1.1 502"), "{out}");
     for label in ["own address", "own address v6"] {
         let reply = line(&out, label);
-        assert!(reply.starts_with("HTTP/1.1 403") && reply.contains(&outside), "{label} ({outside}): {out}");
+        assert!(reply.starts_with("HTTP/1.1 403") && reply.contains(&outside_addr), "{label} ({outside_addr}): {out}");
     }
     assert!(host_service.accept().is_err(), "a connection through the proxy reached the host's own service");
     // Nor what a name must not mean: the C resolver's numeric spelling of 127.0.0.1 is not a
@@ -353,19 +454,70 @@ fn learn_mode_allows_and_reports() {
     for label in ["metadata", "private", "nat64 loopback"] {
         assert!(line(&out, label).starts_with("HTTP/1.1 403"), "{label}: {out}");
     }
-    if outside == "127.0.0.1" {
+    if outside_addr == "127.0.0.1" {
         eprintln!("no default route on this host: 'own address' was its loopback address");
     }
-    let allowed: Vec<&str> = info["egress"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["allowed"] == true)
-        .filter_map(|e| e["name"].as_str())
-        .collect();
-    assert_eq!(allowed, ["fake.test", "learn.test"], "{info}");
+    // Every name is reported, refused ones with the reason; only those reached are drafted.
+    let events = info["egress"].as_array().cloned().unwrap_or_default();
+    let allowed: Vec<&str> =
+        events.iter().filter(|e| e["allowed"] == true).filter_map(|e| e["name"].as_str()).collect();
+    assert_eq!(allowed, ["far.test"], "{info}");
+    assert!(
+        events.iter().any(|e| e["name"] == "learn.test" && e["allowed"] == false && e["port"] == hport),
+        "the refused mapped name is not reported: {info}"
+    );
     let log = d.wait_log(&["egress learned"], Duration::from_secs(10));
-    assert!(log.contains(&format!("fake.test:{port}")) && log.contains(&format!("learn.test:{port}")), "{log}");
+    let learned = log.lines().find(|l| l.contains("egress learned")).unwrap_or_default();
+    assert!(!learned.contains("learn.test"), "a refused name was drafted: {learned}");
+    assert!(learned.contains(&format!("far.test:{port}")), "{learned}");
+}
+
+// From the sixth egress review: an `egress_hosts` mapping skipped every address check for any
+// cell that got its name through at all: in learn mode (`CONNECT learn.test:6379` reached any
+// port of the host's loopback), or matched by a wildcard or on a port the policy lists it
+// for only through a wildcard (`CONNECT mirror.internal:22`). A mapped address is trusted
+// only where the policy lists that name exactly on that port; elsewhere it is judged like any
+// address a name resolves to.
+#[test]
+fn a_mapped_name_is_trusted_only_where_listed_exactly() {
+    gate!("a_mapped_name_is_trusted_only_where_listed_exactly");
+    // A service on the host's loopback (a stand-in for redis, sshd, the daemon's own API).
+    let service = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp listener");
+    let hport = service.local_addr().expect("addr").port();
+    service.set_nonblocking(true).expect("nonblocking");
+    let py = format!("[{}, \"-c\"]", serde_json::to_string(PY).expect("json"));
+    let d = Daemon::builder()
+        .prefix("ck-egress-")
+        .log_level("info")
+        .config(
+            "egress_hosts = { \"fake.test\" = \"127.0.0.1\", \"learn.test\" = \"127.0.0.1\", \
+             \"mirror.wild.test\" = \"127.0.0.1\", \"any.wild.test\" = \"127.0.0.1\" }",
+        )
+        .provider("listed", &py, "oneshot", &format!("[network]\nmode = \"proxy\"\negress = [\"fake.test:{hport}\"]\n"))
+        .provider("learn", &py, "oneshot", "[network]\nmode = \"proxy\"\negress = \"learn\"\n")
+        .provider(
+            "wild",
+            &py,
+            "oneshot",
+            &format!("[network]\nmode = \"proxy\"\negress = [\"mirror.wild.test\", \"*.wild.test:{hport}\"]\n"),
+        )
+        .start();
+    let accepted = || std::iter::from_fn(|| service.accept().ok()).count();
+    // Listed exactly on that port: trusted, loopback and all.
+    let (out, _) = run(&d, "listed", &format!("result('listed', connect('fake.test:{hport}'))"));
+    assert!(line(&out, "listed").starts_with("HTTP/1.1 200"), "{out}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(accepted(), 1, "the listed mapped name did not reach its address");
+    // Learning; a wildcard; a name listed on another port (443) reached here by a wildcard.
+    for (provider, target) in [("learn", "learn.test"), ("wild", "any.wild.test"), ("wild", "mirror.wild.test")] {
+        let (out, info) = run(&d, provider, &format!("result('mapped', connect('{target}:{hport}'))"));
+        let reply = line(&out, "mapped");
+        assert!(reply.starts_with("HTTP/1.1 403") && reply.contains(target), "{provider} {target}: {out}");
+        let events = info["egress"].as_array().cloned().unwrap_or_default();
+        assert!(events.iter().any(|e| e["name"] == target && e["allowed"] == false), "{provider} {target}: {info}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(accepted(), 0, "a mapped name not listed exactly on that port reached the host's loopback");
 }
 
 /// Load (issue 14, acceptance 3): 20 cells at once, each with 10 concurrent HTTPS downloads of
@@ -432,15 +584,23 @@ fn a_flood_of_refusals_keeps_the_tunnels_record() {
 }
 
 /// A plain TCP server on 127.0.0.1 for the tunnel tests: `echo` sends back what it gets;
-/// `flood` sends without end and never reads. Its port.
+/// `flood` sends without end and never reads; `silent` accepts and never answers. Its port.
 fn tcp_server(mode: &str) -> (Child, u16) {
+    tcp_server_in(mode, None)
+}
+
+/// [`tcp_server`] on 127.0.0.1, or on every address of `outside`.
+fn tcp_server_in(mode: &str, outside: Option<&Outside>) -> (Child, u16) {
     let script = r#"
 import socket, sys, threading
 mode = sys.argv[1]
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(('127.0.0.1', 0)); l.listen(512); print(l.getsockname()[1], flush=True)
+l.bind((sys.argv[2], 0)); l.listen(512); print(l.getsockname()[1], flush=True)
+held = []
 def serve(c):
     try:
+        if mode == 'silent':
+            held.append(c); return
         if mode == 'flood':
             chunk = b'x' * 65536
             while True: c.sendall(chunk)
@@ -449,7 +609,11 @@ def serve(c):
 while True:
     c, _ = l.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
-    let mut child = Command::new(PY).args(["-c", script, mode]).stdout(Stdio::piped()).spawn().expect("tcp server");
+    let (mut command, bind) = match outside {
+        Some(o) => (o.command(PY), "0.0.0.0"),
+        None => (Command::new(PY), "127.0.0.1"),
+    };
+    let mut child = command.args(["-c", script, mode, bind]).stdout(Stdio::piped()).spawn().expect("tcp server");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port");
     (child, line.trim().parse().unwrap_or_else(|_| panic!("port: {line:?}")))
@@ -548,18 +712,20 @@ fn a_stalled_tunnel_holds_a_bounded_buffer() {
 #[test]
 fn learn_mode_learns_past_the_log_budget() {
     gate!("learn_mode_learns_past_the_log_budget");
-    let server = Server::start();
-    let d = daemon(&server);
+    // Learn mode reaches only a host elsewhere.
+    let outside = outside("learn_mode_learns_past_the_log_budget");
+    let server = Server::start_in(Some(&outside));
+    let d = daemon_far(&server, Some(outside.addr));
     let port = server.port;
     let body = format!(
-        "for i in range(80):\n    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n    s.sendall(b'CONNECT learn.test:{port} HTTP/1.1\\r\\n\\r\\n'); s.recv(100); s.close()\n\
-         result('last', get('https://fake.test:{port}/hello.txt'))"
+        "for i in range(80):\n    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n    s.sendall(b'CONNECT far.test:{port} HTTP/1.1\\r\\n\\r\\n'); s.recv(100); s.close()\n\
+         result('last', connect('many.test:{port}'))"
     );
     let (out, _) = run(&d, "learn", &body);
-    assert_eq!(line(&out, "last"), "OK hello from fake.test", "{out}");
+    assert!(line(&out, "last").starts_with("HTTP/1.1 200"), "{out}");
     let log = d.wait_log(&["egress learned for provider learn"], Duration::from_secs(10));
     let learned = log.lines().find(|l| l.contains("egress learned for provider learn")).unwrap_or_default();
-    assert!(learned.contains(&format!("fake.test:{port}")), "not learned past the log budget: {learned}");
+    assert!(learned.contains(&format!("many.test:{port}")), "not learned past the log budget: {learned}");
 }
 
 // From a review of issue 14's proxy: the egress record must hold against a cell that tries to
@@ -572,21 +738,21 @@ fn learn_mode_learns_past_the_log_budget() {
 #[test]
 fn the_egress_record_survives_floods_and_open_tunnels() {
     gate!("the_egress_record_survives_floods_and_open_tunnels");
-    let server = Server::start();
-    let d = daemon(&server);
+    // Learn mode reaches only a host elsewhere: the servers run there.
+    let outside = outside("the_egress_record_survives_floods_and_open_tunnels");
+    let server = Server::start_in(Some(&outside));
+    let d = daemon_far(&server, Some(outside.addr));
     let port = server.port;
     // An upstream that accepts and stays silent: a tunnel to it is still open when the cell
     // ends (the cell's side closes with the cell; nothing ever comes back).
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-    let sport = silent.local_addr().expect("addr").port();
-    let held = std::thread::spawn(move || silent.incoming().take(1).flatten().collect::<Vec<_>>());
+    let (mut silent, sport) = tcp_server_in("silent", Some(&outside));
     let body = format!(
         "n = 0\n\
          for i in range(150):\n    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n    s.sendall(b'GET http://x.test/ HTTP/1.1\\r\\n\\r\\n')\n    n += b'405' in s.recv(100)\n    s.close()\n\
          result('refused', str(n))\n\
          result('numeric', connect('2130706433:443'))\n\
-         result('after refusals', get('https://learn.test:{port}/hello.txt'))\n\
-         for i in range(60):\n    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n    s.sendall(b'CONNECT fake.test:{port} HTTP/1.1\\r\\n\\r\\n'); s.recv(100); s.close()\n\
+         result('after refusals', get('https://far.test:{port}/hello.txt'))\n\
+         for i in range(60):\n    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n    s.sendall(b'CONNECT many.test:{port} HTTP/1.1\\r\\n\\r\\n'); s.recv(100); s.close()\n\
          keep = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n\
          keep.sendall(b'CONNECT held.test:{sport} HTTP/1.1\\r\\n\\r\\n')\n\
          result('held', keep.recv(100).decode().split('\\r')[0])\n\
@@ -598,7 +764,8 @@ fn the_egress_record_survives_floods_and_open_tunnels() {
     assert!(line(&out, "numeric").starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(line(&out, "after refusals"), "OK hello from fake.test", "{out}");
     assert_eq!(line(&out, "held"), "HTTP/1.1 200 Connection established", "{out}");
-    let _ = held.join();
+    let _ = silent.kill();
+    let _ = silent.wait();
     // (2) The malformed request is a refusal like any other, in the events.
     let events = info["egress"].as_array().cloned().unwrap_or_default();
     assert!(
@@ -611,7 +778,7 @@ fn the_egress_record_survives_floods_and_open_tunnels() {
     let log = d.log();
     // (1) The tunnel after 150 refusals was logged.
     assert!(
-        log.lines().any(|l| l.contains("egress tunnel open") && l.contains("learn.test")),
+        log.lines().any(|l| l.contains("egress tunnel open") && l.contains("far.test")),
         "the tunnel after a flood of refusals was not logged:\n{log}"
     );
     // (3) The tunnel open at the cell's end was learned.
@@ -621,7 +788,7 @@ fn the_egress_record_survives_floods_and_open_tunnels() {
     let summary: String = log.lines().filter(|l| l.contains("egress destinations")).collect();
     // (The tunnel still open at the end counts with its bytes so far: it was summed only when
     // it closed, after the summary.)
-    for want in [format!("held.test:{sport} tunnels=1 bytes_up=1000"), format!("fake.test:{port} tunnels=60")] {
+    for want in [format!("held.test:{sport} tunnels=1 bytes_up=1000"), format!("many.test:{port} tunnels=60")] {
         assert!(summary.contains(&want), "{want} missing from the summary:\n{summary}");
     }
 }

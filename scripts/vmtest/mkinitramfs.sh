@@ -15,10 +15,10 @@ trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE"/{bin,sbin,dev,proc,sys,tmp,host,io,lib/modules,etc}
 cp /bin/busybox "$STAGE/bin/busybox"            # from busybox-static (no libs needed)
 cp "$HERE/init" "$STAGE/init"; chmod 755 "$STAGE/init"
-# virtio-pci + 9p + overlay are modules (=m) in Debian's kernels: copy them (and their
+# virtio-pci + 9p + overlay (+ veth, for the egress tests' host elsewhere) are modules (=m) in Debian's kernels: copy them (and their
 # dependencies) in load order as printed by modprobe --show-depends; built-ins are skipped
 : > "$STAGE/modules.order"
-for want in virtio_pci 9pnet_virtio 9p overlay; do
+for want in virtio_pci 9pnet_virtio 9p overlay veth; do
   modprobe -d "$MODROOT" -S "$KVER" --show-depends "$want" 2>/dev/null | awk '$1 == "insmod" {print $2}'
 done | awk '!seen[$0]++' | while read -r f; do
   m=$(basename "$f"); m=${m%%.ko*}

@@ -11,13 +11,15 @@
 //! `http://` forwarding is refused with 405). It resolves names itself (the cell has no DNS),
 //! refuses IP literals unless the policy lists that address, never connects to loopback,
 //! link-local, cloud metadata, reserved or multicast addresses nor to the host's own addresses
-//! (and, while learning, to private networks: see `crate::policy::egress::may_reach`), answers a refusal with `403` and a
+//! (and, for a name not listed exactly, to private networks: see
+//! `crate::policy::egress::may_reach`), answers a refusal with `403` and a
 //! body that names the rule, and records every decision — cell, provider, name, port, bytes
 //! each way, allowed or denied — in the daemon's log and in the cell's `egress` events.
 //!
 //! Tests map names to addresses in the proxy's own resolver ([`EgressConfig::hosts`], the
-//! daemon setting `egress_hosts`); the host's resolver files are never touched. A mapped name
-//! may resolve to loopback (the tests' local servers).
+//! daemon setting `egress_hosts`); the host's resolver files are never touched. A mapped
+//! address is trusted (loopback for the tests' local servers, an internal mirror) only where the
+//! cell's policy lists that name exactly on that port; elsewhere it is checked like any other.
 //!
 //! | file | owns |
 //! |---|---|
@@ -68,8 +70,9 @@ const MAX_LEARNED: usize = 1000;
 /// Daemon-wide settings of the proxy.
 #[derive(Debug, Clone, Default)]
 pub struct EgressConfig {
-    /// Names the proxy resolves to these addresses instead of asking DNS (tests). Such a name
-    /// may resolve to loopback.
+    /// Names the proxy resolves to these addresses instead of asking DNS (tests, an internal
+    /// mirror). The address is trusted (loopback included) only where the cell's policy lists
+    /// the name exactly on that port (`proxy::judgement`).
     pub hosts: BTreeMap<String, IpAddr>,
     /// The pool's cap on cells: name lookups in the daemon are bounded by it (see
     /// [`proxy::MAX_LOOKUPS_PER_CELL`]).

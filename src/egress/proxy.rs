@@ -284,8 +284,7 @@ async fn open(state: &CellEgress, config: &EgressConfig, host: &str, port: u16) 
         )));
     }
     let mapped = config.hosts.get(host).copied();
-    let listed_literal = matches!(state.egress, Egress::Allow(_)) && is_ip_literal(host);
-    let learning = matches!(state.egress, Egress::Learn);
+    let Judgement { trusted, strict } = judgement(&state.egress, mapped.is_some(), host, port);
     let addrs: Vec<SocketAddr> = match (mapped, host.parse::<IpAddr>()) {
         (Some(ip), _) => vec![SocketAddr::new(ip, port)],
         (None, Ok(ip)) => vec![SocketAddr::new(ip, port)],
@@ -296,19 +295,25 @@ async fn open(state: &CellEgress, config: &EgressConfig, host: &str, port: u16) 
     };
     // The host's own services and cloud metadata stay out of reach, whatever a name resolves
     // to (and in learn mode, whatever address is asked for): loopback, link-local and the
-    // addresses of the host's own interfaces. Only a test mapping or an address the policy
-    // lists literally may point there.
-    let trusted = mapped.is_some() || listed_literal;
+    // addresses of the host's own interfaces. Only an address the policy lists literally, or
+    // an `egress_hosts` mapping of a name the policy lists exactly on this port, may point
+    // there (see `judgement`).
     let own = if trusted { Vec::new() } else { host_addresses() };
     let usable: Vec<SocketAddr> = addrs
         .into_iter()
-        .filter(|a| trusted || (may_reach(a.ip(), learning) && !own.contains(&canonical(a.ip()))))
+        .filter(|a| trusted || (may_reach(a.ip(), strict) && !own.contains(&canonical(a.ip()))))
         .collect();
     if usable.is_empty() {
         return Err(Refusal::Denied(format!(
             "cellkeep egress proxy: {host} resolves only to addresses cells may not reach (loopback, \
-             link-local, cloud metadata, reserved, this host's own{})",
-            if learning { ", or a private network while learning" } else { "" }
+             link-local, cloud metadata, reserved, this host's own{}){}",
+            if strict { ", or a private network for a name not listed exactly" } else { "" },
+            if mapped.is_some() {
+                "; a name of the daemon's egress_hosts reaches any address it maps to only where the policy \
+                 lists that name exactly on that port"
+            } else {
+                ""
+            }
         )));
     }
     let mut last = None;
@@ -328,6 +333,30 @@ async fn open(state: &CellEgress, config: &EgressConfig, host: &str, port: u16) 
         }
     }
     Err(Refusal::Upstream(format!("cellkeep egress proxy: connecting to {host}:{port}: {}", last.unwrap_or_default())))
+}
+
+/// How the addresses of an allowed `host:port` are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Judgement {
+    /// Connected to as given, without [`may_reach`] or the checks for this host's own
+    /// addresses.
+    trusted: bool,
+    /// [`may_reach`]'s `strict`: no private network either.
+    strict: bool,
+}
+
+/// How `host:port` (allowed by `egress`; `mapped`: in the daemon's `egress_hosts`) is judged.
+/// Only what the operator wrote is trusted: an address the policy lists as such, or the
+/// mapping of a name it lists exactly on that port (an internal mirror, a test's loopback
+/// server). A mapped name that learn mode or a wildcard let through, or that a wildcard
+/// matched on a port its exact entry does not name, is judged like any name: its address
+/// could be any of the host's own services. Only a name listed exactly may resolve into a
+/// private network: one a wildcard matched, the cell chose.
+fn judgement(egress: &Egress, mapped: bool, host: &str, port: u16) -> Judgement {
+    // Allowed, an address matched only by the same address in the list.
+    let listed_literal = matches!(egress, Egress::Allow(_)) && is_ip_literal(host);
+    let listed = egress.lists_exactly(host, port);
+    Judgement { trusted: listed_literal || (mapped && listed), strict: !(listed || listed_literal) }
 }
 
 /// Name lookups of one cell running at once (the rest of its requests wait their turn).
@@ -484,6 +513,19 @@ mod tests {
             "::ffff:0:a9fe:a9fe",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "192.0.0.170",
+            // NAT64 and SIIT forms of 0.0.0.0 and 0.0.0.1 (judged as global IPv6 once: the
+            // `::`/`::1` exception applied to every prefix), and the IPv4-mapped ones.
+            "64:ff9b::",
+            "64:ff9b::1",
+            "::ffff:0:0:0",
+            "::ffff:0:0:1",
+            "::ffff:0:0",
+            "::ffff:0:1",
+            // Cloud metadata inside fc00::/7, which a listed name may otherwise reach: GCP, EKS
+            // Pod Identity, Scaleway (and AWS IMDS, above).
+            "fd20:ce::254",
+            "fd00:ec2::23",
+            "fd00:42::42",
         ] {
             assert!(!may_reach(ip(t), false), "{t} (list)");
             assert!(!may_reach(ip(t), true), "{t} (learn)");
@@ -495,6 +537,35 @@ mod tests {
         for t in ["93.184.216.34", "2606:4700::1111", "64:ff9b::5db8:d822", "::ffff:93.184.216.34"] {
             assert!(may_reach(ip(t), true), "{t}");
         }
+    }
+
+    /// From the sixth egress review: an `egress_hosts` address is trusted (no address check
+    /// at all) only where the policy lists that name exactly on that port; a mapped name that
+    /// learn mode or a wildcard let through was trusted too (`CONNECT learn.test:6379` reached
+    /// any port of the host's loopback). And only a name the policy lists exactly may resolve
+    /// into a private network: one a wildcard matched, which the cell chose, is judged as
+    /// strictly as in learn mode.
+    #[test]
+    fn only_names_listed_exactly_are_trusted_or_reach_private_networks() {
+        let rules = ["*.vendor.com", "mirror.internal:8443", "10.0.0.7", "api.example.com"]
+            .iter()
+            .map(|r| crate::policy::egress::parse_rule(r).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let listed = Egress::Allow(rules);
+        let judged = |egress: &Egress, mapped: bool, host: &str, port: u16| {
+            let j = judgement(egress, mapped, host, port);
+            (j.trusted, j.strict)
+        };
+        // (trusted, strict)
+        assert_eq!(judged(&listed, true, "mirror.internal", 8443), (true, false), "mapped, listed exactly");
+        assert_eq!(judged(&listed, false, "mirror.internal", 8443), (false, false), "listed exactly");
+        assert_eq!(judged(&listed, false, "api.example.com", 443), (false, false), "listed exactly");
+        assert_eq!(judged(&listed, false, "10.0.0.7", 443), (true, false), "an address listed as such");
+        assert_eq!(judged(&listed, true, "mirror.vendor.com", 443), (false, true), "mapped, matched by a wildcard");
+        assert_eq!(judged(&listed, false, "x.vendor.com", 443), (false, true), "matched by a wildcard");
+        assert_eq!(judged(&Egress::Learn, true, "learn.test", 6379), (false, true), "mapped, learning");
+        assert_eq!(judged(&Egress::Learn, false, "api.example.com", 443), (false, true), "learning");
+        assert_eq!(judged(&Egress::Learn, false, "10.0.0.7", 443), (false, true), "an address, learning");
     }
 
     /// From the fifth egress review: this host's own IPv4 address wrapped in NAT64, SIIT,

@@ -165,17 +165,21 @@ impl Egress {
 }
 
 /// The IPv4 address an IPv6 one carries where this check can read it: IPv4-mapped
-/// `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (not `::` or `::1`), NAT64 `64:ff9b::/96`,
-/// SIIT's IPv4-translated `::ffff:0:a.b.c.d`, 6to4 `2002::/16`. Each reaches that IPv4 host
-/// where a translator is on the path, so it is judged (and compared with this host's own
-/// addresses) as that address.
+/// `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (not `::` or `::1`, which are IPv6's own
+/// unspecified and loopback addresses), NAT64 `64:ff9b::/96`, SIIT's IPv4-translated
+/// `::ffff:0:a.b.c.d`, 6to4 `2002::/16`. Each reaches that IPv4 host where a translator is on
+/// the path, so it is judged (and compared with this host's own addresses) as that address:
+/// `64:ff9b::1` as 0.0.0.1.
 pub fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     let seg = v6.segments();
     let o = v6.octets();
+    let tail = std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]);
     if let Some(v4) = v6.to_ipv4_mapped() {
         Some(v4)
-    } else if seg[..6] == [0; 6] || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || seg[..6] == [0, 0, 0, 0, 0xffff, 0] {
-        (seg[6] != 0 || seg[7] > 1).then(|| std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+    } else if seg[..6] == [0; 6] {
+        (seg[6] != 0 || seg[7] > 1).then_some(tail)
+    } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || seg[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        Some(tail)
     } else if seg[0] == 0x2002 {
         Some(std::net::Ipv4Addr::new(o[2], o[3], o[4], o[5]))
     } else {
@@ -183,15 +187,37 @@ pub fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     }
 }
 
-/// Whether a cell may be connected to `ip` (a name resolved by the proxy, or an address
-/// asked for in learn mode). Never: loopback, unspecified, link-local (169.254/16, fe80::/10),
-/// multicast, broadcast, 0/8, 240/4, site-local fec0::/10, the cloud metadata and platform
-/// addresses outside link-local (100.100.100.200, 168.63.129.16, fd00:ec2::254); an IPv4
-/// address inside an IPv6 one (mapped, compatible, NAT64 64:ff9b::/96, 6to4 2002::/16) is
-/// judged as that IPv4 address. While learning also never a private network (10/8,
-/// 172.16/12, 192.168/16, 100.64/10, 198.18/15, fc00::/7): a listed name may resolve into the
-/// operator's own network (an internal API gateway); "any name" may not.
-pub fn may_reach(ip: IpAddr, learning: bool) -> bool {
+/// Cloud metadata and platform addresses, never reachable whatever a name resolves to (those
+/// in link-local 169.254/16 and fe80::/10 are refused with it; listed here where they are
+/// known): AWS IMDS, ECS task metadata, EKS Pod Identity, GCP, Alibaba Cloud, Azure's
+/// WireServer, Scaleway.
+const METADATA: [IpAddr; 9] = [
+    IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 254)),
+    IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 170, 2)),
+    IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 170, 23)),
+    IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+    IpAddr::V4(std::net::Ipv4Addr::new(168, 63, 129, 16)),
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)),
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42)),
+];
+
+/// Whether a cell may be connected to `ip` (an address a name resolved to, or one asked for
+/// in learn mode). Never: loopback, unspecified, link-local (169.254/16, fe80::/10),
+/// multicast, broadcast, 0/8, 240/4, 192.0.0/24, site-local fec0::/10, the cloud metadata and
+/// platform addresses (`METADATA`: 100.100.100.200, 168.63.129.16, and in fc00::/7
+/// fd00:ec2::254, fd00:ec2::23, fd20:ce::254, fd00:42::42); an IPv4 address inside an IPv6
+/// one (mapped, compatible, NAT64 64:ff9b::/96, SIIT, 6to4 2002::/16) is judged as that IPv4
+/// address. `strict` (a name the policy does not list exactly: any name in learn mode, or
+/// one a wildcard matched, which the cell chose) also never a private network (10/8,
+/// 172.16/12, 192.168/16, 100.64/10, 198.18/15, fc00::/7): a name the operator wrote may
+/// resolve into the operator's own network (an internal API gateway); a name the cell picked
+/// may not.
+pub fn may_reach(ip: IpAddr, strict: bool) -> bool {
+    if METADATA.contains(&ip) {
+        return false;
+    }
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, _, _] = v4.octets();
@@ -203,16 +229,14 @@ pub fn may_reach(ip: IpAddr, learning: bool) -> bool {
                 || a == 0
                 || a >= 240
                 // IETF protocol assignments (192.0.0.170/171: NAT64 discovery, among others).
-                || (a == 192 && b == 0 && v4.octets()[2] == 0)
-                || v4 == std::net::Ipv4Addr::new(100, 100, 100, 200)
-                || v4 == std::net::Ipv4Addr::new(168, 63, 129, 16);
+                || (a == 192 && b == 0 && v4.octets()[2] == 0);
             let private = v4.is_private() || (a == 100 && (64..128).contains(&b)) || (a == 198 && (b & 0xfe) == 18);
-            !(never || (learning && private))
+            !(never || (strict && private))
         }
         IpAddr::V6(v6) => {
             let seg = v6.segments();
             if let Some(v4) = embedded_v4(v6) {
-                return may_reach(IpAddr::V4(v4), learning);
+                return may_reach(IpAddr::V4(v4), strict);
             }
             // Translators that carry IPv4 where this check cannot read it: local-use NAT64
             // (64:ff9b:1::/48, the IPv4 address at a prefix-dependent place) and Teredo
@@ -223,10 +247,9 @@ pub fn may_reach(ip: IpAddr, learning: bool) -> bool {
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (seg[0] & 0xffc0) == 0xfe80
-                || (seg[0] & 0xffc0) == 0xfec0
-                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+                || (seg[0] & 0xffc0) == 0xfec0;
             let private = (seg[0] & 0xfe00) == 0xfc00;
-            !(never || (learning && private))
+            !(never || (strict && private))
         }
     }
 }
