@@ -10,7 +10,7 @@
 //! the production location, so the cell sees the same mount view as in production — a socket
 //! under the host's `/tmp` would be hidden by the cell's private `/tmp` and prove nothing).
 //!
-//! # The 60 attempts (test name → what stops it)
+//! # The attempts (test name → what stops it)
 //!
 //! Since issue 13 the first layer for most filesystem attempts is the cell's mount view (only
 //! the policy's grants exist inside): paths outside it answer ENOENT, read-only binds EROFS
@@ -81,6 +81,10 @@
 //! | 62 | `a_caller_cannot_enter_its_cells_user_namespace` (a non-root caller's setns into its cell's userns) | the namespace's owner is a host id leased for the cell (EACCES/EPERM) |
 //! | 63 | `a_cells_budgets_are_not_its_callers` (20 inotify instances in a cell of nobody's) | same: charged to the leased owner, not the caller |
 //! | 64 | `a_callers_uid_keyed_budgets_are_not_its_cells` (a cell of nobody's takes every pipe page it can) | a host uid of its own, the caller's inside; the workspace idmapped (what it writes stays the caller's) |
+//! | 65 | `socket_ioctls_load_no_module` (SIOCGIFBR, SIOCBRADDBR, SIOCGIFVLAN, SIOCADDDLCI on any socket) | seccomp in every cell (EPERM): no root modprobe on the host |
+//! | 66 | `tiocsetd_on_the_cells_own_tty` (line discipline 29, n_hdlc) | same (EPERM) |
+//! | 67 | `a_cell_cannot_grow_the_pipes_root_made` (F_SETPIPE_SZ on its stdio) | seccomp in every cell (EPERM): root's pipe-page budget is not the cell's |
+//! | 68 | `pid1_stays_undumpable_whatever_suid_dumpable` (`fs.suid_dumpable = 1`; a host process of the cell's uid reads pid 1's environ) | pid 1 non-dumpable again after its change of ids, checked |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
 //! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
@@ -3054,6 +3058,164 @@ fn a_callers_uid_keyed_budgets_are_not_its_cells() {
             "tmpfs cannot be idmapped on this kernel: the cell ran as its caller (the fallback), sharing its budgets"
         );
     }
+    d.assert_contained();
+}
+
+/// A sysctl file set for a test and put back on drop (also when the test fails).
+struct Sysctl(&'static str, String);
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        std::fs::write(path, value).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        Sysctl(path, old.trim_end().to_owned())
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0, &self.1);
+    }
+}
+
+/// Where the kernel has modules (`/proc/sys/kernel/modprobe`), the modprobe it runs is a script
+/// that logs its arguments (put back on drop); `None` without CONFIG_MODULES, where no
+/// request can load anything.
+fn logging_modprobe(dir: &Path) -> Option<(Sysctl, PathBuf)> {
+    const PATH: &str = "/proc/sys/kernel/modprobe";
+    if !Path::new(PATH).exists() {
+        eprintln!("no {PATH} (a kernel without modules): only the errnos are checked");
+        return None;
+    }
+    let (script, log) = (dir.join("modprobe.sh"), dir.join("requests"));
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display())).expect("modprobe script");
+    std::fs::set_permissions(&script, PermissionsExt::from_mode(0o755)).expect("chmod");
+    Some((Sysctl::set(PATH, &script.display().to_string()), log))
+}
+
+// 65. (isolation review) Two socket ioctls made the host load kernel modules as root: the
+//     kernel calls request_module("bridge") for SIOCGIFBR and request_module("8021q") for
+//     SIOCGIFVLAN, on any socket, before any capability check, outside every cell's cgroup
+//     (`ProtectKernelModules=` does not stop automatic loading). Seccomp refuses the module-
+//     loading ioctls in every cell (EPERM), compared as 32 bits, as the kernel reads them.
+#[test]
+fn socket_ioctls_load_no_module() {
+    gate!("socket_ioctls_load_no_module");
+    let a = Attempt::new();
+    let dir = tempfile::Builder::new().prefix("ck-modprobe-").tempdir_in("/tmp").expect("tempdir");
+    let body = "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+        buf = ctypes.create_string_buffer(64)\n\
+        sc('SIOCGIFBR', 16, s.fileno(), 0x8940, buf)\n\
+        sc('SIOCBRADDBR', 16, s.fileno(), 0x89a0, buf)\n\
+        sc('SIOCGIFVLAN', 16, s.fileno(), 0x8982, buf)\n\
+        sc('SIOCGIFVLAN 64-bit', 16, s.fileno(), 0x100008982, buf)\n\
+        sc('SIOCADDDLCI', 16, s.fileno(), 0x8980, buf)";
+    let (r, requests) = {
+        let modprobe = logging_modprobe(dir.path());
+        let r = a.run(body, &[]);
+        // A request the kernel made runs modprobe asynchronously to the ioctl; give it a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        (r, modprobe.map(|(_, log)| std::fs::read_to_string(log).unwrap_or_default()))
+    };
+    let (out, ctx) = (r.output(), r.describe());
+    finished(&out, &ctx);
+    for label in ["SIOCGIFBR", "SIOCBRADDBR", "SIOCGIFVLAN", "SIOCGIFVLAN 64-bit", "SIOCADDDLCI"] {
+        denied(&out, &ctx, label, &["EPERM"], &format!("{label} reached the kernel (which loads a module for it)"));
+    }
+    if let Some(requests) = requests {
+        assert!(requests.is_empty(), "ESCAPE: the cell made the host run modprobe as root: {requests:?}\n{ctx}");
+    }
+    a.contained();
+}
+
+// 66. (isolation review) TIOCSETD on the cell's own terminal loaded a line discipline by
+//     number (request_module("tty-ldisc-N"): one root modprobe per call where none exists;
+//     n_hdlc, attached to the cell's pty, has a history of privilege escalations). Refused in
+//     every cell (EPERM), also with high bits in the request.
+#[test]
+fn tiocsetd_on_the_cells_own_tty() {
+    gate!("tiocsetd_on_the_cells_own_tty");
+    let dir = tempfile::Builder::new().prefix("ck-modprobe-").tempdir_in("/tmp").expect("tempdir");
+    let d = daemon().start();
+    let body = "print('isatty', os.isatty(0))\n\
+        n = ctypes.c_int(29)\n\
+        sc('TIOCSETD 29', 16, 0, 0x5423, ctypes.byref(n))\n\
+        hdlc = ctypes.c_int(13)\n\
+        sc('TIOCSETD n_hdlc', 16, 0, 0x5423, ctypes.byref(hdlc))\n\
+        sc('TIOCSETD 64-bit', 16, 0, 0x100005423, ctypes.byref(n))";
+    let (v, requests) = {
+        let modprobe = logging_modprobe(dir.path());
+        let v = d.oneshot("pytty", body);
+        std::thread::sleep(Duration::from_millis(300));
+        (v, modprobe.map(|(_, log)| std::fs::read_to_string(log).unwrap_or_default()))
+    };
+    let (out, ctx) = reply(&v);
+    finished(&out, &ctx);
+    assert_eq!(line_of(&out, "isatty"), "True", "the tty provider has no terminal\n{ctx}");
+    for label in ["TIOCSETD 29", "TIOCSETD n_hdlc", "TIOCSETD 64-bit"] {
+        denied(&out, &ctx, label, &["EPERM"], &format!("{label} reached the kernel"));
+    }
+    if let Some(requests) = requests {
+        assert!(requests.is_empty(), "ESCAPE: the cell made the host run modprobe as root: {requests:?}\n{ctx}");
+    }
+    d.assert_contained();
+}
+
+// 67. (isolation review) The payload's stdio pipes are made by the daemon (or the caller of
+//     `cellkeep run`): the kernel charges their pages to root's pipe-page budget, which a cell
+//     grew by F_SETPIPE_SZ to 1 MiB a pipe (20 cells: some 15 000 of the 16 384 pages every
+//     root process without CAP_SYS_RESOURCE shares). F_SETPIPE_SZ is refused in every cell.
+#[test]
+fn a_cell_cannot_grow_the_pipes_root_made() {
+    gate!("a_cell_cannot_grow_the_pipes_root_made");
+    let a = Attempt::new();
+    let body = "import stat\n\
+        print('stdout is a pipe', stat.S_ISFIFO(os.fstat(1).st_mode), flush=True)\n\
+        sc('F_SETPIPE_SZ stdout', 72, 1, 1031, 1 << 20)\n\
+        sc('F_SETPIPE_SZ stderr', 72, 2, 1031, 1 << 20)\n\
+        sc('F_SETPIPE_SZ 64-bit', 72, 1, 0x100000407, 1 << 20)";
+    let r = a.run(body, &[]);
+    let (out, ctx) = (r.output(), r.describe());
+    finished(&out, &ctx);
+    assert_eq!(line_of(&out, "stdout is a pipe"), "True", "{ctx}");
+    for label in ["F_SETPIPE_SZ stdout", "F_SETPIPE_SZ stderr", "F_SETPIPE_SZ 64-bit"] {
+        denied(&out, &ctx, label, &["EPERM"], &format!("{label}: the cell grew a pipe charged to root"));
+    }
+    a.contained();
+}
+
+// 68. (isolation review) pid 1 turned non-dumpable before it changed its ids, and the change
+//     reset the flag to `fs.suid_dumpable`: with that sysctl at 1, pid 1 ran dumpable under
+//     the cell's host uid, so anything else running under that uid on the host (the
+//     workspace's owner, where the cell runs as them: `fallback_owner`) could read pid 1's
+//     environment (the daemon's, through the zygote) and memory. (The payload itself is kept
+//     out by Landlock's ptrace rule.) pid 1 is made non-dumpable again after, and checked.
+#[test]
+fn pid1_stays_undumpable_whatever_suid_dumpable() {
+    gate!("pid1_stays_undumpable_whatever_suid_dumpable");
+    let q = |s: &str| serde_json::to_string(s).expect("json string");
+    let marker = format!("ck-escape-{}", uid());
+    let session = script(&marker, SESSION_LOOP);
+    let d =
+        daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
+    open_up(Path::new(&d.cwd()));
+    let _dumpable = Sysctl::set("/proc/sys/fs/suid_dumpable", "1");
+    let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "own", "cwd": d.cwd()})));
+    assert_eq!(r.status, 201, "spawn own: {}", r.text());
+    let v = r.json();
+    let (id, pid) = (v["id"].as_str().expect("an id").to_owned(), v["pid"].as_u64().expect("a pid"));
+    let out = d.exec(&id, HOST_UID);
+    let host_uid = host_uid_of(&out, &out).to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let pid1 = status.lines().find_map(|l| l.strip_prefix("PPid:")).expect("PPid").trim().to_owned();
+    let ids = [format!("--reuid={host_uid}"), format!("--regid={host_uid}"), "--clear-groups".to_owned()];
+    let read =
+        Command::new("setpriv").args(&ids).args(["cat", &format!("/proc/{pid1}/environ")]).output().expect("setpriv");
+    assert!(
+        !read.status.success(),
+        "ESCAPE: a host process of the cell's uid {host_uid} read its pid 1's environment ({} bytes)",
+        read.stdout.len()
+    );
     d.assert_contained();
 }
 

@@ -35,6 +35,16 @@
 //!    layers a TCP socket could be switched to are kernel surface with a long CVE history,
 //!    and userspace TLS (every agent's) never asks for them. Installed last so these errnos
 //!    win.
+//! 7. **the host's budgets and modules** (every policy, whatever its preset), EPERM:
+//!    `ioctl` requests on which the kernel loads a module as root on the host, outside every
+//!    cell's cgroup, for anyone who asks (`SIOCGIFBR`/`SIOCSIFBR`/`SIOCBRADDBR`/`SIOCBRDELBR`:
+//!    `bridge`; `SIOCGIFVLAN`/`SIOCSIFVLAN`: `8021q`; `SIOCADDDLCI`/`SIOCDELDLCI`: `dlci`;
+//!    `TIOCSETD` on the cell's own terminal: `tty-ldisc-N`, one modprobe per call where none
+//!    exists, and line disciplines such as n_hdlc with a history of privilege escalations),
+//!    and `fcntl(F_SETPIPE_SZ)`: the payload's stdio pipes are the daemon's, charged to root's
+//!    pipe-page budget (`fs.pipe-user-pages-soft`), which cells enlarging them to 1 MiB each
+//!    would spend for every root process without CAP_SYS_RESOURCE (a program that asks is
+//!    told no, as one over its budget is, and keeps the default size).
 //!
 //! The filters are built for the architecture cellkeep is compiled for (x86_64 or aarch64:
 //! syscall numbers from `syscalls::Sysno`, the native table; `AUDIT_ARCH` to match); the x32
@@ -166,6 +176,23 @@ const SUID_SGID: &[u64] = &[0o4000, 0o2000];
 
 /// `ioctl` requests that inject input into or reprogram the controlling terminal.
 const DENIED_IOCTLS: &[u64] = &[0x5412 /* TIOCSTI */, 0x541C /* TIOCLINUX */];
+
+/// `ioctl` requests on which the kernel loads a module (filter 7 of the module doc): the
+/// bridge, VLAN and DLCI socket ioctls (any socket; the kernel calls `request_module` before
+/// any capability check) and `TIOCSETD` (a line discipline by number: `tty-ldisc-N`).
+const MODULE_LOADING_IOCTLS: &[u64] = &[
+    0x8940, // SIOCGIFBR
+    0x8941, // SIOCSIFBR
+    0x89a0, // SIOCBRADDBR
+    0x89a1, // SIOCBRDELBR
+    0x8982, // SIOCGIFVLAN
+    0x8983, // SIOCSIFVLAN
+    0x8980, // SIOCADDDLCI
+    0x8981, // SIOCDELDLCI
+    0x5423, // TIOCSETD
+];
+/// `fcntl(2)` `F_SETPIPE_SZ` (`F_LINUX_SPECIFIC_BASE + 7`; not in every libc release).
+const F_SETPIPE_SZ: u64 = 1031;
 
 /// `socket(2)` domains a cell may use (argument 0); every other fails with EAFNOSUPPORT:
 /// AF_VSOCK (not namespaced), and the rarely used families whose modules the kernel would
@@ -320,6 +347,7 @@ pub fn compile(spec: &SeccompSpec<'_>) -> Result<CompiledSeccomp, SeccompError> 
         filters.push(build("io_uring", rules, Action::Allow, Action::Errno(libc::ENOSYS as u32))?);
     }
     filters.extend(socket_filters()?);
+    filters.push(host_budget_filter()?);
     filters.insert(0, x32_guard());
     Ok(CompiledSeccomp { filters })
 }
@@ -365,6 +393,16 @@ fn socket_filters() -> Result<Vec<Vec<BpfInsn>>, SeccompError> {
         build("socket", protocols, Action::Allow, Action::Errno(libc::EPROTONOSUPPORT as u32))?,
         build("socket", options, Action::Allow, Action::Errno(libc::ENOPROTOOPT as u32))?,
     ])
+}
+
+/// Filter 7 of the module doc: module-loading ioctls and `F_SETPIPE_SZ`, EPERM in every cell.
+/// Both requests are `unsigned int` to the kernel: only their low 32 bits are compared (as
+/// for TIOCSTI: `0x1_0000_5423` is TIOCSETD to the kernel).
+fn host_budget_filter() -> Result<Vec<BpfInsn>, SeccompError> {
+    let mut rules = BTreeMap::new();
+    add_arg_rules(&mut rules, "ioctl", 1, MODULE_LOADING_IOCTLS, false, ArgLen::Dword)?;
+    add_arg_rules(&mut rules, "fcntl", 1, &[F_SETPIPE_SZ], false, ArgLen::Dword)?;
+    build("host", rules, Action::Allow, Action::Errno(libc::EPERM as u32))
 }
 
 /// One rule per INET domain and type: `socket(AF_INET or AF_INET6, type | flags, …)`.
@@ -512,10 +550,10 @@ mod tests {
     }
 
     #[test]
-    fn default_preset_compiles_to_six_filters() {
+    fn default_preset_compiles_to_seven_filters() {
         let compiled = compile(&spec(&[], &[])).unwrap_or_else(|e| panic!("{e}"));
-        // guard, deny, clone3/openat2, socket domains, socket protocols, TCP_ULP
-        assert_eq!(compiled.filters.len(), 6);
+        // guard, deny, clone3/openat2, socket domains, socket protocols, TCP_ULP, host budgets
+        assert_eq!(compiled.filters.len(), 7);
         assert_eq!(compiled.filters[0], x32_guard());
         assert!(compiled.filters.iter().all(|f| !f.is_empty() && f.len() < 4096));
     }
@@ -535,20 +573,20 @@ mod tests {
         let allow: Vec<String> = ["unshare", "clone3", "openat2", "io_setup"].map(str::to_owned).to_vec();
         let s = spec(&allow, &[]);
         assert!(!denied_names(&s).contains(&"unshare".to_owned()));
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(5));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(6));
         let allow = vec!["read".to_owned(), "write".to_owned(), "exit_group".to_owned()];
         let s = SeccompSpec { default_action: SeccompAction::Enosys, ..spec(&allow, &[]) };
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(7));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(8));
     }
 
     #[test]
     fn preset_none_still_refuses_vsock_and_mptcp() {
         let s = SeccompSpec { default_preset: false, ..spec(&[], &[]) };
-        // guard, io_uring, socket domains, socket protocols, TCP_ULP
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(5));
+        // guard, io_uring, socket domains, socket protocols, TCP_ULP, host budgets
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(6));
         let deny = vec!["mkdir".to_owned()];
         let s = SeccompSpec { default_preset: false, deny_action: SeccompAction::Kill, ..spec(&[], &deny) };
-        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(6));
+        assert_eq!(compile(&s).map(|c| c.filters.len()).ok(), Some(7));
     }
 
     #[test]

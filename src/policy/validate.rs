@@ -915,7 +915,7 @@ mod tests {
         let p = check(&format!(
             "{HEAD}[seccomp]\ndefault_action = \"enosys\"\nallow = [\"read\", \"write\", \"exit_group\"]\n"
         ));
-        assert_eq!(p.map(|p| p.seccomp.compiled.filters.len()).ok(), Some(7));
+        assert_eq!(p.map(|p| p.seccomp.compiled.filters.len()).ok(), Some(8));
     }
 
     #[test]

@@ -344,9 +344,21 @@ fn relay_exec_result(exec_r: &OwnedFd, ctl: &OwnedFd) -> bool {
 
 /// pid 1 gives up its privileges once the payload is forked: from then on it only waits,
 /// signals and reports. Every step must succeed.
+///
+/// Not dumpable both before and after the change of ids: the kernel resets the flag to
+/// `fs.suid_dumpable` when the effective ids change (`commit_creds`), so where that sysctl is
+/// 1 pid 1 came out of `setresuid` dumpable under the payload's own uid (its `/proc/1/environ`
+/// and `mem` readable, its control socket open to `pidfd_getfd`, to the payload). Checked
+/// after, with `PR_GET_DUMPABLE`.
 fn drop_privileges(plan: &LaunchPlan) -> Result<(), StepError> {
     step(Stage::Init, "prctl(PR_SET_DUMPABLE, 0)", nix::sys::prctl::set_dumpable(false))?;
-    become_inside_ids(plan)
+    become_inside_ids(plan)?;
+    step(Stage::Init, "prctl(PR_SET_DUMPABLE, 0) after setresuid", nix::sys::prctl::set_dumpable(false))?;
+    match nix::sys::prctl::get_dumpable() {
+        Ok(false) => Ok(()),
+        Ok(true) => step(Stage::Init, "prctl(PR_GET_DUMPABLE) after setresuid", Err(Errno::EPERM)),
+        Err(e) => step(Stage::Init, "prctl(PR_GET_DUMPABLE) after setresuid", Err(e)),
+    }
 }
 
 /// The cell's inside uid and gid, no supplementary groups, then no capabilities left in any
