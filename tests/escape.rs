@@ -3022,9 +3022,29 @@ fn a_callers_uid_keyed_budgets_are_not_its_cells() {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     assert_eq!(as_nobody(grow), "grown", "nobody cannot grow a pipe to begin with");
-    let hold = "import fcntl, os, time\nprint('uid', os.getuid(), os.getgid())\nopen('mine', 'w').write('x')\n\
-        pipes = []\ntry:\n    while len(pipes) < 200:\n        r, w = os.pipe(); fcntl.fcntl(w, 1031, 1 << 20); pipes.append((r, w))\n\
-        except OSError as e:\n    pass\nprint('pipes', len(pipes), flush=True)\ntime.sleep(30)";
+    // Pipes of the default size (16 pages; a cell may not grow them, #67), 4 processes of
+    // ~500 each: past the 16 384 pages of `fs.pipe-user-pages-soft` of whichever uid they
+    // are charged to.
+    let hold = r#"
+import os, time
+print('uid', os.getuid(), os.getgid())
+open('mine', 'w').write('x')
+def grab():
+    pipes = []
+    try:
+        while len(pipes) < 500:
+            pipes.append(os.pipe())
+    except OSError:
+        pass
+    return pipes
+for _ in range(3):
+    if os.fork() == 0:
+        p = grab(); time.sleep(30); os._exit(0)
+pipes = grab()
+time.sleep(1)
+print('pipes', len(pipes), flush=True)
+time.sleep(30)
+"#;
     let body = json!({"command": hold, "cwd": ws, "stream": true, "timeout_ms": 60_000}).to_string();
     let (mut holder, mut lines) = stream_as_nobody(&d, "open", &body);
     let mut said = String::new();
