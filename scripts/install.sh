@@ -6,15 +6,17 @@
 #
 # What goes where (PREFIX defaults to /usr/local):
 #   PREFIX/bin/cellkeep                                   the binary
-#   PREFIX/lib/systemd/system/cellkeep.{service,socket}   units (ExecStart= points at PREFIX/bin)
-#   PREFIX/lib/systemd/system/cellkeep.service.d/10-notify-reload.conf
-#                                                         only on systemd >= 253: Type=notify-reload
-#   PREFIX/lib/sysusers.d/cellkeep.conf                   the "cellkeep" group (may use the socket)
-#   PREFIX/lib/tmpfiles.d/cellkeep.conf                   /run/cellkeep
+#   UNITDIR/cellkeep.{service,socket}                     units (ExecStart= points at PREFIX/bin)
+#   UNITDIR/cellkeep.service.d/10-notify-reload.conf      only on systemd >= 253: Type=notify-reload
+#   SYSUSERSDIR/cellkeep.conf                             the "cellkeep" group (may use the socket)
+#   TMPFILESDIR/cellkeep.conf                             /run/cellkeep
 #   PREFIX/share/doc/cellkeep/README.md
 #   PREFIX/share/cellkeep/install.manifest                what this script installed or created
 #   /etc/cellkeep/cellkeep.toml                           default daemon config  } yours once
 #   /etc/cellkeep/policies/*.toml                         the shipped policies   } you edit them
+# UNITDIR, SYSUSERSDIR, TMPFILESDIR are PREFIX/lib/{systemd/system,sysusers.d,tmpfiles.d} for
+# the prefixes systemd reads (/usr/local, /usr); under any other PREFIX (systemd never looks in
+# /opt/x/lib) they are /etc/systemd/system, /etc/sysusers.d and /etc/tmpfiles.d.
 # then: the group (systemd-sysusers, else groupadd), /run/cellkeep (systemd-tmpfiles, else
 # mkdir), the workspace directory /srv/cellkeep (mode 1771 root:cellkeep: each member of the
 # group makes /srv/cellkeep/$USER there; the shipped policies' workdir roots include /srv and
@@ -28,13 +30,23 @@
 # /run/cellkeep if it created it, and the group if
 # it created it and no user is a member (a group in use is kept, with a message).
 #
+# A failed install (an error, Ctrl-C, SIGTERM) undoes what that run created (files,
+# directories, the group, /run/cellkeep, /srv/cellkeep, the units it enabled) and says so; a
+# file it replaced rather than created (an upgrade) stays replaced and listed. The manifest is
+# rewritten as each thing is created, so a run killed outright (SIGKILL, power loss) still
+# leaves one listing what it made: --uninstall removes that, and a re-run takes it as its own.
+#
 # Options:
-#   --prefix DIR     install under DIR instead of /usr/local
+#   --prefix DIR     install under DIR instead of /usr/local (--uninstall needs the same DIR)
 #   --destdir DIR    stage into DIR (also: DESTDIR=DIR); host changes (group, /run, systemctl)
 #                    are skipped, so no root is needed — used by .ci/run to verify the units
 #   --binary PATH    install this binary instead of building one
 #   --no-start       do not enable/start the units
 #   --uninstall      remove the installation
+#
+# For scripts/test-install.sh only: CELLKEEP_INSTALL_TEST_FAULT=fail makes an install fail
+# (exit 1, rolled back) after its last host change (the group, /run, /srv, systemctl), before
+# the manifest's final write; =kill makes it SIGKILL itself there instead (no rollback).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 repo=$PWD
@@ -51,7 +63,16 @@ while (($#)); do
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-[[ $prefix == /* ]] || { echo "install.sh: --prefix must be absolute" >&2; exit 2; }
+while [[ $prefix == ?*/ ]]; do prefix=${prefix%/}; done
+# It goes into unit files (ExecStart=) and the manifest's space-separated lines.
+[[ $prefix =~ ^(/[A-Za-z0-9._+-]+)+$ ]] || {
+  echo "install.sh: --prefix must be an absolute directory other than / (letters, digits, ._+- between slashes): $prefix" >&2
+  exit 2
+}
+case ${CELLKEEP_INSTALL_TEST_FAULT:-} in
+  ''|fail|kill) ;;
+  *) echo "install.sh: CELLKEEP_INSTALL_TEST_FAULT must be fail or kill" >&2; exit 2 ;;
+esac
 if [[ -z $destdir && $(id -u) != 0 ]]; then
   echo "install.sh: must run as root (or stage with --destdir DIR)" >&2
   exit 1
@@ -63,19 +84,56 @@ skip() { printf '  %-9s %s\n' skipped "$*"; }
 # A systemd system instance is running (sd_booted(3)), and we act on the real root.
 systemd_up() { [[ -z $destdir && -d /run/systemd/system ]]; }
 
-bindir=$prefix/bin unitdir=$prefix/lib/systemd/system
-sysusersdir=$prefix/lib/sysusers.d tmpfilesdir=$prefix/lib/tmpfiles.d
-docdir=$prefix/share/doc/cellkeep sharedir=$prefix/share/cellkeep
+bindir=$prefix/bin docdir=$prefix/share/doc/cellkeep sharedir=$prefix/share/cellkeep
+case $prefix in
+  # Where systemd, systemd-sysusers and systemd-tmpfiles look (besides /etc and /run).
+  /usr/local|/usr)
+    unitdir=$prefix/lib/systemd/system sysusersdir=$prefix/lib/sysusers.d tmpfilesdir=$prefix/lib/tmpfiles.d ;;
+  *) unitdir=/etc/systemd/system sysusersdir=/etc/sysusers.d tmpfilesdir=/etc/tmpfiles.d ;;
+esac
 confdir=/etc/cellkeep
 manifest=$destdir$sharedir/install.manifest
 group=cellkeep rundir=/run/cellkeep wsdir=/srv/cellkeep
 
-# Manifest lines: "file SHA256 PATH", "conf SHA256 PATH", "dir PATH", "group NAME", "rundir PATH"
-# (paths without DESTDIR). Entries for things created by an earlier run are carried over.
+# Manifest lines: "file SHA256 PATH", "conf SHA256 PATH", "new - PATH", "dir PATH",
+# "group NAME", "rundir PATH" (paths without DESTDIR). Entries for things created by an earlier
+# run are carried over. $saved is the manifest as this run found it.
 declare -a entries=()
-record() { entries+=("$*"); }
-old_entries() { [[ -f $manifest ]] && cat "$manifest" || true; }
-was_recorded() { old_entries | grep -qxF -- "$*"; }
+# What this run created, to undo if it fails: "rm PATH", "rmdir PATH", "group NAME",
+# "rundir PATH", "units -" (paths without DESTDIR).
+declare -a undo=()
+installing=0
+# A line's identity: its path for file/conf/new, else its kind and name (in REPLY).
+key_of() {
+  local k=${1%% *} r=${1#* }
+  case $k in file|conf|new) REPLY="path ${r#* }" ;; *) REPLY="$k $r" ;; esac
+}
+# The manifest: this run's entries, and with "merge" the earlier manifest's other lines (what
+# an earlier run made that this one has not come to yet). Replaced atomically; not written
+# before its directory exists (the first thing an install makes).
+write_manifest() {
+  local e
+  local -A have=()
+  [[ -d ${manifest%/*} ]] || return 0
+  {
+    for e in "${entries[@]}"; do key_of "$e"; have[$REPLY]=1; printf '%s\n' "$e"; done
+    if [[ ${1:-} == merge ]]; then
+      while IFS= read -r e; do
+        key_of "$e"
+        if [[ -n $e && -z ${have[$REPLY]:-} ]]; then printf '%s\n' "$e"; fi
+      done <"$saved"
+    fi
+  } >"$manifest.tmp"
+  mv -f "$manifest.tmp" "$manifest"
+}
+# Each entry is on disk before what it names is made.
+record() { entries+=("$*"); write_manifest merge; }
+forget() {
+  local e out=()
+  for e in "${entries[@]}"; do key_of "$e"; if [[ $REPLY != "$1" ]]; then out+=("$e"); fi; done
+  entries=("${out[@]}")
+}
+was_recorded() { grep -qxF -- "$*" "$saved"; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
 # mkdir -p that remembers each directory it creates (so --uninstall can remove them).
@@ -83,42 +141,54 @@ ensure_dir() {
   local d=$1 missing=()
   while [[ $d != / && ! -d $destdir$d ]]; do missing=("$d" "${missing[@]}"); d=$(dirname "$d"); done
   for d in "${missing[@]}"; do
-    mkdir -m 0755 "$destdir$d"
+    undo+=("rmdir $d")
     record dir "$d"
+    mkdir -m 0755 "$destdir$d"
   done
 }
 
-# Install SRC as PATH (mode MODE) atomically; a program/unit file is replaced when it differs.
+# Install SRC as DST (mode MODE) atomically; PATH is DST without DESTDIR. A file this run
+# creates (none was there) is undone if the install fails.
+copy_in() {
+  local src=$1 path=$2 mode=$3 dst=$destdir$2
+  if [[ ! -e $dst ]]; then undo+=("rm $path"); fi
+  undo+=("rm $path.tmp-install")
+  install -m "$mode" "$src" "$dst.tmp-install"
+  mv -f "$dst.tmp-install" "$dst"
+}
+
+# Install SRC as PATH (mode MODE); a program/unit file is replaced when it differs.
 put_file() {
   local src=$1 path=$2 mode=$3 dst=$destdir$2
   ensure_dir "$(dirname "$path")"
+  record file "$(sha "$src")" "$path"
   if [[ -f $dst ]] && cmp -s "$src" "$dst"; then
     say unchanged "$path"
   else
-    install -m "$mode" "$src" "$dst.tmp-install" && mv -f "$dst.tmp-install" "$dst"
+    copy_in "$src" "$path" "$mode"
     say installed "$path"
   fi
-  record file "$(sha "$dst")" "$path"
 }
 
 # Install a config file: only when absent, or still exactly as an earlier run installed it.
 put_conf() {
   local src=$1 path=$2 dst=$destdir$2 old
   ensure_dir "$(dirname "$path")"
-  old=$(old_entries | awk -v p="$path" '$1 == "conf" && $3 == p { print $2 }')
+  old=$(awk -v p="$path" '$1 == "conf" && $3 == p { print $2 }' "$saved")
   if [[ -f $dst ]] && cmp -s "$src" "$dst"; then
+    record conf "$(sha "$dst")" "$path"
     say unchanged "$path"
   elif [[ ! -f $dst || ( -n $old && $(sha "$dst") == "$old" ) ]]; then
-    install -m 0644 "$src" "$dst.tmp-install" && mv -f "$dst.tmp-install" "$dst"
+    record conf "$(sha "$src")" "$path"
+    copy_in "$src" "$path" 0644
     say installed "$path"
   else
-    install -m 0644 "$src" "$dst.new"
-    say kept "$path (edited by you; the shipped version is $path.new)"
     if [[ -n $old ]]; then record conf "$old" "$path"; fi
     record new - "$path.new"
-    return
+    if [[ ! -e $dst.new ]]; then undo+=("rm $path.new"); fi
+    install -m 0644 "$src" "$dst.new"
+    say kept "$path (edited by you; the shipped version is $path.new)"
   fi
-  record conf "$(sha "$dst")" "$path"
 }
 
 # The unit with this install's paths (the repo's unit names /usr/local/bin/cellkeep).
@@ -126,6 +196,62 @@ unit_file() {
   local out=$1 name=$2
   sed "s#/usr/local/bin/cellkeep#$bindir/cellkeep#g; s#/usr/local/share/doc/cellkeep#$docdir#g" \
     "systemd/$name" >"$out"
+}
+
+# A failed install: undo what this run created, newest first, and say so; the manifest stays
+# only if it still lists something (what an earlier run installed, a file this run replaced
+# rather than created, something that could not be removed).
+rollback() {
+  local rc=$1 i kind p e keep=0
+  set +e
+  trap '' INT TERM HUP
+  echo "install.sh: the install failed (exit $rc); undoing what this run created" >&2
+  for ((i = ${#undo[@]} - 1; i >= 0; i--)); do
+    kind=${undo[i]%% *} p=${undo[i]#* }
+    case $kind in
+      units)
+        systemctl disable --now cellkeep.service cellkeep.socket 2>/dev/null
+        say disabled "cellkeep.service, cellkeep.socket" ;;
+      rm)
+        if [[ -e $destdir$p || -L $destdir$p ]]; then
+          rm -f "$destdir$p" || continue
+          [[ $p == *.tmp-install ]] || say removed "$p"
+        fi
+        forget "path $p" ;;
+      rundir)
+        if [[ -d $p ]]; then
+          if ! rmdir "$p" 2>/dev/null; then say kept "$p (not empty)"; continue; fi
+          say removed "$p"
+        fi
+        forget "rundir $p" ;;
+      group)
+        if getent group "$p" >/dev/null; then
+          if [[ -n $(getent group "$p" | cut -d: -f4) ]] || ! groupdel "$p"; then say kept "group $p"; continue; fi
+          say removed "group $p"
+        fi
+        forget "group $p" ;;
+    esac
+  done
+  if systemd_up; then systemctl daemon-reload; fi
+  if [[ -s $saved ]]; then keep=1; fi
+  for e in "${entries[@]}"; do if [[ $e != dir\ * ]]; then keep=1; fi; done
+  if ((keep)); then write_manifest merge; else rm -f "$manifest" "$manifest.tmp"; fi
+  for ((i = ${#undo[@]} - 1; i >= 0; i--)); do
+    kind=${undo[i]%% *} p=${undo[i]#* }
+    [[ $kind == rmdir ]] || continue
+    if rmdir "$destdir$p" 2>/dev/null; then
+      say removed "$p/"
+    elif [[ -d $destdir$p ]]; then
+      say kept "$p/ (not empty)"; continue
+    fi
+    forget "dir $p"
+  done
+  if ((keep)); then
+    write_manifest merge
+    echo "install.sh: rolled back what this run created; $sharedir/install.manifest lists what is still installed (--uninstall removes it)" >&2
+  else
+    echo "install.sh: rolled back: nothing this run created is left" >&2
+  fi
 }
 
 do_install() {
@@ -146,7 +272,23 @@ do_install() {
     binary=target/release/cellkeep
   fi
   [[ -x $binary ]] || { echo "install.sh: $binary is not an executable" >&2; return 1; }
+  # Another install's unit (another --prefix) would shadow this one or be shadowed by it.
+  local d
+  if [[ -z $destdir ]]; then
+    for d in /etc/systemd/system /usr/local/lib/systemd/system /usr/lib/systemd/system /lib/systemd/system; do
+      if [[ -e $d/cellkeep.service && ! $d/cellkeep.service -ef $unitdir/cellkeep.service ]]; then
+        echo "install.sh: another cellkeep install has its unit at $d/cellkeep.service; remove it first" \
+          "(scripts/install.sh --uninstall with the --prefix it was installed with)" >&2
+        return 1
+      fi
+    done
+  fi
   echo "installing into ${destdir:-/} (prefix $prefix)"
+  # From here on a failure undoes what this run created (rollback, from the EXIT trap). The
+  # manifest's directory comes first, so that every later step is recorded as it happens.
+  installing=1
+  ensure_dir "$sharedir"
+  write_manifest merge
   put_file "$binary" "$bindir/cellkeep" 0755
   for u in cellkeep.service cellkeep.socket; do
     unit_file "$tmp/$u" "$u"
@@ -175,13 +317,14 @@ do_install() {
       say present "group $group"
       if was_recorded group "$group"; then record group "$group"; fi
     else
+      undo+=("group $group")
+      record group "$group"
       if command -v systemd-sysusers >/dev/null; then
         systemd-sysusers "$sysusersdir/cellkeep.conf"
       else
         groupadd --system "$group"
       fi
       say created "group $group"
-      record group "$group"
     fi
     if [[ -d $rundir ]]; then
       say present "$rundir"
@@ -189,16 +332,18 @@ do_install() {
       # Made before by something else (a `cellkeep run` or the demo, as root): the socket in it
       # must stay reachable for the group, so its mode is set as the tmpfiles line says.
       if [[ $(stat -c %a "$rundir") != 755 ]]; then
-        chmod 0755 "$rundir" && say fixed "$rundir mode 0755 (the socket's group must reach it)"
+        chmod 0755 "$rundir"
+        say fixed "$rundir mode 0755 (the socket's group must reach it)"
       fi
     else
+      undo+=("rundir $rundir")
+      record rundir "$rundir"
       if command -v systemd-tmpfiles >/dev/null; then
         systemd-tmpfiles --create "$tmpfilesdir/cellkeep.conf"
       else
         mkdir -m 0755 "$rundir"
       fi
       say created "$rundir"
-      record rundir "$rundir"
     fi
     # Workspaces: group members create their own directory here; sticky, so none can remove
     # another's; others may only traverse (a cell runs as its caller with the caller's own gid).
@@ -206,14 +351,21 @@ do_install() {
       say present "$wsdir"
       if was_recorded dir "$wsdir"; then record dir "$wsdir"; fi
     else
-      mkdir -m 1771 "$wsdir" && chgrp "$group" "$wsdir" && chmod 1771 "$wsdir"
-      say created "$wsdir (workspaces: mkdir $wsdir/\$USER as a member of $group)"
+      undo+=("rmdir $wsdir")
       record dir "$wsdir"
+      mkdir -m 1771 "$wsdir"
+      chgrp "$group" "$wsdir"
+      chmod 1771 "$wsdir"
+      say created "$wsdir (workspaces: mkdir $wsdir/\$USER as a member of $group)"
     fi
     if systemd_up; then
       systemctl daemon-reload
       say done "systemctl daemon-reload"
       if ((start)); then
+        if ! systemctl is-enabled --quiet cellkeep.socket 2>/dev/null &&
+          ! systemctl is-enabled --quiet cellkeep.service 2>/dev/null; then
+          undo+=("units -")
+        fi
         systemctl enable --now cellkeep.socket
         systemctl enable cellkeep.service
         systemctl start cellkeep.service
@@ -225,6 +377,10 @@ do_install() {
       skip "systemctl daemon-reload/enable/start: systemd is not the init system here (PID 1 is $(ps -p 1 -o comm=)); run the daemon by hand: $bindir/cellkeep daemon --config $confdir/cellkeep.toml"
     fi
   fi
+  case ${CELLKEEP_INSTALL_TEST_FAULT:-} in
+    fail) echo "install.sh: CELLKEEP_INSTALL_TEST_FAULT=fail: failing here (a test)" >&2; return 1 ;;
+    kill) echo "install.sh: CELLKEEP_INSTALL_TEST_FAULT=kill: SIGKILL here (a test)" >&2; kill -KILL $$ ;;
+  esac
   # What an earlier run installed and this one no longer ships (a policy dropped upstream, a
   # unit renamed): a file goes; a config file goes unless edited (then it is kept, and stays
   # in the manifest); a stale `*.new` beside a config goes.
@@ -238,15 +394,15 @@ do_install() {
     elif [[ -e $destdir$b ]]; then
       rm -f "$destdir$b" && say removed "$b (no longer shipped)"
     fi
-  done < <(old_entries)
+  done <"$saved"
   # Directories created by an earlier run stay ours.
   while read -r kind path; do
     if [[ $kind == dir ]] && ! printf '%s\n' "${entries[@]}" | grep -qxF "dir $path"; then
       record dir "$path"
     fi
-  done < <(old_entries)
-  ensure_dir "$sharedir"
-  printf '%s\n' "${entries[@]}" >"$manifest.tmp" && mv -f "$manifest.tmp" "$manifest"
+  done <"$saved"
+  write_manifest
+  installing=0
   echo "done in $((SECONDS - t0)) s; manifest: $sharedir/install.manifest"
   cat <<EOT
 
@@ -278,8 +434,9 @@ do_uninstall() {
   while read -r kind a b; do
     case $kind in
       file)
-        rm -f "$destdir$b" && say removed "$b" ;;
+        rm -f "$destdir$b" "$destdir$b.tmp-install" && say removed "$b" ;;
       conf)
+        rm -f "$destdir$b.tmp-install"
         if [[ -f $destdir$b && $(sha "$destdir$b") != "$a" ]]; then
           say kept "$b (edited since install)"
         else
@@ -290,7 +447,7 @@ do_uninstall() {
         rm -f "$destdir$b" && say removed "$b" ;;
     esac
   done <"$manifest"
-  rm -f "$manifest"
+  rm -f "$manifest" "$manifest.tmp"
   if [[ -z $destdir ]] && systemd_up; then
     systemctl daemon-reload
     say done "systemctl daemon-reload"
@@ -336,10 +493,17 @@ do_uninstall() {
 }
 
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+on_exit() {
+  if ((installing && $1 != 0)); then rollback "$1"; fi
+  rm -rf "$tmp"
+}
+trap 'on_exit $?' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 saved=$tmp/manifest
+if [[ -f $manifest ]]; then cp "$manifest" "$saved"; else : >"$saved"; fi
 if ((uninstall)); then
-  if [[ -f $manifest ]]; then cp "$manifest" "$saved"; else : >"$saved"; fi
   do_uninstall
 else
   do_install
