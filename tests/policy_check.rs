@@ -230,7 +230,7 @@ fn shipped_policies_are_valid() {
     // The cellkeep group may use the shipped providers (finding 4: root only).
     let cellkeep = nix::unistd::Group::from_name("cellkeep").ok().flatten().map(|g| g.gid.as_raw());
     assert!(cellkeep.is_some_and(|g| echo.access.gids.contains(&g)), "{:?}", echo.access);
-    assert_eq!(echo.seccomp.compiled.filters.len(), 6); // guard, deny, clone3, families, protocols, TCP_ULP
+    assert_eq!(echo.seccomp.compiled.filters.len(), 7); // guard, deny, clone3, families, protocols, TCP_ULP, host
 }
 
 #[test]

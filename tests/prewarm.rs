@@ -254,3 +254,85 @@ fn children_of(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+// From the independent review: a slot held by a cell still being pre-built could not be had.
+// A cell's end frees its slot and, ~5 ms later, a replacement is built in it; a request that
+// came during that build found the cap full (a cell being built is no pre-built cell to give
+// up), got 429 while a slot was all but free, and one with `wait_for_slot_ms` was not woken
+// when the build was done: it waited its whole wait. A request takes precedence over
+// pre-building: it waits for the build (woken when it is done) and takes its slot.
+#[test]
+fn a_request_takes_the_slot_of_a_cell_being_prebuilt() {
+    gate!("a_request_takes_the_slot_of_a_cell_being_prebuilt");
+    let d = daemon(1, "").max_cells(2).start();
+    settle(&d, "one cell pre-built", |h| warm(h) == 1);
+    // The other slot: a cell that runs on.
+    let other = id_of(&d.spawn_with("cold", &["sleep 600"]));
+    let mut caught = 0;
+    for round in 0..12 {
+        let before: BTreeSet<String> = warm_ids(&d);
+        // The pre-built cell serves a one-shot; its replacement is built in its slot.
+        run(&d, "sh", "true");
+        // As soon as the replacement's cgroup is there (built from the start; ready some ms
+        // later): a request for a slot.
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = warm_ids(&d);
+            if now.iter().any(|id| !before.contains(id)) {
+                break;
+            }
+            assert!(Instant::now() < until, "round {round}: no replacement built: {now:?}");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if warm(&d.health()) == 0 {
+            caught += 1;
+        }
+        let wait = round % 2 == 1;
+        let mut body = json!({"command": "true", "cwd": d.cwd()});
+        if wait {
+            body["wait_for_slot_ms"] = json!(8000);
+        }
+        let t = Instant::now();
+        let r = call(&d.socket, "POST", "/v1/providers/cold/commands", Some(&body));
+        let took = t.elapsed();
+        assert_eq!(r.status, 200, "round {round} (wait {wait}): a request lost to a pre-build: {}", r.text());
+        assert!(took < Duration::from_secs(3), "round {round}: the request waited {took:?} for a pre-build");
+        settle(&d, "refilled", |h| warm(h) == 1);
+        assert!(warm_ids(&d).contains(&other), "round {round}: the running cell is gone");
+    }
+    eprintln!("requests that came during a build: {caught} of 12");
+}
+
+// From the independent review: shutdown could miss a pre-built cell. A launch that took one
+// and found that it could not use it (a request refused, or one the cell was not built for)
+// put it back without looking whether shutdown had meanwhile retired the pre-built cells: its
+// cgroup and processes were left behind. Here the launch is held inside the activation (its
+// cwd is a FIFO, which the cwd lookup opens: it waits for a writer) until shutdown has begun.
+#[test]
+fn shutdown_retires_a_prebuilt_cell_given_back() {
+    gate!("shutdown_retires_a_prebuilt_cell_given_back");
+    let mut d = daemon(1, "").start();
+    settle(&d, "one cell pre-built", |h| warm(h) == 1);
+    let helpers = children_of(d.pid());
+    let fifo = std::path::Path::new(&d.cwd()).join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (sock, cwd) = (d.socket.clone(), fifo.display().to_string());
+    let refused = std::thread::spawn(move || {
+        call(&sock, "POST", "/v1/providers/sh/commands", Some(&json!({"command": "true", "cwd": cwd})))
+    });
+    // The launch took the pre-built cell and waits in the cwd lookup.
+    settle(&d, "the pre-built cell taken", |h| warm(h) == 0);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    // Shutdown retires the pre-built cells (none waiting now), then waits for the launch.
+    std::thread::sleep(Duration::from_millis(500));
+    let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let r = refused.join().expect("thread");
+    drop(writer);
+    assert_ne!(r.status, 200, "a FIFO is no cwd: {}", r.text());
+    let status = d.stop().expect("daemon status");
+    assert!(status.success(), "{status:?}");
+    assert!(d.cell_dirs().is_empty(), "cgroups left by the cell given back: {:?}", d.cell_dirs());
+    for pid in helpers {
+        assert!(!harness::alive(u64::from(pid)), "process {pid} of the cell given back survived shutdown");
+    }
+}

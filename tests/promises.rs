@@ -1562,3 +1562,39 @@ fn cleanup_of_a_provider_one_may_not_use_is_unknown() {
         assert_eq!(cell["state"], "running", "another caller's cleanup ended root's cell: {cell}");
     }
 }
+
+// From the independent review: a session start waiting for its key's gate escaped a cleanup.
+// It noted the cleanups so far only once the gate opened: with the pool full, one start of a
+// session waiting for a slot (holding the gate) and a second for the same key waiting for the
+// gate, a cleanup of the provider ended the first (409) while the second started a fresh
+// session after the cleanup had answered. A launch notes the cleanups as it arrives.
+#[test]
+fn a_session_start_waiting_for_its_gate_is_reached_by_cleanup() {
+    gate!("a_session_start_waiting_for_its_gate_is_reached_by_cleanup");
+    let d = daemon().max_cells(1).start();
+    let x = workspace_dir(&d, "x");
+    session_of(&d, "cat", &x, json!({}));
+    let start = || {
+        let (sock, cwd) = (d.socket.clone(), d.cwd());
+        std::thread::spawn(move || {
+            call(&sock, "POST", "/v1/providers/cat/session", Some(&json!({"cwd": cwd, "wait_for_slot_ms": 20_000})))
+        })
+    };
+    let first = start();
+    let seen = Instant::now() + Duration::from_secs(30);
+    while d.health()["launches_waiting"].as_u64() != Some(1) {
+        assert!(Instant::now() < seen, "the first start never waited for a slot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = start();
+    // (it waits for the gate the first holds: nothing to see from outside)
+    std::thread::sleep(Duration::from_millis(500));
+    let r = call(&d.socket, "DELETE", "/v1/providers/cat/cells", None);
+    assert_eq!(r.json()["count"], 1, "{}", r.text());
+    let (first, second) = (first.join().expect("thread"), second.join().expect("thread"));
+    assert_eq!(first.status, 409, "the start waiting for a slot outlived the cleanup: {}", first.text());
+    assert_eq!(second.status, 409, "the start waiting for the gate outlived the cleanup: {}", second.text());
+    let running = call(&d.socket, "GET", "/v1/cells", None).json();
+    let left: Vec<_> = running.as_array().into_iter().flatten().filter(|c| c["state"] == "running").collect();
+    assert!(left.is_empty(), "cells of the provider still run after its cleanup: {left:?}");
+}

@@ -133,8 +133,11 @@ pub struct CellEgress {
     destinations: Mutex<Destinations>,
     /// Name lookups of this cell running at once (see `proxy::resolve`).
     lookups: Arc<tokio::sync::Semaphore>,
-    /// Its caller's (see [`EgressService::caller_share`]).
-    caller_lookups: Arc<tokio::sync::Semaphore>,
+    /// Its caller's (see [`EgressService::caller_share`]); a cell built ahead gets its
+    /// caller's when it is activated ([`CellEgress::assign_caller`]).
+    caller_lookups: Mutex<Arc<tokio::sync::Semaphore>>,
+    /// The service it is served by (for its callers' shares).
+    service: EgressService,
     /// The daemon's (see [`EgressService`]).
     daemon_lookups: Arc<tokio::sync::Semaphore>,
     stop: CancellationToken,
@@ -146,11 +149,20 @@ pub(crate) type LookupPermits =
     (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit);
 
 impl CellEgress {
+    /// From now on the cell's name lookups are `uid`'s: they draw on that caller's share (a
+    /// cell built ahead is served for nobody until its request comes; see
+    /// `Launcher::activate`). Lookups already running keep the permit they hold.
+    pub fn assign_caller(&self, uid: u32) {
+        let share = self.service.caller_lookups(Some(uid));
+        *self.caller_lookups.lock().unwrap_or_else(|e| e.into_inner()) = share;
+    }
+
     /// Wait for the right to run a name lookup (in the order cell, caller, daemon).
     pub(crate) async fn lookup_permits(&self) -> std::io::Result<LookupPermits> {
         let closed = |_| std::io::Error::other("the proxy is shutting down");
         let cell = self.lookups.clone().acquire_owned().await.map_err(closed)?;
-        let caller = self.caller_lookups.clone().acquire_owned().await.map_err(closed)?;
+        let callers = self.caller_lookups.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let caller = callers.acquire_owned().await.map_err(closed)?;
         let daemon = self.daemon_lookups.clone().acquire_owned().await.map_err(closed)?;
         Ok((cell, caller, daemon))
     }
@@ -176,7 +188,8 @@ impl EgressService {
         (total / 2).max(proxy::MAX_LOOKUPS_PER_CELL)
     }
 
-    /// The lookup bound of `caller`'s cells (`None`: cells built ahead), made on first use;
+    /// The lookup bound of `caller`'s cells (`None`: cells built ahead, until they are
+    /// activated: see [`CellEgress::assign_caller`]), made on first use;
     /// those no cell and no running lookup holds any more are dropped as it is.
     fn caller_lookups(&self, caller: Option<u32>) -> Arc<tokio::sync::Semaphore> {
         let share = self.caller_share();
@@ -213,7 +226,8 @@ impl EgressService {
             log_windows: Mutex::new(Default::default()),
             destinations: Mutex::new(Destinations::default()),
             lookups: Arc::new(tokio::sync::Semaphore::new(proxy::MAX_LOOKUPS_PER_CELL)),
-            caller_lookups: self.caller_lookups(caller),
+            caller_lookups: Mutex::new(self.caller_lookups(caller)),
+            service: self.clone(),
             daemon_lookups: self.lookups.clone(),
             stop: CancellationToken::new(),
         });
@@ -554,6 +568,53 @@ mod tests {
         let wait = tokio::time::timeout(std::time::Duration::from_millis(100), other.lookup_permits());
         assert!(matches!(wait.await, Ok(Ok(_))), "another caller's lookup waited for the first caller's");
         other.stop();
+    }
+
+    /// From the independent review: a pre-built cell's proxy is started before its caller is
+    /// known (for nobody, `None`), and activation never moved it to the caller: every pre-built
+    /// cell, of every caller, drew on the one share of `None` for life. Assigned to its caller
+    /// as it is activated, it draws on that caller's share, and on nobody else's.
+    #[tokio::test]
+    async fn a_prebuilt_cells_lookups_are_its_callers_once_assigned() {
+        let service = EgressService::new(EgressConfig { max_cells: 4, ..Default::default() });
+        let cell = |caller| {
+            let service = service.clone();
+            async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+                service.serve(l, "c", "p", Egress::Learn, caller)
+            }
+        };
+        let quick = std::time::Duration::from_millis(100);
+        // Caller 1000's own cells hold all of its share.
+        let mut held = Vec::new();
+        while held.len() < service.caller_share() {
+            let c = cell(Some(1000)).await;
+            for _ in 0..proxy::MAX_LOOKUPS_PER_CELL {
+                held.push(c.lookup_permits().await.unwrap_or_else(|e| panic!("{e}")));
+            }
+            c.stop();
+        }
+        // A pre-built cell it takes is bound by that share too.
+        let taken = cell(None).await;
+        taken.assign_caller(1000);
+        let wait = tokio::time::timeout(quick, taken.lookup_permits()).await;
+        assert!(wait.is_err(), "a pre-built cell of caller 1000 looked a name up past its share");
+        drop(held);
+        // Pre-built cells taken by caller 1002 hold all of its share; one taken by caller 1001
+        // still looks names up at once (they share no bucket).
+        let mut others = Vec::new();
+        while others.len() < service.caller_share() {
+            let c = cell(None).await;
+            c.assign_caller(1002);
+            for _ in 0..proxy::MAX_LOOKUPS_PER_CELL {
+                let wait = tokio::time::timeout(quick, c.lookup_permits()).await;
+                others.push(wait.unwrap_or_else(|_| panic!("caller 1002 waited within its share")));
+            }
+        }
+        let mine = cell(None).await;
+        mine.assign_caller(1001);
+        let wait = tokio::time::timeout(quick, mine.lookup_permits()).await;
+        assert!(matches!(wait, Ok(Ok(_))), "caller 1001's pre-built cell waited for caller 1002's lookups");
     }
 
     /// Learned entries are `network.egress` entries a policy accepts as written: the port

@@ -40,6 +40,10 @@ use cell::CellEntry;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest session reply kept in memory.
 pub const MAX_REPLY_BYTES: usize = 16 << 20;
+/// How long a launch that finds the cap full, with a cell being pre-built in a slot, waits
+/// for that build to be done (to take its slot) when it asked for no wait of its own, or a
+/// shorter one. A build takes milliseconds; this bounds only a build that hangs.
+const WARM_BUILD_WAIT: Duration = Duration::from_secs(10);
 
 /// The pool handle (cheap to clone).
 #[derive(Clone)]
@@ -72,8 +76,8 @@ struct Inner {
     shutting_down: AtomicBool,
     /// Cells ended by shutdowns so far (`POST /v1/shutdown`, then the daemon's own at exit).
     ended_at_shutdown: std::sync::atomic::AtomicUsize,
-    /// Launches under way (a slot reserved or a pre-built cell taken, not yet registered or
-    /// failed): shutdown waits for them, so none registers a cell after it looked.
+    /// Launch requests under way (from their arrival until registered or failed: see
+    /// `ops::Begun`): shutdown waits for them, so none registers a cell after it looked.
     launching: tokio::sync::watch::Sender<usize>,
     started: Instant,
     /// Launches served by a pre-built cell.
@@ -106,6 +110,9 @@ struct State {
     warm: Vec<warm::Warm>,
     /// Pre-built cells being built, by provider (each holds a slot).
     warming: HashMap<String, usize>,
+    /// Launches that found every slot taken and want one now: no pre-built cell is started
+    /// while there are any (a request takes precedence over pre-building).
+    slots_wanted: usize,
     /// Cleanups so far (a sequence number; a launch notes it as it begins), and, by provider
     /// and by whose cells each ended (a uid, or `None`: everyone's, an admin's cleanup), the
     /// number of the latest: a launch that began before a cleanup that covers it is ended as
@@ -277,12 +284,18 @@ impl Pool {
         }
     }
 
-    /// Reserve a slot, waiting up to `wait` for one to free up.
     /// Whether every slot is taken (by cells, launches or pre-built cells).
     fn is_full(&self) -> bool {
         self.state().used_slots >= self.inner.config.max_cells
     }
 
+    /// Reserve a slot, waiting up to `wait` for one to free up.
+    ///
+    /// A pre-built cell gives up its slot to a launch that needs one, and so does one being
+    /// built: the launch waits for the build to be done (`fill` wakes it; with no wait of its
+    /// own, up to [`WARM_BUILD_WAIT`]) and takes its slot. While a launch wants a slot no
+    /// pre-built cell is started (see `warm::fill`), so none takes the slot it waits for.
+    ///
     /// Waiting ends early when `left` is cancelled (the client that asked has gone: a command
     /// nobody waits for must not take the slot when one frees up).
     async fn reserve_slot(
@@ -291,34 +304,41 @@ impl Pool {
         left: &tokio_util::sync::CancellationToken,
     ) -> Result<SlotGuard, PoolError> {
         let until = wait.map(|w| Instant::now() + w);
+        // Builds under way count as room coming until then.
+        let builds_until = until.map_or(Instant::now() + WARM_BUILD_WAIT, |t| t.max(Instant::now() + WARM_BUILD_WAIT));
+        let mut wanting: Option<SlotWanted> = None;
         loop {
             if self.inner.shutting_down.load(Ordering::SeqCst) {
                 return Err(PoolError::ShuttingDown);
             }
             let freed = self.inner.slot_freed.notified();
-            let make_room = {
+            let waiting_until = {
                 let mut st = self.state();
                 let limit = self.inner.config.max_cells;
                 if st.used_slots < limit {
                     st.used_slots += 1;
                     return Ok(SlotGuard { pool: Some(self.clone()) });
                 }
+                if wanting.is_none() {
+                    st.slots_wanted += 1;
+                    wanting = Some(SlotWanted(self));
+                }
                 let running = st.used_slots;
-                // A pre-built cell gives up its slot to a launch that needs one.
-                let room = !st.warm.is_empty();
+                let now = Instant::now();
+                let building = st.warming.values().any(|n| *n > 0);
                 match until {
-                    _ if room => {}
-                    Some(t) if Instant::now() < t => {}
+                    _ if !st.warm.is_empty() => None,
+                    _ if building && now < builds_until => Some(builds_until),
+                    Some(t) if now < t => Some(t),
                     _ => return Err(PoolError::ProcessLimit { limit, running }),
                 }
-                room
             };
-            if make_room {
-                self.make_room().await;
-                continue;
+            match waiting_until {
+                None => {
+                    self.make_room().await;
+                }
+                Some(t) => self.wait_for_a_freed_slot(freed, t, left).await?,
             }
-            let Some(t) = until else { continue };
-            self.wait_for_a_freed_slot(freed, t, left).await?;
         }
     }
 
@@ -455,6 +475,16 @@ pub fn idle_timeout_of(policy: &Policy, config: &Config) -> (Duration, IdleSourc
     match policy.limits.idle_timeout {
         Some(d) => (d, IdleSource::Policy),
         None => (config.idle_timeout, IdleSource::Daemon),
+    }
+}
+
+/// A launch counted in `State::slots_wanted` (see [`Pool::reserve_slot`]) until dropped.
+struct SlotWanted<'a>(&'a Pool);
+
+impl Drop for SlotWanted<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.slots_wanted = st.slots_wanted.saturating_sub(1);
     }
 }
 

@@ -55,6 +55,7 @@ impl Pool {
         tap: Option<super::cell::Tap>,
     ) -> Result<(Arc<CellEntry>, Duration), PoolError> {
         let policy = self.provider(caller, provider)?;
+        let begun = self.begin_launch();
         if policy.mode != Mode::Oneshot {
             return Err(PoolError::BadRequest(format!("provider {provider} is a session provider; use a session")));
         }
@@ -73,7 +74,7 @@ impl Pool {
             stdin: req.stdin,
             tap,
         };
-        Ok((self.launch(policy, l).await?, timeout))
+        Ok((self.launch(policy, l, begun).await?, timeout))
     }
 
     /// Run one command and answer with its kept output and how it ended. A timeout or a limit

@@ -98,19 +98,30 @@ pub(super) fn is_resource_limit(reason: &ExitReason) -> bool {
     matches!(reason, ExitReason::OomKilled | ExitReason::PidsLimited | ExitReason::FileSizeLimited)
 }
 
-/// One launch under way, counted in `Inner::launching` for as long as it lives.
-struct Launching<'a>(&'a tokio::sync::watch::Sender<usize>);
+/// One launch request under way, from its arrival (before it waits for anything: a session's
+/// gate, its caller's share, a slot) until its cell is registered or it failed: counted in
+/// `Inner::launching` for as long as it lives, with the number of the cleanups so far when it
+/// arrived. A cleanup after that number that covers it ends its cell as it is registered (see
+/// `Pool::launch_whole`).
+pub(super) struct Begun {
+    pool: Pool,
+    cleanups_before: u64,
+}
 
-impl<'a> Launching<'a> {
-    fn new(count: &'a tokio::sync::watch::Sender<usize>) -> Launching<'a> {
-        count.send_modify(|n| *n += 1);
-        Launching(count)
+impl Pool {
+    /// A launch request arrived: count it under way, then note the cleanups so far.
+    pub(super) fn begin_launch(&self) -> Begun {
+        // Counted under way before it notes the number: a cleanup that finds no launch under
+        // way forgets the older ones (see `State::record_cleanup`).
+        self.inner.launching.send_modify(|n| *n += 1);
+        let cleanups_before = self.state().cleanup_seq;
+        Begun { pool: self.clone(), cleanups_before }
     }
 }
 
-impl Drop for Launching<'_> {
+impl Drop for Begun {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        self.pool.inner.launching.send_modify(|n| *n -= 1);
     }
 }
 
@@ -129,8 +140,15 @@ impl Pool {
     ///
     /// Only the wait for a slot (`wait_for_slot_ms`) ends with the caller: a command whose
     /// client left before it got a slot is not run.
-    pub(super) async fn launch(&self, policy: Arc<Policy>, l: Launch) -> Result<Arc<CellEntry>, PoolError> {
-        self.detached(move |pool, left| async move { pool.launch_whole(policy, l, &left).await }).await
+    ///
+    /// `begun`: made as the request arrived ([`Pool::begin_launch`]).
+    pub(super) async fn launch(
+        &self,
+        policy: Arc<Policy>,
+        l: Launch,
+        begun: Begun,
+    ) -> Result<Arc<CellEntry>, PoolError> {
+        self.detached(move |pool, left| async move { pool.launch_whole(policy, l, begun, &left).await }).await
     }
 
     /// Run `work` in a task of its own, which the caller's future only awaits: dropping that
@@ -154,12 +172,10 @@ impl Pool {
         &self,
         policy: Arc<Policy>,
         mut l: Launch,
+        begun: Begun,
         left: &tokio_util::sync::CancellationToken,
     ) -> Result<Arc<CellEntry>, PoolError> {
-        // Counted under way before it notes the cleanups so far: a cleanup that finds no launch
-        // under way forgets the older ones (see `State::record_cleanup`).
-        let _counted = Launching::new(&self.inner.launching);
-        let cleanups_before = self.state().cleanup_seq;
+        let cleanups_before = begun.cleanups_before;
         let input = stdin_command(&policy, &mut l);
         let framer = if l.session { Some(Framer::new(&policy.session, MAX_REPLY_BYTES)?) } else { None };
         let session_key = l.session.then(|| l.session_key(&policy.name));
@@ -299,13 +315,13 @@ impl Pool {
                 Ok(Some((cell, super::SlotGuard { pool: Some(self.clone()) })))
             }
             Err(Activation::Refused(e, cell)) => {
-                self.put_back(super::warm::Warm { policy: built_for, cell });
+                self.put_back(super::warm::Warm { policy: built_for, cell }).await;
                 Err(e.into())
             }
             Err(Activation::Unfit(why, cell)) => {
                 let why = super::error::escape_controls(&why.to_string()).into_owned();
                 tracing::info!(provider = %policy.name, "a pre-built cell does not fit this request, launching cold: {why}");
-                self.put_back(super::warm::Warm { policy: built_for, cell });
+                self.put_back(super::warm::Warm { policy: built_for, cell }).await;
                 Ok(None)
             }
             Err(Activation::Failed(e)) => {
@@ -320,6 +336,7 @@ impl Pool {
 
     pub async fn spawn(&self, caller: &Caller, req: SpawnRequest) -> Result<CellInfo, PoolError> {
         let policy = self.provider(caller, &req.provider)?;
+        let begun = self.begin_launch();
         let is_session = policy.mode == Mode::Session;
         if let Some(want) = req.session {
             if want != is_session {
@@ -347,7 +364,7 @@ impl Pool {
             stdin: false,
             tap: None,
         };
-        Ok(self.launch(policy, l).await?.info())
+        Ok(self.launch(policy, l, begun).await?.info())
     }
 
     /// The caller's live session of `provider`, started if there is none. A dead session is
@@ -357,6 +374,9 @@ impl Pool {
         if policy.mode != Mode::Session {
             return Err(PoolError::BadRequest(format!("provider {provider} is one-shot, not a session provider")));
         }
+        // Begun as it arrives, before it waits for the key's gate (behind another start of the
+        // same session that may wait for a slot): a cleanup from now on reaches it too.
+        let begun = self.begin_launch();
         let l = Launch {
             caller: caller.clone(),
             cwd: self.resolved_cwd(&policy, caller, req.cwd).await?,
@@ -382,7 +402,7 @@ impl Pool {
             let held = gate.lock().await;
             let result = match pool.live_session(&key, &policy) {
                 Some(entry) => Ok(entry.info()),
-                None => pool.launch_whole(policy, l, &left).await.map(|e| e.info()),
+                None => pool.launch_whole(policy, l, begun, &left).await.map(|e| e.info()),
             };
             drop(held);
             pool.release_session_gate(&key, gate);

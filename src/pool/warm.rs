@@ -3,7 +3,9 @@
 //! (`sandbox::warm` builds and activates them).
 //!
 //! Rules: a pre-built cell holds a slot like any cell (the cap counts it), and a launch that
-//! finds the cap full retires one to make room; it is built for the provider's policy of the
+//! finds the cap full retires one to make room — one still being built too, once it is built
+//! (the launch waits for it), and no build starts while a launch waits for a slot: a request
+//! takes precedence over pre-building; it is built for the provider's policy of the
 //! moment (a reload retires every pre-built cell and builds new ones); it lives at most the
 //! provider's idle timeout (the reaper retires it, and a fresh one is built); it takes
 //! exactly one request (taken out of the pool before it is activated); shutdown retires them
@@ -48,7 +50,8 @@ impl Pool {
                 let mut st = self.state();
                 let have = st.warm.iter().filter(|w| Arc::ptr_eq(&w.policy, &policy)).count()
                     + st.warming.get(provider).copied().unwrap_or(0);
-                let full = st.used_slots >= self.inner.config.max_cells;
+                // A launch waiting for a slot takes the one freed first: pre-building waits.
+                let full = st.used_slots >= self.inner.config.max_cells || st.slots_wanted > 0;
                 if have >= policy.prewarm as usize || full || self.inner.shutting_down.load(Ordering::SeqCst) {
                     return;
                 }
@@ -79,7 +82,12 @@ impl Pool {
                 }
             };
             match keep {
-                None => self.inner.reaper_wake.notify_one(),
+                None => {
+                    self.inner.reaper_wake.notify_one();
+                    // A launch that found the cap full while this was built waits for it, to
+                    // take its slot (see `Pool::reserve_slot`).
+                    self.inner.slot_freed.notify_waiters();
+                }
                 Some(Ok(stale)) => {
                     stale.retire().await;
                     Self::built_one(&mut self.state(), provider);
@@ -111,9 +119,23 @@ impl Pool {
         Some(st.warm.swap_remove(at))
     }
 
-    /// Put back a pre-built cell a launch did not use.
-    pub(super) fn put_back(&self, warm: Warm) {
-        self.state().warm.push(warm);
+    /// Put back a pre-built cell a launch did not use; once shutdown has begun, retire it
+    /// instead (shutdown may have retired the pre-built cells already, while this one was
+    /// out: put back, it would outlive the daemon). Checked under the state lock, as `fill`
+    /// does: shutdown sets its flag before it takes the lock to retire them.
+    pub(super) async fn put_back(&self, warm: Warm) {
+        let stale = {
+            let mut st = self.state();
+            if self.inner.shutting_down.load(Ordering::SeqCst) {
+                warm
+            } else {
+                st.warm.push(warm);
+                return;
+            }
+        };
+        tracing::debug!(cell = stale.cell.id(), provider = %stale.policy.name, "retiring a pre-built cell given back at shutdown");
+        stale.cell.retire().await;
+        self.release_slot();
     }
 
     /// Retire the pre-built cells `which` selects, releasing their slots.

@@ -102,6 +102,12 @@ impl Launcher {
             }
         }
         let WarmCell { mut cell, .. } = warm;
+        // Its proxy was started before its caller was known: its name lookups are the
+        // caller's from now on (they draw on the caller's share, not on one all pre-built
+        // cells shared).
+        if let Some(egress) = &cell.egress {
+            egress.assign_caller(req.caller_uid);
+        }
         let sent = match serde_json::to_vec(&plan) {
             Ok(mut line) => {
                 line.push(b'\n');
