@@ -1,13 +1,17 @@
 //! Typed async client for the daemon's API over its Unix socket, shared by the CLI and tests.
 //!
 //! HTTP/1.1 over a `tokio::net::UnixStream` (hyper's client connection; no connection pool
-//! crate is needed for one socket). Ordinary calls reuse one keep-alive connection, opened on
-//! first use and re-opened when the daemon closed it; an output stream takes a connection of
-//! its own, because it holds it until the stream ends. Every API error arrives as
+//! crate is needed for one socket). A [`Client`] is cheap to clone and every clone shares a
+//! small set of idle keep-alive connections: an ordinary call takes an idle one (or opens a new
+//! one when none is idle) and gives it back once the whole answer has arrived, so calls on one
+//! client run side by side — a `terminate` or `health` never waits behind a session command the
+//! payload is slow to answer. An output stream takes a connection of its own, because it holds
+//! it until the stream ends. Every API error arrives as
 //! [`ClientError::Api`] with the daemon's stable `code`. Requests and answers are the API's
 //! own wire types ([`crate::api::wire`]), the ones the daemon serialises and documents.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -54,15 +58,21 @@ impl ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
-/// A client for one daemon socket.
+/// Idle keep-alive connections a client keeps for its next calls; a connection given back
+/// when this many are idle is closed (calls in flight are not bounded by it).
+const MAX_IDLE: usize = 4;
+
+/// A client for one daemon socket. Clones share its idle connections; concurrent calls (from
+/// clones, or from tasks sharing one client) each use a connection of their own.
+#[derive(Clone)]
 pub struct Client {
     socket: PathBuf,
-    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>,
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
-        Client { socket: socket.into(), conn: tokio::sync::Mutex::new(None) }
+        Client { socket: socket.into(), idle: Arc::default() }
     }
 
     pub fn socket(&self) -> &Path {
@@ -94,33 +104,56 @@ impl Client {
         b.body(body).unwrap_or_else(|_| Request::new(Full::default()))
     }
 
-    /// Send on the shared keep-alive connection, reconnecting once if the daemon closed it.
+    /// An idle connection the daemon has not closed, if any (the closed ones are dropped).
+    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Give a connection whose answer was read in full back for the next call.
+    fn put_idle(&self, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+
+    /// Send on an idle keep-alive connection, or a new one when none is idle; the connection
+    /// is the call's own until the whole answer has arrived, then goes back to the idle set.
+    /// A reused connection the daemon closed meanwhile (before it took the request) is
+    /// dropped and the request sent again; a new connection's failure is the call's.
     async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes)> {
-        let mut guard = self.conn.lock().await;
-        for attempt in 0..2 {
-            let mut sender = match guard.take() {
-                Some(s) if !s.is_closed() => s,
-                _ => self.connect().await?,
+        loop {
+            let (mut sender, reused) = match self.take_idle() {
+                Some(s) => (s, true),
+                None => (self.connect().await?, false),
             };
-            if sender.ready().await.is_err() {
-                continue;
+            if let Err(source) = sender.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(ClientError::Transport { path: self.socket.clone(), source });
             }
             match sender.send_request(Self::build(method.clone(), path, body.clone())).await {
                 Ok(resp) => {
                     let status = resp.status();
                     let bytes = self.body_of(resp).await?;
-                    *guard = Some(sender);
+                    self.put_idle(sender);
                     return Ok((status, bytes));
                 }
-                // A reused connection the daemon closed meanwhile: retry on a fresh one.
-                Err(e) if attempt == 0 && e.is_canceled() => continue,
+                // The request never went out on a connection the daemon had closed: retry.
+                Err(e) if reused && e.is_canceled() => continue,
                 Err(source) => return Err(ClientError::Transport { path: self.socket.clone(), source }),
             }
         }
-        Err(ClientError::Connect {
-            path: self.socket.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the daemon closed the connection"),
-        })
     }
 
     /// A whole (non-streaming) response body.

@@ -777,3 +777,110 @@ fn a_shutdown_whose_client_hung_up_still_completes() {
     assert!(!harness::alive(pid), "the cell's process {pid} outlived the shutdown");
     assert_eq!(d.cell_dirs(), Vec::<std::path::PathBuf>::new(), "cells left after the shutdown");
 }
+
+// One typed `Client` shared by tasks: a call does not wait behind another's reply. Before,
+// `Client::send` held the connection's lock until the whole reply had arrived, so a
+// `terminate` (or `health`) waited behind a session command the payload never answers — for
+// up to that command's timeout (300 s by default) — and `cellkeep exec` made a new client per
+// call to get around it.
+#[test]
+fn one_client_calls_do_not_wait_for_each_other() {
+    gate!("one_client_calls_do_not_wait_for_each_other");
+    use cellkeep::api::wire::SendRequest;
+    use cellkeep::client::Client;
+    use std::sync::Arc;
+    // A session that never answers: it does not read its stdin.
+    let d = daemon().provider("mute", "[\"/bin/sleep\", \"1000\"]", "session", "").start();
+    let id = id_of(&d.spawn("mute"));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let c = Arc::new(Client::new(&d.socket));
+        c.health().await.expect("health");
+        let (c2, id2) = (c.clone(), id.clone());
+        let hung = tokio::spawn(async move {
+            let req = SendRequest { command: "hello".into(), timeout_ms: Some(20_000) };
+            c2.send_command(&id2, &req).await
+        });
+        // The command is in flight: the daemon is waiting for the payload's reply.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!hung.is_finished(), "the command was answered: {:?}", hung.await);
+        let t = Instant::now();
+        let h = tokio::time::timeout(Duration::from_secs(2), c.health()).await;
+        assert!(matches!(h, Ok(Ok(_))), "health on the shared client: {h:?} after {:?}", t.elapsed());
+        let ended = tokio::time::timeout(Duration::from_secs(2), c.terminate(&id, true)).await;
+        let info = match ended {
+            Ok(Ok(info)) => info,
+            other => panic!("terminate on the shared client: {other:?} after {:?}", t.elapsed()),
+        };
+        assert!(info.exit.is_some(), "{info:?}");
+        // The hung command ends with its cell, well before its own timeout.
+        let r = tokio::time::timeout(Duration::from_secs(5), hung).await.expect("the command outlived its cell");
+        assert!(r.expect("task").is_err(), "a command to a killed cell has no reply");
+        // The client still works afterwards (its connections are reused or replaced).
+        for _ in 0..3 {
+            c.health().await.expect("health after");
+        }
+    });
+}
+
+// Cells inherit the daemon's mount namespace: a policy write path (or workdir root) that is
+// read-only there — under the shipped unit, anything outside its ReadWritePaths= — gives the
+// payload EROFS whatever the policy grants. The daemon says so when it loads the policies and
+// at each reload, naming the provider, the path and the fix, in its log, in health (to root
+// and admins) and in the reload's answer. Before, nothing warned.
+#[test]
+fn read_only_policy_paths_are_reported() {
+    gate!("read_only_policy_paths_are_reported");
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        }
+    }
+    let ro = tempfile::Builder::new().prefix("ck-ro-").tempdir().expect("mount point");
+    mount(Some("tmpfs"), ro.path(), Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=1m"))
+        .expect("mount a read-only tmpfs");
+    let _unmount = Unmount(ro.path().to_path_buf());
+    let path = ro.path().display().to_string();
+    let writes = format!("[filesystem]\nwrite = [\"{{cwd}}\", \"{{tmp}}\", \"/dev/null\", \"{path}\"]\n");
+    let roots = format!("[workdir]\nroots = [\"{path}\"]\n");
+    let d = daemon()
+        .provider("rofs", "[\"/bin/cat\"]", "session", &writes)
+        .provider("rowork", "[\"/bin/cat\"]", "session", &roots)
+        .start();
+    // The log: one warning per provider and path, with the fix.
+    for (provider, key) in [("rofs", "filesystem.write"), ("rowork", "workdir.roots")] {
+        let line = d.wait_log(
+            &["WARN", provider, key, &path, "systemctl edit cellkeep", "ReadWritePaths="],
+            Duration::from_secs(5),
+        );
+        assert!(line.contains(&format!("ReadWritePaths={path}")), "{line}");
+    }
+    let notes = |v: &Value| -> Vec<String> {
+        v["notes"].as_array().unwrap_or(&Vec::new()).iter().map(|n| n.as_str().unwrap_or("").to_owned()).collect()
+    };
+    let mentions = |notes: &[String], provider: &str| {
+        notes.iter().any(|n| n.contains(provider) && n.contains(&path) && n.contains("ReadWritePaths="))
+    };
+    // Health, to root.
+    let h = d.health();
+    let n = notes(&h);
+    assert!(mentions(&n, "rofs") && mentions(&n, "rowork"), "{h}");
+    assert_eq!(n.len(), 2, "nothing else on this host is read-only: {n:?}");
+    // Not to a caller who cannot see the policies.
+    let out = as_nobody(&d, &["health", "--json"]);
+    let theirs: Value = serde_json::from_slice(&out.stdout).expect("health --json");
+    assert!(notes(&theirs).is_empty(), "{theirs}");
+    // The reload's answer, and its log.
+    let r = call(&d.socket, "POST", "/v1/reload", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let n = notes(&r.json());
+    assert!(mentions(&n, "rofs") && mentions(&n, "rowork"), "{}", r.text());
+    let warned = d.log().lines().filter(|l| l.contains("WARN") && l.contains("rofs") && l.contains(&path)).count();
+    assert_eq!(warned, 2, "warned at start and at the reload:\n{}", d.log());
+    // `cellkeep health` shows them.
+    let out = Command::new(BIN).arg("--socket").arg(&d.socket).arg("health").output().expect("cellkeep health");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rofs") && text.contains(&path), "{text}");
+}

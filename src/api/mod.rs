@@ -132,7 +132,8 @@ fn watch_signals(pool: Pool, stop: CancellationToken) -> Result<tokio::task::Joi
 /// Reload the policies (SIGHUP or `POST /v1/reload`), telling the service manager: `RELOADING=1`
 /// (with `MONOTONIC_USEC`, as `Type=notify-reload` wants), then `READY=1` with a `STATUS=` that
 /// gives the verdict — either way the daemon keeps serving a valid set. A rejected reload is
-/// logged by the pool (each file once) and returned as the error the API answers with.
+/// logged by the pool (each file once) and returned as the error the API answers with. An
+/// applied one has the served policies' paths checked again (`Pool::path_notes`).
 /// `trigger` names what asked (`SIGHUP`, an API caller) at the start of the verdict's log line.
 pub async fn reload_policies(pool: &Pool, trigger: &str) -> Result<crate::pool::Reloaded, PoolError> {
     crate::systemd::notify_reloading();
@@ -143,7 +144,11 @@ pub async fn reload_policies(pool: &Pool, trigger: &str) -> Result<crate::pool::
     match &result {
         Ok(r) => {
             tracing::info!(providers = r.providers.len(), "{trigger}: policies reloaded");
-            crate::systemd::notify_ready(&format!("policies reloaded: {} providers", r.providers.len()));
+            let mut status = format!("policies reloaded: {} providers", r.providers.len());
+            if !r.notes.is_empty() {
+                status.push_str(&format!("; {}", read_only_status(r.notes.len())));
+            }
+            crate::systemd::notify_ready(&status);
         }
         Err(e) => {
             // Logged once: the error names each file with its first problem; the rest follow.
@@ -165,17 +170,27 @@ pub async fn reload_policies(pool: &Pool, trigger: &str) -> Result<crate::pool::
     result
 }
 
-/// The `STATUS=` line sent with `READY=1` at start: where it listens, what it serves, and the
-/// policies it left out (so `systemctl status` shows them).
+/// The `STATUS=` line sent with `READY=1` at start: where it listens, what it serves, the
+/// policies it left out and how many policy paths are read-only (so `systemctl status` shows
+/// them).
 fn ready_status(shown: &str, pool: &Pool) -> String {
+    let read_only = pool.path_notes().len();
+    let mut status = format!("listening on {shown}");
     let rejected = pool.rejected_policies();
-    if rejected.is_empty() {
-        return format!("listening on {shown}");
+    if !rejected.is_empty() {
+        let names: Vec<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
+        status.push_str(&format!(
+            "; {} policies rejected, not served: {} (see journalctl -u cellkeep or cellkeep health)",
+            names.len(),
+            names.join(", ")
+        ));
     }
-    let names: Vec<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
-    format!(
-        "listening on {shown}; {} policies rejected, not served: {} (see journalctl -u cellkeep or cellkeep health)",
-        names.len(),
-        names.join(", ")
-    )
+    if read_only > 0 {
+        status.push_str(&format!("; {}", read_only_status(read_only)));
+    }
+    status
+}
+
+fn read_only_status(n: usize) -> String {
+    format!("{n} policy write path(s) on a read-only mount (see cellkeep health)")
 }

@@ -474,6 +474,11 @@ pub struct Reloaded {
     pub providers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<Rejected>,
+    /// What the operator should fix in the policies now served, served as they are: each
+    /// write path or workdir root on a read-only mount of the daemon (cells inherit its
+    /// mounts), with the fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A policy file left out of the set, with why.
@@ -517,6 +522,11 @@ pub struct DaemonHealth {
     /// Those files with every problem — shown to root and admin groups only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_policies: Option<Vec<Rejected>>,
+    /// What the operator should fix in the served policies (root and admin groups only): each
+    /// write path or workdir root on a read-only mount of the daemon (cells inherit its
+    /// mounts), with the fix. Checked at start and at each reload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub host_memory_total: u64,
     pub host_memory_available: u64,
 }
@@ -730,7 +740,7 @@ impl From<crate::pool::CommandResult> for CommandResult {
 
 impl From<crate::pool::Reloaded> for Reloaded {
     fn from(r: crate::pool::Reloaded) -> Self {
-        Reloaded { providers: r.providers, left_out: r.left_out.into_iter().map(Into::into).collect() }
+        Reloaded { providers: r.providers, left_out: r.left_out.into_iter().map(Into::into).collect(), notes: r.notes }
     }
 }
 
@@ -757,6 +767,7 @@ impl From<crate::pool::DaemonHealth> for DaemonHealth {
             warm_served: h.warm_served,
             launches_waiting: h.launches_waiting,
             policies_rejected: h.policies_rejected,
+            notes: h.notes,
             rejected_policies: h.rejected_policies.map(|v| v.into_iter().map(Into::into).collect()),
             host_memory_total: h.host_memory_total,
             host_memory_available: h.host_memory_available,
@@ -937,12 +948,20 @@ mod tests {
         same_bytes::<_, CellInfo>(cell_info(None, false));
         same_bytes::<_, CommandResult>(result());
         same_bytes::<_, CommandResult>(crate::pool::CommandResult::new("c2", b"", b""));
-        same_bytes::<_, Reloaded>(crate::pool::Reloaded { providers: vec!["a".into()], left_out: Vec::new() });
+        same_bytes::<_, Reloaded>(crate::pool::Reloaded {
+            providers: vec!["a".into()],
+            left_out: Vec::new(),
+            notes: vec!["n".into()],
+        });
         let left =
             crate::policy::set::Rejected { name: "b".into(), file: "/p/b.toml".into(), problems: vec!["x".into()] };
-        same_bytes::<_, Reloaded>(crate::pool::Reloaded { providers: vec!["a".into()], left_out: vec![left] });
+        same_bytes::<_, Reloaded>(crate::pool::Reloaded {
+            providers: vec!["a".into()],
+            left_out: vec![left],
+            notes: Vec::new(),
+        });
         same_bytes::<_, Count>(crate::pool::Count { count: 4 });
-        let health = |rejected| crate::pool::DaemonHealth {
+        let health = |rejected, notes| crate::pool::DaemonHealth {
             status: "ok".into(),
             version: "0.1.0".into(),
             uptime_s: 1,
@@ -958,15 +977,19 @@ mod tests {
             launches_waiting: 9,
             policies_rejected: 1,
             rejected_policies: rejected,
+            notes,
             host_memory_total: 5,
             host_memory_available: 6,
         };
-        same_bytes::<_, DaemonHealth>(health(None));
-        same_bytes::<_, DaemonHealth>(health(Some(vec![crate::policy::set::Rejected {
-            name: "bad".into(),
-            file: "/etc/cellkeep/policies/bad.toml".into(),
-            problems: vec!["bad.toml:1:1: x: y".into()],
-        }])));
+        same_bytes::<_, DaemonHealth>(health(None, Vec::new()));
+        same_bytes::<_, DaemonHealth>(health(
+            Some(vec![crate::policy::set::Rejected {
+                name: "bad".into(),
+                file: "/etc/cellkeep/policies/bad.toml".into(),
+                problems: vec!["bad.toml:1:1: x: y".into()],
+            }]),
+            vec!["a note".into()],
+        ));
         for source in [None, Some(crate::pool::IdleSource::Policy), Some(crate::pool::IdleSource::Daemon)] {
             same_bytes::<_, CellHealth>(crate::pool::CellHealth {
                 info: cell_info(None, true),

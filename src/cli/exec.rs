@@ -5,7 +5,6 @@
 //! 128+N for signal N, 125 when the cell could not be set up — as `cellkeep run`.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -37,7 +36,7 @@ pub(super) async fn run(c: &Client, provider: &str, mut req: OneshotRequest, std
         match line {
             Some(OutputLine::Started { cell: id }) => {
                 if req.stdin {
-                    forward_stdin(c.socket().to_path_buf(), id.clone());
+                    forward_stdin(c.clone(), id.clone());
                 }
                 cell = Some(id);
             }
@@ -81,12 +80,14 @@ async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
 }
 
 /// Terminate the cell (the first request: SIGTERM and the grace period; later ones: at once).
-/// The stream then ends with the command's end, which sets the exit status.
+/// The stream then ends with the command's end, which sets the exit status. The same client:
+/// its calls do not wait for each other (a second signal's kill does not queue behind the
+/// first request's grace period).
 fn stop(c: &Client, cell: Option<&str>, nth: u32) {
     let Some(id) = cell else { return };
-    let (socket, id) = (c.socket().to_path_buf(), id.to_owned());
+    let (c, id) = (c.clone(), id.to_owned());
     tokio::spawn(async move {
-        match Client::new(socket).terminate(&id, nth > 1).await {
+        match c.terminate(&id, nth > 1).await {
             Ok(_) | Err(ClientError::Api { code: ErrorCode::AlreadyEnded, .. }) => {}
             Err(e) => eprintln!("cellkeep: terminating cell {id}: {e}"),
         }
@@ -95,7 +96,7 @@ fn stop(c: &Client, cell: Option<&str>, nth: u32) {
 
 /// Copy our stdin to the cell's, then close it. A plain thread reads (stdin may block for
 /// ever; the process exits without waiting for it); a task posts the chunks in order.
-fn forward_stdin(socket: PathBuf, id: String) {
+fn forward_stdin(client: Client, id: String) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
@@ -113,7 +114,6 @@ fn forward_stdin(socket: PathBuf, id: String) {
         }
     });
     tokio::spawn(async move {
-        let client = Client::new(socket);
         while let Some(chunk) = rx.recv().await {
             if client.write_stdin(&id, &chunk, false).await.is_err() {
                 return;

@@ -186,6 +186,9 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
                 let first = r.problems.first().map_or("", String::as_str);
                 eprintln!("cellkeep: still left out, as before the reload: {} ({}): {first}", r.name, r.file);
             }
+            for n in &r.notes {
+                eprintln!("cellkeep: warning: {n}");
+            }
             Ok(0)
         }
         Cmd::Run(_) | Cmd::Policy(_) | Cmd::Daemon(_) | Cmd::Doctor(_) => {
@@ -404,6 +407,12 @@ fn print_daemon_health(h: &DaemonHealth) {
         for p in &r.problems {
             println!("  {}: {p}", r.name);
         }
+    }
+    if !h.notes.is_empty() {
+        println!("notes:     {} about the served policies", h.notes.len());
+    }
+    for n in &h.notes {
+        println!("  {n}");
     }
     println!("memory:    {} available of {}", bytes(h.host_memory_available), bytes(h.host_memory_total));
 }

@@ -89,6 +89,7 @@ pub mod ids;
 pub mod lint;
 pub mod load;
 pub mod model;
+pub mod mounts;
 pub mod raw;
 pub mod score;
 pub mod seccomp;

@@ -61,6 +61,8 @@ struct Inner {
     policies: RwLock<Arc<BTreeMap<String, Arc<Policy>>>>,
     /// Policies the last load (start or reload) could not take, with why.
     rejected: RwLock<Arc<Vec<Rejected>>>,
+    /// The served policies' write paths on a read-only mount (see [`Pool::path_notes`]).
+    path_notes: RwLock<Arc<Vec<String>>>,
     /// What the last load that was applied (start, or a reload that succeeded) left out: a
     /// reload finding these same files broken the same way is not refused for them.
     tolerated: Mutex<Vec<Rejected>>,
@@ -147,6 +149,19 @@ impl State {
     }
 }
 
+/// The notes of [`Pool::path_notes`] for `policies`, each logged as a warning. Blocking
+/// (`statvfs` of each path).
+fn read_only_notes<'a>(policies: impl Iterator<Item = &'a Policy>) -> Vec<String> {
+    let notes: Vec<String> = policies
+        .flat_map(|p| crate::policy::mounts::read_only_paths(p, crate::policy::mounts::statvfs_read_only))
+        .map(|found| found.to_string())
+        .collect();
+    for note in &notes {
+        tracing::warn!("{note}");
+    }
+    notes
+}
+
 impl Pool {
     /// Load the policies, open the cgroup root, kill and remove cells left by a daemon that
     /// died, and start the reaper.
@@ -162,6 +177,7 @@ impl Pool {
                 tracing::error!("policy {}: {p}", r.name);
             }
         }
+        let notes = read_only_notes(set.policies.values());
         raise_nofile();
         let name = config.cgroup_root.clone();
         let root = tokio::task::spawn_blocking(move || CgroupRoot::open(&name))
@@ -198,6 +214,7 @@ impl Pool {
                 policies: RwLock::new(Arc::new(set.policies.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())),
                 tolerated: Mutex::new(set.rejected.clone()),
                 rejected: RwLock::new(Arc::new(set.rejected)),
+                path_notes: RwLock::new(Arc::new(notes)),
                 reload_gate: Mutex::new(()),
                 state: Mutex::new(State::default()),
                 slot_freed: Notify::new(),
@@ -416,6 +433,14 @@ impl Pool {
         self.inner.slot_freed.notify_waiters();
     }
 
+    /// The served policies' concrete write paths and workdir roots that are on a read-only
+    /// mount of the daemon's own mount namespace, which cells inherit (under the shipped unit:
+    /// outside its `ReadWritePaths=`): one note each, with the fix ([`crate::policy::mounts`]).
+    /// Checked at start and at each applied reload, logged as warnings then, shown by health.
+    pub fn path_notes(&self) -> Arc<Vec<String>> {
+        self.inner.path_notes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Policies the last load (start, or a rejected reload) left out, with why.
     pub fn rejected_policies(&self) -> Arc<Vec<Rejected>> {
         self.inner.rejected.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -444,6 +469,8 @@ impl Pool {
         drop(tolerated);
         let left_out = set.rejected.clone();
         let providers = set.providers().into_iter().map(str::to_owned).collect();
+        let notes = read_only_notes(set.policies.values());
+        *self.inner.path_notes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(notes.clone());
         // A policy the reload left as it was keeps its `Arc`: sessions (and pre-built cells) of
         // an unchanged policy stay the ones handed out (see `ops::live_session`).
         let old = self.policies();
@@ -465,7 +492,7 @@ impl Pool {
                 pool.refill_all();
             });
         }
-        Ok(Reloaded { providers, left_out })
+        Ok(Reloaded { providers, left_out, notes })
     }
 }
 

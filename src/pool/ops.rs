@@ -843,6 +843,7 @@ impl Pool {
             launches_waiting: self.inner.launches_waiting.load(Ordering::Relaxed),
             policies_rejected: self.rejected_policies().len(),
             rejected_policies: admin.then(|| self.rejected_policies().as_ref().clone()),
+            notes: if admin { self.path_notes().as_ref().clone() } else { Vec::new() },
             host_memory_total: total,
             host_memory_available: available,
         }

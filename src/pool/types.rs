@@ -217,6 +217,9 @@ pub struct Reloaded {
     pub providers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<crate::policy::set::Rejected>,
+    /// The served policies' write paths on a read-only mount (see `Pool::path_notes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Daemon-wide health.
@@ -251,6 +254,10 @@ pub struct DaemonHealth {
     /// others: the paths and contents of policies are the administrators' business).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_policies: Option<Vec<crate::policy::set::Rejected>>,
+    /// The served policies' write paths on a read-only mount, to root and admins only (as
+    /// `rejected_policies`; empty for others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub host_memory_total: u64,
     pub host_memory_available: u64,
 }
