@@ -13,6 +13,8 @@
 //! (warnings and notes: broad grants, missing or hidden paths, …), [`floor`] (the admin floor
 //! no policy may loosen; the daemon loads through [`set::load_set`]), [`score`] (exposure,
 //! 0–10), [`diff`] (what a change loosens or tightens); [`check()`] runs them for `policy check`.
+//! [`mounts`]: the write paths a host's mounts make read-only for the daemon and so for its
+//! cells (checked by the daemon, in its own mount namespace, not by `policy check`).
 //!
 //! # Format reference
 //!
