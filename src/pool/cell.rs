@@ -189,6 +189,39 @@ impl CellEntry {
         *self.events_seen.lock().unwrap_or_else(|e| e.into_inner()) = now;
     }
 
+    /// A command begins: the cell is busy and its idle clock restarts, both under
+    /// `last_activity`'s lock, under which [`CellEntry::stop_if_idle`] decides: the reaper sees
+    /// either this command or, before it, its own stop (which the command then finds: it is
+    /// not written to a session on its way out). Undone by `end_command`.
+    pub fn begin_command(&self) {
+        let mut last = self.last_activity.lock().unwrap_or_else(|e| e.into_inner());
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *last = Instant::now();
+    }
+
+    pub fn end_command(&self) {
+        self.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.touch();
+    }
+
+    /// The reaper's check of a session, atomic with [`CellEntry::begin_command`]: not busy and
+    /// untouched for `idle_timeout` → `stop` is requested (`Ok`, how long it was idle);
+    /// otherwise `Err(when to look again)`. (Read and stopped apart, a command that began in
+    /// between was written, then its session stopped as idle under it.)
+    pub fn stop_if_idle(&self, idle_timeout: Duration, stop: impl FnOnce() -> Stop) -> Result<Duration, Duration> {
+        let last = self.last_activity.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_busy() {
+            // Look again one idle period from now.
+            return Err(idle_timeout);
+        }
+        let idle = last.elapsed();
+        if idle < idle_timeout {
+            return Err(idle_timeout - idle);
+        }
+        self.request_stop(stop());
+        Ok(idle)
+    }
+
     pub fn idle_for(&self) -> Duration {
         self.last_activity.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
     }

@@ -901,16 +901,14 @@ pub(super) struct Busy<'a>(&'a CellEntry);
 
 impl<'a> Busy<'a> {
     pub(super) fn new(entry: &'a CellEntry) -> Busy<'a> {
-        entry.busy.fetch_add(1, Ordering::SeqCst);
-        entry.touch();
+        entry.begin_command();
         Busy(entry)
     }
 }
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::SeqCst);
-        self.0.touch();
+        self.0.end_command();
     }
 }
 

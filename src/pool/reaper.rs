@@ -54,17 +54,10 @@ fn sweep(inner: &Inner) -> Option<Instant> {
             // limit (or the command's timeout) bounds it, not the idle clock.
             continue;
         }
-        if e.is_busy() {
-            // A command is running; look again one idle period after it last touched the cell.
-            soonest(now + idle_timeout.max(Duration::from_millis(1)));
-            continue;
-        }
-        let idle = e.idle_for();
-        if idle >= idle_timeout {
-            tracing::info!(cell = %e.id, provider = %e.provider, ?idle, "reaping idle cell");
-            e.request_stop(Stop::Graceful { grace: inner.config.grace, reason: ExitReason::Idle });
-        } else {
-            soonest(now + (idle_timeout - idle) + Duration::from_millis(1));
+        // Busy (a command running) or not idle long enough: look again when it could be.
+        match e.stop_if_idle(idle_timeout, || Stop::Graceful { grace: inner.config.grace, reason: ExitReason::Idle }) {
+            Ok(idle) => tracing::info!(cell = %e.id, provider = %e.provider, ?idle, "reaped idle cell"),
+            Err(after) => soonest(now + after.max(Duration::from_millis(1)) + Duration::from_millis(1)),
         }
     }
     next
