@@ -1110,6 +1110,22 @@ fn a_child_may_leave_the_mode_its_parent_chose() {
     assert_eq!(got, vec![want]);
 }
 
+/// (second review) Merged from the child up, a key a middle file dropped by changing its mode
+/// came back from a grandparent: claude (proxy, its egress list) → offline (`mode = "none"`)
+/// → reproxied (`mode = "proxy"` again) had claude's egress list, which offline, its own
+/// parent, does not have. Each file is merged over what its parent resolved to.
+#[test]
+fn a_key_a_middle_policy_dropped_stays_dropped() {
+    let dir = with_shipped(&[
+        ("offline.toml", "extends = \"claude\"\n[provider]\nname = \"offline\"\n[network]\nmode = \"none\"\n"),
+        ("reproxied.toml", "extends = \"offline\"\n[provider]\nname = \"reproxied\"\n[network]\nmode = \"proxy\"\n"),
+    ]);
+    let shown = policy::load_file(&dir.path().join("reproxied.toml"))
+        .map(|p| format!("{:?}", p.network))
+        .unwrap_or_else(|e| e.to_string());
+    assert!(!shown.contains("anthropic"), "reproxied inherited claude's egress past offline: {shown}");
+}
+
 /// Finding C: `limits.cpu` is a count of CPUs with the kernel's quota as its ceiling (beyond it
 /// every launch failed), and more CPUs than the host has is a warning (100 meant as a percent).
 #[test]

@@ -123,7 +123,12 @@ pub fn load_chain(path: &Path) -> Result<Loaded, PolicyError> {
     let text = read_policy(path).map_err(|source| PolicyError::Io { path: path.to_path_buf(), source })?;
     let mut sources = Sources::default();
     let mut diagnostics = Vec::new();
-    let (mut raw, mut parent_ref) = parse_into(&mut sources, path, text, &mut diagnostics);
+    let (raw, mut parent_ref) = parse_into(&mut sources, path, text, &mut diagnostics);
+    // The files from the child up to the topmost parent, merged from the top down once read:
+    // each file over what its own parent resolved to. (Merged from the child up, a key a
+    // middle file left out by changing its mode came back from a grandparent: `drop_unused`
+    // saw only the accumulated child.)
+    let mut files = vec![raw];
     let mut chain = vec![identity(path)];
     let mut names = vec![stem_of(path)];
     let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
@@ -166,11 +171,14 @@ pub fn load_chain(path: &Path) -> Result<Loaded, PolicyError> {
             }
         };
         let (parent, next) = parse_into(&mut sources, &parent_path, text, &mut diagnostics);
-        raw = merge(raw, parent);
+        files.push(parent);
         chain.push(identity(&parent_path));
         names.push(name.to_owned());
         parent_ref = next;
     }
+    let mut files = files.into_iter().rev();
+    let top = files.next().unwrap_or_default();
+    let raw = files.fold(top, |resolved, child| merge(child, resolved));
     Ok(Loaded { raw, sources, diagnostics, stem: stem_of(path), path: path.to_path_buf() })
 }
 
