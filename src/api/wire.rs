@@ -125,7 +125,9 @@ pub struct SpawnRequest {
     /// Extra arguments appended to the provider's command.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Over the cap: wait up to this long for a free slot instead of failing at once.
+    /// Over the cap: wait up to this long for a free slot instead of failing at once. (A cap
+    /// reached only because a cell is being pre-built does not fail at once either: the
+    /// request waits for that build, a few milliseconds, at most 10 s, and takes its slot.)
     #[serde(default)]
     pub wait_for_slot_ms: Option<u64>,
 }

@@ -199,9 +199,13 @@ impl CellEntry {
         *last = Instant::now();
     }
 
+    /// A command ended: its clock reset and the cell no longer busy in one step under the
+    /// idle clock's lock (apart, a sweep between them saw a session idle since its long
+    /// command began, and reaped it just after its reply).
     pub fn end_command(&self) {
+        let mut last = self.last_activity.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Instant::now();
         self.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.touch();
     }
 
     /// The reaper's check of a session, atomic with [`CellEntry::begin_command`]: not busy and

@@ -119,21 +119,24 @@ impl Pool {
         Some(st.warm.swap_remove(at))
     }
 
-    /// Put back a pre-built cell a launch did not use; once shutdown has begun, retire it
-    /// instead (shutdown may have retired the pre-built cells already, while this one was
-    /// out: put back, it would outlive the daemon). Checked under the state lock, as `fill`
-    /// does: shutdown sets its flag before it takes the lock to retire them.
+    /// Put back a pre-built cell a launch did not use; once shutdown has begun, or when a
+    /// reload replaced the policy it was built for, retire it instead (shutdown, or the
+    /// reload, may have retired the pre-built cells already, while this one was out: put back,
+    /// it would outlive the daemon, or hold a slot no request can use until its idle time).
+    /// Checked under the state lock, as `fill` does: shutdown sets its flag, and a reload
+    /// swaps the policies, before either takes the lock to retire them.
     pub(super) async fn put_back(&self, warm: Warm) {
         let stale = {
             let mut st = self.state();
-            if self.inner.shutting_down.load(Ordering::SeqCst) {
+            let served = self.policies().get(&warm.policy.name).is_some_and(|p| Arc::ptr_eq(p, &warm.policy));
+            if self.inner.shutting_down.load(Ordering::SeqCst) || !served {
                 warm
             } else {
                 st.warm.push(warm);
                 return;
             }
         };
-        tracing::debug!(cell = stale.cell.id(), provider = %stale.policy.name, "retiring a pre-built cell given back at shutdown");
+        tracing::debug!(cell = stale.cell.id(), provider = %stale.policy.name, "retiring a pre-built cell given back at shutdown or after a reload");
         stale.cell.retire().await;
         self.release_slot();
     }
