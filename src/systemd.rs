@@ -51,18 +51,34 @@ pub fn booted() -> bool {
 }
 
 /// Replaces this process with `systemd-run --scope --quiet --collect -p Delegate=yes
-/// --unit=cellkeep-<what>-<pid> -- <this binary> <its arguments>` ([`OWN_SCOPE_VAR`] set).
-/// systemd-run asks the manager for the scope with its own pid in it, then execs the command
-/// in place: the caller's shell still waits on the same pid, signals and exit status included.
-/// Returns only if the exec fails.
-pub fn exec_in_own_scope(what: &str) -> std::io::Error {
+/// --unit=cellkeep-<what>-<pid> [--slice=<slice>] -- <this binary> <its arguments>`
+/// ([`OWN_SCOPE_VAR`] set), in `slice` (the caller's: a login session's user slice keeps its
+/// limits) where given. systemd-run asks the manager for the scope with its own pid in it,
+/// then execs the command in place: the caller's shell still waits on the same pid, signals
+/// and exit status included. First the manager is asked for its version
+/// (`systemctl show -p Version`): one that cannot be reached (a chroot or container that
+/// sees the host's `/run`) would leave systemd-run failing after the exec, where nothing can
+/// fall back. Returns only when either step fails.
+pub fn exec_in_own_scope(what: &str, slice: Option<&str>) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => return e,
     };
+    let reachable = std::process::Command::new("systemctl")
+        .args(["show", "--property=Version", "--value"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match reachable {
+        Ok(s) if s.success() => {}
+        Ok(s) => return std::io::Error::other(format!("the service manager does not answer (systemctl show: {s})")),
+        Err(e) => return e,
+    }
     std::process::Command::new("systemd-run")
         .args(["--scope", "--quiet", "--collect", "-p", "Delegate=yes"])
+        .args(slice.map(|s| format!("--slice={s}")))
         .arg(format!("--unit=cellkeep-{what}-{}", std::process::id()))
         .arg(format!("--description=cellkeep {what} (a cgroup of its own to delegate to its cells)"))
         .arg("--")

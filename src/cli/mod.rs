@@ -455,7 +455,10 @@ fn own_cgroup(what: &str) {
         return;
     }
     tracing::debug!(cgroup = %cgroup.display(), ?pids, "cgroup shared with other processes: into a scope of its own");
-    let e = crate::systemd::exec_in_own_scope(what);
+    // The slice the shared cgroup sits in (a login session's `user-0.slice`): the new scope
+    // goes there too, under the same limits.
+    let slice = cgroup.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).filter(|n| n.ends_with(".slice"));
+    let e = crate::systemd::exec_in_own_scope(what, slice);
     tracing::warn!("cannot start `systemd-run --scope` for a cgroup of cellkeep's own: {e}");
 }
 

@@ -8,8 +8,8 @@
 //! invariant that makes this safe: only the launcher spawns, under `SPAWN_LOCK`, with
 //! CLOEXEC cleared on that fd only while the lock is held — so no other spawn can inherit it
 //! (enforced by `spawn_inheriting` being the only spawn path in the library, checked by the
-//! test `only_the_launcher_spawns`; the one other `Command` is `systemd::exec_in_own_scope`,
-//! an exec in place before any thread exists, which spawns nothing).
+//! test `only_the_launcher_spawns`; the other `Command`s are `systemd::exec_in_own_scope`'s,
+//! a `systemctl` query and an exec in place, both before any thread or cell exists).
 //! For a `tty` policy the pseudo-terminal is opened here, before the spawn; its slave is
 //! passed as the helper's stdio like any other fd and the launcher keeps the master.
 //! Cgroup creation and removal are filesystem work of a few hundred microseconds to
@@ -906,8 +906,8 @@ mod tests {
                 }
                 let text = std::fs::read_to_string(&path).unwrap();
                 let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-                // systemd.rs: `exec_in_own_scope` replaces the process (exec, no fork) before
-                // any thread or cell exists.
+                // systemd.rs: `exec_in_own_scope` (a `systemctl` query, then an exec in place)
+                // runs before any thread or cell exists.
                 let allowed = path.ends_with("sandbox/launch.rs") || path.ends_with("src/systemd.rs");
                 for (i, line) in code.lines().enumerate() {
                     let line = line.trim_start();
