@@ -23,15 +23,24 @@
 # /home), and, when systemd is the init system: daemon-reload, enable --now cellkeep.socket,
 # enable cellkeep.service.
 #
-# Idempotent: a second run changes nothing that is already in place. Files under /etc are
-# config: an edited one is never overwritten (the new version lands beside it as *.new) and is
-# kept by --uninstall. --uninstall removes exactly what the manifest lists: files still as
-# installed, directories it created (if empty), /run/cellkeep/ids (cells' id leases),
-# /run/cellkeep if it created it, and the group if
-# it created it and no user is a member (a group in use is kept, with a message).
+# Idempotent: a second run changes nothing that is already in place. Files under /etc (config,
+# and the units, sysusers and tmpfiles entries of a non-/usr PREFIX) are replaced only while
+# still exactly as an earlier run installed them: an edited one, or one no manifest lists (the
+# admin's), is kept and the new version lands beside it as *.new; --uninstall keeps them too.
+# --uninstall removes exactly what the manifest lists: files still as installed, directories it
+# created (if empty), /run/cellkeep/ids (cells' id leases), /run/cellkeep if it created it, and
+# the group if it created it and no user is a member (a group in use is kept, with a message).
+#
+# Units elsewhere in systemd's search path: cellkeep.service or .socket masked (a link to
+# /dev/null in /etc/systemd/system or /run/systemd/system) is installed but not enabled or
+# started, and stays masked (the install says how to unmask); a /etc/systemd/system/cellkeep.*
+# no manifest lists (`systemctl edit --full`) is the admin's override: kept, it wins over the
+# installed unit. A unit another install.sh install lists (another PREFIX) makes the install
+# refuse, naming the --uninstall --prefix that removes it.
 #
 # A failed install (an error, Ctrl-C, SIGTERM) undoes what that run created (files,
-# directories, the group, /run/cellkeep, /srv/cellkeep, the units it enabled) and says so; a
+# directories, the group, /run/cellkeep, /srv/cellkeep; a unit it enabled is disabled, one it
+# started is stopped, one already enabled or running is left so) and says so; a
 # file it replaced rather than created (an upgrade) stays replaced and listed. The manifest is
 # rewritten as each thing is created, so a run killed outright (SIGKILL, power loss) still
 # leaves one listing what it made: --uninstall removes that, and a re-run takes it as its own.
@@ -100,7 +109,7 @@ group=cellkeep rundir=/run/cellkeep wsdir=/srv/cellkeep
 # run are carried over. $saved is the manifest as this run found it.
 declare -a entries=()
 # What this run created, to undo if it fails: "rm PATH", "rmdir PATH", "group NAME",
-# "rundir PATH", "units -" (paths without DESTDIR).
+# "rundir PATH", "disable UNIT", "stop UNIT" (paths without DESTDIR).
 declare -a undo=()
 installing=0
 # A line's identity: its path for file/conf/new, else its kind and name (in REPLY).
@@ -135,6 +144,23 @@ forget() {
 }
 was_recorded() { grep -qxF -- "$*" "$saved"; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
+# A masked unit (or sysusers/tmpfiles entry): a link to /dev/null, or an empty file.
+is_mask() { [[ -L $1 && $(readlink -f "$1") == /dev/null ]] || [[ -f $1 && ! -L $1 && ! -s $1 ]]; }
+# Whether an install.sh install's manifest lists the unit file PATH; its prefix in REPLY: the
+# one the unit's ExecStart= names (a unit in /etc), or the one whose lib/ holds it.
+owner_of() {
+  local f=$1 listed=$1 p=
+  case $f in
+    /etc/*) p=$(sed -n 's#^ExecStart=\(/[^ ]*\)/bin/cellkeep\( .*\)\{0,1\}$#\1#; T; p; q' "$f" 2>/dev/null) ;;
+    /usr/local/lib/*) p=/usr/local ;;
+    /usr/lib/*) p=/usr ;;
+    /lib/*) p=/usr listed=/usr$f ;;
+  esac
+  REPLY=$p
+  [[ -n $p && -f $p/share/cellkeep/install.manifest ]] &&
+    awk -v f="$listed" '($1 == "file" || $1 == "conf") && $3 == f { x = 1 } END { exit !x }' \
+      "$p/share/cellkeep/install.manifest"
+}
 
 # mkdir -p that remembers each directory it creates (so --uninstall can remove them).
 ensure_dir() {
@@ -157,9 +183,11 @@ copy_in() {
   mv -f "$dst.tmp-install" "$dst"
 }
 
-# Install SRC as PATH (mode MODE); a program/unit file is replaced when it differs.
+# Install SRC as PATH (mode MODE); a program/unit file is replaced when it differs. Under /etc
+# (units, sysusers, tmpfiles of a non-/usr prefix) it is config: put_conf.
 put_file() {
   local src=$1 path=$2 mode=$3 dst=$destdir$2
+  case $path in /etc/*) put_conf "$src" "$path" "$mode"; return ;; esac
   ensure_dir "$(dirname "$path")"
   record file "$(sha "$src")" "$path"
   if [[ -f $dst ]] && cmp -s "$src" "$dst"; then
@@ -170,24 +198,45 @@ put_file() {
   fi
 }
 
-# Install a config file: only when absent, or still exactly as an earlier run installed it.
+# Install a config file (mode MODE, default 0644): only when absent, or still exactly as an
+# earlier run installed it (the hash its manifest line has: "conf", or "file" from an older
+# install). Anything else there is kept and the shipped version goes beside it as PATH.new: an
+# edited file, a link (a mask: -> /dev/null), or a file no manifest lists (the admin's, which is
+# never recorded, so --uninstall leaves it).
 put_conf() {
-  local src=$1 path=$2 dst=$destdir$2 old
+  local src=$1 path=$2 mode=${3:-0644} dst=$destdir$2 old why
   ensure_dir "$(dirname "$path")"
-  old=$(awk -v p="$path" '$1 == "conf" && $3 == p { print $2 }' "$saved")
-  if [[ -f $dst ]] && cmp -s "$src" "$dst"; then
-    record conf "$(sha "$dst")" "$path"
-    say unchanged "$path"
-  elif [[ ! -f $dst || ( -n $old && $(sha "$dst") == "$old" ) ]]; then
+  old=$(awk -v p="$path" '($1 == "conf" || $1 == "file") && $3 == p { print $2 }' "$saved")
+  if [[ ! -e $dst && ! -L $dst ]]; then
+    # Recorded before it exists, so that a rollback (or --uninstall after a kill) removes it.
     record conf "$(sha "$src")" "$path"
-    copy_in "$src" "$path" 0644
+    copy_in "$src" "$path" "$mode"
+    say installed "$path"
+  elif [[ -f $dst && ! -L $dst ]] && cmp -s "$src" "$dst"; then
+    if [[ -n $old ]]; then
+      record conf "$(sha "$dst")" "$path"
+      say unchanged "$path"
+    else
+      say present "$path (not installed by this script: left as it is, also by --uninstall)"
+    fi
+  elif [[ -n $old && -f $dst && ! -L $dst && $(sha "$dst") == "$old" ]]; then
+    # Recorded once replaced: until then the manifest keeps the old contents' hash.
+    copy_in "$src" "$path" "$mode"
+    record conf "$(sha "$src")" "$path"
     say installed "$path"
   else
     if [[ -n $old ]]; then record conf "$old" "$path"; fi
+    if is_mask "$dst"; then
+      why="masked: a link to /dev/null or empty; kept so"
+    elif [[ -z $old ]]; then
+      why="not installed by this script: yours, kept; it is what is used"
+    else
+      why="edited by you"
+    fi
     record new - "$path.new"
     if [[ ! -e $dst.new ]]; then undo+=("rm $path.new"); fi
-    install -m 0644 "$src" "$dst.new"
-    say kept "$path (edited by you; the shipped version is $path.new)"
+    install -m "$mode" "$src" "$dst.new"
+    say kept "$path ($why; the shipped version is $path.new)"
   fi
 }
 
@@ -209,9 +258,12 @@ rollback() {
   for ((i = ${#undo[@]} - 1; i >= 0; i--)); do
     kind=${undo[i]%% *} p=${undo[i]#* }
     case $kind in
-      units)
-        systemctl disable --now cellkeep.service cellkeep.socket 2>/dev/null
-        say disabled "cellkeep.service, cellkeep.socket" ;;
+      stop)
+        systemctl stop "$p" 2>/dev/null
+        say stopped "$p" ;;
+      disable)
+        systemctl disable "$p" 2>/dev/null
+        say disabled "$p" ;;
       rm)
         if [[ -e $destdir$p || -L $destdir$p ]]; then
           rm -f "$destdir$p" || continue
@@ -272,15 +324,41 @@ do_install() {
     binary=target/release/cellkeep
   fi
   [[ -x $binary ]] || { echo "install.sh: $binary is not an executable" >&2; return 1; }
-  # Another install's unit (another --prefix) would shadow this one or be shadowed by it.
-  local d
+  # The units elsewhere in systemd's search path (see the header): masks, another install's
+  # unit (it would shadow this one or be shadowed by it), an admin's override in /etc.
+  local d f u
+  local -a masked=()
   if [[ -z $destdir ]]; then
+    for u in cellkeep.service cellkeep.socket; do
+      for f in /etc/systemd/system/$u /run/systemd/system/$u; do
+        if is_mask "$f"; then masked+=("$f"); fi
+      done
+    done
     for d in /etc/systemd/system /usr/local/lib/systemd/system /usr/lib/systemd/system /lib/systemd/system; do
-      if [[ -e $d/cellkeep.service && ! $d/cellkeep.service -ef $unitdir/cellkeep.service ]]; then
-        echo "install.sh: another cellkeep install has its unit at $d/cellkeep.service; remove it first" \
-          "(scripts/install.sh --uninstall with the --prefix it was installed with)" >&2
+      f=$d/cellkeep.service
+      if [[ ! -e $f && ! -L $f ]] || is_mask "$f"; then continue; fi
+      if owner_of "$f"; then
+        [[ $REPLY != "$prefix" ]] || continue
+        echo "install.sh: the cellkeep install with --prefix $REPLY has its unit at $f (it would shadow" \
+          "this one or be shadowed by it); remove it first: scripts/install.sh --uninstall --prefix $REPLY" >&2
         return 1
       fi
+      if [[ $f -ef $unitdir/cellkeep.service || $d == /etc/systemd/system ]]; then continue; fi
+      echo "install.sh: $f is not from scripts/install.sh (no install.manifest lists it; a package?); remove it first" >&2
+      return 1
+    done
+    if [[ $unitdir != /etc/systemd/system ]]; then
+      for u in cellkeep.service cellkeep.socket; do
+        f=/etc/systemd/system/$u
+        if [[ -e $f || -L $f ]] && ! is_mask "$f" && [[ ! $f -ef $unitdir/$u ]]; then
+          say override "$f is yours (no manifest lists it): kept, and it wins over $unitdir/$u; to use the installed one: rm $f && systemctl daemon-reload"
+        fi
+      done
+    fi
+    for f in "${masked[@]}"; do
+      u=${f##*/}
+      if [[ $f == /run/* ]]; then u="--runtime $u"; fi
+      say masked "$f (-> /dev/null): it stays masked, not enabled or started; to use it: systemctl unmask $u, then run this install again"
     done
   fi
   echo "installing into ${destdir:-/} (prefix $prefix)"
@@ -361,10 +439,18 @@ do_install() {
     if systemd_up; then
       systemctl daemon-reload
       say done "systemctl daemon-reload"
-      if ((start)); then
-        if ! systemctl is-enabled --quiet cellkeep.socket 2>/dev/null &&
-          ! systemctl is-enabled --quiet cellkeep.service 2>/dev/null; then
-          undo+=("units -")
+      if ((${#masked[@]})); then
+        skip "enable/start (masked: systemctl unmask, then run this install again)"
+      elif ((start)); then
+        # A failure undoes only what this run does: a unit enabled before stays enabled, a
+        # daemon already running (a --no-start install started by hand) keeps running. The
+        # service Requires= the socket: the socket is stopped only if neither was active.
+        for u in cellkeep.socket cellkeep.service; do
+          systemctl is-enabled --quiet "$u" 2>/dev/null || undo+=("disable $u")
+        done
+        if ! systemctl is-active --quiet cellkeep.service 2>/dev/null; then
+          systemctl is-active --quiet cellkeep.socket 2>/dev/null || undo+=("stop cellkeep.socket")
+          undo+=("stop cellkeep.service")
         fi
         systemctl enable --now cellkeep.socket
         systemctl enable cellkeep.service
@@ -433,11 +519,11 @@ do_uninstall() {
   local kind a b
   while read -r kind a b; do
     case $kind in
-      file)
-        rm -f "$destdir$b" "$destdir$b.tmp-install" && say removed "$b" ;;
-      conf)
+      file|conf)
         rm -f "$destdir$b.tmp-install"
-        if [[ -f $destdir$b && $(sha "$destdir$b") != "$a" ]]; then
+        # Under /etc (an older install recorded units there as "file"), an edited one stays.
+        if [[ ( $kind == conf || $b == /etc/* ) && ( -L $destdir$b ||
+          ( -f $destdir$b && $(sha "$destdir$b") != "$a" ) ) ]]; then
           say kept "$b (edited since install)"
         else
           rm -f "$destdir$b" && say removed "$b"
