@@ -2610,12 +2610,7 @@ fn open_up(dir: &Path) {
 #[test]
 fn concurrent_daemon_cells_never_share_a_host_uid() {
     gate!("concurrent_daemon_cells_never_share_a_host_uid");
-    let q = |s: &str| serde_json::to_string(s).expect("json string");
-    let marker = format!("ck-escape-{}", uid());
-    let session = script(&marker, SESSION_LOOP);
-    let d =
-        daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
-    open_up(Path::new(&d.cwd()));
+    let d = own_daemon();
     let start = || {
         let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "own", "cwd": d.cwd()})));
         assert_eq!(r.status, 201, "spawn own: {}", r.text());
@@ -2662,16 +2657,8 @@ fn concurrent_runs_never_share_a_host_uid() {
 #[test]
 fn nobody_cannot_kill_a_cell() {
     gate!("nobody_cannot_kill_a_cell");
-    let q = |s: &str| serde_json::to_string(s).expect("json string");
-    let marker = format!("ck-escape-{}", uid());
-    let session = script(&marker, SESSION_LOOP);
-    let d =
-        daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
-    open_up(Path::new(&d.cwd()));
-    let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "own", "cwd": d.cwd()})));
-    assert_eq!(r.status, 201, "spawn own: {}", r.text());
-    let v = r.json();
-    let (id, pid) = (v["id"].as_str().expect("an id").to_owned(), v["pid"].as_u64().expect("a pid"));
+    let d = own_daemon();
+    let (id, pid) = spawn_own(&d);
     // The payload and its pid 1 (its parent, seen from the host) run with the cell's host ids
     // as real, effective, saved and filesystem ids alike.
     let out = d.exec(&id, HOST_UID);
@@ -2701,6 +2688,25 @@ fn nobody_cannot_kill_a_cell() {
         .expect("setpriv cat");
     assert!(!cmdline.status.success(), "ESCAPE: nobody read the cell payload's environment");
     d.assert_contained();
+}
+
+/// A daemon whose provider `own` is a session of the attempt loop with an id of its own
+/// (`OWN_ID`), its workspace open to everyone.
+fn own_daemon() -> Daemon {
+    let q = |s: &str| serde_json::to_string(s).expect("json string");
+    let session = script(&format!("ck-escape-{}", uid()), SESSION_LOOP);
+    let d =
+        daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
+    open_up(Path::new(&d.cwd()));
+    d
+}
+
+/// Spawn an `own` session in `d`: its id and its payload's host pid.
+fn spawn_own(d: &Daemon) -> (String, u64) {
+    let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "own", "cwd": d.cwd()})));
+    assert_eq!(r.status, 201, "spawn own: {}", r.text());
+    let v = r.json();
+    (v["id"].as_str().expect("an id").to_owned(), v["pid"].as_u64().expect("a pid"))
 }
 
 /// Does the kernel idmap mounts of the filesystem holding `path`? (ext4, xfs, btrfs from
@@ -3213,17 +3219,9 @@ fn a_cell_cannot_grow_the_pipes_root_made() {
 #[test]
 fn pid1_stays_undumpable_whatever_suid_dumpable() {
     gate!("pid1_stays_undumpable_whatever_suid_dumpable");
-    let q = |s: &str| serde_json::to_string(s).expect("json string");
-    let marker = format!("ck-escape-{}", uid());
-    let session = script(&marker, SESSION_LOOP);
-    let d =
-        daemon().provider("own", &format!("[{}, \"-u\", \"-c\", {}]", q(PY), q(&session)), "session", OWN_ID).start();
-    open_up(Path::new(&d.cwd()));
+    let d = own_daemon();
     let _dumpable = Sysctl::set("/proc/sys/fs/suid_dumpable", "1");
-    let r = call(&d.socket, "POST", "/v1/cells", Some(&json!({"provider": "own", "cwd": d.cwd()})));
-    assert_eq!(r.status, 201, "spawn own: {}", r.text());
-    let v = r.json();
-    let (id, pid) = (v["id"].as_str().expect("an id").to_owned(), v["pid"].as_u64().expect("a pid"));
+    let (id, pid) = spawn_own(&d);
     let out = d.exec(&id, HOST_UID);
     let host_uid = host_uid_of(&out, &out).to_string();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

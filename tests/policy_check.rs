@@ -455,11 +455,7 @@ fn each_dangerous_fixture_warns_exactly_once_per_grant() {
 #[test]
 fn an_empty_egress_list_warns_only_where_it_is_launched() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
-        p
-    };
+    let write = |name: &str, text: &str| write_file(dir.path(), name, text);
     let parent = write(
         "parent.toml",
         "[provider]\nname = \"parent\"\nabstract = true\n[filesystem]\nexec = [\"/usr/bin\", \"/bin\"]\n\
@@ -686,11 +682,7 @@ fn shipped_policies_and_the_floor() {
 #[test]
 fn a_broken_floor_is_reported_at_its_line() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
-        p
-    };
+    let write = |name: &str, text: &str| write_file(dir.path(), name, text);
     let cases = [
         ("[network]\nmode = \"tcp\"\n", "2:8: \"tcp\" is not one of \"none\", \"loopback\", \"proxy\""),
         (
@@ -1045,11 +1037,7 @@ fn with_shipped(extra: &[(&str, &str)]) -> tempfile::TempDir {
 #[test]
 fn a_child_access_table_replaces_the_parents() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
-        p
-    };
+    let write = |name: &str, text: &str| write_file(dir.path(), name, text);
     let parent = write(
         "parent.toml",
         "[provider]\nname = \"parent\"\ncommand = [\"/bin/true\"]\n[access]\nuids = [0]\ngroups = [4242]\n",
@@ -1201,4 +1189,11 @@ fn an_empty_command_is_visible_to_review() {
     let report = check_paths(&[root().join("policies/sandbox.toml")], None);
     assert!(report.passed(true));
     assert!(report.findings.iter().any(|f| f.diag.key == "provider.command"), "{:?}", report.findings);
+}
+
+/// Write `text` to `dir/name`; its path.
+fn write_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+    p
 }
