@@ -327,7 +327,8 @@ check_login-scope() {
   ws=$(workspace root)
   cat > "$ST/login.sh" <<EOS
 set -u
-sleep 600 & trap 'kill \$! 2>/dev/null' EXIT
+# (the sleep's stdio is not the caller's pipe, and it is killed by its own pid: the check's output ends with the script)
+sleep 600 </dev/null >/dev/null 2>&1 & s=\$!; trap 'kill \$s 2>/dev/null' EXIT
 echo "login scope: \$(cut -d: -f3 /proc/self/cgroup)"
 timeout $TMO cellkeep run --policy /etc/cellkeep/policies/sandbox.toml --cwd $ws -- /bin/echo ran in a cell
 echo "run exit \$?"
