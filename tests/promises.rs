@@ -1190,6 +1190,48 @@ fn a_command_in_flight_at_shutdown_says_so() {
     d.stop();
 }
 
+// From an old-manager client review (stop 29): a buffered one-shot ended by a cleanup (or a
+// terminate) answered 200 with what it had printed so far and `truncated: false`, which a
+// client takes for the command's whole answer. It is 409 `exited`, as a session's command
+// ended so, with the partial result alongside.
+#[test]
+fn a_oneshot_ended_from_outside_is_not_a_success() {
+    gate!("a_oneshot_ended_from_outside_is_not_a_success");
+    let d = daemon().start();
+    let (sock, cwd) = (d.socket.clone(), d.cwd());
+    let oneshot = std::thread::spawn(move || {
+        let body = json!({"command": "echo first; sleep 30; echo second", "cwd": cwd, "timeout_ms": 60_000});
+        call(&sock, "POST", "/v1/providers/sh/commands", Some(&body))
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.health()["cells_running"] != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = call(&d.socket, "DELETE", "/v1/providers/sh/cells", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = oneshot.join().expect("thread");
+    assert_eq!(answer.status, 409, "a one-shot cut short answered as if complete: {}", answer.text());
+    let v = answer.json();
+    assert_eq!(v["code"], "exited", "{v}");
+    assert_eq!(v["result"]["stdout"], "first\n", "the partial output is not alongside: {v}");
+}
+
+// From an old-manager client review (stop 29): listing by a provider that does not exist (a
+// typo, or `provider=` from a client's None) answered `[]`, "no cells", where cleanup of the
+// same name says `unknown_provider`.
+#[test]
+fn listing_names_a_provider_that_is_not_there() {
+    gate!("listing_names_a_provider_that_is_not_there");
+    let d = daemon().start();
+    let r = call(&d.socket, "GET", "/v1/cells?provider=nosuch", None);
+    assert_eq!((r.status, r.json()["code"].clone()), (404, json!("unknown_provider")), "{}", r.text());
+    let r = call(&d.socket, "GET", "/v1/cells?provider=", None);
+    assert_eq!((r.status, r.json()["code"].clone()), (400, json!("bad_request")), "{}", r.text());
+    let r = call(&d.socket, "GET", "/v1/cells?provider=sh", None);
+    assert_eq!((r.status, r.json()), (200, json!([])), "{}", r.text());
+}
+
 // From the review of this stop: a command let through the queue with little of its timeout
 // left has its whole timeout once written (it timed out and took a healthy session with it),
 // and a command to a session being stopped is answered at once (it waited out the grace).

@@ -158,7 +158,7 @@ async fn list(
     Extension(caller): Extension<Caller>,
     q: Result<Query<ListFilter>, QueryRejection>,
 ) -> ApiResult<Json<Vec<CellInfo>>> {
-    let cells = s.pool.list(&caller, &query(q)?.into());
+    let cells = s.pool.list(&caller, &query(q)?.into())?;
     Ok(Json(cells.into_iter().map(Into::into).collect()))
 }
 

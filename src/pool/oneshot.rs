@@ -102,10 +102,19 @@ impl Pool {
         let mut result = CommandResult::new(&entry.id, &stdout, &stderr);
         result.truncated = t1 || t2;
         let error = Self::complete(&entry, &mut result, timeout, started).await.or_else(|| {
-            // Ended by the daemon's shutdown: `shutting_down` (503, with the result), on which
-            // the old manager's callers retry elsewhere.
+            // Ended from outside before it finished: by the daemon's shutdown, `shutting_down`
+            // (503, with the result), on which the old manager's callers retry elsewhere; by a
+            // terminate or a cleanup, `exited` (409, with what it printed so far), as a
+            // session's command ended so answers — not 200, which a client takes for the
+            // command's whole answer.
             let shut = self.inner.shutting_down.load(std::sync::atomic::Ordering::SeqCst);
-            (shut && result.exit == Some(ExitReason::Terminated)).then_some(PoolError::ShuttingDown)
+            (result.exit == Some(ExitReason::Terminated)).then(|| {
+                if shut {
+                    PoolError::ShuttingDown
+                } else {
+                    PoolError::Ended { cell: entry.id.clone(), reason: ExitReason::Terminated }
+                }
+            })
         });
         match error {
             None => Ok(result),

@@ -674,8 +674,27 @@ impl Pool {
         Ok(self.cell(caller, id)?.info())
     }
 
-    pub fn list(&self, caller: &Caller, filter: &ListFilter) -> Vec<CellInfo> {
+    /// The cells the caller may see (every cell for root and admins), running or, with `all`,
+    /// ended too.
+    ///
+    /// A `provider` filter must name a provider: `""` is `bad_request`, and one the caller
+    /// neither may use nor has cells of is `unknown_provider`, as for cleanup (an empty list
+    /// would say "no cells" of a typo).
+    pub fn list(&self, caller: &Caller, filter: &ListFilter) -> Result<Vec<CellInfo>, PoolError> {
         let admin = self.is_admin(caller);
+        if let Some(p) = filter.provider.as_deref() {
+            if p.is_empty() {
+                return Err(PoolError::BadRequest(
+                    "provider = \"\" names no provider: leave it out to list every provider".into(),
+                ));
+            }
+            let served = if admin { self.policies().contains_key(p) } else { self.provider(caller, p).is_ok() };
+            let has_cells =
+                self.state().cells.values().any(|e| e.provider == p && (admin || e.owner_uid == caller.uid));
+            if !served && !has_cells {
+                return Err(PoolError::UnknownProvider { name: p.to_owned() });
+            }
+        }
         let mut cells: Vec<CellInfo> = self
             .state()
             .cells
@@ -686,7 +705,7 @@ impl Pool {
             .map(|e| e.info_with(false))
             .collect();
         cells.sort_by(|a, b| a.id.cmp(&b.id));
-        cells
+        Ok(cells)
     }
 
     /// A reader of the cell's output from `from` (default: the oldest byte kept). An offset past
