@@ -85,6 +85,7 @@
 //! | 66 | `tiocsetd_on_the_cells_own_tty` (line discipline 29, n_hdlc) | same (EPERM) |
 //! | 67 | `a_cell_cannot_grow_the_pipes_root_made` (F_SETPIPE_SZ on its stdio) | seccomp in every cell (EPERM): root's pipe-page budget is not the cell's |
 //! | 68 | `pid1_stays_undumpable_whatever_suid_dumpable` (`fs.suid_dumpable = 1`; a host process of the cell's uid reads pid 1's environ) | pid 1 non-dumpable again after its change of ids, checked |
+//! | 69 | `mounts_inside_a_workspace_stay_outside_the_view` (a root-owned workspace holding a `proc` and an rbound `dev`) | the workspace is a clone of its own mount only (`open_tree`, made outside the cell): ENOENT / empty |
 //!
 //! The battery found four weaknesses, fixed since: #8 (a cell could drive a world-connectable
 //! daemon socket), #26 (ioctl request 0x1_0000_5412 slipped past the 64-bit TIOCSTI rule),
@@ -3235,6 +3236,61 @@ fn pid1_stays_undumpable_whatever_suid_dumpable() {
         read.stdout.len()
     );
     d.assert_contained();
+}
+
+// 69. (isolation review, stop 29) Mounts inside a workspace came into the view with the host's
+//     flags: pid 1's mount namespace belongs to the cell's user namespace, where every mount
+//     copied from the host is locked, so its bind of a workspace holding mounts (a chroot's
+//     `proc` and `dev`, as sbuild or mock leave them) fell back to a recursive one. A root
+//     caller's cell in a root-owned workspace (no idmap) then listed the host's processes in
+//     `proc` and wrote the host's `/dev/shm`. The workspace is a clone of its own mount only,
+//     made outside the cell, idmapped or not.
+#[test]
+fn mounts_inside_a_workspace_stay_outside_the_view() {
+    gate!("mounts_inside_a_workspace_stay_outside_the_view");
+    let a = Attempt::new();
+    let ws = a.w.ws.path().join("chroot");
+    for sub in ["", "proc", "dev"] {
+        std::fs::create_dir(ws.join(sub)).expect("mkdir");
+    }
+    std::fs::set_permissions(a.w.ws.path(), PermissionsExt::from_mode(0o755)).expect("chmod");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-R").arg(&self.0).status();
+        }
+    }
+    let _proc = Unmount(ws.join("proc"));
+    let _dev = Unmount(ws.join("dev"));
+    nix::mount::mount(Some("proc"), &ws.join("proc"), Some("proc"), nix::mount::MsFlags::empty(), None::<&str>)
+        .expect("mount proc");
+    nix::mount::mount(
+        Some("/dev"),
+        &ws.join("dev"),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .expect("rbind /dev");
+    let probe = format!("ck-probe-{}", &uid()[20..]);
+    let body = format!(
+        "op('list proc', lambda: len(os.listdir('proc')))\n\
+         op('write dev/shm', lambda: write('dev/shm/{probe}', 'x'))\n\
+         op('open dev/null', lambda: os.open('dev/null', os.O_WRONLY))"
+    );
+    let s = script(&a.marker, &body);
+    let r = a.w.run_in(&a.policy(""), &ws, &[PY, "-c", &s], &[]);
+    let (out, ctx) = (r.output(), r.describe());
+    eprintln!("cell output:\n{out}");
+    let leaked = Path::new("/dev/shm").join(&probe);
+    let wrote = leaked.exists();
+    let _ = std::fs::remove_file(&leaked);
+    finished(&out, &ctx);
+    assert_eq!(line_of(&out, "list proc"), "OK 0", "ESCAPE: the host's procfs is inside the view\n{ctx}");
+    assert!(!wrote, "ESCAPE: the cell wrote the host's /dev/shm through its workspace\n{ctx}");
+    denied(&out, &ctx, "write dev/shm", &["ENOENT"], "the workspace's dev mount is inside the view");
+    denied(&out, &ctx, "open dev/null", &["ENOENT"], "the workspace's dev mount is inside the view");
+    a.contained();
 }
 
 /// POST a streamed one-shot `body` to `provider` as nobody (curl under setpriv): the client

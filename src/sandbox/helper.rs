@@ -32,7 +32,7 @@
 //! payload's and its own real, effective, saved and filesystem ids the cell's.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
@@ -523,12 +523,21 @@ impl Holder {
     }
 }
 
-/// The plan's idmapped workspace as detached mounts (by path inside) for pid 1 to attach, or
-/// none (no idmap
-/// planned, or the policy's fallback taken: reported as the degradation `workspace_idmap`,
-/// and with `fallback_owner` the plan's ids become the owner's). `Err`: the launch fails.
+/// The plan's workspace as detached mounts (by path inside) for pid 1 to attach: idmapped
+/// where the plan says so, else (no idmap planned, or the policy's fallback taken: reported
+/// as the degradation `workspace_idmap`, and with `fallback_owner` the plan's ids become the
+/// owner's) plain clones. `Err`: the launch fails.
+///
+/// Always clones made here, in the host's mount namespace, never binds pid 1 makes: a clone
+/// (`open_tree(OPEN_TREE_CLONE)`, not recursive) carries the workspace's own mount only. pid 1's
+/// mount namespace belongs to the cell's user namespace, where every mount copied from the
+/// host is locked, so its non-recursive bind of a workspace holding mounts (a chroot's `proc`
+/// and `dev`) fails and only a recursive one works — which brought the host's procfs, its
+/// `/dev/shm` and device nodes into the view with the host's flags.
 fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Vec<(PathBuf, OwnedFd)>, (Stage, i32, String)> {
-    let Some(idm) = plan.idmap.clone() else { return Ok(Vec::new()) };
+    let plain =
+        |plan: &LaunchPlan| clone_workspace(plan, None).map_err(|(errno, detail)| (Stage::Mounts, errno, detail));
+    let Some(idm) = plan.idmap.clone() else { return plain(plan) };
     let (errno, why) = match try_idmap(plan, &idm) {
         Ok(mounts) => return Ok(mounts),
         Err(e) => e,
@@ -549,12 +558,12 @@ fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Vec<(PathB
             }
             (ids.outside_uid, ids.outside_gid) = (idm.owner_uid, idm.owner_gid);
             Report::Degraded { mechanism: "workspace_idmap".into(), detail }.send(ctl);
-            Ok(Vec::new())
+            plain(plan)
         }
         IdmapFallback::Caller => {
             // The identity `run_as = "caller"` names (inside, the cell already is the caller).
             (plan.ids.outside_uid, plan.ids.outside_gid) = (idm.owner_uid, idm.owner_gid);
-            Ok(Vec::new())
+            plain(plan)
         }
         IdmapFallback::Cell => {
             let detail = format!(
@@ -563,7 +572,7 @@ fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Vec<(PathB
                 plan.ids.outside_uid
             );
             Report::Degraded { mechanism: "workspace_idmap".into(), detail }.send(ctl);
-            Ok(Vec::new())
+            plain(plan)
         }
     }
 }
@@ -573,9 +582,20 @@ fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Vec<(PathB
 /// one user namespace mapping `owner_uid` ↔ the cell's host uid (and the gids alike), with the
 /// step's flags: `nosuid,nodev`, read-only and `noexec` unless the policy grants them.
 fn try_idmap(plan: &LaunchPlan, idm: &IdmapPlan) -> Result<Vec<(PathBuf, OwnedFd)>, (i32, String)> {
-    let io = |what: String, e: std::io::Error| (e.raw_os_error().unwrap_or(0), format!("{what}: {e}"));
-    let steps: Vec<_> = plan
-        .view
+    if workspace_steps(plan).is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = &plan.ids;
+    let maps =
+        (format!("{} {} 1\n", idm.owner_uid, ids.outside_uid), format!("{} {} 1\n", idm.owner_gid, ids.outside_gid));
+    let userns = make_userns(ids.outside_uid, ids.outside_gid, &maps).map_err(|(_, errno, detail)| (errno, detail))?;
+    clone_workspace(plan, Some(userns.as_fd()))
+}
+
+/// The view's binds of the workspace (the cwd and its `{cwd}/…` rules: opened through no
+/// symlink): (path inside, source, is a directory, writable, exec).
+fn workspace_steps(plan: &LaunchPlan) -> Vec<(&PathBuf, &PathBuf, bool, bool, bool)> {
+    plan.view
         .iter()
         .flat_map(|v| &v.steps)
         .filter_map(|s| match &s.kind {
@@ -584,21 +604,25 @@ fn try_idmap(plan: &LaunchPlan, idm: &IdmapPlan) -> Result<Vec<(PathBuf, OwnedFd
             }
             _ => None,
         })
-        .collect();
-    if steps.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids = &plan.ids;
-    let maps =
-        (format!("{} {} 1\n", idm.owner_uid, ids.outside_uid), format!("{} {} 1\n", idm.owner_gid, ids.outside_gid));
-    let userns = make_userns(ids.outside_uid, ids.outside_gid, &maps).map_err(|(_, errno, detail)| (errno, detail))?;
+        .collect()
+}
+
+/// Each workspace bind cloned detached from its source (opened through no symlink; the clone
+/// is of that one mount, none beneath it), idmapped through `userns` where given, with the
+/// step's flags: `nosuid,nodev`, read-only and `noexec` unless the policy grants them.
+fn clone_workspace(
+    plan: &LaunchPlan,
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<Vec<(PathBuf, OwnedFd)>, (i32, String)> {
+    let io = |what: String, e: std::io::Error| (e.raw_os_error().unwrap_or(0), format!("{what}: {e}"));
+    let steps = workspace_steps(plan);
     let mut mounts = Vec::with_capacity(steps.len());
     for (path, source, dir, writable, exec) in steps {
         let shown = source.display();
         let fd = sys::open_no_symlinks(source, dir).map_err(|e| (e as i32, format!("opening {shown}: {e}")))?;
         let mnt = sys::open_tree_clone(&fd).map_err(|e| io(format!("open_tree(OPEN_TREE_CLONE) of {shown}"), e))?;
-        sys::set_mount_attrs(&mnt, Some(userns.as_fd()), !writable, !exec)
-            .map_err(|e| io(format!("mount_setattr(MOUNT_ATTR_IDMAP) of {shown}"), e))?;
+        let what = if userns.is_some() { "mount_setattr(MOUNT_ATTR_IDMAP) of" } else { "mount_setattr of" };
+        sys::set_mount_attrs(&mnt, userns, !writable, !exec).map_err(|e| io(format!("{what} {shown}"), e))?;
         mounts.push((path.clone(), mnt));
     }
     Ok(mounts)
