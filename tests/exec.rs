@@ -175,6 +175,35 @@ fn streamed_output_arrives_in_offset_order() {
     assert!(next > 10_000, "too little output: {next} bytes");
 }
 
+// From an old-manager client review (stop 29): a streamed chunk cut inside a UTF-8 character
+// (pipe reads and the reader's coalescing cut at any byte) made both halves `data_b64`, so a
+// client reading `data` lost whole chunks of plain text. A character coming whole waits for
+// its other bytes: text arrives as `data`, every byte of it.
+#[test]
+fn streamed_text_is_never_cut_inside_a_character() {
+    gate!("streamed_text_is_never_cut_inside_a_character");
+    let d = daemon().start();
+    // An odd offset first, then two-byte characters: every even-sized read ends inside one.
+    let script = "text() { printf a; i=0; while [ $i -lt 4000 ]; do printf 'éééééééééééééééééééééééééééééééééééééééééééééééééé'; i=$((i+1)); done; }; text; text >&2";
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/providers/sh/commands",
+        Some(&serde_json::json!({"command": script, "cwd": d.cwd(), "stream": true, "timeout_ms": 60000})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (mut text, mut b64) = (String::new(), 0);
+    for line in r.text().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("an NDJSON line");
+        if v["type"] == "data" {
+            text += v["data"].as_str().unwrap_or_default();
+            b64 += usize::from(v.get("data_b64").is_some());
+        }
+    }
+    assert_eq!(b64, 0, "text came as base64 in {b64} chunk(s)");
+    assert_eq!(text.len(), 2 * (1 + 4000 * 100), "bytes of text lost (stdout and stderr)");
+}
+
 // SIGINT (Ctrl-C) to exec terminates the command's cell; exec exits 128+SIGTERM.
 #[test]
 fn exec_ctrl_c_terminates_the_cell() {

@@ -46,9 +46,10 @@ pub type Tap = mpsc::Sender<OutputEvent>;
 /// to stderr before its reply is in the spool, so it is credited to that command, not the next.
 pub struct StderrPipe {
     pipe: CellErrOutput,
-    /// The read buffer (grown from PUMP_MIN to PUMP_MAX while reads fill it); its lock is the
+    /// The read buffer (grown from PUMP_MIN to PUMP_MAX while reads fill it) and how many bytes
+    /// at its front are held back (a character cut by the last read); its lock is the
     /// one both readers take.
-    buf: Mutex<Vec<u8>>,
+    buf: Mutex<(Vec<u8>, usize)>,
 }
 
 impl StderrPipe {
@@ -62,33 +63,46 @@ impl StderrPipe {
     /// reads through tokio, so a WouldBlock there clears the readiness it waits on.
     fn read_ready(&self, spool: &Spool, max: usize, direct: bool) -> (Vec<OutputEvent>, bool) {
         use std::os::fd::AsFd;
-        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        // `held`: the start of a character the last read cut off, at the front of `buf`,
+        // pushed with the rest of it (as the stdout pump does: `pump`).
+        let (buf, held) = &mut *guard;
         let mut chunks = Vec::new();
+        let push = |bytes: &[u8], chunks: &mut Vec<OutputEvent>| {
+            if !bytes.is_empty() {
+                let offset = spool.push(Stream::Stderr, bytes);
+                let data = bytes::Bytes::copy_from_slice(bytes);
+                chunks.push(OutputEvent::Data { stream: Stream::Stderr, offset, data });
+            }
+        };
         let mut taken = 0;
         while taken < max {
             let read = if direct {
-                nix::unistd::read(self.pipe.as_fd(), &mut buf).map_err(std::io::Error::from)
+                nix::unistd::read(self.pipe.as_fd(), &mut buf[*held..]).map_err(std::io::Error::from)
             } else {
-                self.pipe.try_read(&mut buf)
+                self.pipe.try_read(&mut buf[*held..])
             };
             match read {
-                Ok(0) => return (chunks, true),
-                Ok(n) => {
+                Ok(n) if n > 0 => {
                     taken += n;
-                    let offset = spool.push(Stream::Stderr, &buf[..n]);
-                    chunks.push(OutputEvent::Data {
-                        stream: Stream::Stderr,
-                        offset,
-                        data: bytes::Bytes::copy_from_slice(&buf[..n]),
-                    });
-                    if n == buf.len() && buf.len() < PUMP_MAX {
+                    let filled = *held + n;
+                    let whole = filled - crate::session::utf8_cut_tail(&buf[..filled]);
+                    push(&buf[..whole], &mut chunks);
+                    buf.copy_within(whole..filled, 0);
+                    *held = filled - whole;
+                    if filled == buf.len() && buf.len() < PUMP_MAX {
                         let grown = buf.len() * 2;
                         buf.resize(grown, 0);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return (chunks, false),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return (chunks, true),
+                // The end (or a pipe that cannot be read): what was held goes as it is.
+                _ => {
+                    push(&buf[..*held], &mut chunks);
+                    *held = 0;
+                    return (chunks, true);
+                }
             }
         }
         (chunks, false)
@@ -392,7 +406,7 @@ pub fn start(
         payload_pid: cell.payload_pid,
         degraded: cell.degraded.clone(),
         spool,
-        stderr: Mutex::new(stderr.map(|pipe| Arc::new(StderrPipe { pipe, buf: Mutex::new(vec![0u8; PUMP_MIN]) }))),
+        stderr: Mutex::new(stderr.map(|pipe| Arc::new(StderrPipe { pipe, buf: Mutex::new((vec![0u8; PUMP_MIN], 0)) }))),
         io: tokio::sync::Mutex::new(io),
         stdin: Arc::new(tokio::sync::Mutex::new(oneshot_stdin)),
         last_activity: Mutex::new(Instant::now()),
@@ -566,46 +580,75 @@ async fn pump(
     // PUMP_MAX each time a read fills it, so a flood is still read in large chunks.
     let mut buf = vec![0u8; PUMP_MIN];
     let mut commands_seen = 0;
+    // The start of a UTF-8 character a read cut off (at most 3 bytes, at the front of `buf`):
+    // delivered with the rest of it, after the next read (see `session::utf8_cut_tail`).
+    let mut held = 0;
     loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+        match pipe.read(&mut buf[held..]).await {
+            Ok(0) | Err(_) => {
+                let rest = buf[..held].to_vec();
+                deliver(&entry, stream, &rest, &mut tap, &mut framing, &mut commands_seen).await;
+                break;
+            }
             Ok(n) => {
-                if n == buf.len() && buf.len() < PUMP_MAX {
+                let filled = held + n;
+                if filled == buf.len() && buf.len() < PUMP_MAX {
                     let grown = buf.len() * 2;
-                    // Appends: the n bytes just read stay where they are.
+                    // Appends: the bytes just read stay where they are.
                     buf.resize(grown, 0);
                 }
-                if let Some(t) = &tap {
-                    let _order = entry.tap_order.lock().await;
-                    let offset = entry.spool.push(stream, &buf[..n]);
-                    let data = bytes::Bytes::copy_from_slice(&buf[..n]);
-                    if t.send(OutputEvent::Data { stream, offset, data }).await.is_err() {
-                        tap = None;
-                    }
-                } else {
-                    entry.spool.push(stream, &buf[..n]);
+                let whole = filled - crate::session::utf8_cut_tail(&buf[..filled]);
+                if whole > 0 {
+                    deliver(&entry, stream, &buf[..whole], &mut tap, &mut framing, &mut commands_seen).await;
+                    buf.copy_within(whole..filled, 0);
                 }
-                if let Some((framer, replies)) = framing.as_mut() {
-                    // Only while a command is in flight is a reply kept whole and queued: one
-                    // nobody asked for is held at most IDLE_KEEP bytes by the framer and
-                    // dropped here, so a session printing unrequested output cannot make the
-                    // daemon hold or copy it. A full queue drops too rather than block the
-                    // pump; `send` discards stale replies before writing its command.
-                    let wanted = entry.is_busy();
-                    // A command written since the last read: these bytes may be its reply
-                    // (`exchange` counts the command before writing it, so a read holding
-                    // its output always sees the count).
-                    let written = entry.commands_written.load(std::sync::atomic::Ordering::SeqCst);
-                    if written != commands_seen {
-                        commands_seen = written;
-                        framer.command_written();
-                    }
-                    for reply in framer.push(&buf[..n], wanted) {
-                        if wanted {
-                            let _ = replies.try_send(reply);
-                        }
-                    }
-                }
+                held = filled - whole;
+            }
+        }
+    }
+}
+
+/// One chunk of a pump's pipe: into the spool, to the tap (a streamed one-shot's reader), and
+/// through the session's framer.
+async fn deliver(
+    entry: &CellEntry,
+    stream: Stream,
+    chunk: &[u8],
+    tap: &mut Option<Tap>,
+    framing: &mut Option<(Framer, mpsc::Sender<Result<Reply, SessionError>>)>,
+    commands_seen: &mut u64,
+) {
+    if chunk.is_empty() {
+        return;
+    }
+    if let Some(t) = tap.as_ref() {
+        let _order = entry.tap_order.lock().await;
+        let offset = entry.spool.push(stream, chunk);
+        let data = bytes::Bytes::copy_from_slice(chunk);
+        if t.send(OutputEvent::Data { stream, offset, data }).await.is_err() {
+            *tap = None;
+        }
+    } else {
+        entry.spool.push(stream, chunk);
+    }
+    if let Some((framer, replies)) = framing.as_mut() {
+        // Only while a command is in flight is a reply kept whole and queued: one
+        // nobody asked for is held at most IDLE_KEEP bytes by the framer and
+        // dropped here, so a session printing unrequested output cannot make the
+        // daemon hold or copy it. A full queue drops too rather than block the
+        // pump; `send` discards stale replies before writing its command.
+        let wanted = entry.is_busy();
+        // A command written since the last read: these bytes may be its reply
+        // (`exchange` counts the command before writing it, so a read holding
+        // its output always sees the count).
+        let written = entry.commands_written.load(std::sync::atomic::Ordering::SeqCst);
+        if written != *commands_seen {
+            *commands_seen = written;
+            framer.command_written();
+        }
+        for reply in framer.push(chunk, wanted) {
+            if wanted {
+                let _ = replies.try_send(reply);
             }
         }
     }

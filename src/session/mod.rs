@@ -11,7 +11,7 @@ mod spool;
 mod store;
 
 pub use framer::{Framer, Reply};
-pub use spool::{OutputEvent, Spool, Stream, Subscription};
+pub use spool::{utf8_cut_tail, OutputEvent, Spool, Stream, Subscription};
 pub use store::{sweep as sweep_spool_dir, StoreError};
 
 #[derive(Debug, thiserror::Error)]

@@ -295,7 +295,7 @@ impl Subscription {
             if self.ended {
                 return None;
             }
-            let (stream, len) = {
+            let (stream, len, more_coming) = {
                 let st = self.spool.state();
                 if self.pos < st.first {
                     let dropped = st.first - self.pos;
@@ -311,7 +311,11 @@ impl Subscription {
                 }
                 // A reader that is behind gets up to COALESCE bytes of one run at once.
                 let (stream, run_end) = st.run_at(self.pos)?;
-                (stream, ((run_end - self.pos) as usize).min(COALESCE))
+                let len = ((run_end - self.pos) as usize).min(COALESCE);
+                // Whether the bytes after this chunk will continue its run: it was cut short
+                // here, or the run is the spool's last and the spool still open.
+                let more_coming = self.pos + (len as u64) < run_end || (run_end == st.end && !st.closed);
+                (stream, len, more_coming)
             };
             let mut buf = vec![0u8; len];
             let cap = self.spool.shared.cap;
@@ -333,17 +337,83 @@ impl Subscription {
                 }
                 continue;
             }
+            // A character cut at the chunk's end waits for its other bytes when they will follow
+            // in the same run (the next chunk starts with it): a chunk is never split inside
+            // a UTF-8 character it could have held whole (the API would send both halves as
+            // base64, `data_b64`, and a reader of `data` lose them).
+            let whole = if more_coming { len - utf8_cut_tail(&buf) } else { len };
+            if whole == 0 {
+                return None;
+            }
+            buf.truncate(whole);
             let ev = OutputEvent::Data { stream, offset: self.pos, data: Bytes::from(buf) };
-            self.pos += len as u64;
+            self.pos += whole as u64;
             return Some(ev);
         }
     }
+}
+
+/// How many bytes at the end of `buf` are the start of a UTF-8 character whose other bytes
+/// are not in `buf` (0 to 3): a lead byte followed by fewer continuation bytes than it
+/// announces. 0 for anything else, valid or not. The output pumps hold such bytes back
+/// until the next read brings the rest, and readers of the spool do not end a chunk there
+/// while the rest is coming: a chunk cut inside a character goes out as base64 (`data_b64`).
+pub fn utf8_cut_tail(buf: &[u8]) -> usize {
+    for back in 1..=buf.len().min(3) {
+        let b = buf[buf.len() - back];
+        if b & 0xC0 == 0x80 {
+            continue; // a continuation byte: look further back for its lead
+        }
+        let needs = match b {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return 0,
+        };
+        return if back < needs { back } else { 0 };
+    }
+    0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_util::FutureExt;
+
+    #[test]
+    fn a_utf8_character_cut_at_the_end_is_found() {
+        let e = "é".as_bytes(); // C3 A9
+        let euro = "€".as_bytes(); // E2 82 AC
+        assert_eq!(utf8_cut_tail(b"abc"), 0);
+        assert_eq!(utf8_cut_tail(&[b'a', e[0]]), 1);
+        assert_eq!(utf8_cut_tail(e), 0);
+        assert_eq!(utf8_cut_tail(&[b'a', euro[0], euro[1]]), 2);
+        assert_eq!(utf8_cut_tail(euro), 0);
+        assert_eq!(utf8_cut_tail(&[0xF0, 0x9F, 0x98]), 3);
+        assert_eq!(utf8_cut_tail(&[0xFF]), 0);
+        assert_eq!(utf8_cut_tail(&[]), 0);
+    }
+
+    #[test]
+    fn a_reader_never_gets_half_a_character_that_is_coming_whole() {
+        let s = Spool::new(1024);
+        let e = "é".as_bytes();
+        s.push(Stream::Stdout, &[b'a', e[0]]);
+        let mut r = s.subscribe(None);
+        let first = ready(&mut r);
+        assert_eq!(first.len(), 1);
+        assert_eq!(data(&first[0]), (Stream::Stdout, 0, &b"a"[..]));
+        s.push(Stream::Stdout, &[e[1], b'b']);
+        let second = ready(&mut r);
+        assert_eq!(data(&second[0]), (Stream::Stdout, 1, "éb".as_bytes()));
+        // A cut the run will not continue (the cell ended) is delivered as it is.
+        s.push(Stream::Stdout, &[e[0]]);
+        assert!(ready(&mut r).is_empty(), "half a character was sent before the spool closed");
+        s.close();
+        let last = ready(&mut r);
+        assert_eq!(data(&last[0]), (Stream::Stdout, 4, &[e[0]][..]));
+        assert_eq!(last[1], OutputEvent::End);
+    }
 
     fn ready(sub: &mut Subscription) -> Vec<OutputEvent> {
         let mut out = Vec::new();
