@@ -143,6 +143,14 @@ fn a_cells_signals_start_at_their_defaults() {
     assert!(!stderr.contains("Broken pipe"), "{:.300}", stderr);
 }
 
+/// A streamed one-shot of `script` on provider `sh`: its NDJSON lines, each with its value.
+fn streamed(d: &Daemon, script: &str) -> Vec<(String, serde_json::Value)> {
+    let body = serde_json::json!({"command": script, "cwd": d.cwd(), "stream": true, "timeout_ms": 60000});
+    let r = call(&d.socket, "POST", "/v1/providers/sh/commands", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text().lines().map(|l| (l.to_owned(), serde_json::from_str(l).expect("an NDJSON line"))).collect()
+}
+
 // A streamed one-shot's `data` lines come in offset order across both streams (pool review,
 // round 4: stdout at offset 3 arrived before stderr at offset 0, so a client resuming from the
 // last offset it saw would skip bytes). Offsets are contiguous: each line starts where the one
@@ -151,18 +159,9 @@ fn a_cells_signals_start_at_their_defaults() {
 fn streamed_output_arrives_in_offset_order() {
     gate!("streamed_output_arrives_in_offset_order");
     let d = daemon().start();
-    let script = "for i in $(seq 1500); do echo o$i; echo e$i >&2; done";
-    let r = call(
-        &d.socket,
-        "POST",
-        "/v1/providers/sh/commands",
-        Some(&serde_json::json!({"command": script, "cwd": d.cwd(), "stream": true, "timeout_ms": 60000})),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
     let mut next = 0u64;
     let mut lines = 0;
-    for line in r.text().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("an NDJSON line");
+    for (line, v) in streamed(&d, "for i in $(seq 1500); do echo o$i; echo e$i >&2; done") {
         if v["type"] != "data" {
             continue;
         }
@@ -185,16 +184,8 @@ fn streamed_text_is_never_cut_inside_a_character() {
     let d = daemon().start();
     // An odd offset first, then two-byte characters: every even-sized read ends inside one.
     let script = "text() { printf a; i=0; while [ $i -lt 4000 ]; do printf 'éééééééééééééééééééééééééééééééééééééééééééééééééé'; i=$((i+1)); done; }; text; text >&2";
-    let r = call(
-        &d.socket,
-        "POST",
-        "/v1/providers/sh/commands",
-        Some(&serde_json::json!({"command": script, "cwd": d.cwd(), "stream": true, "timeout_ms": 60000})),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
     let (mut text, mut b64) = (String::new(), 0);
-    for line in r.text().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("an NDJSON line");
+    for (_, v) in streamed(&d, script) {
         if v["type"] == "data" {
             text += v["data"].as_str().unwrap_or_default();
             b64 += usize::from(v.get("data_b64").is_some());
