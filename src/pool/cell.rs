@@ -24,6 +24,10 @@ use super::types::{CellInfo, CellState};
 /// A pump's first read buffer, and the most it grows to.
 const PUMP_MIN: usize = 4 * 1024;
 const PUMP_MAX: usize = 64 * 1024;
+/// How long a pump holds the start of a UTF-8 character its read cut off, waiting for the
+/// rest: past it the bytes go as they are (a program may stop after a byte that is no UTF-8
+/// at all, a Latin-1 prompt or a binary frame, and its reader must not wait for more).
+const HOLD_CUT: Duration = Duration::from_millis(10);
 
 /// Replies kept for the command in flight (each up to `MAX_REPLY_BYTES`).
 const REPLY_QUEUE: usize = 4;
@@ -61,6 +65,24 @@ impl StderrPipe {
     /// answers WouldBlock without reading while the reactor has not yet seen the pipe become
     /// readable — bytes already written would then be missed. The pump, woken by the reactor,
     /// reads through tokio, so a WouldBlock there clears the readiness it waits on.
+    /// Whether the last read cut a character whose start is held back.
+    fn holds(&self) -> bool {
+        self.buf.lock().unwrap_or_else(|e| e.into_inner()).1 > 0
+    }
+
+    /// Push the held start of a cut character as it is (nothing more came): its chunk.
+    fn flush_held(&self, spool: &Spool) -> Vec<OutputEvent> {
+        let mut guard = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let (buf, held) = &mut *guard;
+        if *held == 0 {
+            return Vec::new();
+        }
+        let offset = spool.push(Stream::Stderr, &buf[..*held]);
+        let data = bytes::Bytes::copy_from_slice(&buf[..*held]);
+        *held = 0;
+        vec![OutputEvent::Data { stream: Stream::Stderr, offset, data }]
+    }
+
     fn read_ready(&self, spool: &Spool, max: usize, direct: bool) -> (Vec<OutputEvent>, bool) {
         use std::os::fd::AsFd;
         let mut guard = self.buf.lock().unwrap_or_else(|e| e.into_inner());
@@ -95,7 +117,15 @@ impl StderrPipe {
                         buf.resize(grown, 0);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return (chunks, false),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // A catch-up takes all the program wrote before its reply, a cut
+                    // character too: it is that command's stderr, not the next one's.
+                    if direct {
+                        push(&buf[..*held], &mut chunks);
+                        *held = 0;
+                    }
+                    return (chunks, false);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // The end (or a pipe that cannot be read): what was held goes as it is.
                 _ => {
@@ -544,7 +574,29 @@ async fn watch_limits(entry: Arc<CellEntry>, mut watch: crate::cgroup::watch::Ev
 async fn pump_stderr(entry: Arc<CellEntry>, mut tap: Option<Tap>) {
     let Some(pipe) = entry.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
     loop {
-        if pipe.pipe.readable().await.is_err() {
+        let readable = if pipe.holds() {
+            match tokio::time::timeout(HOLD_CUT, pipe.pipe.readable()).await {
+                Ok(r) => r,
+                // Nothing more came: the held bytes go as they are.
+                Err(_) => {
+                    let _order = match &tap {
+                        Some(_) => Some(entry.tap_order.lock().await),
+                        None => None,
+                    };
+                    for ev in pipe.flush_held(&entry.spool) {
+                        if let Some(t) = &tap {
+                            if t.send(ev).await.is_err() {
+                                tap = None;
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+        } else {
+            pipe.pipe.readable().await
+        };
+        if readable.is_err() {
             break;
         }
         // One read per wake-up, then the tap (which may make us wait for its reader); with a
@@ -584,7 +636,20 @@ async fn pump(
     // delivered with the rest of it, after the next read (see `session::utf8_cut_tail`).
     let mut held = 0;
     loop {
-        match pipe.read(&mut buf[held..]).await {
+        let read = if held > 0 {
+            match tokio::time::timeout(HOLD_CUT, pipe.read(&mut buf[held..])).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let rest = buf[..held].to_vec();
+                    deliver(&entry, stream, &rest, &mut tap, &mut framing, &mut commands_seen).await;
+                    held = 0;
+                    continue;
+                }
+            }
+        } else {
+            pipe.read(&mut buf).await
+        };
+        match read {
             Ok(0) | Err(_) => {
                 let rest = buf[..held].to_vec();
                 deliver(&entry, stream, &rest, &mut tap, &mut framing, &mut commands_seen).await;

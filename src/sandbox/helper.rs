@@ -535,8 +535,12 @@ impl Holder {
 /// and `dev`) fails and only a recursive one works — which brought the host's procfs, its
 /// `/dev/shm` and device nodes into the view with the host's flags.
 fn idmapped_workspace(plan: &mut LaunchPlan, ctl: &OwnedFd) -> Result<Vec<(PathBuf, OwnedFd)>, (Stage, i32, String)> {
-    let plain =
-        |plan: &LaunchPlan| clone_workspace(plan, None).map_err(|(errno, detail)| (Stage::Mounts, errno, detail));
+    // (A kernel without the new mount API, before 5.12, has pid 1 bind the workspace as
+    // before: ENOSYS is no reason to fail a launch that needs no idmap.)
+    let plain = |plan: &LaunchPlan| match clone_workspace(plan, None) {
+        Err((errno, _)) if errno == libc::ENOSYS => Ok(Vec::new()),
+        other => other.map_err(|(errno, detail)| (Stage::Mounts, errno, detail)),
+    };
     let Some(idm) = plan.idmap.clone() else { return plain(plan) };
     let (errno, why) = match try_idmap(plan, &idm) {
         Ok(mounts) => return Ok(mounts),

@@ -426,15 +426,27 @@ fn kept_flags(target: &Path) -> MsFlags {
     out
 }
 
-fn bind(fd: &OwnedFd, target: &Path, flags: MsFlags) -> Result<(), ViewError> {
+/// `whole`: a source with locked mounts beneath it may be bound with them (a system
+/// directory); otherwise (the workspace) such a source is refused: the mounts beneath a
+/// workspace (a chroot's `proc` and `dev`) are the host's, with the host's flags.
+fn bind(fd: &OwnedFd, target: &Path, flags: MsFlags, whole: bool) -> Result<(), ViewError> {
     let none: Option<&str> = None;
     let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
     let what = format!("binding {}", target.display());
     // Not recursive where the kernel allows it (nothing mounted beneath comes along); a source
     // with locked mounts beneath it can only be bound whole.
     match mount(Some(src.as_str()), target, none, MsFlags::MS_BIND, none) {
-        Err(Errno::EINVAL) => {
+        Err(Errno::EINVAL) if whole => {
             fail(&what, mount(Some(src.as_str()), target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none))?
+        }
+        Err(Errno::EINVAL) => {
+            return Err(ViewError {
+                what: format!(
+                    "{what}: the workspace holds mounts of its own, which a cell does not take in (on this kernel, \
+                     before the mount API of Linux 5.12, the workspace can only be bound with them)"
+                ),
+                errno: Errno::EINVAL as i32,
+            })
         }
         other => fail(&what, other)?,
     }
@@ -447,7 +459,7 @@ fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32, root: &Path)
     let target = under(root, &step.path);
     let held = || fd.ok_or_else(|| ViewError { what: format!("no source held for {}", step.path.display()), errno: 0 });
     match &step.kind {
-        StepKind::Bind { dir, writable, exec, .. } => {
+        StepKind::Bind { dir, writable, exec, no_follow, .. } => {
             make_point(&target, *dir)?;
             let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
             if !writable {
@@ -456,7 +468,8 @@ fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32, root: &Path)
             if !exec {
                 flags |= MsFlags::MS_NOEXEC;
             }
-            bind(held()?, &target, flags)
+            // The workspace (opened through no symlink) is never bound whole.
+            bind(held()?, &target, flags, !no_follow)
         }
         StepKind::Device { .. } => {
             make_point(&target, false)?;
@@ -512,7 +525,7 @@ fn place(step: &ViewStep, fd: Option<&OwnedFd>, uid: u32, gid: u32, root: &Path)
                     errno: libc::EXDEV,
                 });
             }
-            bind(&node, &point, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
+            bind(&node, &point, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, true)
         }
         StepKind::Proc { own: true } => {
             make_point(&target, true)?;

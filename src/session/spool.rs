@@ -312,9 +312,10 @@ impl Subscription {
                 // A reader that is behind gets up to COALESCE bytes of one run at once.
                 let (stream, run_end) = st.run_at(self.pos)?;
                 let len = ((run_end - self.pos) as usize).min(COALESCE);
-                // Whether the bytes after this chunk will continue its run: it was cut short
-                // here, or the run is the spool's last and the spool still open.
-                let more_coming = self.pos + (len as u64) < run_end || (run_end == st.end && !st.closed);
+                // Whether the bytes after this chunk are in the spool already, continuing its
+                // run: it was cut short here. (The pumps push whole characters, or a cut one
+                // as it is once nothing more came: see `pool::cell`.)
+                let more_coming = self.pos + (len as u64) < run_end;
                 (stream, len, more_coming)
             };
             let mut buf = vec![0u8; len];
@@ -337,14 +338,11 @@ impl Subscription {
                 }
                 continue;
             }
-            // A character cut at the chunk's end waits for its other bytes when they will follow
-            // in the same run (the next chunk starts with it): a chunk is never split inside
-            // a UTF-8 character it could have held whole (the API would send both halves as
-            // base64, `data_b64`, and a reader of `data` lose them).
+            // A character cut at the chunk's end goes with the next chunk, which starts with
+            // it, when its other bytes are there: a chunk is never split inside a UTF-8
+            // character it could have held whole (the API would send both halves as base64,
+            // `data_b64`, and a reader of `data` lose them).
             let whole = if more_coming { len - utf8_cut_tail(&buf) } else { len };
-            if whole == 0 {
-                return None;
-            }
             buf.truncate(whole);
             let ev = OutputEvent::Data { stream, offset: self.pos, data: Bytes::from(buf) };
             self.pos += whole as u64;
@@ -395,24 +393,24 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_never_gets_half_a_character_that_is_coming_whole() {
-        let s = Spool::new(1024);
-        let e = "é".as_bytes();
-        s.push(Stream::Stdout, &[b'a', e[0]]);
+    fn a_reader_never_cuts_a_character_it_has_whole() {
+        // More than one chunk's worth, at an odd offset: the chunk limit falls inside a
+        // character, whose bytes go with the next chunk.
+        let text = format!("a{}", "é".repeat(COALESCE));
+        let s = Spool::new(8 * COALESCE);
+        s.push(Stream::Stdout, text.as_bytes());
+        // A character cut where nothing follows (the program wrote half of one) goes as it is.
+        s.push(Stream::Stdout, &"é".as_bytes()[..1]);
         let mut r = s.subscribe(None);
-        let first = ready(&mut r);
-        assert_eq!(first.len(), 1);
-        assert_eq!(data(&first[0]), (Stream::Stdout, 0, &b"a"[..]));
-        s.push(Stream::Stdout, &[e[1], b'b']);
-        let second = ready(&mut r);
-        assert_eq!(data(&second[0]), (Stream::Stdout, 1, "éb".as_bytes()));
-        // A cut the run will not continue (the cell ended) is delivered as it is.
-        s.push(Stream::Stdout, &[e[0]]);
-        assert!(ready(&mut r).is_empty(), "half a character was sent before the spool closed");
-        s.close();
-        let last = ready(&mut r);
-        assert_eq!(data(&last[0]), (Stream::Stdout, 4, &[e[0]][..]));
-        assert_eq!(last[1], OutputEvent::End);
+        let evs = ready(&mut r);
+        let chunks: Vec<&[u8]> = evs.iter().map(|ev| data(ev).2).collect();
+        assert!(chunks.len() > 1, "{} chunk(s)", chunks.len());
+        let (last, whole) = chunks.split_last().expect("chunks");
+        for c in whole {
+            assert!(std::str::from_utf8(c).is_ok(), "a chunk of {} bytes ends inside a character", c.len());
+        }
+        assert_eq!(last.last(), Some(&"é".as_bytes()[0]), "the trailing half was held back");
+        assert_eq!(chunks.concat().len(), text.len() + 1);
     }
 
     fn ready(sub: &mut Subscription) -> Vec<OutputEvent> {
