@@ -74,13 +74,10 @@ impl StderrPipe {
     fn flush_held(&self, spool: &Spool) -> Vec<OutputEvent> {
         let mut guard = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         let (buf, held) = &mut *guard;
-        if *held == 0 {
-            return Vec::new();
-        }
-        let offset = spool.push(Stream::Stderr, &buf[..*held]);
-        let data = bytes::Bytes::copy_from_slice(&buf[..*held]);
+        let mut chunks = Vec::new();
+        push_stderr(spool, &buf[..*held], &mut chunks);
         *held = 0;
-        vec![OutputEvent::Data { stream: Stream::Stderr, offset, data }]
+        chunks
     }
 
     fn read_ready(&self, spool: &Spool, max: usize, direct: bool) -> (Vec<OutputEvent>, bool) {
@@ -90,13 +87,6 @@ impl StderrPipe {
         // pushed with the rest of it (as the stdout pump does: `pump`).
         let (buf, held) = &mut *guard;
         let mut chunks = Vec::new();
-        let push = |bytes: &[u8], chunks: &mut Vec<OutputEvent>| {
-            if !bytes.is_empty() {
-                let offset = spool.push(Stream::Stderr, bytes);
-                let data = bytes::Bytes::copy_from_slice(bytes);
-                chunks.push(OutputEvent::Data { stream: Stream::Stderr, offset, data });
-            }
-        };
         let mut taken = 0;
         while taken < max {
             let read = if direct {
@@ -109,7 +99,7 @@ impl StderrPipe {
                     taken += n;
                     let filled = *held + n;
                     let whole = filled - crate::session::utf8_cut_tail(&buf[..filled]);
-                    push(&buf[..whole], &mut chunks);
+                    push_stderr(spool, &buf[..whole], &mut chunks);
                     buf.copy_within(whole..filled, 0);
                     *held = filled - whole;
                     if filled == buf.len() && buf.len() < PUMP_MAX {
@@ -121,7 +111,7 @@ impl StderrPipe {
                     // A catch-up takes all the program wrote before its reply, a cut
                     // character too: it is that command's stderr, not the next one's.
                     if direct {
-                        push(&buf[..*held], &mut chunks);
+                        push_stderr(spool, &buf[..*held], &mut chunks);
                         *held = 0;
                     }
                     return (chunks, false);
@@ -129,13 +119,22 @@ impl StderrPipe {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // The end (or a pipe that cannot be read): what was held goes as it is.
                 _ => {
-                    push(&buf[..*held], &mut chunks);
+                    push_stderr(spool, &buf[..*held], &mut chunks);
                     *held = 0;
                     return (chunks, true);
                 }
             }
         }
         (chunks, false)
+    }
+}
+
+/// Push `bytes` (if any) into the spool as stderr, and their event onto `chunks` (for a tap).
+fn push_stderr(spool: &Spool, bytes: &[u8], chunks: &mut Vec<OutputEvent>) {
+    if !bytes.is_empty() {
+        let offset = spool.push(Stream::Stderr, bytes);
+        let data = bytes::Bytes::copy_from_slice(bytes);
+        chunks.push(OutputEvent::Data { stream: Stream::Stderr, offset, data });
     }
 }
 
@@ -574,38 +573,27 @@ async fn watch_limits(entry: Arc<CellEntry>, mut watch: crate::cgroup::watch::Ev
 async fn pump_stderr(entry: Arc<CellEntry>, mut tap: Option<Tap>) {
     let Some(pipe) = entry.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
     loop {
-        let readable = if pipe.holds() {
+        // Readable, or (holding a cut character) nothing more within HOLD_CUT: then the held
+        // bytes go as they are.
+        let held_out = if pipe.holds() {
             match tokio::time::timeout(HOLD_CUT, pipe.pipe.readable()).await {
-                Ok(r) => r,
-                // Nothing more came: the held bytes go as they are.
-                Err(_) => {
-                    let _order = match &tap {
-                        Some(_) => Some(entry.tap_order.lock().await),
-                        None => None,
-                    };
-                    for ev in pipe.flush_held(&entry.spool) {
-                        if let Some(t) = &tap {
-                            if t.send(ev).await.is_err() {
-                                tap = None;
-                            }
-                        }
-                    }
-                    continue;
-                }
+                Ok(Err(_)) => break,
+                Ok(Ok(())) => false,
+                Err(_) => true,
             }
-        } else {
-            pipe.pipe.readable().await
-        };
-        if readable.is_err() {
+        } else if pipe.pipe.readable().await.is_err() {
             break;
-        }
+        } else {
+            false
+        };
         // One read per wake-up, then the tap (which may make us wait for its reader); with a
         // tap, both under the tap's order lock (see `CellEntry::tap_order`).
         let _order = match &tap {
             Some(_) => Some(entry.tap_order.lock().await),
             None => None,
         };
-        let (chunks, end) = pipe.read_ready(&entry.spool, 1, false);
+        let (chunks, end) =
+            if held_out { (pipe.flush_held(&entry.spool), false) } else { pipe.read_ready(&entry.spool, 1, false) };
         for ev in chunks {
             if let Some(t) = &tap {
                 if t.send(ev).await.is_err() {

@@ -674,6 +674,18 @@ impl Pool {
         Ok(self.cell(caller, id)?.info())
     }
 
+    /// Whether `provider` is served to `caller`: any provider served, to root and admins; one
+    /// it may use, to anyone else (what health shows it). A provider not served to a caller
+    /// that has no cells of it is `unknown_provider` to `list` and `cleanup_provider`, as one
+    /// that does not exist.
+    fn serves(&self, caller: &Caller, admin: bool, provider: &str) -> bool {
+        if admin {
+            self.policies().contains_key(provider)
+        } else {
+            self.provider(caller, provider).is_ok()
+        }
+    }
+
     /// The cells the caller may see (every cell for root and admins), running or, with `all`,
     /// ended too.
     ///
@@ -688,7 +700,7 @@ impl Pool {
                     "provider = \"\" names no provider: leave it out to list every provider".into(),
                 ));
             }
-            let served = if admin { self.policies().contains_key(p) } else { self.provider(caller, p).is_ok() };
+            let served = self.serves(caller, admin, p);
             let has_cells =
                 self.state().cells.values().any(|e| e.provider == p && (admin || e.owner_uid == caller.uid));
             if !served && !has_cells {
@@ -732,8 +744,7 @@ impl Pool {
     /// nothing is recorded.
     pub async fn cleanup_provider(&self, caller: &Caller, provider: &str) -> Result<Count, PoolError> {
         let admin = self.is_admin(caller);
-        let served =
-            if admin { self.policies().contains_key(provider) } else { self.provider(caller, provider).is_ok() };
+        let served = self.serves(caller, admin, provider);
         let victims: Vec<Arc<CellEntry>> = {
             // Recorded under the lock it reads the cells with: a launch under way that is not
             // among these ends itself when it registers (see `launch_whole`).
