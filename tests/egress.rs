@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `allowed_name_reaches_the_https_server` | an allowed name gets through (TLS verified end to end); the decision is in the cell's `egress` events with its byte counts, and in the log |
 //! | `denied_names_ip_literals_and_plain_http_are_refused` | a name not listed → 403 with a body naming it; an IP literal → 403 even for the server's own address; another port of an allowed name → 403; plain `http://` → 405 |
+//! | `a_tls_hello_for_another_name_is_refused` | a TLS handshake for a name the policy does not allow, through a tunnel to an allowed one (domain fronting), is cut before it reaches the server, in one record or split |
 //! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
 //! | `learn_mode_allows_and_reports` | `egress = "learn"`: a host elsewhere is reached, every name is reported, the daemon logs the draft list of those reached; the host's own services stay out of reach (loopback, also by a mapped name, and the host's outside address as an IP literal, plain or IPv4-mapped), and so do numeric names, cloud metadata, private networks and NAT64-wrapped loopback |
 //! | `a_mapped_name_is_trusted_only_where_listed_exactly` | an `egress_hosts` name mapped to loopback is reached where the policy lists it on that port; in learn mode, through a wildcard, or on a port it is not listed for, 403 and nothing arrives |
@@ -47,6 +48,10 @@ http.server.ThreadingHTTPServer.request_queue_size = 512
 srv = http.server.ThreadingHTTPServer((sys.argv[4], 0), H)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+# Every server name a client asked for, for the tests to see what reached the server.
+def seen(sock, name, c):
+    with open(os.path.join(sys.argv[1], '..', 'names.log'), 'a') as f: f.write('%s\n' % name)
+ctx.sni_callback = seen
 srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
@@ -132,6 +137,11 @@ impl Server {
         BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port");
         let port = line.trim().parse().unwrap_or_else(|_| panic!("server port: {line:?}"));
         Server { child, port, dir }
+    }
+
+    /// The server names clients asked this server for (SNI), one per line.
+    fn names_seen(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("names.log")).unwrap_or_default()
     }
 
     /// Copy the certificate into the cell's workspace as `ca.pem`.
@@ -402,6 +412,88 @@ fn ignoring_the_proxy_reaches_nothing() {
     assert!(tcp.accept().is_err(), "a TCP connection from the cell reached the host");
     let mut buf = [0u8; 16];
     assert!(udp.recv_from(&mut buf).is_err(), "a UDP datagram from the cell reached the host");
+}
+
+/// From the seventh egress review: a tunnel opened to an allowed name carried a TLS handshake
+/// for any other name to the server at that address (domain fronting on a shared CDN edge).
+/// The proxy reads the ClientHello before any of it goes upstream: a server name the policy
+/// does not allow cuts the tunnel (in the cell's events, as denied), whether the hello comes
+/// in one record or split over many, a few bytes at a time; nothing of it reaches the server.
+#[test]
+fn a_tls_hello_for_another_name_is_refused() {
+    gate!("a_tls_hello_for_another_name_is_refused");
+    let server = Server::start();
+    let d = daemon(&server);
+    let port = server.port;
+    let body = format!(
+        r#"
+import time
+def tls(target, name, split=0):
+    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)
+    s.sendall(('CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (target, target)).encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        b = s.recv(1)
+        if not b:
+            return 'EOF before the answer'
+        head += b
+    if not head.startswith(b'HTTP/1.1 200'):
+        return head.decode(errors='replace')
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    if not split:
+        try:
+            t = c.wrap_socket(s, server_hostname=name)
+            t.sendall(b'GET /hello.txt HTTP/1.0\r\n\r\n')
+            return 'OK ' + t.recv(1000).decode(errors='replace').split('\r\n')[0]
+        except Exception as e:
+            return 'ERR ' + repr(e)[:200]
+    # The same hello as records of `split` bytes each, sent 50 bytes at a time.
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    o = c.wrap_bio(inc, out, server_hostname=name)
+    try:
+        o.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    raw, msg = out.read(), b''
+    while raw:
+        n = int.from_bytes(raw[3:5], 'big')
+        msg, raw = msg + raw[5:5 + n], raw[5 + n:]
+    recs = b''.join(b'\x16\x03\x01' + len(msg[i:i + split]).to_bytes(2, 'big') + msg[i:i + split]
+                    for i in range(0, len(msg), split))
+    for i in range(0, len(recs), 50):
+        s.sendall(recs[i:i + 50])
+        time.sleep(0.002)
+    try:
+        got = s.recv(5)
+    except Exception as e:
+        return 'ERR ' + repr(e)[:200]
+    return 'SERVER HELLO' if got[:1] == b'\x16' else 'CUT %r' % got
+result('same name', tls('fake.test:{port}', 'fake.test'))
+result('other name', tls('fake.test:{port}', 'denied.test'))
+result('split same', tls('fake.test:{port}', 'FAKE.test.', 100))
+result('split other', tls('fake.test:{port}', 'denied2.test', 100))
+"#
+    );
+    let (out, info) = run(&d, "net", &body);
+    assert_eq!(line(&out, "same name"), "OK HTTP/1.0 200 OK", "{out}");
+    assert_eq!(line(&out, "split same"), "SERVER HELLO", "{out}");
+    for label in ["other name", "split other"] {
+        let got = line(&out, label);
+        assert!(got.starts_with("ERR") || got.starts_with("CUT"), "{label}: the tunnel carried the hello: {out}");
+    }
+    let names = server.names_seen();
+    assert!(!names.contains("denied"), "a refused server name reached the server: {names}");
+    assert!(names.contains("fake.test"), "{names}");
+    let events = info["egress"].as_array().cloned().unwrap_or_default();
+    for name in ["denied.test", "denied2.test"] {
+        let ev = events
+            .iter()
+            .find(|e| e["detail"].as_str().is_some_and(|t| t.contains(name)))
+            .unwrap_or_else(|| panic!("no event for {name}: {info}"));
+        assert_eq!((ev["name"].as_str(), ev["allowed"].as_bool()), (Some("fake.test"), Some(false)), "{info}");
+    }
 }
 
 #[test]

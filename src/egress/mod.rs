@@ -13,7 +13,9 @@
 //! link-local, cloud metadata, reserved or multicast addresses nor to the host's own addresses
 //! (and, for a name not listed exactly, to private networks: see
 //! `crate::policy::egress::may_reach`), answers a refusal with `403` and a
-//! body that names the rule, and records every decision — cell, provider, name, port, bytes
+//! body that names the rule, reads a TLS ClientHello sent through a tunnel before it goes on
+//! and cuts the tunnel when it asks the server for a name the policy does not allow (domain
+//! fronting), and records every decision — cell, provider, name, port, bytes
 //! each way, allowed or denied — in the daemon's log and in the cell's `egress` events.
 //!
 //! Tests map names to addresses in the proxy's own resolver ([`EgressConfig::hosts`], the
@@ -25,6 +27,7 @@
 //! |---|---|
 //! | `mod.rs` | the service, per-cell state and its events |
 //! | [`proxy`] | one client connection: request head, decision, resolve, tunnel |
+//! | [`hello`] | the server names of a TLS ClientHello sent through a tunnel |
 //! | [`splice`] | the tunnel's zero-copy byte pump (`splice(2)` through a pipe) |
 //!
 //! Bounds, so that one cell cannot wear the daemon down: at most 32 connections per cell at
@@ -42,6 +45,7 @@
 //! summary gives every destination it reached — tunnels, bytes each way — whatever the log
 //! budget left out or the event rings dropped (tunnels still open then included).
 
+pub mod hello;
 pub mod proxy;
 pub mod splice;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::hello::{self, Hello};
 use super::{now_ms, CellEgress, EgressConfig, EgressEvent};
 use crate::policy::egress::{embedded_v4, is_dns_name, is_ip_literal, may_reach, normalize, Egress};
 
@@ -108,19 +109,15 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
     let _ = upstream.set_nodelay(true);
     bound_buffers(&client);
     bound_buffers(&upstream);
-    let established = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
-    let forwarded = match (established, rest.is_empty()) {
-        (Err(e), _) => Err(e),
-        (Ok(()), true) => Ok(()),
-        (Ok(()), false) => upstream.write_all(&rest).await,
-    };
-    if let Err(e) = forwarded {
+    if let Err(e) = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await {
         pending.finish(|event| event.detail = Some(format!("client gone: {e}")));
         return;
     }
-    // Counted once they reached the upstream.
-    moved.up.fetch_add(rest.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let copied = match super::splice::relay(&client, &upstream, &moved).await {
+    // What the client sends first (with the request head, or after the answer) is checked
+    // before it goes upstream: a TLS handshake may ask only for names the policy allows here.
+    let may_ask = |name: &str| server_name_allowed(&state.egress, &state.provider, &host, name, port);
+    let first = check_first_bytes(&client, &upstream, rest, may_ask, &moved.up);
+    let copied = match super::splice::relay(&client, &upstream, &moved, first).await {
         // No splice here (it fails before moving a byte): copy through user space instead
         // (counted at its end only).
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -133,11 +130,127 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
         }
         other => other,
     };
-    pending.finish(|event| {
-        if let Err(e) = copied {
-            event.detail = Some(format!("tunnel ended: {e}"));
-        }
+    pending.finish(|event| match copied {
+        Ok(()) => {}
+        Err(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<HelloRefused>()) {
+            Some(refused) => {
+                event.allowed = false;
+                event.detail = Some(refused.0.clone());
+            }
+            None => event.detail = Some(format!("tunnel ended: {e}")),
+        },
     });
+}
+
+/// Why a tunnel was cut at the client's first bytes (carried in an `io::Error` through the
+/// relay): recorded as a refusal.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct HelloRefused(String);
+
+fn hello_refused(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, HelloRefused(why))
+}
+
+/// Whether a tunnel opened to `host:port` may ask the server there for `name` in its TLS
+/// handshake: a DNS name the policy allows on that port (any, in learn mode). Clients send
+/// the name they connected to; another allowed name is harmless (the cell may reach it anyway).
+fn server_name_allowed(egress: &Egress, provider: &str, host: &str, name: &str, port: u16) -> Result<(), String> {
+    let shown = clip(name);
+    if !is_dns_name(&normalize(name)) {
+        return Err(format!(
+            "cellkeep egress proxy: the TLS handshake through the tunnel to {host}:{port} asks for \"{shown}\", which is not a DNS name"
+        ));
+    }
+    if !egress.allows(name, port) {
+        return Err(format!(
+            "cellkeep egress proxy: the TLS handshake through the tunnel to {host}:{port} asks for \"{shown}\", \
+             which is not allowed for provider {provider} (a server name must be one the policy's network.egress allows)"
+        ));
+    }
+    Ok(())
+}
+
+/// The client's side of a tunnel, up to where it is known not to be a TLS ClientHello or is a
+/// whole one ([`hello::read`]; `buf`: the bytes sent with the request head): every server name
+/// of a hello must pass `may_ask`, then the bytes go upstream, counted in `up`. Nothing of a
+/// hello that fails, cannot be read, is longer than [`hello::MAX_HELLO`], is not whole within
+/// [`HEAD_TIMEOUT`] of its first byte, or is cut short by the client's end reaches the upstream.
+/// Before the client's first byte there is no deadline but the tunnel's idle one.
+async fn check_first_bytes(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    mut buf: Vec<u8>,
+    may_ask: impl Fn(&str) -> Result<(), String>,
+    up: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    let mut deadline = None;
+    let first = loop {
+        match hello::read(&buf) {
+            Ok(Hello::Partial) => {}
+            Ok(done) => break done,
+            Err(e) => return Err(hello_refused(format!("cellkeep egress proxy: the tunnel starts with {e}"))),
+        }
+        if buf.len() >= hello::MAX_HELLO {
+            return Err(hello_refused(format!(
+                "cellkeep egress proxy: a TLS ClientHello longer than {} bytes",
+                hello::MAX_HELLO
+            )));
+        }
+        if !buf.is_empty() && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + HEAD_TIMEOUT);
+        }
+        let read = read_some(client, &mut buf);
+        let n = match deadline {
+            None => read.await?,
+            Some(at) => tokio::time::timeout_at(at, read).await.map_err(|_| {
+                hello_refused(format!("cellkeep egress proxy: no whole TLS ClientHello within {HEAD_TIMEOUT:?}"))
+            })??,
+        };
+        if n == 0 {
+            if buf.is_empty() {
+                return Ok(());
+            }
+            return Err(hello_refused("cellkeep egress proxy: the client ended inside its TLS ClientHello".into()));
+        }
+    };
+    if let Hello::Names(names) = first {
+        for name in names {
+            may_ask(&name).map_err(hello_refused)?;
+        }
+    }
+    write_all(upstream, &buf).await?;
+    up.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// One read from `s` (shared: the relay holds the other direction) appended to `buf`.
+async fn read_some(s: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        s.readable().await?;
+        match s.try_read(&mut chunk) {
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// All of `bytes` written to `s` (shared).
+async fn write_all(s: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        s.writable().await?;
+        match s.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// What the daemon's two sockets of a tunnel may buffer, each way (`SO_RCVBUFFORCE`/

@@ -40,8 +40,16 @@ impl Moved {
 }
 
 /// Relay both directions until both ended, one failed (then both sockets are cut), or the
-/// tunnel sat idle for [`TUNNEL_IDLE`]; the bytes moved are in `moved` in every case.
-pub async fn relay(client: &TcpStream, upstream: &TcpStream, moved: &Moved) -> io::Result<()> {
+/// tunnel sat idle for [`TUNNEL_IDLE`]; the bytes moved are in `moved` in every case. The
+/// client's side starts with `first_up` (the proxy's check of what the client sends first,
+/// which moves those bytes itself), while the upstream's side is already relayed: a server
+/// may speak first.
+pub async fn relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    moved: &Moved,
+    first_up: impl std::future::Future<Output = io::Result<()>>,
+) -> io::Result<()> {
     // EINVAL: no splice on these sockets (before a byte moved); the caller copies instead, on
     // sockets left intact.
     let cut_on_error = |r: io::Result<()>| {
@@ -51,7 +59,11 @@ pub async fn relay(client: &TcpStream, upstream: &TcpStream, moved: &Moved) -> i
         r
     };
     let both = async {
-        let (up, down) = tokio::join!(async { cut_on_error(pump(client, upstream, &moved.up).await) }, async {
+        let up = async {
+            first_up.await?;
+            pump(client, upstream, &moved.up).await
+        };
+        let (up, down) = tokio::join!(async { cut_on_error(up.await) }, async {
             cut_on_error(pump(upstream, client, &moved.down).await)
         });
         up.and(down)
