@@ -11,6 +11,7 @@
 //! | `allowed_name_reaches_the_https_server` | an allowed name gets through (TLS verified end to end); the decision is in the cell's `egress` events with its byte counts, and in the log |
 //! | `denied_names_ip_literals_and_plain_http_are_refused` | a name not listed → 403 with a body naming it; an IP literal → 403 even for the server's own address; another port of an allowed name → 403; plain `http://` → 405 |
 //! | `a_tls_hello_for_another_name_is_refused` | a TLS handshake for a name the policy does not allow, through a tunnel to an allowed one (domain fronting), is cut before it reaches the server, in one record or split |
+//! | `a_record_before_the_hello_does_not_hide_it` | a TLS record before the ClientHello (an alert some servers skip) does not make the proxy pass the hello unread; a protocol that is not TLS passes |
 //! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
 //! | `learn_mode_allows_and_reports` | `egress = "learn"`: a host elsewhere is reached, every name is reported, the daemon logs the draft list of those reached; the host's own services stay out of reach (loopback, also by a mapped name, and the host's outside address as an IP literal, plain or IPv4-mapped), and so do numeric names, cloud metadata, private networks and NAT64-wrapped loopback |
 //! | `a_mapped_name_is_trusted_only_where_listed_exactly` | an `egress_hosts` name mapped to loopback is reached where the policy lists it on that port; in learn mode, through a wildcard, or on a port it is not listed for, 403 and nothing arrives |
@@ -494,6 +495,93 @@ result('split other', tls('fake.test:{port}', 'denied2.test', 100))
             .unwrap_or_else(|| panic!("no event for {name}: {info}"));
         assert_eq!((ev["name"].as_str(), ev["allowed"].as_bool()), (Some("fake.test"), Some(false)), "{info}");
     }
+}
+
+/// From the seventh egress review: a TLS record before the ClientHello (a warning alert, which
+/// Go's, Java's and BoringSSL's servers drop) made the proxy take the tunnel for another
+/// protocol and pass the hello behind it unread. The upstream here is a plain TCP listener
+/// that keeps every byte: the hello for a denied name never reaches it, with or without a
+/// record before it, while a protocol that is not TLS passes as it is.
+#[test]
+fn a_record_before_the_hello_does_not_hide_it() {
+    gate!("a_record_before_the_hello_does_not_hide_it");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    let py = format!("[{}, \"-c\"]", serde_json::to_string(PY).expect("json"));
+    let d = Daemon::builder()
+        .prefix("ck-egress-")
+        .config("egress_hosts = { \"fake.test\" = \"127.0.0.1\" }")
+        .provider("raw", &py, "oneshot", &format!("[network]\nmode = \"proxy\"\negress = [\"fake.test:{port}\"]\n"))
+        .start();
+    let body = format!(
+        r#"
+import time
+def hello(name):
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    o = c.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=name)
+    try:
+        o.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+def send(first):
+    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)
+    s.sendall(b'CONNECT fake.test:{port} HTTP/1.1\r\nHost: fake.test\r\n\r\n')
+    head = s.recv(1000)
+    if not head.startswith(b'HTTP/1.1 200'):
+        return head.decode(errors='replace')
+    s.sendall(first)
+    s.settimeout(2)
+    try:
+        more = s.recv(100)
+        return 'CUT' if not more else 'ANSWER %r' % more
+    except socket.timeout:
+        return 'OPEN'
+    except Exception as e:
+        return 'CUT ' + repr(e)
+alert = bytes([21, 3, 1, 0, 2, 1, 90])
+result('alert first', send(alert + hello('denied.test')))
+result('ccs first', send(bytes([20, 3, 1, 0, 1, 1]) + hello('denied.test')))
+result('alert before an allowed name', send(alert + hello('fake.test')))
+result('not tls', send(b'SSH-2.0-cellkeep-test\r\n'))
+result('plain hello', send(hello('fake.test')))
+"#
+    );
+    let (out, info) = run(&d, "raw", &body);
+    for label in ["alert first", "ccs first", "alert before an allowed name"] {
+        assert!(line(&out, label).starts_with("CUT"), "{label}: {out}");
+    }
+    assert_eq!(line(&out, "not tls"), "OPEN", "{out}");
+    assert_eq!(line(&out, "plain hello"), "OPEN", "{out}");
+    std::thread::sleep(Duration::from_millis(200));
+    let got = got.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let has = |needle: &[u8]| got.windows(needle.len()).any(|w| w == needle);
+    assert!(!has(b"denied.test"), "a hello for a denied name reached the upstream");
+    assert!(!has(&[21, 3, 1, 0, 2, 1, 90]), "the alert reached the upstream");
+    assert!(has(b"SSH-2.0-cellkeep-test") && has(b"fake.test"), "what passes reaches the upstream");
+    let events = info["egress"].as_array().cloned().unwrap_or_default();
+    let refused = events.iter().filter(|e| e["allowed"] == false).count();
+    assert_eq!(refused, 3, "{info}");
 }
 
 #[test]

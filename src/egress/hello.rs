@@ -7,9 +7,10 @@
 //! Records and the handshake message are parsed by `tls-parser`; the extension block is split
 //! here by its plain type-length framing, so that an extension `tls-parser` reads differently
 //! from the server cannot hide a `server_name` after it. Whatever starts as a TLS handshake
-//! record and cannot be read as a whole ClientHello is refused: a server might read it.
-//! Anything else (no TLS, or a server that speaks first) passes as it is: the destination
-//! was decided by the CONNECT.
+//! record (of any type: a server may skip an alert sent before the hello) and cannot be read
+//! as a whole ClientHello in the first records is refused: a server might read it. Anything
+//! else (no TLS, or a server that speaks first) passes as it is: the destination was decided
+//! by the CONNECT.
 
 use tls_parser::{
     parse_tls_extension_sni_content, parse_tls_message_handshake, parse_tls_raw_record, SNIType, TlsExtension,
@@ -39,7 +40,13 @@ pub enum Hello {
 pub fn read(buf: &[u8]) -> Result<Hello, String> {
     match buf.first() {
         None => return Ok(Hello::Partial),
-        Some(&b) if b != TlsRecordType::Handshake.0 => return Ok(Hello::NotTls),
+        // Any TLS record (change_cipher_spec 20, alert 21, handshake 22, application_data 23,
+        // heartbeat 24) is read as TLS: Go's and Java's TLS servers, and BoringSSL's, drop
+        // warning alerts sent before the ClientHello, so a hello behind one would pass
+        // unread. The first record must be the hello's.
+        Some(b) if !(TlsRecordType::ChangeCipherSpec.0..=TlsRecordType::Heartbeat.0).contains(b) => {
+            return Ok(Hello::NotTls)
+        }
         Some(_) => {}
     }
     // The handshake message may be split over several records: join their payloads until the
@@ -64,7 +71,8 @@ pub fn read(buf: &[u8]) -> Result<Hello, String> {
             Err(e) => return Err(format!("a TLS record that cannot be read ({e:?})")),
         };
         if record.hdr.record_type != TlsRecordType::Handshake {
-            return Err(format!("a {:?} record inside the ClientHello", record.hdr.record_type));
+            let at = if message.is_empty() { "before" } else { "inside" };
+            return Err(format!("a TLS {:?} record {at} the ClientHello", record.hdr.record_type));
         }
         if record.data.is_empty() {
             return Err("an empty handshake record".into());
@@ -250,5 +258,15 @@ mod tests {
         trailing.push(0);
         assert!(read(&records(&trailing, 16384)).is_err());
         assert!(read(&[22, 3, 1, 0, 0]).is_err(), "an empty record");
+        // From the seventh egress review: a warning alert (Go, Java and BoringSSL servers
+        // drop it) or any other record before the hello passed it as not TLS, unread.
+        for first in [[21u8, 3, 1, 0, 2, 1, 90], [20, 3, 1, 0, 1, 1, 0], [23, 3, 3, 0, 1, 0, 0], [24, 3, 1, 0, 1, 1, 0]]
+        {
+            let len = 5 + usize::from(first[4]);
+            let mut prefixed = first[..len].to_vec();
+            prefixed.extend(records(&good, 16384));
+            assert!(read(&prefixed).is_err(), "{first:?}");
+            assert!(matches!(read(&prefixed[..3]), Ok(Hello::Partial)), "{first:?}");
+        }
     }
 }
