@@ -470,6 +470,40 @@ fn bad_requests_get_specific_errors() {
     assert!(d.cells_on_disk().is_empty());
 }
 
+// From the seventh isolation review: a FIFO as the cwd (one a caller made, or a cell planted
+// in its workspace for the caller's next request) blocked the daemon thread that opened it to
+// check it, until a writer came; two such requests held every worker of the daemon (2 CPUs),
+// and health, ps and every launch hung. Each is now refused at once, and the daemon serves.
+#[test]
+fn a_fifo_as_cwd_never_blocks_the_daemon() {
+    gate!("a_fifo_as_cwd_never_blocks_the_daemon");
+    let d = daemon().start();
+    let fifo = format!("{}/fifo", d.cwd());
+    nix::unistd::mkfifo(fifo.as_str(), nix::sys::stat::Mode::from_bits_truncate(0o666)).expect("mkfifo");
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..6 {
+        let (socket, tx, fifo) = (d.socket.clone(), tx.clone(), fifo.clone());
+        std::thread::spawn(move || {
+            let (path, body) = if i % 2 == 0 {
+                ("/v1/cells", json!({"provider": "cat", "cwd": fifo}))
+            } else {
+                ("/v1/providers/echo/commands", json!({"command": "x", "cwd": fifo}))
+            };
+            let _ = tx.send(raw(&socket, "POST", path, body.to_string().as_bytes()).map(|r| (r.status, r.code())));
+        });
+    }
+    let answers: Vec<_> = (0..6).map(|_| rx.recv_timeout(Duration::from_secs(20))).collect();
+    // Whatever happened, let any blocked open go before asserting (the daemon must stop).
+    let _ = std::os::unix::fs::OpenOptionsExt::custom_flags(std::fs::OpenOptions::new().write(true), libc::O_NONBLOCK)
+        .open(&fifo);
+    for a in answers {
+        let (status, code) = a.expect("an answer within 20 s").expect("request");
+        assert_eq!((status, code.as_str()), (400, "bad_request"));
+    }
+    assert_eq!(call(&d.socket, "GET", "/v1/health", None).status, 200);
+    assert!(d.cells_on_disk().is_empty());
+}
+
 // 12. SIGTERM with 3 live cells → all gone, cgroups removed, socket removed, exit 0.
 #[test]
 fn sigterm_shuts_down_cleanly() {

@@ -543,9 +543,12 @@ pub fn resolve_cwd(policy: &Policy, cwd: &Path, who: &FsIdentity) -> Result<Path
         return Err(refuse("is a relative path; give an absolute one".to_owned()));
     }
     let lookup = || {
+        use std::os::unix::fs::OpenOptionsExt;
         let canonical = std::fs::canonicalize(cwd).ok()?;
         // Opening it for reading also checks search (x) on every component and read on it.
-        let dir = std::fs::File::open(&canonical).ok()?;
+        // O_DIRECTORY: open(2) fails with ENOTDIR on anything else before opening it, so a
+        // FIFO (whose read open waits for a writer) or a device never holds this thread.
+        let dir = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(&canonical).ok()?;
         dir.metadata().ok()?.is_dir().then_some(canonical)
     };
     // Root's own rights are the daemon's: no thread needed.
