@@ -665,6 +665,9 @@ fn a_timeout_names_the_limit_that_applied() {
     assert_eq!(r.status, 504, "{}", r.text());
     let msg = r.json()["message"].as_str().unwrap_or_default().to_owned();
     assert!(msg.contains("1000 ms") && !msg.contains("60000"), "{msg}");
+    // From the seventh API review: it said "command timed out after 1000 ms", as if the
+    // command's own timeout had been 1 s; it is the cell's wall time that ran out.
+    assert!(msg.contains("wall time") && !msg.contains("command timed out after"), "{msg}");
 }
 
 // A session command's stderr is what the program wrote to stderr before its reply: each of
@@ -750,6 +753,9 @@ fn a_sessions_wall_time_under_a_command_is_a_timeout() {
     let r = d.send(&id, "x", 20_000);
     assert_eq!(r.status, 504, "{}", r.text());
     assert!(r.text().contains("1000 ms"), "the message names the wall time: {}", r.text());
+    // From the seventh API review: "command timed out after 1000 ms" sent the caller to raise a
+    // timeout that was not the limit; the session ended with its wall time and must be replaced.
+    assert!(r.text().contains("wall time") && r.text().contains("has ended"), "{}", r.text());
 }
 
 // From the pool review: a session is reused only for the same cwd (and env): a command never

@@ -51,7 +51,7 @@ impl HttpError {
 pub fn code_of(e: &PoolError) -> ErrorCode {
     match e {
         PoolError::ProcessLimit { .. } | PoolError::UidLimit { .. } => ErrorCode::ProcessLimit,
-        PoolError::Timeout { .. } | PoolError::QueueTimeout { .. } => ErrorCode::Timeout,
+        PoolError::Timeout { .. } | PoolError::QueueTimeout { .. } | PoolError::WallTime { .. } => ErrorCode::Timeout,
         PoolError::ResourceLimit { .. } => ErrorCode::ResourceLimit,
         PoolError::Ended { .. } => ErrorCode::Exited,
         PoolError::NotFound { .. } => ErrorCode::NotFound,

@@ -11,6 +11,10 @@ pub enum PoolError {
     UidLimit { uid: u32, limit: usize, running: usize },
     #[error("cell {cell}: command timed out after {timeout_ms} ms; the command's process was ended")]
     Timeout { cell: String, timeout_ms: u64 },
+    /// The cell's wall time (`limits.wall_time`) ran out before the command's own timeout:
+    /// the cell has ended (a session must be replaced, not given a longer timeout).
+    #[error("cell {cell}: the cell's wall time ({wall_ms} ms, limits.wall_time of provider {provider}) ran out while the command ran; the cell has ended")]
+    WallTime { cell: String, provider: String, wall_ms: u64 },
     /// The command's timeout ran out while earlier commands of the session still ran: it was
     /// never written, and the session carries on.
     #[error("cell {cell}: command timed out after {timeout_ms} ms waiting behind the session's earlier commands; it was not sent")]

@@ -150,7 +150,16 @@ impl Pool {
         result.usage = entry.final_usage();
         result.events = entry.events_now();
         if reason == ExitReason::TimedOut {
-            Some(PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 })
+            // The limit that applied: the policy's wall time (the command's timeout was not
+            // below it), or the command's own.
+            Some(match entry.policy.limits.wall_time {
+                Some(wall) if wall == timeout => PoolError::WallTime {
+                    cell: entry.id.clone(),
+                    provider: entry.policy.name.clone(),
+                    wall_ms: wall.as_millis() as u64,
+                },
+                _ => PoolError::Timeout { cell: entry.id.clone(), timeout_ms: timeout.as_millis() as u64 },
+            })
         } else if is_resource_limit(&reason) {
             Some(PoolError::ResourceLimit { cell: entry.id.clone(), reason })
         } else {

@@ -602,11 +602,15 @@ impl Pool {
                     }
                 };
                 // The session's wall time ran out under the command: a timeout, as for a
-                // one-shot, naming the limit that applied.
+                // one-shot, saying it was the cell's wall time (not the command's timeout).
                 return Err(match ended {
-                    PoolError::Ended { cell, reason: ExitReason::TimedOut } => PoolError::Timeout {
-                        cell,
-                        timeout_ms: entry.policy.limits.wall_time.unwrap_or(timeout).as_millis() as u64,
+                    PoolError::Ended { cell, reason: ExitReason::TimedOut } => match entry.policy.limits.wall_time {
+                        Some(wall) => PoolError::WallTime {
+                            cell,
+                            provider: entry.policy.name.clone(),
+                            wall_ms: wall.as_millis() as u64,
+                        },
+                        None => PoolError::Timeout { cell, timeout_ms: timeout.as_millis() as u64 },
                     },
                     // Ended by the daemon's shutdown: say so (the old manager's callers retry
                     // elsewhere on it), not that the session died.
