@@ -758,6 +758,38 @@ fn a_sessions_wall_time_under_a_command_is_a_timeout() {
     assert!(r.text().contains("wall time") && r.text().contains("has ended"), "{}", r.text());
 }
 
+// From the seventh API review: a session command that got no reply — its program exited, or
+// its timeout ended it — answered with the error alone; what it printed (a crash's stderr) was
+// only in the cell's output, a second request racing the exited cell's retention. The error
+// now carries it in `result`, as a one-shot's does.
+#[test]
+fn a_session_commands_error_carries_what_it_printed() {
+    gate!("a_session_commands_error_carries_what_it_printed");
+    let d = daemon()
+        .provider("shs", "[\"/bin/sh\"]", "session", "[session]\nframing = \"sentinel\"\nsentinel = \"__END__\"\n")
+        .start();
+    let id = id_of(&d.spawn("shs"));
+    assert_eq!(d.send(&id, "echo before; echo __END__", 5000).status, 200);
+    let r = d.send(&id, "echo partial; echo perr >&2; exit 5", 5000);
+    assert_eq!((r.status, r.code().as_str()), (409, "exited"), "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["result"]["stdout"].as_str(), v["result"]["stderr"].as_str()),
+        (Some("partial\n"), Some("perr\n")),
+        "{v}"
+    );
+    assert_eq!(v["result"]["exit"]["reason"], "exited", "{v}");
+    let id = id_of(&d.spawn("shs"));
+    let r = d.send(&id, "echo partial2; echo perr2 >&2; sleep 30", 1000);
+    assert_eq!((r.status, r.code().as_str()), (504, "timeout"), "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["result"]["stdout"].as_str(), v["result"]["stderr"].as_str()),
+        (Some("partial2\n"), Some("perr2\n")),
+        "{v}"
+    );
+}
+
 // From the pool review: a session is reused only for the same cwd (and env): a command never
 // runs in a workspace other than the one its caller named.
 #[test]

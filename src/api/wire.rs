@@ -101,8 +101,10 @@ impl std::fmt::Display for ErrorCode {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
-    /// With `timeout` and `resource_limit` answers to a one-shot command: its output, exit
-    /// reason, usage and events up to the end.
+    /// With an answer to a command that ended without its whole result — `timeout`,
+    /// `resource_limit`, `exited` (a session that ended mid-reply, a one-shot ended by `kill`
+    /// or `cleanup`) and `shutting_down`, one-shot or session: what it printed so far, exit
+    /// reason, usage and events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Box<CommandResult>>,
 }

@@ -82,6 +82,10 @@ fn feed_stdin(entry: &Arc<CellEntry>, input: Vec<u8>, keep: bool) {
 /// How long a session whose stdin or stdout closed gets to exit by itself before it is ended.
 const CLOSED_SESSION_EXIT: Duration = Duration::from_millis(500);
 
+/// How long a session command's error waits for its cell's end and last output (a kill at the
+/// command's timeout takes milliseconds) before it answers with what is in the spool.
+const PARTIAL_OUTPUT_WAIT: Duration = Duration::from_millis(500);
+
 impl Launch {
     /// The session this launch starts is found again by (see [`super::SessionKey`]).
     fn session_key(&self, provider: &str) -> super::SessionKey {
@@ -566,7 +570,8 @@ impl Pool {
         while io.replies.try_recv().is_ok() {}
         // Likewise stderr written before this command (still in the pipe) is not its own.
         entry.catch_up_stderr();
-        let (_, stderr_from) = entry.spool.kept();
+        // Where this command's output starts in the spool (both streams).
+        let (_, from) = entry.spool.kept();
         let mut line = command.into_bytes();
         line.push(b'\n');
         entry.commands_written.fetch_add(1, Ordering::SeqCst);
@@ -603,7 +608,7 @@ impl Pool {
                 };
                 // The session's wall time ran out under the command: a timeout, as for a
                 // one-shot, saying it was the cell's wall time (not the command's timeout).
-                return Err(match ended {
+                let error = match ended {
                     PoolError::Ended { cell, reason: ExitReason::TimedOut } => match entry.policy.limits.wall_time {
                         Some(wall) => PoolError::WallTime {
                             cell,
@@ -620,14 +625,15 @@ impl Pool {
                         PoolError::ShuttingDown
                     }
                     other => other,
-                });
+                };
+                return Err(Self::with_partial(entry, error, from, started).await);
             }
             Err(_) => {
                 // The session is taken away before the lock is released: output the dying
                 // process still writes cannot be framed as the next command's reply.
                 *session = None;
                 entry.request_stop(Stop::Kill { reason: ExitReason::TimedOut });
-                return Err(timed_out());
+                return Err(Self::with_partial(entry, timed_out(), from, started).await);
             }
         };
         entry.touch();
@@ -638,7 +644,7 @@ impl Pool {
         entry.account_events(events);
         // What the program wrote to stderr before its reply may still sit in the pipe.
         entry.catch_up_stderr();
-        let (stderr, lagged) = drain_ready(entry.spool.subscribe(Some(stderr_from)), Stream::Stderr);
+        let (stderr, lagged) = drain_ready(entry.spool.subscribe(Some(from)), Stream::Stderr);
         let mut result = CommandResult::new(id, &reply.body, &stderr);
         // Output past the spool's size (`output_bytes`) pushed some of the command's stderr out.
         result.truncated = lagged;
@@ -646,6 +652,28 @@ impl Pool {
         result.usage = entry.usage_now().await;
         result.events = events;
         Ok(result)
+    }
+
+    /// `error` of a session command that got no reply, with what the command printed so far
+    /// (both streams from `from`, where its output began), as a one-shot's error carries its
+    /// result: the stderr of a crash comes with the answer, not from a later read of the
+    /// cell's output. Waits briefly for the end of a cell being killed (its last output).
+    async fn with_partial(entry: &CellEntry, error: PoolError, from: u64, started: Instant) -> PoolError {
+        let _ = tokio::time::timeout(PARTIAL_OUTPUT_WAIT, async {
+            entry.ended().await;
+            entry.output_drained().await;
+        })
+        .await;
+        entry.catch_up_stderr();
+        let (stdout, lost_out) = drain_ready(entry.spool.subscribe(Some(from)), Stream::Stdout);
+        let (stderr, lost_err) = drain_ready(entry.spool.subscribe(Some(from)), Stream::Stderr);
+        let mut result = CommandResult::new(&entry.id, &stdout, &stderr);
+        result.truncated = lost_out || lost_err;
+        result.exit = entry.exit_reason();
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        result.usage = entry.usage_now().await;
+        result.events = entry.events_now();
+        PoolError::WithResult { error: Box::new(error), result: Box::new(result) }
     }
 
     /// The error for a command whose session ended under it.
