@@ -1533,6 +1533,35 @@ fn a_partial_stdin_write_counts_what_was_written() {
     assert!((1000..900_000).contains(&count), "count {count} for a write the process took part of: {}", r.text());
 }
 
+// From the seventh API review: a write after the stdin was closed (`eof=true`) said the cell
+// was never started with stdin, pointing the caller at the wrong bug.
+#[test]
+fn a_write_after_eof_says_the_stdin_is_closed() {
+    gate!("a_write_after_eof_says_the_stdin_is_closed");
+    use std::process::{Command, Stdio};
+    let d = daemon().start();
+    let body = json!({"command": "cat > /dev/null; sleep 2", "cwd": d.cwd(), "stream": true, "stdin": true, "timeout_ms": 20_000});
+    let mut stream = Command::new("curl")
+        .args(["-sN", "--unix-socket"])
+        .arg(&d.socket)
+        .args(["-d", &body.to_string(), "http://cellkeep/v1/providers/sh/commands"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stream.stdout.take().expect("stdout")));
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    let id = v["cell"].as_str().or(v["id"].as_str()).unwrap_or_else(|| panic!("no cell id: {first}")).to_owned();
+    let write =
+        |q: &str| common::http::raw(&d.socket, "POST", &format!("/v1/cells/{id}/stdin{q}"), b"x").expect("stdin");
+    assert_eq!(write("?eof=true").status, 200);
+    let r = write("");
+    let _ = stream.kill();
+    let _ = stream.wait();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("already closed") && !r.text().contains("start a one-shot"), "{}", r.text());
+}
+
 /// `method path` on the daemon's socket as uid 65534, `times` times in one shell loop (one
 /// `setpriv`, one `curl` per request): each answer's status and body.
 fn as_nobody_repeat(d: &Daemon, method: &str, path: &str, times: usize) -> Vec<(u16, Value)> {

@@ -183,6 +183,9 @@ pub struct CellEntry {
     /// A one-shot's stdin, when it was started to take input (`stdin: true`); `None` once
     /// closed.
     pub stdin: Arc<tokio::sync::Mutex<Option<CellInput>>>,
+    /// Set when a write closed that stdin (`eof`): a later write is told so, not that the cell
+    /// never took input.
+    pub stdin_closed: std::sync::atomic::AtomicBool,
     /// When the last command was handed out, started or answered: the idle clock. Output
     /// does not count (a session whose background job prints is still idle: "idle" is "no
     /// command for `idle_timeout`", as the policies promise).
@@ -438,6 +441,7 @@ pub fn start(
         stderr: Mutex::new(stderr.map(|pipe| Arc::new(StderrPipe { pipe, buf: Mutex::new((vec![0u8; PUMP_MIN], 0)) }))),
         io: tokio::sync::Mutex::new(io),
         stdin: Arc::new(tokio::sync::Mutex::new(oneshot_stdin)),
+        stdin_closed: Default::default(),
         last_activity: Mutex::new(Instant::now()),
         tap_order: Default::default(),
         busy: Default::default(),

@@ -182,6 +182,11 @@ impl Pool {
             return Err(PoolError::BadRequest(format!("cell {id} is a session: send it commands instead")));
         }
         let mut stdin = entry.stdin.lock().await;
+        if stdin.is_none() && entry.stdin_closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PoolError::BadRequest(format!(
+                "cell {id}: its stdin is already closed (an earlier write had eof=true); nothing more can be written"
+            )));
+        }
         let pipe = stdin.as_mut().ok_or_else(no_stdin)?;
         // The process closing its stdin (or ending) is its business, not an error of the
         // writer: what it did not read is dropped, and the count says how much was written.
@@ -195,6 +200,7 @@ impl Pool {
         let _ = pipe.flush().await;
         if eof {
             if let Some(mut pipe) = stdin.take() {
+                entry.stdin_closed.store(true, std::sync::atomic::Ordering::SeqCst);
                 let _ = pipe.shutdown().await;
             }
         }
