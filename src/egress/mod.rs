@@ -33,8 +33,8 @@
 //! Bounds, so that one cell cannot wear the daemon down: at most 32 connections per cell at
 //! once, a request head of 16 KiB read in 30 s, names that are DNS names or IP addresses (the
 //! C resolver's numeric forms such as `2130706433` are refused), client text clipped to 200
-//! characters in the log and events, 1000 tunnel and 1000 refusal events and 1000
-//! destinations kept per cell, name lookups (blocking `getaddrinfo`) at most 4 per cell at
+//! characters in the log and events, 1000 tunnel and 1000 refusal events (the newest 250 of
+//! each once the cell has ended) and 1000 destinations kept per cell, name lookups (blocking `getaddrinfo`) at most 4 per cell at
 //! once, at most half the daemon's per caller (a lookup outlives its cell: cells started and
 //! ended over and over cannot hold every lookup), and 4 per cell of the pool in the daemon,
 //! up to 256, so no few cells and no one caller can take every lookup.
@@ -61,6 +61,11 @@ use crate::policy::egress::Egress;
 
 /// Events kept per cell (the oldest are dropped beyond this; the log has them all).
 const MAX_EVENTS: usize = 1000;
+/// Events of each kind an ended cell keeps (the newest): it stays listed a while (up to
+/// `exited_retention_max` cells), and 2000 events of ~500 bytes each pinned ~1 MB of the
+/// daemon's memory per cell. The log had them, and the summary at the end has every
+/// destination.
+const EVENTS_AFTER_END: usize = 250;
 /// Client connections served at once per cell; more wait for a free slot. Each holds two
 /// sockets (their buffers bounded: see `proxy::TUNNEL_SOCKET_BUFFER`) and two pipes in the
 /// daemon, outside the cell's limits: 32 is ample for an agent or an npm install (15 at a
@@ -277,6 +282,15 @@ impl CellEgress {
     /// Stop accepting and end every tunnel of the cell (at the end of the cell).
     pub fn stop(&self) {
         self.stop.cancel();
+        {
+            let mut rings = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            let Rings { allowed, denied } = &mut *rings;
+            for ring in [allowed, denied] {
+                let extra = ring.len().saturating_sub(EVENTS_AFTER_END);
+                ring.drain(..extra);
+                ring.shrink_to_fit();
+            }
+        }
         let suppressed: u32 =
             self.log_windows.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|w| w.suppressed).sum();
         if suppressed > 0 {
@@ -293,7 +307,7 @@ impl CellEgress {
         }
     }
 
-    /// The decisions so far, oldest first (at most the last 1000 tunnels and 1000 refusals).
+    /// The decisions so far, oldest first (at most the last 1000 tunnels and 1000 refusals; 250 each once the cell has ended).
     pub fn events(&self) -> Vec<EgressEvent> {
         let rings = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<EgressEvent> = rings.allowed.iter().chain(rings.denied.iter()).cloned().collect();
@@ -536,6 +550,34 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// From the seventh egress review: an ended cell stays listed a while with its events,
+    /// and 1000 tunnel and 1000 refusal events of ~500 bytes each were kept for every one
+    /// (~0.6 MB of the daemon per flooding cell, for up to `exited_retention_max` cells). At
+    /// its end a cell keeps the newest 250 of each.
+    #[tokio::test]
+    async fn an_ended_cell_keeps_fewer_events() {
+        let service = EgressService::new(EgressConfig { max_cells: 4, ..Default::default() });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let cell = service.serve(l, "c", "p", Egress::Learn, None);
+        let event = |i: usize, allowed: bool| EgressEvent {
+            at_ms: i as u64,
+            name: format!("n{i}.test"),
+            port: 443,
+            allowed,
+            detail: Some("x".repeat(300)),
+            bytes_up: 0,
+            bytes_down: 0,
+        };
+        for i in 0..1500 {
+            cell.keep(event(i, i % 2 == 0));
+        }
+        assert_eq!(cell.events().len(), 1500);
+        cell.stop();
+        let kept = cell.events();
+        assert_eq!(kept.len(), 2 * EVENTS_AFTER_END);
+        assert_eq!(kept.last().map(|e| e.name.as_str()), Some("n1499.test"), "the newest are kept");
+    }
 
     /// From the fifth egress review: a lookup outlives its cell (its thread waits for
     /// `getaddrinfo`), so one caller starting cells that ask for names whose servers never
