@@ -217,8 +217,9 @@ fn run(d: &Daemon, provider: &str, body: &str) -> (String, Value) {
 }
 
 /// A host elsewhere on the network, the one kind of destination learn mode may reach: a network
-/// namespace joined to this one by a veth pair, with 203.0.113.4k+2 on its side and 4k+1 on
-/// this host's (TEST-NET-3: not loopback, private, reserved nor this host's own address). The
+/// namespace joined to this one by a veth pair, with 192.88.99.4k+2 on its side and 4k+1 on
+/// this host's (the retired 6to4 relay anycast prefix: not loopback, private, documentation,
+/// reserved nor this host's own address, and routed nowhere any more). The
 /// namespace `ckegK` is the slot K (0-63) taken, so tests running at once get one each.
 struct Outside {
     ns: String,
@@ -244,13 +245,13 @@ impl Outside {
                 continue;
             }
             // Deleted on drop, the veth pair with it.
-            let o = Outside { ns, here: format!("ckeg{k}h"), addr: std::net::Ipv4Addr::new(203, 0, 113, 4 * k + 2) };
+            let o = Outside { ns, here: format!("ckeg{k}h"), addr: std::net::Ipv4Addr::new(192, 88, 99, 4 * k + 2) };
             let (here, there) = (o.here.as_str(), format!("ckeg{k}o"));
             // A namespace is torn down after its name is gone, its veth pair with it: the pair
             // of the slot's last user may be there still.
             ip(&["link", "delete", here]);
             let made = ip(&["link", "add", here, "type", "veth", "peer", "name", &there, "netns", &o.ns])
-                && ip(&["addr", "add", &format!("203.0.113.{}/30", 4 * k + 1), "dev", here])
+                && ip(&["addr", "add", &format!("192.88.99.{}/30", 4 * k + 1), "dev", here])
                 && ip(&["link", "set", here, "up"])
                 && ip(&["-n", &o.ns, "addr", "add", &format!("{}/30", o.addr), "dev", &there])
                 && ip(&["-n", &o.ns, "link", "set", &there, "up"])

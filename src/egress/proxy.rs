@@ -643,7 +643,24 @@ mod tests {
             assert!(!may_reach(ip(t), false), "{t} (list)");
             assert!(!may_reach(ip(t), true), "{t} (learn)");
         }
-        for t in ["10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "198.18.0.1", "fd12::1", "::ffff:10.0.0.1"] {
+        // From the seventh egress review: the documentation ranges were judged public, and on
+        // a host whose network uses one (this project's CI: 192.0.2.0/24), learn mode and
+        // wildcard names reached that network.
+        for t in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "198.18.0.1",
+            "fd12::1",
+            "::ffff:10.0.0.1",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "2001:db8::1",
+            "3fff::1",
+            "64:ff9b::c000:201",
+        ] {
             assert!(may_reach(ip(t), false), "{t}: a listed name may resolve into the operator's network");
             assert!(!may_reach(ip(t), true), "{t}: not while learning");
         }

@@ -211,7 +211,8 @@ const METADATA: [IpAddr; 9] = [
 /// one (mapped, compatible, NAT64 64:ff9b::/96, SIIT, 6to4 2002::/16) is judged as that IPv4
 /// address. `strict` (a name the policy does not list exactly: any name in learn mode, or
 /// one a wildcard matched, which the cell chose) also never a private network (10/8,
-/// 172.16/12, 192.168/16, 100.64/10, 198.18/15, fc00::/7): a name the operator wrote may
+/// 172.16/12, 192.168/16, 100.64/10, 198.18/15, fc00::/7, and the documentation ranges
+/// 192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32, 3fff::/20): a name the operator wrote may
 /// resolve into the operator's own network (an internal API gateway); a name the cell picked
 /// may not.
 pub fn may_reach(ip: IpAddr, strict: bool) -> bool {
@@ -230,7 +231,12 @@ pub fn may_reach(ip: IpAddr, strict: bool) -> bool {
                 || a >= 240
                 // IETF protocol assignments (192.0.0.170/171: NAT64 discovery, among others).
                 || (a == 192 && b == 0 && v4.octets()[2] == 0);
-            let private = v4.is_private() || (a == 100 && (64..128).contains(&b)) || (a == 198 && (b & 0xfe) == 18);
+            // Documentation (TEST-NET-1..3) counts as private: not globally reachable, and where
+            // a host does use it (a test network, this project's CI), it is a local network.
+            let private = v4.is_private()
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b & 0xfe) == 18)
+                || v4.is_documentation();
             !(never || (strict && private))
         }
         IpAddr::V6(v6) => {
@@ -248,7 +254,8 @@ pub fn may_reach(ip: IpAddr, strict: bool) -> bool {
                 || v6.is_multicast()
                 || (seg[0] & 0xffc0) == 0xfe80
                 || (seg[0] & 0xffc0) == 0xfec0;
-            let private = (seg[0] & 0xfe00) == 0xfc00;
+            // Unique local, and documentation (2001:db8::/32, 3fff::/20).
+            let private = (seg[0] & 0xfe00) == 0xfc00 || seg[..2] == [0x2001, 0xdb8] || (seg[0] & 0xfff0) == 0x3ff0;
             !(never || (strict && private))
         }
     }
