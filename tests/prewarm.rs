@@ -306,17 +306,21 @@ fn a_request_takes_the_slot_of_a_cell_being_prebuilt() {
 // From the independent review: shutdown could miss a pre-built cell. A launch that took one
 // and found that it could not use it (a request refused, or one the cell was not built for)
 // put it back without looking whether shutdown had meanwhile retired the pre-built cells: its
-// cgroup and processes were left behind. Here the launch is held inside the activation (its
-// cwd is a FIFO, which the cwd lookup opens: it waits for a writer) until shutdown has begun.
+// cgroup and processes were left behind. Here the launch is held inside the activation (by the
+// debug build's CELLKEEP_TEST_ACTIVATION_GATE, a FIFO it opens: it waits for a writer) until
+// shutdown has begun; its cwd is a file, so the request is refused and the cell given back.
 #[test]
 fn shutdown_retires_a_prebuilt_cell_given_back() {
     gate!("shutdown_retires_a_prebuilt_cell_given_back");
-    let mut d = daemon(1, "").start();
+    let gate_dir = tempfile::tempdir().unwrap();
+    let fifo = gate_dir.path().join("gate");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut d = daemon(1, "").env("CELLKEEP_TEST_ACTIVATION_GATE", &fifo.display().to_string()).start();
     settle(&d, "one cell pre-built", |h| warm(h) == 1);
     let helpers = children_of(d.pid());
-    let fifo = std::path::Path::new(&d.cwd()).join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let (sock, cwd) = (d.socket.clone(), fifo.display().to_string());
+    let file = std::path::Path::new(&d.cwd()).join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let (sock, cwd) = (d.socket.clone(), file.display().to_string());
     let refused = std::thread::spawn(move || {
         call(&sock, "POST", "/v1/providers/sh/commands", Some(&json!({"command": "true", "cwd": cwd})))
     });
@@ -328,7 +332,7 @@ fn shutdown_retires_a_prebuilt_cell_given_back() {
     let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     let r = refused.join().expect("thread");
     drop(writer);
-    assert_ne!(r.status, 200, "a FIFO is no cwd: {}", r.text());
+    assert_ne!(r.status, 200, "a file is no cwd: {}", r.text());
     let status = d.stop().expect("daemon status");
     assert!(status.success(), "{status:?}");
     assert!(d.cell_dirs().is_empty(), "cgroups left by the cell given back: {:?}", d.cell_dirs());

@@ -82,6 +82,13 @@ impl Launcher {
         if policy.command.is_empty() && req.args.is_empty() {
             return Err(Activation::Refused(SandboxError::NoCommand { provider: policy.name.clone() }, warm));
         }
+        // Tests only (debug builds): hold an activation here until the FIFO named by
+        // CELLKEEP_TEST_ACTIVATION_GATE gets a writer, so a test can begin a shutdown while a
+        // launch holds a pre-built cell (tests/prewarm.rs).
+        #[cfg(debug_assertions)]
+        if let Some(gate) = std::env::var_os("CELLKEEP_TEST_ACTIVATION_GATE") {
+            let _ = tokio::task::spawn_blocking(move || std::fs::File::open(gate)).await;
+        }
         let (mut plan, degraded) = match plan::build(policy, &req, self.host()) {
             Ok(planned) => planned,
             Err(e) => return Err(Activation::Refused(e, warm)),
