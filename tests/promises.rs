@@ -264,6 +264,25 @@ fn cli(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).env_remove("CELLKEEP_SOCKET").output().expect("cellkeep")
 }
 
+// From the seventh API review: `cellkeep send --timeout 0` (seconds) got the daemon's
+// "timeout_ms must be at least 1", in the wire's unit; the CLI says it in its own.
+#[test]
+fn a_zero_timeout_is_refused_in_seconds() {
+    for args in [&["send", "c0ffee", "x", "--timeout", "0"][..], &["exec", "sh", "x", "--timeout", "0.0001"][..]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("CELLKEEP_SOCKET", "/nonexistent/cellkeep.sock")
+            .output()
+            .expect("cellkeep");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("--timeout") && err.contains("0.001 seconds") && !err.contains("timeout_ms"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 // Finding 7: every argument of every command (but `policy`, reworked elsewhere) has help, with
 // units for durations; --socket and --json appear only where they work; one exit status (1)
 // for every CLI error, clap's usage errors included.
@@ -1531,6 +1550,34 @@ fn a_partial_stdin_write_counts_what_was_written() {
     assert_eq!(r.status, 200, "{}", r.text());
     let count = r.json()["count"].as_u64().unwrap_or(0);
     assert!((1000..900_000).contains(&count), "count {count} for a write the process took part of: {}", r.text());
+}
+
+// From the seventh API review: a one-shot's `duration_ms` counted its wait for a slot
+// (`wait_for_slot_ms`): `true` after a 1 s wait said ~1000 ms. It runs from the cell's start,
+// as the command's timeout does.
+#[test]
+fn a_oneshots_duration_leaves_out_its_wait_for_a_slot() {
+    gate!("a_oneshots_duration_leaves_out_its_wait_for_a_slot");
+    let d = daemon().max_cells(1).start();
+    let id = id_of(&d.spawn("cat"));
+    let (sock, path) = (d.socket.clone(), format!("/v1/cells/{id}?force=true"));
+    let freer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        call(&sock, "DELETE", &path, None)
+    });
+    let t = Instant::now();
+    let r = call(
+        &d.socket,
+        "POST",
+        "/v1/providers/sh/commands",
+        Some(&json!({"command": "true", "cwd": d.cwd(), "timeout_ms": 10_000, "wait_for_slot_ms": 20_000})),
+    );
+    let waited = t.elapsed();
+    assert_eq!(freer.join().expect("thread").status, 200);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(waited >= Duration::from_millis(900), "it did not wait for the slot: {waited:?}");
+    let ms = r.json()["duration_ms"].as_u64().unwrap_or(u64::MAX);
+    assert!(ms < 700, "duration_ms {ms} counts the {waited:?} wait: {}", r.text());
 }
 
 // From the seventh API review: a write after the stdin was closed (`eof=true`) said the cell

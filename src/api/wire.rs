@@ -437,10 +437,14 @@ pub struct CommandResult {
     /// The stderr bytes when they are not valid UTF-8 (`stderr` is then empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr_b64: Option<String>,
-    /// One-shot: how it ended. Session: `null` (the session lives on).
+    /// One-shot: how it ended. Session: `null` (the session lives on), or in an error's
+    /// `result`, how the session ended under the command.
     pub exit: Option<ExitReason>,
     /// Output was cut to the policy's `output_bytes`.
     pub truncated: bool,
+    /// One-shot: from its cell's start to its end (a wait for a slot not counted, as its
+    /// timeout does not count it). Session: from the request to the reply (a wait behind the
+    /// session's earlier commands counted, as its timeout counts it).
     pub duration_ms: u64,
     /// The cell's CPU, memory and pids usage when the command ended.
     #[serde(default)]

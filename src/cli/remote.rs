@@ -81,7 +81,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
             print_cell_id(&c.session(&a.provider, &req).await?, json)
         }
         Cmd::Send { id, command, timeout, .. } => {
-            let r = c.send_command(&id, &SendRequest { command, timeout_ms: millis(timeout)? }).await?;
+            let r = c.send_command(&id, &SendRequest { command, timeout_ms: timeout_millis(timeout)? }).await?;
             print_result(&r, json)
         }
         Cmd::Exec { provider, command, cwd: dir, timeout, env: e, wait, interactive, no_stdin, .. } => {
@@ -89,7 +89,7 @@ async fn dispatch(c: &Client, cmd: Cmd, json: bool) -> Outcome {
                 command,
                 cwd: cwd(dir)?,
                 env: env(&e)?,
-                timeout_ms: millis(timeout)?,
+                timeout_ms: timeout_millis(timeout)?,
                 wait_for_slot_ms: millis(wait)?,
                 stream: false,
                 stdin: false,
@@ -231,6 +231,18 @@ fn millis(secs: Option<f64>) -> Result<Option<u64>, Failure> {
             .map_err(|_| Failure::Usage(format!("not a duration in seconds: {s}")))
     })
     .transpose()
+}
+
+/// A command's `--timeout`: as [`millis`], and at least a millisecond (the daemon refuses 0,
+/// and would say so in its own unit).
+fn timeout_millis(secs: Option<f64>) -> Result<Option<u64>, Failure> {
+    match millis(secs)? {
+        Some(0) => Err(Failure::Usage(format!(
+            "--timeout {}: a command needs at least 0.001 seconds (leave it out for the policy's wall time or the default)",
+            secs.unwrap_or_default()
+        ))),
+        ms => Ok(ms),
+    }
 }
 
 fn print_json(v: &impl Serialize) -> Outcome {

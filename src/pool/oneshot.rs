@@ -85,7 +85,6 @@ impl Pool {
         provider: &str,
         req: OneshotRequest,
     ) -> Result<CommandResult, PoolError> {
-        let started = Instant::now();
         if req.stdin {
             // The answer comes at the cell's end, so the caller would never learn the cell to
             // write to (and a program reading its stdin to the end would wait its timeout).
@@ -94,6 +93,9 @@ impl Pool {
             ));
         }
         let (entry, timeout) = self.start_oneshot(caller, provider, req, None).await?;
+        // The command's duration runs from its cell's start, as its timeout does: a wait for a
+        // slot (`wait_for_slot_ms`) is not the command's time.
+        let started = Instant::now();
         let _busy = Busy::new(&entry);
         entry.ended().await;
         entry.output_drained().await;
@@ -130,9 +132,9 @@ impl Pool {
         provider: &str,
         req: OneshotRequest,
     ) -> Result<StreamedRun, PoolError> {
-        let started = Instant::now();
         let (tap, output) = mpsc::channel(STREAM_QUEUE);
         let (entry, timeout) = self.start_oneshot(caller, provider, req, Some(tap)).await?;
+        let started = Instant::now();
         Ok(StreamedRun { cell: entry.id.clone(), output, entry, timeout, started })
     }
 
