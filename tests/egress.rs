@@ -12,6 +12,7 @@
 //! | `denied_names_ip_literals_and_plain_http_are_refused` | a name not listed → 403 with a body naming it; an IP literal → 403 even for the server's own address; another port of an allowed name → 403; plain `http://` → 405 |
 //! | `a_tls_hello_for_another_name_is_refused` | a TLS handshake for a name the policy does not allow, through a tunnel to an allowed one (domain fronting), is cut before it reaches the server, in one record or split |
 //! | `a_record_before_the_hello_does_not_hide_it` | a TLS record before the ClientHello (an alert some servers skip) does not make the proxy pass the hello unread; a protocol that is not TLS passes |
+//! | `a_second_hello_after_a_retry_request_is_checked` | past a TLS 1.3 HelloRetryRequest, a real handshake completes and a second hello for a denied name is cut |
 //! | `ignoring_the_proxy_reaches_nothing` | direct TCP to the host (loopback and its outside address), UDP, `MSG_FASTOPEN`: no route, nothing arrives on the host |
 //! | `learn_mode_allows_and_reports` | `egress = "learn"`: a host elsewhere is reached, every name is reported, the daemon logs the draft list of those reached; the host's own services stay out of reach (loopback, also by a mapped name, and the host's outside address as an IP literal, plain or IPv4-mapped), and so do numeric names, cloud metadata, private networks and NAT64-wrapped loopback |
 //! | `a_mapped_name_is_trusted_only_where_listed_exactly` | an `egress_hosts` name mapped to loopback is reached where the policy lists it on that port; in learn mode, through a wildcard, or on a port it is not listed for, 403 and nothing arrives |
@@ -583,6 +584,98 @@ result('plain hello', send(hello('fake.test')))
     let events = info["egress"].as_array().cloned().unwrap_or_default();
     let refused = events.iter().filter(|e| e["allowed"] == false).count();
     assert_eq!(refused, 3, "{info}");
+}
+
+/// The hello check holds past a HelloRetryRequest: a TLS 1.3 server (`openssl s_server`
+/// taking only P-384, so the client's first key share is refused) asks for a second
+/// ClientHello, and that one's server names are checked too. A real client's handshake through
+/// the retry completes; a second hello for a denied name, behind its change_cipher_spec, cuts
+/// the tunnel before it reaches the server.
+#[test]
+fn a_second_hello_after_a_retry_request_is_checked() {
+    gate!("a_second_hello_after_a_retry_request_is_checked");
+    let server = Server::start();
+    let mut s_server = Command::new("openssl")
+        .args(["s_server", "-accept", "127.0.0.1:0", "-groups", "P-384", "-www", "-tls1_3", "-cert"])
+        .arg(server.dir.path().join("ca.pem"))
+        .arg("-key")
+        .arg(server.dir.path().join("key.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let mut out = BufReader::new(s_server.stdout.take().expect("stdout"));
+    let port: u16 = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).expect("s_server output") > 0, "s_server said no port");
+        if let Some(p) = line.trim().strip_prefix("ACCEPT 127.0.0.1:") {
+            break p.parse().expect("port");
+        }
+    };
+    let py = format!("[{}, \"-c\"]", serde_json::to_string(PY).expect("json"));
+    let d = Daemon::builder()
+        .prefix("ck-egress-")
+        .config("egress_hosts = { \"fake.test\" = \"127.0.0.1\" }")
+        .provider("hrr", &py, "oneshot", &format!("[network]\nmode = \"proxy\"\negress = [\"fake.test:{port}\"]\n"))
+        .start();
+    server.trust_in(d.ws.path());
+    let body = format!(
+        r#"
+import time
+RETRY = bytes.fromhex('cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c')
+def tunnel():
+    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)
+    s.sendall(b'CONNECT fake.test:{port} HTTP/1.1\r\nHost: fake.test\r\n\r\n')
+    head = s.recv(1000)
+    assert head.startswith(b'HTTP/1.1 200'), head
+    return s
+def hello(name):
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    o = c.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=name)
+    try:
+        o.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+def through_retry():
+    c = ssl.create_default_context(cafile='ca.pem')
+    try:
+        t = c.wrap_socket(tunnel(), server_hostname='fake.test')
+        t.sendall(b'GET / HTTP/1.0\r\n\r\n')
+        return 'OK ' + t.recv(100).decode(errors='replace').split('\r\n')[0]
+    except Exception as e:
+        return 'ERR ' + repr(e)[:200]
+def second(name):
+    s = tunnel()
+    s.sendall(hello('fake.test'))
+    got = s.recv(100)
+    if not (got[:1] == b'\x16' and got[5:6] == b'\x02' and got[11:43] == RETRY):
+        return 'NO RETRY %r' % got[:12]
+    s.sendall(bytes([20, 3, 3, 0, 1, 1]) + hello(name))
+    s.settimeout(5)
+    try:
+        more = s.recv(100)
+        while more[:1] == b'\x16':
+            more = s.recv(100)
+        return 'CUT' if not more else 'ANSWER %r' % more[:10]
+    except Exception as e:
+        return 'CUT ' + repr(e)
+result('through a retry', through_retry())
+result('second hello, other name', second('denied.test'))
+"#
+    );
+    let (out_text, info) = run(&d, "hrr", &body);
+    let _ = s_server.kill();
+    let _ = s_server.wait();
+    assert_eq!(line(&out_text, "through a retry"), "OK HTTP/1.0 200 ok", "{out_text}");
+    assert!(line(&out_text, "second hello, other name").starts_with("CUT"), "{out_text}");
+    let events = info["egress"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e["allowed"] == false && e["detail"].as_str().is_some_and(|t| t.contains("denied.test"))),
+        "{info}"
+    );
 }
 
 #[test]

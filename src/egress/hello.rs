@@ -4,6 +4,10 @@
 //! fronting: `CONNECT api.vendor.com:443`, then a handshake for a site of the attacker's on
 //! the same CDN edge).
 //!
+//! A server may answer the first hello with a HelloRetryRequest (TLS 1.3), on which the client
+//! sends a second ClientHello: its names are checked the same way (the server's first record
+//! is peeked at before it is relayed, to tell).
+//!
 //! Records and the handshake message are parsed by `tls-parser`; the extension block is split
 //! here by its plain type-length framing, so that an extension `tls-parser` reads differently
 //! from the server cannot hide a `server_name` after it. Whatever starts as a TLS handshake
@@ -88,6 +92,43 @@ pub fn read(buf: &[u8]) -> Result<Hello, String> {
         return Err("a handshake message other than ClientHello first".into());
     };
     server_names(hello.ext.unwrap_or_default()).map(Hello::Names)
+}
+
+/// Read `buf`, what the client sent after the server asked for a second ClientHello (a
+/// HelloRetryRequest, [`is_retry_request`]): change_cipher_spec records (TLS 1.3's middlebox
+/// compatibility) may come first, then the second hello, whose names count as the first's.
+/// Anything else is refused.
+pub fn read_second(mut buf: &[u8]) -> Result<Hello, String> {
+    while buf.first() == Some(&TlsRecordType::ChangeCipherSpec.0) {
+        match buf.get(..6) {
+            None => return Ok(Hello::Partial),
+            Some([_, _, _, 0, 1, 1]) => buf = &buf[6..],
+            Some(_) => return Err("a change_cipher_spec record that is not TLS 1.3's one byte".into()),
+        }
+    }
+    match read(buf)? {
+        Hello::NotTls => Err("no second ClientHello where the server asked for one".into()),
+        other => Ok(other),
+    }
+}
+
+/// The random of a HelloRetryRequest (RFC 8446, 4.1.3): SHA-256 of "HelloRetryRequest".
+const RETRY_RANDOM: [u8; 32] = [
+    0xcf, 0x21, 0xad, 0x74, 0xe5, 0x9a, 0x61, 0x11, 0xbe, 0x1d, 0x8c, 0x02, 0x1e, 0x65, 0xb8, 0x91, 0xc2, 0xa2, 0x11,
+    0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c,
+];
+
+/// Bytes of a server's first record that tell a HelloRetryRequest: the record header (5), the
+/// handshake header (4), the legacy version (2) and the random (32).
+pub const SERVER_HELLO_HEAD: usize = 43;
+
+/// Whether `head`, the first [`SERVER_HELLO_HEAD`] bytes the server sent, is a
+/// HelloRetryRequest: a ServerHello (handshake type 2) with RFC 8446's fixed random.
+pub fn is_retry_request(head: &[u8]) -> bool {
+    head.len() >= SERVER_HELLO_HEAD
+        && head[0] == TlsRecordType::Handshake.0
+        && head[5] == 2
+        && head[11..SERVER_HELLO_HEAD] == RETRY_RANDOM
 }
 
 /// The length of the handshake message whose start is `message` (header included), once its
@@ -229,6 +270,26 @@ mod tests {
             hello.extend(&bytes);
             proptest::prop_assert_eq!(read(&hello), whole);
         }
+    }
+
+    #[test]
+    fn a_second_hello_is_read_behind_its_change_cipher_spec() {
+        let hello = records(&message(&sni(&["b.example"])), 16384);
+        assert_eq!(read_second(&hello), Ok(Hello::Names(vec!["b.example".into()])));
+        let mut behind = vec![20, 3, 3, 0, 1, 1];
+        behind.extend(&hello);
+        assert_eq!(read_second(&behind), Ok(Hello::Names(vec!["b.example".into()])));
+        assert_eq!(read_second(&behind[..4]), Ok(Hello::Partial));
+        assert_eq!(read_second(&behind[..20]), Ok(Hello::Partial));
+        assert!(read_second(b"GET / HTTP/1.1\r\n").is_err());
+        assert!(read_second(&[20, 3, 3, 0, 2, 1, 1]).is_err());
+        assert!(read_second(&[21, 3, 3, 0, 2, 1, 0]).is_err());
+        let mut retry = vec![22, 3, 3, 0, 90, 2, 0, 0, 86, 3, 3];
+        retry.extend(RETRY_RANDOM);
+        assert!(is_retry_request(&retry));
+        retry[20] ^= 1;
+        assert!(!is_retry_request(&retry));
+        assert!(!is_retry_request(&retry[..30]));
     }
 
     #[test]

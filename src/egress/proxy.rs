@@ -116,8 +116,10 @@ pub async fn handle(mut client: TcpStream, state: &CellEgress, config: &EgressCo
     // What the client sends first (with the request head, or after the answer) is checked
     // before it goes upstream: a TLS handshake may ask only for names the policy allows here.
     let may_ask = |name: &str| server_name_allowed(&state.egress, &state.provider, &host, name, port);
-    let first = check_first_bytes(&client, &upstream, rest, may_ask, &moved.up);
-    let copied = match super::splice::relay(&client, &upstream, &moved, first).await {
+    let phase = tokio::sync::watch::Sender::new(Phase::ClientFirst);
+    let first = check_first_bytes(&client, &upstream, rest, may_ask, &moved.up, &phase);
+    let hold = hold_upstream(&upstream, &phase);
+    let copied = match super::splice::relay(&client, &upstream, &moved, first, hold).await {
         // No splice here (it fails before moving a byte): copy through user space instead
         // (counted at its end only).
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -171,22 +173,146 @@ fn server_name_allowed(egress: &Egress, provider: &str, host: &str, name: &str, 
     Ok(())
 }
 
+/// Where a tunnel's look at the TLS handshake is: the upstream's side is relayed once it is
+/// `Open` ([`hold_upstream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No ClientHello has gone upstream: a server that speaks first opens the tunnel.
+    ClientFirst,
+    /// A ClientHello went upstream: the client's side peeks at the server's first record
+    /// before anything of it is relayed, to see whether it asks for a second hello.
+    HelloSent,
+    Open,
+}
+
+/// Sets the phase `Open` when dropped: however the client's side ends, the upstream's is
+/// never left waiting.
+struct OpenOnDrop<'a>(&'a tokio::sync::watch::Sender<Phase>);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(Phase::Open);
+    }
+}
+
+/// The upstream's side of a tunnel, before its relay: held while the client's side looks at
+/// the server's answer to a ClientHello ([`Phase::HelloSent`]); let go when that is done, or
+/// when the server speaks before any hello went up.
+async fn hold_upstream(upstream: &TcpStream, phase: &tokio::sync::watch::Sender<Phase>) -> std::io::Result<()> {
+    let mut seen = phase.subscribe();
+    loop {
+        let now = *seen.borrow_and_update();
+        match now {
+            Phase::Open => return Ok(()),
+            Phase::HelloSent => {
+                if seen.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+            Phase::ClientFirst => tokio::select! {
+                changed = seen.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                readable = upstream.readable() => {
+                    readable?;
+                    // The server spoke first (unless a hello went up just now).
+                    phase.send_if_modified(|p| {
+                        let first = *p == Phase::ClientFirst;
+                        if first {
+                            *p = Phase::Open;
+                        }
+                        first
+                    });
+                }
+            },
+        }
+    }
+}
+
+/// Whether the server's first record is a HelloRetryRequest ([`hello::is_retry_request`]),
+/// peeked at (`MSG_PEEK`: the relay still sends it on). A server that says less, ends, or
+/// says nothing within [`HEAD_TIMEOUT`] asks for nothing.
+async fn asks_for_another_hello(upstream: &TcpStream) -> std::io::Result<bool> {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let mut head = [0u8; hello::SERVER_HELLO_HEAD];
+    loop {
+        let Ok(n) = tokio::time::timeout_at(deadline, upstream.peek(&mut head)).await else { return Ok(false) };
+        let n = n?;
+        let other = n == 0 || head[0] != 22 || (n > 5 && head[5] != 2);
+        if other || n == head.len() {
+            return Ok(!other && hello::is_retry_request(&head));
+        }
+        // Part of it so far (peeking does not wait for more): look again shortly.
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(1))).await.is_err() {
+            return Ok(false);
+        }
+    }
+}
+
 /// The client's side of a tunnel, up to where it is known not to be a TLS ClientHello or is a
 /// whole one ([`hello::read`]; `buf`: the bytes sent with the request head): every server name
 /// of a hello must pass `may_ask`, then the bytes go upstream, counted in `up`. Nothing of a
 /// hello that fails, cannot be read, is longer than [`hello::MAX_HELLO`], is not whole within
 /// [`HEAD_TIMEOUT`] of its first byte, or is cut short by the client's end reaches the upstream.
-/// Before the client's first byte there is no deadline but the tunnel's idle one.
+/// Before the client's first byte there is no deadline but the tunnel's idle one. Where the
+/// server answers the hello with a HelloRetryRequest, the client's second hello is checked
+/// the same way ([`hello::read_second`]).
 async fn check_first_bytes(
     client: &TcpStream,
     upstream: &TcpStream,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
     may_ask: impl Fn(&str) -> Result<(), String>,
     up: &std::sync::atomic::AtomicU64,
+    phase: &tokio::sync::watch::Sender<Phase>,
 ) -> std::io::Result<()> {
+    let (buf, first) = read_hello(client, buf, hello::read).await?;
+    let Hello::Names(names) = first else {
+        write_all(upstream, &buf).await?;
+        up.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        return Ok(());
+    };
+    for name in names {
+        may_ask(&name).map_err(hello_refused)?;
+    }
+    // Marked before the hello goes up, so that nothing of the server's answer is relayed
+    // before it was looked at (unless the server already spoke: then it was not TLS's).
+    let marked = phase.send_if_modified(|p| {
+        let first = *p == Phase::ClientFirst;
+        if first {
+            *p = Phase::HelloSent;
+        }
+        first
+    });
+    let _open = OpenOnDrop(phase);
+    write_all(upstream, &buf).await?;
+    up.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    if !marked || !asks_for_another_hello(upstream).await? {
+        return Ok(());
+    }
+    phase.send_replace(Phase::Open);
+    let (buf, second) = read_hello(client, Vec::new(), hello::read_second).await?;
+    if let Hello::Names(names) = second {
+        for name in names {
+            may_ask(&name).map_err(hello_refused)?;
+        }
+    }
+    write_all(upstream, &buf).await?;
+    up.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Read from the client onto `buf` until `read` can tell what it is ([`check_first_bytes`]
+/// has the bounds): the bytes and what they are.
+async fn read_hello(
+    client: &TcpStream,
+    mut buf: Vec<u8>,
+    read: impl Fn(&[u8]) -> Result<Hello, String>,
+) -> std::io::Result<(Vec<u8>, Hello)> {
     let mut deadline = None;
     let first = loop {
-        match hello::read(&buf) {
+        match read(&buf) {
             Ok(Hello::Partial) => {}
             Ok(done) => break done,
             Err(e) => return Err(hello_refused(format!("cellkeep egress proxy: the tunnel starts with {e}"))),
@@ -209,19 +335,12 @@ async fn check_first_bytes(
         };
         if n == 0 {
             if buf.is_empty() {
-                return Ok(());
+                return Ok((buf, Hello::NotTls));
             }
             return Err(hello_refused("cellkeep egress proxy: the client ended inside its TLS ClientHello".into()));
         }
     };
-    if let Hello::Names(names) = first {
-        for name in names {
-            may_ask(&name).map_err(hello_refused)?;
-        }
-    }
-    write_all(upstream, &buf).await?;
-    up.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
+    Ok((buf, first))
 }
 
 /// One read from `s` (shared: the relay holds the other direction) appended to `buf`.

@@ -42,13 +42,14 @@ impl Moved {
 /// Relay both directions until both ended, one failed (then both sockets are cut), or the
 /// tunnel sat idle for [`TUNNEL_IDLE`]; the bytes moved are in `moved` in every case. The
 /// client's side starts with `first_up` (the proxy's check of what the client sends first,
-/// which moves those bytes itself), while the upstream's side is already relayed: a server
-/// may speak first.
+/// which moves those bytes itself), the upstream's with `first_down` (which holds it while
+/// that check looks at the server's answer; a server may also speak first).
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     moved: &Moved,
     first_up: impl std::future::Future<Output = io::Result<()>>,
+    first_down: impl std::future::Future<Output = io::Result<()>>,
 ) -> io::Result<()> {
     // EINVAL: no splice on these sockets (before a byte moved); the caller copies instead, on
     // sockets left intact.
@@ -63,9 +64,11 @@ pub async fn relay(
             first_up.await?;
             pump(client, upstream, &moved.up).await
         };
-        let (up, down) = tokio::join!(async { cut_on_error(up.await) }, async {
-            cut_on_error(pump(upstream, client, &moved.down).await)
-        });
+        let down = async {
+            first_down.await?;
+            pump(upstream, client, &moved.down).await
+        };
+        let (up, down) = tokio::join!(async { cut_on_error(up.await) }, async { cut_on_error(down.await) });
         up.and(down)
     };
     tokio::select! {
