@@ -143,8 +143,14 @@ CARGO_TARGET_DIR=$VMTEST_DIR/vmprobe-target cargo build -q --offline --locked \
   echo 'export VMTEST_GUEST=1 CELLKEEP_EXPECT_CGROUP=v2 RUSTC_BOOTSTRAP=1'
   echo 'echo "== vm: [$VMTEST_SUITE] kernel $(uname -r), booted in $(cut -d" " -f1 /proc/uptime) s; /sys/fs/cgroup: $(stat -f -c %T /sys/fs/cgroup) [$(cat /sys/fs/cgroup/cgroup.subtree_control)]; LSMs: $(cat /sys/kernel/security/lsm 2>/dev/null); CI=${CI-<unset>}"'
   [[ -x $PROBE ]] && printf 'echo "== vm: $(%q)"\n' "$PROBE"   # landlock ABI, seccomp, cgroup2 magic
-  while read -r debug release; do   # --release: the tests' CARGO_BIN_EXE_* paths run the release build
-    printf 'mount --bind %q %q && echo "== vm: %s is the release build"\n' "$release" "$debug" "${debug##*/}"
+  # --release: the tests' CARGO_BIN_EXE_* paths run the release build; the debug build stays at
+  # /tmp/vmtest-debug-<name> (CELLKEEP_DEBUG_BIN for cellkeep) for the few tests that need its
+  # test hooks (tests/harness: Builder::debug_build)
+  while read -r debug release; do
+    name=${debug##*/}
+    printf 'touch /tmp/vmtest-debug-%s && mount --bind %q /tmp/vmtest-debug-%s\n' "$name" "$debug" "$name"
+    [[ $name == cellkeep ]] && echo "export CELLKEEP_DEBUG_BIN=/tmp/vmtest-debug-cellkeep"
+    printf 'mount --bind %q %q && echo "== vm: %s is the release build"\n' "$release" "$debug" "$name"
   done < "$WORK/bins"
   echo 'rc=0; failed=()'
   while read -r manifest exe; do

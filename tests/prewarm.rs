@@ -315,7 +315,7 @@ fn shutdown_retires_a_prebuilt_cell_given_back() {
     let gate_dir = tempfile::tempdir().unwrap();
     let fifo = gate_dir.path().join("gate");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut d = daemon(1, "").env("CELLKEEP_TEST_ACTIVATION_GATE", &fifo.display().to_string()).start();
+    let mut d = daemon(1, "").debug_build().env("CELLKEEP_TEST_ACTIVATION_GATE", &fifo.display().to_string()).start();
     settle(&d, "one cell pre-built", |h| warm(h) == 1);
     let helpers = children_of(d.pid());
     let file = std::path::Path::new(&d.cwd()).join("a-file");

@@ -1654,7 +1654,8 @@ fn a_cleanup_never_ends_another_callers_launch() {
         .collect();
     let (sock, cwd) = (d.socket.clone(), d.cwd());
     let waiting = std::thread::spawn(move || {
-        let body = json!({"command": "echo ran", "cwd": cwd, "timeout_ms": 60_000, "wait_for_slot_ms": 30_000});
+        // A wait long enough for 300 cleanups by another process each (minutes in the VM).
+        let body = json!({"command": "echo ran", "cwd": cwd, "timeout_ms": 60_000, "wait_for_slot_ms": 600_000});
         call(&sock, "POST", "/v1/providers/sh/commands", Some(&body))
     });
     let seen = Instant::now() + Duration::from_secs(30);

@@ -46,6 +46,7 @@ pub struct Builder {
     ready_within: Duration,
     marker: String,
     wrapper: Vec<String>,
+    bin: String,
 }
 
 impl Builder {
@@ -135,6 +136,18 @@ impl Builder {
         self
     }
 
+    /// Run the debug build of the daemon, whose test hooks (`#[cfg(debug_assertions)]`, e.g.
+    /// `CELLKEEP_TEST_ACTIVATION_GATE`) the test relies on, even where the suite runs the
+    /// release build (`scripts/vm-test.sh --release` keeps the debug one at CELLKEEP_DEBUG_BIN).
+    pub fn debug_build(mut self) -> Builder {
+        self.bin = std::env::var("CELLKEEP_DEBUG_BIN").unwrap_or_else(|_| BIN.to_owned());
+        assert!(
+            std::env::var_os("VMTEST_GUEST").is_none() || std::env::var_os("CELLKEEP_DEBUG_BIN").is_some(),
+            "in the VM this test needs CELLKEEP_DEBUG_BIN (scripts/vm-test.sh sets it): the release build has no test hooks"
+        );
+        self
+    }
+
     /// Start the daemon through `wrapper` (a program and its arguments that ends by exec'ing
     /// the rest of its command line, e.g. `tests/fixtures/bin/no-openat2`).
     pub fn wrapper(mut self, argv: &[&str]) -> Builder {
@@ -203,6 +216,7 @@ impl Builder {
             log_level: self.log_level,
             ready_within: self.ready_within,
             wrapper: self.wrapper,
+            bin: self.bin,
         };
         d.launch();
         d
@@ -225,6 +239,7 @@ pub struct Daemon {
     log_level: String,
     ready_within: Duration,
     wrapper: Vec<String>,
+    bin: String,
 }
 
 impl Daemon {
@@ -245,6 +260,7 @@ impl Daemon {
             ready_within: Duration::from_secs(15),
             marker: String::new(),
             wrapper: Vec::new(),
+            bin: BIN.to_owned(),
         }
     }
 
@@ -267,10 +283,10 @@ impl Daemon {
         let mut cmd = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(BIN);
+                c.args(args).arg(&self.bin);
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(&self.bin),
         };
         cmd.args(["daemon", "--config"])
             .arg(self.dir.path().join("cellkeep.toml"))
