@@ -45,7 +45,7 @@ quick=${BENCH_QUICK:-0}
 only=${BENCH_ONLY:-}
 [[ -z $only || $only == 7 ]] || { echo "BENCH_ONLY: only 7 is supported" >&2; exit 1; }
 n_spawn=300; n_rtt=10000; tput_secs=10; idle_secs=60; big=1000; stream_bytes=1073741824
-egress_bytes=104857600; n_egress=15; n_egress_rate=5
+egress_bytes=104857600; n_egress=41; n_egress_rate=7
 if [[ $quick == 1 ]]; then n_spawn=20; n_rtt=500; tput_secs=2; idle_secs=3; big=50; stream_bytes=67108864; egress_bytes=16777216; n_egress=3; n_egress_rate=1; fi
 
 cargo build --release --locked -q --bins
