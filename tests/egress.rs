@@ -40,6 +40,21 @@ use serde_json::{json, Value};
 
 const PY: &str = "/usr/bin/python3";
 
+/// A test's `hello(name)`: the ClientHello Python's ssl sends for `name`, to send by hand.
+const HELLO: &str = r#"
+import ssl
+def hello(name):
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    o = c.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=name)
+    try:
+        o.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+"#;
+
 /// The HTTPS test server: python3's http.server over TLS, serving a directory.
 const SERVER: &str = r#"
 import http.server, ssl, sys, os
@@ -536,17 +551,7 @@ fn a_record_before_the_hello_does_not_hide_it() {
     let body = format!(
         r#"
 import time
-def hello(name):
-    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    c.check_hostname = False
-    c.verify_mode = ssl.CERT_NONE
-    o = c.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=name)
-    try:
-        o.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
-def send(first):
+{HELLO}def send(first):
     s = socket.create_connection(('127.0.0.1', 3128), timeout=10)
     s.sendall(b'CONNECT fake.test:{port} HTTP/1.1\r\nHost: fake.test\r\n\r\n')
     head = s.recv(1000)
@@ -629,17 +634,7 @@ def tunnel():
     head = s.recv(1000)
     assert head.startswith(b'HTTP/1.1 200'), head
     return s
-def hello(name):
-    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    c.check_hostname = False
-    c.verify_mode = ssl.CERT_NONE
-    o = c.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=name)
-    try:
-        o.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
-def through_retry():
+{HELLO}def through_retry():
     c = ssl.create_default_context(cafile='ca.pem')
     try:
         t = c.wrap_socket(tunnel(), server_hostname='fake.test')

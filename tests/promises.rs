@@ -1523,14 +1523,10 @@ fn unrequested_output_past_the_prompt_room_never_eats_the_next_reply() {
     assert!(r.json()["stdout"].as_str().is_some_and(|s| s.ends_with("reply0\n")), "{}", r.text());
 }
 
-// From the fifth pool review: a write to a one-shot's stdin that the process took only part
-// of (it stopped reading) answered `count: 0`; the count is the bytes written.
-#[test]
-fn a_partial_stdin_write_counts_what_was_written() {
-    gate!("a_partial_stdin_write_counts_what_was_written");
+/// A streamed one-shot of `sh` running `script` with its stdin open: the `curl` reading the
+/// stream (kill it when done) and the cell's id from the stream's first line.
+fn streamed_with_stdin(d: &Daemon, script: &str) -> (std::process::Child, String) {
     use std::process::{Command, Stdio};
-    let d = daemon().start();
-    let script = "head -c 1000 > /dev/null; echo took; sleep 2";
     let body = json!({"command": script, "cwd": d.cwd(), "stream": true, "stdin": true, "timeout_ms": 20_000});
     let mut stream = Command::new("curl")
         .args(["-sN", "--unix-socket"])
@@ -1543,6 +1539,17 @@ fn a_partial_stdin_write_counts_what_was_written() {
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
     let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
     let id = v["cell"].as_str().or(v["id"].as_str()).unwrap_or_else(|| panic!("no cell id: {first}")).to_owned();
+    (stream, id)
+}
+
+// From the fifth pool review: a write to a one-shot's stdin that the process took only part
+// of (it stopped reading) answered `count: 0`; the count is the bytes written.
+#[test]
+fn a_partial_stdin_write_counts_what_was_written() {
+    gate!("a_partial_stdin_write_counts_what_was_written");
+    let d = daemon().start();
+    let script = "head -c 1000 > /dev/null; echo took; sleep 2";
+    let (mut stream, id) = streamed_with_stdin(&d, script);
     let data = vec![b'x'; 900_000];
     let r = common::http::raw(&d.socket, "POST", &format!("/v1/cells/{id}/stdin"), &data).expect("stdin");
     let _ = stream.kill();
@@ -1585,20 +1592,9 @@ fn a_oneshots_duration_leaves_out_its_wait_for_a_slot() {
 #[test]
 fn a_write_after_eof_says_the_stdin_is_closed() {
     gate!("a_write_after_eof_says_the_stdin_is_closed");
-    use std::process::{Command, Stdio};
     let d = daemon().start();
-    let body = json!({"command": "cat > /dev/null; sleep 2", "cwd": d.cwd(), "stream": true, "stdin": true, "timeout_ms": 20_000});
-    let mut stream = Command::new("curl")
-        .args(["-sN", "--unix-socket"])
-        .arg(&d.socket)
-        .args(["-d", &body.to_string(), "http://cellkeep/v1/providers/sh/commands"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stream.stdout.take().expect("stdout")));
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
-    let id = v["cell"].as_str().or(v["id"].as_str()).unwrap_or_else(|| panic!("no cell id: {first}")).to_owned();
+    let script = "cat > /dev/null; sleep 2";
+    let (mut stream, id) = streamed_with_stdin(&d, script);
     let write =
         |q: &str| common::http::raw(&d.socket, "POST", &format!("/v1/cells/{id}/stdin{q}"), b"x").expect("stdin");
     assert_eq!(write("?eof=true").status, 200);
